@@ -1,0 +1,1 @@
+"""Compute backends; see :mod:`syncd.backends.base` for the contract."""

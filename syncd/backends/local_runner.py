@@ -1,0 +1,120 @@
+"""Runs one local job, detached from the daemon, and records how it ended.
+
+Started by the local backend as ``python -m syncd.backends.local_runner ATTEMPT_DIR``.
+It forks into the background (so the daemon never has to reap it), holds
+``ctrl/alive.lock`` for as long as it lives (so the daemon can tell a live
+runner from a dead one without trusting pids), claims ``ctrl/claim`` exclusively
+(so a second runner for the same attempt exits at once), runs the command in
+its own process group, enforces the timeout, obeys ``ctrl/cancel``, and writes
+``ctrl/status.json`` atomically at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KILL_GRACE = 5.0
+TICK = 0.2
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as out:
+        json.dump(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop(child: subprocess.Popen) -> int:
+    """TERM the job's process group, KILL it after a grace period; return the exit status."""
+    _kill_group(child.pid, signal.SIGTERM)
+    try:
+        return child.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _kill_group(child.pid, signal.SIGKILL)
+        return child.wait()
+
+
+def run(attempt_dir: Path) -> int:
+    ctrl = attempt_dir / "ctrl"
+    spec = json.loads((ctrl / "spec.json").read_text())
+    alive = open(ctrl / "alive.lock", "a")
+    fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
+    try:
+        fd = os.open(ctrl / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return 0  # another runner owns (or owned) this attempt: never run twice
+    os.write(fd, str(os.getpid()).encode())
+    os.fsync(fd)
+    os.close(fd)
+
+    started = time.time()
+    command = ["/bin/sh", "-c", spec["command"]] if isinstance(spec["command"], str) else spec["command"]
+    status = {"started": started, "timed_out": False, "cancelled": False, "signal": None, "error": None}
+    try:
+        with open(ctrl / "stdout.txt", "ab") as out, open(ctrl / "stderr.txt", "ab") as err:
+            child = subprocess.Popen(
+                command, cwd=attempt_dir / "work", env=spec["env"], stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True,
+            )
+    except OSError as exc:
+        status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {exc.strerror or exc}")
+        with open(ctrl / "stderr.txt", "a") as err:
+            err.write(f"syncd: {status['error']}\n")
+        _write_json(ctrl / "status.json", status)
+        return 0
+    _write_json(ctrl / "runner.json", {"runner_pid": os.getpid(), "pgid": child.pid, "started": started})
+
+    timeout = spec.get("timeout")
+    deadline = started + timeout if timeout else None
+    code = None
+    while code is None:
+        try:
+            code = child.wait(timeout=TICK)
+        except subprocess.TimeoutExpired:
+            if (ctrl / "cancel").exists():
+                status["cancelled"] = True
+                code = _stop(child)
+            elif deadline is not None and time.time() >= deadline:
+                status["timed_out"] = True
+                code = _stop(child)
+    _kill_group(child.pid, signal.SIGKILL)  # stragglers the job left running in its group
+    if code < 0:
+        status.update(signal=-code, exit_code=128 - code)
+    else:
+        status["exit_code"] = code
+    status["ended"] = time.time()
+    _write_json(ctrl / "status.json", status)
+    return 0
+
+
+def main() -> None:
+    attempt_dir = Path(sys.argv[1])
+    if os.fork() > 0:
+        os._exit(0)  # the daemon reaps this parent at once; the runner lives on
+    os.setsid()
+    sys.exit(run(attempt_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Daemon configuration: YAML → typed models.
+
+Paths are relative to the config file, ``${VAR}`` (or ``${VAR:-default}``) is
+taken from the environment, unknown keys are errors, and every error names the
+file, the line and the dotted path of the field.
+
+Backend and storage sections are validated against the option model their
+plugin declares; the caller passes a resolver so that this module stays at the
+bottom of the import graph.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from syncd.errors import ConfigError
+from syncd.units import parse_duration, parse_size
+from syncd.yamlfile import LoadedYaml, Location, YamlProblem, load_file
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return Path(os.path.normpath(value))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageOptions(StrictModel):
+    """Options every storage section has; each storage type extends this."""
+
+    type: str = Field(description="storage type, e.g. file or s3")
+
+
+class BackendOptions(StrictModel):
+    """Options every backend section has; each backend type extends this."""
+
+    type: str = Field(description="backend type, e.g. local or slurm")
+    max_parallel: PositiveInt = Field(4, description="jobs submitted to this backend at once")
+
+
+class PollPolicy(StrictModel):
+    first: Duration = Field(1.0, description="first status poll after submit")
+    max: Duration = Field(30.0, description="longest interval between polls of a running job")
+    factor: float = Field(1.5, ge=1.0, description="interval growth per poll while nothing changes")
+
+
+class RetryPolicy(StrictModel):
+    initial: Duration = Field(2.0, description="first wait after a transient failure")
+    max: Duration = Field(300.0, description="longest wait between attempts")
+    budget: Duration = Field(
+        86400.0, description="how long transient failures may last before the job is held for attention"
+    )
+
+
+class InboxConfig(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN, description="name used in logs and status")
+    path: ConfigPath = Field(description="the watched directory")
+    outbox: ConfigPath = Field(description="results are mirrored to <outbox>/<bucket>/<job>/")
+    failed: ConfigPath = Field(description="rejected job directories are moved here")
+    backend: str = Field(description="name of a section under backends:")
+    storage: str = Field(description="name of a section under storages:")
+    bucket: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="bucket for results")
+    prefix: str = Field("", description="key prefix inside the bucket, e.g. lab/results")
+    settle: Duration = Field(2.0, description="quiet period before a job directory counts as complete")
+    observer: Literal["auto", "native", "polling"] = Field(
+        "auto", description="auto picks polling on network filesystems"
+    )
+    poll_interval: Duration = Field(2.0, gt=0, description="how often the polling observer looks")
+    rescan: Duration = Field(30.0, gt=0, description="full rescan interval, a backup for missed events")
+    spool: ConfigPath | None = Field(
+        None, description="where claimed jobs live; must be on the inbox's filesystem (default <path>/.syncd)"
+    )
+    after: Literal["archive", "remove"] = Field(
+        "archive", description="what happens to a claimed job directory once the job has finished"
+    )
+    max_input_files: PositiveInt = Field(100_000, description="largest number of files in one job")
+    max_input_bytes: Size | None = Field(None, description="largest total input size (none: no limit)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if any(part in ("", ".", "..") for part in value.split("/")) and value:
+            raise ValueError("prefix must be plain path segments like lab/results")
+        return value
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool if self.spool is not None else self.path / ".syncd"
+
+
+class Config(StrictModel):
+    state_dir: ConfigPath = Field(Path(".state"), description="SQLite state, work dirs and runner files")
+    storages: dict[str, dict[str, Any]] = Field(description="named storages")
+    backends: dict[str, dict[str, Any]] = Field(description="named backends")
+    inboxes: list[InboxConfig] = Field(min_length=1, description="watched folders")
+    poll: PollPolicy = PollPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    workers: PositiveInt = Field(4, le=64, description="threads that stage, submit and collect")
+    # Filled in by load_config from the plugin option models.
+    storage_options: dict[str, StorageOptions] = Field(default_factory=dict, exclude=True)
+    backend_options: dict[str, BackendOptions] = Field(default_factory=dict, exclude=True)
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "syncd.db"
+
+    def inbox(self, name: str) -> InboxConfig:
+        for inbox in self.inboxes:
+            if inbox.name == name:
+                return inbox
+        raise KeyError(name)
+
+
+OptionsResolver = Callable[[Literal["backend", "storage"], str], type[StrictModel]]
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str], location: Location = (), missing: list | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, location + (k,), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, location + (i,), missing) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        if missing is not None:
+            missing.append((location, name))
+        return ""
+
+    return _VAR.sub(replace, value)
+
+
+def format_location(location: Location) -> str:
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def _problems_from_validation(
+    exc: ValidationError, loaded: LoadedYaml, prefix: Location, filename: str
+) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        location = prefix + tuple(error["loc"])
+        line = loaded.line_of(location)
+        where = f"{filename}:{line}" if line else filename
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key '{location[-1]}'; check its spelling or remove it"
+        elif error["type"] == "missing":
+            message = "required but missing; add it"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        problems.append(f"{where}: {format_location(location)}: {message}")
+    return problems
+
+
+def load_config(
+    path: Path | str,
+    resolve_options: OptionsResolver,
+    env: dict[str, str] | None = None,
+) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path).resolve()
+    filename = str(path)
+    env = dict(os.environ) if env is None else env
+    try:
+        loaded = load_file(path)
+    except FileNotFoundError:
+        raise ConfigError(filename, [f"{filename}: no such file; create one with 'syncd init DIR'"]) from None
+    except YamlProblem as exc:
+        where = f"{filename}:{exc.line}" if exc.line else filename
+        raise ConfigError(filename, [f"{where}: {exc.message}"]) from None
+    if not isinstance(loaded.data, dict):
+        raise ConfigError(filename, [f"{filename}: the config must be a mapping of keys like state_dir, inboxes"])
+
+    missing: list = []
+    data = interpolate(loaded.data, env, (), missing)
+    problems = [
+        f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}: environment variable {name} is not set; "
+        f"export it or write ${{{name}:-default}}"
+        for loc, name in missing
+    ]
+    context = {"base_dir": path.parent}
+    for reserved in ("storage_options", "backend_options", "source"):
+        data.pop(reserved, None)
+    try:
+        config = Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(filename, problems + _problems_from_validation(exc, loaded, (), filename)) from None
+
+    storage_options: dict[str, StorageOptions] = {}
+    backend_options: dict[str, BackendOptions] = {}
+    for kind, sections, target in (
+        ("storage", config.storages, storage_options),
+        ("backend", config.backends, backend_options),
+    ):
+        for name, section in sections.items():
+            location: Location = (f"{kind}s", name)
+            line = loaded.line_of(location)
+            if not re.match(NAME_PATTERN, str(name)):
+                problems.append(f"{filename}:{line}: {format_location(location)}: names use letters, digits, . _ -")
+            if not isinstance(section, dict) or not isinstance(section.get("type"), str):
+                problems.append(f"{filename}:{line}: {format_location(location)}: needs a 'type' key")
+                continue
+            try:
+                model = resolve_options(kind, section["type"])
+            except KeyError as exc:
+                problems.append(f"{filename}:{loaded.line_of(location + ('type',))}: "
+                                f"{format_location(location + ('type',))}: {exc.args[0]}")
+                continue
+            try:
+                target[name] = model.model_validate(section, context=context)
+            except ValidationError as exc:
+                problems += _problems_from_validation(exc, loaded, location, filename)
+
+    seen: set[str] = set()
+    for index, inbox in enumerate(config.inboxes):
+        def at(key: str) -> str:
+            loc = ("inboxes", index, key)
+            return f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}"
+
+        if inbox.name in seen:
+            problems.append(f"{at('name')}: inbox name '{inbox.name}' is used twice; names must be unique")
+        seen.add(inbox.name)
+        if inbox.backend not in config.backends:
+            problems.append(f"{at('backend')}: no backend named '{inbox.backend}'; "
+                            f"defined: {', '.join(sorted(config.backends)) or 'none'}")
+        if inbox.storage not in config.storages:
+            problems.append(f"{at('storage')}: no storage named '{inbox.storage}'; "
+                            f"defined: {', '.join(sorted(config.storages)) or 'none'}")
+        for key in ("outbox", "failed"):
+            other = getattr(inbox, key)
+            if other == inbox.path or inbox.path in other.parents:
+                problems.append(f"{at(key)}: must not be inside the inbox {inbox.path}; "
+                                f"the watcher would see results as new jobs")
+    for other_index, other in enumerate(config.inboxes):
+        for index, inbox in enumerate(config.inboxes):
+            if index != other_index and (inbox.path == other.path or other.path in inbox.path.parents):
+                problems.append(f"{filename}:{loaded.line_of(('inboxes', index, 'path'))}: inboxes.{index}.path: "
+                                f"overlaps inbox '{other.name}'; give each inbox its own folder")
+
+    if problems:
+        raise ConfigError(filename, problems)
+    return config.model_copy(update={
+        "storage_options": storage_options, "backend_options": backend_options, "source": path,
+    })

@@ -1,0 +1,634 @@
+"""The life of a job, as idempotent steps over saved state.
+
+Each step reads the job from the store, skips what is already done, does its
+work, and persists the next state; every transition is written before the side
+effect that depends on it. The scheduler calls :meth:`Engine.pump` (dispatch
+due steps to worker threads) and :meth:`Engine.poll_backend` (one batched status
+request per backend) on timers. Failures are classified by the backends and
+storages; the retry policy lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from loguru import logger
+
+from syncd import __version__
+from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus
+from syncd.config import Config, InboxConfig
+from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
+from syncd.manifest import Manifest, load_job_directory
+from syncd.outbox import RESULT_RECORD, Outbox
+from syncd.retry import backoff_delay, budget_spent
+from syncd.spool import Spool
+from syncd.storage.base import Storage
+from syncd.store import (
+    CANCELLED, CLAIMED, CLAIMING, COLLECTING, FAILED, HELD, QUEUED, REJECTED, REMOTE, RUNNING, STAGED,
+    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, Job, Store,
+)
+
+STDOUT_NAME = "syncd-stdout.txt"
+STDERR_NAME = "syncd-stderr.txt"
+RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD})
+STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
+MAX_UNKNOWN_POLLS = 5
+OUTCOME = {
+    RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
+    RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
+}
+
+
+def new_job_id(now: float | None = None) -> str:
+    """Sortable and short: creation time to the second plus random hex."""
+    stamp = datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def job_logger(job: Job):
+    return logger.bind(job_id=job.id, job_name=job.name)
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
+                 storages: Mapping[str, Storage], clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.backends = dict(backends)
+        self.storages = dict(storages)
+        self.clock = clock
+        self.spools = {inbox.name: Spool(inbox) for inbox in config.inboxes}
+        self.outboxes = {inbox.name: Outbox(inbox.outbox, store) for inbox in config.inboxes}
+        self.tmp_dir = config.state_dir / "tmp"
+        self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._folder_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- start and stop ---------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create folders, clear temporary files, finish claims a crash interrupted."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.tmp_dir.iterdir():
+            path.unlink(missing_ok=True)
+        for spool in self.spools.values():
+            spool.prepare()
+        for outbox in self.outboxes.values():
+            outbox.prepare()
+        for job in self.store.jobs([CLAIMING]):
+            if Path(job.spool_path).exists():
+                self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed after a restart")
+            else:
+                self.store.delete_unclaimed(job.id)
+
+    def stop(self, timeout: float) -> bool:
+        """Stop dispatching; wait up to ``timeout`` for running steps. True if all finished."""
+        self._stopping.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    # -- intake ----------------------------------------------------------------------
+    def claim(self, inbox: InboxConfig, path: Path) -> bool:
+        """Take a settled job directory out of the inbox. False if it was gone already."""
+        if self._stopping.is_set():
+            return False
+        spool = self.spools[inbox.name]
+        job_id = new_job_id()
+        job = self.store.create_job(
+            id=job_id, name=path.name, dir_name=path.name, inbox=inbox.name, backend=inbox.backend,
+            storage=inbox.storage, bucket=inbox.bucket, spool_path=str(spool.claimed / job_id),
+        )
+        try:
+            spool.claim(path, job_id)
+        except FileNotFoundError:
+            self.store.delete_unclaimed(job_id)
+            return True
+        except OSError:
+            self.store.delete_unclaimed(job_id)
+            raise
+        self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        job_logger(job).info("claimed job directory {}", path)
+        return True
+
+    # -- dispatch ----------------------------------------------------------------------
+    def _dispatch(self, job_id: str, step: Callable[[str], None]) -> None:
+        with self._lock:
+            if job_id in self._in_flight or self._stopping.is_set():
+                return
+            self._in_flight.add(job_id)
+
+        def run() -> None:
+            try:
+                step(job_id)
+            except Exception:
+                logger.opt(exception=True).bind(job_id=job_id).error("unexpected error in a job step")
+            finally:
+                with self._lock:
+                    self._in_flight.discard(job_id)
+
+        try:
+            self._executor.submit(run)
+        except RuntimeError:  # executor shut down
+            with self._lock:
+                self._in_flight.discard(job_id)
+
+    def pump(self) -> None:
+        """Dispatch every step that is due. Called on a timer."""
+        if self._stopping.is_set():
+            return
+        now = self.clock()
+        for job in self.store.requests():
+            self._dispatch(job.id, self.handle_requests)
+        for job in self.store.jobs(STEP_STATES):
+            if job.next_at <= now:
+                self._dispatch(job.id, self.advance)
+        for name, backend in self.backends.items():
+            room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
+            if room <= 0:
+                continue
+            for job in self.store.jobs([STAGED], backend=name)[: room]:
+                self._dispatch(job.id, self.advance)
+        for job in self.store.unfinished():
+            self._dispatch(job.id, self.finish)
+
+    def run_until_idle(self, timeout: float = 60.0) -> None:
+        """Pump and poll until nothing is due or in flight (used by ``syncd`` tests and tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            for name in self.backends:
+                self.poll_backend(name)
+            time.sleep(0.05)
+            if not self.busy and not self.store.jobs([*STEP_STATES, STAGED, SUBMITTING, *REMOTE]) \
+                    and not self.store.unfinished():
+                return
+
+    # -- one step ----------------------------------------------------------------------
+    def advance(self, job_id: str) -> None:
+        """Run the job's due steps one after another until it waits (on the backend, a slot or a retry)."""
+        while not self._stopping.is_set():
+            job = self.store.get(job_id)
+            if job.next_at > self.clock() or not self._step(job):
+                return
+            now_state = self.store.get(job_id).state
+            if now_state in TERMINAL:
+                self.finish(job_id)
+                return
+            if now_state == job.state:
+                return
+
+    def _step(self, job: Job) -> bool:
+        steps = {CLAIMED: self._validate, STAGING: self._stage, STAGED: self._start_submit,
+                 SUBMITTING: self._submit, COLLECTING: self._collect}
+        step = steps.get(job.state)
+        if step is None:
+            return False
+        try:
+            step(job)
+        except AuthError as exc:
+            self._hold(job, f"credentials were refused: {exc}. Fix them in the config, "
+                            f"then run 'syncd retry {job.id}'")
+        except PermanentError as exc:
+            self._permanent(job, exc)
+        except TransientError as exc:
+            self._transient(job, exc, exc.retry_after)
+        except OSError as exc:
+            self._transient(job, exc)
+        except Exception as exc:
+            job_logger(job).opt(exception=True).error("step {} failed unexpectedly", job.state)
+            self._transient(job, exc)
+        else:
+            return True
+        return False
+
+    def _transient(self, job: Job, exc: BaseException, retry_after: float | None = None) -> None:
+        now = self.clock()
+        job = self.store.get(job.id)
+        failing_since = job.failing_since or now
+        failures = job.failures + 1
+        if budget_spent(self.config.retry, failing_since, now):
+            self._hold(job, f"still failing after {failures} attempts over "
+                            f"{int(now - failing_since)}s: {exc}. Fix the cause, then run 'syncd retry {job.id}'")
+            return
+        delay = backoff_delay(self.config.retry, failures, retry_after)
+        job_logger(job).warning("{} failed ({}); retry {} in {:.1f}s", job.state, exc, failures, delay)
+        self.store.update(job.id, expect=job.state, failures=failures, failing_since=failing_since,
+                          next_at=now + delay, error=str(exc),
+                          event=f"transient failure in {job.state}: {exc}; retrying in {delay:.1f}s")
+
+    def _permanent(self, job: Job, exc: Exception) -> None:
+        job = self.store.get(job.id)
+        if job.state in (STAGING, STAGED, SUBMITTING):
+            job_logger(job).error("{}: {}", job.state, exc)
+            self.store.transition(job.id, job.state, COLLECTING, f"cannot run: {exc}", outcome=FAILED,
+                                  error=str(exc), message=str(exc), next_at=0)
+        else:
+            self._hold(job, f"{exc}. Fix the cause, then run 'syncd retry {job.id}'")
+
+    def _hold(self, job: Job, reason: str) -> None:
+        job = self.store.get(job.id)
+        if job.state in TERMINAL or job.state == HELD:
+            return
+        job_logger(job).error("held for attention: {}", reason)
+        self.store.transition(job.id, job.state, HELD, f"held: {reason}", held_from=job.state, error=reason)
+
+    def _clear_failures(self) -> dict[str, Any]:
+        return {"failures": 0, "failing_since": None, "error": None}
+
+    # -- validate ----------------------------------------------------------------------
+    def spec(self, job: Job) -> JobSpec:
+        manifest = Manifest.model_validate(job.manifest_data)
+        return JobSpec(
+            job_id=job.id, name=job.name, submit_key=job.submit_key, attempt=job.attempts,
+            command=manifest.command if isinstance(manifest.command, str) else tuple(manifest.command),
+            env=dict(manifest.env), timeout=manifest.timeout,
+            resources=manifest.resources.model_dump(exclude_none=True),
+            outputs=tuple(manifest.outputs) if manifest.outputs is not None else None,
+        )
+
+    def _load(self, job: Job):
+        inbox = self.config.inbox(job.inbox)
+        return load_job_directory(Path(job.spool_path), max_files=inbox.max_input_files,
+                                  max_bytes=inbox.max_input_bytes, default_name=job.dir_name)
+
+    def _validate(self, job: Job) -> None:
+        inbox = self.config.inbox(job.inbox)
+        try:
+            directory = self._load(job)
+            manifest_json = json.dumps(directory.manifest.model_dump(mode="json"))
+            probe = self.store.get(job.id)
+            spec = self.spec(_with(probe, name=directory.name, manifest=manifest_json, attempts=1))
+            if problems := self.backends[job.backend].check(spec):
+                raise ManifestError(job.spool_path, problems)
+        except ManifestError as exc:
+            self._reject(job, exc.problems)
+            return
+        with self._folder_lock:
+            folder = self._reserve_folder(inbox, directory.name)
+            self.store.transition(
+                job.id, CLAIMED, STAGING, f"valid; results will go to {inbox.bucket}/{folder}/",
+                name=directory.name, manifest=manifest_json, folder=folder,
+                priority=directory.manifest.priority, attempts=1,
+            )
+        job_logger(_with(job, name=directory.name)).info(
+            "valid: {} input file(s); results to {}/{}/", len(directory.inputs), inbox.bucket, folder)
+
+    def _reserve_folder(self, inbox: InboxConfig, name: str) -> str:
+        storage = self.storages[inbox.storage]
+        outbox = self.outboxes[inbox.name]
+        used = self.store.folders_in_use(inbox.storage, inbox.bucket)
+        base = f"{inbox.prefix}/{name}" if inbox.prefix else name
+        candidate, n = base, 1
+        while (candidate in used or outbox.path_for(inbox.bucket, candidate).exists()
+               or _any(storage.list(inbox.bucket, candidate + "/"))):
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _reject(self, job: Job, problems: list[str]) -> None:
+        job_logger(job).warning("rejected: {}", "; ".join(problems))
+        self.store.transition(job.id, CLAIMED, REJECTED, "rejected: " + "; ".join(problems),
+                              error="; ".join(problems), outcome=REJECTED, ended_at=self.clock())
+
+    # -- stage and submit -----------------------------------------------------------------
+    def _stage(self, job: Job) -> None:
+        try:
+            directory = self._load(job)
+        except ManifestError as exc:
+            raise PermanentError("; ".join(exc.problems)) from None
+        self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
+                              next_at=0, **self._clear_failures())
+
+    def _start_submit(self, job: Job) -> None:
+        backend = self.backends[job.backend]
+        with self._submit_lock:
+            running = self.store.count([SUBMITTING, *REMOTE], backend=job.backend)
+            if running >= backend.options.max_parallel:
+                return
+            if not self.store.transition(job.id, STAGED, SUBMITTING, f"submitting as {job.submit_key}"):
+                return
+        self._submit(self.store.get(job.id))
+
+    def _submit(self, job: Job) -> None:
+        backend = self.backends[job.backend]
+        spec = self.spec(job)
+        ref = backend.find(spec)
+        how = "found after a restart" if ref else "submitted"
+        if ref is None:
+            ref = backend.submit(spec)
+        now = self.clock()
+        first = self.config.poll.first
+        self.store.transition(
+            job.id, SUBMITTING, SUBMITTED, f"{how} as {ref.remote_id}", remote_id=ref.remote_id,
+            handle=json.dumps(dict(ref.handle)), submitted_at=now, next_at=now + first, poll_interval=first,
+            **self._clear_failures(),
+        )
+        job_logger(job).info("{} to backend {} as {}", how, job.backend, ref.remote_id)
+
+    # -- poll -----------------------------------------------------------------------------
+    def poll_backend(self, name: str) -> None:
+        """One batched status request for every due job of backend ``name``."""
+        if self._stopping.is_set():
+            return
+        now = self.clock()
+        due = [j for j in self.store.jobs(REMOTE, backend=name) if j.next_at <= now]
+        if not due:
+            return
+        backend = self.backends[name]
+        try:
+            statuses = backend.poll([RemoteRef(j.remote_id, j.handle_data) for j in due])
+        except AuthError as exc:
+            for job in due:
+                self._hold(job, f"backend {name} refused the credentials: {exc}. Fix them, then 'syncd retry'")
+            return
+        except (TransientError, OSError, PermanentError) as exc:
+            for job in due:
+                self._transient(job, exc, getattr(exc, "retry_after", None))
+            return
+        for job in due:
+            status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
+            try:
+                self._apply(job, status, now)
+            except Exception:
+                job_logger(job).opt(exception=True).error("applying status {} failed", status)
+
+    def _apply(self, job: Job, status: RemoteStatus, now: float) -> None:
+        log = job_logger(job)
+        first, poll = self.config.poll.first, self.config.poll
+        if status.state.terminal:
+            outcome = OUTCOME[status.state]
+            retries = Manifest.model_validate(job.manifest_data).retries
+            if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
+                self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
+                if self.store.transition(
+                    job.id, job.state, STAGING,
+                    f"attempt {job.attempts} {outcome} (exit code {status.exit_code}); "
+                    f"retrying as attempt {job.attempts + 1} of {retries + 1}",
+                    attempts=job.attempts + 1, remote_id=None, handle=None, next_at=0, **self._clear_failures(),
+                ):
+                    log.warning("attempt {} {}; retrying", job.attempts, outcome)
+                return
+            if self.store.transition(
+                job.id, job.state, COLLECTING, f"{status.native}: {outcome}"
+                + (f", exit code {status.exit_code}" if status.exit_code is not None else "")
+                + (f" ({status.message})" if status.message else ""),
+                outcome=outcome, exit_code=status.exit_code, remote_state=status.native,
+                message=status.message or None, started_at=job.started_at or status.started,
+                ended_at=status.ended or now, next_at=0, **self._clear_failures(),
+            ):
+                log.info("{} (exit code {}); collecting results", outcome, status.exit_code)
+            return
+        if status.state is RemoteState.UNKNOWN:
+            failures = job.failures + 1
+            if failures >= MAX_UNKNOWN_POLLS:
+                self._hold(job, f"backend {job.backend} no longer knows {job.remote_id} ({status.message or status.native}); "
+                                f"a vanished job is not a finished one. Check the service, then "
+                                f"'syncd retry {job.id}' or 'syncd cancel {job.id}'")
+                return
+            self.store.update(job.id, expect=job.state, failures=failures, failing_since=job.failing_since or now,
+                              next_at=now + backoff_delay(self.config.retry, failures))
+            return
+        new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
+        if new_state != job.state:
+            started = job.started_at or (status.started or now if new_state == RUNNING else None)
+            self.store.transition(job.id, job.state, new_state, f"{status.native}", remote_state=status.native,
+                                  started_at=started, next_at=now + first, poll_interval=first,
+                                  **self._clear_failures())
+            log.info("{}", new_state)
+        else:
+            interval = min(poll.max, (job.poll_interval or first) * poll.factor)
+            self.store.update(job.id, expect=job.state, next_at=now + interval, poll_interval=interval,
+                              failures=0, failing_since=None)
+
+    # -- cancel and retry requests -----------------------------------------------------------
+    def handle_requests(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job.cancel_requested == 1:
+            self._cancel(job)
+        if self.store.get(job_id).retry_requested:
+            self._retry(self.store.get(job_id))
+
+    def _cancel(self, job: Job) -> None:
+        log = job_logger(job)
+        if job.state in (CLAIMED, STAGING, STAGED, HELD) and not job.remote_id:
+            if self.store.transition(job.id, job.state, COLLECTING, "cancelled before it was submitted",
+                                     outcome=CANCELLED, cancel_requested=2, next_at=0, ended_at=self.clock(),
+                                     message="cancelled before it was submitted"):
+                log.info("cancelled before submission")
+        elif job.state in REMOTE or (job.state == HELD and job.remote_id):
+            try:
+                self.backends[job.backend].cancel(RemoteRef(job.remote_id, job.handle_data))
+            except (TransientError, OSError) as exc:
+                log.warning("cancel request failed ({}); will try again", exc)
+                return
+            self.store.update(job.id, cancel_requested=2, next_at=0, event="cancel sent to the backend")
+            if job.state == HELD:
+                self.store.transition(job.id, HELD, job.held_from or SUBMITTED, "resumed to follow the cancel",
+                                      **self._clear_failures())
+            log.info("cancel sent to backend {}", job.backend)
+        elif job.state in TERMINAL or job.state == COLLECTING:
+            self.store.update(job.id, cancel_requested=0, event="cancel ignored: the job has already ended")
+        # SUBMITTING: wait until the remote id is known, then the next pump sends it.
+
+    def _retry(self, job: Job) -> None:
+        log = job_logger(job)
+        if job.state == HELD:
+            self.store.transition(job.id, HELD, job.held_from or CLAIMED, "resumed by 'syncd retry'",
+                                  retry_requested=0, next_at=0, **self._clear_failures())
+            log.info("resumed from {}", job.held_from)
+        elif job.state in (FAILED, TIMED_OUT, CANCELLED) and job.finished:
+            if not Path(job.spool_path).exists():
+                self.store.update(job.id, retry_requested=0, event="retry refused: the job's files are no longer "
+                                  "kept (after: remove); drop the job folder into the inbox again")
+                return
+            inbox = self.config.inbox(job.inbox)
+            with self._folder_lock:
+                folder = self._reserve_folder(inbox, job.name)
+                self.store.transition(
+                    job.id, job.state, STAGING, f"retry by 'syncd retry'; results will go to {folder}/",
+                    retry_requested=0, attempts=job.attempts + 1, folder=folder, remote_id=None, handle=None,
+                    outcome=None, exit_code=None, remote_state=None, message=None, finished=0, cancel_requested=0,
+                    started_at=None, ended_at=None, submitted_at=None, next_at=0, **self._clear_failures(),
+                )
+            log.info("retrying as attempt {}", job.attempts + 1)
+        elif job.state == REJECTED:
+            self.store.update(job.id, retry_requested=0, event="retry refused: fix the problems listed in "
+                              "ERROR.txt and move the folder from failed/ back into the inbox")
+        else:
+            self.store.update(job.id, retry_requested=0, event=f"retry ignored: the job is {job.state}")
+
+    # -- collect ---------------------------------------------------------------------------
+    def _collect(self, job: Job) -> None:
+        """Deliver outputs and logs to the bucket, mirror into the outbox, write the result record last."""
+        inbox = self.config.inbox(job.inbox)
+        storage, outbox = self.storages[job.storage], self.outboxes[job.inbox]
+        backend = self.backends[job.backend]
+        folder = job.folder or self._reserve_folder(inbox, job.name)
+        record_key = f"{folder}/{RESULT_RECORD}"
+        existing = outbox.path_for(job.bucket, record_key)
+        if _record_matches(existing, job):
+            self._complete(job)
+            return
+        storage.ensure_bucket(job.bucket)
+        delivered: list[dict[str, Any]] = []
+        refused: list[dict[str, str]] = []
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.tmp_dir) as scratch:
+            empty = Path(scratch) / "empty"
+            empty.touch()
+            stdout = stderr = empty
+            if job.remote_id:
+                ref = RemoteRef(job.remote_id, job.handle_data)
+                for item in backend.outputs(ref, self.spec(job)):
+                    if item.relpath in RESERVED_OUTPUTS:
+                        refused.append({"path": item.relpath, "reason": "name is reserved for syncd's own files"})
+                        continue
+                    storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
+                    delivered.append({"path": item.relpath, "size": item.size})
+                logs = backend.logs(ref)
+                stdout, stderr = logs.stdout or empty, logs.stderr or empty
+            storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", stdout)
+            storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", stderr)
+            report = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key})
+            refused += [{"path": key, "reason": why} for key, why in report.refused]
+            record = self._result_record(self.store.get(job.id), inbox, folder, delivered, refused)
+            record_file = Path(scratch) / RESULT_RECORD
+            record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            storage.put_file(job.bucket, record_key, record_file)
+        outbox.write_json(job.bucket, record_key, record)
+        self._complete(job)
+
+    def _complete(self, job: Job) -> None:
+        if self.store.transition(job.id, COLLECTING, job.outcome or FAILED,
+                                 f"results delivered to {job.bucket}/{job.folder}/", finished=0, next_at=0,
+                                 **self._clear_failures()):
+            job_logger(job).info("{}: results in {}", job.outcome, self.outboxes[job.inbox].path_for(
+                job.bucket, job.folder or ""))
+
+    def _result_record(self, job: Job, inbox: InboxConfig, folder: str, outputs: list, refused: list) -> dict:
+        base = f"{inbox.prefix}/{job.name}" if inbox.prefix else job.name
+        record = {
+            "state": job.outcome,
+            "exit_code": job.exit_code,
+            "message": job.message,
+            "job": job.name,
+            "id": job.id,
+            "directory": job.dir_name,
+            "inbox": job.inbox,
+            "backend": job.backend,
+            "remote_id": job.remote_id,
+            "remote_state": job.remote_state,
+            "submit_key": job.submit_key if job.remote_id else None,
+            "attempts": job.attempts,
+            "bucket": job.bucket,
+            "folder": folder,
+            "created": iso(job.created),
+            "submitted": iso(job.submitted_at),
+            "started": iso(job.started_at),
+            "ended": iso(job.ended_at),
+            "outputs": outputs,
+            "refused": refused,
+            "syncd_version": __version__,
+        }
+        if folder != base:
+            record["note"] = (f"an earlier job named '{job.name}' already has results in '{base}/'; "
+                              f"this job's results are in '{folder}/'")
+        return record
+
+    # -- finish -----------------------------------------------------------------------------
+    def finish(self, job_id: str) -> None:
+        """After a terminal state: move the claimed directory away and clean up the backend."""
+        job = self.store.get(job_id)
+        if job.state not in TERMINAL or job.finished:
+            return
+        spool = self.spools[job.inbox]
+        inbox = self.config.inbox(job.inbox)
+        path = Path(job.spool_path)
+        try:
+            if job.state == REJECTED:
+                dest = self._rejected_destination(job, spool, path)
+                self.store.update(job.id, finished=1, spool_path=str(dest),
+                                  event=f"moved to {dest} with ERROR.txt")
+                job_logger(job).warning("rejected; moved to {}", dest)
+                return
+            if job.remote_id:
+                self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
+            if inbox.after == "remove":
+                spool.remove(path)
+                dest = path
+            else:
+                dest = spool.archive(path, job.id)
+            self.store.update(job.id, finished=1, spool_path=str(dest))
+        except (OSError, PermanentError, TransientError) as exc:
+            job_logger(job).warning("finishing failed ({}); will try again", exc)
+            self.store.update(job.id, event=f"finishing failed: {exc}")
+
+    def _rejected_destination(self, job: Job, spool: Spool, path: Path) -> Path:
+        inbox = self.config.inbox(job.inbox)
+        if not path.exists():  # moved before a crash: find it by its report
+            for candidate in inbox.failed.iterdir():
+                report = candidate / "syncd-error.json"
+                try:
+                    if json.loads(report.read_text()).get("id") == job.id:
+                        return candidate
+                except (OSError, ValueError):
+                    continue
+            raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
+        problems = (job.error or "").split("; ")
+        report = {
+            "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,
+            "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
+            "next_step": f"fix the problems, then move this folder back into {inbox.path}",
+        }
+        text = (
+            f"syncd could not accept the job '{job.dir_name}' (id {job.id}).\n\n"
+            "Problems:\n" + "".join(f"  - {p}\n" for p in problems) +
+            f"\nNothing was run. All of your files are still in this folder, unchanged.\n"
+            f"Fix the problems above, then move this folder back into the inbox:\n  {inbox.path}\n"
+        )
+        return spool.reject(path, job.dir_name, text, report)
+
+
+def _with(job: Job, **changes: Any) -> Job:
+    return replace(job, **changes)
+
+
+def _any(iterable) -> bool:
+    return any(True for _ in iterable)
+
+
+def _record_matches(path: Path, job: Job) -> bool:
+    """True when the outbox already holds this attempt's result record (crash after writing it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("id") == job.id and data.get("attempts") == job.attempts
+

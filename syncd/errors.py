@@ -1,0 +1,48 @@
+"""Error types shared by every layer.
+
+Backends and storages only *classify* failures; the engine decides what to do
+with them (retry with backoff, pause the backend, fail the job).
+"""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base class for errors syncd raises on purpose."""
+
+
+class TransientError(SyncdError):
+    """A failure worth retrying: connection refused/reset, timeout, 5xx, 429.
+
+    ``retry_after`` carries a server's Retry-After hint in seconds, if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SyncdError):
+    """A refusal that will not change by retrying: bad request, quota, not found."""
+
+
+class AuthError(PermanentError):
+    """Credentials were refused. Retrying with the same credentials is pointless."""
+
+
+class ConfigError(SyncdError):
+    """The daemon configuration is invalid; ``problems`` lists every finding."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class ManifestError(SyncdError):
+    """A job directory cannot be accepted; ``problems`` lists every finding."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))

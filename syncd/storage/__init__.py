@@ -1,0 +1,1 @@
+"""Object storages; see :mod:`syncd.storage.base` for the contract."""

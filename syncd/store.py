@@ -1,0 +1,358 @@
+"""SQLite state store: jobs, an append-only event log, guarded transitions.
+
+The store is the only source of truth. Every transition is written (and
+fsync'd, ``synchronous=FULL``) before the side effect that depends on it, and is
+guarded by the state it expects, so two actors (the daemon and a CLI command,
+or two worker threads) can never both move the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA_VERSION = 1
+
+# States a job can be in, in lifecycle order.
+CLAIMING = "claiming"
+CLAIMED = "claimed"
+STAGING = "staging"
+STAGED = "staged"
+SUBMITTING = "submitting"
+SUBMITTED = "submitted"
+QUEUED = "queued"
+RUNNING = "running"
+COLLECTING = "collecting"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TIMED_OUT = "timed_out"
+REJECTED = "rejected"
+HELD = "held"
+
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, REJECTED})
+REMOTE = frozenset({SUBMITTED, QUEUED, RUNNING})
+ACTIVE = frozenset({CLAIMED, STAGING, STAGED, SUBMITTING, SUBMITTED, QUEUED, RUNNING, COLLECTING})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    dir_name TEXT NOT NULL,
+    inbox TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    storage TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    folder TEXT,
+    state TEXT NOT NULL,
+    held_from TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    remote_id TEXT,
+    handle TEXT,
+    remote_state TEXT,
+    exit_code INTEGER,
+    outcome TEXT,
+    error TEXT,
+    message TEXT,
+    manifest TEXT,
+    spool_path TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    retry_requested INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    submitted_at REAL,
+    started_at REAL,
+    ended_at REAL,
+    next_at REAL NOT NULL DEFAULT 0,
+    poll_interval REAL,
+    failing_since REAL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    finished INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS delivered (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    mtime_ns INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    dir_name: str
+    inbox: str
+    backend: str
+    storage: str
+    bucket: str
+    folder: str | None
+    state: str
+    held_from: str | None
+    attempts: int
+    remote_id: str | None
+    handle: str | None
+    remote_state: str | None
+    exit_code: int | None
+    outcome: str | None
+    error: str | None
+    message: str | None
+    manifest: str | None
+    spool_path: str
+    cancel_requested: int
+    retry_requested: int
+    priority: int
+    created: float
+    updated: float
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    next_at: float
+    poll_interval: float | None
+    failing_since: float | None
+    failures: int
+    finished: int
+
+    @property
+    def submit_key(self) -> str:
+        """The name the remote side knows this attempt by; stable across restarts."""
+        return f"syncd-{self.id}" if self.attempts <= 1 else f"syncd-{self.id}-{self.attempts}"
+
+    @property
+    def handle_data(self) -> dict[str, Any]:
+        return json.loads(self.handle) if self.handle else {}
+
+    @property
+    def manifest_data(self) -> dict[str, Any]:
+        return json.loads(self.manifest) if self.manifest else {}
+
+
+_JOB_COLUMNS = [f.name for f in fields(Job)]
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    job_id: str
+    at: float
+    from_state: str | None
+    to_state: str | None
+    message: str
+
+
+class Store:
+    """Thread-safe access to the state database (one connection per thread)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        os.chmod(self.path, 0o600)
+
+    # -- connections -------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- jobs ----------------------------------------------------------------
+    def create_job(self, **values: Any) -> Job:
+        now = time.time()
+        values.setdefault("state", CLAIMING)
+        values.setdefault("created", now)
+        values.setdefault("updated", now)
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write() as conn:
+            conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+            self._event(conn, values["id"], None, values["state"], f"found job directory '{values['dir_name']}'")
+        return self.get(values["id"])
+
+    def get(self, job_id: str) -> Job:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return Job(**{k: row[k] for k in _JOB_COLUMNS})
+
+    def find(self, id_or_name: str) -> list[Job]:
+        rows = self._conn().execute(
+            "SELECT * FROM jobs WHERE id = ? OR name = ? OR dir_name = ? ORDER BY created",
+            (id_or_name, id_or_name, id_or_name),
+        ).fetchall()
+        exact = [r for r in rows if r["id"] == id_or_name]
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in (exact or rows)]
+
+    def jobs(self, states: Iterable[str] | None = None, *, backend: str | None = None) -> list[Job]:
+        query, params = "SELECT * FROM jobs", []
+        clauses = []
+        if states is not None:
+            states = list(states)
+            clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+            params += states
+        if backend is not None:
+            clauses.append("backend = ?")
+            params.append(backend)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+
+    def requests(self) -> list[Job]:
+        """Jobs with a pending cancel or retry request (set by the CLI or a folder verb)."""
+        return self._select("cancel_requested = 1 OR retry_requested = 1")
+
+    def unfinished(self) -> list[Job]:
+        """Jobs in a terminal state whose claimed directory has not been archived yet."""
+        marks = ", ".join("?" for _ in TERMINAL)
+        return self._select(f"finished = 0 AND state IN ({marks})", tuple(TERMINAL))
+
+    def request(self, job_id: str, kind: str) -> None:
+        """Record a cancel or retry request; the daemon acts on it at its next pass."""
+        column = {"cancel": "cancel_requested", "retry": "retry_requested"}[kind]
+        with self._write() as conn:
+            conn.execute(f"UPDATE jobs SET {column} = 1, updated = ? WHERE id = ? AND {column} = 0",
+                         (time.time(), job_id))
+            self._event(conn, job_id, None, None, f"{kind} requested")
+
+    def _select(self, where: str, params: tuple = ()) -> list[Job]:
+        rows = self._conn().execute(f"SELECT * FROM jobs WHERE {where} ORDER BY priority DESC, created, id",
+                                    params).fetchall()
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+
+    def count(self, states: Iterable[str], *, backend: str | None = None) -> int:
+        states = list(states)
+        query = f"SELECT COUNT(*) FROM jobs WHERE state IN ({', '.join('?' for _ in states)})"
+        params: list[Any] = list(states)
+        if backend is not None:
+            query += " AND backend = ?"
+            params.append(backend)
+        return self._conn().execute(query, params).fetchone()[0]
+
+    def transition(self, job_id: str, expect: str | Iterable[str], to: str, note: str, **values: Any) -> bool:
+        """Move ``job_id`` from one of ``expect`` to ``to`` (and set ``values``) atomically.
+
+        Returns False, changing nothing, when the job is no longer in an expected state.
+        """
+        expected = [expect] if isinstance(expect, str) else list(expect)
+        values["state"] = to
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] not in expected:
+                return False
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            self._event(conn, job_id, row["state"], to, note)
+        return True
+
+    def update(self, job_id: str, *, expect: str | Iterable[str] | None = None, event: str | None = None,
+               **values: Any) -> bool:
+        """Set fields without a state change (optionally only while in ``expect``)."""
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            if expect is not None:
+                expected = [expect] if isinstance(expect, str) else list(expect)
+                if row["state"] not in expected:
+                    return False
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            if event:
+                self._event(conn, job_id, None, None, event)
+        return True
+
+    def delete_unclaimed(self, job_id: str) -> None:
+        """Forget a record whose claim rename never happened (crash between insert and rename)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, CLAIMING))
+            conn.execute("DELETE FROM events WHERE job_id = ? AND NOT EXISTS "
+                         "(SELECT 1 FROM jobs WHERE id = ?)", (job_id, job_id))
+
+    def add_event(self, job_id: str, message: str) -> None:
+        with self._write() as conn:
+            self._event(conn, job_id, None, None, message)
+
+    def events(self, job_id: str) -> list[Event]:
+        rows = self._conn().execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+        return [Event(r["seq"], r["job_id"], r["at"], r["from_state"], r["to_state"], r["message"]) for r in rows]
+
+    def folders_in_use(self, storage: str, bucket: str) -> set[str]:
+        rows = self._conn().execute(
+            "SELECT folder FROM jobs WHERE storage = ? AND bucket = ? AND folder IS NOT NULL", (storage, bucket)
+        ).fetchall()
+        return {r["folder"] for r in rows}
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, job_id: str, from_state: str | None, to_state: str | None,
+               message: str) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, at, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
+            (job_id, time.time(), from_state, to_state, message),
+        )
+
+    # -- outbox delivery index -------------------------------------------------
+    def delivered(self, path: str) -> tuple[int, str, int] | None:
+        row = self._conn().execute("SELECT size, etag, mtime_ns FROM delivered WHERE path = ?", (path,)).fetchone()
+        return (row["size"], row["etag"], row["mtime_ns"]) if row else None
+
+    def record_delivered(self, path: str, size: int, etag: str, mtime_ns: int) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?)", (path, size, etag, mtime_ns))

@@ -1,0 +1,263 @@
+"""Detect job directories in an inbox and decide when each has settled.
+
+Events (inotify or polling) only say "look at this folder again"; a periodic
+full rescan backs them up, so no event is ever the only path. A folder is
+settled when it holds ``job.yaml`` and two snapshots of its tree (names, sizes,
+mtimes, compared with each other, never with the local clock) taken ``settle``
+apart are identical — or at once when it holds a ``.ready`` marker.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from loguru import logger
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from syncd.config import InboxConfig
+from syncd.manifest import MANIFEST_NAME, READY_MARKER
+
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
+    "gpfs", "beegfs", "davfs", "sshfs", "virtiofs", "vboxsf", "vmhgfs",
+})
+
+Snapshot = tuple[tuple[str, int, int, int], ...]
+
+
+def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
+    """The type of the filesystem holding ``path``, from the mount table (longest mount point wins)."""
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    try:
+        with open(mounts_file) as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                point = parts[1].replace("\\040", " ")
+                if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, best_type = point, parts[2]
+    except OSError:
+        return None
+    return best_type
+
+
+def wants_polling(fstype: str | None) -> bool:
+    return fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse"))
+
+
+def snapshot(path: Path) -> Snapshot:
+    """Names, types, sizes and mtimes of everything under ``path`` (links not followed)."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            entries.append((os.path.relpath(full, path), stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+@dataclass
+class _Candidate:
+    snapshot: Snapshot | None = None
+    since: float = 0.0
+    hinted: bool = False
+
+
+class SettleTracker:
+    """Per-folder settle state. Pure logic; time comes from the caller's monotonic clock."""
+
+    def __init__(self, settle: float):
+        self.settle = settle
+        self._candidates: dict[str, _Candidate] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._candidates)
+
+    def add(self, name: str) -> None:
+        self._candidates.setdefault(name, _Candidate())
+
+    def touch(self, name: str) -> None:
+        """An event says the folder changed: its quiet period starts again."""
+        self._candidates[name] = _Candidate()
+
+    def forget(self, name: str) -> None:
+        self._candidates.pop(name, None)
+
+    def observe(self, name: str, current: Snapshot, now: float, *, ready_marker: bool = False) -> bool:
+        """Record a snapshot; True when the folder has settled."""
+        candidate = self._candidates.setdefault(name, _Candidate())
+        if ready_marker:
+            return True
+        if candidate.snapshot != current:
+            candidate.snapshot, candidate.since = current, now
+            return False
+        return now - candidate.since >= self.settle
+
+    def hint_once(self, name: str) -> bool:
+        candidate = self._candidates.setdefault(name, _Candidate())
+        first, candidate.hinted = not candidate.hinted, True
+        return first
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: "InboxWatcher"):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            for raw in (event.src_path, getattr(event, "dest_path", "")):
+                if raw:
+                    self.watcher.note_path(os.fsdecode(raw))
+        except Exception:  # a handler must never take the observer down
+            logger.opt(exception=True).warning("inbox {}: ignoring a malformed event", self.watcher.inbox.name)
+
+
+class InboxWatcher:
+    """Watches one inbox; ``check()`` is called on a timer and hands settled folders to ``on_settled``."""
+
+    def __init__(self, inbox: InboxConfig, on_settled: Callable[[InboxConfig, Path], bool],
+                 clock: Callable[[], float] = time.monotonic):
+        self.inbox = inbox
+        self.on_settled = on_settled
+        self.clock = clock
+        self.tracker = SettleTracker(inbox.settle)
+        self._dirty: set[str] = set()  # changed, per events: quiet period restarts
+        self._found: set[str] = set()  # seen by a rescan: tracked if new
+        self._lock = threading.Lock()
+        self._observer = None
+        self._paused = False
+        self.restarts = 0
+        self.mode = self._choose_mode()
+
+    def _choose_mode(self) -> str:
+        if self.inbox.observer != "auto":
+            return self.inbox.observer
+        fstype = filesystem_type(self.inbox.path)
+        return "polling" if wants_polling(fstype) else "native"
+
+    # -- observer lifecycle ------------------------------------------------------
+    def start(self) -> None:
+        self._start_observer()
+        self.rescan()
+
+    def _start_observer(self) -> None:
+        observer = PollingObserver(timeout=self.inbox.poll_interval) if self.mode == "polling" else Observer()
+        observer.daemon = True
+        observer.schedule(_Handler(self), str(self.inbox.path), recursive=True)
+        observer.start()
+        self._observer = observer
+        logger.info("inbox {}: watching {} ({} observer)", self.inbox.name, self.inbox.path, self.mode)
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            try:
+                observer.join(timeout=5)
+            except RuntimeError:
+                pass
+
+    def _supervise(self) -> bool:
+        """Keep the observer alive; pause while the inbox is gone. True when the inbox is usable."""
+        if not self.inbox.path.is_dir():
+            if not self._paused:
+                logger.warning("inbox {}: {} is not reachable; pausing intake until it returns",
+                               self.inbox.name, self.inbox.path)
+                self._paused = True
+                self.stop()
+            return False
+        if self._paused:
+            logger.info("inbox {}: {} is back; resuming", self.inbox.name, self.inbox.path)
+            self._paused = False
+            self.restarts += 1
+            self._start_observer()
+            self.rescan()
+        elif self._observer is None or not self._observer.is_alive():
+            logger.warning("inbox {}: the {} observer stopped; restarting it", self.inbox.name, self.mode)
+            self.restarts += 1
+            self.stop()
+            try:
+                self._start_observer()
+            except OSError as exc:  # e.g. inotify watch limit reached
+                logger.error("inbox {}: cannot start the {} observer ({}); falling back to polling",
+                             self.inbox.name, self.mode, exc)
+                self.mode = "polling"
+                self._start_observer()
+            self.rescan()
+        return True
+
+    # -- detection -----------------------------------------------------------------
+    def note_path(self, raw: str) -> None:
+        """Mark the top-level folder containing ``raw`` as changed."""
+        rel = os.path.relpath(raw, self.inbox.path)
+        if rel == "." or rel.startswith(".."):
+            return
+        top = rel.split(os.sep, 1)[0]
+        if top.startswith("."):
+            return
+        with self._lock:
+            self._dirty.add(top)
+
+    def rescan(self) -> None:
+        try:
+            entries = list(os.scandir(self.inbox.path))
+        except OSError as exc:
+            logger.warning("inbox {}: cannot list {}: {}", self.inbox.name, self.inbox.path, exc)
+            return
+        with self._lock:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    self._found.add(entry.name)
+
+    def check(self) -> None:
+        """Evaluate every candidate folder once; hand over the settled ones."""
+        if not self._supervise():
+            return
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            found, self._found = self._found, set()
+        for name in found:
+            self.tracker.add(name)
+        for name in dirty:
+            self.tracker.touch(name)
+        now = self.clock()
+        for name in self.tracker.names():
+            path = self.inbox.path / name
+            try:
+                if path.is_symlink() or not path.is_dir():
+                    self.tracker.forget(name)
+                    continue
+                has_manifest = os.path.lexists(path / MANIFEST_NAME)
+                current = snapshot(path)
+            except OSError as exc:
+                logger.warning("inbox {}: cannot read {}: {}", self.inbox.name, path, exc)
+                continue
+            ready = has_manifest and os.path.lexists(path / READY_MARKER)
+            settled = self.tracker.observe(name, current, now, ready_marker=ready)
+            if settled and not has_manifest:
+                if self.tracker.hint_once(name):
+                    logger.info("inbox {}: folder '{}' has no {}; waiting for one", self.inbox.name, name,
+                                MANIFEST_NAME)
+                continue
+            if settled:
+                try:
+                    taken = self.on_settled(self.inbox, path)
+                except Exception:
+                    logger.opt(exception=True).error("inbox {}: claiming '{}' failed; will try again",
+                                                     self.inbox.name, name)
+                    continue
+                if taken:
+                    self.tracker.forget(name)

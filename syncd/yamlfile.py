@@ -1,0 +1,118 @@
+"""Load YAML with line numbers, refusing duplicate keys and alias bombs.
+
+PyYAML's ``safe_load`` silently keeps the last of two duplicate keys and expands
+aliases without limit; both are traps in files written by hand. This loader walks
+the composed node tree itself, so it can report ``file:line`` for every value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Location = tuple[str | int, ...]
+MAX_NODES = 100_000
+
+
+class YamlProblem(Exception):
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass
+class LoadedYaml:
+    data: Any
+    lines: dict[Location, int] = field(default_factory=dict)
+
+    def line_of(self, location: Location) -> int | None:
+        """The line of ``location`` or of its closest parent that has one."""
+        loc = tuple(location)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), None)
+
+
+class _CountingLoader(yaml.SafeLoader):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_count = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.alias_count += 1
+        return super().compose_node(parent, index)
+
+
+def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
+    """Parse one YAML document; raise :class:`YamlProblem` with a line number on error."""
+    loader = _CountingLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise YamlProblem(f"not valid YAML: {exc.problem or exc}", line) from None
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    if loader.alias_count and not allow_aliases:
+        raise YamlProblem("YAML anchors and aliases (&name / *name) are not allowed here; write the values out")
+    result = LoadedYaml(data=None)
+    if root is None:
+        return result
+    counter = [0]
+    result.data = _construct(loader, root, (), result.lines, counter)
+    return result
+
+
+def load_file(path: Path, *, max_bytes: int = 1024 * 1024, allow_aliases: bool = True) -> LoadedYaml:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise YamlProblem(f"file is {size} bytes; the limit is {max_bytes} bytes")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise YamlProblem("file is not valid UTF-8; save it as UTF-8 text", line) from None
+    return loads(text, allow_aliases=allow_aliases)
+
+
+def _construct(loader, node, location: Location, lines: dict, counter: list[int]) -> Any:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise YamlProblem(f"document expands to more than {MAX_NODES} values (alias bomb?)")
+    lines[location] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                raise YamlProblem("a mapping key must be a plain value", key_node.start_mark.line + 1)
+            if key in result:
+                raise YamlProblem(
+                    f"duplicate key {key!r} (first at line {lines[location + (key,)]}); keep only one",
+                    key_node.start_mark.line + 1,
+                )
+            lines[location + (key,)] = key_node.start_mark.line + 1
+            result[key] = _construct(loader, value_node, location + (key,), lines, counter)
+            lines[location + (key,)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(loader, child, location + (index,), lines, counter)
+            for index, child in enumerate(node.value)
+        ]
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        raise YamlProblem(f"cannot read value: {exc.problem}", node.start_mark.line + 1) from None

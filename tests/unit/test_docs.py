@@ -1,0 +1,40 @@
+"""The README is the contract: every option syncd accepts is documented there, and its commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from syncd.backends.local import LocalOptions
+from syncd.config import Config, InboxConfig, PollPolicy, RetryPolicy
+from syncd.manifest import Manifest, Resources
+from syncd.storage.file import FileStorageOptions
+
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def _documented_keys() -> set[str]:
+    return set(re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize("model", [Config, InboxConfig, PollPolicy, RetryPolicy, LocalOptions,
+                                   FileStorageOptions, Manifest])
+def test_readme_documents_every_option_of(model):
+    fields = {name for name, field in model.model_fields.items() if not field.exclude}
+    missing = fields - _documented_keys()
+    assert not missing, f"{model.__name__} options missing from the README tables: {sorted(missing)}"
+
+
+def test_readme_documents_every_resource():
+    for name in Resources.model_fields:
+        assert f"`{name}`" in README
+
+
+def test_readme_names_the_scripts_that_exist_and_ci_runs_the_test_command():
+    root = Path(__file__).parents[2]
+    for script in ("./scripts/demo", "./scripts/test"):
+        assert f"\n{script}\n" in README
+        assert (root / script).is_file()
+    assert "./scripts/test" in (root / ".ci" / "run").read_text()

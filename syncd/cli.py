@@ -167,6 +167,8 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def validate(path: Path) -> None:
     """Check a job directory or a config file; exit 0 when valid, 1 when not."""
+    if path.name == "job.yaml" and path.is_file():
+        path = path.parent  # a manifest is checked together with its job directory
     if path.is_dir():
         from syncd.manifest import load_job_directory
 
@@ -240,7 +242,8 @@ def logs(config_path: Path, job: str) -> None:
     for stream, path in streams.items():
         click.echo(f"----- {stream}" + (f" ({path})" if path else " (none)"))
         if path is not None:
-            click.echo(path.read_text(errors="replace"), nl=False)
+            text = path.read_text(errors="replace")
+            click.echo(text, nl=bool(text) and not text.endswith("\n"))
 
 
 if __name__ == "__main__":

@@ -127,10 +127,11 @@ class Daemon:
 
     def stop(self) -> None:
         logger.info("stopping: no new jobs are taken; running jobs keep running and are re-attached at next start")
+        if self.scheduler is not None:
+            # Timers first, so no settle tick can restart a watcher or claim a job during shutdown.
+            self.scheduler.shutdown(wait=True)
         for watcher in self.watchers:
             watcher.stop()
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
         drained = self.engine.stop(DRAIN_SECONDS) if self.engine else True
         if not drained:
             logger.warning("some steps were still running after {}s; they resume at next start", DRAIN_SECONDS)

@@ -282,8 +282,7 @@ class Engine:
         try:
             directory = self._load(job)
             manifest_json = json.dumps(directory.manifest.model_dump(mode="json"))
-            probe = self.store.get(job.id)
-            spec = self.spec(_with(probe, name=directory.name, manifest=manifest_json, attempts=1))
+            spec = self.spec(_with(job, name=directory.name, manifest=manifest_json, attempts=1))
             if problems := self.backends[job.backend].check(spec):
                 raise ManifestError(job.spool_path, problems)
         except ManifestError as exc:

@@ -189,6 +189,9 @@ def parse_manifest(path: Path) -> Manifest:
     """Read and validate ``job.yaml``; raise ManifestError naming line and field."""
     shown = path.name
     try:
+        if not path.exists() and not path.is_symlink():
+            raise ManifestError(str(path), [f"{shown}: missing; every job folder needs one, e.g. "
+                                            f"command: \"python run.py\""])
         if path.is_symlink() or not path.is_file():
             raise ManifestError(str(path), [f"{shown}: must be a regular file, not a folder or a link"])
         loaded = load_file(path, max_bytes=MAX_MANIFEST_BYTES, allow_aliases=False)
@@ -212,8 +215,15 @@ def parse_manifest(path: Path) -> Manifest:
             field = ".".join(str(p) for p in loc)
             msg = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                msg = (f"unknown key '{loc[-1]}'; known keys: command, name, inputs, outputs, env, timeout, "
-                       f"retries, resources, tags, priority")
+                model = Resources if loc[0] == "resources" else Manifest
+                msg = f"unknown key '{loc[-1]}'; known keys: {', '.join(model.model_fields)}"
+            elif error["type"] in ("greater_than", "greater_than_equal", "less_than_equal"):
+                limit = error.get("ctx", {})
+                bound = next(iter(limit.values()), "")
+                relation = {"greater_than": "more than", "greater_than_equal": "at least",
+                            "less_than_equal": "at most"}[error["type"]]
+                example = ", e.g. 30s or 2h" if field in ("timeout", "resources.walltime") else ""
+                msg = f"must be {relation} {bound}{example}"
             elif error["type"] == "missing":
                 msg = "required but missing; add it" + (", e.g. command: \"python run.py\"" if field == "command" else "")
             problems.append(f"{shown}:{line}: {field}: {msg}" if line else f"{shown}: {field}: {msg}")

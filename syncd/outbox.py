@@ -120,7 +120,7 @@ class Outbox:
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
-        except (NotADirectoryError, IsADirectoryError) as exc:
+        except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
         except OSError as exc:
             raise os_error(exc, f"writing {dest}") from exc

@@ -15,6 +15,8 @@ import yaml
 
 Location = tuple[str | int, ...]
 MAX_NODES = 100_000
+MAX_DEPTH = 64
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class YamlProblem(Exception):
@@ -61,6 +63,8 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
         raise YamlProblem(f"not valid YAML: {exc.problem or exc}", line) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise YamlProblem(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
     finally:
         loader.dispose()
     if loader.alias_count and not allow_aliases:
@@ -69,7 +73,7 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
     if root is None:
         return result
     counter = [0]
-    result.data = _construct(loader, root, (), result.lines, counter)
+    result.data = _construct(loader, root, (), result.lines, counter, ())
     return result
 
 
@@ -86,30 +90,40 @@ def load_file(path: Path, *, max_bytes: int = 1024 * 1024, allow_aliases: bool =
     return loads(text, allow_aliases=allow_aliases)
 
 
-def _construct(loader, node, location: Location, lines: dict, counter: list[int]) -> Any:
+def _construct(loader, node, location: Location, lines: dict, counter: list[int], ancestors: tuple) -> Any:
     counter[0] += 1
     if counter[0] > MAX_NODES:
         raise YamlProblem(f"document expands to more than {MAX_NODES} values (alias bomb?)")
-    lines[location] = node.start_mark.line + 1
+    line = node.start_mark.line + 1
+    if id(node) in ancestors:
+        raise YamlProblem("an alias refers to a value that contains it (a recursive alias)", line)
+    if len(ancestors) >= MAX_DEPTH:
+        raise YamlProblem(f"nested too deeply (more than {MAX_DEPTH} levels)", line)
+    ancestors = ancestors + (id(node),)
+    lines[location] = line
     if isinstance(node, yaml.MappingNode):
+        explicit: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                raise YamlProblem("a mapping key must be a plain value", key_node.start_mark.line + 1)
+            if key in explicit:
+                raise YamlProblem(f"duplicate key {key!r} (first at line {explicit[key]}); keep only one",
+                                  key_node.start_mark.line + 1)
+            explicit[key] = key_node.start_mark.line + 1
+        # Merge keys (<<: *base) come first after flattening, so explicit keys override them.
         loader.flatten_mapping(node)
         result: dict = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
-                raise YamlProblem("a mapping key must be a plain value", key_node.start_mark.line + 1)
-            if key in result:
-                raise YamlProblem(
-                    f"duplicate key {key!r} (first at line {lines[location + (key,)]}); keep only one",
-                    key_node.start_mark.line + 1,
-                )
-            lines[location + (key,)] = key_node.start_mark.line + 1
-            result[key] = _construct(loader, value_node, location + (key,), lines, counter)
+            result[key] = _construct(loader, value_node, location + (key,), lines, counter, ancestors)
             lines[location + (key,)] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _construct(loader, child, location + (index,), lines, counter)
+            _construct(loader, child, location + (index,), lines, counter, ancestors)
             for index, child in enumerate(node.value)
         ]
     try:

@@ -88,6 +88,8 @@ class FileStorage(Storage):
             raise os_error(exc, f"creating bucket '{bucket}' in {self.options.root}") from exc
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        if prefix:
+            check_key(prefix.rstrip("/") or ".")
         base = self._bucket_dir(bucket)
         # Walk only the folder that can hold the prefix, not the whole bucket.
         start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

@@ -99,6 +99,17 @@ def test_validate_rejects_input_glob_escaping_with_dotdot(tmp_path):
     assert "job.yaml:" in text and "inputs" in text and "'..' would leave the job directory" in text
 
 
+def test_validate_rejects_folder_without_job_yaml_saying_it_is_missing(tmp_path):
+    job = make_job(tmp_path, "nomanifest", None, {"data.txt": "x\n"})
+    done = syncd("validate", str(job))
+    assert done.returncode == 1, output(done)
+    text = output(done)
+    assert "job.yaml" in text
+    assert "missing" in text or "no job.yaml" in text or "not found" in text, \
+        f"a folder without job.yaml should be told it is missing, not that it is a folder or a link:\n{text}"
+    assert "command" in text, "the message should say what to write, e.g. command: ..."
+
+
 def test_validate_accepts_valid_config(tmp_path):
     config = make_config(tmp_path / "site")
     done = syncd("validate", str(config))
@@ -130,13 +141,15 @@ def test_validate_rejects_config_naming_undefined_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_site(tmp_path_factory):
-    """A daemon that has run 'greet' (prints to stdout and stderr) and two jobs named 'twin'."""
+    """A daemon that has run 'greet' (prints to stdout and stderr), 'nonl' (no final newlines), two 'twin's."""
     config = make_config(tmp_path_factory.mktemp("cli") / "site")
     daemon = SyncdProcess(config).start()
     try:
         drop_job(daemon.inbox, "greet", {"command": "echo GREET_STDOUT_LINE; echo GREET_STDERR_LINE >&2"})
         drop_job(daemon.inbox, "twin", {"command": "echo first"})
+        drop_job(daemon.inbox, "nonl", {"command": "printf NO_TRAILING_NEWLINE; printf ERR_NO_NEWLINE >&2"})
         daemon.result("greet")
+        daemon.result("nonl")
         daemon.result("twin")
         drop_job(daemon.inbox, "twin", {"command": "echo second"})
         daemon.result("twin-2")
@@ -194,8 +207,9 @@ def test_cancel_of_ambiguous_name_lists_the_ids(finished_site):
     assert "2 jobs are named 'twin'" in done.stderr
     for job_id in twin_ids:
         assert job_id in done.stderr
-    after = {j["id"]: j for j in json.loads(syncd("status", "--json", "-c", str(finished_site.config)).stdout)}
-    assert all(after[i]["state"] == "succeeded" for i in twin_ids)
+    for job_id in twin_ids:  # nothing was requested of either job
+        [job] = json.loads(syncd("status", "--json", "-c", str(finished_site.config), job_id).stdout)
+        assert not [e for e in job["events"] if "cancel" in e["message"]], job["events"]
 
 
 def test_status_by_id_picks_one_of_two_jobs_with_the_same_name(finished_site):
@@ -215,6 +229,17 @@ def test_logs_prints_events_then_stdout_and_stderr(finished_site):
     assert "----- stderr" in text and "GREET_STDERR_LINE" in text
     assert text.index("→ succeeded") < text.index("----- stdout") < text.index("GREET_STDOUT_LINE") \
         < text.index("----- stderr") < text.index("GREET_STDERR_LINE")
+
+
+def test_logs_starts_each_stream_header_on_its_own_line(finished_site):
+    done = syncd("logs", "-c", str(finished_site.config), "nonl")
+    assert done.returncode == 0, output(done)
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("----- stdout") for line in lines)
+    assert any(line.startswith("----- stderr") for line in lines), \
+        f"stdout without a final newline runs into the stderr header:\n{done.stdout}"
+    assert "NO_TRAILING_NEWLINE" in lines and "ERR_NO_NEWLINE" in lines
+    assert done.stdout.endswith("\n")
 
 
 def test_logs_of_unknown_job_says_how_to_list_jobs(finished_site):
@@ -264,8 +289,19 @@ def test_retry_reruns_failed_job_into_new_folder(daemon):
 
 
 def test_timeout_in_manifest_ends_job_timed_out(daemon):
-    drop_job(daemon.inbox, "slow", {"command": "sleep 30", "timeout": "1s"})
+    marker = f"MARKER_{uuid.uuid4().hex}"
+    drop_job(daemon.inbox, "slow", {"command": f"sleep 30; echo {marker}", "timeout": "1s"})
     result = daemon.result("slow", timeout=20)
     assert result["state"] == "timed_out"
     assert result["exit_code"] != 0
+    assert not pids_matching(marker), "the timed-out command is stopped"
     assert job_state(daemon.config, "slow") == "timed_out"
+
+
+def test_validate_given_the_manifest_file_checks_its_job_directory(tmp_path):
+    job = make_job(tmp_path, "by-file", "command: echo hi\ntimeout: 0s\n")
+    done = syncd("validate", str(job / "job.yaml"))
+    assert done.returncode == 1, output(done)
+    text = output(done)
+    assert "storages" not in text, "a manifest must not be checked as a daemon config"
+    assert "job.yaml:2: timeout: must be more than 0, e.g. 30s or 2h" in text

@@ -24,7 +24,7 @@ def test_run_names_with_spaces_and_non_ascii_deliver_to_their_own_folder(daemon)
 
 
 def test_run_nested_inputs_and_outputs_keep_their_relative_paths(daemon):
-    files = {f"data/level{i}/" * 1 + f"part{i}.txt": f"payload {i}\n" for i in range(3)}
+    files = {f"data/level{i}/part{i}.txt": f"payload {i}\n" for i in range(3)}
     files["data/deep/er/still/file.csv"] = "a,b\n"
     command = "mkdir -p out/x/y && cat data/*/part*.txt > out/x/y/all.txt && cp data/deep/er/still/file.csv out/copy.csv"
     drop_job(daemon.inbox, "nested", {"command": command}, files)

@@ -1,0 +1,285 @@
+"""syncd.outbox: safe outbox keys, incremental atomic mirroring, atomic JSON records."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from syncd.errors import PermanentError
+from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
+from syncd.storage.base import ObjectInfo, Storage
+from syncd.storage.file import FileStorage
+from syncd.store import Store
+
+
+# -- check_outbox_key -----------------------------------------------------------------
+
+@pytest.mark.parametrize("key", [
+    "job/out.csv", "job/sub/deep/file.bin", "job/ünï cødé.txt", "job/with space.txt", "job/dir/",
+    "job/.hidden", "job/a..b", "job/CONFIG.txt", "job/console", "job/auxiliary.txt", "job/COM", "job/LPT",
+])
+def test_check_outbox_key_accepts_safe_keys(key):
+    assert check_outbox_key(key) is None
+
+
+@pytest.mark.parametrize("key, fragment", [
+    ("", "empty"),
+    ("/etc/passwd", "absolute"),
+    ("job\\..\\x", "backslash"),
+    ("job/a\x00b", "NUL"),
+    ("../escape", "'..' path segment"),
+    ("job/../../escape", "'..' path segment"),
+    ("job/./x", "'.' path segment"),
+    ("job//x", "'//' path segment"),
+    ("job/line\nbreak", "control characters"),
+    ("job/tab\there", "control characters"),
+    ("job/bell\x07", "control characters"),
+    ("job/CON", "reserved device name"),
+    ("job/con", "reserved device name"),
+    ("job/aux.txt", "reserved device name"),
+    ("job/LPT1", "reserved device name"),
+    ("job/com3.log", "reserved device name"),
+    ("NUL/x", "reserved device name"),
+    ("job/name.", "cannot be stored on a Windows/SMB share"),
+    ("job/name ", "cannot be stored on a Windows/SMB share"),
+    ("job/dir./x", "cannot be stored on a Windows/SMB share"),
+    *[(f"job/a{ch}b", "cannot be stored on a Windows/SMB share") for ch in '<>:"|?*'],
+    ("job/.syncd-tmp/x", "reserved for syncd"),
+])
+def test_check_outbox_key_refuses_unsafe_keys(key, fragment):
+    problem = check_outbox_key(key)
+    assert problem is not None
+    assert fragment in problem
+
+
+# -- mirror ---------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state" / "syncd.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def storage(tmp_path) -> FileStorage:
+    root = tmp_path / "buckets"
+    root.mkdir()
+    options = FileStorage.options_model.model_validate({"type": "file", "root": str(root)})
+    return FileStorage("local", options)
+
+
+@pytest.fixture
+def outbox(tmp_path, store) -> Outbox:
+    box = Outbox(tmp_path / "outbox", store)
+    box.prepare()
+    return box
+
+
+CONTENT = {
+    "job1/out.csv": b"a,b\n1,2\n",
+    "job1/logs/stdout.txt": b"hello\n",
+    "job1/deep/er/still/x.bin": bytes(range(256)) * 100,
+    "job1/données ✓/résumé.txt": "çà et là".encode(),
+    "job1/with space.txt": b"spaces",
+    "job1/empty.txt": b"",
+}
+
+
+def put_all(storage: Storage, tmp_path: Path, content: dict[str, bytes], bucket: str = "results") -> None:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for n, (key, data) in enumerate(content.items()):
+        f = src / f"f{n}"
+        f.write_bytes(data)
+        storage.put_file(bucket, key, f)
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def tmp_leftovers(outbox: Outbox) -> list[Path]:
+    tmp = outbox.root / TMP_DIR
+    return list(tmp.iterdir()) if tmp.exists() else []
+
+
+def test_mirror_copies_byte_identical(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, CONTENT)
+    report = outbox.mirror(storage, "results", "job1/")
+    assert sorted(report.fetched) == sorted(CONTENT)
+    assert report.skipped == [] and report.refused == []
+    assert report.bytes == sum(len(v) for v in CONTENT.values())
+    mirrored = files_under(outbox.root / "results")
+    assert mirrored == CONTENT
+    assert tmp_leftovers(outbox) == []
+
+
+def test_mirror_only_the_prefix(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, {"job1/a.txt": b"1", "job10/b.txt": b"2", "other/c.txt": b"3"})
+    report = outbox.mirror(storage, "results", "job1/")
+    assert report.fetched == ["job1/a.txt"]
+    assert files_under(outbox.root / "results") == {"job1/a.txt": b"1"}
+
+
+def test_mirror_unchanged_resync_skips_everything(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, CONTENT)
+    outbox.mirror(storage, "results", "job1/")
+    mtimes = {p: p.stat().st_mtime_ns for p in (outbox.root / "results").rglob("*") if p.is_file()}
+    report = outbox.mirror(storage, "results", "job1/")
+    assert report.fetched == []
+    assert sorted(report.skipped) == sorted(CONTENT)
+    assert report.bytes == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_mirror_refetches_changed_object(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, CONTENT)
+    outbox.mirror(storage, "results", "job1/")
+    new = tmp_path / "new.csv"
+    new.write_bytes(b"a,b\n3,4\n5,6\n")
+    storage.put_file("results", "job1/out.csv", new)
+    report = outbox.mirror(storage, "results", "job1/")
+    assert report.fetched == ["job1/out.csv"]
+    assert len(report.skipped) == len(CONTENT) - 1
+    assert (outbox.root / "results" / "job1" / "out.csv").read_bytes() == b"a,b\n3,4\n5,6\n"
+
+
+def test_mirror_refetches_file_deleted_or_edited_locally(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, {"job1/a.txt": b"original", "job1/b.txt": b"original"})
+    outbox.mirror(storage, "results", "job1/")
+    (outbox.root / "results" / "job1" / "a.txt").unlink()
+    (outbox.root / "results" / "job1" / "b.txt").write_bytes(b"edited by someone")
+    report = outbox.mirror(storage, "results", "job1/")
+    assert sorted(report.fetched) == ["job1/a.txt", "job1/b.txt"]
+    assert files_under(outbox.root / "results") == {"job1/a.txt": b"original", "job1/b.txt": b"original"}
+
+
+def test_mirror_creates_directory_markers(storage, outbox, tmp_path):
+    storage.put_file("results", "job1/empty-dir/", tmp_path)
+    put_all(storage, tmp_path, {"job1/a.txt": b"a"})
+    outbox.mirror(storage, "results", "job1/")
+    assert (outbox.root / "results" / "job1" / "empty-dir").is_dir()
+
+
+def test_mirror_honours_exclude(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, {"job1/a.txt": b"a", "job1/syncd-result.json": b"{}"})
+    report = outbox.mirror(storage, "results", "job1/", exclude=["job1/syncd-result.json"])
+    assert report.fetched == ["job1/a.txt"]
+    assert not (outbox.root / "results" / "job1" / "syncd-result.json").exists()
+
+
+def test_mirror_refuses_case_colliding_key(storage, outbox, tmp_path):
+    put_all(storage, tmp_path, {"job1/Report.txt": b"upper", "job1/report.txt": b"lower"})
+    report = outbox.mirror(storage, "results", "job1/")
+    assert report.fetched == ["job1/Report.txt"]
+    assert len(report.refused) == 1
+    key, problem = report.refused[0]
+    assert key == "job1/report.txt"
+    assert "letter case" in problem and "job1/Report.txt" in problem
+    assert files_under(outbox.root / "results") == {"job1/Report.txt": b"upper"}
+
+
+def test_mirror_refuses_smb_hostile_names_from_file_storage(storage, outbox, tmp_path):
+    hostile = ["job1/aux.txt", "job1/CON", "job1/a:b", "job1/trailing.", "job1/trailing ", "job1/back\\slash",
+               "job1/ctl\x01", "job1/q?.txt"]
+    bucket = storage.options.root / "results"
+    (bucket / "job1").mkdir(parents=True)
+    for key in hostile:  # files a remote bucket can hold but an SMB share cannot
+        (bucket / key).write_bytes(b"x")
+    put_all(storage, tmp_path, {"job1/ok.txt": b"ok"})
+    report = outbox.mirror(storage, "results", "job1/")
+    assert report.fetched == ["job1/ok.txt"]
+    assert sorted(k for k, _ in report.refused) == sorted(hostile)
+    assert files_under(outbox.root) == {"results/job1/ok.txt": b"ok"}
+
+
+class KeyListStorage(Storage):
+    """A remote that lists whatever keys it is given (as a hostile server could)."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        super().__init__("hostile", None)  # type: ignore[arg-type]
+        self.objects = objects
+
+    def ensure_bucket(self, bucket: str) -> None:
+        pass
+
+    def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        for key, data in self.objects.items():
+            if key.startswith(prefix):
+                yield ObjectInfo(key, len(data), f"etag-{len(data)}")
+
+    def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        return None
+
+    def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
+        raise NotImplementedError
+
+    def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+        dest.write_bytes(self.objects[key])
+        return ObjectInfo(key, len(self.objects[key]), f"etag-{len(self.objects[key])}")
+
+    def delete(self, bucket: str, key: str) -> None:
+        pass
+
+
+def test_mirror_never_writes_hostile_keys_outside_outbox(outbox, tmp_path):
+    hostile = ["../../escape.txt", "job1/../../../escape2.txt", "/tmp/abs.txt", "job1//x", "job1/./y",
+               "job1/..", f"job1/{TMP_DIR}/z", "job1/nul\x00.txt", "..\\..\\win.txt", "../up/"]
+    remote = KeyListStorage({k: b"evil" for k in hostile} | {"job1/fine.txt": b"fine"})
+    before = {p for p in tmp_path.rglob("*") if outbox.root not in p.parents}
+    report = outbox.mirror(remote, "results", "")
+    after = {p for p in tmp_path.rglob("*") if outbox.root not in p.parents}
+    assert report.fetched == ["job1/fine.txt"]
+    assert sorted(k for k, _ in report.refused) == sorted(hostile)
+    assert after == before
+    assert files_under(outbox.root) == {"results/job1/fine.txt": b"fine"}
+    assert not Path("/tmp/abs.txt").exists() or Path("/tmp/abs.txt").read_bytes() != b"evil"
+
+
+@pytest.mark.parametrize("objects", [
+    {"job1/a": b"file", "job1/a/b": b"nested"},      # the file arrives first
+    {"job1/a/b": b"nested", "job1/a": b"file"},      # the folder arrives first
+])
+def test_mirror_file_folder_clash_is_permanent_error(outbox, objects):
+    remote = KeyListStorage(objects)
+    with pytest.raises(PermanentError, match="a file and a folder would share this path"):
+        outbox.mirror(remote, "results", "job1/")
+    assert tmp_leftovers(outbox) == []
+
+
+def test_prepare_removes_crash_leftovers(tmp_path, store):
+    box = Outbox(tmp_path / "outbox", store)
+    (box.root / TMP_DIR).mkdir(parents=True)
+    (box.root / TMP_DIR / "abc.part").write_bytes(b"partial")
+    box.prepare()
+    assert not (box.root / TMP_DIR).exists()
+    assert box.root.is_dir()
+
+
+# -- write_json -----------------------------------------------------------------------
+
+def test_write_json_writes_record(outbox):
+    data = {"job": "données", "state": "succeeded", "files": ["a", "b"], "exit_code": 0}
+    dest = outbox.write_json("results", "job1/syncd-result.json", data)
+    assert dest == outbox.root / "results" / "job1" / "syncd-result.json"
+    assert json.loads(dest.read_text(encoding="utf-8")) == data
+    assert "données" in dest.read_text(encoding="utf-8")
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o644)
+    assert tmp_leftovers(outbox) == []
+
+
+def test_write_json_replaces_atomically(outbox):
+    dest = outbox.write_json("results", "job1/syncd-result.json", {"v": 1})
+    old_inode = dest.stat().st_ino
+    with open(dest, encoding="utf-8") as reader:  # a reader holding the old record
+        outbox.write_json("results", "job1/syncd-result.json", {"v": 2, "pad": "x" * 10000})
+        assert json.loads(reader.read()) == {"v": 1}   # never truncated or half-written under the reader
+    assert dest.stat().st_ino != old_inode
+    assert json.loads(dest.read_text()) == {"v": 2, "pad": "x" * 10000}
+    assert tmp_leftovers(outbox) == []
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["syncd-result.json"]

@@ -42,6 +42,7 @@ STDERR_NAME = "syncd-stderr.txt"
 RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD})
 STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
 MAX_UNKNOWN_POLLS = 5
+TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
     RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
@@ -209,11 +210,15 @@ class Engine:
         step = steps.get(job.state)
         if step is None:
             return False
+        if (paused := self._paused_until(job.backend)) is not None:
+            self.store.update(job.id, expect=job.state, next_at=paused)
+            return False
         try:
             step(job)
         except AuthError as exc:
-            self._hold(job, f"credentials were refused: {exc}. Fix them in the config, "
-                            f"then run 'syncd retry {job.id}'")
+            self._pause_backend(job.backend, exc)
+            self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0,
+                              error=str(exc))
         except PermanentError as exc:
             self._permanent(job, exc)
         except TransientError as exc:
@@ -224,8 +229,28 @@ class Engine:
             job_logger(job).opt(exception=True).error("step {} failed unexpectedly", job.state)
             self._transient(job, exc)
         else:
+            if job.state in (STAGED, SUBMITTING, CLAIMED):
+                self._backend_answered(job.backend)
             return True
         return False
+
+    def _paused_until(self, backend: str) -> float | None:
+        pause = self.store.backend_pauses().get(backend)
+        return pause[0] if pause and pause[0] > self.clock() else None
+
+    def _pause_backend(self, backend: str, exc: Exception) -> None:
+        """Refused credentials stop all work on a backend (one probe per pause), burning no job's retries."""
+        until = self.clock() + self.config.retry.max
+        reason = f"credentials refused: {exc}. Fix them in the config; syncd tries again every " \
+                 f"{self.config.retry.max:.0f}s"
+        if backend not in self.store.backend_pauses():
+            logger.bind(backend=backend).error("backend {} paused: {}", backend, reason)
+        self.store.pause_backend(backend, until, reason)
+
+    def _backend_answered(self, backend: str) -> None:
+        if backend in self.store.backend_pauses():
+            self.store.resume_backend(backend)
+            logger.info("backend {} accepts the credentials again; resumed", backend)
 
     def _transient(self, job: Job, exc: BaseException, retry_after: float | None = None) -> None:
         now = self.clock()
@@ -357,6 +382,8 @@ class Engine:
         if self._stopping.is_set():
             return
         now = self.clock()
+        if self._paused_until(name) is not None:
+            return
         due = [j for j in self.store.jobs(REMOTE, backend=name) if j.next_at <= now]
         if not due:
             return
@@ -364,13 +391,13 @@ class Engine:
         try:
             statuses = backend.poll([RemoteRef(j.remote_id, j.handle_data) for j in due])
         except AuthError as exc:
-            for job in due:
-                self._hold(job, f"backend {name} refused the credentials: {exc}. Fix them, then 'syncd retry'")
+            self._pause_backend(name, exc)
             return
         except (TransientError, OSError, PermanentError) as exc:
             for job in due:
                 self._transient(job, exc, getattr(exc, "retry_after", None))
             return
+        self._backend_answered(name)
         for job in due:
             status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
             try:
@@ -383,6 +410,8 @@ class Engine:
         first, poll = self.config.poll.first, self.config.poll
         if status.state.terminal:
             outcome = OUTCOME[status.state]
+            if job.deadline_hit and outcome in (CANCELLED, FAILED):
+                outcome = TIMED_OUT  # syncd stopped it at the manifest's timeout
             retries = Manifest.model_validate(job.manifest_data).retries
             if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
                 self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
@@ -390,7 +419,8 @@ class Engine:
                     job.id, job.state, STAGING,
                     f"attempt {job.attempts} {outcome} (exit code {status.exit_code}); "
                     f"retrying as attempt {job.attempts + 1} of {retries + 1}",
-                    attempts=job.attempts + 1, remote_id=None, handle=None, next_at=0, **self._clear_failures(),
+                    attempts=job.attempts + 1, remote_id=None, handle=None, next_at=0, deadline_hit=0,
+                    started_at=None, **self._clear_failures(),
                 ):
                     log.warning("attempt {} {}; retrying", job.attempts, outcome)
                 return
@@ -415,6 +445,13 @@ class Engine:
                               next_at=now + backoff_delay(self.config.retry, failures))
             return
         new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
+        if new_state == RUNNING and self._deadline_passed(job, status, now):
+            self.backends[job.backend].cancel(RemoteRef(job.remote_id, job.handle_data))
+            self.store.update(job.id, deadline_hit=1, next_at=now + first,
+                              event=f"timeout reached after {now - (job.started_at or status.started or now):.0f}s "
+                                    f"of running; cancelling")
+            log.warning("timeout reached; cancelling")
+            return
         if new_state != job.state:
             started = job.started_at or (status.started or now if new_state == RUNNING else None)
             self.store.transition(job.id, job.state, new_state, f"{status.native}", remote_state=status.native,
@@ -425,6 +462,14 @@ class Engine:
             interval = min(poll.max, (job.poll_interval or first) * poll.factor)
             self.store.update(job.id, expect=job.state, next_at=now + interval, poll_interval=interval,
                               failures=0, failing_since=None)
+
+    def _deadline_passed(self, job: Job, status: RemoteStatus, now: float) -> bool:
+        """The manifest's timeout, enforced here too: schedulers count in minutes, some not at all."""
+        if job.deadline_hit:
+            return False
+        timeout = Manifest.model_validate(job.manifest_data).timeout
+        started = job.started_at or status.started
+        return bool(timeout and started and now - started >= timeout + TIMEOUT_GRACE)
 
     # -- cancel and retry requests -----------------------------------------------------------
     def handle_requests(self, job_id: str) -> None:
@@ -474,6 +519,7 @@ class Engine:
                     job.id, job.state, STAGING, f"retry by 'syncd retry'; results will go to {folder}/",
                     retry_requested=0, attempts=job.attempts + 1, folder=folder, remote_id=None, handle=None,
                     outcome=None, exit_code=None, remote_state=None, message=None, finished=0, cancel_requested=0,
+                    deadline_hit=0,
                     started_at=None, ended_at=None, submitted_at=None, next_at=0, **self._clear_failures(),
                 )
             log.info("retrying as attempt {}", job.attempts + 1)

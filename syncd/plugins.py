@@ -17,12 +17,15 @@ Kind = Literal["backend", "storage"]
 BUILTIN: dict[Kind, dict[str, str]] = {
     "backend": {
         "local": "syncd.backends.local:LocalBackend",
+        "slurm": "syncd.backends.slurm:SlurmBackend",
+        "memory": "syncd.backends.memory:MemoryBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",
+        "s3": "syncd.storage.s3:S3Storage",
     },
 }
-INSTALL_HINTS: dict[str, str] = {}
+INSTALL_HINTS: dict[str, str] = {"s3": "reinstall syncd: boto3 is one of its dependencies"}
 
 
 def available(kind: Kind) -> dict[str, str]:

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     poll_interval REAL,
     failing_since REAL,
     failures INTEGER NOT NULL DEFAULT 0,
-    finished INTEGER NOT NULL DEFAULT 0
+    finished INTEGER NOT NULL DEFAULT 0,
+    deadline_hit INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -89,6 +90,11 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS backend_pauses (
+    backend TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS delivered (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -96,6 +102,10 @@ CREATE TABLE IF NOT EXISTS delivered (
     mtime_ns INTEGER NOT NULL
 );
 """
+
+
+# Columns added after the first schema; existing databases get them at start-up.
+_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ class Job:
     failing_since: float | None
     failures: int
     finished: int
+    deadline_hit: int
 
     @property
     def submit_key(self) -> str:
@@ -173,6 +184,10 @@ class Store:
         self._lock = threading.Lock()
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for column, ddl in _ADDED_COLUMNS.items():
+            if column not in present:  # a database written by an earlier syncd
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {ddl}")
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         os.chmod(self.path, 0o600)
 
@@ -348,6 +363,19 @@ class Store:
             (job_id, time.time(), from_state, to_state, message),
         )
 
+    # -- backends paused for attention (refused credentials) --------------------------
+    def pause_backend(self, backend: str, until: float, reason: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO backend_pauses VALUES (?, ?, ?)", (backend, until, reason))
+
+    def resume_backend(self, backend: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM backend_pauses WHERE backend = ?", (backend,))
+
+    def backend_pauses(self) -> dict[str, tuple[float, str]]:
+        rows = self._conn().execute("SELECT * FROM backend_pauses").fetchall()
+        return {r["backend"]: (r["until"], r["reason"]) for r in rows}
+
     # -- outbox delivery index -------------------------------------------------
     def delivered(self, path: str) -> tuple[int, str, int] | None:
         row = self._conn().execute("SELECT size, etag, mtime_ns FROM delivered WHERE path = ?", (path,)).fetchone()
@@ -356,3 +384,21 @@ class Store:
     def record_delivered(self, path: str, size: int, etag: str, mtime_ns: int) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?)", (path, size, etag, mtime_ns))
+
+    def delivered_under(self, prefix: str) -> dict[str, tuple[int, str, int]]:
+        """Every delivery index row whose path starts with ``prefix`` (one query for a whole mirror run)."""
+        rows = self._conn().execute(
+            "SELECT path, size, etag, mtime_ns FROM delivered WHERE substr(path, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {r["path"]: (r["size"], r["etag"], r["mtime_ns"]) for r in rows}
+
+    def record_delivered_many(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
+        """Record many deliveries in one transaction (one fsync instead of one per file)."""
+        rows = list(rows)
+        if rows:
+            with self._write() as conn:
+                conn.executemany("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?)", rows)
+
+    def forget_delivered(self, paths: Iterable[str]) -> None:
+        with self._write() as conn:
+            conn.executemany("DELETE FROM delivered WHERE path = ?", [(p,) for p in paths])

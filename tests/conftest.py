@@ -14,6 +14,8 @@ from tests.support.harness import (  # noqa: F401  (helpers re-exported for ever
     SyncdProcess, drop_job, make_config, make_job, read_result, wait_for,
 )
 
+from tests.support.slurm import slurm_cluster  # noqa: F401,E402  (one cluster per session)
+
 pytest_plugins: list[str] = []
 
 

@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ from syncd.backends.base import (
 )
 from syncd.config import BackendOptions
 from syncd.errors import PermanentError, TransientError
-from syncd.manifest import InputFile, glob_to_regex, match_any
-from syncd.storage.file import copy_verified, os_error
+from syncd.backends.workdir import WorkFolder
+from syncd.manifest import InputFile
 
 # Variables passed through from the daemon; everything else (credentials!) stays out.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -47,37 +46,8 @@ class LocalBackend(Backend):
     def _dir(self, key: str) -> Path:
         return self.work_root / key
 
-    # -- staging -------------------------------------------------------------
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
-        attempt = self._dir(spec.submit_key)
-        work, ctrl = attempt / "work", attempt / "ctrl"
-        try:
-            ctrl.mkdir(parents=True, exist_ok=True)
-            work.mkdir(exist_ok=True)
-            snapshot = {}
-            for item in inputs:
-                dest = work / item.relpath
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src_st = item.source.stat()
-                try:
-                    dst_st = dest.stat()
-                    done = dst_st.st_size == src_st.st_size and dst_st.st_mtime_ns == src_st.st_mtime_ns
-                except FileNotFoundError:
-                    done = False
-                if not done:
-                    tmp = dest.with_name(f".{dest.name}.syncd-part")
-                    copy_verified(item.source, tmp)
-                    os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
-                    os.replace(tmp, dest)
-                st = dest.stat()
-                snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
-            tmp = ctrl / "inputs.json.tmp"
-            tmp.write_text(json.dumps(snapshot))
-            os.replace(tmp, ctrl / "inputs.json")
-        except FileNotFoundError as exc:
-            raise PermanentError(f"staging input {exc.filename}: it disappeared from the claimed job") from exc
-        except OSError as exc:
-            raise os_error(exc, f"staging into {work}") from exc
+        WorkFolder(self.work_root, spec.submit_key).stage(inputs)
 
     # -- submit / find -------------------------------------------------------
     def submit(self, spec: JobSpec) -> RemoteRef:
@@ -174,36 +144,12 @@ class LocalBackend(Backend):
 
     # -- results -------------------------------------------------------------
     def logs(self, ref: RemoteRef) -> JobLogs:
-        ctrl = self._dir(ref.remote_id) / "ctrl"
-        out, err = ctrl / "stdout.txt", ctrl / "stderr.txt"
-        return JobLogs(out if out.exists() else None, err if err.exists() else None)
+        folder = WorkFolder(self.work_root, ref.remote_id)
+        return JobLogs(folder.log("stdout.txt"), folder.log("stderr.txt"))
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
-        attempt = self._dir(ref.remote_id)
-        work = attempt / "work"
-        try:
-            inputs = json.loads((attempt / "ctrl" / "inputs.json").read_text())
-        except FileNotFoundError:
-            inputs = {}
-        patterns = [glob_to_regex(p) for p in spec.outputs] if spec.outputs is not None else None
-        found = []
-        for dirpath, dirnames, filenames in os.walk(work, followlinks=False):
-            dirnames.sort()
-            here = Path(dirpath)
-            for name in sorted(filenames):
-                path = here / name
-                rel = path.relative_to(work).as_posix()
-                st = path.lstat()
-                if not os.path.stat.S_ISREG(st.st_mode):
-                    continue  # links and special files are never delivered: they could point anywhere
-                if patterns is not None:
-                    if not match_any(rel, patterns):
-                        continue
-                elif inputs.get(rel) == [st.st_size, st.st_mtime_ns]:
-                    continue  # an input the job left unchanged
-                found.append(OutputFile(rel, path, st.st_size))
-        return found
+        return WorkFolder(self.work_root, ref.remote_id).outputs(spec.outputs)
 
     def cleanup(self, ref: RemoteRef) -> None:
         if not self.options.keep_workdir:
-            shutil.rmtree(self._dir(ref.remote_id), ignore_errors=True)
+            WorkFolder(self.work_root, ref.remote_id).remove()

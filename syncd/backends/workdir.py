@@ -1,0 +1,110 @@
+"""Work folders on a filesystem the job can see: staging inputs in, finding outputs after.
+
+Used by backends whose jobs run in a directory syncd can write (local, Slurm on
+a shared filesystem). Each attempt has ``<root>/<submit key>/work`` (the job's
+working directory) and ``.../ctrl`` (syncd's files: spec, logs, exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from syncd.backends.base import OutputFile
+from syncd.errors import PermanentError
+from syncd.manifest import InputFile, glob_to_regex, match_any
+from syncd.storage.file import copy_verified, os_error
+
+INPUTS_SNAPSHOT = "inputs.json"
+
+
+class WorkFolder:
+    def __init__(self, root: Path, submit_key: str):
+        self.path = root / submit_key
+        self.work = self.path / "work"
+        self.ctrl = self.path / "ctrl"
+
+    def stage(self, inputs: Sequence[InputFile], mode: int | None = None) -> None:
+        """Copy inputs into ``work/``, reusing files already there (same size and mtime). Idempotent."""
+        try:
+            self.ctrl.mkdir(parents=True, exist_ok=True)
+            self.work.mkdir(exist_ok=True)
+            snapshot = {}
+            for item in inputs:
+                dest = self.work / item.relpath
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src_st = item.source.stat()
+                try:
+                    dst_st = dest.stat()
+                    done = dst_st.st_size == src_st.st_size and dst_st.st_mtime_ns == src_st.st_mtime_ns
+                except FileNotFoundError:
+                    done = False
+                if not done:
+                    tmp = dest.with_name(f".{dest.name}.syncd-part")
+                    copy_verified(item.source, tmp)
+                    os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+                    os.replace(tmp, dest)
+                st = dest.stat()
+                snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
+            self.write_json(INPUTS_SNAPSHOT, snapshot)
+            if mode is not None:
+                for dirpath, dirnames, filenames in os.walk(self.path):
+                    os.chmod(dirpath, mode | 0o111)
+                    for name in filenames:
+                        os.chmod(os.path.join(dirpath, name), mode)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"staging input {exc.filename}: it disappeared from the claimed job") from exc
+        except OSError as exc:
+            raise os_error(exc, f"staging into {self.work}") from exc
+
+    @property
+    def staged(self) -> bool:
+        return (self.ctrl / INPUTS_SNAPSHOT).exists()
+
+    def write_json(self, name: str, data: object) -> None:
+        tmp = self.ctrl / f".{name}.tmp"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.ctrl / name)
+
+    def write_text(self, name: str, text: str, mode: int = 0o644) -> Path:
+        tmp = self.ctrl / f".{name}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, self.ctrl / name)
+        return self.ctrl / name
+
+    def outputs(self, patterns: Sequence[str] | None) -> list[OutputFile]:
+        """Files to deliver: those matching ``patterns``, or (without patterns) every file the job
+        created or changed. Links and special files are never delivered: they could point anywhere."""
+        try:
+            inputs = json.loads((self.ctrl / INPUTS_SNAPSHOT).read_text())
+        except FileNotFoundError:
+            inputs = {}
+        regexes = [glob_to_regex(p) for p in patterns] if patterns is not None else None
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.work, followlinks=False):
+            dirnames.sort()
+            here = Path(dirpath)
+            for name in sorted(filenames):
+                path = here / name
+                rel = path.relative_to(self.work).as_posix()
+                st = path.lstat()
+                if not os.path.stat.S_ISREG(st.st_mode):
+                    continue
+                if regexes is not None:
+                    if not match_any(rel, regexes):
+                        continue
+                elif inputs.get(rel) == [st.st_size, st.st_mtime_ns]:
+                    continue  # an input the job left unchanged
+                found.append(OutputFile(rel, path, st.st_size))
+        return found
+
+    def log(self, name: str) -> Path | None:
+        path = self.ctrl / name
+        return path if path.exists() else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -161,6 +161,8 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
     _console().print(table)
     if not jobs:
         click.echo("no jobs yet")
+    for backend, (until, reason) in store.backend_pauses().items():
+        click.echo(f"backend {backend} is paused (next try {_iso(until)}): {reason}")
 
 
 @main.command()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from syncd.backends.local import LocalOptions
+from syncd.backends.slurm import SlurmOptions, TokenOptions
 from syncd.config import Config, InboxConfig, PollPolicy, RetryPolicy
 from syncd.manifest import Manifest, Resources
 from syncd.storage.file import FileStorageOptions
@@ -20,7 +21,7 @@ def _documented_keys() -> set[str]:
 
 
 @pytest.mark.parametrize("model", [Config, InboxConfig, PollPolicy, RetryPolicy, LocalOptions,
-                                   FileStorageOptions, Manifest])
+                                   FileStorageOptions, Manifest, SlurmOptions, TokenOptions])
 def test_readme_documents_every_option_of(model):
     fields = {name for name, field in model.model_fields.items() if not field.exclude}
     missing = fields - _documented_keys()

@@ -1,0 +1,138 @@
+"""The engine's promises, driven through the in-memory reference backend with injected faults."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from syncd.backends.memory import MemoryBackend, MemoryService
+from syncd.daemon import build_storages, load
+from syncd.engine import Engine
+from syncd.errors import AuthError, TransientError
+from syncd.store import Store
+from tests.support.harness import make_config, make_job
+
+
+@pytest.fixture
+def world(tmp_path):
+    """An engine on a memory backend; returns (engine, service, drop) where drop(name, manifest) claims a job."""
+    path = make_config(tmp_path / "site", backend="mem", extra={"backends": {"mem": {"type": "memory"}}})
+    data = yaml.safe_load(path.read_text())
+    data["retry"] = {"initial": "0.05s", "max": "0.3s", "budget": "30s"}
+    data["poll"] = {"first": "0.05s", "max": "0.2s"}
+    path.write_text(yaml.safe_dump(data))
+    config = load(path)
+    store = Store(config.db_path)
+    service = MemoryService()
+    backend = MemoryBackend("mem", config.backend_options["mem"], config.state_dir / "mem", service)
+    engine = Engine(config, store, {"mem": backend}, build_storages(config))
+    engine.prepare()
+    inbox = config.inboxes[0]
+
+    def drop(name, manifest):
+        assert engine.claim(inbox, make_job(inbox.path, name, manifest))
+        return store.find(name)[0].id
+
+    yield engine, service, drop
+    engine.stop(5)
+    store.close()
+
+
+def _pump_until(engine, condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the engine never reached the expected state"
+        engine.pump()
+        for name in engine.backends:
+            engine.poll_backend(name)
+        time.sleep(0.05)
+
+
+def _result(engine, job_id):
+    job = engine.store.get(job_id)
+    path = engine.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/syncd-result.json")
+    return json.loads(path.read_text())
+
+
+def test_engine_transient_failures_back_off_then_succeed_without_a_second_job(world):
+    engine, service, drop = world
+    service.fail_next(TransientError("503 from the service"), times=3)
+    job_id = drop("flaky-service", {"command": "echo ok > ok.txt"})
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded"
+    assert len(service.jobs) == 1, "a retried submission must not create a second remote job"
+    failures = [e.message for e in engine.store.events(job_id) if "transient failure" in e.message]
+    assert len(failures) == 3 and all("503 from the service" in m for m in failures)
+
+
+def test_engine_transient_failures_past_the_budget_hold_the_job_and_retry_resumes_it(world):
+    engine, service, drop = world
+    engine.config = engine.config.model_copy(update={"retry": engine.config.retry.model_copy(update={"budget": 0.3})})
+    service.fail_next(TransientError("connection refused"), times=1000)
+    job_id = drop("dead-service", {"command": "true"})
+    engine.run_until_idle(30)
+    job = engine.store.get(job_id)
+    assert job.state == "held" and job.held_from == "submitting"
+    assert "connection refused" in job.error and "syncd retry" in job.error
+    service.failures.clear()
+    engine.store.request(job_id, "retry")
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded"
+
+
+def test_engine_refused_credentials_pause_the_backend_without_spending_retries(world):
+    engine, service, drop = world
+    service.fail_next(AuthError("token expired"), times=2)
+    job_id = drop("needs-auth", {"command": "true"})
+    engine.pump()
+    engine.run_until_idle(0.5)
+    assert "mem" in engine.store.backend_pauses()
+    job = engine.store.get(job_id)
+    assert job.state == "submitting" and job.failures == 0, "a pause is not a failure of the job"
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded"
+    assert engine.store.backend_pauses() == {}
+
+
+def test_engine_vanished_job_is_held_never_succeeded(world):
+    engine, service, drop = world
+    job_id = drop("vanishes", {"command": "sleep 30"})
+    _pump_until(engine, lambda: engine.store.get(job_id).state == "running")
+    lost = service.jobs.pop(engine.store.get(job_id).remote_id)  # the service forgets it
+    MemoryBackend._kill(lost)
+    engine.run_until_idle(30)
+    job = engine.store.get(job_id)
+    assert job.state == "held" and "vanished job is not a finished one" in job.error
+
+
+def test_engine_manifest_retries_rerun_a_failed_job(world, tmp_path):
+    engine, service, drop = world
+    marker = tmp_path / "first-run-done"
+    command = f"if [ -e {marker} ]; then echo second > out.txt; else touch {marker}; exit 9; fi"
+    job_id = drop("second-time-lucky", {"command": command, "retries": 1})
+    engine.run_until_idle(30)
+    job = engine.store.get(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 2)
+    result = _result(engine, job_id)
+    assert result["attempts"] == 2 and result["submit_key"].endswith("-2")
+    assert any("attempt 1 failed (exit code 9)" in e.message for e in engine.store.events(job_id))
+
+
+def test_engine_cancel_before_submission_delivers_a_cancelled_record(world):
+    engine, service, drop = world
+    engine.backends["mem"].options = engine.backends["mem"].options.model_copy(update={"max_parallel": 1})
+    busy = drop("busy", {"command": "sleep 30"})
+    _pump_until(engine, lambda: engine.store.get(busy).remote_id)
+    waiting = drop("waiting", {"command": "echo never > never.txt"})
+    _pump_until(engine, lambda: engine.store.get(waiting).state == "staged")
+    engine.store.request(waiting, "cancel")
+    engine.store.request(busy, "cancel")
+    engine.run_until_idle(30)
+    assert engine.store.get(waiting).state == "cancelled"
+    assert engine.store.get(waiting).remote_id is None, "a job cancelled while waiting is never submitted"
+    assert _result(engine, waiting)["state"] == "cancelled"
+    assert engine.store.get(busy).state == "cancelled"
+    assert len(service.jobs) == 1

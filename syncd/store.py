@@ -277,6 +277,15 @@ class Store:
         marks = ", ".join("?" for _ in TERMINAL)
         return self._select(f"finished = 0 AND state IN ({marks})", tuple(TERMINAL))
 
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {r["state"]: r["n"] for r in rows}
+
+    def staged_by_backend(self) -> dict[str, int]:
+        rows = self._conn().execute(
+            "SELECT backend, COUNT(*) AS n FROM jobs WHERE state = ? GROUP BY backend", (STAGED,)).fetchall()
+        return {r["backend"]: r["n"] for r in rows}
+
     def request(self, job_id: str, kind: str) -> None:
         """Record a cancel or retry request; the daemon acts on it at its next pass."""
         column = {"cancel": "cancel_requested", "retry": "retry_requested"}[kind]

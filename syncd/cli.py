@@ -1,10 +1,9 @@
-"""The ``syncd`` command line: init, run, status, validate, cancel, retry, logs."""
+"""The ``syncd`` command line: init, run, status, validate, cancel, retry, logs, sync."""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from syncd import __version__
 from syncd.errors import ConfigError, ManifestError
+from syncd.store import job_summary, local_iso
 from syncd.templates import INIT_CONFIG, INIT_FOLDERS
 
 CONFIG_HELP = "config file (default: $SYNCD_CONFIG, then ./syncd.yaml)"
@@ -25,8 +25,23 @@ def config_option(func):
                         show_default=False, type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)(func)
 
 
-def _load(config_path: Path):
-    from syncd.daemon import load
+def _load(config_path: Path, *, light: bool = False):
+    if light:  # commands that never start the daemon or a backend skip importing them
+        from pydantic import ConfigDict
+
+        from syncd import plugins
+        from syncd.config import BackendOptions, load_config
+
+        class UncheckedBackend(BackendOptions):
+            model_config = ConfigDict(extra="allow", frozen=True)
+
+        def resolve(kind, type_name):
+            return UncheckedBackend if kind == "backend" else plugins.options_model(kind, type_name)
+
+        def load(path):
+            return load_config(path, resolve)
+    else:
+        from syncd.daemon import load
 
     try:
         return load(config_path)
@@ -65,18 +80,7 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=220)
 
 
-def _iso(ts):
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else None
-
-
-def _job_json(job) -> dict:
-    return {
-        "id": job.id, "name": job.name, "state": job.state, "backend": job.backend, "remote_id": job.remote_id,
-        "created": _iso(job.created), "updated": _iso(job.updated), "error": job.error,
-        "inbox": job.inbox, "directory": job.dir_name, "attempts": job.attempts, "exit_code": job.exit_code,
-        "outcome": job.outcome, "folder": job.folder, "bucket": job.bucket, "held_from": job.held_from,
-        "submitted": _iso(job.submitted_at), "started": _iso(job.started_at), "ended": _iso(job.ended_at),
-    }
+_iso = local_iso
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,13 +134,13 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
     if job:
         record = _one_job(store, job)
         if as_json:
-            data = _job_json(record)
+            data = job_summary(record)
             data["events"] = [{"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "message": e.message}
                               for e in store.events(record.id)]
             click.echo(json.dumps([data], indent=2, ensure_ascii=False))
             return
         console = _console()
-        for key, value in _job_json(record).items():
+        for key, value in job_summary(record).items():
             if value is not None:
                 console.print(f"[bold]{key:>10}[/bold]  {value}", highlight=False)
         table = Table("at", "change", "message", title="events", title_justify="left")
@@ -150,11 +154,11 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
     if not show_all:
         jobs = jobs[-50:]
     if as_json:
-        click.echo(json.dumps([_job_json(j) for j in jobs], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([job_summary(j) for j in jobs], indent=2, ensure_ascii=False))
         return
     table = Table("id", "name", "state", "backend", "remote id", "updated", "error")
     for j in jobs:
-        style = {"succeeded": "green", "failed": "red", "rejected": "red", "held": "yellow",
+        style = {"succeeded": "green", "validated": "green", "failed": "red", "rejected": "red", "held": "yellow",
                  "timed_out": "red", "cancelled": "yellow"}.get(j.state, "")
         table.add_row(j.id, j.name, f"[{style}]{j.state}[/{style}]" if style else j.state, j.backend,
                       j.remote_id or "", _iso(j.updated), (j.error or "")[:80])
@@ -246,6 +250,130 @@ def logs(config_path: Path, job: str) -> None:
         if path is not None:
             text = path.read_text(errors="replace")
             click.echo(text, nl=bool(text) and not text.endswith("\n"))
+
+
+@main.command()
+@config_option
+@click.argument("src")
+@click.argument("dest")
+@click.option("--delete", is_flag=True, help="remove local files the bucket no longer has (never job results)")
+@click.option("--progress/--no-progress", default=None, help="show a progress bar (default: on a terminal)")
+@click.option("--fsync", is_flag=True, help="flush each downloaded file to disk before it is renamed into place "
+                                             "(survives a power cut; slower, like rsync --fsync)")
+def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | None, fsync: bool) -> None:
+    """Mirror SRC into DEST once: STORAGE:BUCKET[/PREFIX] to a local folder, or a local folder to one.
+
+    STORAGE names a section under storages: in the config. Unchanged files are skipped
+    (no download, no upload); every file is written under a temporary name and renamed.
+    """
+    import time
+
+    from syncd.errors import SyncdError
+    from syncd.logsetup import setup_logging
+    from syncd.sync import parse_remote
+
+    setup_logging("WARNING", "text")
+    config = _load(config_path, light=True)
+    try:
+        source, target = parse_remote(src, config), parse_remote(dest, config)
+    except (ValueError, SyncdError) as exc:
+        click.echo(f"syncd: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if (source is None) == (target is None):
+        names = ", ".join(sorted(config.storages)) or "none"
+        click.echo(f"syncd: exactly one of SRC and DEST must be STORAGE:BUCKET[/PREFIX] with a storage from the "
+                   f"config ({names}); the other a local folder", err=True)
+        sys.exit(EXIT_USAGE)
+    started = time.monotonic()
+    try:
+        report = _run_sync(config, source, target, src, dest, delete,
+                           sys.stderr.isatty() if progress is None else progress, fsync)
+    except SyncdError as exc:
+        click.echo(f"syncd: sync {src} {dest} failed: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    for key, why in report.refused:
+        click.echo(f"syncd: refused {key}: {why}", err=True)
+    for key, error in report.failed:
+        click.echo(f"syncd: failed {key}: {error}", err=True)
+    verb = "downloaded" if source is not None else "uploaded"
+    click.echo(f"{verb} {len(report.fetched)} file(s), {report.bytes} bytes, unchanged {len(report.skipped)}, "
+               f"refused {len(report.refused)}, deleted {len(report.deleted)}, failed {len(report.failed)} "
+               f"in {time.monotonic() - started:.2f}s")
+    if report.failed:
+        sys.exit(EXIT_INVALID)
+
+
+def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: bool, fsync: bool):
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    from syncd import plugins
+    from syncd.mirror import TMP_DIR, Mirror
+    from syncd.outbox import check_outbox_key
+    from syncd.store import Store
+    from syncd.sync import upload
+
+    store = Store(config.db_path)
+    remote = source or target
+    options = config.storage_options[remote.storage]
+    storage = plugins.load("storage", options.type)(remote.storage, options)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not show,
+                   transient=False)
+    files = bar.add_task(f"{src} → {dest}", total=None)
+
+    def on_plan(count: int, size: int) -> None:
+        bar.update(files, total=size)
+
+    def on_done(key: str, size: int) -> None:
+        bar.advance(files, size)
+
+    try:
+        with bar:
+            if source is not None:
+                local = Path(dest).resolve()
+                local.mkdir(parents=True, exist_ok=True)
+                return Mirror(store, config.retry, fsync=fsync).run(
+                    storage, source.bucket, source.prefix, local, tmp_dir=local / TMP_DIR, strip=source.prefix,
+                    delete=delete, check_key=check_outbox_key, on_plan=on_plan, on_done=on_done)
+            local = Path(src).resolve()
+            if not local.is_dir():
+                raise click.ClickException(f"{src} is not a folder")
+            storage.ensure_bucket(target.bucket)
+            return upload(storage, store, local, target.bucket, target.prefix, retry=config.retry,
+                          on_plan=on_plan, on_done=on_done)
+    finally:
+        storage.close()
+        store.close()
+
+
+@main.command()
+@config_option
+@click.option("--user", default=None, help="the service user (default: the owner of the config file)")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write syncd.service and syncd@.service into this folder instead of printing syncd.service")
+def units(config_path: Path, user: str | None, output: Path | None) -> None:
+    """Print (or write) systemd unit files tailored to CONFIG: its paths, this syncd, a service user."""
+    from syncd.service_units import render_units
+
+    config = _load(config_path)
+    rendered = render_units(config, user=user, syncd_path=_syncd_executable())
+    if output is None:
+        click.echo(rendered["syncd.service"], nl=False)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (output / name).write_text(text)
+    click.echo(f"wrote {', '.join(rendered)} to {output}/. Install with:\n"
+               f"  sudo cp {output}/syncd.service /etc/systemd/system/ && sudo systemctl daemon-reload\n"
+               f"  sudo systemctl enable --now syncd")
+
+
+def _syncd_executable() -> str:
+    import shutil
+
+    beside = Path(sys.executable).parent / "syncd"
+    return str(beside) if beside.exists() else (shutil.which("syncd") or "/usr/local/bin/syncd")
 
 
 if __name__ == "__main__":

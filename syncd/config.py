@@ -78,6 +78,16 @@ class RetryPolicy(StrictModel):
     )
 
 
+class WebhookConfig(StrictModel):
+    url: str = Field(pattern=r"^https?://", description="where a JSON notification is POSTed on every terminal state")
+    timeout: Duration = Field(10.0, gt=0, description="seconds to wait for the receiver")
+
+
+class HttpConfig(StrictModel):
+    listen: str | None = Field("127.0.0.1:9847", pattern=r"^[^:]+:\d+$",
+                               description="host:port of /healthz, /readyz, /metrics and /jobs (null: off)")
+
+
 class InboxConfig(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, description="name used in logs and status")
     path: ConfigPath = Field(description="the watched directory")
@@ -101,6 +111,9 @@ class InboxConfig(StrictModel):
     )
     max_input_files: PositiveInt = Field(100_000, description="largest number of files in one job")
     max_input_bytes: Size | None = Field(None, description="largest total input size (none: no limit)")
+    min_free_space: Size = Field(
+        100 * 1024 * 1024, description="free space the outbox needs before a job is submitted (pre-flight)")
+    journal: bool = Field(True, description="write <folder>.status.txt beside each in-flight job in the inbox")
 
     @field_validator("prefix")
     @classmethod
@@ -115,6 +128,22 @@ class InboxConfig(StrictModel):
         return self.spool if self.spool is not None else self.path / ".syncd"
 
 
+class MirrorConfig(StrictModel):
+    """A standing mirror: keep a bucket prefix mirrored into an outbox on a schedule."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="name used in logs")
+    storage: str = Field(description="name of a section under storages:")
+    bucket: str = Field(min_length=1, description="the bucket to mirror")
+    prefix: str = Field("", description="only keys under this prefix, e.g. instrument/runs/")
+    outbox: ConfigPath = Field(description="objects are mirrored to <outbox>/<bucket>/<key>")
+    every: Duration = Field(300.0, gt=0, description="how often the mirror runs")
+    delete: bool = Field(False, description="remove local files the bucket no longer has "
+                                            "(never inside a job's results folder)")
+    attempts: PositiveInt = Field(4, le=20, description="tries per object within one run (waits follow retry:)")
+    fsync: bool = Field(True, description="flush each file to disk before it is renamed into place "
+                                          "(survives a power cut)")
+
+
 class Config(StrictModel):
     state_dir: ConfigPath = Field(Path(".state"), description="SQLite state, work dirs and runner files")
     storages: dict[str, dict[str, Any]] = Field(description="named storages")
@@ -123,6 +152,9 @@ class Config(StrictModel):
     poll: PollPolicy = PollPolicy()
     retry: RetryPolicy = RetryPolicy()
     workers: PositiveInt = Field(4, le=64, description="threads that stage, submit and collect")
+    webhook: WebhookConfig | None = Field(None, description="notify a URL on every terminal state")
+    http: HttpConfig = Field(HttpConfig(), description="the health and metrics endpoint")
+    mirrors: list[MirrorConfig] = Field(default_factory=list, description="standing mirrors of bucket prefixes")
     # Filled in by load_config from the plugin option models.
     storage_options: dict[str, StorageOptions] = Field(default_factory=dict, exclude=True)
     backend_options: dict[str, BackendOptions] = Field(default_factory=dict, exclude=True)
@@ -276,8 +308,24 @@ def load_config(
                 problems.append(f"{filename}:{loaded.line_of(('inboxes', index, 'path'))}: inboxes.{index}.path: "
                                 f"overlaps inbox '{other.name}'; give each inbox its own folder")
 
+    mirror_names: set[str] = set()
+    for index, mirror in enumerate(config.mirrors):
+        loc = ("mirrors", index)
+        where = f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}"
+        if mirror.name in mirror_names:
+            problems.append(f"{where}.name: mirror name '{mirror.name}' is used twice; names must be unique")
+        mirror_names.add(mirror.name)
+        if mirror.storage not in config.storages:
+            problems.append(f"{where}.storage: no storage named '{mirror.storage}'; "
+                            f"defined: {', '.join(sorted(config.storages)) or 'none'}")
+        for inbox in config.inboxes:
+            if mirror.outbox == inbox.path or inbox.path in mirror.outbox.parents:
+                problems.append(f"{where}.outbox: must not be inside the inbox {inbox.path}")
+
     if problems:
         raise ConfigError(filename, problems)
+    # The raw sections are replaced by their validated form, where secrets (SecretStr) print as '**********'.
+    redacted = {name: options.model_dump(mode="json") for name, options in storage_options.items()}
     return config.model_copy(update={
-        "storage_options": storage_options, "backend_options": backend_options, "source": path,
+        "storages": redacted, "storage_options": storage_options, "backend_options": backend_options, "source": path,
     })

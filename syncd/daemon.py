@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,17 @@ from loguru import logger
 
 from syncd import plugins
 from syncd.backends.base import Backend
-from syncd.config import Config, load_config
+from syncd.config import Config, InboxConfig, load_config
+from syncd.errors import ConfigError
 from syncd.engine import Engine
-from syncd.spool import SpoolError
+from syncd.outbox import run_standing_mirror
+from syncd.notify import Notifier
+from syncd.observe import HttpEndpoint, Metrics
+from syncd.spool import Spool, SpoolError
 from syncd.storage.base import Storage
-from syncd.store import Store
+from syncd.store import ACTIVE, Store, job_summary
 from syncd.watch import InboxWatcher
+from syncd.webhook import WebhookSender
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -34,6 +41,7 @@ EXIT_CONFIG = 2
 EXIT_LOCKED = 3
 EXIT_HARD_STOP = 130
 DRAIN_SECONDS = 5.0
+STALL_SECONDS = 30.0  # no pump for this long: not alive (no watchdog ping, /healthz 503)
 
 
 def load(config_path: Path | str, env: dict[str, str] | None = None) -> Config:
@@ -59,7 +67,14 @@ class Daemon:
     def __init__(self, config: Config):
         self.config = config
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self._signals = 0
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.http: HttpEndpoint | None = None
+        self.webhook: WebhookSender | None = None
+        self._last_tick = time.monotonic()
+        self._probe_problems: dict[str, str] = {}
         self._lock_file: Any = None
         self.store: Store | None = None
         self.engine: Engine | None = None
@@ -84,6 +99,54 @@ class Daemon:
         handle.flush()
         self._lock_file = handle
 
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self._reload.set()
+
+    def _tick(self) -> None:
+        """The pump, plus the proof of progress that the watchdog ping and /healthz rely on."""
+        self.engine.pump()
+        self._last_tick = time.monotonic()
+
+    @property
+    def stall_seconds(self) -> float:
+        """No pump for this long means wedged: half the systemd watchdog interval, at most STALL_SECONDS."""
+        interval = self.notifier.watchdog_interval
+        return min(STALL_SECONDS, interval / 2) if interval else STALL_SECONDS
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last_tick < self.stall_seconds
+
+    def probe_backends(self) -> None:
+        problems = {}
+        for name, backend in self.engine.backends.items():
+            try:
+                backend.probe()
+            except Exception as exc:  # any failure means "not ready", never a crash
+                problems[f"backend {name}"] = str(exc)
+        if problems != self._probe_problems:
+            for what, why in problems.items():
+                logger.warning("{} did not answer: {}; its jobs wait until it does", what, why)
+        self._probe_problems = problems
+
+    def ready_problems(self) -> dict[str, str]:
+        problems = dict(self._probe_problems)
+        for backend, (until, reason) in self.store.backend_pauses().items():
+            problems[f"backend {backend}"] = reason
+        if not self.alive():
+            problems["main loop"] = f"no progress for more than {self.stall_seconds:.0f}s"
+        return problems
+
+    def status_line(self) -> str:
+        counts = self.store.count_by_state()
+        active = sum(n for state, n in counts.items() if state in ACTIVE)
+        waiting = counts.get("staged", 0)
+        held = counts.get("held", 0)
+        return (f"watching {len(self.watchers)} inbox(es); {active} job(s) in flight, {waiting} waiting for a slot"
+                + (f", {held} held for attention" if held else ""))
+
+    def _report_status(self) -> None:
+        self.notifier.status(self.status_line())
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
         if self._signals > 1:
@@ -98,35 +161,122 @@ class Daemon:
             logger.opt(exception=True).error("{} failed; it will run again at its next interval", what)
 
     def start(self) -> None:
+        # Nothing syncd creates is ever world-writable, whatever umask it was started with.
+        os.umask(os.umask(0) | 0o002)
         self._take_lock()
         self.store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
-        self.engine = Engine(self.config, self.store, backends, storages)
+        self.engine = Engine(self.config, self.store, backends, storages, metrics=self.metrics)
+        self.store.on_transition = self.engine.on_transition
         self.engine.prepare()
+        self.metrics.watch_store(self.store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
+        self.probe_backends()
+        if self.config.webhook is not None:
+            self.webhook = WebhookSender(self.config.webhook.url, self.store, self.config.retry,
+                                        self.config.webhook.timeout, self.engine.stored_result)
         scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(max_workers=4 + len(self.config.inboxes) + len(backends))},
+            executors={"default": SchedulerPool(
+                max_workers=4 + len(self.config.inboxes) + len(backends) + len(self.config.mirrors))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        for inbox in self.config.inboxes:
-            watcher = InboxWatcher(inbox, self.engine.claim)
-            watcher.start()
-            self.watchers.append(watcher)
-            tick = min(1.0, max(0.2, inbox.settle / 4))
-            scheduler.add_job(self._guard, "interval", seconds=tick, args=(f"inbox {inbox.name}", watcher.check),
-                              id=f"settle:{inbox.name}")
-            scheduler.add_job(self._guard, "interval", seconds=inbox.rescan,
-                              args=(f"rescan of {inbox.name}", watcher.rescan), id=f"rescan:{inbox.name}")
-        scheduler.add_job(self._guard, "interval", seconds=0.5, args=("pump", self.engine.pump), id="pump")
-        for name in backends:
-            scheduler.add_job(self._guard, "interval", seconds=min(1.0, self.config.poll.first),
-                              args=(f"poll of backend {name}", self.engine.poll_backend, name), id=f"poll:{name}")
-        scheduler.start()
         self.scheduler = scheduler
-        self.engine.pump()
+        for inbox in self.config.inboxes:
+            self._watch(inbox)
+        scheduler.add_job(self._guard, "interval", seconds=0.5, args=("pump", self._tick), id="pump")
+        for name in backends:
+            self._schedule_poll(name)
+        scheduler.add_job(self._guard, "interval", seconds=30, args=("backend probes", self.probe_backends),
+                          id="probe")
+        scheduler.add_job(self._guard, "interval", seconds=5, args=("status", self._report_status), id="status")
+        if self.webhook is not None:
+            scheduler.add_job(self._guard, "interval", seconds=1, args=("webhook", self.webhook.send_due),
+                              id="webhook")
+        for mirror in self.config.mirrors:
+            # The first pass runs at once; coalesce + max_instances=1 keep a slow pass from piling up.
+            scheduler.add_job(self._guard, "interval", seconds=mirror.every, next_run_time=datetime.now(),
+                              args=(f"mirror {mirror.name}", run_standing_mirror, mirror, storages[mirror.storage],
+                                    self.store, self.config.retry), id=f"mirror:{mirror.name}")
+        scheduler.start()
+        self._tick()
+        if self.config.http.listen:
+            host, port = self.config.http.listen.rsplit(":", 1)
+            try:
+                self.http = HttpEndpoint(host, int(port), metrics=self.metrics, alive=self.alive,
+                                         ready=self.ready_problems, jobs=self.jobs_json)
+                self.http.start()
+                logger.info("http endpoint on http://{}:{}/ (healthz, readyz, metrics, jobs)", *self.http.address)
+            except OSError as exc:
+                logger.error("cannot listen on {} ({}); running without the http endpoint; "
+                             "set http.listen to a free port", self.config.http.listen, exc.strerror)
         logger.info("syncd ready: {} inbox(es), state in {}", len(self.config.inboxes), self.config.state_dir)
+        self.notifier.ready(self.status_line())
+
+    def _watch(self, inbox: InboxConfig) -> None:
+        watcher = InboxWatcher(inbox, self.engine.claim)
+        watcher.start()
+        self.watchers.append(watcher)
+        tick = min(1.0, max(0.2, inbox.settle / 4))
+        self.scheduler.add_job(self._guard, "interval", seconds=tick, args=(f"inbox {inbox.name}", watcher.check),
+                               id=f"settle:{inbox.name}", replace_existing=True)
+        self.scheduler.add_job(self._guard, "interval", seconds=inbox.rescan,
+                               args=(f"rescan of {inbox.name}", watcher.rescan), id=f"rescan:{inbox.name}",
+                               replace_existing=True)
+
+    def _unwatch(self, name: str) -> None:
+        for watcher in [w for w in self.watchers if w.inbox.name == name]:
+            watcher.stop()
+            self.watchers.remove(watcher)
+        for job_id in (f"settle:{name}", f"rescan:{name}"):
+            if self.scheduler.get_job(job_id):
+                self.scheduler.remove_job(job_id)
+
+    def _schedule_poll(self, name: str) -> None:
+        self.scheduler.add_job(self._guard, "interval", seconds=min(1.0, self.config.poll.first),
+                               args=(f"poll of backend {name}", self.engine.poll_backend, name), id=f"poll:{name}",
+                               replace_existing=True)
+
+    def jobs_json(self) -> list[dict]:
+        return [job_summary(job) for job in self.store.jobs()[-500:]]
+
+    def reload(self) -> None:
+        """Re-read the config. An invalid one is refused (old one kept); jobs in flight are not disturbed."""
+        self.notifier.reloading()
+        try:
+            new = load(self.config.source)
+            for inbox in new.inboxes:
+                Spool(inbox).prepare()
+        except (ConfigError, SpoolError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            logger.error("reload refused, keeping the running config; fix these and send SIGHUP again:")
+            for problem in problems:
+                logger.error("  {}", problem)
+            self.notifier.ready(self.status_line())
+            return
+        old_inboxes = {inbox.name: inbox for inbox in self.config.inboxes}
+        new_inboxes = {inbox.name: inbox for inbox in new.inboxes}
+        changed_backends = {n for n, o in new.backend_options.items() if self.config.backend_options.get(n) != o}
+        changed_storages = {n for n, o in new.storage_options.items() if self.config.storage_options.get(n) != o}
+        backends = {n: b for n, b in build_backends(new).items() if n in changed_backends}
+        storages = {n: st for n, st in build_storages(new).items() if n in changed_storages}
+        self.engine.reconfigure(new, backends, storages)
+        for name in old_inboxes.keys() - new_inboxes.keys():
+            self._unwatch(name)
+        for name, inbox in new_inboxes.items():
+            if old_inboxes.get(name) != inbox:
+                self._unwatch(name)
+                self._watch(inbox)
+        for name in backends:
+            self._schedule_poll(name)
+        self.config = new
+        logger.info("config reloaded: {} inbox(es), {} backend(s) changed, {} storage(s) changed",
+                    len(new_inboxes), len(backends), len(storages))
+        self.notifier.ready(self.status_line())
 
     def stop(self) -> None:
+        self.notifier.stopping()
         logger.info("stopping: no new jobs are taken; running jobs keep running and are re-attached at next start")
+        if self.http is not None:
+            self.http.stop()
         if self.scheduler is not None:
             # Timers first, so no settle tick can restart a watcher or claim a job during shutdown.
             self.scheduler.shutdown(wait=True)
@@ -142,8 +292,7 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, lambda *_: logger.warning("SIGHUP: reload is not supported yet; restart syncd "
-                                                              "to apply a new config"))
+        signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             self.start()
         except AlreadyRunning as exc:
@@ -152,8 +301,13 @@ class Daemon:
         except SpoolError as exc:
             logger.error("{}", exc)
             return EXIT_CONFIG
-        while not self._stop.wait(1.0):
-            pass
+        ping_every = min(1.0, self.notifier.watchdog_interval / 3) if self.notifier.watchdog_interval else 1.0
+        while not self._stop.wait(ping_every):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if self.alive():
+                self.notifier.watchdog()  # only while the loop makes progress: a wedged one gets restarted
         self.stop()
         return EXIT_OK
 

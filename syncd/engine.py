@@ -11,8 +11,9 @@ storages; the retry policy lives here and nowhere else.
 from __future__ import annotations
 
 import json
+import os
 import secrets
-import tempfile
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,25 +24,27 @@ from typing import Any, Callable, Mapping
 
 from loguru import logger
 
-from syncd import __version__
+from syncd import deliver, journal
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus
 from syncd.config import Config, InboxConfig
 from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
 from syncd.manifest import Manifest, load_job_directory
 from syncd.outbox import RESULT_RECORD, Outbox
+from syncd.observe import Metrics
 from syncd.retry import backoff_delay, budget_spent
 from syncd.spool import Spool
 from syncd.storage.base import Storage
 from syncd.store import (
     CANCELLED, CLAIMED, CLAIMING, COLLECTING, FAILED, HELD, QUEUED, REJECTED, REMOTE, RUNNING, STAGED,
-    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, Job, Store,
+    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store,
 )
 
-STDOUT_NAME = "syncd-stdout.txt"
-STDERR_NAME = "syncd-stderr.txt"
-RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD})
 STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
 MAX_UNKNOWN_POLLS = 5
+CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder cancels it
+CANCEL_MARKER_INTERVAL = 2.0
+DISPATCH_PER_WORKER = 8
+PROBE_INTERVAL = 60.0
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
@@ -55,22 +58,21 @@ def new_job_id(now: float | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
-
-
 def job_logger(job: Job):
     return logger.bind(job_id=job.id, job_name=job.name)
 
 
 class Engine:
     def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
-                 storages: Mapping[str, Storage], clock: Callable[[], float] = time.time):
+                 storages: Mapping[str, Storage], clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.backends = dict(backends)
         self.storages = dict(storages)
         self.clock = clock
+        self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
         self.spools = {inbox.name: Spool(inbox) for inbox in config.inboxes}
         self.outboxes = {inbox.name: Outbox(inbox.outbox, store) for inbox in config.inboxes}
         self.tmp_dir = config.state_dir / "tmp"
@@ -80,6 +82,34 @@ class Engine:
         self._submit_lock = threading.Lock()
         self._folder_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._probed: dict[str, float] = {}  # backend → when it last answered a probe
+        self._markers_checked = 0.0
+
+    def _inbox(self, name: str) -> InboxConfig:
+        """An inbox's config, also for inboxes a reload removed while their jobs are still in flight."""
+        return self._inboxes[name]
+
+    def reconfigure(self, config: Config, backends: Mapping[str, Backend], storages: Mapping[str, Storage]) -> None:
+        """Apply a reloaded config. Jobs in flight keep the inbox, backend and storage they started with."""
+        for inbox in config.inboxes:
+            self.spools[inbox.name] = Spool(inbox)
+            self.outboxes[inbox.name] = Outbox(inbox.outbox, self.store)
+            self.spools[inbox.name].prepare()
+            self.outboxes[inbox.name].root.mkdir(parents=True, exist_ok=True)
+        self._inboxes.update({inbox.name: inbox for inbox in config.inboxes})
+        self.backends.update(backends)
+        self.storages.update(storages)
+        self._probed.clear()
+        self.config = config
+
+    def on_transition(self, job: Job) -> None:
+        """Called by the store after every committed transition."""
+        if self.metrics is not None:
+            self.metrics.transitions.labels(job.state).inc()
+        inbox = self._inbox(job.inbox)
+        if inbox.journal:
+            folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
+            journal.update(inbox.path, job, folder)
 
     # -- start and stop ---------------------------------------------------------------
     def prepare(self) -> None:
@@ -121,9 +151,11 @@ class Engine:
             return False
         spool = self.spools[inbox.name]
         job_id = new_job_id()
+        raw = os.fsencode(path.name)
+        shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
         job = self.store.create_job(
-            id=job_id, name=path.name, dir_name=path.name, inbox=inbox.name, backend=inbox.backend,
-            storage=inbox.storage, bucket=inbox.bucket, spool_path=str(spool.claimed / job_id),
+            id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw, inbox=inbox.name,
+            backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket, spool_path=str(spool.claimed / job_id),
         )
         try:
             spool.claim(path, job_id)
@@ -164,17 +196,22 @@ class Engine:
         if self._stopping.is_set():
             return
         now = self.clock()
+        if now - self._markers_checked >= CANCEL_MARKER_INTERVAL:
+            self._markers_checked = now
+            for job in self.store.active_with_cancel_marker_candidates():
+                if (Path(job.spool_path) / CANCEL_MARKER).exists():
+                    self.store.request(job.id, "cancel")
+                    job_logger(job).info("found a {} file; cancelling", CANCEL_MARKER)
         for job in self.store.requests():
             self._dispatch(job.id, self.handle_requests)
-        for job in self.store.jobs(STEP_STATES):
-            if job.next_at <= now:
-                self._dispatch(job.id, self.advance)
+        # Bounded: with thousands of jobs waiting, one pass hands out only what the workers can take.
+        for job in self.store.due(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER):
+            self._dispatch(job.id, self.advance)
         for name, backend in self.backends.items():
             room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
-            if room <= 0:
-                continue
-            for job in self.store.jobs([STAGED], backend=name)[: room]:
-                self._dispatch(job.id, self.advance)
+            if room > 0:
+                for job in self.store.due([STAGED], now, limit=room, backend=name):
+                    self._dispatch(job.id, self.advance)
         for job in self.store.unfinished():
             self._dispatch(job.id, self.finish)
 
@@ -262,6 +299,9 @@ class Engine:
                             f"{int(now - failing_since)}s: {exc}. Fix the cause, then run 'syncd retry {job.id}'")
             return
         delay = backoff_delay(self.config.retry, failures, retry_after)
+        if self.metrics is not None:
+            self.metrics.retries.labels(job.backend, job.state).inc()
+            self.metrics.errors.labels(job.backend, type(exc).__name__).inc()
         job_logger(job).warning("{} failed ({}); retry {} in {:.1f}s", job.state, exc, failures, delay)
         self.store.update(job.id, expect=job.state, failures=failures, failing_since=failing_since,
                           next_at=now + delay, error=str(exc),
@@ -298,12 +338,12 @@ class Engine:
         )
 
     def _load(self, job: Job):
-        inbox = self.config.inbox(job.inbox)
+        inbox = self._inbox(job.inbox)
         return load_job_directory(Path(job.spool_path), max_files=inbox.max_input_files,
                                   max_bytes=inbox.max_input_bytes, default_name=job.dir_name)
 
     def _validate(self, job: Job) -> None:
-        inbox = self.config.inbox(job.inbox)
+        inbox = self._inbox(job.inbox)
         try:
             directory = self._load(job)
             manifest_json = json.dumps(directory.manifest.model_dump(mode="json"))
@@ -315,6 +355,13 @@ class Engine:
             return
         with self._folder_lock:
             folder = self._reserve_folder(inbox, directory.name)
+            if directory.manifest.dry_run:
+                self.store.transition(
+                    job.id, CLAIMED, COLLECTING, f"dry run: valid; report goes to {inbox.bucket}/{folder}/",
+                    name=directory.name, manifest=manifest_json, folder=folder, outcome=VALIDATED,
+                    message=f"dry run: valid, {len(directory.inputs)} input file(s); nothing was run",
+                    ended_at=self.clock(), next_at=0)
+                return
             self.store.transition(
                 job.id, CLAIMED, STAGING, f"valid; results will go to {inbox.bucket}/{folder}/",
                 name=directory.name, manifest=manifest_json, folder=folder,
@@ -338,7 +385,8 @@ class Engine:
     def _reject(self, job: Job, problems: list[str]) -> None:
         job_logger(job).warning("rejected: {}", "; ".join(problems))
         self.store.transition(job.id, CLAIMED, REJECTED, "rejected: " + "; ".join(problems),
-                              error="; ".join(problems), outcome=REJECTED, ended_at=self.clock())
+                              error="; ".join(problems), message=json.dumps(problems), outcome=REJECTED,
+                              ended_at=self.clock())
 
     # -- stage and submit -----------------------------------------------------------------
     def _stage(self, job: Job) -> None:
@@ -350,8 +398,29 @@ class Engine:
         self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
                               next_at=0, **self._clear_failures())
 
+    def _preflight(self, job: Job) -> None:
+        """Before submitting: the outbox can take results and the backend accepts us, or the job waits."""
+        inbox = self._inbox(job.inbox)
+        outbox = self.outboxes[job.inbox].root
+        try:
+            probe = outbox / ".syncd-tmp" / f"preflight-{job.id}"
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+            free = shutil.disk_usage(outbox).free
+        except OSError as exc:
+            raise TransientError(f"outbox {outbox} is not writable ({exc.strerror}); results would have nowhere "
+                                 f"to go, so the job waits") from None
+        if free < inbox.min_free_space:
+            raise TransientError(f"outbox {outbox} has {free // 2**20} MiB free, less than min_free_space "
+                                 f"({inbox.min_free_space // 2**20} MiB); the job waits until there is room")
+        if self.clock() - self._probed.get(job.backend, 0.0) > PROBE_INTERVAL:
+            self.backends[job.backend].probe()
+            self._probed[job.backend] = self.clock()
+
     def _start_submit(self, job: Job) -> None:
         backend = self.backends[job.backend]
+        self._preflight(job)
         with self._submit_lock:
             running = self.store.count([SUBMITTING, *REMOTE], backend=job.backend)
             if running >= backend.options.max_parallel:
@@ -363,10 +432,13 @@ class Engine:
     def _submit(self, job: Job) -> None:
         backend = self.backends[job.backend]
         spec = self.spec(job)
+        started = time.monotonic()
         ref = backend.find(spec)
         how = "found after a restart" if ref else "submitted"
         if ref is None:
             ref = backend.submit(spec)
+        if self.metrics is not None:
+            self.metrics.submit_seconds.labels(job.backend).observe(time.monotonic() - started)
         now = self.clock()
         first = self.config.poll.first
         self.store.transition(
@@ -388,8 +460,11 @@ class Engine:
         if not due:
             return
         backend = self.backends[name]
+        started = time.monotonic()
         try:
             statuses = backend.poll([RemoteRef(j.remote_id, j.handle_data) for j in due])
+            if self.metrics is not None:
+                self.metrics.poll_seconds.labels(name).observe(time.monotonic() - started)
         except AuthError as exc:
             self._pause_backend(name, exc)
             return
@@ -512,7 +587,7 @@ class Engine:
                 self.store.update(job.id, retry_requested=0, event="retry refused: the job's files are no longer "
                                   "kept (after: remove); drop the job folder into the inbox again")
                 return
-            inbox = self.config.inbox(job.inbox)
+            inbox = self._inbox(job.inbox)
             with self._folder_lock:
                 folder = self._reserve_folder(inbox, job.name)
                 self.store.transition(
@@ -532,43 +607,36 @@ class Engine:
     # -- collect ---------------------------------------------------------------------------
     def _collect(self, job: Job) -> None:
         """Deliver outputs and logs to the bucket, mirror into the outbox, write the result record last."""
-        inbox = self.config.inbox(job.inbox)
-        storage, outbox = self.storages[job.storage], self.outboxes[job.inbox]
-        backend = self.backends[job.backend]
+        inbox = self._inbox(job.inbox)
         folder = job.folder or self._reserve_folder(inbox, job.name)
-        record_key = f"{folder}/{RESULT_RECORD}"
-        existing = outbox.path_for(job.bucket, record_key)
-        if _record_matches(existing, job):
+        outbox = self.outboxes[job.inbox]
+        if deliver.record_matches(outbox.path_for(job.bucket, f"{folder}/{RESULT_RECORD}"), job):
             self._complete(job)
             return
-        storage.ensure_bucket(job.bucket)
-        delivered: list[dict[str, Any]] = []
-        refused: list[dict[str, str]] = []
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.tmp_dir) as scratch:
-            empty = Path(scratch) / "empty"
-            empty.touch()
-            stdout = stderr = empty
-            if job.remote_id:
-                ref = RemoteRef(job.remote_id, job.handle_data)
-                for item in backend.outputs(ref, self.spec(job)):
-                    if item.relpath in RESERVED_OUTPUTS:
-                        refused.append({"path": item.relpath, "reason": "name is reserved for syncd's own files"})
-                        continue
-                    storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
-                    delivered.append({"path": item.relpath, "size": item.size})
-                logs = backend.logs(ref)
-                stdout, stderr = logs.stdout or empty, logs.stderr or empty
-            storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", stdout)
-            storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", stderr)
-            report = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key})
-            refused += [{"path": key, "reason": why} for key, why in report.refused]
-            record = self._result_record(self.store.get(job.id), inbox, folder, delivered, refused)
-            record_file = Path(scratch) / RESULT_RECORD
-            record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            storage.put_file(job.bucket, record_key, record_file)
-        outbox.write_json(job.bucket, record_key, record)
+        backend = self.backends[job.backend]
+        outputs, logs = [], None
+        if job.remote_id:
+            ref = RemoteRef(job.remote_id, job.handle_data)
+            outputs, logs = backend.outputs(ref, self.spec(job)), backend.logs(ref)
+        reports = {}
+        if job.outcome == VALIDATED:
+            reports[deliver.VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
+        _, mirrored = deliver.deliver(
+            self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
+            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir)
+        if self.metrics is not None:
+            self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)
         self._complete(job)
+
+    def stored_result(self, job: Job) -> dict | None:
+        """The job's delivered result record, if there is one (for notifications)."""
+        if not job.folder:
+            return None
+        try:
+            return json.loads(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}")
+                              .read_text())
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _complete(self, job: Job) -> None:
         if self.store.transition(job.id, COLLECTING, job.outcome or FAILED,
@@ -577,36 +645,6 @@ class Engine:
             job_logger(job).info("{}: results in {}", job.outcome, self.outboxes[job.inbox].path_for(
                 job.bucket, job.folder or ""))
 
-    def _result_record(self, job: Job, inbox: InboxConfig, folder: str, outputs: list, refused: list) -> dict:
-        base = f"{inbox.prefix}/{job.name}" if inbox.prefix else job.name
-        record = {
-            "state": job.outcome,
-            "exit_code": job.exit_code,
-            "message": job.message,
-            "job": job.name,
-            "id": job.id,
-            "directory": job.dir_name,
-            "inbox": job.inbox,
-            "backend": job.backend,
-            "remote_id": job.remote_id,
-            "remote_state": job.remote_state,
-            "submit_key": job.submit_key if job.remote_id else None,
-            "attempts": job.attempts,
-            "bucket": job.bucket,
-            "folder": folder,
-            "created": iso(job.created),
-            "submitted": iso(job.submitted_at),
-            "started": iso(job.started_at),
-            "ended": iso(job.ended_at),
-            "outputs": outputs,
-            "refused": refused,
-            "syncd_version": __version__,
-        }
-        if folder != base:
-            record["note"] = (f"an earlier job named '{job.name}' already has results in '{base}/'; "
-                              f"this job's results are in '{folder}/'")
-        return record
-
     # -- finish -----------------------------------------------------------------------------
     def finish(self, job_id: str) -> None:
         """After a terminal state: move the claimed directory away and clean up the backend."""
@@ -614,11 +652,13 @@ class Engine:
         if job.state not in TERMINAL or job.finished:
             return
         spool = self.spools[job.inbox]
-        inbox = self.config.inbox(job.inbox)
+        inbox = self._inbox(job.inbox)
         path = Path(job.spool_path)
+        journal.update(inbox.path, job, None)  # terminal: removes a journal a racing writer may have left
         try:
             if job.state == REJECTED:
-                dest = self._rejected_destination(job, spool, path)
+                problems = json.loads(job.message) if job.message else [job.error or "rejected"]
+                dest = deliver.reject(job, problems, inbox, spool)
                 self.store.update(job.id, finished=1, spool_path=str(dest),
                                   event=f"moved to {dest} with ERROR.txt")
                 job_logger(job).warning("rejected; moved to {}", dest)
@@ -635,31 +675,6 @@ class Engine:
             job_logger(job).warning("finishing failed ({}); will try again", exc)
             self.store.update(job.id, event=f"finishing failed: {exc}")
 
-    def _rejected_destination(self, job: Job, spool: Spool, path: Path) -> Path:
-        inbox = self.config.inbox(job.inbox)
-        if not path.exists():  # moved before a crash: find it by its report
-            for candidate in inbox.failed.iterdir():
-                report = candidate / "syncd-error.json"
-                try:
-                    if json.loads(report.read_text()).get("id") == job.id:
-                        return candidate
-                except (OSError, ValueError):
-                    continue
-            raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
-        problems = (job.error or "").split("; ")
-        report = {
-            "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,
-            "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
-            "next_step": f"fix the problems, then move this folder back into {inbox.path}",
-        }
-        text = (
-            f"syncd could not accept the job '{job.dir_name}' (id {job.id}).\n\n"
-            "Problems:\n" + "".join(f"  - {p}\n" for p in problems) +
-            f"\nNothing was run. All of your files are still in this folder, unchanged.\n"
-            f"Fix the problems above, then move this folder back into the inbox:\n  {inbox.path}\n"
-        )
-        return spool.reject(path, job.dir_name, text, report)
-
 
 def _with(job: Job, **changes: Any) -> Job:
     return replace(job, **changes)
@@ -667,13 +682,3 @@ def _with(job: Job, **changes: Any) -> Job:
 
 def _any(iterable) -> bool:
     return any(True for _ in iterable)
-
-
-def _record_matches(path: Path, job: Job) -> bool:
-    """True when the outbox already holds this attempt's result record (crash after writing it)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return data.get("id") == job.id and data.get("attempts") == job.attempts
-

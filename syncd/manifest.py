@@ -5,6 +5,7 @@ Everything here is pure checking: nothing in the job directory is modified.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -39,6 +40,8 @@ def check_job_name(name: str) -> str | None:
         return "a job name must not start with '.' (hidden folders are reserved for syncd)"
     if name.startswith("-"):
         return "a job name must not start with '-' (it would read as an option to command-line tools)"
+    if re.search(r"\\x[0-9a-f]{2}", name):
+        return "the name is not valid UTF-8 text (shown here with \\x escapes); save it as UTF-8"
     if "/" in name or "\\" in name:
         return "a job name must not contain '/' or '\\'"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
@@ -72,6 +75,7 @@ class Manifest(BaseModel):
     resources: Resources = Resources()
     tags: list[str] = Field(default_factory=list)
     priority: int = Field(0, ge=-100, le=100)
+    dry_run: bool = Field(False, description="only validate: a report comes back, nothing runs")
 
     @field_validator("command")
     @classmethod
@@ -231,13 +235,22 @@ def parse_manifest(path: Path) -> Manifest:
         raise ManifestError(str(path), list(dict.fromkeys(problems))) from None
 
 
+def is_syncd_report(path: Path) -> bool:
+    """True when ``path`` is a rejection report syncd wrote (not a user's file of the same name)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("state") == "rejected" and "syncd_version" in data
+
+
 def scan_inputs(
     job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes: int | None
 ) -> tuple[InputFile, ...]:
     """Every input file of the job, checked for escapes, links and special files."""
     root = job_dir.resolve()
     # A rejected job moved back into the inbox still holds syncd's report: not an input.
-    has_report = (job_dir / ERROR_JSON).is_file()
+    has_report = is_syncd_report(job_dir / ERROR_JSON)
     problems: list[str] = []
     files: list[InputFile] = []
     total = 0

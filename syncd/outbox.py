@@ -2,7 +2,8 @@
 
 ``outbox/<bucket>/<key…>`` mirrors the bucket. Every file is downloaded into
 ``outbox/.syncd-tmp/`` and renamed into place, so nothing partial is ever at a
-final path. Remote keys are untrusted: a key that would escape the outbox or
+final path (the transfer itself is :mod:`syncd.mirror`, shared with standing
+mirrors and ``syncd sync``). Remote keys are untrusted: a key that would escape the outbox or
 that a Windows/SMB share cannot hold is refused and reported, never written.
 """
 
@@ -13,17 +14,19 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from syncd.errors import PermanentError
+from loguru import logger
+
+from syncd.config import MirrorConfig, RetryPolicy
+from syncd.errors import PermanentError, SyncdError
+from syncd.mirror import RESULT_RECORD, TMP_DIR, Mirror, MirrorReport
 from syncd.storage.base import Storage
 from syncd.storage.file import os_error
 from syncd.store import Store
 
-TMP_DIR = ".syncd-tmp"
-RESULT_RECORD = "syncd-result.json"
+__all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
 _RESERVED_SMB = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
 _SMB_FORBIDDEN = set('<>:"|?*')
 
@@ -32,6 +35,10 @@ def check_outbox_key(key: str) -> str | None:
     """Why ``key`` must not be written into the outbox, or None when it is safe."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         return "empty, absolute, or contains a backslash or NUL"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes carried as surrogates: no SMB share or index can hold them
+        return "is not valid UTF-8"
     for part in key.rstrip("/").split("/"):
         if part in ("", ".", ".."):
             return f"has a '{part or '//'}' path segment that could leave the outbox"
@@ -46,18 +53,12 @@ def check_outbox_key(key: str) -> str | None:
     return None
 
 
-@dataclass
-class MirrorReport:
-    fetched: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    bytes: int = 0
-
-
 class Outbox:
-    def __init__(self, root: Path, store: Store):
+    def __init__(self, root: Path, store: Store, retry: RetryPolicy | None = None):
         self.root = root
         self.store = store
+        # attempts=1: a job's collect step is retried by the engine's policy, not here.
+        self.mirror_engine = Mirror(store, retry, attempts=1)
 
     def prepare(self) -> None:
         """Create the outbox and remove temporary files a crash left behind."""
@@ -67,51 +68,21 @@ class Outbox:
     def _tmp_path(self) -> Path:
         tmp = self.root / TMP_DIR
         tmp.mkdir(parents=True, exist_ok=True)
-        return tmp / f"{uuid.uuid4().hex}.part"
+        return tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"
 
     def path_for(self, bucket: str, key: str) -> Path:
         return self.root / bucket / key
 
-    def mirror(self, storage: Storage, bucket: str, prefix: str, *, exclude: Iterable[str] = ()) -> MirrorReport:
-        """Bring ``outbox/<bucket>/<prefix>…`` up to date with the remote prefix. Idempotent."""
-        report = MirrorReport()
-        excluded = set(exclude)
-        seen_folded: dict[str, str] = {}
-        for obj in storage.list(bucket, prefix):
-            if obj.key in excluded:
-                continue
-            problem = check_outbox_key(obj.key)
-            folded = obj.key.casefold()
-            if problem is None and folded in seen_folded and seen_folded[folded] != obj.key:
-                problem = f"differs only by letter case from '{seen_folded[folded]}' (SMB shares can't hold both)"
-            if problem:
-                report.refused.append((obj.key, problem))
-                continue
-            seen_folded[folded] = obj.key
-            dest = self.path_for(bucket, obj.key)
-            if obj.key.endswith("/"):
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            index_key = f"{bucket}/{obj.key}"
-            known = self.store.delivered(index_key)
-            if known is not None and known[:2] == (obj.size, obj.etag):
-                try:
-                    st = dest.stat()
-                    if (st.st_size, st.st_mtime_ns) == (obj.size, known[2]):
-                        report.skipped.append(obj.key)
-                        continue
-                except FileNotFoundError:
-                    pass
-            tmp = self._tmp_path()
-            try:
-                storage.get_file(bucket, obj.key, tmp)
-                self._place(tmp, dest, f"{bucket}/{obj.key}")
-            finally:
-                tmp.unlink(missing_ok=True)
-            st = dest.stat()
-            self.store.record_delivered(index_key, obj.size, obj.etag, st.st_mtime_ns)
-            report.fetched.append(obj.key)
-            report.bytes += obj.size
+    def mirror(self, storage: Storage, bucket: str, prefix: str, *, exclude: Iterable[str] = (),
+               delete: bool = False, engine: Mirror | None = None) -> MirrorReport:
+        """Bring ``outbox/<bucket>/<prefix>…`` up to date with the remote prefix. Idempotent.
+
+        Raises the classified error when an object could not be fetched (after the others were).
+        """
+        report = (engine or self.mirror_engine).run(
+            storage, bucket, prefix, self.root / bucket, tmp_dir=self.root / TMP_DIR, exclude=exclude,
+            delete=delete, check_key=check_outbox_key)
+        report.raise_for_failures()
         return report
 
     def _place(self, tmp: Path, dest: Path, what: str) -> None:
@@ -149,3 +120,31 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def run_standing_mirror(mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy) -> MirrorReport | None:
+    """One pass of a ``mirrors:`` entry; logs the outcome and never raises a classified error.
+
+    A failed pass is simply tried again at the next interval (the daemon's timer).
+    """
+    log = logger.bind(mirror=mirror.name)
+    engine = Mirror(store, retry, attempts=mirror.attempts, fsync=mirror.fsync)
+    root = mirror.outbox
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        report = engine.run(storage, mirror.bucket, mirror.prefix, root / mirror.bucket, tmp_dir=root / TMP_DIR,
+                            delete=mirror.delete, check_key=check_outbox_key)
+    except SyncdError as exc:
+        log.error("mirror {} of {}:{}/{} failed: {}; trying again in {:.0f}s", mirror.name, mirror.storage,
+                  mirror.bucket, mirror.prefix, exc, mirror.every)
+        return None
+    except OSError as exc:
+        log.error("mirror {}: {}; trying again in {:.0f}s", mirror.name, os_error(exc, str(root)), mirror.every)
+        return None
+    for key, error in report.failed:
+        log.error("mirror {}: {}/{} not fetched: {}", mirror.name, mirror.bucket, key, error)
+    if report.fetched or report.deleted or report.failed:
+        log.info("mirror {}: fetched {} ({} bytes), unchanged {}, refused {}, deleted {}, failed {}", mirror.name,
+                 len(report.fetched), report.bytes, len(report.skipped), len(report.refused), len(report.deleted),
+                 len(report.failed))
+    return report

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from syncd.config import InboxConfig
-from syncd.manifest import ERROR_JSON, ERROR_TEXT
+from syncd.manifest import ERROR_JSON, ERROR_TEXT, is_syncd_report
 
 
 def fsync_dir(path: Path) -> None:
@@ -65,9 +65,12 @@ class Spool:
 
     def reject(self, job_path: Path, dir_name: str, text: str, report: dict) -> Path:
         """Move a claimed job into ``failed/`` with ERROR.txt and syncd-error.json; every user file is kept."""
-        text_name = ERROR_TEXT if not (job_path / ERROR_TEXT).exists() or (job_path / ERROR_JSON).exists() \
-            else "ERROR-syncd.txt"
-        self._write(job_path / ERROR_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        # Our own earlier report (a folder moved back from failed/) is replaced; a user's file never is.
+        ours = is_syncd_report(job_path / ERROR_JSON)
+        json_name = ERROR_JSON if ours or not os.path.lexists(job_path / ERROR_JSON) \
+            else f"syncd-error-{report.get('id', 'report')}.json"
+        text_name = ERROR_TEXT if ours or not os.path.lexists(job_path / ERROR_TEXT) else "ERROR-syncd.txt"
+        self._write(job_path / json_name, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         self._write(job_path / text_name, text)
         dest = unique_path(self.inbox.failed, dir_name)
         self._move(job_path, dest)

@@ -15,8 +15,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
 
@@ -35,9 +36,10 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 TIMED_OUT = "timed_out"
 REJECTED = "rejected"
+VALIDATED = "validated"  # a dry run: checked and reported, never run
 HELD = "held"
 
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, REJECTED})
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, REJECTED, VALIDATED})
 REMOTE = frozenset({SUBMITTED, QUEUED, RUNNING})
 ACTIVE = frozenset({CLAIMED, STAGING, STAGED, SUBMITTING, SUBMITTED, QUEUED, RUNNING, COLLECTING})
 
@@ -77,10 +79,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     failing_since REAL,
     failures INTEGER NOT NULL DEFAULT 0,
     finished INTEGER NOT NULL DEFAULT 0,
-    deadline_hit INTEGER NOT NULL DEFAULT 0
+    deadline_hit INTEGER NOT NULL DEFAULT 0,
+    dir_raw BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -95,6 +99,23 @@ CREATE TABLE IF NOT EXISTS backend_pauses (
     until REAL NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notifications (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    sent_at REAL,
+    last_error TEXT
+);
+-- A terminal transition and its notification are one transaction: none is lost to a crash.
+CREATE TRIGGER IF NOT EXISTS notify_terminal AFTER UPDATE OF state ON jobs
+WHEN NEW.state != OLD.state AND NEW.state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'rejected',
+                                               'validated')
+BEGIN
+    INSERT INTO notifications (job_id, state, created) VALUES (NEW.id, NEW.state, NEW.updated);
+END;
 CREATE TABLE IF NOT EXISTS delivered (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -105,7 +126,7 @@ CREATE TABLE IF NOT EXISTS delivered (
 
 
 # Columns added after the first schema; existing databases get them at start-up.
-_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB"}
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,12 @@ class Job:
     failures: int
     finished: int
     deadline_hit: int
+    dir_raw: bytes | None  # the folder's name as bytes when it is not valid UTF-8 (dir_name is escaped)
+
+    @property
+    def original_dir_name(self) -> str:
+        """The folder's real name (undecodable bytes kept via surrogateescape), for moving it back out."""
+        return os.fsdecode(self.dir_raw) if self.dir_raw else self.dir_name
 
     @property
     def submit_key(self) -> str:
@@ -162,6 +189,36 @@ class Job:
 _JOB_COLUMNS = [f.name for f in fields(Job)]
 
 
+def _storable(value: Any) -> Any:
+    """Text with undecodable bytes from file names (surrogates) shown as \\xff, which SQLite can store."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def _storable_values(values: dict[str, Any]) -> tuple:
+    return tuple(_storable(v) for v in values.values())
+
+
+def local_iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else None
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The JSON shape of a job for people's tools: ``syncd status --json`` and the ``/jobs`` endpoint."""
+    return {
+        "id": job.id, "name": job.name, "state": job.state, "backend": job.backend, "remote_id": job.remote_id,
+        "created": local_iso(job.created), "updated": local_iso(job.updated), "error": job.error,
+        "inbox": job.inbox, "directory": job.dir_name, "attempts": job.attempts, "exit_code": job.exit_code,
+        "outcome": job.outcome, "folder": job.folder, "bucket": job.bucket, "held_from": job.held_from,
+        "submitted": local_iso(job.submitted_at), "started": local_iso(job.started_at),
+        "ended": local_iso(job.ended_at),
+    }
+
+
 @dataclass(frozen=True)
 class Event:
     seq: int
@@ -175,8 +232,10 @@ class Event:
 class Store:
     """Thread-safe access to the state database (one connection per thread)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_transition: Callable[[Job], None] | None = None):
         self.path = Path(path)
+        #: called with the job after every committed transition (journal files, metrics)
+        self.on_transition = on_transition
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
         self._local = threading.local()
@@ -235,7 +294,7 @@ class Store:
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._write() as conn:
-            conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+            conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", _storable_values(values))
             self._event(conn, values["id"], None, values["state"], f"found job directory '{values['dir_name']}'")
         return self.get(values["id"])
 
@@ -266,6 +325,20 @@ class Store:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+
+    def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
+        """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
+        resources and deliver results), then by priority and age."""
+        states = list(states)
+        where = f"state IN ({', '.join('?' for _ in states)}) AND next_at <= ?"
+        params: list[Any] = [*states, now]
+        if backend is not None:
+            where += " AND backend = ?"
+            params.append(backend)
+        rows = self._conn().execute(
+            f"SELECT * FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
+            (*params, COLLECTING, limit)).fetchall()
         return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
 
     def requests(self) -> list[Job]:
@@ -321,8 +394,10 @@ class Store:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] not in expected:
                 return False
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_storable_values(values), job_id))
             self._event(conn, job_id, row["state"], to, note)
+        if self.on_transition is not None:
+            self.on_transition(self.get(job_id))
         return True
 
     def update(self, job_id: str, *, expect: str | Iterable[str] | None = None, event: str | None = None,
@@ -338,7 +413,7 @@ class Store:
                 expected = [expect] if isinstance(expect, str) else list(expect)
                 if row["state"] not in expected:
                     return False
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_storable_values(values), job_id))
             if event:
                 self._event(conn, job_id, None, None, event)
         return True
@@ -369,7 +444,7 @@ class Store:
                message: str) -> None:
         conn.execute(
             "INSERT INTO events (job_id, at, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
-            (job_id, time.time(), from_state, to_state, message),
+            (job_id, time.time(), from_state, to_state, _storable(message)),
         )
 
     # -- backends paused for attention (refused credentials) --------------------------
@@ -384,6 +459,26 @@ class Store:
     def backend_pauses(self) -> dict[str, tuple[float, str]]:
         rows = self._conn().execute("SELECT * FROM backend_pauses").fetchall()
         return {r["backend"]: (r["until"], r["reason"]) for r in rows}
+
+    # -- notifications (an outbox: recorded with the transition, sent afterwards) -------
+    def due_notifications(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
+        return self._conn().execute(
+            "SELECT * FROM notifications WHERE sent_at IS NULL AND next_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit)).fetchall()
+
+    def notification_sent(self, seq: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE notifications SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                         (time.time(), seq))
+
+    def notification_failed(self, seq: int, error: str, next_at: float) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE notifications SET attempts = attempts + 1, last_error = ?, next_at = ? "
+                         "WHERE seq = ?", (error, next_at, seq))
+
+    def active_with_cancel_marker_candidates(self) -> list[Job]:
+        return self._select(f"cancel_requested = 0 AND state IN ({', '.join('?' for _ in ACTIVE)})",
+                            tuple(ACTIVE))
 
     # -- outbox delivery index -------------------------------------------------
     def delivered(self, path: str) -> tuple[int, str, int] | None:

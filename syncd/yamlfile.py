@@ -17,6 +17,9 @@ Location = tuple[str | int, ...]
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 MERGE_TAG = "tag:yaml.org,2002:merge"
+# Tags that mean plain data; anything else (!!python/…, custom !tags) is refused, never constructed.
+PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                       ("map", "seq", "str", "int", "float", "bool", "null", "timestamp"))
 
 
 class YamlProblem(Exception):
@@ -54,7 +57,11 @@ class _CountingLoader(yaml.SafeLoader):
 
 def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
     """Parse one YAML document; raise :class:`YamlProblem` with a line number on error."""
-    loader = _CountingLoader(text)
+    try:
+        loader = _CountingLoader(text)  # the reader rejects control characters right here
+    except yaml.reader.ReaderError as exc:
+        raise YamlProblem(f"not valid YAML: the control character {exc.character!r} is not allowed; remove it",
+                          _line_of(exc, text)) from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -75,6 +82,11 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
     counter = [0]
     result.data = _construct(loader, root, (), result.lines, counter, ())
     return result
+
+
+def _line_of(exc: Exception, text: str) -> int | None:
+    position = getattr(exc, "position", None)
+    return text[:position].count("\n") + 1 if isinstance(position, int) else None
 
 
 def load_file(path: Path, *, max_bytes: int = 1024 * 1024, allow_aliases: bool = True) -> LoadedYaml:
@@ -101,6 +113,9 @@ def _construct(loader, node, location: Location, lines: dict, counter: list[int]
         raise YamlProblem(f"nested too deeply (more than {MAX_DEPTH} levels)", line)
     ancestors = ancestors + (id(node),)
     lines[location] = line
+    if node.tag not in PLAIN_TAGS:
+        raise YamlProblem(f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed; "
+                          f"write plain values", line)
     if isinstance(node, yaml.MappingNode):
         explicit: dict[Any, int] = {}
         for key_node, _ in node.value:

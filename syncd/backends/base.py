@@ -95,6 +95,12 @@ class Backend(ABC):
         return [f"resources.{k}: the '{self.name}' backend cannot honour this; remove it or use another inbox"
                 for k in unsupported]
 
+    def probe(self) -> None:
+        """Check that the service answers and accepts the credentials (start-up, /readyz, pre-flight).
+
+        Raises TransientError or AuthError; the default has nothing to check.
+        """
+
     @abstractmethod
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         """Put the inputs where the job will read them. Idempotent: re-staging reuses what is there."""

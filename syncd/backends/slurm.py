@@ -236,7 +236,7 @@ class SlurmBackend(Backend):
             self._version = max(versions, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
         return self._version
 
-    def ping(self) -> None:
+    def probe(self) -> None:
         self._request("GET", self._url("ping"))
 
     def _jobs(self) -> dict[str, api.SlurmJob]:

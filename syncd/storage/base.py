@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 from syncd.config import StorageOptions
-from syncd.errors import PermanentError
+from syncd.errors import PermanentError, TransientError
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class ObjectInfo:
     size: int
     etag: str  # changes whenever the content changes; compare, don't interpret
     modified: float | None = None
+    # A content digest the storage verified or stored, as "<algorithm>:<hex>" (e.g. "sha256:…"), if known.
+    checksum: str | None = None
 
 
 def check_key(key: str) -> None:
@@ -32,6 +34,21 @@ def check_key(key: str) -> None:
     parts = key.rstrip("/").split("/")
     if any(part in ("", ".", "..") for part in parts) or "\\" in key or "\x00" in key:
         raise PermanentError(f"object key {key!r} has an unsafe path segment ('', '.', '..', '\\' or NUL)")
+
+
+INPUTS_FOLDER = "_inputs"
+
+
+def inputs_prefix(prefix: str, job_id: str) -> str:
+    """Where stage-in through a bucket puts a job's inputs: ``<prefix>/_inputs/<job id>/``.
+
+    For backends that read inputs from a bucket (not a shared filesystem). The folder sits
+    apart from results (a job named ``_inputs`` gets ``_inputs-2/`` for its results, since
+    the engine never reuses a folder that holds objects), the job id keeps attempts of
+    different jobs apart, and the backend removes it in ``cleanup``.
+    """
+    base = prefix.strip("/")
+    return f"{base}/{INPUTS_FOLDER}/{job_id}/" if base else f"{INPUTS_FOLDER}/{job_id}/"
 
 
 class Storage(ABC):
@@ -62,6 +79,29 @@ class Storage(ABC):
     @abstractmethod
     def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
         """Download ``key`` into ``dest`` (a temporary path the caller renames), verifying size."""
+
+    def fetch(self, bucket: str, key: str, dest: Path, expected: ObjectInfo | None = None) -> ObjectInfo:
+        """:meth:`get_file` for a mirror: refuse a version other than ``expected`` (from :meth:`list`).
+
+        A changed object raises TransientError (the next pass fetches the new version).
+        Storages override this to verify content digests (MD5, SHA-256) while streaming; a
+        mismatch is a TransientError too. Must be safe to call from many threads at once.
+        """
+        info = self.get_file(bucket, key, dest)
+        if expected is not None and info.etag != expected.etag:
+            raise TransientError(f"{self.name}:{bucket}/{key} changed while it was fetched; it is fetched again")
+        return info
+
+    def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
+        """Whether ``local`` holds the object's content without downloading it, or None if unknown.
+
+        Lets a mirror adopt a file already in place (after a crash, or a first mirror into an
+        existing tree) by hashing it locally instead of fetching it again.
+        """
+        return None
+
+    #: How many objects a mirror may fetch at once from this storage.
+    transfer_workers: int = 8
 
     @abstractmethod
     def delete(self, bucket: str, key: str) -> None:

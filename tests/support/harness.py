@@ -34,6 +34,7 @@ def make_config(root: Path, *, settle: str = "0.3s", max_parallel: int = 2, extr
         "inboxes": [inbox],
         "poll": {"first": "0.2s", "max": "1s"},
         "retry": {"initial": "0.2s", "max": "2s"},
+        "http": {"listen": "127.0.0.1:0"},
     }
     config.update(extra or {})
     for folder in ("inbox", "outbox", "failed", "buckets"):

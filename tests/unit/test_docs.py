@@ -9,9 +9,10 @@ import pytest
 
 from syncd.backends.local import LocalOptions
 from syncd.backends.slurm import SlurmOptions, TokenOptions
-from syncd.config import Config, InboxConfig, PollPolicy, RetryPolicy
+from syncd.config import Config, HttpConfig, InboxConfig, MirrorConfig, PollPolicy, RetryPolicy, WebhookConfig
 from syncd.manifest import Manifest, Resources
 from syncd.storage.file import FileStorageOptions
+from syncd.storage.s3 import S3StorageOptions
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -21,7 +22,8 @@ def _documented_keys() -> set[str]:
 
 
 @pytest.mark.parametrize("model", [Config, InboxConfig, PollPolicy, RetryPolicy, LocalOptions,
-                                   FileStorageOptions, Manifest, SlurmOptions, TokenOptions])
+                                   FileStorageOptions, Manifest, SlurmOptions, TokenOptions, WebhookConfig,
+                                   HttpConfig, S3StorageOptions, MirrorConfig])
 def test_readme_documents_every_option_of(model):
     fields = {name for name, field in model.model_fields.items() if not field.exclude}
     missing = fields - _documented_keys()

@@ -371,8 +371,10 @@ def test_load_job_directory_max_bytes_counts_only_selected_inputs(tmp_path):
 def test_load_job_directory_report_files_excluded_only_with_syncd_error_json(tmp_path):
     job = make_job(tmp_path, files={"ERROR.txt": "user's own notes", "a.txt": "a"})
     assert relpaths(load_job_directory(job)) == ["ERROR.txt", "a.txt"]
-    (job / "syncd-error.json").write_text("{}")
-    assert relpaths(load_job_directory(job)) == ["a.txt"]
+    (job / "syncd-error.json").write_text("{}")  # the user's own file of that name: still an input
+    assert relpaths(load_job_directory(job)) == ["ERROR.txt", "a.txt", "syncd-error.json"]
+    (job / "syncd-error.json").write_text('{"state": "rejected", "syncd_version": "0.1.0", "problems": []}')
+    assert relpaths(load_job_directory(job)) == ["a.txt"], "syncd's own report is not an input"
 
 
 def test_load_job_directory_leaves_files_untouched(tmp_path):

@@ -257,7 +257,7 @@ def test_prepare_removes_crash_leftovers(tmp_path, store):
     (box.root / TMP_DIR).mkdir(parents=True)
     (box.root / TMP_DIR / "abc.part").write_bytes(b"partial")
     box.prepare()
-    assert not (box.root / TMP_DIR).exists()
+    assert not any((box.root / TMP_DIR).glob("*")), "no partial file left behind"
     assert box.root.is_dir()
 
 

@@ -143,7 +143,7 @@ def test_reject_does_not_overwrite_user_error_txt(spool):
 def test_reject_again_replaces_its_own_previous_report(spool):
     source = make_job(spool.inbox.path)
     (source / "ERROR.txt").write_text("old syncd report")
-    (source / "syncd-error.json").write_text('{"problems": ["old"]}')
+    (source / "syncd-error.json").write_text('{"state": "rejected", "syncd_version": "0.1.0", "problems": ["old"]}')
     job = spool.claim(source, "id-1")
     dest = spool.reject(job, "job1", "new report", {"problems": ["new"]})
     assert (dest / "ERROR.txt").read_text() == "new report"

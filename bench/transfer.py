@@ -1,0 +1,213 @@
+"""Transfer benchmark: syncd's mirror side by side with ``aws s3 sync`` and ``rclone sync``.
+
+All tools run against the same SeaweedFS server on loopback (started here, stopped
+at the end) and the same data:
+
+  big-down     one 1 GiB object, bucket → local folder
+  big-up       one 1 GiB file, local folder → bucket
+  small-down   1,000 × 10 KiB objects, bucket → local folder
+  small-up     1,000 × 10 KiB files, local folder → bucket
+  small-resync a second download of the 1,000 objects when nothing changed
+
+Each case runs ``--runs`` times per tool (fresh destination each time, except for
+the re-sync); the table shows medians and syncd / best peer. Every tool is a real
+command line process, so interpreter start-up and imports are included for all.
+Source objects are uploaded once with plain boto3 (so none of the tools finds its
+own metadata on them). Not part of the test suite.
+
+    .venv/bin/python bench/transfer.py [--runs 3] [--cases big-down,small-down,…] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from tests.support.s3server import REGION, S3Server, start_seaweedfs  # noqa: E402
+
+BUCKET = "bench"
+GIB = 1024 ** 3
+SMALL_COUNT, SMALL_SIZE = 1000, 10 * 1024
+CASES = ("big-down", "big-up", "small-down", "small-up", "small-resync")
+
+
+def make_data(work: Path) -> tuple[Path, Path]:
+    big, small = work / "data" / "big", work / "data" / "small"
+    big.mkdir(parents=True)
+    small.mkdir(parents=True)
+    with open(big / "one-gib.bin", "wb") as out:
+        for _ in range(GIB // (64 * 1024 * 1024)):
+            out.write(os.urandom(64 * 1024 * 1024))
+    for i in range(SMALL_COUNT):
+        (small / f"f{i:04d}.dat").write_bytes(os.urandom(SMALL_SIZE))
+    return big, small
+
+
+def seed_bucket(server: S3Server, big: Path, small: Path) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    client = server.client(max_pool_connections=32)
+    client.create_bucket(Bucket=BUCKET)
+    client.upload_file(str(big / "one-gib.bin"), BUCKET, "src/big/one-gib.bin",
+                       Config=TransferConfig(max_concurrency=8))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: client.upload_file(str(p), BUCKET, f"src/small/{p.name}"), sorted(small.iterdir())))
+
+
+class Tools:
+    """The command line of each tool for a download or an upload."""
+
+    def __init__(self, server: S3Server, work: Path):
+        self.server = server
+        self.work = work
+        # The endpoint is plain HTTP on loopback; a CA bundle from the environment would only trip rclone's SDK.
+        inherited = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("AWS_PROFILE")}
+        self.env = {**inherited, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                    "AWS_DEFAULT_REGION": REGION, "RCLONE_CONFIG_BENCH_TYPE": "s3",
+                    "RCLONE_CONFIG_BENCH_PROVIDER": "Other", "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
+                    "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
+                    "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
+                    "RCLONE_CONFIG_BENCH_REGION": REGION, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
+        self.config = work / "syncd.yaml"
+        for folder in ("inbox", "outbox", "failed"):
+            (work / folder).mkdir(exist_ok=True)
+        self.config.write_text(yaml.safe_dump({
+            "state_dir": str(work / "state"),
+            "storages": {"s3": server.storage_options()},
+            "backends": {"local": {"type": "local"}},
+            "inboxes": [{"name": "bench", "path": "inbox", "outbox": "outbox", "failed": "failed",
+                         "backend": "local", "storage": "s3", "bucket": BUCKET}],
+        }))
+
+    def commands(self, remote: str, local: Path, down: bool) -> dict[str, list[str]]:
+        s3url = f"s3://{BUCKET}/{remote}"
+        syncd_remote = f"s3:{BUCKET}/{remote}"
+        rclone_remote = f"bench:{BUCKET}/{remote}"
+        pair = (lambda a, b: (a, b) if down else (b, a))
+        return {
+            "syncd": [sys.executable, "-m", "syncd", "sync", "-c", str(self.config), *pair(syncd_remote, str(local)),
+                      "--no-progress"],
+            "syncd --fsync": [sys.executable, "-m", "syncd", "sync", "-c", str(self.config),
+                              *pair(syncd_remote, str(local)), "--no-progress", "--fsync"],
+            "aws s3 sync": ["aws", "s3", "sync", "--only-show-errors", "--endpoint-url", self.server.endpoint,
+                            *pair(s3url, str(local))],
+            "rclone sync": ["rclone", "sync", *pair(rclone_remote, str(local))],
+            "rclone sync --transfers 16": ["rclone", "sync", "--transfers", "16", "--checkers", "16",
+                                           *pair(rclone_remote, str(local))],
+        }
+
+    def run(self, command: list[str]) -> float:
+        """Wall-clock seconds of one run (its CPU seconds, user + system, go to ``self.cpu``)."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return elapsed
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    def files(root: Path) -> dict[str, int]:
+        return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*")
+                if p.is_file() and ".syncd-tmp" not in p.parts}
+    return files(a) == files(b)
+
+
+def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path):
+    results: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
+    cpu: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
+    out = tools.work / "out"
+    for case in cases:
+        for run in range(runs):
+            for tool in tools.commands("x", out, True):  # interleave tools: drift hits all alike
+                if tool == "syncd --fsync" and case.endswith("-up"):
+                    continue  # --fsync is about downloads
+                dest = out / f"{case}-{tool.split()[0]}-{tool.count(' ')}-{run}"
+                if case in ("big-down", "small-down"):
+                    remote = "src/big" if case == "big-down" else "src/small"
+                    command = tools.commands(remote, dest, True)[tool]
+                    seconds = tools.run(command)
+                    assert same_tree(dest, big if case == "big-down" else small), f"{tool}: {case} incomplete"
+                    shutil.rmtree(dest)
+                elif case in ("big-up", "small-up"):
+                    remote = f"up/{case}-{tool.replace(' ', '_')}-{run}"
+                    seconds = tools.run(tools.commands(remote, big if case == "big-up" else small, False)[tool])
+                else:  # small-resync: download once (untimed), then time a run that finds nothing to do
+                    dest = out / f"resync-{tool.replace(' ', '_')}"
+                    command = tools.commands("src/small", dest, True)[tool]
+                    if run == 0:
+                        tools.run(command)
+                    seconds = tools.run(command)
+                # Flush what this run left dirty (and the blocks rmtree freed) before the next tool starts,
+                # so no tool pays for another's write-back.
+                os.sync()
+                results[case].setdefault(tool, []).append(seconds)
+                cpu[case].setdefault(tool, []).append(tools.cpu)
+                print(f"{case:13} {tool:28} run {run + 1}: {seconds:7.2f}s  (cpu {tools.cpu:6.2f}s)", flush=True)
+    return results, cpu
+
+
+def table(results: dict[str, dict[str, list[float]]]) -> str:
+    tools = list(dict.fromkeys(t for by_tool in results.values() for t in by_tool))
+    lines = ["| case | " + " | ".join(f"`{t}`" for t in tools) + " | syncd / best peer |",
+             "|---|" + "---:|" * (len(tools) + 1)]
+    for case, by_tool in results.items():
+        medians = {tool: statistics.median(times) for tool, times in by_tool.items()}
+        best_peer = min(v for t, v in medians.items() if not t.startswith("syncd"))
+        cells = [f"{medians[t]:.2f} s" if t in medians else "—" for t in tools]
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {medians['syncd'] / best_peer:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--json", type=Path, help="also write the raw timings here")
+    parser.add_argument("--workdir", type=Path, help="keep data and server here (default: a temporary folder)")
+    args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    for tool in ("aws", "rclone"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed; see BENCHMARKS.md")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server below is stopped on kill too
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    server = start_seaweedfs(work / "seaweedfs")
+    try:
+        print(f"data and server in {work}; SeaweedFS at {server.endpoint}", flush=True)
+        big, small = make_data(work)
+        seed_bucket(server, big, small)
+        results, cpu = bench(Tools(server, work), cases, args.runs, big, small)
+    finally:
+        server.stop()
+    print("\nwall-clock seconds, medians:\n")
+    print(table(results))
+    print("\nCPU seconds (user + system) of the tool's process, medians:\n")
+    print(table(cpu))
+    if args.json:
+        args.json.write_text(json.dumps({"wall": results, "cpu": cpu}, indent=2))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

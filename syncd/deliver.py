@@ -1,0 +1,137 @@
+"""Delivering what a job left: outputs and logs to the bucket, mirrored into the outbox, the
+result record last; and the reports a person reads (ERROR.txt for a rejection, the dry-run report).
+
+Every function here is idempotent: re-running it after a crash gives the same outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from syncd import __version__
+from syncd.backends.base import JobLogs, JobSpec, OutputFile
+from syncd.config import InboxConfig
+from syncd.errors import PermanentError
+from syncd.manifest import JobDirectory
+from syncd.outbox import RESULT_RECORD, Outbox, check_outbox_key
+from syncd.spool import Spool
+from syncd.storage.base import Storage
+from syncd.store import REJECTED, Job
+
+STDOUT_NAME = "syncd-stdout.txt"
+STDERR_NAME = "syncd-stderr.txt"
+VALIDATION_REPORT = "syncd-validation.txt"
+RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD, VALIDATION_REPORT})
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def record_matches(path: Path, job: Job) -> bool:
+    """True when ``path`` already holds this attempt's result record (a crash came after writing it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("id") == job.id and data.get("attempts") == job.attempts
+
+
+def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outbox: Outbox,
+            outputs: list[OutputFile], logs: JobLogs | None, reports: dict[str, str], tmp_dir: Path
+            ) -> tuple[dict[str, Any], int]:
+    """Put outputs, logs and reports into ``<bucket>/<folder>/``, mirror it, write the record last.
+
+    Returns the result record and the bytes mirrored into the outbox.
+    """
+    record_key = f"{folder}/{RESULT_RECORD}"
+    storage.ensure_bucket(job.bucket)
+    delivered: list[dict[str, Any]] = []
+    refused: list[dict[str, str]] = []
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
+        empty = Path(scratch) / "empty"
+        empty.touch()
+        for item in outputs:
+            shown = os.fsencode(item.relpath).decode("utf-8", "backslashreplace")
+            if item.relpath in RESERVED_OUTPUTS:
+                refused.append({"path": item.relpath, "reason": "name is reserved for syncd's own files"})
+                continue
+            if shown != item.relpath:
+                refused.append({"path": shown, "reason": "the name is not valid UTF-8; object keys must be"})
+                continue
+            if problem := check_outbox_key(item.relpath):
+                refused.append({"path": shown, "reason": problem})
+                continue
+            storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
+            delivered.append({"path": item.relpath, "size": item.size})
+        storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", (logs.stdout if logs else None) or empty)
+        storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", (logs.stderr if logs else None) or empty)
+        for name, text in reports.items():
+            report_file = Path(scratch) / name
+            report_file.write_text(text, encoding="utf-8")
+            storage.put_file(job.bucket, f"{folder}/{name}", report_file)
+        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key})
+        refused += [{"path": key, "reason": why} for key, why in mirrored.refused]
+        record = result_record(job, inbox, folder, delivered, refused)
+        record_file = Path(scratch) / RESULT_RECORD
+        record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        storage.put_file(job.bucket, record_key, record_file)
+    outbox.write_json(job.bucket, record_key, record)
+    return record, mirrored.bytes
+
+
+def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refused: list) -> dict[str, Any]:
+    base = f"{inbox.prefix}/{job.name}" if inbox.prefix else job.name
+    record = {
+        "state": job.outcome, "exit_code": job.exit_code, "message": job.message,
+        "job": job.name, "id": job.id, "directory": job.dir_name, "inbox": job.inbox,
+        "backend": job.backend, "remote_id": job.remote_id, "remote_state": job.remote_state,
+        "submit_key": job.submit_key if job.remote_id else None, "attempts": job.attempts,
+        "bucket": job.bucket, "folder": folder,
+        "created": iso(job.created), "submitted": iso(job.submitted_at), "started": iso(job.started_at),
+        "ended": iso(job.ended_at), "outputs": outputs, "refused": refused, "syncd_version": __version__,
+    }
+    if folder != base:
+        record["note"] = (f"an earlier job named '{job.name}' already has results in '{base}/'; "
+                          f"this job's results are in '{folder}/'")
+    return record
+
+
+def validation_report(job: Job, directory: JobDirectory, spec: JobSpec) -> str:
+    lines = [f"Dry run of job '{job.name}' (id {job.id}): valid. Nothing was run.", "",
+             f"backend:  {job.backend}", f"command:  {spec.command!r}",
+             f"results would go to: {job.bucket}/{job.folder}/", "", f"{len(directory.inputs)} input file(s):"]
+    lines += [f"  {item.relpath}  ({item.size} bytes)" for item in directory.inputs]
+    lines += ["", "Remove 'dry_run: true' from job.yaml and drop the folder again to run it."]
+    return "\n".join(lines) + "\n"
+
+
+def reject(job: Job, problems: list[str], inbox: InboxConfig, spool: Spool) -> Path:
+    """Move a rejected job's folder into ``failed/`` with its reports; find it there after a crash."""
+    path = Path(job.spool_path)
+    if not path.exists():  # moved before a crash: find it by its report
+        for candidate in inbox.failed.iterdir():
+            try:
+                if json.loads((candidate / "syncd-error.json").read_text()).get("id") == job.id:
+                    return candidate
+            except (OSError, ValueError):
+                continue
+        raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
+    report = {
+        "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,
+        "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
+        "next_step": f"fix the problems, then move this folder back into {inbox.path}",
+    }
+    text = (
+        f"syncd could not accept the job '{job.dir_name}' (id {job.id}).\n\n"
+        "Problems:\n" + "".join(f"  - {p}\n" for p in problems) +
+        "\nNothing was run. All of your files are still in this folder, unchanged.\n"
+        f"Fix the problems above, then move this folder back into the inbox:\n  {inbox.path}\n"
+    )
+    return spool.reject(path, job.original_dir_name, text, report)

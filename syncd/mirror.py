@@ -1,0 +1,287 @@
+"""The mirror engine, shared by every storage: bring a local folder up to date with a remote prefix.
+
+One LIST, then for each object: skip it when the delivery index in the state
+store says the local file is the one fetched for this size and ETag (no GET, no
+hashing); adopt a file already in place whose MD5 matches a single-part ETag;
+otherwise fetch it in parallel into ``<tmp_dir>/<pid>-<random>.part`` (on the
+destination's filesystem) and rename it into place. Nothing partial is ever at a
+final path; a crash leaves only ``.part`` files, removed by the next run.
+
+Remote keys are untrusted (:func:`syncd.outbox.check_outbox_key`). Local files
+are deleted only with ``delete=True``, and never inside a job's results folder
+(one that holds ``syncd-result.json``). Transient failures of one object are
+retried with the configured retry policy up to ``attempts`` times; what still
+fails is listed in the report, and :meth:`MirrorReport.raise_for_failures` turns
+it into the error the engine classifies.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from loguru import logger
+
+from syncd.config import RetryPolicy
+from syncd.errors import PermanentError, SyncdError, TransientError
+from syncd.retry import backoff_delay
+from syncd.storage.base import ObjectInfo, Storage
+from syncd.storage.file import os_error
+from syncd.store import Store
+
+TMP_DIR = ".syncd-tmp"
+RESULT_RECORD = "syncd-result.json"
+INDEX_BATCH = 500
+ProgressHook = Callable[[str, int], None]
+
+
+@dataclass
+class MirrorReport:
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: list[tuple[str, SyncdError]] = field(default_factory=list)
+    bytes: int = 0
+
+    def raise_for_failures(self) -> None:
+        """Raise the first permanent failure, else a TransientError naming the objects that failed."""
+        for _, error in self.failed:
+            if not isinstance(error, TransientError):
+                raise error
+        if self.failed:
+            first_key, first = self.failed[0]
+            raise TransientError(f"{len(self.failed)} object(s) could not be fetched, e.g. {first_key}: {first}",
+                                 retry_after=first.retry_after if isinstance(first, TransientError) else None)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One object to fetch and the local path it goes to."""
+
+    info: ObjectInfo
+    path: Path
+
+
+class Mirror:
+    def __init__(self, store: Store, retry: RetryPolicy | None = None, *, attempts: int = 4, fsync: bool = True,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.store = store
+        self.retry = retry or RetryPolicy()
+        self.attempts = attempts
+        self.fsync = fsync
+        self.sleep = sleep
+
+    def run(self, storage: Storage, bucket: str, prefix: str, dest: Path, *, tmp_dir: Path, strip: str = "",
+            exclude: Iterable[str] = (), delete: bool = False, check_key: Callable[[str], str | None],
+            on_plan: Callable[[int, int], None] | None = None, on_done: ProgressHook | None = None) -> MirrorReport:
+        """Mirror ``bucket/prefix`` into ``dest``; object ``strip + rel`` goes to ``dest/rel``. Idempotent."""
+        report = MirrorReport()
+        if tmp_dir.is_dir():  # leftovers of a run that was killed, even if nothing is left to fetch
+            remove_dead_parts(tmp_dir)
+        excluded = set(exclude)
+        index_prefix = f"{dest}{os.sep}"
+        index = self.store.delivered_under(index_prefix)
+        seen_folded: dict[str, str] = {}
+        remote_rel: set[str] = set()
+        todo: list[Target] = []
+        adopt: list[tuple[str, int, str, int]] = []
+        for obj in storage.list(bucket, prefix):
+            rel = obj.key[len(strip):] if obj.key.startswith(strip) else obj.key
+            if obj.key in excluded or not rel.rstrip("/"):
+                continue
+            problem = check_key(rel)
+            folded = rel.casefold()
+            if problem is None and folded in seen_folded and seen_folded[folded] != rel:
+                problem = f"differs only by letter case from '{strip}{seen_folded[folded]}' (SMB shares can't hold both)"
+            if problem:
+                logger.error("refused remote object {}/{}: {}", bucket, obj.key, problem)
+                report.refused.append((obj.key, problem))
+                continue
+            seen_folded[folded] = rel
+            remote_rel.add(rel.rstrip("/"))
+            path = dest / rel
+            if rel.endswith("/"):
+                self._make_dir(path, bucket, obj.key, report)
+                continue
+            known = index.get(str(path))
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                report.failed.append((obj.key, os_error(exc, f"reading {path}")))
+                continue
+            if st is not None and known is not None and known[:2] == (obj.size, obj.etag) \
+                    and (st.st_size, st.st_mtime_ns) == (obj.size, known[2]):
+                report.skipped.append(obj.key)
+                continue
+            if st is not None and st.st_size == obj.size and storage.same_content(obj, path):
+                adopt.append((str(path), obj.size, obj.etag, st.st_mtime_ns))
+                report.skipped.append(obj.key)
+                continue
+            todo.append(Target(obj, path))
+        self.store.record_delivered_many(adopt)
+        if on_plan is not None:
+            on_plan(len(todo), sum(t.info.size for t in todo))
+        if todo:
+            self._fetch_all(storage, bucket, todo, tmp_dir, report, on_done)
+        if delete:
+            self._delete_extra(dest, remote_rel, report, index_prefix)
+        return report
+
+    # -- fetching ---------------------------------------------------------------------------
+    def _fetch_all(self, storage: Storage, bucket: str, todo: list[Target], tmp_dir: Path, report: MirrorReport,
+                   on_done: ProgressHook | None) -> None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        rows: list[tuple[str, int, str, int]] = []
+        dirs: set[Path] = set()
+        dirs_lock = threading.Lock()
+
+        def fetch(target: Target) -> tuple[str, int, str, int]:
+            row = self._fetch_one(storage, bucket, target, tmp_dir)
+            with dirs_lock:
+                dirs.add(target.path.parent)
+            return row
+
+        workers = max(1, min(storage.transfer_workers, len(todo)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="syncd-mirror") as pool:
+            futures = {pool.submit(fetch, target): target for target in todo}
+            for future in as_completed(futures):
+                target = futures[future]
+                try:
+                    rows.append(future.result())
+                except SyncdError as exc:
+                    report.failed.append((target.info.key, exc))
+                    continue
+                report.fetched.append(target.info.key)
+                report.bytes += target.info.size
+                if on_done is not None:
+                    on_done(target.info.key, target.info.size)
+                if len(rows) >= INDEX_BATCH:
+                    self._record(rows, dirs)
+        self._record(rows, dirs)
+        # The temporary folder stays: removing it while empty would race a concurrent writer that has
+        # just created it (another job's collect, a result record being written).
+
+    def _record(self, rows: list, dirs: set[Path]) -> None:
+        """Make the renames durable, then remember them (one transaction for the batch)."""
+        if self.fsync:
+            for directory in dirs:
+                _fsync_dir(directory)
+        dirs.clear()
+        self.store.record_delivered_many(rows)
+        rows.clear()
+
+    def _fetch_one(self, storage: Storage, bucket: str, target: Target, tmp_dir: Path) -> tuple[str, int, str, int]:
+        what = f"{storage.name}:{bucket}/{target.info.key}"
+        for attempt in range(1, self.attempts + 1):
+            tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+            try:
+                if target.info.size == 0:
+                    tmp.touch()  # nothing to fetch: an empty object's content is known
+                else:
+                    storage.fetch(bucket, target.info.key, tmp, target.info)
+                return self._place(tmp, target, what)
+            except TransientError as exc:
+                if attempt == self.attempts:
+                    raise
+                delay = backoff_delay(self.retry, attempt, exc.retry_after)
+                logger.warning("fetching {} failed ({}); retry {} in {:.1f}s", what, exc, attempt, delay)
+                self.sleep(delay)
+            except OSError as exc:
+                raise os_error(exc, f"writing {target.path} (from {what})") from exc
+            finally:
+                tmp.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _place(self, tmp: Path, target: Target, what: str) -> tuple[str, int, str, int]:
+        dest = target.path
+        try:
+            if self.fsync:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.chmod(tmp, 0o644)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir() and not dest.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "is a folder", str(dest))
+            os.replace(tmp, dest)
+        except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+            raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
+        st = dest.stat()
+        return (str(dest), target.info.size, target.info.etag, st.st_mtime_ns)
+
+    def _make_dir(self, path: Path, bucket: str, key: str, report: MirrorReport) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            report.failed.append((key, PermanentError(
+                f"outbox {path}: a file and a folder would share this path ({bucket}/{key})")))
+        except OSError as exc:
+            report.failed.append((key, os_error(exc, f"creating {path}")))
+
+    # -- deleting -----------------------------------------------------------------------------
+    def _delete_extra(self, dest: Path, remote_rel: set[str], report: MirrorReport, index_prefix: str) -> None:
+        """Remove local files the remote no longer has, except in job results folders and temp folders."""
+        gone: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(dest):
+            here = Path(dirpath)
+            if RESULT_RECORD in filenames:
+                dirnames[:] = []  # a job's delivered results are never removed
+                continue
+            dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+            for name in filenames:
+                path = here / name
+                rel = path.relative_to(dest).as_posix()
+                if rel in remote_rel:
+                    continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    report.failed.append((rel, os_error(exc, f"deleting {path}")))
+                    continue
+                gone.append(str(path))
+                report.deleted.append(rel)
+        if gone:
+            self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+
+
+def remove_dead_parts(tmp_dir: Path) -> None:
+    """Remove ``.part`` files whose writing process is gone (a crash or kill -9)."""
+    for part in tmp_dir.glob("*.part"):
+        pid = part.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,44 @@
+"""systemd unit files tailored to one config: the paths it writes, the syncd to run, the user."""
+
+from __future__ import annotations
+
+import pwd
+from pathlib import Path
+
+from syncd.config import Config
+
+TEMPLATE_DIR = Path(__file__).parent / "units"
+
+
+def writable_paths(config: Config) -> list[str]:
+    """Every folder syncd writes for this config, for ReadWritePaths= under ProtectSystem=strict."""
+    paths = {config.state_dir}
+    for inbox in config.inboxes:
+        paths |= {inbox.path, inbox.outbox, inbox.failed, inbox.spool_dir}
+    for options in [*config.storage_options.values(), *config.backend_options.values()]:
+        for key in ("root", "workdir_root"):
+            if isinstance(getattr(options, key, None), Path):
+                paths.add(getattr(options, key))
+    # Drop paths inside other listed paths; systemd needs each to exist, so list the outermost ones.
+    ordered = sorted(paths, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in ordered:
+        if not any(parent == path or parent in path.parents for parent in kept):
+            kept.append(path)
+    return [str(p) for p in sorted(kept)]
+
+
+def render_units(config: Config, *, user: str | None, syncd_path: str) -> dict[str, str]:
+    if user is None:
+        user = pwd.getpwuid(config.source.stat().st_uid).pw_name if config.source else "syncd"
+    rw = " ".join(writable_paths(config))
+    result = {}
+    for name in ("syncd.service", "syncd@.service"):
+        text = (TEMPLATE_DIR / name).read_text()
+        text = text.replace("/usr/local/bin/syncd", syncd_path)
+        text = text.replace("ReadWritePaths=/srv/syncd", f"ReadWritePaths={rw}")
+        text = text.replace("User=syncd", f"User={user}").replace("Group=syncd", f"Group={user}")
+        if name == "syncd.service" and config.source is not None:
+            text = text.replace("-c /etc/syncd/syncd.yaml", f"-c {config.source}")
+        result[name] = text
+    return result

@@ -1,0 +1,373 @@
+"""``type: s3`` storage: any S3-compatible object store (AWS S3, MinIO, Ceph, SeaweedFS, …).
+
+Object requests (LIST, HEAD, GET, PUT, DELETE) go through
+:mod:`syncd.storage.s3_wire` (SigV4-signed requests over keep-alive pools),
+because per-object CPU, not bandwidth, bounds many-small-file transfers; a boto3
+client is built only for bucket creation and multipart uploads. boto3's own retries are switched off: every failure is classified
+(:mod:`syncd.storage.s3_errors`) and retried by the one policy in the engine
+and the mirror, never here.
+
+Integrity: uploads send Content-MD5 (the server refuses a corrupted body) and
+store the SHA-256 of the content as object metadata ``sha256``. Downloads verify
+that SHA-256 when present, else the MD5 of a single-part ETag, else the size;
+ranged downloads send ``If-Match`` so parts of two versions are never mixed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Literal
+
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+from pydantic import Field, PositiveInt, SecretStr
+
+from syncd.config import ConfigPath, Duration, Size, StorageOptions
+from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
+from syncd.storage.base import ObjectInfo, Storage, check_key
+from syncd.storage.s3_errors import classify
+from syncd.storage.s3_wire import Endpoint, SignedHttp
+
+CHUNK = 1024 * 1024
+SHA256_META = "sha256"
+_SINGLE_PART_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+class S3StorageOptions(StorageOptions):
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint, e.g. http://127.0.0.1:8333 or https://minio.lab:9000 (default: AWS)")
+    region: str | None = Field(None, description="region used to sign requests (default: from the AWS config, "
+                                                 "else us-east-1)")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="bucket in the path or in the host name; auto: path with endpoint_url, else virtual")
+    verify_tls: bool = Field(True, description="verify the server's TLS certificate")
+    ca_bundle: ConfigPath | None = Field(None, description="PEM file of CA certificates to trust for TLS")
+    access_key_id: SecretStr | None = Field(
+        None, description="access key; write ${ENV_VAR}. Unset: the standard AWS credential chain")
+    secret_access_key: SecretStr | None = Field(None, description="secret key; write ${ENV_VAR}")
+    session_token: SecretStr | None = Field(None, description="session token for temporary credentials")
+    profile: str | None = Field(None, description="named profile from ~/.aws/credentials and ~/.aws/config")
+    create_buckets: bool = Field(False, description="create a missing bucket instead of failing")
+    connect_timeout: Duration = Field(10.0, description="how long to wait for a connection")
+    read_timeout: Duration = Field(60.0, description="how long a response may stall before it is abandoned")
+    max_connections: PositiveInt = Field(64, description="size of the HTTP connection pool")
+    transfer_workers: PositiveInt = Field(16, description="objects transferred at once by a mirror or sync")
+    part_size: Size = Field(32 * 1024 * 1024, gt=5 * 1024 * 1024 - 1,
+                            description="objects larger than this move in parallel parts of this size")
+    part_workers: PositiveInt = Field(8, description="parts of one large object transferred at once")
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """Keys given in the config; also serves as its own frozen copy."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def get_frozen_credentials(self) -> "StaticCredentials":
+        return self
+
+
+def _etag(raw: str | None) -> str:
+    return (raw or "").strip('"')
+
+
+def _chunks(response) -> Iterator[memoryview]:
+    """The body in chunks, read straight into one reused buffer (no per-chunk bytes objects)."""
+    buffer = memoryview(bytearray(CHUNK))
+    while count := response.readinto(buffer):
+        yield buffer[:count]
+
+
+def _hash_file(path: Path, algorithm: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+class S3Storage(Storage):
+    options_model = S3StorageOptions
+    options: S3StorageOptions
+
+    def __init__(self, name: str, options: S3StorageOptions):
+        super().__init__(name, options)
+        self.transfer_workers = options.transfer_workers
+        self.endpoint = options.endpoint_url or "AWS S3"
+        self._lock = threading.Lock()
+        self._client = None
+        self._credentials = None
+        self._region = "us-east-1"
+        self._virtual = False
+        self._http: SignedHttp | None = None
+        self._parts: ThreadPoolExecutor | None = None
+
+    # -- connections (built on first use, so commands that never touch S3 don't pay for them) --
+    def _connect(self) -> None:
+        opts = self.options
+        region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if opts.access_key_id is not None:
+            if opts.secret_access_key is None:
+                raise AuthError(f"storage '{self.name}': access_key_id is set but secret_access_key is not; "
+                                f"set both (e.g. from ${{ENV}} variables)")
+            credentials = StaticCredentials(opts.access_key_id.get_secret_value(),
+                                            opts.secret_access_key.get_secret_value(),
+                                            opts.session_token.get_secret_value() if opts.session_token else None)
+        else:  # the standard chain: environment, profile files, SSO, instance metadata, …
+            import botocore.session
+
+            session = botocore.session.Session(profile=opts.profile)
+            region = region or session.get_config_variable("region")
+            try:
+                credentials = session.get_credentials()
+            except Exception as exc:
+                raise classify(exc, f"storage '{self.name}'", self.endpoint) from None
+            if credentials is None:
+                raise AuthError(f"storage '{self.name}': no S3 credentials found; set access_key_id and "
+                                f"secret_access_key (e.g. ${{S3_KEY}}), a profile, or the AWS_* variables")
+        self._credentials = credentials
+        self._region = region or "us-east-1"
+        self._virtual = opts.addressing_style == "virtual" or (
+            opts.addressing_style == "auto" and not opts.endpoint_url)
+        base = opts.endpoint_url.rstrip("/") if opts.endpoint_url else f"https://s3.{self._region}.amazonaws.com"
+        self._http = SignedHttp(Endpoint(base, self._region, self._virtual), credentials,
+                                max_connections=opts.max_connections, verify=opts.verify_tls,
+                                ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
+                                connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout)
+        self._parts = ThreadPoolExecutor(opts.part_workers, thread_name_prefix=f"s3-{self.name}-part")
+
+    def _ready(self) -> SignedHttp:
+        with self._lock:
+            if self._http is None:
+                self._connect()
+        return self._http
+
+    def _boto(self):
+        """A boto3 client, for the rare calls worth its start-up cost: bucket creation and multipart uploads."""
+        http = self._ready()
+        with self._lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config as BotoConfig
+
+                opts = self.options
+                frozen = self._credentials.get_frozen_credentials()
+                verify: bool | str = str(opts.ca_bundle) if opts.ca_bundle else opts.verify_tls
+                self._client = boto3.session.Session(
+                    aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+                    aws_session_token=frozen.token,
+                ).client("s3", endpoint_url=http.endpoint.base if opts.endpoint_url else None, verify=verify,
+                         config=BotoConfig(
+                             region_name=self._region, signature_version="s3v4",
+                             s3={"addressing_style": "virtual" if self._virtual else "path"},
+                             retries={"total_max_attempts": 1, "mode": "standard"},  # the engine retries
+                             connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
+                             max_pool_connections=opts.max_connections,
+                             request_checksum_calculation="when_required",
+                             response_checksum_validation="when_required"))
+        return self._client
+
+    def _fail(self, exc: BaseException, bucket: str, key: str = "") -> BaseException:
+        return classify(exc, f"{bucket}/{key}" if key else bucket, self.endpoint)
+
+    # -- buckets and listing ---------------------------------------------------------------
+    def ensure_bucket(self, bucket: str) -> None:
+        http = self._ready()
+        try:
+            response = http.request("HEAD", bucket, missing_ok=True)
+            if response.status != 404:
+                return
+            if not self.options.create_buckets:
+                raise PermanentError(f"bucket '{bucket}' does not exist at {self.endpoint}; create it, set "
+                                     f"create_buckets: true on storage '{self.name}', or fix the bucket name")
+            extra = {} if self._region == "us-east-1" else {
+                "CreateBucketConfiguration": {"LocationConstraint": self._region}}
+            self._boto().create_bucket(Bucket=bucket, **extra)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou",):
+                raise self._fail(exc, bucket) from None
+
+    def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        http = self._ready()
+        try:
+            for item in http.list_objects(bucket, prefix):
+                yield ObjectInfo(key=item.key, size=item.size, etag=item.etag, modified=item.modified)
+        except PermanentError as exc:
+            if self.options.create_buckets and "does not exist" in str(exc) and "bucket" in str(exc):
+                return  # a bucket syncd will create on first write holds nothing yet
+            raise
+        except Exception as exc:
+            raise self._fail(exc, bucket, prefix) from None
+
+    def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        http = self._ready()
+        try:
+            response = http.request("HEAD", bucket, key, missing_ok=True)
+        except Exception as exc:
+            raise self._fail(exc, bucket, key) from None
+        if response.status == 404:
+            return None
+        headers = response.headers
+        sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        modified = headers.get("Last-Modified")
+        return ObjectInfo(key, int(headers.get("Content-Length") or 0), _etag(headers.get("ETag")),
+                          parsedate_to_datetime(modified).timestamp() if modified else None,
+                          f"sha256:{sha}" if sha else None)
+
+    def delete(self, bucket: str, key: str) -> None:
+        http = self._ready()
+        try:
+            http.request("DELETE", bucket, key, missing_ok=True)
+        except Exception as exc:
+            raise self._fail(exc, bucket, key) from None
+
+    # -- upload ------------------------------------------------------------------------------
+    def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
+        check_key(key)
+        http = self._ready()
+        try:
+            if key.endswith("/"):
+                response = http.request("PUT", bucket, key, body=b"")
+                return ObjectInfo(key, 0, _etag(response.headers.get("ETag")))
+            size = source.stat().st_size
+            if size <= self.options.part_size:
+                data = source.read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
+                headers = {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                           "x-amz-meta-sha256": sha, "Content-Type": "application/octet-stream"}
+                response = http.request("PUT", bucket, key, headers=headers, body=data)
+                return ObjectInfo(key, len(data), _etag(response.headers.get("ETag")), checksum=f"sha256:{sha}")
+            from boto3.s3.transfer import TransferConfig
+
+            sha = _hash_file(source, "sha256")
+            config = TransferConfig(multipart_threshold=self.options.part_size,
+                                    multipart_chunksize=self.options.part_size,
+                                    max_concurrency=self.options.part_workers, use_threads=True)
+            self._boto().upload_file(str(source), bucket, key, Config=config,
+                                     ExtraArgs={"Metadata": {SHA256_META: sha}})
+        except FileNotFoundError as exc:
+            raise PermanentError(f"uploading {source} to {bucket}/{key}: the file does not exist") from exc
+        except SyncdError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "S3UploadFailedError":  # boto3's wrapper around the real failure
+                exc = exc.__cause__ or exc.__context__ or TransientError(f"{bucket}/{key}: {exc}")
+            raise self._fail(exc, bucket, key) from None
+        info = self.head(bucket, key)
+        if info is None or info.size != size:
+            raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object; syncd retries")
+        return info
+
+    # -- download ----------------------------------------------------------------------------
+    def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+        return self.fetch(bucket, key, dest)
+
+    def fetch(self, bucket: str, key: str, dest: Path, expected: ObjectInfo | None = None) -> ObjectInfo:
+        http = self._ready()
+        if expected is None:
+            expected = self.head(bucket, key)
+            if expected is None:
+                raise PermanentError(f"{bucket}/{key}: the object does not exist at {self.endpoint}")
+        try:
+            if expected.size > self.options.part_size:
+                return self._fetch_parts(http, bucket, key, dest, expected)
+            return self._fetch_whole(http, bucket, key, dest, expected)
+        except Exception as exc:
+            raise self._fail(exc, bucket, key) from None
+
+    def _fetch_whole(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
+        headers = {"If-Match": f'"{expected.etag}"'} if expected.etag else {}
+        response = http.request("GET", bucket, key, headers=headers, stream=True)
+        try:
+            etag = _etag(response.headers.get("ETag"))
+            expect_sha = response.headers.get(f"x-amz-meta-{SHA256_META}")
+            digest = hashlib.sha256() if expect_sha else (
+                hashlib.md5() if self._md5_etag(etag, response.headers) else None)
+            size = 0
+            with open(dest, "wb") as out:
+                for chunk in _chunks(response):
+                    out.write(chunk)
+                    size += len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+        finally:
+            response.release_conn()
+        self._verify(bucket, key, size, expected.size, digest, expect_sha or etag)
+        return ObjectInfo(key, size, etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
+
+    def _fetch_parts(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
+        part = self.options.part_size
+        ranges = [(start, min(start + part, expected.size) - 1) for start in range(0, expected.size, part)]
+        headers_seen: list[dict] = []
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, expected.size)
+
+            def one(span: tuple[int, int]) -> int:
+                first, last = span
+                response = http.request("GET", bucket, key, stream=True, headers={
+                    "Range": f"bytes={first}-{last}", "If-Match": f'"{expected.etag}"'})
+                try:
+                    if first == 0:
+                        headers_seen.append(dict(response.headers))
+                    offset = first
+                    for chunk in _chunks(response):
+                        os.pwrite(fd, chunk, offset)
+                        offset += len(chunk)
+                finally:
+                    response.release_conn()
+                if offset != last + 1:
+                    raise TransientError(f"{bucket}/{key}: bytes {first}-{last} arrived incomplete; syncd retries")
+                return offset - first
+
+            size = sum(self._parts.map(one, ranges))
+        finally:
+            os.close(fd)
+        meta = {k.lower(): v for k, v in (headers_seen[0] if headers_seen else {}).items()}
+        expect_sha = meta.get(f"x-amz-meta-{SHA256_META}")
+        digest = None
+        if expect_sha:
+            digest = hashlib.new("sha256", usedforsecurity=False)
+        elif self._md5_etag(expected.etag, meta):
+            digest = hashlib.md5()
+        if digest is not None:  # a second pass, from the page cache: ranges arrive out of order
+            with open(dest, "rb") as handle:
+                digest = hashlib.file_digest(handle, lambda: digest)
+        self._verify(bucket, key, size, expected.size, digest, expect_sha or expected.etag)
+        return ObjectInfo(key, size, expected.etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
+
+    @staticmethod
+    def _md5_etag(etag: str, headers) -> bool:
+        """A single-part ETag is the MD5 of the content, except under KMS/customer-key encryption."""
+        lowered = {k.lower(): v for k, v in dict(headers).items()}
+        return bool(_SINGLE_PART_ETAG.match(etag)) and lowered.get("x-amz-server-side-encryption") != "aws:kms" \
+            and "x-amz-server-side-encryption-customer-algorithm" not in lowered
+
+    def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest, expected_digest: str) -> None:
+        if size != expected_size:
+            raise TransientError(f"{bucket}/{key}: received {size} bytes, the object has {expected_size}; "
+                                 f"syncd retries")
+        if digest is not None and digest.hexdigest() != expected_digest:
+            raise TransientError(f"{bucket}/{key}: the content does not match its {digest.name} checksum; "
+                                 f"syncd fetches it again")
+
+    def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
+        if not _SINGLE_PART_ETAG.match(info.etag):
+            return None
+        try:
+            return local.stat().st_size == info.size and _hash_file(local, "md5") == info.etag
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._parts is not None:
+            self._parts.shutdown(wait=False, cancel_futures=True)
+        if self._http is not None:
+            self._http.close()

@@ -1,0 +1,116 @@
+"""``syncd sync SRC DEST``: one-shot transfers between a storage prefix and a local folder.
+
+Remote locations are written ``STORAGE:BUCKET[/PREFIX]``, STORAGE being a section
+under ``storages:`` of the config. Remote → local is the mirror engine
+(:mod:`syncd.mirror`); local → remote uploads files that are missing or differ,
+remembering what it uploaded in the same delivery index, so an unchanged re-run
+sends one LIST and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from loguru import logger
+
+from syncd.config import Config, RetryPolicy
+from syncd.errors import SyncdError, TransientError
+from syncd.mirror import TMP_DIR, MirrorReport, ProgressHook
+from syncd.outbox import check_outbox_key
+from syncd.retry import backoff_delay
+from syncd.storage.base import ObjectInfo, Storage, check_key
+from syncd.store import Store
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    storage: str
+    bucket: str
+    prefix: str  # "" or ending in "/"
+
+
+def parse_remote(text: str, config: Config) -> RemoteSpec | None:
+    """``STORAGE:BUCKET[/PREFIX]`` when STORAGE names a configured storage, else None (a local path)."""
+    name, sep, rest = text.partition(":")
+    if not sep or name not in config.storages:
+        return None
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"'{text}' names no bucket; write {name}:BUCKET[/PREFIX]")
+    prefix = prefix.strip("/")
+    if prefix:
+        check_key(prefix)
+    return RemoteSpec(name, bucket, f"{prefix}/" if prefix else "")
+
+
+def upload_index_key(storage: Storage, bucket: str, key: str) -> str:
+    return f"upload:{storage.name}:{bucket}/{key}"
+
+
+def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: str, *,
+           retry: RetryPolicy, attempts: int = 4, on_plan: Callable[[int, int], None] | None = None,
+           on_done: ProgressHook | None = None) -> MirrorReport:
+    """Upload every file under ``source`` missing from, or different in, ``bucket/prefix``. Idempotent."""
+    report = MirrorReport()
+    remote = {info.key: info for info in storage.list(bucket, prefix)}
+    index = store.delivered_under(upload_index_key(storage, bucket, prefix))
+    todo: list[tuple[Path, str, os.stat_result]] = []
+    adopt = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = sorted(d for d in dirnames if d != TMP_DIR)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            st = path.stat()
+            key = prefix + path.relative_to(source).as_posix()
+            problem = check_outbox_key(key[len(prefix):])
+            if problem:
+                report.refused.append((key, problem))
+                continue
+            have, known = remote.get(key), index.get(upload_index_key(storage, bucket, key))
+            if have is not None and known is not None and known == (st.st_size, have.etag, st.st_mtime_ns):
+                report.skipped.append(key)
+            elif have is not None and have.size == st.st_size and (
+                    st.st_size == 0 or storage.same_content(have, path)):
+                adopt.append((upload_index_key(storage, bucket, key), st.st_size, have.etag, st.st_mtime_ns))
+                report.skipped.append(key)
+            else:
+                todo.append((path, key, st))
+    store.record_delivered_many(adopt)
+    if on_plan is not None:
+        on_plan(len(todo), sum(st.st_size for _, _, st in todo))
+
+    def put(path: Path, key: str) -> ObjectInfo:
+        for attempt in range(1, attempts + 1):
+            try:
+                return storage.put_file(bucket, key, path)
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise
+                delay = backoff_delay(retry, attempt, exc.retry_after)
+                logger.warning("uploading {} failed ({}); retry {} in {:.1f}s", path, exc, attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    rows = []
+    with ThreadPoolExecutor(max(1, min(storage.transfer_workers, len(todo) or 1))) as pool:
+        futures = {pool.submit(put, path, key): (path, key, st) for path, key, st in todo}
+        for future in as_completed(futures):
+            path, key, st = futures[future]
+            try:
+                info = future.result()
+            except SyncdError as exc:
+                report.failed.append((key, exc))
+                continue
+            rows.append((upload_index_key(storage, bucket, key), st.st_size, info.etag, st.st_mtime_ns))
+            report.fetched.append(key)
+            report.bytes += st.st_size
+            if on_done is not None:
+                on_done(key, st.st_size)
+    store.record_delivered_many(rows)
+    return report
+

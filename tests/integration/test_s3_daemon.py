@@ -1,0 +1,76 @@
+"""The real ``syncd run`` with an S3 storage: a dropped job's results go through the bucket to the outbox,
+and standing mirrors keep bucket prefixes mirrored on a schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import bucket_contents, tree
+from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
+
+pytestmark = [pytest.mark.s3, pytest.mark.e2e]
+
+
+def s3_site(root, server, bucket: str, **extra):
+    storages = {"local": {"type": "file", "root": "buckets"},
+                "s3": server.storage_options(create_buckets=True)}
+    return make_config(root, storage="s3", bucket=bucket, extra={"storages": storages, **extra})
+
+
+def test_dropped_job_delivers_through_s3_into_the_outbox(seaweedfs, tmp_path):
+    bucket = f"e2e-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    config = s3_site(tmp_path / "site", seaweedfs, bucket)
+    daemon = SyncdProcess(config).start()
+    try:
+        drop_job(daemon.inbox, "analysis", {"command": "mkdir -p out/deep && tr a-z A-Z < in.txt > out/deep/up.txt"
+                                            " && printf '' > out/empty.txt && echo done"},
+                 {"in.txt": "hello s3\n"})
+        record = daemon.result("analysis", bucket=bucket, timeout=60)
+    finally:
+        daemon.stop()
+    assert record["state"] == "succeeded", daemon.log()
+    folder = daemon.outbox / bucket / "analysis"
+    assert (folder / "out" / "deep" / "up.txt").read_text() == "HELLO S3\n"
+    assert (folder / "out" / "empty.txt").read_bytes() == b""
+    assert (folder / "syncd-stdout.txt").read_text() == "done\n"
+    remote = bucket_contents(seaweedfs, bucket, "analysis/")
+    local = tree(folder)
+    assert remote == local  # the result record is in both, written last
+    assert seaweedfs.secret_key not in daemon.log()
+
+
+def test_standing_mirror_keeps_a_prefix_mirrored(seaweedfs, tmp_path):
+    bucket = seaweedfs.new_bucket("standing")
+    client = seaweedfs.client()
+    client.put_object(Bucket=bucket, Key="instrument/run1/data.csv", Body=b"1,2\n")
+    mirrors = [{"name": "instrument", "storage": "s3", "bucket": bucket, "prefix": "instrument/",
+                "outbox": "mirrored", "every": "1s"}]
+    config = s3_site(tmp_path / "site", seaweedfs, bucket, mirrors=mirrors)
+    daemon = SyncdProcess(config).start()
+    target = daemon.root / "mirrored" / bucket / "instrument"
+    try:
+        wait_for(lambda: (target / "run1" / "data.csv").exists(), timeout=30, what="the first mirror pass")
+        client.put_object(Bucket=bucket, Key="instrument/run2/data.csv", Body=b"3,4\n")
+        client.put_object(Bucket=bucket, Key="instrument/run1/data.csv", Body=b"9,9\n")
+        wait_for(lambda: (target / "run2" / "data.csv").exists()
+                 and (target / "run1" / "data.csv").read_bytes() == b"9,9\n", timeout=30, what="the next pass")
+        client.put_object(Bucket=bucket, Key="instrument/run3/COM1", Body=b"x")  # a device name on SMB
+        wait_for(lambda: "refused remote object" in daemon.log(), timeout=30, what="the refusal to be logged")
+    finally:
+        daemon.stop()
+    assert tree(target) == {"run1/data.csv": b"9,9\n", "run2/data.csv": b"3,4\n"}
+
+
+def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweedfs, tmp_path):
+    bucket = seaweedfs.new_bucket("badcreds")
+    storages = {"local": {"type": "file", "root": "buckets"},
+                "bad": seaweedfs.storage_options(secret_access_key="wrong-secret-value-123")}
+    mirrors = [{"name": "m", "storage": "bad", "bucket": bucket, "outbox": "mirrored", "every": "1s"}]
+    config = make_config(tmp_path / "site", extra={"storages": storages, "mirrors": mirrors})
+    daemon = SyncdProcess(config).start()
+    try:
+        wait_for(lambda: "refused the credentials" in daemon.log(), timeout=30, what="the auth error")
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.stop()
+    assert "wrong-secret-value-123" not in daemon.log()

@@ -1,0 +1,95 @@
+"""Small pure pieces of the S3 storage and the sync command: error classes, addressing, remote specs."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from syncd.errors import AuthError, PermanentError, TransientError
+from syncd.storage.base import inputs_prefix
+from syncd.storage.s3 import StaticCredentials
+from syncd.storage.s3_errors import classify, classify_status, code_from_body
+from syncd.storage.s3_wire import Endpoint
+
+
+@pytest.mark.parametrize("status, code, kind, fragment", [
+    (403, "InvalidAccessKeyId", AuthError, "refused the credentials"),
+    (403, "SignatureDoesNotMatch", AuthError, "access_key_id"),
+    (404, "NoSuchBucket", PermanentError, "bucket 'b' does not exist"),
+    (404, "NoSuchKey", PermanentError, "does not exist"),
+    (503, "SlowDown", TransientError, "retries"),
+    (500, "InternalError", TransientError, "retries"),
+    (412, "PreconditionFailed", TransientError, "retries"),
+    (400, "InvalidArgument", PermanentError, "refused the request"),
+])
+def test_classify_status_names_the_object_and_the_fix(status, code, kind, fragment):
+    error = classify_status(status, code, "b/k", "http://127.0.0.1:9000")
+    assert type(error) is kind
+    assert fragment in str(error) and ("b/k" in str(error) or "'b'" in str(error))
+
+
+def test_classify_status_keeps_retry_after():
+    assert classify_status(503, "SlowDown", "b/k", "e", "7").retry_after == 7.0
+
+
+def test_code_from_body_reads_the_xml_code():
+    assert code_from_body(b"<Error><Code>NoSuchKey</Code><Message>x</Message></Error>") == "NoSuchKey"
+    assert code_from_body(b"") == ""
+
+
+def test_classify_full_disk_is_transient_with_the_fix():
+    error = classify(OSError(errno.ENOSPC, "No space left on device"), "writing /outbox/x", "e")
+    assert isinstance(error, TransientError) and "free some space" in str(error)
+
+
+def test_classify_connection_reset_is_transient():
+    assert isinstance(classify(ConnectionResetError(errno.ECONNRESET, "reset"), "b/k", "e"), TransientError)
+
+
+def test_endpoint_addressing_styles():
+    path = Endpoint("http://127.0.0.1:8333", "us-east-1", virtual_hosted=False)
+    assert path.target("b", "a b/ü+x.txt") == ("127.0.0.1:8333", "/b/a%20b/%C3%BC%2Bx.txt")
+    assert path.target("b", "") == ("127.0.0.1:8333", "/b")
+    virtual = Endpoint("https://s3.eu-west-1.amazonaws.com", "eu-west-1", virtual_hosted=True)
+    assert virtual.target("b", "k") == ("b.s3.eu-west-1.amazonaws.com", "/k")
+
+
+def test_static_credentials_never_print_the_secret():
+    creds = StaticCredentials("AKIDEXAMPLE", "very-secret-value", "token-value")
+    assert "very-secret-value" not in repr(creds) and "token-value" not in repr(creds)
+
+
+def test_inputs_prefix_sits_apart_from_results():
+    assert inputs_prefix("lab/results", "20260101-000000-abc123") == "lab/results/_inputs/20260101-000000-abc123/"
+    assert inputs_prefix("", "j") == "_inputs/j/"
+
+
+def test_parse_remote_needs_a_configured_storage(tmp_path):
+    from types import SimpleNamespace
+
+    from syncd.sync import RemoteSpec, parse_remote
+
+    config = SimpleNamespace(storages={"lab": {}})
+    assert parse_remote("lab:bucket/some/prefix/", config) == RemoteSpec("lab", "bucket", "some/prefix/")
+    assert parse_remote("lab:bucket", config) == RemoteSpec("lab", "bucket", "")
+    assert parse_remote("./local:dir", config) is None
+    assert parse_remote("/abs/path", config) is None
+    with pytest.raises(ValueError, match="names no bucket"):
+        parse_remote("lab:", config)
+    with pytest.raises(PermanentError):
+        parse_remote("lab:b/../x", config)
+
+
+def test_s3_example_config_is_valid():
+    from pathlib import Path
+
+    from syncd import plugins
+    from syncd.config import load_config
+
+    example = Path(__file__).parents[2] / "examples" / "s3" / "syncd.yaml"
+    config = load_config(example, plugins.options_model,
+                         env={"S3_ACCESS_KEY": "key", "S3_SECRET_KEY": "secret-value"})
+    assert config.storage_options["lab-s3"].type == "s3"
+    assert [m.name for m in config.mirrors] == ["instrument"]
+    assert "secret-value" not in repr(config)

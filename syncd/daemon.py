@@ -31,7 +31,7 @@ from syncd.notify import Notifier
 from syncd.observe import HttpEndpoint, Metrics
 from syncd.spool import Spool, SpoolError
 from syncd.storage.base import Storage
-from syncd.store import ACTIVE, Store, job_summary
+from syncd.store import ACTIVE, Store, job_summary, make_private_dir
 from syncd.watch import InboxWatcher
 from syncd.webhook import WebhookSender
 
@@ -82,7 +82,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
 
     def _take_lock(self) -> None:
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.config.state_dir)
         path = self.config.state_dir / "syncd.lock"
         handle = open(path, "a+")
         try:

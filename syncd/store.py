@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from loguru import logger
+
 SCHEMA_VERSION = 1
 
 # States a job can be in, in lifecycle order.
@@ -189,6 +191,16 @@ class Job:
 _JOB_COLUMNS = [f.name for f in fields(Job)]
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` mode 0700. An existing folder is the admin's (it could be shared, like /var/lib
+    or /tmp): its mode is never changed, only reported when other users can enter it."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+    elif path.stat().st_mode & 0o007:
+        logger.warning("state folder {} is open to other users; consider chmod 700 (syncd.db itself is 0600)", path)
+
+
 def _storable(value: Any) -> Any:
     """Text with undecodable bytes from file names (surrogates) shown as \\xff, which SQLite can store."""
     if isinstance(value, str):
@@ -236,8 +248,7 @@ class Store:
         self.path = Path(path)
         #: called with the job after every committed transition (journal files, metrics)
         self.on_transition = on_transition
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        make_private_dir(self.path.parent)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

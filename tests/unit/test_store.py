@@ -228,12 +228,14 @@ def test_store_file_modes(tmp_path):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
-def test_store_tightens_existing_state_dir(tmp_path):
+def test_store_never_changes_the_mode_of_an_existing_folder(tmp_path):
+    # The admin's folder may be shared (state_dir: /var/lib/x, or a db right in /tmp): hands off.
     state = tmp_path / "state"
-    state.mkdir(mode=0o755)
-    state.chmod(0o755)
+    state.mkdir()
+    state.chmod(0o1777)
     Store(state / "syncd.db").close()
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((state / "syncd.db").stat().st_mode) == 0o600
 
 
 def test_store_data_survives_reopen(tmp_path):

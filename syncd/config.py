@@ -200,6 +200,10 @@ def interpolate(value: Any, env: dict[str, str], location: Location = (), missin
     return _VAR.sub(replace, value)
 
 
+def _undefined(kind: str, name: str, defined) -> str:
+    return f"no {kind} named '{name}'; defined: {', '.join(sorted(defined)) or 'none'}"
+
+
 def format_location(location: Location) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
@@ -292,11 +296,9 @@ def load_config(
             problems.append(f"{at('name')}: inbox name '{inbox.name}' is used twice; names must be unique")
         seen.add(inbox.name)
         if inbox.backend not in config.backends:
-            problems.append(f"{at('backend')}: no backend named '{inbox.backend}'; "
-                            f"defined: {', '.join(sorted(config.backends)) or 'none'}")
+            problems.append(f"{at('backend')}: {_undefined('backend', inbox.backend, config.backends)}")
         if inbox.storage not in config.storages:
-            problems.append(f"{at('storage')}: no storage named '{inbox.storage}'; "
-                            f"defined: {', '.join(sorted(config.storages)) or 'none'}")
+            problems.append(f"{at('storage')}: {_undefined('storage', inbox.storage, config.storages)}")
         for key in ("outbox", "failed"):
             other = getattr(inbox, key)
             if other == inbox.path or inbox.path in other.parents:
@@ -316,8 +318,7 @@ def load_config(
             problems.append(f"{where}.name: mirror name '{mirror.name}' is used twice; names must be unique")
         mirror_names.add(mirror.name)
         if mirror.storage not in config.storages:
-            problems.append(f"{where}.storage: no storage named '{mirror.storage}'; "
-                            f"defined: {', '.join(sorted(config.storages)) or 'none'}")
+            problems.append(f"{where}.storage: {_undefined('storage', mirror.storage, config.storages)}")
         for inbox in config.inboxes:
             if mirror.outbox == inbox.path or inbox.path in mirror.outbox.parents:
                 problems.append(f"{where}.outbox: must not be inside the inbox {inbox.path}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -119,7 +118,3 @@ class HttpEndpoint:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def seconds_since(start: float) -> float:
-    return time.monotonic() - start

@@ -492,19 +492,15 @@ class Store:
                             tuple(ACTIVE))
 
     # -- outbox delivery index -------------------------------------------------
-    def delivered(self, path: str) -> tuple[int, str, int] | None:
-        row = self._conn().execute("SELECT size, etag, mtime_ns FROM delivered WHERE path = ?", (path,)).fetchone()
-        return (row["size"], row["etag"], row["mtime_ns"]) if row else None
-
-    def record_delivered(self, path: str, size: int, etag: str, mtime_ns: int) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?)", (path, size, etag, mtime_ns))
-
     def delivered_under(self, prefix: str) -> dict[str, tuple[int, str, int]]:
         """Every delivery index row whose path starts with ``prefix`` (one query for a whole mirror run)."""
-        rows = self._conn().execute(
-            "SELECT path, size, etag, mtime_ns FROM delivered WHERE substr(path, 1, ?) = ?", (len(prefix), prefix)
-        ).fetchall()
+        if prefix:  # a range on the primary key, so the index is used instead of a scan
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            rows = self._conn().execute(
+                "SELECT path, size, etag, mtime_ns FROM delivered WHERE path >= ? AND path < ?", (prefix, upper)
+            ).fetchall()
+        else:
+            rows = self._conn().execute("SELECT path, size, etag, mtime_ns FROM delivered").fetchall()
         return {r["path"]: (r["size"], r["etag"], r["mtime_ns"]) for r in rows}
 
     def record_delivered_many(self, rows: Iterable[tuple[str, int, str, int]]) -> None:

@@ -57,14 +57,3 @@ def parse_size(value: object) -> int:
     if not match or unit not in _SIZE_FACTORS:
         raise ValueError(f"{value!r} is not a size; write e.g. 512MiB, 4G or 1000000")
     return int(float(match.group(1)) * _SIZE_FACTORS[unit])
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

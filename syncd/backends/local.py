@@ -144,8 +144,7 @@ class LocalBackend(Backend):
 
     # -- results -------------------------------------------------------------
     def logs(self, ref: RemoteRef) -> JobLogs:
-        folder = WorkFolder(self.work_root, ref.remote_id)
-        return JobLogs(folder.log("stdout.txt"), folder.log("stderr.txt"))
+        return WorkFolder(self.work_root, ref.remote_id).logs()
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         return WorkFolder(self.work_root, ref.remote_id).outputs(spec.outputs)

@@ -355,8 +355,7 @@ class SlurmBackend(Backend):
             pass  # already gone: cancelling is harmless
 
     def logs(self, ref: RemoteRef) -> JobLogs:
-        folder = WorkFolder(self.options.workdir_root, ref.handle.get("key", ""))
-        return JobLogs(folder.log("stdout.txt"), folder.log("stderr.txt"))
+        return WorkFolder(self.options.workdir_root, ref.handle.get("key", "")).logs()
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         return WorkFolder(self.options.workdir_root, ref.handle.get("key", spec.submit_key)).outputs(spec.outputs)

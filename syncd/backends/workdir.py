@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from syncd.backends.base import OutputFile
+from syncd.backends.base import JobLogs, OutputFile
 from syncd.errors import PermanentError
 from syncd.manifest import InputFile, glob_to_regex, match_any
 from syncd.storage.file import copy_verified, os_error
@@ -105,6 +105,10 @@ class WorkFolder:
     def log(self, name: str) -> Path | None:
         path = self.ctrl / name
         return path if path.exists() else None
+
+    def logs(self) -> JobLogs:
+        """The job's stdout and stderr, which every work-folder backend writes into ``ctrl/``."""
+        return JobLogs(self.log("stdout.txt"), self.log("stderr.txt"))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

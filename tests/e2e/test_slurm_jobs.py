@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -11,6 +14,14 @@ from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
 from tests.support.slurm import MIN_JOB_AGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
+
+
+def _readyz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 @pytest.fixture
@@ -113,8 +124,12 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(slurm_site,
         # The pre-flight probe (or the submit itself) met the refusal: the job waits before submission.
         assert state in ("staged", "submitting"), f"the job waits; it is neither failed nor held ({state})"
         assert "paused" in daemon.cli("status").stdout
+        port = int(re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()).group(1))
+        code, body = _readyz(port)
+        assert code == 503 and "credentials refused" in body["problems"]["backend slurm"]
         token.write_text(slurm_cluster.run(*slurm_cluster.token_command()).strip())
         result = daemon.result("waits", timeout=60)
+        wait_for(lambda: _readyz(port)[0] == 200, timeout=60, what="/readyz to recover")
     finally:
         daemon.stop()
     assert result["state"] == "succeeded"

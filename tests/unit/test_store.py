@@ -215,10 +215,12 @@ def test_handle_and_manifest_data_decode_json(store):
 
 
 def test_delivered_index_round_trip(store):
-    assert store.delivered("b/k") is None
-    store.record_delivered("b/k", 10, "e1", 123)
-    store.record_delivered("b/k", 11, "e2", 456)
-    assert store.delivered("b/k") == (11, "e2", 456)
+    assert store.delivered_under("b/k") == {}
+    store.record_delivered_many([("b/k", 10, "e1", 123)])
+    store.record_delivered_many([("b/k", 11, "e2", 456), ("b/kz", 1, "x", 1), ("b/j", 1, "y", 1), ("c/k", 1, "z", 1)])
+    assert store.delivered_under("b/k") == {"b/k": (11, "e2", 456), "b/kz": (1, "x", 1)}
+    assert set(store.delivered_under("b/")) == {"b/k", "b/kz", "b/j"}
+    assert len(store.delivered_under("")) == 4
 
 
 def test_store_file_modes(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.units import format_duration, parse_duration, parse_size
+from syncd.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -102,9 +102,3 @@ def test_parse_size_rejects_negative_number():
 def test_parse_size_rejects_non_text_values(value):
     with pytest.raises(ValueError, match="is not a size; write e.g. 512MiB or 4G"):
         parse_size(value)
-
-
-@pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.4, "59s"), (90, "1m30s"), (3600, "1h00m"), (5400, "1h30m")])
-def test_format_duration_reads_back(seconds, text):
-    assert format_duration(seconds) == text
-    assert parse_duration(text) == pytest.approx(round(seconds))

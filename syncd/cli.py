@@ -167,6 +167,8 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
         click.echo("no jobs yet")
     for backend, (until, reason) in store.backend_pauses().items():
         click.echo(f"backend {backend} is paused (next try {_iso(until)}): {reason}")
+    for service, (since, next_probe, reason) in store.open_circuits().items():
+        click.echo(f"{service} is not answering since {_iso(since)} (next probe {_iso(next_probe)}): {reason}")
 
 
 @main.command()

@@ -76,6 +76,10 @@ class RetryPolicy(StrictModel):
     budget: Duration = Field(
         86400.0, description="how long transient failures may last before the job is held for attention"
     )
+    circuit_after: int = Field(
+        3, ge=0, description="transport failures in a row after which syncd stops calling a backend or storage "
+                             "and probes it once per backoff interval instead (0: never)"
+    )
 
 
 class WebhookConfig(StrictModel):

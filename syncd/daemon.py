@@ -31,7 +31,7 @@ from syncd.notify import Notifier
 from syncd.observe import HttpEndpoint, Metrics
 from syncd.spool import Spool, SpoolError
 from syncd.storage.base import Storage
-from syncd.store import ACTIVE, Store, job_summary, make_private_dir
+from syncd.store import ACTIVE, Store, job_summary, local_iso, make_private_dir
 from syncd.watch import InboxWatcher
 from syncd.webhook import WebhookSender
 
@@ -132,6 +132,8 @@ class Daemon:
         problems = dict(self._probe_problems)
         for backend, (until, reason) in self.store.backend_pauses().items():
             problems[f"backend {backend}"] = reason
+        for service, (since, next_probe, reason) in self.store.open_circuits().items():
+            problems[service] = f"not answering ({reason}); next probe at {local_iso(next_probe)}"
         if not self.alive():
             problems["main loop"] = f"no progress for more than {self.stall_seconds:.0f}s"
         return problems

@@ -10,6 +10,7 @@ storages; the retry policy lives here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from loguru import logger
 
 from syncd import deliver, journal
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus
+from syncd.breaker import CircuitBreaker, CircuitState, Guarded, ServiceUnavailable
 from syncd.config import Config, InboxConfig
 from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
 from syncd.manifest import Manifest, load_job_directory
@@ -36,7 +38,7 @@ from syncd.spool import Spool
 from syncd.storage.base import Storage
 from syncd.store import (
     CANCELLED, CLAIMED, CLAIMING, COLLECTING, FAILED, HELD, QUEUED, REJECTED, REMOTE, RUNNING, STAGED,
-    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store,
+    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store, local_iso,
 )
 
 STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
@@ -46,6 +48,9 @@ CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
+# The calls that reach a remote service; the rest (check, options) are local.
+BACKEND_CALLS = frozenset({"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"})
+STORAGE_CALLS = frozenset({"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "delete"})
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
     RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
@@ -69,9 +74,10 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.store = store
-        self.backends = dict(backends)
-        self.storages = dict(storages)
         self.clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self.backends = {name: self._guard("backend", name, b) for name, b in backends.items()}
+        self.storages = {name: self._guard("storage", name, s) for name, s in storages.items()}
         self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
         self.spools = {inbox.name: Spool(inbox) for inbox in config.inboxes}
         self.outboxes = {inbox.name: Outbox(inbox.outbox, store) for inbox in config.inboxes}
@@ -97,10 +103,39 @@ class Engine:
             self.spools[inbox.name].prepare()
             self.outboxes[inbox.name].root.mkdir(parents=True, exist_ok=True)
         self._inboxes.update({inbox.name: inbox for inbox in config.inboxes})
-        self.backends.update(backends)
-        self.storages.update(storages)
+        self.backends.update({name: self._guard("backend", name, b) for name, b in backends.items()})
+        self.storages.update({name: self._guard("storage", name, s) for name, s in storages.items()})
         self._probed.clear()
         self.config = config
+
+    def _guard(self, kind: str, name: str, target: Any) -> Any:
+        """Put a backend or storage that talks to a remote service behind its circuit breaker (kept across
+        reloads)."""
+        if not target.remote_service:
+            return target
+        service = f"{kind} {name}"
+        breaker = self._breakers.get(service)
+        if breaker is None:
+            breaker = CircuitBreaker(service, self.config.retry, self.config.retry.circuit_after, self.clock,
+                                     on_change=functools.partial(self._circuit_changed, kind, name))
+            self._breakers[service] = breaker
+        breaker.policy = self.config.retry
+        breaker.threshold = self.config.retry.circuit_after
+        return Guarded(target, breaker, BACKEND_CALLS if kind == "backend" else STORAGE_CALLS)
+
+    def _circuit_changed(self, kind: str, name: str, circuit: CircuitState) -> None:
+        if circuit.state == "closed":
+            self.store.circuit_closed(circuit.service)
+            woken = self.store.wake_waiting(self.clock(), **{kind: name})
+            logger.info("{} answers again; calling it again ({} waiting job(s) resumed)", circuit.service, woken)
+        else:
+            first = circuit.service not in self.store.open_circuits()
+            self.store.circuit_opened(circuit.service, circuit.since or self.clock(), circuit.next_probe or 0.0,
+                                      circuit.reason or "")
+            logger.log("ERROR" if first else "DEBUG", "{} is not answering ({}); its jobs wait and syncd probes "
+                       "it once at {}", circuit.service, circuit.reason, local_iso(circuit.next_probe))
+        if self.metrics is not None:
+            self.metrics.circuit_open.labels(circuit.service).set(0 if circuit.state == "closed" else 1)
 
     def on_transition(self, job: Job) -> None:
         """Called by the store after every committed transition."""
@@ -115,6 +150,7 @@ class Engine:
     def prepare(self) -> None:
         """Create folders, clear temporary files, finish claims a crash interrupted."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.store.circuit_closed()  # breakers start closed: the first calls find out whether services answer
         for path in self.tmp_dir.iterdir():
             path.unlink(missing_ok=True)
         for spool in self.spools.values():
@@ -302,7 +338,9 @@ class Engine:
         if self.metrics is not None:
             self.metrics.retries.labels(job.backend, job.state).inc()
             self.metrics.errors.labels(job.backend, type(exc).__name__).inc()
-        job_logger(job).warning("{} failed ({}); retry {} in {:.1f}s", job.state, exc, failures, delay)
+        # An open circuit was logged once for all its jobs.
+        job_logger(job).log("DEBUG" if isinstance(exc, ServiceUnavailable) else "WARNING",
+                            "{} failed ({}); retry {} in {:.1f}s", job.state, exc, failures, delay)
         self.store.update(job.id, expect=job.state, failures=failures, failing_since=failing_since,
                           next_at=now + delay, error=str(exc),
                           event=f"transient failure in {job.state}: {exc}; retrying in {delay:.1f}s")

@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from syncd.store import Store
@@ -60,6 +60,8 @@ class Metrics:
                                        registry=self.registry)
         self.retries = Counter("syncd_retries", "Transient failures that were retried", ["backend", "step"],
                                registry=self.registry)
+        self.circuit_open = Gauge("syncd_circuit_open", "1 while syncd has stopped calling a service that does not "
+                                  "answer (one probe per interval)", ["service"], registry=self.registry)
         self.errors = Counter("syncd_errors", "Errors by kind", ["backend", "kind"], registry=self.registry)
 
     def watch_store(self, store: Store, watcher_restarts: Callable[[], dict[str, int]]) -> None:

@@ -101,6 +101,13 @@ CREATE TABLE IF NOT EXISTS backend_pauses (
     until REAL NOT NULL,
     reason TEXT NOT NULL
 );
+-- Services whose circuit breaker is open (kept by the running daemon, shown by 'syncd status').
+CREATE TABLE IF NOT EXISTS open_circuits (
+    service TEXT PRIMARY KEY,
+    since REAL NOT NULL,
+    next_probe REAL NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -470,6 +477,33 @@ class Store:
     def backend_pauses(self) -> dict[str, tuple[float, str]]:
         rows = self._conn().execute("SELECT * FROM backend_pauses").fetchall()
         return {r["backend"]: (r["until"], r["reason"]) for r in rows}
+
+    # -- services that stopped answering (circuit breakers) -----------------------------
+    def circuit_opened(self, service: str, since: float, next_probe: float, reason: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO open_circuits VALUES (?, ?, ?, ?)",
+                         (service, since, next_probe, _storable(reason)))
+
+    def circuit_closed(self, service: str | None = None) -> None:
+        """Forget one open circuit, or all of them (at start-up every breaker starts closed)."""
+        with self._write() as conn:
+            if service is None:
+                conn.execute("DELETE FROM open_circuits")
+            else:
+                conn.execute("DELETE FROM open_circuits WHERE service = ?", (service,))
+
+    def open_circuits(self) -> dict[str, tuple[float, float, str]]:
+        rows = self._conn().execute("SELECT * FROM open_circuits").fetchall()
+        return {r["service"]: (r["since"], r["next_probe"], r["reason"]) for r in rows}
+
+    def wake_waiting(self, now: float, *, backend: str | None = None, storage: str | None = None) -> int:
+        """Make the jobs that are backing off after failures on ``backend``/``storage`` due now."""
+        column, value = ("backend", backend) if backend is not None else ("storage", storage)
+        with self._write() as conn:
+            return conn.execute(
+                f"UPDATE jobs SET next_at = ? WHERE {column} = ? AND failures > 0 AND next_at > ? "
+                f"AND state NOT IN ({', '.join('?' for _ in TERMINAL)}, ?)",
+                (now, value, now, *TERMINAL, HELD)).rowcount
 
     # -- notifications (an outbox: recorded with the transition, sent afterwards) -------
     def due_notifications(self, now: float, limit: int = 100) -> list[sqlite3.Row]:

@@ -83,6 +83,8 @@ class Backend(ABC):
     options_model: ClassVar[type[BackendOptions]] = BackendOptions
     #: resources (cpus, memory, walltime, gpus) this backend can honour
     supported_resources: ClassVar[frozenset[str]] = frozenset()
+    #: False for backends that run on this host: nothing remote can stop answering, so no circuit breaker
+    remote_service: ClassVar[bool] = True
 
     def __init__(self, name: str, options: BackendOptions, work_root: Path):
         self.name = name

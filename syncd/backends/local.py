@@ -42,6 +42,7 @@ class LocalBackend(Backend):
     options_model = LocalOptions
     options: LocalOptions
     supported_resources = frozenset()
+    remote_service = False
 
     def _dir(self, key: str) -> Path:
         return self.work_root / key

@@ -55,6 +55,9 @@ class Storage(ABC):
     """One object store. Instances are built from their options and hold no job state."""
 
     options_model: ClassVar[type[StorageOptions]] = StorageOptions
+    #: False for storages on a local or mounted filesystem: no circuit breaker (one bad file must not
+    #: make every other job wait for a probe)
+    remote_service: ClassVar[bool] = True
 
     def __init__(self, name: str, options: StorageOptions):
         self.name = name

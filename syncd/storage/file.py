@@ -60,6 +60,7 @@ def os_error(exc: OSError, what: str) -> Exception:
 class FileStorage(Storage):
     options_model = FileStorageOptions
     options: FileStorageOptions
+    remote_service = False
 
     def _bucket_dir(self, bucket: str) -> Path:
         if not bucket or "/" in bucket or bucket.startswith(".") or "\x00" in bucket:

@@ -3,6 +3,12 @@ and standing mirrors keep bucket prefixes mirrored on a schedule."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
 import pytest
 
 from tests.integration.conftest import bucket_contents, tree
@@ -74,3 +80,53 @@ def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweed
     finally:
         daemon.stop()
     assert "wrong-secret-value-123" not in daemon.log()
+
+
+def _readyz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("status", [503, 500])
+def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactly_once(
+        seaweedfs, tmp_path, proxy_for, status):
+    """A storage answering 503 SlowDown (with Retry-After) or 500 to everything: syncd stops calling it after
+    `circuit_after` failures, probes once per backoff interval, and every job finishes once it answers again."""
+    proxy = proxy_for(seaweedfs)
+    bucket = seaweedfs.new_bucket(f"breaker{status}")
+    storages = {"local": {"type": "file", "root": "buckets"},
+                "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint)}
+    config = make_config(tmp_path / "site", storage="s3", bucket=bucket, max_parallel=6,
+                         extra={"storages": storages, "retry": {"initial": "0.5s", "max": "2s", "budget": "1h"}})
+    daemon = SyncdProcess(config).start()
+    port = int(re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()).group(1))
+    names = [f"job-{i:02d}" for i in range(10)]
+    try:
+        proxy.faults.answer = status
+        for name in names:
+            drop_job(daemon.inbox, name, {"command": f"echo {name} > out.txt"})
+        wait_for(lambda: "storage s3 is not answering" in daemon.log(), timeout=30, what="the circuit to open")
+        proxy.clear()
+        window = 8.0
+        time.sleep(window)
+        calls = proxy.count()
+        # Without a breaker each of the 10 jobs retries every 0.5–2 s: 49 calls in the window (measured).
+        # With it: one probe per interval (0.25 s growing to 1–2 s) → at most ~10.
+        assert calls <= 14, f"{calls} requests reached the failing endpoint in {window}s"
+        code, body = _readyz(port)
+        assert code == 503 and "not answering" in body["problems"]["storage s3"]
+        assert "storage s3 is not answering since" in daemon.cli("status").stdout
+        proxy.faults.answer = 0
+        results = {name: daemon.result(name, bucket=bucket, timeout=60) for name in names}
+        wait_for(lambda: _readyz(port)[0] == 200, timeout=30, what="/readyz to recover")
+    finally:
+        daemon.stop()
+    assert {r["state"] for r in results.values()} == {"succeeded"}, results
+    for name in names:
+        assert (daemon.outbox / bucket / name / "out.txt").read_text() == f"{name}\n"
+    assert sorted(p.name for p in (daemon.outbox / bucket).iterdir()) == names, "each job delivered once"
+    assert "storage s3 answers again" in daemon.log()
+    assert seaweedfs.secret_key not in daemon.log()

@@ -2,7 +2,9 @@
 
 It reads the client's request heads (method and path) to count what crosses it,
 and can reset every n-th connection after it has carried some response bytes,
-or slow responses down. Used in front of a loopback S3 server.
+slow responses down, or answer every request itself with an error status (a
+service that is up but failing: 503 SlowDown, 500 bursts). Used in front of a
+loopback S3 server.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Faults:
     reset_after: int = 64 * 1024  # … once it has sent this many response bytes
     max_resets: int = 1_000_000  # stop injecting after this many
     delay_per_chunk: float = 0.0  # seconds to sleep per response chunk (throttling)
+    answer: int = 0  # answer every request with this HTTP status instead of forwarding it (0: forward)
+    retry_after: int = 1  # the Retry-After header sent with an answered 429/503
 
 
 @dataclass
@@ -80,6 +84,9 @@ class FaultProxy:
                 number = self.connections
                 doomed = (self.faults.reset_every and number % self.faults.reset_every == 0
                           and self.resets < self.faults.max_resets)
+            if self.faults.answer:
+                threading.Thread(target=self._answer, args=(client,), daemon=True).start()
+                continue
             try:
                 server = socket.create_connection(self.upstream)
             except OSError:
@@ -88,38 +95,69 @@ class FaultProxy:
             threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
             threading.Thread(target=self._downstream, args=(server, client, bool(doomed)), daemon=True).start()
 
-    def _upstream(self, client: socket.socket, server: socket.socket) -> None:
-        """Client → server, noting each request's method and path (bodies skipped by Content-Length)."""
+    def _requests_in(self, client: socket.socket):
+        """Yield each raw chunk the client sends and, after it, the (method, path) of every request it completed.
+
+        Request bodies are skipped by their Content-Length; every request seen is counted.
+        """
         buffer = b""
         body_left = 0
-        try:
-            while chunk := client.recv(65536):
-                server.sendall(chunk)
-                buffer += chunk
-                while True:
+        while chunk := client.recv(65536):
+            yield chunk, None
+            buffer += chunk
+            while True:
+                if body_left:
+                    used = min(body_left, len(buffer))
+                    body_left -= used
+                    buffer = buffer[used:]
                     if body_left:
-                        used = min(body_left, len(buffer))
-                        body_left -= used
-                        buffer = buffer[used:]
-                        if body_left:
-                            break
-                    end = buffer.find(b"\r\n\r\n")
-                    if end < 0:
                         break
-                    head, buffer = buffer[:end].decode("latin-1"), buffer[end + 4:]
-                    lines = head.split("\r\n")
-                    parts = lines[0].split(" ")
-                    if len(parts) >= 2:
-                        with self._lock:
-                            self.requests.append((parts[0], parts[1]))
-                    for line in lines[1:]:
-                        name, _, value = line.partition(":")
-                        if name.strip().lower() == "content-length":
-                            body_left = int(value.strip() or 0)
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                head, buffer = buffer[:end].decode("latin-1"), buffer[end + 4:]
+                lines = head.split("\r\n")
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        body_left = int(value.strip() or 0)
+                parts = lines[0].split(" ")
+                if len(parts) >= 2:
+                    with self._lock:
+                        self.requests.append((parts[0], parts[1]))
+                    yield None, (parts[0], parts[1])
+
+    def _upstream(self, client: socket.socket, server: socket.socket) -> None:
+        """Client → server, noting each request's method and path."""
+        try:
+            for chunk, _ in self._requests_in(client):
+                if chunk is not None:
+                    server.sendall(chunk)
         except OSError:
             pass
         finally:
             _close(server)
+
+    def _answer(self, client: socket.socket) -> None:
+        """Answer every request on this connection with ``faults.answer``, as S3 does (an XML error body)."""
+        status = self.faults.answer
+        code = {429: "SlowDown", 503: "SlowDown", 500: "InternalError"}.get(status, "InternalError")
+        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>"
+                f"<Message>injected by the fault proxy</Message></Error>").encode()
+        head = (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                + (f"Retry-After: {self.faults.retry_after}\r\n" if status in (429, 503) else "")
+                + "\r\n").encode()
+        try:
+            for _, request in self._requests_in(client):
+                if request is not None:
+                    if not self.faults.answer:
+                        return  # healed: close, so the client's next connection is forwarded
+                    client.sendall(head + (b"" if request[0] == "HEAD" else body))
+        except OSError:
+            pass
+        finally:
+            _close(client)
 
     def _downstream(self, server: socket.socket, client: socket.socket, doomed: bool) -> None:
         sent = 0

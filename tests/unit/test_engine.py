@@ -136,3 +136,58 @@ def test_engine_cancel_before_submission_delivers_a_cancelled_record(world):
     assert _result(engine, waiting)["state"] == "cancelled"
     assert engine.store.get(busy).state == "cancelled"
     assert len(service.jobs) == 1
+
+
+class _DeadStorage:
+    """A storage whose service calls fail with a transport error while ``down``; counts the calls."""
+
+    remote_service = True
+
+    def __init__(self, storage):
+        self._storage = storage
+        self.down = True
+        self.calls = 0
+
+    def __getattr__(self, name):
+        value = getattr(self._storage, name)
+        if name not in ("list", "head", "put_file", "get_file", "fetch", "delete", "ensure_bucket"):
+            return value
+
+        def call(*args, **kwargs):
+            self.calls += 1
+            if self.down:
+                raise TransientError(f"{name}: connection refused by the storage")
+            return value(*args, **kwargs)
+        return call
+
+
+def test_engine_dead_storage_costs_one_probe_per_interval_not_one_call_per_job(world):
+    engine, service, drop = world
+    dead = _DeadStorage(engine.storages["local"])
+    engine.storages = {"local": engine._guard("storage", "local", dead)}
+    jobs = [drop(f"waits-{i:02d}", {"command": "echo ok > ok.txt"}) for i in range(12)]
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        engine.pump()
+        time.sleep(0.02)
+    circuits = engine.store.open_circuits()
+    assert list(circuits) == ["storage local"] and "connection refused" in circuits["storage local"][2]
+    # Each job alone would have retried ~2 s / 0.15 s ≈ 13 times: 12 jobs ≈ 150 calls.
+    assert dead.calls <= 25, f"{dead.calls} calls reached a dead storage in 2 s"
+    assert all(engine.store.get(j).state == "claimed" and engine.store.get(j).failures > 0 for j in jobs)
+    dead.down = False
+    engine.run_until_idle(30)
+    assert engine.store.open_circuits() == {}
+    assert [engine.store.get(j).state for j in jobs] == ["succeeded"] * 12
+    assert len(service.jobs) == 12, "each job ran exactly once"
+
+
+def test_engine_store_wakes_only_the_waiting_jobs_of_the_service_that_answered(world):
+    engine, service, drop = world
+    waiting, fine = drop("waiting", {"command": "true"}), drop("fine", {"command": "true"})
+    engine.store.update(waiting, failures=3, next_at=time.time() + 300)
+    engine.store.update(fine, next_at=time.time() + 300)
+    now = time.time()
+    assert engine.store.wake_waiting(now, storage="other") == 0
+    assert engine.store.wake_waiting(now, backend="mem") == 1
+    assert engine.store.get(waiting).next_at == now and engine.store.get(fine).next_at > now + 200

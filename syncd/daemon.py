@@ -24,6 +24,7 @@ from loguru import logger
 from syncd import plugins
 from syncd.backends.base import Backend
 from syncd.config import Config, InboxConfig, load_config
+from syncd.crashpoints import CrashPoints
 from syncd.errors import ConfigError
 from syncd.engine import Engine
 from syncd.outbox import run_standing_mirror
@@ -168,7 +169,8 @@ class Daemon:
         self._take_lock()
         self.store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
-        self.engine = Engine(self.config, self.store, backends, storages, metrics=self.metrics)
+        self.engine = Engine(self.config, self.store, backends, storages, metrics=self.metrics,
+                             crash_points=CrashPoints.from_env())
         self.store.on_transition = self.engine.on_transition
         self.engine.prepare()
         self.metrics.watch_store(self.store, lambda: {w.inbox.name: w.restarts for w in self.watchers})

@@ -29,6 +29,7 @@ from syncd import deliver, journal
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus
 from syncd.breaker import CircuitBreaker, CircuitState, Guarded, ServiceUnavailable
 from syncd.config import Config, InboxConfig
+from syncd.crashpoints import CrashPoints
 from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
 from syncd.manifest import Manifest, load_job_directory
 from syncd.outbox import RESULT_RECORD, Outbox
@@ -70,8 +71,9 @@ def job_logger(job: Job):
 class Engine:
     def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
                  storages: Mapping[str, Storage], clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, crash_points: CrashPoints | None = None):
         self.config = config
+        self.crash_points = crash_points or CrashPoints()
         self.metrics = metrics
         self.store = store
         self.clock = clock
@@ -139,6 +141,7 @@ class Engine:
 
     def on_transition(self, job: Job) -> None:
         """Called by the store after every committed transition."""
+        self.crash_points.reached(f"after:{job.state}")
         if self.metrics is not None:
             self.metrics.transitions.labels(job.state).inc()
         inbox = self._inbox(job.inbox)
@@ -151,8 +154,11 @@ class Engine:
         """Create folders, clear temporary files, finish claims a crash interrupted."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.store.circuit_closed()  # breakers start closed: the first calls find out whether services answer
-        for path in self.tmp_dir.iterdir():
-            path.unlink(missing_ok=True)
+        for path in self.tmp_dir.iterdir():  # scratch files and folders of steps a crash interrupted
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         for spool in self.spools.values():
             spool.prepare()
         for outbox in self.outboxes.values():
@@ -201,6 +207,7 @@ class Engine:
         except OSError:
             self.store.delete_unclaimed(job_id)
             raise
+        self.crash_points.reached("claimed-unrecorded")
         self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
         job_logger(job).info("claimed job directory {}", path)
         return True
@@ -433,6 +440,7 @@ class Engine:
         except ManifestError as exc:
             raise PermanentError("; ".join(exc.problems)) from None
         self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        self.crash_points.reached("staged-unrecorded")
         self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
                               next_at=0, **self._clear_failures())
 
@@ -475,6 +483,7 @@ class Engine:
         how = "found after a restart" if ref else "submitted"
         if ref is None:
             ref = backend.submit(spec)
+            self.crash_points.reached("submitted-unrecorded")
         if self.metrics is not None:
             self.metrics.submit_seconds.labels(job.backend).observe(time.monotonic() - started)
         now = self.clock()
@@ -662,6 +671,7 @@ class Engine:
         _, mirrored = deliver.deliver(
             self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
             outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir)
+        self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)
         self._complete(job)
@@ -708,6 +718,7 @@ class Engine:
                 dest = path
             else:
                 dest = spool.archive(path, job.id)
+            self.crash_points.reached("archived-unrecorded")
             self.store.update(job.id, finished=1, spool_path=str(dest))
         except (OSError, PermanentError, TransientError) as exc:
             job_logger(job).warning("finishing failed ({}); will try again", exc)

@@ -130,3 +130,43 @@ def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactl
     assert sorted(p.name for p in (daemon.outbox / bucket).iterdir()) == names, "each job delivered once"
     assert "storage s3 answers again" in daemon.log()
     assert seaweedfs.secret_key not in daemon.log()
+
+
+def test_kill_9_mid_mirror_in_the_daemon_then_restart_delivers_once_and_complete(seaweedfs, tmp_path, proxy_for):
+    """Outputs go up to the bucket, then down into the outbox: kill -9 while they come down (throttled)."""
+    proxy = proxy_for(seaweedfs)
+    proxy.faults.delay_per_chunk = 0.3
+    bucket = seaweedfs.new_bucket("midmirror")
+    storages = {"local": {"type": "file", "root": "buckets"},
+                "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint)}
+    config = make_config(tmp_path / "site", storage="s3", bucket=bucket, extra={"storages": storages})
+    ledger = tmp_path / "ledger.txt"
+    daemon = SyncdProcess(config).start()
+    folder = daemon.outbox / bucket / "many"
+    command = f"echo run >> {ledger}; for i in $(seq 1 40); do head -c 150000 /dev/urandom > f$i.bin; done"
+    try:
+        drop_job(daemon.inbox, "many", {"command": command})
+        wait_for(lambda: folder.is_dir() and any(folder.glob("f*.bin")), timeout=90, what="the mirror to start")
+        daemon.kill9()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill9()
+    assert not (folder / "syncd-result.json").exists(), "killed before the record: the test hit the mirror"
+    remote = bucket_contents(seaweedfs, bucket, "many/")
+    partial = tree(folder)
+    assert 0 < len(partial) < len(remote), "some files were mirrored, not all"
+    for rel, data in partial.items():
+        assert remote[rel] == data, f"{rel} is at its final path but not complete"
+
+    proxy.faults.delay_per_chunk = 0.0
+    daemon = SyncdProcess(config).start()
+    try:
+        record = daemon.result("many", bucket=bucket, timeout=90)
+    finally:
+        daemon.stop()
+    assert record["state"] == "succeeded"
+    assert ledger.read_text() == "run\n", "the job ran once"
+    assert tree(folder) == bucket_contents(seaweedfs, bucket, "many/")
+    assert len([p for p in folder.glob("f*.bin")]) == 40
+    assert not list((daemon.outbox / ".syncd-tmp").glob("*")), "no partial file left behind"
+    assert sorted(p.name for p in (daemon.outbox / bucket).iterdir()) == ["many"]

@@ -101,10 +101,13 @@ class SyncdProcess:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
-    def start(self) -> "SyncdProcess":
+    def start(self, wait: bool = True) -> "SyncdProcess":
+        """Start ``syncd run``; with ``wait``, return once it logged that it is ready."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*SYNCD, "run", "-c", str(self.config), "--log-format", "text", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        if not wait:
+            return self
         wait_for(lambda: b"syncd ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
                  timeout=30, what="syncd to start")
         assert self.proc.poll() is None, f"syncd exited at start:\n{self.log()}"

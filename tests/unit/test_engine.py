@@ -191,3 +191,13 @@ def test_engine_store_wakes_only_the_waiting_jobs_of_the_service_that_answered(w
     assert engine.store.wake_waiting(now, storage="other") == 0
     assert engine.store.wake_waiting(now, backend="mem") == 1
     assert engine.store.get(waiting).next_at == now and engine.store.get(fine).next_at > now + 200
+
+
+def test_engine_start_clears_scratch_folders_a_killed_collect_left(world):
+    engine, service, drop = world
+    leftover = engine.tmp_dir / "tmpabc123"
+    (leftover / "deep").mkdir(parents=True)
+    (leftover / "deep" / "record.json").write_text("{}")
+    (engine.tmp_dir / "part").write_text("x")
+    engine.prepare()
+    assert list(engine.tmp_dir.iterdir()) == []

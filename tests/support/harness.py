@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -76,6 +79,21 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_port(daemon: "SyncdProcess") -> int:
+    """The port a daemon started with ``http.listen: 127.0.0.1:0`` chose (read from its log)."""
+    match = wait_for(lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()), timeout=10,
+                     what="the http endpoint")
+    return int(match.group(1))
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def read_result(outbox_job: Path) -> dict:

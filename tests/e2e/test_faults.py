@@ -1,0 +1,111 @@
+"""Faults from the machine under a running daemon: full disks (real tiny filesystems), input files
+that vanish or cannot be read, a claimed folder moved away. Each test checks the promises in the
+README ("What syncd guarantees"): once, nothing lost, nothing partial, transport/space problems wait,
+the daemon keeps running."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, wait_for
+
+pytestmark = pytest.mark.e2e
+MiB = 1024 * 1024
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0 and os.environ.get("CI") != "true":
+        pytest.skip(f"{what} needs root (run the tests as root, as CI does)")
+
+
+@pytest.fixture
+def tiny_fs():
+    """``tiny_fs(folder, size)`` mounts a real tmpfs of ``size`` on ``folder``; unmounted at the end."""
+    _need_root("mounting a tiny filesystem")
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=True)  # a process still holds a file open
+
+
+def _resize(folder: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write a filler file until the filesystem is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def _jobs(daemon: SyncdProcess) -> list[dict]:
+    status, body = http_get(http_port(daemon), "/jobs")
+    return json.loads(body) if status == 200 else []
+
+
+def _job(daemon: SyncdProcess, name: str) -> dict | None:
+    return next((j for j in _jobs(daemon) if j["directory"] == name), None)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _parts(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and (p.name.endswith((".part", ".syncd-part")))]
+
+
+# -- 1. full disks -------------------------------------------------------------------------------
+def test_outbox_full_disk_waits_then_delivers_once_with_identical_outputs(config_factory, tiny_fs, tmp_path):
+    """Promises 3, 4, 5: an outbox too small for the outputs holds the job in collecting with the
+    path and 'free space' in its error, never a partial file at a final path; room again → done once."""
+    site = config_factory(min_free_space="64KiB")  # pre-flight passes: the outputs are what does not fit
+    outbox = tiny_fs(site.parent / "outbox", "2m")
+    runs = tmp_path / "runs.txt"
+    daemon = SyncdProcess(site).start()
+    try:
+        drop_job(daemon.inbox, "big", {"command": f"echo run >> {runs}; echo small > small.txt; "
+                                                  f"head -c {3 * MiB} /dev/urandom > big.bin"})
+        job = wait_for(lambda: (j := _job(daemon, "big")) and j["error"] and "no space" in j["error"] and j,
+                       what="the collect step to meet the full outbox")
+        assert job["state"] == "collecting", job
+        assert str(outbox) in job["error"] and "free space" in job["error"], job["error"]
+        assert http_get(http_port(daemon), "/healthz")[0] == 200
+        delivered = site.parent / "buckets" / "results" / "big"  # the bucket copy the outbox mirrors
+        final = outbox / "results" / "big"
+        assert not (final / "syncd-result.json").exists()
+        for rel, digest in _digests(final).items():  # whatever is at a final path is complete
+            assert digest == _digests(delivered)[rel], rel
+        _resize(outbox, "64m")
+        result = daemon.result("big", timeout=30)
+        assert result["state"] == "succeeded" and result["attempts"] == 1
+        assert _digests(final) == {**_digests(delivered), "syncd-result.json": _digests(final)["syncd-result.json"]}
+        assert (final / "big.bin").stat().st_size == 3 * MiB
+        assert runs.read_text() == "run\n", "the job ran more than once"
+        assert _parts(outbox) == []
+    finally:
+        daemon.stop()

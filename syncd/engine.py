@@ -36,7 +36,7 @@ from syncd.spool import Spool
 from syncd.storage.base import Storage
 from syncd.store import (
     CANCELLED, CLAIMED, CLAIMING, COLLECTING, FAILED, HELD, QUEUED, REJECTED, REMOTE, RUNNING, STAGED,
-    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store,
+    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store, StoreUnwritable,
 )
 
 STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
@@ -45,6 +45,7 @@ CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder c
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
+STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
@@ -84,6 +85,7 @@ class Engine:
         self._stopping = threading.Event()
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
+        self._store_checked = 0.0
 
     def _inbox(self, name: str) -> InboxConfig:
         """An inbox's config, also for inboxes a reload removed while their jobs are still in flight."""
@@ -147,16 +149,20 @@ class Engine:
     # -- intake ----------------------------------------------------------------------
     def claim(self, inbox: InboxConfig, path: Path) -> bool:
         """Take a settled job directory out of the inbox. False if it was gone already."""
-        if self._stopping.is_set():
-            return False
+        if self._stopping.is_set() or not self._store_writable():
+            return False  # a claim nobody could record would be a job nobody follows
         spool = self.spools[inbox.name]
         job_id = new_job_id()
         raw = os.fsencode(path.name)
         shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
-        job = self.store.create_job(
-            id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw, inbox=inbox.name,
-            backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket, spool_path=str(spool.claimed / job_id),
-        )
+        try:
+            job = self.store.create_job(
+                id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw,
+                inbox=inbox.name, backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket,
+                spool_path=str(spool.claimed / job_id),
+            )
+        except StoreUnwritable:
+            return False
         try:
             spool.claim(path, job_id)
         except FileNotFoundError:
@@ -165,7 +171,10 @@ class Engine:
         except OSError:
             self.store.delete_unclaimed(job_id)
             raise
-        self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        try:
+            self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        except StoreUnwritable:
+            return True  # the folder is in the spool: the pump completes the claim once the store can write
         job_logger(job).info("claimed job directory {}", path)
         return True
 
@@ -179,6 +188,8 @@ class Engine:
         def run() -> None:
             try:
                 step(job_id)
+            except StoreUnwritable:
+                pass  # logged once by the store; the step runs again once the store can record it
             except Exception:
                 logger.opt(exception=True).bind(job_id=job_id).error("unexpected error in a job step")
             finally:
@@ -193,8 +204,9 @@ class Engine:
 
     def pump(self) -> None:
         """Dispatch every step that is due. Called on a timer."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._store_writable():
             return
+        self._complete_claims()
         now = self.clock()
         if now - self._markers_checked >= CANCEL_MARKER_INTERVAL:
             self._markers_checked = now
@@ -214,6 +226,22 @@ class Engine:
                     self._dispatch(job.id, self.advance)
         for job in self.store.unfinished():
             self._dispatch(job.id, self.finish)
+
+    def _store_writable(self) -> bool:
+        """False while the state database refuses writes: then no step runs, so no side effect happens
+        whose state change could not be recorded. One test write per interval finds out when it can."""
+        if self.store.write_problem is None:
+            return True
+        if time.monotonic() - self._store_checked < STORE_CHECK_INTERVAL:
+            return False
+        self._store_checked = time.monotonic()
+        return self.store.check_writable()
+
+    def _complete_claims(self) -> None:
+        """Record claims whose rename happened but whose record could not be written at the time."""
+        for job in self.store.jobs([CLAIMING]):
+            if Path(job.spool_path).exists():
+                self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed once the store could record it")
 
     def run_until_idle(self, timeout: float = 60.0) -> None:
         """Pump and poll until nothing is due or in flight (used by ``syncd`` tests and tools)."""
@@ -252,6 +280,8 @@ class Engine:
             return False
         try:
             step(job)
+        except StoreUnwritable:
+            return False  # nothing more is done until the store can record it; the step is idempotent
         except AuthError as exc:
             self._pause_backend(job.backend, exc)
             self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0,
@@ -451,7 +481,7 @@ class Engine:
     # -- poll -----------------------------------------------------------------------------
     def poll_backend(self, name: str) -> None:
         """One batched status request for every due job of backend ``name``."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._store_writable():
             return
         now = self.clock()
         if self._paused_until(name) is not None:
@@ -477,6 +507,8 @@ class Engine:
             status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
             try:
                 self._apply(job, status, now)
+            except StoreUnwritable:
+                return
             except Exception:
                 job_logger(job).opt(exception=True).error("applying status {} failed", status)
 

@@ -21,7 +21,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 from loguru import logger
 
+from syncd.errors import TransientError
+
 SCHEMA_VERSION = 1
+# Primary SQLite result codes that mean "cannot write the database now" (full disk or quota, I/O error).
+_UNWRITABLE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 
 # States a job can be in, in lifecycle order.
 CLAIMING = "claiming"
@@ -231,6 +235,10 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
+class StoreUnwritable(TransientError):
+    """The state database refused a write (full disk, I/O error); nothing was recorded."""
+
+
 @dataclass(frozen=True)
 class Event:
     seq: int
@@ -252,6 +260,8 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        #: why the last write failed, while the database cannot be written (None when it can)
+        self.write_problem: str | None = None
         conn = self._conn()
         conn.executescript(_SCHEMA)
         present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
@@ -278,13 +288,41 @@ class Store:
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         conn = conn or self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # A failed COMMIT (SQLITE_FULL) may leave the transaction open, or SQLite may have rolled it
+            # back already; either way the connection must be usable for the next write.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
+                raise self._unwritable(exc) from exc
             raise
-        conn.execute("COMMIT")
+        if self.write_problem is not None:
+            self.write_problem = None
+            logger.info("the state database {} accepts writes again; jobs resume", self.path)
+
+    def _unwritable(self, exc: sqlite3.Error) -> StoreUnwritable:
+        problem = (f"cannot write the state database {self.path} ({exc}); free space on the filesystem holding "
+                   f"{self.path.parent}. Every job waits, unchanged, until syncd can record its progress")
+        if self.write_problem is None:
+            logger.error("{}", problem)
+        self.write_problem = problem
+        return StoreUnwritable(problem)
+
+    def check_writable(self) -> bool:
+        """Try one small write; True (and ``write_problem`` cleared) when the database accepts it."""
+        try:
+            with self._write() as conn:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('write_check', ?)", (str(time.time()),))
+        except StoreUnwritable:
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -109,3 +109,42 @@ def test_outbox_full_disk_waits_then_delivers_once_with_identical_outputs(config
         assert _parts(outbox) == []
     finally:
         daemon.stop()
+
+
+def test_state_database_on_a_full_disk_pauses_every_job_then_resumes_each_once(config_factory, tiny_fs, tmp_path):
+    """Promises 1, 5: while the SQLite database cannot be written nothing is claimed, submitted or
+    collected (no side effect whose state change could not be recorded); the daemon stays up and
+    /readyz names the problem; once there is room each job finishes exactly once and the database is intact."""
+    site = config_factory()
+    state = tiny_fs(site.parent / ".state", "8m")
+    work = tmp_path / "work"  # work folders elsewhere: only the database's filesystem fills up
+    work.mkdir()
+    (state / "backends").symlink_to(work)
+    runs_a, runs_b = tmp_path / "runs-a.txt", tmp_path / "runs-b.txt"
+    daemon = SyncdProcess(site).start()
+    try:
+        port = http_port(daemon)
+        drop_job(daemon.inbox, "a", {"command": f"echo run >> {runs_a}; sleep 2; echo a > out.txt"})
+        wait_for(lambda: (j := _job(daemon, "a")) and j["state"] == "running", what="job a to run")
+        filler = _fill(state)
+        drop_job(daemon.inbox, "b", {"command": f"echo run >> {runs_b}; echo b > out.txt"})
+        status, body = wait_for(lambda: (r := http_get(port, "/readyz"))[0] == 503 and "state store" in r[1] and r,
+                                what="/readyz to report the state store")
+        assert "free space" in body and str(state) in body, body
+        wait_for(lambda: list(work.glob("local/*/ctrl/status.json")), what="job a's command to end")
+        assert http_get(port, "/healthz")[0] == 200
+        assert (daemon.inbox / "b" / "job.yaml").exists(), "b was claimed although its claim could not be recorded"
+        assert _job(daemon, "a")["state"] == "running"
+        filler.unlink()
+        assert daemon.result("a")["state"] == "succeeded"
+        assert daemon.result("b")["state"] == "succeeded"
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="/readyz to recover")
+    finally:
+        daemon.stop()
+    assert runs_a.read_text() == "run\n" and runs_b.read_text() == "run\n"
+    with sqlite3.connect(state / "syncd.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    again = SyncdProcess(site).start()  # a clean restart: nothing is run or delivered again
+    again.stop()
+    assert runs_a.read_text() == "run\n" and runs_b.read_text() == "run\n"
+    assert "Traceback" not in daemon.log() + again.log()

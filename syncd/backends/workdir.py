@@ -44,9 +44,12 @@ class WorkFolder:
                     done = False
                 if not done:
                     tmp = dest.with_name(f".{dest.name}.syncd-part")
-                    copy_verified(item.source, tmp)
-                    os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
-                    os.replace(tmp, dest)
+                    try:
+                        copy_verified(item.source, tmp)
+                        os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+                        os.replace(tmp, dest)
+                    finally:
+                        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our partial copy
                 st = dest.stat()
                 snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
             self.write_json(INPUTS_SNAPSHOT, snapshot)

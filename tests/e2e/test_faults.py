@@ -148,3 +148,32 @@ def test_state_database_on_a_full_disk_pauses_every_job_then_resumes_each_once(c
     again.stop()
     assert runs_a.read_text() == "run\n" and runs_b.read_text() == "run\n"
     assert "Traceback" not in daemon.log() + again.log()
+
+
+def test_work_folder_full_during_staging_waits_then_runs_once(config_factory, tiny_fs, tmp_path):
+    """Promises 2, 4, 5: inputs that do not fit the backend's work folder keep the job in staging with
+    the path and 'free space' in its error; no partial copy is left behind; room again → runs once."""
+    site = config_factory()
+    work = tiny_fs(site.parent / ".state" / "backends", "2m")
+    runs = tmp_path / "runs.txt"
+    data = os.urandom(3 * MiB)
+    daemon = SyncdProcess(site).start()
+    try:
+        drop_job(daemon.inbox, "staged", {"command": f"echo run >> {runs}; sha256sum data.bin > sum.txt"},
+                 {"data.bin": data})
+        job = wait_for(lambda: (j := _job(daemon, "staged")) and j["error"] and "no space" in j["error"] and j,
+                       what="staging to meet the full work folder")
+        assert job["state"] == "staging", job
+        assert str(work) in job["error"] and "free space" in job["error"], job["error"]
+        assert _parts(work) == [], "a partial copy was left on the full disk"
+        claimed = daemon.inbox / ".syncd" / "claimed" / job["id"]
+        assert (claimed / "data.bin").read_bytes() == data
+        assert http_get(http_port(daemon), "/healthz")[0] == 200
+        _resize(work, "64m")
+        result = daemon.result("staged")
+        assert result["state"] == "succeeded" and result["attempts"] == 1
+        assert (daemon.outbox / "results" / "staged" / "sum.txt").read_text().split()[0] == \
+            hashlib.sha256(data).hexdigest()
+        assert runs.read_text() == "run\n"
+    finally:
+        daemon.stop()

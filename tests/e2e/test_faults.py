@@ -177,3 +177,55 @@ def test_work_folder_full_during_staging_waits_then_runs_once(config_factory, ti
         assert runs.read_text() == "run\n"
     finally:
         daemon.stop()
+
+
+# -- 3. inputs the daemon may not read ---------------------------------------------------------------
+UNPRIVILEGED = "syncd-test"
+
+
+@pytest.fixture
+def unprivileged_site(tmp_path_factory):
+    """A site owned by an unprivileged user (created if missing), for a daemon started as that user."""
+    _need_root("running the daemon as another user")
+    if subprocess.run(["id", "-u", UNPRIVILEGED], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED],
+                       check=True)
+    # pytest's own temporary folders are private to root: the site needs a parent the user can enter.
+    root = Path(subprocess.run(["mktemp", "-d", "/tmp/syncd-unprivileged-XXXXXX"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    try:
+        from tests.support.harness import make_config
+        site = make_config(root / "site")
+        subprocess.run(["chown", "-R", f"{UNPRIVILEGED}:{UNPRIVILEGED}", str(root)], check=True)
+        yield site
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+def test_unreadable_input_is_rejected_with_a_report_naming_it_and_nothing_lost(unprivileged_site):
+    """Promises 2, 5: an input the syncd user cannot read is a rejection at claim time (nothing is run)
+    whose report names the file and the fix; every file stays, byte for byte."""
+    daemon = SyncdProcess(unprivileged_site, user=UNPRIVILEGED).start()
+    try:
+        job = drop_job(daemon.inbox.parent, "locked", {"command": "cat data.txt secret.dat > out.txt"},
+                       {"data.txt": "hello\n", "secret.dat": b"\x00top secret\n", "sub/more.txt": "more\n"})
+        subprocess.run(["chown", "-R", f"{UNPRIVILEGED}:{UNPRIVILEGED}", str(job)], check=True)
+        os.chown(job / "secret.dat", 0, 0)
+        os.chmod(job / "secret.dat", 0o600)
+        (job / "private").mkdir(mode=0o700)  # a folder it cannot list: its files must not be skipped silently
+        (job / "private" / "notes.txt").write_text("hidden\n")
+        before = _digests(job)
+        os.rename(job, daemon.inbox / "locked")
+        failed = daemon.root / "failed" / "locked"
+        wait_for(lambda: (failed / "ERROR.txt").exists(), what="the rejection report")
+        report = (failed / "ERROR.txt").read_text()
+        assert "secret.dat" in report and f"syncd runs as ({UNPRIVILEGED})" in report and "chmod" in report, report
+        assert "private/" in report, report
+        assert "data.txt" not in report and "more.txt" not in report
+        kept = _digests(failed)
+        assert {k: v for k, v in kept.items() if k in before} == before
+        assert set(kept) - set(before) == {"ERROR.txt", "syncd-error.json"}
+        assert not (daemon.outbox / "results" / "locked").exists(), "a rejected job must not run"
+        assert http_get(http_port(daemon), "/healthz")[0] == 200
+    finally:
+        daemon.stop()

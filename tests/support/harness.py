@@ -103,8 +103,10 @@ def read_result(outbox_job: Path) -> dict:
 class SyncdProcess:
     """``syncd run -c CONFIG`` as a real child process, with its log kept for assertions."""
 
-    def __init__(self, config: Path, *args: str, env: dict | None = None):
+    def __init__(self, config: Path, *args: str, env: dict | None = None, user: str | None = None):
         self.config = config
+        #: run the daemon as this (unprivileged) user; the tests run as root, and root reads every file
+        self.user = user
         self.root = config.parent
         self.args = args
         self.env = {**os.environ, **(env or {})}
@@ -121,7 +123,10 @@ class SyncdProcess:
 
     def start(self) -> "SyncdProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*SYNCD, "run", "-c", str(self.config), "--log-format", "text", *self.args],
+        as_user = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] \
+            if self.user else []
+        self.proc = subprocess.Popen([*as_user, *SYNCD, "run", "-c", str(self.config), "--log-format", "text",
+                                      *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         wait_for(lambda: b"syncd ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
                  timeout=30, what="syncd to start")

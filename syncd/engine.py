@@ -27,7 +27,7 @@ from loguru import logger
 from syncd import deliver, journal
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus
 from syncd.config import Config, InboxConfig
-from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
+from syncd.errors import AuthError, InputError, ManifestError, PermanentError, TransientError
 from syncd.manifest import Manifest, load_job_directory
 from syncd.outbox import RESULT_RECORD, Outbox
 from syncd.observe import Metrics
@@ -414,7 +414,7 @@ class Engine:
 
     def _reject(self, job: Job, problems: list[str]) -> None:
         job_logger(job).warning("rejected: {}", "; ".join(problems))
-        self.store.transition(job.id, CLAIMED, REJECTED, "rejected: " + "; ".join(problems),
+        self.store.transition(job.id, job.state, REJECTED, "rejected: " + "; ".join(problems),
                               error="; ".join(problems), message=json.dumps(problems), outcome=REJECTED,
                               ended_at=self.clock())
 
@@ -424,7 +424,14 @@ class Engine:
             directory = self._load(job)
         except ManifestError as exc:
             raise PermanentError("; ".join(exc.problems)) from None
-        self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        try:
+            self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        except InputError as exc:
+            if job.attempts > 1:
+                raise  # an earlier attempt ran: the job fails with the reason instead
+            # Never submitted: like a bad manifest, the folder goes to failed/ with a report of what to fix.
+            self._reject(job, exc.problems)
+            return
         self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
                               next_at=0, **self._clear_failures())
 

@@ -229,3 +229,44 @@ def test_unreadable_input_is_rejected_with_a_report_naming_it_and_nothing_lost(u
         assert http_get(http_port(daemon), "/healthz")[0] == 200
     finally:
         daemon.stop()
+
+
+# -- 2. an input removed while it is staged -------------------------------------------------------------
+def test_input_removed_while_staging_rejects_with_a_report_and_keeps_the_other_files(tmp_path, monkeypatch):
+    """Promises 1, 2, 5: the file vanishes between the scan and its copy (a hook makes the race
+    deterministic); the job is rejected, never submitted, its report names the file; the rest stays."""
+    from syncd.backends import workdir
+    from syncd.daemon import build_backends, build_storages, load
+    from syncd.engine import Engine
+    from syncd.store import Store
+    from tests.support.harness import make_config
+
+    config = load(make_config(tmp_path / "site"))
+    store = Store(config.db_path)
+    engine = Engine(config, store, build_backends(config), build_storages(config))
+    engine.prepare()
+    inbox = config.inboxes[0]
+    real_copy = workdir.copy_verified
+
+    def copy_after_the_user_deleted_b(source, dest):
+        if source.name == "b.txt":
+            source.unlink()
+        return real_copy(source, dest)
+
+    monkeypatch.setattr(workdir, "copy_verified", copy_after_the_user_deleted_b)
+    drop_job(inbox.path, "vanish", {"command": "cat a.txt b.txt > out.txt"}, {"a.txt": "a\n", "b.txt": "b\n"})
+    assert engine.claim(inbox, inbox.path / "vanish")
+    engine.run_until_idle(timeout=20)
+    job = store.jobs()[0]
+    assert job.state == "rejected" and job.remote_id is None and job.attempts == 1, job
+    failed = inbox.failed / "vanish"
+    report = (failed / "ERROR.txt").read_text()
+    assert "b.txt: disappeared" in report and "put it back" in report, report
+    assert (failed / "a.txt").read_text() == "a\n" and (failed / "job.yaml").exists()
+    assert not (inbox.outbox / "results" / "vanish").exists()
+    drop_job(inbox.path, "next", {"command": "echo fine > out.txt"})  # the engine goes on with other jobs
+    assert engine.claim(inbox, inbox.path / "next")
+    engine.run_until_idle(timeout=20)
+    assert (inbox.outbox / "results" / "next" / "out.txt").read_text() == "fine\n"
+    engine.stop(5)
+    store.close()

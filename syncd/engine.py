@@ -152,6 +152,14 @@ class Engine:
         if self._stopping.is_set() or not self._store_writable():
             return False  # a claim nobody could record would be a job nobody follows
         spool = self.spools[inbox.name]
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return True
+        identity = f"{st.st_dev}:{st.st_ino}"
+        if (owner := self.store.unfinished_with_folder(identity)) is not None \
+                and not Path(owner.spool_path).exists():
+            return self._return_folder(owner, path)
         job_id = new_job_id()
         raw = os.fsencode(path.name)
         shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
@@ -159,7 +167,7 @@ class Engine:
             job = self.store.create_job(
                 id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw,
                 inbox=inbox.name, backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket,
-                spool_path=str(spool.claimed / job_id),
+                spool_path=str(spool.claimed / job_id), dir_identity=identity,
             )
         except StoreUnwritable:
             return False
@@ -176,6 +184,17 @@ class Engine:
         except StoreUnwritable:
             return True  # the folder is in the spool: the pump completes the claim once the store can write
         job_logger(job).info("claimed job directory {}", path)
+        return True
+
+    def _return_folder(self, job: Job, path: Path) -> bool:
+        """The claimed folder of a job in flight was moved back into the inbox: put it back, never run it twice."""
+        os.rename(path, job.spool_path)
+        job_logger(job).warning("the folder {} is job {}'s claimed folder, moved out of {} while the job was {}; "
+                                "moved it back. Leave folders under {} alone: a job runs once", path, job.id,
+                                job.spool_path, job.state, Path(job.spool_path).parent)
+        self.store.update(job.id, event=f"claimed folder came back as {path}; moved back to {job.spool_path}")
+        if job.state == HELD:
+            self.store.request(job.id, "retry")
         return True
 
     # -- dispatch ----------------------------------------------------------------------
@@ -274,6 +293,11 @@ class Engine:
                  SUBMITTING: self._submit, COLLECTING: self._collect}
         step = steps.get(job.state)
         if step is None:
+            return False
+        if job.state in (CLAIMED, STAGING) and not Path(job.spool_path).exists():
+            self._hold(job, f"its claimed folder {job.spool_path} was moved or removed before the job was "
+                            f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
+                            f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'")
             return False
         if (paused := self._paused_until(job.backend)) is not None:
             self.store.update(job.id, expect=job.state, next_at=paused)

@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     failures INTEGER NOT NULL DEFAULT 0,
     finished INTEGER NOT NULL DEFAULT 0,
     deadline_hit INTEGER NOT NULL DEFAULT 0,
-    dir_raw BLOB
+    dir_raw BLOB,
+    dir_identity TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -132,7 +133,7 @@ CREATE TABLE IF NOT EXISTS delivered (
 
 
 # Columns added after the first schema; existing databases get them at start-up.
-_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB"}
+_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB", "dir_identity": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Job:
     finished: int
     deadline_hit: int
     dir_raw: bytes | None  # the folder's name as bytes when it is not valid UTF-8 (dir_name is escaped)
+    dir_identity: str | None = None  # "device:inode" of the claimed folder: a rename keeps it
 
     @property
     def original_dir_name(self) -> str:
@@ -346,6 +348,11 @@ class Store:
             conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", _storable_values(values))
             self._event(conn, values["id"], None, values["state"], f"found job directory '{values['dir_name']}'")
         return self.get(values["id"])
+
+    def unfinished_with_folder(self, identity: str) -> Job | None:
+        """The job not yet finished whose claimed folder has ``identity`` (device:inode), if any."""
+        rows = self._select("dir_identity = ? AND finished = 0", (identity,))
+        return rows[0] if rows else None
 
     def get(self, job_id: str) -> Job:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -270,3 +270,55 @@ def test_input_removed_while_staging_rejects_with_a_report_and_keeps_the_other_f
     assert (inbox.outbox / "results" / "next" / "out.txt").read_text() == "fine\n"
     engine.stop(5)
     store.close()
+
+
+# -- 4. a claimed folder moved by the user --------------------------------------------------------------
+def test_claimed_folder_moved_back_into_the_inbox_is_returned_not_run_again(site, tmp_path):
+    """Promise 1: the claim renamed the folder to <inbox>/.syncd/claimed/<id>; a user who moves it back
+    into the inbox (under any name) while the job runs does not get a second job."""
+    runs = tmp_path / "runs.txt"
+    daemon = SyncdProcess(site).start()
+    try:
+        drop_job(daemon.inbox, "once", {"command": f"echo run >> {runs}; sleep 2; echo ok > out.txt"})
+        job = wait_for(lambda: (j := _job(daemon, "once")) and j["state"] == "running" and j, what="the job to run")
+        claimed = daemon.inbox / ".syncd" / "claimed" / job["id"]
+        os.rename(claimed, daemon.inbox / "once-again")
+        wait_for(lambda: claimed.exists(), what="the folder to be moved back")
+        result = daemon.result("once")
+        assert result["state"] == "succeeded"
+        wait_for(lambda: (daemon.inbox / ".syncd" / "done" / job["id"] / "job.yaml").exists(), what="the archive")
+        assert [j["directory"] for j in _jobs(daemon)] == ["once"], "a second job was created"
+        assert not (daemon.inbox / "once-again").exists()
+        assert "moved it back" in daemon.log()
+    finally:
+        daemon.stop()
+    assert runs.read_text() == "run\n"
+
+
+def test_claimed_folder_renamed_before_submission_holds_the_job_until_it_comes_back(config_factory, tiny_fs,
+                                                                                    tmp_path):
+    """Promises 1, 2: the claimed folder renamed while the job waits in staging (its work folder is full):
+    the job is held with a reason naming the folder; dropped back into the inbox, it resumes and runs once."""
+    site = config_factory()
+    work = tiny_fs(site.parent / ".state" / "backends", "2m")
+    runs = tmp_path / "runs.txt"
+    daemon = SyncdProcess(site).start()
+    try:
+        drop_job(daemon.inbox, "moved", {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
+                 {"data.bin": os.urandom(3 * MiB)})
+        job = wait_for(lambda: (j := _job(daemon, "moved")) and j["error"] and "no space" in j["error"] and j,
+                       what="the job to wait in staging")
+        claimed = daemon.inbox / ".syncd" / "claimed" / job["id"]
+        aside = claimed.with_name("mine")
+        os.rename(claimed, aside)
+        held = wait_for(lambda: (j := _job(daemon, "moved")) and j["state"] == "held" and j, what="the hold")
+        assert str(claimed) in held["error"] and "into the inbox" in held["error"], held["error"]
+        _resize(work, "64m")
+        os.rename(aside, daemon.inbox / "mine")
+        result = daemon.result("moved")
+        assert result["state"] == "succeeded" and result["id"] == job["id"]
+        assert (daemon.outbox / "results" / "moved" / "size.txt").read_text().strip() == str(3 * MiB)
+        assert len(_jobs(daemon)) == 1
+    finally:
+        daemon.stop()
+    assert runs.read_text() == "run\n"

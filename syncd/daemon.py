@@ -32,7 +32,7 @@ from syncd.notify import Notifier
 from syncd.observe import HttpEndpoint, Metrics
 from syncd.spool import Spool, SpoolError
 from syncd.storage.base import Storage
-from syncd.store import ACTIVE, Store, job_summary, local_iso, make_private_dir
+from syncd.store import ACTIVE, Store, StoreUnwritable, job_summary, local_iso, make_private_dir
 from syncd.watch import InboxWatcher
 from syncd.webhook import WebhookSender
 
@@ -131,6 +131,8 @@ class Daemon:
 
     def ready_problems(self) -> dict[str, str]:
         problems = dict(self._probe_problems)
+        if self.store.write_problem is not None:
+            problems["state store"] = self.store.write_problem
         for backend, (until, reason) in self.store.backend_pauses().items():
             problems[f"backend {backend}"] = reason
         for service, (since, next_probe, reason) in self.store.open_circuits().items():
@@ -160,6 +162,8 @@ class Daemon:
         """Run a scheduled function; the loop never dies because of one failure."""
         try:
             func(*args)
+        except StoreUnwritable:
+            pass  # the store logged it once; /readyz reports it until the store can write again
         except Exception:
             logger.opt(exception=True).error("{} failed; it will run again at its next interval", what)
 

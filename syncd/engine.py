@@ -30,7 +30,7 @@ from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, Remote
 from syncd.breaker import CircuitBreaker, CircuitState, Guarded, ServiceUnavailable
 from syncd.config import Config, InboxConfig
 from syncd.crashpoints import CrashPoints
-from syncd.errors import AuthError, ManifestError, PermanentError, TransientError
+from syncd.errors import AuthError, InputError, ManifestError, PermanentError, TransientError
 from syncd.manifest import Manifest, load_job_directory
 from syncd.outbox import RESULT_RECORD, Outbox
 from syncd.observe import Metrics
@@ -39,7 +39,8 @@ from syncd.spool import Spool
 from syncd.storage.base import Storage
 from syncd.store import (
     CANCELLED, CLAIMED, CLAIMING, COLLECTING, FAILED, HELD, QUEUED, REJECTED, REMOTE, RUNNING, STAGED,
-    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store, local_iso,
+    STAGING, SUBMITTED, SUBMITTING, SUCCEEDED, TERMINAL, TIMED_OUT, VALIDATED, Job, Store, StoreUnwritable,
+    local_iso,
 )
 
 STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
@@ -48,6 +49,7 @@ CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder c
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
+STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 # The calls that reach a remote service; the rest (check, options) are local.
 BACKEND_CALLS = frozenset({"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"})
@@ -92,6 +94,7 @@ class Engine:
         self._stopping = threading.Event()
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
+        self._store_checked = 0.0
 
     def _inbox(self, name: str) -> InboxConfig:
         """An inbox's config, also for inboxes a reload removed while their jobs are still in flight."""
@@ -189,16 +192,28 @@ class Engine:
     # -- intake ----------------------------------------------------------------------
     def claim(self, inbox: InboxConfig, path: Path) -> bool:
         """Take a settled job directory out of the inbox. False if it was gone already."""
-        if self._stopping.is_set():
-            return False
+        if self._stopping.is_set() or not self._store_writable():
+            return False  # a claim nobody could record would be a job nobody follows
         spool = self.spools[inbox.name]
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return True
+        identity = f"{st.st_dev}:{st.st_ino}"
+        if (owner := self.store.unfinished_with_folder(identity)) is not None \
+                and not Path(owner.spool_path).exists():
+            return self._return_folder(owner, path)
         job_id = new_job_id()
         raw = os.fsencode(path.name)
         shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
-        job = self.store.create_job(
-            id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw, inbox=inbox.name,
-            backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket, spool_path=str(spool.claimed / job_id),
-        )
+        try:
+            job = self.store.create_job(
+                id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw,
+                inbox=inbox.name, backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket,
+                spool_path=str(spool.claimed / job_id), dir_identity=identity,
+            )
+        except StoreUnwritable:
+            return False
         try:
             spool.claim(path, job_id)
         except FileNotFoundError:
@@ -208,8 +223,22 @@ class Engine:
             self.store.delete_unclaimed(job_id)
             raise
         self.crash_points.reached("claimed-unrecorded")
-        self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        try:
+            self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        except StoreUnwritable:
+            return True  # the folder is in the spool: the pump completes the claim once the store can write
         job_logger(job).info("claimed job directory {}", path)
+        return True
+
+    def _return_folder(self, job: Job, path: Path) -> bool:
+        """The claimed folder of a job in flight was moved back into the inbox: put it back, never run it twice."""
+        os.rename(path, job.spool_path)
+        job_logger(job).warning("the folder {} is job {}'s claimed folder, moved out of {} while the job was {}; "
+                                "moved it back. Leave folders under {} alone: a job runs once", path, job.id,
+                                job.spool_path, job.state, Path(job.spool_path).parent)
+        self.store.update(job.id, event=f"claimed folder came back as {path}; moved back to {job.spool_path}")
+        if job.state == HELD:
+            self.store.request(job.id, "retry")
         return True
 
     # -- dispatch ----------------------------------------------------------------------
@@ -222,6 +251,8 @@ class Engine:
         def run() -> None:
             try:
                 step(job_id)
+            except StoreUnwritable:
+                pass  # logged once by the store; the step runs again once the store can record it
             except Exception:
                 logger.opt(exception=True).bind(job_id=job_id).error("unexpected error in a job step")
             finally:
@@ -236,8 +267,9 @@ class Engine:
 
     def pump(self) -> None:
         """Dispatch every step that is due. Called on a timer."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._store_writable():
             return
+        self._complete_claims()
         now = self.clock()
         if now - self._markers_checked >= CANCEL_MARKER_INTERVAL:
             self._markers_checked = now
@@ -257,6 +289,22 @@ class Engine:
                     self._dispatch(job.id, self.advance)
         for job in self.store.unfinished():
             self._dispatch(job.id, self.finish)
+
+    def _store_writable(self) -> bool:
+        """False while the state database refuses writes: then no step runs, so no side effect happens
+        whose state change could not be recorded. One test write per interval finds out when it can."""
+        if self.store.write_problem is None:
+            return True
+        if time.monotonic() - self._store_checked < STORE_CHECK_INTERVAL:
+            return False
+        self._store_checked = time.monotonic()
+        return self.store.check_writable()
+
+    def _complete_claims(self) -> None:
+        """Record claims whose rename happened but whose record could not be written at the time."""
+        for job in self.store.jobs([CLAIMING]):
+            if Path(job.spool_path).exists():
+                self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed once the store could record it")
 
     def run_until_idle(self, timeout: float = 60.0) -> None:
         """Pump and poll until nothing is due or in flight (used by ``syncd`` tests and tools)."""
@@ -290,11 +338,18 @@ class Engine:
         step = steps.get(job.state)
         if step is None:
             return False
+        if job.state in (CLAIMED, STAGING) and not Path(job.spool_path).exists():
+            self._hold(job, f"its claimed folder {job.spool_path} was moved or removed before the job was "
+                            f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
+                            f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'")
+            return False
         if (paused := self._paused_until(job.backend)) is not None:
             self.store.update(job.id, expect=job.state, next_at=paused)
             return False
         try:
             step(job)
+        except StoreUnwritable:
+            return False  # nothing more is done until the store can record it; the step is idempotent
         except AuthError as exc:
             self._pause_backend(job.backend, exc)
             self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0,
@@ -429,7 +484,7 @@ class Engine:
 
     def _reject(self, job: Job, problems: list[str]) -> None:
         job_logger(job).warning("rejected: {}", "; ".join(problems))
-        self.store.transition(job.id, CLAIMED, REJECTED, "rejected: " + "; ".join(problems),
+        self.store.transition(job.id, job.state, REJECTED, "rejected: " + "; ".join(problems),
                               error="; ".join(problems), message=json.dumps(problems), outcome=REJECTED,
                               ended_at=self.clock())
 
@@ -439,7 +494,14 @@ class Engine:
             directory = self._load(job)
         except ManifestError as exc:
             raise PermanentError("; ".join(exc.problems)) from None
-        self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        try:
+            self.backends[job.backend].stage(self.spec(job), directory.inputs)
+        except InputError as exc:
+            if job.attempts > 1:
+                raise  # an earlier attempt ran: the job fails with the reason instead
+            # Never submitted: like a bad manifest, the folder goes to failed/ with a report of what to fix.
+            self._reject(job, exc.problems)
+            return
         self.crash_points.reached("staged-unrecorded")
         self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
                               next_at=0, **self._clear_failures())
@@ -498,7 +560,7 @@ class Engine:
     # -- poll -----------------------------------------------------------------------------
     def poll_backend(self, name: str) -> None:
         """One batched status request for every due job of backend ``name``."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._store_writable():
             return
         now = self.clock()
         if self._paused_until(name) is not None:
@@ -524,6 +586,8 @@ class Engine:
             status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
             try:
                 self._apply(job, status, now)
+            except StoreUnwritable:
+                return
             except Exception:
                 job_logger(job).opt(exception=True).error("applying status {} failed", status)
 

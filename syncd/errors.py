@@ -26,6 +26,17 @@ class PermanentError(SyncdError):
     """A refusal that will not change by retrying: bad request, quota, not found."""
 
 
+class InputError(PermanentError):
+    """An input file could not be read from the claimed job folder (gone, unreadable): the user's to fix.
+
+    ``problems`` name each file and what to do; a job that was never submitted is rejected with them.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
 class AuthError(PermanentError):
     """Credentials were refused. Retrying with the same credentials is pointless."""
 

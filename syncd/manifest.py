@@ -5,8 +5,10 @@ Everything here is pure checking: nothing in the job directory is modified.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pwd
 import re
 import stat
 from dataclasses import dataclass
@@ -244,6 +246,16 @@ def is_syncd_report(path: Path) -> bool:
     return isinstance(data, dict) and data.get("state") == "rejected" and "syncd_version" in data
 
 
+def _not_readable(exc: OSError) -> str:
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return f"cannot be read ({exc.strerror}); check its permissions"
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"uid {os.getuid()}"
+    return f"cannot be read by the user syncd runs as ({user}); make it readable for that user (e.g. chmod a+r)"
+
+
 def scan_inputs(
     job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes: int | None
 ) -> tuple[InputFile, ...]:
@@ -254,7 +266,12 @@ def scan_inputs(
     problems: list[str] = []
     files: list[InputFile] = []
     total = 0
-    for dirpath, dirnames, filenames in os.walk(job_dir, followlinks=False):
+
+    def unreadable_folder(exc: OSError) -> None:  # os.walk would otherwise skip the folder's files silently
+        rel = Path(exc.filename).relative_to(job_dir).as_posix() if exc.filename else "a folder"
+        problems.append(f"{rel}/: {_not_readable(exc)}")
+
+    for dirpath, dirnames, filenames in os.walk(job_dir, followlinks=False, onerror=unreadable_folder):
         here = Path(dirpath)
         for entry in sorted(dirnames + filenames):
             path = here / entry
@@ -262,7 +279,7 @@ def scan_inputs(
             try:
                 st = path.lstat()
             except OSError as exc:
-                problems.append(f"{rel}: cannot be read ({exc.strerror}); check its permissions")
+                problems.append(f"{rel}: {_not_readable(exc)}")
                 continue
             if stat.S_ISDIR(st.st_mode):
                 continue
@@ -286,6 +303,9 @@ def scan_inputs(
                 source, st = resolved, resolved.stat()
             if not stat.S_ISREG(st.st_mode):
                 problems.append(f"{rel}: is a special file (FIFO, socket or device); only regular files are staged")
+                continue
+            if not os.access(source, os.R_OK):
+                problems.append(f"{rel}: {_not_readable(PermissionError(errno.EACCES, 'Permission denied'))}")
                 continue
             files.append(InputFile(rel, source, st.st_size))
             total += st.st_size

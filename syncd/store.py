@@ -21,7 +21,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 from loguru import logger
 
+from syncd.errors import TransientError
+
 SCHEMA_VERSION = 1
+# Primary SQLite result codes that mean "cannot write the database now" (full disk or quota, I/O error).
+_UNWRITABLE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 
 # States a job can be in, in lifecycle order.
 CLAIMING = "claiming"
@@ -82,7 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     failures INTEGER NOT NULL DEFAULT 0,
     finished INTEGER NOT NULL DEFAULT 0,
     deadline_hit INTEGER NOT NULL DEFAULT 0,
-    dir_raw BLOB
+    dir_raw BLOB,
+    dir_identity TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -135,7 +140,7 @@ CREATE TABLE IF NOT EXISTS delivered (
 
 
 # Columns added after the first schema; existing databases get them at start-up.
-_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB"}
+_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB", "dir_identity": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class Job:
     finished: int
     deadline_hit: int
     dir_raw: bytes | None  # the folder's name as bytes when it is not valid UTF-8 (dir_name is escaped)
+    dir_identity: str | None = None  # "device:inode" of the claimed folder: a rename keeps it
 
     @property
     def original_dir_name(self) -> str:
@@ -238,6 +244,10 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
+class StoreUnwritable(TransientError):
+    """The state database refused a write (full disk, I/O error); nothing was recorded."""
+
+
 @dataclass(frozen=True)
 class Event:
     seq: int
@@ -259,6 +269,8 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        #: why the last write failed, while the database cannot be written (None when it can)
+        self.write_problem: str | None = None
         conn = self._conn()
         conn.executescript(_SCHEMA)
         present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
@@ -285,13 +297,41 @@ class Store:
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         conn = conn or self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # A failed COMMIT (SQLITE_FULL) may leave the transaction open, or SQLite may have rolled it
+            # back already; either way the connection must be usable for the next write.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
+                raise self._unwritable(exc) from exc
             raise
-        conn.execute("COMMIT")
+        if self.write_problem is not None:
+            self.write_problem = None
+            logger.info("the state database {} accepts writes again; jobs resume", self.path)
+
+    def _unwritable(self, exc: sqlite3.Error) -> StoreUnwritable:
+        problem = (f"cannot write the state database {self.path} ({exc}); free space on the filesystem holding "
+                   f"{self.path.parent}. Every job waits, unchanged, until syncd can record its progress")
+        if self.write_problem is None:
+            logger.error("{}", problem)
+        self.write_problem = problem
+        return StoreUnwritable(problem)
+
+    def check_writable(self) -> bool:
+        """Try one small write; True (and ``write_problem`` cleared) when the database accepts it."""
+        try:
+            with self._write() as conn:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('write_check', ?)", (str(time.time()),))
+        except StoreUnwritable:
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -315,6 +355,11 @@ class Store:
             conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", _storable_values(values))
             self._event(conn, values["id"], None, values["state"], f"found job directory '{values['dir_name']}'")
         return self.get(values["id"])
+
+    def unfinished_with_folder(self, identity: str) -> Job | None:
+        """The job not yet finished whose claimed folder has ``identity`` (device:inode), if any."""
+        rows = self._select("dir_identity = ? AND finished = 0", (identity,))
+        return rows[0] if rows else None
 
     def get(self, job_id: str) -> Job:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -14,11 +14,27 @@ from pathlib import Path
 from typing import Sequence
 
 from syncd.backends.base import JobLogs, OutputFile
-from syncd.errors import PermanentError
+from syncd.errors import InputError
 from syncd.manifest import InputFile, glob_to_regex, match_any
 from syncd.storage.file import copy_verified, os_error
 
 INPUTS_SNAPSHOT = "inputs.json"
+
+
+def _input_stat(item: InputFile) -> os.stat_result:
+    return _check_input(item, os.stat, item.source)
+
+
+def _check_input(item: InputFile, func, *args):
+    """Run ``func``; an input that vanished or cannot be read is the user's to fix (InputError)."""
+    try:
+        return func(*args)
+    except OSError as exc:
+        if exc.filename != str(item.source) or not isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        why = ("disappeared from the job folder while it was being staged; put it back" if
+               isinstance(exc, FileNotFoundError) else "cannot be read by the user syncd runs as; make it readable")
+        raise InputError([f"{item.relpath}: {why}"]) from exc
 
 
 class WorkFolder:
@@ -36,7 +52,7 @@ class WorkFolder:
             for item in inputs:
                 dest = self.work / item.relpath
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                src_st = item.source.stat()
+                src_st = _input_stat(item)
                 try:
                     dst_st = dest.stat()
                     done = dst_st.st_size == src_st.st_size and dst_st.st_mtime_ns == src_st.st_mtime_ns
@@ -44,9 +60,12 @@ class WorkFolder:
                     done = False
                 if not done:
                     tmp = dest.with_name(f".{dest.name}.syncd-part")
-                    copy_verified(item.source, tmp)
-                    os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
-                    os.replace(tmp, dest)
+                    try:
+                        _check_input(item, copy_verified, item.source, tmp)
+                        os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+                        os.replace(tmp, dest)
+                    finally:
+                        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our partial copy
                 st = dest.stat()
                 snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
             self.write_json(INPUTS_SNAPSHOT, snapshot)
@@ -55,8 +74,6 @@ class WorkFolder:
                     os.chmod(dirpath, mode | 0o111)
                     for name in filenames:
                         os.chmod(os.path.join(dirpath, name), mode)
-        except FileNotFoundError as exc:
-            raise PermanentError(f"staging input {exc.filename}: it disappeared from the claimed job") from exc
         except OSError as exc:
             raise os_error(exc, f"staging into {self.work}") from exc
 

@@ -49,7 +49,8 @@ def copy_verified(source: Path, dest: Path) -> str:
 def os_error(exc: OSError, what: str) -> Exception:
     """Classify an OSError: full disk and I/O hiccups are transient, the rest permanent."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransientError(f"{what}: no space left on the device; free some space and syncd will resume")
+        return TransientError(f"{what}: no space left on the device; free space on that filesystem and syncd "
+                              f"resumes by itself")
     if exc.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY, errno.ENOTCONN):
         return TransientError(f"{what}: {exc.strerror}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -154,7 +155,7 @@ class FileStorage(Storage):
 
     def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
         source = self._path(bucket, key)
-        what = f"fetching {self.name}:{bucket}/{key}"
+        what = f"fetching {self.name}:{bucket}/{key} into {dest}"
         try:
             before = source.stat()
             copy_verified(source, dest)

@@ -12,13 +12,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
 
 from tests.support.harness import SYNCD, SyncdProcess, drop_job, wait_for
+from tests.support.harness import http_get as _get, http_port as _http_port
 
 pytestmark = pytest.mark.e2e
 
@@ -45,20 +45,6 @@ class NotifySocket:
 
     def count(self, text):
         return sum(text in m for m in self.drain())
-
-
-def _http_port(daemon):
-    match = wait_for(lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()), timeout=10,
-                     what="the http endpoint")
-    return int(match.group(1))
-
-
-def _get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _edit_config(path, change):

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.support.chaos import kill_at_each_point_then_finish
 from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
 from tests.support.slurm import MIN_JOB_AGE
 
@@ -134,3 +135,12 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(slurm_site,
         daemon.stop()
     assert result["state"] == "succeeded"
     assert "accepts the credentials again" in daemon.log()
+
+
+@pytest.mark.slow
+def test_run_kill_9_at_every_slurm_phase_then_restart_runs_every_job_exactly_once(slurm_site):
+    """The points where Slurm holds state syncd has not recorded yet, or the reverse."""
+    points = ["after:submitting", "submitted-unrecorded", "after:submitted", "after:running",
+              "delivered-unrecorded", "archived-unrecorded"]
+    kills = kill_at_each_point_then_finish(slurm_site(), points, per_life=1)
+    assert len(kills) == len(points) + 1, kills

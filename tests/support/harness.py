@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -78,6 +81,21 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def http_port(daemon: "SyncdProcess") -> int:
+    """The port a daemon started with ``http.listen: 127.0.0.1:0`` chose (read from its log)."""
+    match = wait_for(lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()), timeout=10,
+                     what="the http endpoint")
+    return int(match.group(1))
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def read_result(outbox_job: Path) -> dict:
     return json.loads((outbox_job / "syncd-result.json").read_text())
 
@@ -85,8 +103,10 @@ def read_result(outbox_job: Path) -> dict:
 class SyncdProcess:
     """``syncd run -c CONFIG`` as a real child process, with its log kept for assertions."""
 
-    def __init__(self, config: Path, *args: str, env: dict | None = None):
+    def __init__(self, config: Path, *args: str, env: dict | None = None, user: str | None = None):
         self.config = config
+        #: run the daemon as this (unprivileged) user; the tests run as root, and root reads every file
+        self.user = user
         self.root = config.parent
         self.args = args
         self.env = {**os.environ, **(env or {})}
@@ -104,7 +124,10 @@ class SyncdProcess:
     def start(self, wait: bool = True) -> "SyncdProcess":
         """Start ``syncd run``; with ``wait``, return once it logged that it is ready."""
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*SYNCD, "run", "-c", str(self.config), "--log-format", "text", *self.args],
+        as_user = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] \
+            if self.user else []
+        self.proc = subprocess.Popen([*as_user, *SYNCD, "run", "-c", str(self.config), "--log-format", "text",
+                                      *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         if not wait:
             return self

@@ -40,7 +40,7 @@ def test_code_from_body_reads_the_xml_code():
 
 def test_classify_full_disk_is_transient_with_the_fix():
     error = classify(OSError(errno.ENOSPC, "No space left on device"), "writing /outbox/x", "e")
-    assert isinstance(error, TransientError) and "free some space" in str(error)
+    assert isinstance(error, TransientError) and "free space on that filesystem" in str(error)
 
 
 def test_classify_connection_reset_is_transient():

@@ -59,8 +59,8 @@ def effective_capabilities() -> int:
 
 def missing_privileges(user: JobUser) -> str | None:
     """Why this process cannot run jobs as ``user``, or None if it can."""
-    me = pwd.getpwuid(os.geteuid()).pw_name if _known_uid(os.geteuid()) else str(os.geteuid())
     if os.geteuid() != 0:
+        me = _user_name(os.geteuid())
         return (f"run_as: {user.name} needs the daemon to run as root, with CAP_SETUID, CAP_SETGID, CAP_CHOWN "
                 f"and CAP_KILL; it runs as {me} (uid {os.geteuid()}). Start syncd as root (`syncd units` "
                 f"renders such a unit when a local backend uses run_as), or remove run_as to run jobs as {me}. "
@@ -74,12 +74,11 @@ def missing_privileges(user: JobUser) -> str | None:
     return None
 
 
-def _known_uid(uid: int) -> bool:
+def _user_name(uid: int) -> str:
     try:
-        pwd.getpwuid(uid)
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return False
-    return True
+        return str(uid)
 
 
 def unreachable_by(path: Path, user: JobUser) -> str | None:

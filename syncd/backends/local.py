@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import json
 import os
-import grp
 import pwd
 import subprocess
 import sys
@@ -34,8 +34,8 @@ from syncd.backends.job_user import JobUser, hand_over, missing_privileges, take
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
-from syncd.storage.file import os_error
 from syncd.manifest import InputFile
+from syncd.storage.file import os_error
 
 # Variables passed through from the daemon; everything else (credentials!) stays out.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")

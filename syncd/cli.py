@@ -359,7 +359,10 @@ def units(config_path: Path, user: str | None, output: Path | None) -> None:
     from syncd.service_units import render_units
 
     config = _load(config_path)
-    rendered = render_units(config, user=user, syncd_path=_syncd_executable())
+    try:
+        rendered = render_units(config, user=user, syncd_path=_syncd_executable())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if output is None:
         click.echo(rendered["syncd.service"], nl=False)
         return

@@ -168,6 +168,11 @@ class Config(StrictModel):
     def db_path(self) -> Path:
         return self.state_dir / "syncd.db"
 
+    @property
+    def run_as_users(self) -> set[str]:
+        """Users that backends run jobs as instead of the daemon's own (``run_as`` of the local backend)."""
+        return {opts.run_as for opts in self.backend_options.values() if getattr(opts, "run_as", None)}
+
     def inbox(self, name: str) -> InboxConfig:
         for inbox in self.inboxes:
             if inbox.name == name:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -100,6 +101,13 @@ class Daemon:
         handle.flush()
         self._lock_file = handle
 
+    def _warn_if_jobs_can_read_the_config(self) -> None:
+        source, users = self.config.source, self.config.run_as_users
+        if users and source is not None and source.stat().st_mode & 0o044:
+            logger.warning("the config {} is readable by other users (mode {:04o}), so jobs running as {} can read "
+                           "it; chmod 600 {}", source, stat.S_IMODE(source.stat().st_mode), ", ".join(sorted(users)),
+                           source)
+
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self._reload.set()
 
@@ -171,6 +179,7 @@ class Daemon:
         # Nothing syncd creates is ever world-writable, whatever umask it was started with.
         os.umask(os.umask(0) | 0o002)
         self._take_lock()
+        self._warn_if_jobs_can_read_the_config()
         self.store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
         self.engine = Engine(self.config, self.store, backends, storages, metrics=self.metrics,

@@ -5,29 +5,37 @@ inputs; the job's working directory) and ``ctrl/`` (spec, logs, status). The
 command is run by a detached runner (:mod:`syncd.backends.local_runner`) in its
 own session, so it outlives a daemon crash; the daemon re-attaches by reading
 ``ctrl/`` and never starts an attempt twice.
+
+With ``run_as``, the runner stays root and only the job's process switches to that user:
+``work/`` is handed to the user just before the job starts and taken back before its outputs are
+read, while ``ctrl/`` (exit status, liveness lock, cancel flag) stays the daemon's, 0700.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from syncd.backends.base import (
     Backend, JobLogs, JobSpec, OutputFile, RemoteRef, RemoteState, RemoteStatus,
 )
-from syncd.config import BackendOptions
-from syncd.errors import PermanentError, TransientError
+from syncd.backends.job_user import JobUser, hand_over, missing_privileges, take_back, unreachable_by
 from syncd.backends.workdir import WorkFolder
+from syncd.config import BackendOptions, ConfigPath
+from syncd.errors import PermanentError, TransientError
 from syncd.manifest import InputFile
+from syncd.storage.file import os_error
 
 # Variables passed through from the daemon; everything else (credentials!) stays out.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -36,6 +44,43 @@ PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME
 class LocalOptions(BackendOptions):
     max_parallel: int = Field(2, gt=0, description="jobs running at once on this host")
     keep_workdir: bool = Field(False, description="keep each job's work folder after its results are delivered")
+    run_as: str | None = Field(None, description="run every job as this user (its uid, primary group and "
+                                                 "supplementary groups); the daemon must run as root")
+    run_as_group: str | None = Field(None, description="primary group of run_as jobs (default: the user's own)")
+    workdir_root: ConfigPath | None = Field(
+        None, description="where the work folders go (default: <state_dir>/backends/<name>); required with run_as: "
+                          "a folder outside state_dir that the run_as user can reach")
+
+    @field_validator("run_as")
+    @classmethod
+    def _user_exists(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                raise ValueError(f"no user named '{name}' on this host; create it (e.g. "
+                                 f"useradd --system --no-create-home {name}) or fix the name") from None
+        return name
+
+    @field_validator("run_as_group")
+    @classmethod
+    def _group_exists(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                raise ValueError(f"no group named '{name}' on this host; create it (groupadd {name}) "
+                                 f"or fix the name") from None
+        return name
+
+    @model_validator(mode="after")
+    def _run_as_has_a_reachable_workdir(self) -> "LocalOptions":
+        if self.run_as_group is not None and self.run_as is None:
+            raise ValueError("run_as_group needs run_as (the user jobs run as)")
+        if self.run_as is not None and self.workdir_root is None:
+            raise ValueError(f"run_as needs workdir_root: a folder outside state_dir (which only the daemon may "
+                             f"enter) that {self.run_as} can reach, e.g. /var/lib/syncd-work")
+        return self
 
 
 class LocalBackend(Backend):
@@ -44,11 +89,39 @@ class LocalBackend(Backend):
     supported_resources = frozenset()
     remote_service = False
 
+    def __init__(self, name: str, options: LocalOptions, work_root: Path):
+        super().__init__(name, options, options.workdir_root or work_root)
+        self.job_user: JobUser | None = None
+        if options.run_as is not None:
+            user = JobUser.lookup(options.run_as, options.run_as_group)
+            if (user.uid, user.gid) != (os.geteuid(), os.getegid()):
+                self.job_user = user
+
+    def probe(self) -> None:
+        if self.job_user is not None:
+            self._check_job_user()
+
+    def _check_job_user(self) -> None:
+        """Never fall back to running a job as the daemon's user: jobs wait until this passes."""
+        problem = missing_privileges(self.job_user)
+        if problem is None and (blocked := unreachable_by(self.work_root, self.job_user)):
+            problem = (f"run_as: {self.job_user.name} cannot reach the work folders under {self.work_root}: "
+                       f"{blocked} is closed to it; choose a workdir_root outside state_dir whose parent "
+                       f"folders others may pass through (o+x)")
+        if problem is not None:
+            raise TransientError(problem)
+
     def _dir(self, key: str) -> Path:
         return self.work_root / key
 
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
-        WorkFolder(self.work_root, spec.submit_key).stage(inputs)
+        if self.job_user is not None and not self.work_root.exists():
+            self.work_root.mkdir(parents=True, mode=0o711, exist_ok=True)
+            os.chmod(self.work_root, 0o711)  # the job user passes through to its own folder, lists nothing
+        folder = WorkFolder(self.work_root, spec.submit_key)
+        folder.stage(inputs)
+        if self.job_user is not None:
+            os.chmod(folder.ctrl, 0o700)
 
     # -- submit / find -------------------------------------------------------
     def submit(self, spec: JobSpec) -> RemoteRef:
@@ -60,11 +133,21 @@ class LocalBackend(Backend):
             return self._ref(spec.submit_key)
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        runner_spec: dict = {"timeout": spec.timeout}
+        if self.job_user is not None:
+            self._check_job_user()
+            env.update(self.job_user.environment())
+            runner_spec["user"] = {"uid": self.job_user.uid, "gid": self.job_user.gid,
+                                   "groups": list(self.job_user.groups)}
+            try:
+                hand_over(attempt / "work", self.job_user)
+            except OSError as exc:
+                raise os_error(exc, f"handing the work folder of {spec.name} to {self.job_user.name}") from exc
         env.update(spec.env)
         env.update(SYNCD_JOB_ID=spec.job_id, SYNCD_JOB_NAME=spec.name, SYNCD_ATTEMPT=str(spec.attempt))
-        command = spec.command if isinstance(spec.command, str) else list(spec.command)
+        runner_spec.update(command=spec.command if isinstance(spec.command, str) else list(spec.command), env=env)
         tmp = ctrl / "spec.json.tmp"
-        tmp.write_text(json.dumps({"command": command, "env": env, "timeout": spec.timeout}))
+        tmp.write_text(json.dumps(runner_spec))
         os.replace(tmp, ctrl / "spec.json")
         try:
             with open(ctrl / "runner.log", "ab") as runner_log:
@@ -147,9 +230,23 @@ class LocalBackend(Backend):
     def logs(self, ref: RemoteRef) -> JobLogs:
         return WorkFolder(self.work_root, ref.remote_id).logs()
 
+    def _take_back(self, folder: WorkFolder) -> None:
+        """Make the job user's files the daemon's before reading or removing them (see job_user)."""
+        if self.job_user is not None and folder.work.exists():
+            try:
+                take_back(folder.work, self.job_user)
+            except OSError as exc:
+                raise os_error(exc, f"taking back {folder.work} from {self.job_user.name}") from exc
+
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
-        return WorkFolder(self.work_root, ref.remote_id).outputs(spec.outputs)
+        folder = WorkFolder(self.work_root, ref.remote_id)
+        if self.job_user is None:
+            return folder.outputs(spec.outputs)
+        self._take_back(folder)
+        return folder.outputs(spec.outputs, owner=os.geteuid())
 
     def cleanup(self, ref: RemoteRef) -> None:
         if not self.options.keep_workdir:
-            WorkFolder(self.work_root, ref.remote_id).remove()
+            folder = WorkFolder(self.work_root, ref.remote_id)
+            self._take_back(folder)
+            folder.remove()

@@ -7,6 +7,11 @@ runner from a dead one without trusting pids), claims ``ctrl/claim`` exclusively
 (so a second runner for the same attempt exits at once), runs the command in
 its own process group, enforces the timeout, obeys ``ctrl/cancel``, and writes
 ``ctrl/status.json`` atomically at the end.
+
+When the spec names a user, only the job's process takes that user's ids (and enters ``work/`` as
+that user, so the folder is reachable by its absolute path); the runner keeps the daemon's
+privileges, so the job can neither write the control files nor signal the runner, and the runner
+can still kill the job's whole process group.
 """
 
 from __future__ import annotations
@@ -55,6 +60,16 @@ def _stop(child: subprocess.Popen) -> int:
         return child.wait()
 
 
+def _identity(spec: dict, work: Path) -> dict:
+    """Popen arguments that start the command in ``work``, as the spec's user if it names one."""
+    user = spec.get("user")
+    if user is None:
+        return {"cwd": work}
+    # The child changes directory after it has become the user (the runner is single-threaded).
+    return {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"],
+            "preexec_fn": lambda: os.chdir(work)}
+
+
 def run(attempt_dir: Path) -> int:
     ctrl = attempt_dir / "ctrl"
     spec = json.loads((ctrl / "spec.json").read_text())
@@ -74,11 +89,13 @@ def run(attempt_dir: Path) -> int:
     try:
         with open(ctrl / "stdout.txt", "ab") as out, open(ctrl / "stderr.txt", "ab") as err:
             child = subprocess.Popen(
-                command, cwd=attempt_dir / "work", env=spec["env"], stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
+                command, env=spec["env"], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, **_identity(spec, attempt_dir / "work"),
             )
-    except OSError as exc:
-        status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {exc.strerror or exc}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = (f"the job's user could not enter {attempt_dir / 'work'}" if isinstance(exc, subprocess.SubprocessError)
+               else exc.strerror or str(exc))
+        status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {why}")
         with open(ctrl / "stderr.txt", "a") as err:
             err.write(f"syncd: {status['error']}\n")
         _write_json(ctrl / "status.json", status)

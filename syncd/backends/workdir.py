@@ -93,23 +93,32 @@ class WorkFolder:
         os.replace(tmp, self.ctrl / name)
         return self.ctrl / name
 
-    def outputs(self, patterns: Sequence[str] | None) -> list[OutputFile]:
+    def outputs(self, patterns: Sequence[str] | None, owner: int | None = None) -> list[OutputFile]:
         """Files to deliver: those matching ``patterns``, or (without patterns) every file the job
-        created or changed. Links and special files are never delivered: they could point anywhere."""
+        created or changed. Links and special files are never delivered: they could point anywhere.
+
+        With ``owner`` (a job that ran as another user, its folder since taken back), only files of
+        that owner with a single link, in folders of that owner, are delivered."""
         try:
             inputs = json.loads((self.ctrl / INPUTS_SNAPSHOT).read_text())
         except FileNotFoundError:
             inputs = {}
         regexes = [glob_to_regex(p) for p in patterns] if patterns is not None else None
-        found = []
+        found: list[OutputFile] = []
+        if owner is not None and self.work.lstat().st_uid != owner:
+            return found
         for dirpath, dirnames, filenames in os.walk(self.work, followlinks=False):
-            dirnames.sort()
             here = Path(dirpath)
+            if owner is not None:
+                dirnames[:] = [d for d in dirnames if (here / d).lstat().st_uid == owner]
+            dirnames.sort()
             for name in sorted(filenames):
                 path = here / name
                 rel = path.relative_to(self.work).as_posix()
                 st = path.lstat()
                 if not os.path.stat.S_ISREG(st.st_mode):
+                    continue
+                if owner is not None and (st.st_uid != owner or st.st_nlink != 1):
                     continue
                 if regexes is not None:
                     if not match_any(rel, regexes):

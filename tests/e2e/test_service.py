@@ -93,6 +93,7 @@ def test_units_render_for_a_config_and_pass_systemd_analyze_verify(site, tmp_pat
     service = (out / "syncd.service").read_text()
     assert f"-c {site}" in service and "Type=notify" in service and "WatchdogSec=" in service
     assert str(site.parent / "inbox") in service.split("ReadWritePaths=")[1].splitlines()[0]
+    assert "\nCapabilityBoundingSet=\n" in service, "no capabilities unless a local backend uses run_as"
     (out / "syncd@lab.service").write_text((out / "syncd@.service").read_text())
     for unit in ("syncd.service", "syncd@lab.service"):
         verify = subprocess.run(["systemd-analyze", "verify", str(out / unit)], capture_output=True, text=True)

@@ -169,7 +169,7 @@ class Engine:
         for job in self.store.jobs([CLAIMING]):
             if Path(job.spool_path).exists():
                 self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed after a restart")
-            else:
+            elif _spool_reachable(job):  # the rename never happened; while the share is away, nobody knows
                 self.store.delete_unclaimed(job.id)
 
     def stop(self, timeout: float) -> bool:
@@ -339,6 +339,11 @@ class Engine:
         if step is None:
             return False
         if job.state in (CLAIMED, STAGING) and not Path(job.spool_path).exists():
+            if not _spool_reachable(job):
+                self._transient(job, TransientError(
+                    f"the inbox filesystem that holds {job.spool_path} is not reachable (an unmounted share?); "
+                    f"the job waits until it is back"))
+                return False
             self._hold(job, f"its claimed folder {job.spool_path} was moved or removed before the job was "
                             f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
                             f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'")
@@ -791,6 +796,16 @@ class Engine:
 
 def _with(job: Job, **changes: Any) -> Job:
     return replace(job, **changes)
+
+
+def _spool_reachable(job: Job) -> bool:
+    """Whether the filesystem the job was claimed on is the one mounted now (False while a share is away:
+    its mount point is then missing, or an empty folder on another device)."""
+    try:
+        device = Path(job.spool_path).parent.stat().st_dev
+    except OSError:
+        return False
+    return job.dir_identity is None or device == int(job.dir_identity.split(":", 1)[0])
 
 
 def _any(iterable) -> bool:

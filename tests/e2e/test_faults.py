@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_job, wait_for
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -322,3 +322,51 @@ def test_claimed_folder_renamed_before_submission_holds_the_job_until_it_comes_b
     finally:
         daemon.stop()
     assert runs.read_text() == "run\n"
+
+
+# -- 5. the inbox's share goes away and comes back ------------------------------------------------------
+def test_inbox_share_unmounted_and_back_makes_jobs_wait_never_held_or_rejected(config_factory, tiny_fs, tmp_path):
+    """Promises 1, 4: the inbox is a mount (a bind mount standing in for an SMB/NFS share). While a job
+    waits in staging (its work folder is full) the share is unmounted, leaving the empty mount point,
+    so the job's claimed folder is gone; the job waits, is not held or rejected, and runs once when the
+    share is back."""
+    site = config_factory()
+    share = tmp_path / "share"
+    share.mkdir()
+    inbox = site.parent / "inbox"
+    subprocess.run(["mount", "--bind", str(share), str(inbox)], check=True)
+    mounted = True
+    work = tiny_fs(site.parent / ".state" / "backends", "2m")
+    runs = tmp_path / "runs.txt"
+    daemon = SyncdProcess(site).start()
+    try:
+        # Built inside the mount and renamed in (a rename cannot cross into a bind mount).
+        built = make_job(inbox / ".incoming", "on-share",
+                         {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
+                         {"data.bin": os.urandom(3 * MiB)})
+        os.rename(built, inbox / "on-share")
+        (inbox / ".incoming").rmdir()
+        job = wait_for(lambda: (j := _job(daemon, "on-share")) and j["error"] and "no space" in j["error"] and j,
+                       what="the job to wait in staging")
+        subprocess.run(["umount", str(inbox)], check=True)
+        mounted = False
+        assert not (inbox / ".syncd").exists(), "the mount point is empty: the share is away"
+        waiting = wait_for(lambda: (j := _job(daemon, "on-share")) and "not reachable" in (j["error"] or "") and j,
+                           what="the job to notice the share is away")
+        assert waiting["state"] == "staging", waiting
+        _resize(work, "64m")  # staging could go on now, but the inputs are on the share
+        wait_for(lambda: daemon.log().count("not reachable") >= 2, what="a second attempt while the share is away")
+        assert _job(daemon, "on-share")["state"] == "staging"
+        subprocess.run(["mount", "--bind", str(share), str(inbox)], check=True)
+        mounted = True
+        result = daemon.result("on-share")
+    finally:
+        daemon.stop()
+        if mounted:
+            subprocess.run(["umount", str(inbox)], check=True)
+    assert result["state"] == "succeeded" and result["id"] == job["id"]
+    assert (daemon.outbox / "results" / "on-share" / "size.txt").read_text().strip() == str(3 * MiB)
+    assert runs.read_text() == "run\n"
+    events = json.loads(daemon.cli("status", job["id"], "--json").stdout)[0]
+    assert not any(e["to"] in ("held", "rejected") for e in events["events"]), events["events"]
+    assert (share / ".syncd" / "done" / job["id"] / "data.bin").stat().st_size == 3 * MiB, "the user's files kept"

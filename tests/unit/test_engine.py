@@ -201,3 +201,23 @@ def test_engine_start_clears_scratch_folders_a_killed_collect_left(world):
     (engine.tmp_dir / "part").write_text("x")
     engine.prepare()
     assert list(engine.tmp_dir.iterdir()) == []
+
+
+def test_engine_inbox_renamed_away_and_back_makes_a_claimed_job_wait_not_rejected(world):
+    engine, service, drop = world
+    job_id = drop("on-share", {"command": "echo ok > out.txt"})
+    inbox = engine.config.inboxes[0].path
+    away = inbox.with_name("inbox-away")
+    inbox.rename(away)  # the share is gone: the claimed folder with it
+    try:
+        for _ in range(10):
+            engine.pump()
+            time.sleep(0.05)
+        job = engine.store.get(job_id)
+        assert job.state == "claimed" and "not reachable" in job.error, job
+        assert all(e.to_state not in ("held", "rejected") for e in engine.store.events(job_id))
+    finally:
+        away.rename(inbox)
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded"
+    assert len(service.jobs) == 1

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import time
 
 import pytest
 
-from tests.support.harness import SyncdProcess, drop_job, read_result, wait_for
+from tests.support.chaos import assert_each_ran_once
+from tests.support.harness import SyncdProcess, drop_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,15 +44,7 @@ def test_run_survives_repeated_kill_9_with_every_job_run_exactly_once(config_fac
     finally:
         assert daemon.stop() == 0
 
-    runs = ledger.read_text().split()
-    assert sorted(runs) == sorted(names), f"each job must run exactly once; ran: {sorted(runs)}"
-    outbox = root / "outbox" / "results"
-    assert sorted(p.name for p in outbox.iterdir()) == sorted(names), "no job delivered twice or to a second folder"
-    for name, result in results.items():
-        assert result["state"] == "succeeded", result
-        assert (outbox / name / "out.txt").read_text() == f"{name}\n"
-        assert read_result(outbox / name)["id"] == result["id"]
-    assert not list((root / "outbox" / ".syncd-tmp").glob("*")), "no partial file left behind"
+    assert_each_ran_once(root, names, results, ledger)
     assert [p.name for p in (root / "inbox").iterdir()] == [".syncd"]
     with sqlite3.connect(root / ".state" / "syncd.db") as db:
         states = db.execute("SELECT name, state, finished FROM jobs").fetchall()

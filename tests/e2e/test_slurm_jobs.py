@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.support.chaos import kill_at_each_point_then_finish
-from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, wait_for
 from tests.support.slurm import MIN_JOB_AGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 
 def _readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    code, body = http_get(port, "/readyz")
+    return code, json.loads(body)
 
 
 @pytest.fixture
@@ -125,7 +119,7 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(slurm_site,
         # The pre-flight probe (or the submit itself) met the refusal: the job waits before submission.
         assert state in ("staged", "submitting"), f"the job waits; it is neither failed nor held ({state})"
         assert "paused" in daemon.cli("status").stdout
-        port = int(re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()).group(1))
+        port = http_port(daemon)
         code, body = _readyz(port)
         assert code == 503 and "credentials refused" in body["problems"]["backend slurm"]
         token.write_text(slurm_cluster.run(*slurm_cluster.token_command()).strip())

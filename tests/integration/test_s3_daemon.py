@@ -4,15 +4,12 @@ and standing mirrors keep bucket prefixes mirrored on a schedule."""
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.integration.conftest import bucket_contents, tree
-from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, wait_for
 
 pytestmark = [pytest.mark.s3, pytest.mark.e2e]
 
@@ -83,11 +80,8 @@ def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweed
 
 
 def _readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    code, body = http_get(port, "/readyz")
+    return code, json.loads(body)
 
 
 @pytest.mark.parametrize("status", [503, 500])
@@ -102,7 +96,7 @@ def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactl
     config = make_config(tmp_path / "site", storage="s3", bucket=bucket, max_parallel=6,
                          extra={"storages": storages, "retry": {"initial": "0.5s", "max": "2s", "budget": "1h"}})
     daemon = SyncdProcess(config).start()
-    port = int(re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()).group(1))
+    port = http_port(daemon)
     names = [f"job-{i:02d}" for i in range(10)]
     try:
         proxy.faults.answer = status

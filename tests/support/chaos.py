@@ -61,21 +61,28 @@ def kill_at_each_point_then_finish(site: Path, points: list[str], *, per_life: i
     finally:
         assert daemon.stop() == 0
 
+    assert_each_ran_once(root, names, results, ledger)
+    outbox = root / "outbox" / "results"
+    for name, result in results.items():
+        folder = outbox / name
+        assert (folder / "big.bin").stat().st_size == BIG
+        done = root / "inbox" / ".syncd" / "done" / result["id"]
+        assert (done / "in.txt").read_text() == f"input of {name}\n", "the user's files are kept"
+    with sqlite3.connect(root / ".state" / "syncd.db") as db:
+        states = db.execute("SELECT name, state, finished, attempts FROM jobs").fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert sorted(states) == sorted((n, "succeeded", 1, 1) for n in names)
+    return kills
+
+
+def assert_each_ran_once(root: Path, names: list[str], results: dict[str, dict], ledger: Path) -> None:
+    """Every job appended its name to ``ledger`` once, succeeded, and was delivered once, complete."""
     runs = ledger.read_text().split()
     assert sorted(runs) == sorted(names), f"each job runs exactly once; ran: {sorted(runs)}"
     outbox = root / "outbox" / "results"
     assert sorted(p.name for p in outbox.iterdir()) == sorted(names), "no job delivered twice or to a 2nd folder"
     for name, result in results.items():
         assert result["state"] == "succeeded", result
-        folder = outbox / name
-        assert (folder / "out.txt").read_text() == f"{name}\n"
-        assert (folder / "big.bin").stat().st_size == BIG
-        assert read_result(folder)["id"] == result["id"]
-        done = root / "inbox" / ".syncd" / "done" / result["id"]
-        assert (done / "in.txt").read_text() == f"input of {name}\n", "the user's files are kept"
+        assert (outbox / name / "out.txt").read_text() == f"{name}\n"
+        assert read_result(outbox / name)["id"] == result["id"]
     assert not list((root / "outbox" / ".syncd-tmp").glob("*")), "no partial file left behind"
-    with sqlite3.connect(root / ".state" / "syncd.db") as db:
-        states = db.execute("SELECT name, state, finished, attempts FROM jobs").fetchall()
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert sorted(states) == sorted((n, "succeeded", 1, 1) for n in names)
-    return kills

@@ -306,6 +306,7 @@ class S3Storage(Storage):
         part = self.options.part_size
         ranges = [(start, min(start + part, expected.size) - 1) for start in range(0, expected.size, part)]
         headers_seen: list[dict] = []
+        write_lock = threading.Lock()
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, expected.size)
@@ -317,10 +318,7 @@ class S3Storage(Storage):
                 try:
                     if first == 0:
                         headers_seen.append(dict(response.headers))
-                    offset = first
-                    for chunk in _chunks(response):
-                        os.pwrite(fd, chunk, offset)
-                        offset += len(chunk)
+                    offset = first + response.write_to(fd, first, write_lock)
                 finally:
                     response.release_conn()
                 if offset != last + 1:

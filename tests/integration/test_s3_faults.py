@@ -35,6 +35,22 @@ def test_transfers_complete_and_verify_through_connection_resets(seaweedfs, buck
     storage.close()
 
 
+def test_large_object_verifies_after_resets_in_the_middle_of_a_part(seaweedfs, bucket, store, tmp_path, proxy_for):
+    # Resets after 3 MiB of a response fall past the client's read buffer, inside the part's
+    # socket → file transfer (splice(2) on Linux); the part is fetched again and the file verifies.
+    objects = {"job/large.bin": os.urandom(20 * 1024 * 1024 + 777)}
+    upload(seaweedfs, bucket, objects)
+    proxy = proxy_for(seaweedfs)
+    proxy.faults.reset_every, proxy.faults.reset_after, proxy.faults.max_resets = 2, 3 * 1024 * 1024, 3
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint, part_size="8MiB", part_workers=3)
+    report = mirror_into(store, storage, bucket, "job/", tmp_path / "out", attempts=10)
+    assert report.failed == []
+    assert proxy.resets > 0, "the proxy must have reset connections for this test to mean anything"
+    assert tree(tmp_path / "out") == {"large.bin": objects["job/large.bin"]}
+    assert not list((tmp_path / "out" / TMP_DIR).glob("*.part"))
+    storage.close()
+
+
 def sync_config(root, server, endpoint: str):
     options = server.storage_options(endpoint_url=endpoint, transfer_workers=4)
     return make_config(root, extra={"storages": {"local": {"type": "file", "root": "buckets"}, "s3": options}})

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd.config import RetryPolicy
 from syncd.errors import PermanentError, SyncdError, TransientError

@@ -17,7 +17,7 @@ it into the error the engine classifies.
 
 from __future__ import annotations
 
-import errno
+import itertools
 import os
 import threading
 import time
@@ -144,9 +144,11 @@ class Mirror:
         rows: list[tuple[str, int, str, int]] = []
         dirs: set[Path] = set()
         dirs_lock = threading.Lock()
+        made: set[Path] = set()  # folders this run created or found: no mkdir per file
+        names = _TmpNames(tmp_dir)
 
         def fetch(target: Target) -> tuple[str, int, str, int]:
-            row = self._fetch_one(storage, bucket, target, tmp_dir)
+            row = self._fetch_one(storage, bucket, target, names, made)
             with dirs_lock:
                 dirs.add(target.path.parent)
             return row
@@ -180,16 +182,20 @@ class Mirror:
         self.store.record_delivered_many(rows)
         rows.clear()
 
-    def _fetch_one(self, storage: Storage, bucket: str, target: Target, tmp_dir: Path) -> tuple[str, int, str, int]:
+    def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: "_TmpNames",
+                   made: set[Path]) -> tuple[str, int, str, int]:
         what = f"{storage.name}:{bucket}/{target.info.key}"
         for attempt in range(1, self.attempts + 1):
-            tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+            tmp = names.next()
+            placed = False
             try:
                 if target.info.size == 0:
                     tmp.touch()  # nothing to fetch: an empty object's content is known
                 else:
                     storage.fetch(bucket, target.info.key, tmp, target.info)
-                return self._place(tmp, target, what)
+                row = self._place(tmp, target, what, made)
+                placed = True
+                return row
             except TransientError as exc:
                 if attempt == self.attempts:
                     raise
@@ -199,10 +205,11 @@ class Mirror:
             except OSError as exc:
                 raise os_error(exc, f"writing {target.path} (from {what})") from exc
             finally:
-                tmp.unlink(missing_ok=True)
+                if not placed:
+                    tmp.unlink(missing_ok=True)
         raise AssertionError("unreachable")
 
-    def _place(self, tmp: Path, target: Target, what: str) -> tuple[str, int, str, int]:
+    def _place(self, tmp: Path, target: Target, what: str, made: set[Path]) -> tuple[str, int, str, int]:
         dest = target.path
         try:
             if self.fsync:
@@ -212,14 +219,19 @@ class Mirror:
                 finally:
                     os.close(fd)
             os.chmod(tmp, 0o644)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_dir() and not dest.is_symlink():
-                raise IsADirectoryError(errno.EISDIR, "is a folder", str(dest))
-            os.replace(tmp, dest)
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
+            try:
+                os.replace(tmp, dest)  # over a folder: EISDIR, never a merge
+            except FileNotFoundError:
+                if not os.path.exists(tmp):
+                    raise
+                dest.parent.mkdir(parents=True, exist_ok=True)  # the folder went away since this run made it
+                os.replace(tmp, dest)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
-        st = dest.stat()
-        return (str(dest), target.info.size, target.info.etag, st.st_mtime_ns)
+        return (str(dest), target.info.size, target.info.etag, os.stat(dest).st_mtime_ns)
 
     def _make_dir(self, path: Path, bucket: str, key: str, report: MirrorReport) -> None:
         try:
@@ -256,6 +268,18 @@ class Mirror:
                 report.deleted.append(rel)
         if gone:
             self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+
+
+class _TmpNames:
+    """``<tmp_dir>/<pid>-<random>-<n>.part``: unique without a random draw per file; the pid comes first
+    so :func:`remove_dead_parts` can tell a dead writer's leftovers."""
+
+    def __init__(self, tmp_dir: Path):
+        self._stem = f"{tmp_dir}{os.sep}{os.getpid()}-{uuid.uuid4().hex[:12]}-"
+        self._numbers = itertools.count()
+
+    def next(self) -> Path:
+        return Path(f"{self._stem}{next(self._numbers)}.part")  # count() hands out each number once, across threads
 
 
 def remove_dead_parts(tmp_dir: Path) -> None:

@@ -283,3 +283,22 @@ def test_write_json_replaces_atomically(outbox):
     assert json.loads(dest.read_text()) == {"v": 2, "pad": "x" * 10000}
     assert tmp_leftovers(outbox) == []
     assert sorted(p.name for p in dest.parent.iterdir()) == ["syncd-result.json"]
+
+
+def test_mirror_recreates_a_folder_removed_while_it_runs(outbox):
+    # The mirror creates each destination folder once per run; one removed behind its back is made again.
+    class RemovesTheFolder(KeyListStorage):
+        transfer_workers = 1
+
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            if key == "job1/sub/b.txt":
+                import shutil
+
+                shutil.rmtree(outbox.root / "results" / "job1" / "sub")
+            return super().get_file(bucket, key, dest)
+
+    remote = RemovesTheFolder({"job1/sub/a.txt": b"a", "job1/sub/b.txt": b"b"})
+    report = outbox.mirror(remote, "results", "job1/")
+    assert report.failed == []
+    assert files_under(outbox.root) == {"results/job1/sub/b.txt": b"b"}
+    assert tmp_leftovers(outbox) == []

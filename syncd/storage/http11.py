@@ -10,6 +10,7 @@ retries; a pooled connection the server has closed is noticed before reuse.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -134,8 +135,8 @@ class Response:
         start = offset
         try:
             # Body bytes that arrived with the headers sit in the reader's buffer: write them first.
-            # read1 returns what is buffered (all of it, as the buffer is no larger than the request)
-            # or, with nothing buffered, does one read; either way the buffer is then empty.
+            # read1(n) returns min(n, buffered) bytes, or with nothing buffered does one read; as the
+            # buffer never holds more than READ_BUFFER bytes, it is empty afterwards.
             if self._left:
                 head = connection.reader.read1(min(self._left, READ_BUFFER))
                 if not head:
@@ -187,6 +188,12 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += written
 
 
+def _copy_from_pipe(pipe: int, fd: int, count: int, offset: int) -> int:
+    data = os.read(pipe, count)
+    pwrite_all(fd, memoryview(data), offset)
+    return len(data)
+
+
 def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) -> int:
     """Move exactly ``count`` bytes from ``sock`` into ``fd`` at ``offset`` through a pipe; return ``count``.
 
@@ -215,7 +222,12 @@ def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) 
             left -= moved
             with lock:
                 while moved:
-                    written = os.splice(pipe_out, fd, moved, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+                    try:
+                        written = os.splice(pipe_out, fd, moved, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        written = _copy_from_pipe(pipe_out, fd, moved, offset)  # a filesystem without splice
                     moved -= written
                     offset += written
         return count

@@ -32,8 +32,8 @@ from pydantic import Field, PositiveInt, SecretStr
 from syncd.config import ConfigPath, Duration, Size, StorageOptions
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.storage.base import ObjectInfo, Storage, check_key
-from syncd.storage.s3_errors import classify
 from syncd.storage.http11 import Headers, pwrite_all
+from syncd.storage.s3_errors import classify
 from syncd.storage.s3_wire import Endpoint, SignedHttp
 
 CHUNK = 1024 * 1024

@@ -6,6 +6,7 @@ write, so the client's reader holds body bytes after parsing the head: they must
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -107,4 +108,27 @@ def test_stalled_body_times_out(splice, tmp_path):
     finally:
         os.close(fd)
     assert connections._idle == []
+    server.join(5)
+
+
+def test_a_filesystem_without_splice_gets_the_bytes_through_a_copy(monkeypatch, tmp_path):
+    if not http11.SPLICE:
+        pytest.skip("splice(2) exists only on Linux")
+    real_splice = os.splice
+    target = tmp_path / "file"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def splice(source, destination, count, *args, **kwargs):
+        if destination == fd:  # as a filesystem without splice support answers
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_splice(source, destination, count, *args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", splice)
+    port, server = serve_once(BODY)
+    try:
+        response = pool(port).request("GET", "/object", {"Host": "test"}, None)
+        assert response.write_to(fd, 0) == len(BODY)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == BODY
     server.join(5)

@@ -22,7 +22,6 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -39,6 +38,7 @@ from syncd.store import Store
 TMP_DIR = ".syncd-tmp"
 RESULT_RECORD = "syncd-result.json"
 INDEX_BATCH = 500
+PROGRESS_INTERVAL = 0.1  # seconds between progress reports while objects arrive
 ProgressHook = Callable[[str, int], None]
 
 
@@ -143,32 +143,62 @@ class Mirror:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[str, int, str, int]] = []
         dirs: set[Path] = set()
-        dirs_lock = threading.Lock()
         made: set[Path] = set()  # folders this run created or found: no mkdir per file
         names = _TmpNames(tmp_dir)
+        # Workers take targets from one list and leave outcomes in another; this thread wakes for a
+        # batch or every PROGRESS_INTERVAL, not once per object (a future and a thread switch each).
+        pending = iter(todo)
+        take = threading.Lock()
+        outcomes: list[tuple[Target, tuple | None, BaseException | None]] = []
+        arrived = threading.Condition()
 
-        def fetch(target: Target) -> tuple[str, int, str, int]:
-            row = self._fetch_one(storage, bucket, target, names, made)
-            with dirs_lock:
-                dirs.add(target.path.parent)
-            return row
-
-        workers = max(1, min(storage.transfer_workers, len(todo)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="syncd-mirror") as pool:
-            futures = {pool.submit(fetch, target): target for target in todo}
-            for future in as_completed(futures):
-                target = futures[future]
+        def work() -> None:
+            while True:
+                with take:
+                    target = next(pending, None)
+                if target is None:
+                    return
                 try:
-                    rows.append(future.result())
-                except SyncdError as exc:
-                    report.failed.append((target.info.key, exc))
+                    outcome = (target, self._fetch_one(storage, bucket, target, names, made), None)
+                except BaseException as exc:  # handed to the main thread: SyncdError is reported, others raised
+                    outcome = (target, None, exc)
+                with arrived:
+                    outcomes.append(outcome)
+                    if len(outcomes) >= INDEX_BATCH:
+                        arrived.notify()
+
+        workers = [threading.Thread(target=work, name=f"syncd-mirror-{n}")
+                   for n in range(max(1, min(storage.transfer_workers, len(todo))))]
+        for worker in workers:
+            worker.start()
+        unexpected: BaseException | None = None
+        handled = 0
+        while handled < len(todo):
+            with arrived:
+                if not outcomes:
+                    arrived.wait(PROGRESS_INTERVAL)
+                batch, outcomes[:] = list(outcomes), []
+            handled += len(batch)
+            for target, row, error in batch:
+                if error is not None:
+                    if isinstance(error, SyncdError):
+                        report.failed.append((target.info.key, error))
+                    else:
+                        unexpected = unexpected or error
                     continue
+                rows.append(row)
+                dirs.add(target.path.parent)
                 report.fetched.append(target.info.key)
                 report.bytes += target.info.size
                 if on_done is not None:
                     on_done(target.info.key, target.info.size)
-                if len(rows) >= INDEX_BATCH:
-                    self._record(rows, dirs)
+            if len(rows) >= INDEX_BATCH:
+                self._record(rows, dirs)
+        for worker in workers:
+            worker.join()
+        if unexpected is not None:
+            self._record(rows, dirs)
+            raise unexpected
         self._record(rows, dirs)
         # The temporary folder stays: removing it while empty would race a concurrent writer that has
         # just created it (another job's collect, a result record being written).

@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 from syncd.errors import PermanentError
+from syncd.mirror import Mirror
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
@@ -302,3 +303,39 @@ def test_mirror_recreates_a_folder_removed_while_it_runs(outbox):
     assert report.failed == []
     assert files_under(outbox.root) == {"results/job1/sub/b.txt": b"b"}
     assert tmp_leftovers(outbox) == []
+
+
+def test_mirror_reports_each_object_and_records_the_index_in_batches(storage, store, tmp_path, monkeypatch):
+    import syncd.mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "INDEX_BATCH", 7)  # several batches while workers still add folders
+    content = {f"job1/d{i % 5}/f{i:03d}.txt": f"{i}".encode() for i in range(60)}
+    put_all(storage, tmp_path, content)
+    done: list[tuple[str, int]] = []
+    report = Mirror(store, fsync=True).run(
+        storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/",
+        check_key=check_outbox_key, on_done=lambda key, size: done.append((key, size)))
+    assert sorted(done) == sorted((key, len(data)) for key, data in content.items())
+    assert sorted(report.fetched) == sorted(content) and report.bytes == sum(map(len, content.values()))
+    again = Mirror(store).run(storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR,
+                              strip="job1/", check_key=check_outbox_key)
+    assert again.fetched == [] and len(again.skipped) == len(content), "every file was in the index"
+
+
+def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store):
+    class Failing(KeyListStorage):
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            if key.endswith("bad"):
+                raise PermanentError("bad object")
+            if key.endswith("bug"):
+                raise ZeroDivisionError("a bug")
+            return super().get_file(bucket, key, dest)
+
+    engine = Mirror(store, attempts=1)
+    run = lambda remote: engine.run(remote, "results", "job1/", tmp_path / "out",  # noqa: E731
+                                    tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key)
+    report = run(Failing({"job1/ok": b"ok", "job1/bad": b"x"}))
+    assert report.fetched == ["job1/ok"] and [key for key, _ in report.failed] == ["job1/bad"]
+    with pytest.raises(ZeroDivisionError):
+        run(Failing({"job1/ok2": b"ok", "job1/bug": b"x"}))
+    assert (tmp_path / "out" / "ok2").read_bytes() == b"ok", "the other objects still landed"

@@ -151,8 +151,12 @@ class Mirror:
         take = threading.Lock()
         outcomes: list[tuple[Target, tuple | None, BaseException | None]] = []
         arrived = threading.Condition()
+        # Workers wait for all to be started: Thread.start() waits until the new thread runs, and with
+        # the first workers already busy, each start cost up to a GIL switch interval (5 ms).
+        go = threading.Event()
 
         def work() -> None:
+            go.wait()
             while True:
                 with take:
                     target = next(pending, None)
@@ -171,6 +175,7 @@ class Mirror:
                    for n in range(max(1, min(storage.transfer_workers, len(todo))))]
         for worker in workers:
             worker.start()
+        go.set()
         unexpected: BaseException | None = None
         handled = 0
         while handled < len(todo):

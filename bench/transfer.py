@@ -15,7 +15,7 @@ command line process, so interpreter start-up and imports are included for all.
 Source objects are uploaded once with plain boto3 (so none of the tools finds its
 own metadata on them). Not part of the test suite.
 
-    .venv/bin/python bench/transfer.py [--runs 3] [--cases big-down,small-down,…] [--json out.json]
+    .venv/bin/python bench/transfer.py [--runs 3] [--cases big-down,small-down,…] [--tools "syncd,rclone sync"] [--json out.json]
 """
 
 from __future__ import annotations

@@ -154,10 +154,11 @@ class Mirror:
         # Workers wait for all to be started: Thread.start() waits until the new thread runs, and with
         # the first workers already busy, each start cost up to a GIL switch interval (5 ms).
         go = threading.Event()
+        stop = threading.Event()  # set when this thread gives up: workers finish what they hold
 
         def work() -> None:
             go.wait()
-            while True:
+            while not stop.is_set():
                 with take:
                     target = next(pending, None)
                 if target is None:
@@ -178,29 +179,32 @@ class Mirror:
         go.set()
         unexpected: BaseException | None = None
         handled = 0
-        while handled < len(todo):
-            with arrived:
-                if not outcomes:
-                    arrived.wait(PROGRESS_INTERVAL)
-                batch, outcomes[:] = list(outcomes), []
-            handled += len(batch)
-            for target, row, error in batch:
-                if error is not None:
-                    if isinstance(error, SyncdError):
-                        report.failed.append((target.info.key, error))
-                    else:
-                        unexpected = unexpected or error
-                    continue
-                rows.append(row)
-                dirs.add(target.path.parent)
-                report.fetched.append(target.info.key)
-                report.bytes += target.info.size
-                if on_done is not None:
-                    on_done(target.info.key, target.info.size)
-            if len(rows) >= INDEX_BATCH:
-                self._record(rows, dirs)
-        for worker in workers:
-            worker.join()
+        try:
+            while handled < len(todo):
+                with arrived:
+                    if not outcomes:
+                        arrived.wait(PROGRESS_INTERVAL)
+                    batch, outcomes[:] = list(outcomes), []
+                handled += len(batch)
+                for target, row, error in batch:
+                    if error is not None:
+                        if isinstance(error, SyncdError):
+                            report.failed.append((target.info.key, error))
+                        else:
+                            unexpected = unexpected or error
+                        continue
+                    rows.append(row)
+                    dirs.add(target.path.parent)
+                    report.fetched.append(target.info.key)
+                    report.bytes += target.info.size
+                    if on_done is not None:
+                        on_done(target.info.key, target.info.size)
+                if len(rows) >= INDEX_BATCH:
+                    self._record(rows, dirs)
+        finally:  # never return (or raise) while a worker may still write into the destination
+            stop.set()
+            for worker in workers:
+                worker.join()
         if unexpected is not None:
             self._record(rows, dirs)
             raise unexpected

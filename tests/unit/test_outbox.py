@@ -339,3 +339,25 @@ def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store):
     with pytest.raises(ZeroDivisionError):
         run(Failing({"job1/ok2": b"ok", "job1/bug": b"x"}))
     assert (tmp_path / "out" / "ok2").read_bytes() == b"ok", "the other objects still landed"
+
+
+def test_mirror_that_fails_itself_returns_only_after_its_workers_stop(store, tmp_path):
+    import threading
+    import time
+
+    class Slow(KeyListStorage):
+        transfer_workers = 4
+
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            time.sleep(0.05)
+            return super().get_file(bucket, key, dest)
+
+    def progress_fails(key: str, size: int) -> None:
+        raise RuntimeError("the progress display broke")
+
+    with pytest.raises(RuntimeError, match="progress display"):
+        Mirror(store).run(Slow({f"job1/f{i:03d}": b"x" for i in range(40)}), "results", "job1/", tmp_path / "out",
+                          tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key,
+                          on_done=progress_fails)
+    assert not [t for t in threading.enumerate() if t.name.startswith("syncd-mirror")], "no worker left writing"
+    assert len(list((tmp_path / "out").glob("f*"))) < 40, "workers stopped taking objects"

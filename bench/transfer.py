@@ -15,12 +15,13 @@ command line process, so interpreter start-up and imports are included for all.
 Source objects are uploaded once with plain boto3 (so none of the tools finds its
 own metadata on them). Not part of the test suite.
 
-    .venv/bin/python bench/transfer.py [--runs 3] [--cases big-down,small-down,…] [--json out.json]
+    .venv/bin/python bench/transfer.py [--runs 3] [--cases big-down,small-down,…] [--tools "syncd,rclone sync"] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -132,13 +133,17 @@ def same_tree(a: Path, b: Path) -> bool:
     return files(a) == files(b)
 
 
-def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path):
+def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path, only: list[str] | None = None):
     results: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
     cpu: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
     out = tools.work / "out"
+    names = [t for t in tools.commands("x", out, True) if only is None or t in only]
     for case in cases:
         for run in range(runs):
-            for tool in tools.commands("x", out, True):  # interleave tools: drift hits all alike
+            # Interleave tools (drift hits all alike) and rotate who goes first each round, so no tool
+            # always follows the same one (e.g. pays for the page-cache work of the previous 1 GiB delete).
+            shift = run % len(names)
+            for tool in names[shift:] + names[:shift]:
                 if tool == "syncd --fsync" and case.endswith("-up"):
                     continue  # --fsync is about downloads
                 dest = out / f"{case}-{tool.split()[0]}-{tool.count(' ')}-{run}"
@@ -184,11 +189,17 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     parser.add_argument("--workdir", type=Path, help="keep data and server here (default: a temporary folder)")
+    parser.add_argument("--tools", help="comma-separated subset of the tools, e.g. 'syncd,rclone sync' "
+                                        "(default: all; the table needs syncd and one peer)")
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
+    only = [t.strip() for t in args.tools.split(",")] if args.tools else None
     for tool in ("aws", "rclone"):
-        if shutil.which(tool) is None:
+        if (only is None or any(t.startswith(tool) for t in only)) and shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed; see BENCHMARKS.md")
+    # An installed wheel comes with compiled bytecode; this editable install has none, and with
+    # PYTHONDONTWRITEBYTECODE set every syncd run would compile its own modules again (~0.03 s CPU).
+    compileall.compile_dir(ROOT / "syncd", quiet=1)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server below is stopped on kill too
     work = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
     server = start_seaweedfs(work / "seaweedfs")
@@ -196,7 +207,7 @@ def main() -> None:
         print(f"data and server in {work}; SeaweedFS at {server.endpoint}", flush=True)
         big, small = make_data(work)
         seed_bucket(server, big, small)
-        results, cpu = bench(Tools(server, work), cases, args.runs, big, small)
+        results, cpu = bench(Tools(server, work), cases, args.runs, big, small, only)
     finally:
         server.stop()
     print("\nwall-clock seconds, medians:\n")

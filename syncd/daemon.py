@@ -20,7 +20,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
-from loguru import logger
+from syncd.log import logger
 
 from syncd import plugins
 from syncd.backends.base import Backend

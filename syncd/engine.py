@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd import deliver, journal
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, RemoteStatus

@@ -17,17 +17,16 @@ it into the error the engine classifies.
 
 from __future__ import annotations
 
-import errno
+import itertools
 import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd.config import RetryPolicy
 from syncd.errors import PermanentError, SyncdError, TransientError
@@ -39,6 +38,7 @@ from syncd.store import Store
 TMP_DIR = ".syncd-tmp"
 RESULT_RECORD = "syncd-result.json"
 INDEX_BATCH = 500
+PROGRESS_INTERVAL = 0.1  # seconds between progress reports while objects arrive
 ProgressHook = Callable[[str, int], None]
 
 
@@ -143,30 +143,71 @@ class Mirror:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[str, int, str, int]] = []
         dirs: set[Path] = set()
-        dirs_lock = threading.Lock()
+        made: set[Path] = set()  # folders this run created or found: no mkdir per file
+        names = _TmpNames(tmp_dir)
+        # Workers take targets from one list and leave outcomes in another; this thread wakes for a
+        # batch or every PROGRESS_INTERVAL, not once per object (a future and a thread switch each).
+        pending = iter(todo)
+        take = threading.Lock()
+        outcomes: list[tuple[Target, tuple | None, BaseException | None]] = []
+        arrived = threading.Condition()
+        # Workers wait for all to be started: Thread.start() waits until the new thread runs, and with
+        # the first workers already busy, each start cost up to a GIL switch interval (5 ms).
+        go = threading.Event()
+        stop = threading.Event()  # set when this thread gives up: workers finish what they hold
 
-        def fetch(target: Target) -> tuple[str, int, str, int]:
-            row = self._fetch_one(storage, bucket, target, tmp_dir)
-            with dirs_lock:
-                dirs.add(target.path.parent)
-            return row
-
-        workers = max(1, min(storage.transfer_workers, len(todo)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="syncd-mirror") as pool:
-            futures = {pool.submit(fetch, target): target for target in todo}
-            for future in as_completed(futures):
-                target = futures[future]
+        def work() -> None:
+            go.wait()
+            while not stop.is_set():
+                with take:
+                    target = next(pending, None)
+                if target is None:
+                    return
                 try:
-                    rows.append(future.result())
-                except SyncdError as exc:
-                    report.failed.append((target.info.key, exc))
-                    continue
-                report.fetched.append(target.info.key)
-                report.bytes += target.info.size
-                if on_done is not None:
-                    on_done(target.info.key, target.info.size)
+                    outcome = (target, self._fetch_one(storage, bucket, target, names, made), None)
+                except BaseException as exc:  # handed to the main thread: SyncdError is reported, others raised
+                    outcome = (target, None, exc)
+                with arrived:
+                    outcomes.append(outcome)
+                    if len(outcomes) >= INDEX_BATCH:
+                        arrived.notify()
+
+        workers = [threading.Thread(target=work, name=f"syncd-mirror-{n}")
+                   for n in range(max(1, min(storage.transfer_workers, len(todo))))]
+        for worker in workers:
+            worker.start()
+        go.set()
+        unexpected: BaseException | None = None
+        handled = 0
+        try:
+            while handled < len(todo):
+                with arrived:
+                    if not outcomes:
+                        arrived.wait(PROGRESS_INTERVAL)
+                    batch, outcomes[:] = list(outcomes), []
+                handled += len(batch)
+                for target, row, error in batch:
+                    if error is not None:
+                        if isinstance(error, SyncdError):
+                            report.failed.append((target.info.key, error))
+                        else:
+                            unexpected = unexpected or error
+                        continue
+                    rows.append(row)
+                    dirs.add(target.path.parent)
+                    report.fetched.append(target.info.key)
+                    report.bytes += target.info.size
+                    if on_done is not None:
+                        on_done(target.info.key, target.info.size)
                 if len(rows) >= INDEX_BATCH:
                     self._record(rows, dirs)
+        finally:  # never return (or raise) while a worker may still write into the destination
+            stop.set()
+            for worker in workers:
+                worker.join()
+        if unexpected is not None:
+            self._record(rows, dirs)
+            raise unexpected
         self._record(rows, dirs)
         # The temporary folder stays: removing it while empty would race a concurrent writer that has
         # just created it (another job's collect, a result record being written).
@@ -180,16 +221,20 @@ class Mirror:
         self.store.record_delivered_many(rows)
         rows.clear()
 
-    def _fetch_one(self, storage: Storage, bucket: str, target: Target, tmp_dir: Path) -> tuple[str, int, str, int]:
+    def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: "_TmpNames",
+                   made: set[Path]) -> tuple[str, int, str, int]:
         what = f"{storage.name}:{bucket}/{target.info.key}"
         for attempt in range(1, self.attempts + 1):
-            tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+            tmp = names.next()
+            placed = False
             try:
                 if target.info.size == 0:
                     tmp.touch()  # nothing to fetch: an empty object's content is known
                 else:
                     storage.fetch(bucket, target.info.key, tmp, target.info)
-                return self._place(tmp, target, what)
+                row = self._place(tmp, target, what, made)
+                placed = True
+                return row
             except TransientError as exc:
                 if attempt == self.attempts:
                     raise
@@ -199,10 +244,11 @@ class Mirror:
             except OSError as exc:
                 raise os_error(exc, f"writing {target.path} (from {what})") from exc
             finally:
-                tmp.unlink(missing_ok=True)
+                if not placed:
+                    tmp.unlink(missing_ok=True)
         raise AssertionError("unreachable")
 
-    def _place(self, tmp: Path, target: Target, what: str) -> tuple[str, int, str, int]:
+    def _place(self, tmp: Path, target: Target, what: str, made: set[Path]) -> tuple[str, int, str, int]:
         dest = target.path
         try:
             if self.fsync:
@@ -212,14 +258,19 @@ class Mirror:
                 finally:
                     os.close(fd)
             os.chmod(tmp, 0o644)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_dir() and not dest.is_symlink():
-                raise IsADirectoryError(errno.EISDIR, "is a folder", str(dest))
-            os.replace(tmp, dest)
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
+            try:
+                os.replace(tmp, dest)  # over a folder: EISDIR, never a merge
+            except FileNotFoundError:
+                if not os.path.exists(tmp):
+                    raise
+                dest.parent.mkdir(parents=True, exist_ok=True)  # the folder went away since this run made it
+                os.replace(tmp, dest)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
-        st = dest.stat()
-        return (str(dest), target.info.size, target.info.etag, st.st_mtime_ns)
+        return (str(dest), target.info.size, target.info.etag, os.stat(dest).st_mtime_ns)
 
     def _make_dir(self, path: Path, bucket: str, key: str, report: MirrorReport) -> None:
         try:
@@ -256,6 +307,18 @@ class Mirror:
                 report.deleted.append(rel)
         if gone:
             self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+
+
+class _TmpNames:
+    """``<tmp_dir>/<pid>-<random>-<n>.part``: unique without a random draw per file; the pid comes first
+    so :func:`remove_dead_parts` can tell a dead writer's leftovers."""
+
+    def __init__(self, tmp_dir: Path):
+        self._stem = f"{tmp_dir}{os.sep}{os.getpid()}-{uuid.uuid4().hex[:12]}-"
+        self._numbers = itertools.count()
+
+    def next(self) -> Path:
+        return Path(f"{self._stem}{next(self._numbers)}.part")  # count() hands out each number once, across threads
 
 
 def remove_dead_parts(tmp_dir: Path) -> None:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd.config import MirrorConfig, RetryPolicy
 from syncd.errors import PermanentError, SyncdError

@@ -9,7 +9,6 @@ ones; a type whose import fails says what to install.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import Literal
 
 Kind = Literal["backend", "storage"]
@@ -30,6 +29,8 @@ INSTALL_HINTS: dict[str, str] = {"s3": "reinstall syncd: boto3 is one of its dep
 
 def available(kind: Kind) -> dict[str, str]:
     """type name → import path, built-ins first, then installed plugins."""
+    from importlib.metadata import entry_points
+
     found = dict(BUILTIN[kind])
     for ep in entry_points(group=f"syncd.{kind}s"):
         found.setdefault(ep.name, ep.value)
@@ -38,7 +39,9 @@ def available(kind: Kind) -> dict[str, str]:
 
 def load(kind: Kind, type_name: str) -> type:
     """The class implementing ``type_name``; KeyError with a helpful message if unknown."""
-    known = available(kind)
+    # A built-in type wins over a plugin of the same name, so only other names need the (slow,
+    # every installed package's metadata) entry-point scan.
+    known = BUILTIN[kind] if type_name in BUILTIN[kind] else available(kind)
     if type_name not in known:
         raise KeyError(f"unknown {kind} type '{type_name}'; valid types: {', '.join(sorted(known))}")
     module_name, _, attr = known[type_name].partition(":")

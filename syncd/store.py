@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd.errors import TransientError
 

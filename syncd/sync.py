@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from loguru import logger
+from syncd.log import logger
 
 from syncd.config import Config, RetryPolicy
 from syncd.errors import SyncdError, TransientError

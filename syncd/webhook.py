@@ -12,7 +12,7 @@ import json
 import time
 
 import requests
-from loguru import logger
+from syncd.log import logger
 
 from syncd import __version__
 from syncd.config import RetryPolicy

@@ -9,6 +9,10 @@ retries; a pooled connection the server has closed is noticed before reuse.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import os
 import select
 import socket
 import ssl
@@ -17,6 +21,12 @@ from typing import Mapping
 
 MAX_LINE = 65536
 MAX_HEADERS = 200
+READ_BUFFER = 256 * 1024  # per connection; also the copy size of file writes without splice
+# A small buffer per writer stays in the CPU cache between the socket read and the file write;
+# 1-4 MiB buffers per part worker measurably raised system time on 1 GiB downloads.
+COPY_BUFFER = 256 * 1024
+PIPE_SIZE = 1024 * 1024
+SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 
 class ProtocolError(ConnectionError):
@@ -100,6 +110,52 @@ class Response:
                 self._finish()
         return count
 
+    def write_to(self, fd: int, offset: int, lock: threading.Lock | None = None) -> int:
+        """Write the rest of the body into file ``fd`` from ``offset`` on; return the number of bytes.
+
+        On Linux a plain-TCP body of known length moves socket → pipe → file with ``splice(2)``
+        (no copy through Python); TLS, chunked bodies and other systems copy through a buffer.
+        Threads writing parts of one file share ``lock``: the kernel serialises writes to a file
+        anyway, and its waiters spin on the CPU while ours sleep.
+        """
+        lock = lock or contextlib.nullcontext()
+        connection = self._connection
+        if SPLICE and connection is not None and not self._chunked and self._left is not None \
+                and not isinstance(connection.sock, ssl.SSLSocket):
+            return self._splice_to(connection, fd, offset, lock)
+        buffer = memoryview(bytearray(COPY_BUFFER))
+        start = offset
+        while count := self.readinto(buffer):
+            with lock:
+                pwrite_all(fd, buffer[:count], offset)
+            offset += count
+        return offset - start
+
+    def _splice_to(self, connection: "Connection", fd: int, offset: int, lock) -> int:
+        start = offset
+        try:
+            # Body bytes that arrived with the headers sit in the reader's buffer: write them first.
+            # read1(n) returns min(n, buffered) bytes, or with nothing buffered does one read; as the
+            # buffer never holds more than READ_BUFFER bytes, it is empty afterwards.
+            if self._left:
+                head = connection.reader.read1(min(self._left, READ_BUFFER))
+                if not head:
+                    raise ProtocolError("the connection ended before the whole body arrived")
+                with lock:
+                    pwrite_all(fd, memoryview(head), offset)
+                offset += len(head)
+                self._left -= len(head)
+            if self._left:
+                offset += _splice_socket(connection.sock, fd, offset, self._left, lock)
+                self._left = 0
+        except BaseException:
+            connection.close()
+            self._connection = None
+            self._done = True
+            raise
+        self._finish()
+        return offset - start
+
     @staticmethod
     def _next_chunk_size(reader) -> int:
         line = reader.readline(MAX_LINE)
@@ -125,6 +181,61 @@ class Response:
             self._connection = None
 
 
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written
+
+
+def _copy_from_pipe(pipe: int, fd: int, count: int, offset: int) -> int:
+    data = os.read(pipe, count)
+    pwrite_all(fd, memoryview(data), offset)
+    return len(data)
+
+
+def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) -> int:
+    """Move exactly ``count`` bytes from ``sock`` into ``fd`` at ``offset`` through a pipe; return ``count``.
+
+    The socket is non-blocking underneath (it has a timeout), so an empty receive queue is waited
+    for here, with the socket's own timeout.
+    """
+    timeout = sock.gettimeout()
+    source = sock.fileno()
+    pipe_out, pipe_in = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe (over the user's pipe quota) only means more calls
+        left = count
+        while left:
+            try:
+                moved = os.splice(source, pipe_in, min(left, PIPE_SIZE), flags=os.SPLICE_F_MOVE)
+            except BlockingIOError:
+                readable, _, _ = select.select([source], [], [], timeout)
+                if not readable:
+                    raise TimeoutError(f"no data for {timeout:g}s in the middle of a response body") from None
+                continue
+            if moved == 0:
+                raise ProtocolError("the connection ended before the whole body arrived")
+            left -= moved
+            with lock:
+                while moved:
+                    try:
+                        written = os.splice(pipe_out, fd, moved, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        written = _copy_from_pipe(pipe_out, fd, moved, offset)  # a filesystem without splice
+                    moved -= written
+                    offset += written
+        return count
+    finally:
+        os.close(pipe_out)
+        os.close(pipe_in)
+
+
 class Connection:
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float,
                  read_timeout: float):
@@ -134,7 +245,7 @@ class Connection:
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(read_timeout)
         self.sock = sock
-        self.reader = sock.makefile("rb", buffering=256 * 1024)
+        self.reader = sock.makefile("rb", buffering=READ_BUFFER)
         self.reusable = True
 
     def dropped(self) -> bool:

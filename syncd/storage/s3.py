@@ -32,6 +32,7 @@ from pydantic import Field, PositiveInt, SecretStr
 from syncd.config import ConfigPath, Duration, Size, StorageOptions
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.storage.base import ObjectInfo, Storage, check_key
+from syncd.storage.http11 import Headers, pwrite_all
 from syncd.storage.s3_errors import classify
 from syncd.storage.s3_wire import Endpoint, SignedHttp
 
@@ -80,9 +81,9 @@ def _etag(raw: str | None) -> str:
     return (raw or "").strip('"')
 
 
-def _chunks(response) -> Iterator[memoryview]:
-    """The body in chunks, read straight into one reused buffer (no per-chunk bytes objects)."""
-    buffer = memoryview(bytearray(CHUNK))
+def _chunks(response, size: int) -> Iterator[memoryview]:
+    """The body of an object of ``size`` bytes in chunks, read straight into one reused buffer."""
+    buffer = memoryview(bytearray(max(1, min(CHUNK, size))))  # a small object needs no 1 MiB buffer
     while count := response.readinto(buffer):
         yield buffer[:count]
 
@@ -291,12 +292,15 @@ class S3Storage(Storage):
             digest = hashlib.sha256() if expect_sha else (
                 hashlib.md5() if self._md5_etag(etag, response.headers) else None)
             size = 0
-            with open(dest, "wb") as out:
-                for chunk in _chunks(response):
-                    out.write(chunk)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                for chunk in _chunks(response, expected.size):
+                    pwrite_all(fd, chunk, size)
                     size += len(chunk)
                     if digest is not None:
                         digest.update(chunk)
+            finally:
+                os.close(fd)
         finally:
             response.release_conn()
         self._verify(bucket, key, size, expected.size, digest, expect_sha or etag)
@@ -306,6 +310,7 @@ class S3Storage(Storage):
         part = self.options.part_size
         ranges = [(start, min(start + part, expected.size) - 1) for start in range(0, expected.size, part)]
         headers_seen: list[dict] = []
+        write_lock = threading.Lock()
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, expected.size)
@@ -317,10 +322,7 @@ class S3Storage(Storage):
                 try:
                     if first == 0:
                         headers_seen.append(dict(response.headers))
-                    offset = first
-                    for chunk in _chunks(response):
-                        os.pwrite(fd, chunk, offset)
-                        offset += len(chunk)
+                    offset = first + response.write_to(fd, first, write_lock)
                 finally:
                     response.release_conn()
                 if offset != last + 1:
@@ -346,7 +348,7 @@ class S3Storage(Storage):
     @staticmethod
     def _md5_etag(etag: str, headers) -> bool:
         """A single-part ETag is the MD5 of the content, except under KMS/customer-key encryption."""
-        lowered = {k.lower(): v for k, v in dict(headers).items()}
+        lowered = headers if isinstance(headers, Headers) else {k.lower(): v for k, v in dict(headers).items()}
         return bool(_SINGLE_PART_ETAG.match(etag)) and lowered.get("x-amz-server-side-encryption") != "aws:kms" \
             and "x-amz-server-side-encryption-customer-algorithm" not in lowered
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +34,22 @@ def test_transfers_complete_and_verify_through_connection_resets(seaweedfs, buck
     assert report.failed == []
     assert proxy.resets > 0, "the proxy must have reset connections for this test to mean anything"
     assert tree(tmp_path / "out") == {k[len("job/"):]: v for k, v in objects.items()}
+    storage.close()
+
+
+def test_large_object_verifies_after_resets_in_the_middle_of_a_part(seaweedfs, bucket, store, tmp_path, proxy_for):
+    # Resets after 3 MiB of a response fall past the client's read buffer, inside the part's
+    # socket → file transfer (splice(2) on Linux); the part is fetched again and the file verifies.
+    objects = {"job/large.bin": os.urandom(20 * 1024 * 1024 + 777)}
+    upload(seaweedfs, bucket, objects)
+    proxy = proxy_for(seaweedfs)
+    proxy.faults.reset_every, proxy.faults.reset_after, proxy.faults.max_resets = 2, 3 * 1024 * 1024, 3
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint, part_size="8MiB", part_workers=3)
+    report = mirror_into(store, storage, bucket, "job/", tmp_path / "out", attempts=10)
+    assert report.failed == []
+    assert proxy.resets > 0, "the proxy must have reset connections for this test to mean anything"
+    assert tree(tmp_path / "out") == {"large.bin": objects["job/large.bin"]}
+    assert not list((tmp_path / "out" / TMP_DIR).glob("*.part"))
     storage.close()
 
 
@@ -96,3 +114,29 @@ def test_sync_command_names_a_missing_bucket_and_exits_nonzero(seaweedfs, tmp_pa
     assert done.returncode == 1
     assert "no-such-bucket-xyz" in done.stderr and "does not exist" in done.stderr
     assert seaweedfs.secret_key not in done.stderr + done.stdout
+
+
+def test_no_change_sync_starts_without_logging_progress_or_boto3(seaweedfs, bucket, tmp_path):
+    # Start-up is most of a no-change sync's cost: loguru (asyncio), rich and boto3 load only when needed.
+    upload(seaweedfs, bucket, {f"set/f{i}.dat": os.urandom(100) for i in range(5)})
+    config = sync_config(tmp_path / "site", seaweedfs, seaweedfs.endpoint)
+    command = [*SYNCD, "sync", "-c", str(config), f"s3:{bucket}/set", str(tmp_path / "down")]
+    first = subprocess.run([*command, "--progress"], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "downloaded 5 file(s)" in first.stdout, first.stderr
+    again = subprocess.run([sys.executable, "-X", "importtime", *SYNCD[1:], *command[len(SYNCD):], "--no-progress"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "unchanged 5" in again.stdout, again.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")}
+    assert loaded, "python -X importtime reported no imports"
+    assert not {"loguru", "asyncio", "rich", "boto3", "botocore"} & loaded
+
+
+def test_sync_logs_in_syncds_format_when_it_has_something_to_say(seaweedfs, bucket, tmp_path):
+    upload(seaweedfs, bucket, {"case/Report.txt": b"upper", "case/report.txt": b"lower"})
+    config = sync_config(tmp_path / "site", seaweedfs, seaweedfs.endpoint)
+    done = subprocess.run([*SYNCD, "sync", "-c", str(config), f"s3:{bucket}/case", str(tmp_path / "down")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "refused 1" in done.stdout, done.stdout + done.stderr
+    logged = [line for line in done.stderr.splitlines() if "refused remote object" in line]
+    assert len(logged) == 1, done.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ERROR +refused remote object .*letter case", logged[0]), logged

@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 from syncd.errors import PermanentError
+from syncd.mirror import Mirror
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
@@ -283,3 +284,80 @@ def test_write_json_replaces_atomically(outbox):
     assert json.loads(dest.read_text()) == {"v": 2, "pad": "x" * 10000}
     assert tmp_leftovers(outbox) == []
     assert sorted(p.name for p in dest.parent.iterdir()) == ["syncd-result.json"]
+
+
+def test_mirror_recreates_a_folder_removed_while_it_runs(outbox):
+    # The mirror creates each destination folder once per run; one removed behind its back is made again.
+    class RemovesTheFolder(KeyListStorage):
+        transfer_workers = 1
+
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            if key == "job1/sub/b.txt":
+                import shutil
+
+                shutil.rmtree(outbox.root / "results" / "job1" / "sub")
+            return super().get_file(bucket, key, dest)
+
+    remote = RemovesTheFolder({"job1/sub/a.txt": b"a", "job1/sub/b.txt": b"b"})
+    report = outbox.mirror(remote, "results", "job1/")
+    assert report.failed == []
+    assert files_under(outbox.root) == {"results/job1/sub/b.txt": b"b"}
+    assert tmp_leftovers(outbox) == []
+
+
+def test_mirror_reports_each_object_and_records_the_index_in_batches(storage, store, tmp_path, monkeypatch):
+    import syncd.mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "INDEX_BATCH", 7)  # several batches while workers still add folders
+    content = {f"job1/d{i % 5}/f{i:03d}.txt": f"{i}".encode() for i in range(60)}
+    put_all(storage, tmp_path, content)
+    done: list[tuple[str, int]] = []
+    report = Mirror(store, fsync=True).run(
+        storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/",
+        check_key=check_outbox_key, on_done=lambda key, size: done.append((key, size)))
+    assert sorted(done) == sorted((key, len(data)) for key, data in content.items())
+    assert sorted(report.fetched) == sorted(content) and report.bytes == sum(map(len, content.values()))
+    again = Mirror(store).run(storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR,
+                              strip="job1/", check_key=check_outbox_key)
+    assert again.fetched == [] and len(again.skipped) == len(content), "every file was in the index"
+
+
+def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store):
+    class Failing(KeyListStorage):
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            if key.endswith("bad"):
+                raise PermanentError("bad object")
+            if key.endswith("bug"):
+                raise ZeroDivisionError("a bug")
+            return super().get_file(bucket, key, dest)
+
+    engine = Mirror(store, attempts=1)
+    run = lambda remote: engine.run(remote, "results", "job1/", tmp_path / "out",  # noqa: E731
+                                    tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key)
+    report = run(Failing({"job1/ok": b"ok", "job1/bad": b"x"}))
+    assert report.fetched == ["job1/ok"] and [key for key, _ in report.failed] == ["job1/bad"]
+    with pytest.raises(ZeroDivisionError):
+        run(Failing({"job1/ok2": b"ok", "job1/bug": b"x"}))
+    assert (tmp_path / "out" / "ok2").read_bytes() == b"ok", "the other objects still landed"
+
+
+def test_mirror_that_fails_itself_returns_only_after_its_workers_stop(store, tmp_path):
+    import threading
+    import time
+
+    class Slow(KeyListStorage):
+        transfer_workers = 4
+
+        def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+            time.sleep(0.05)
+            return super().get_file(bucket, key, dest)
+
+    def progress_fails(key: str, size: int) -> None:
+        raise RuntimeError("the progress display broke")
+
+    with pytest.raises(RuntimeError, match="progress display"):
+        Mirror(store).run(Slow({f"job1/f{i:03d}": b"x" for i in range(40)}), "results", "job1/", tmp_path / "out",
+                          tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key,
+                          on_done=progress_fails)
+    assert not [t for t in threading.enumerate() if t.name.startswith("syncd-mirror")], "no worker left writing"
+    assert len(list((tmp_path / "out").glob("f*"))) < 40, "workers stopped taking objects"

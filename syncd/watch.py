@@ -156,7 +156,11 @@ class InboxWatcher:
     def _start_observer(self) -> None:
         observer = PollingObserver(timeout=self.inbox.poll_interval) if self.mode == "polling" else Observer()
         observer.daemon = True
-        observer.schedule(_Handler(self), str(self.inbox.path), recursive=True)
+        # Top level only: a folder appearing, going or being renamed is all an event has to say, since
+        # settling compares snapshots of each candidate's whole tree anyway. A recursive watch would also
+        # cover the spool (.syncd/claimed, .syncd/done: a folder per job); with thousands of jobs its
+        # moves overflowed the inotify queue and every overflow re-walked the whole tree.
+        observer.schedule(_Handler(self), str(self.inbox.path), recursive=False)
         observer.start()
         self._observer = observer
         logger.info("inbox {}: watching {} ({} observer)", self.inbox.name, self.inbox.path, self.mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -456,3 +457,42 @@ def test_note_path_ignores_paths_outside_inbox(inbox, clock, make_watcher, tmp_p
     watcher.note_path(str(inbox.path))
     watcher.check()
     assert watcher.tracker.names() == []
+
+
+def _inotify_watches(pid: int = os.getpid()) -> int:
+    """Inotify watches held by this process (one 'inotify wd:' line per watch in the fd's fdinfo)."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                total += sum(1 for line in info if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return total
+
+
+def test_native_watcher_watches_the_top_level_only_never_the_spool(tmp_path):
+    """A claimed or archived folder per job lives in <inbox>/.syncd: with thousands of jobs a recursive
+    watch overflowed the inotify queue and re-walked the whole tree after each overflow."""
+    config = InboxConfig.model_validate({
+        "name": "lab", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
+        "storage": "local", "bucket": "results", "settle": "2s", "observer": "native",
+    }, context={"base_dir": tmp_path})
+    for i in range(300):
+        (config.path / ".syncd" / "done" / f"job-{i}" / "deep").mkdir(parents=True)
+    job_dir(config, "pending", files={"a/b/c.txt": "x"})
+    before = _inotify_watches()
+    recorder = Recorder()
+    watcher = InboxWatcher(config, recorder)
+    try:
+        watcher.start()
+        assert watcher.mode == "native"
+        assert _inotify_watches() - before == 1, "one watch: the inbox itself"
+        new = job_dir(config, "arrives-later")
+        wait = 0
+        while "arrives-later" not in watcher._dirty and wait < 50:  # the top-level event still arrives
+            time.sleep(0.05)
+            wait += 1
+        assert "arrives-later" in watcher._dirty, new
+    finally:
+        watcher.stop()

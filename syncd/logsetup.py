@@ -32,6 +32,8 @@ class _InterceptHandler(logging.Handler):
             level = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
+        if record.name == "apscheduler.scheduler" and "maximum number of running instances" in record.getMessage():
+            level = "DEBUG"  # a timer that fires while its last run is still going is skipped on purpose
         logger.opt(depth=6, exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
 
 

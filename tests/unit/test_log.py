@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from loguru import logger as loguru_logger
@@ -46,3 +47,23 @@ def test_setup_after_first_use_runs_at_once():
     ran: list[int] = []
     deferred.setup_on_first_use(lambda: ran.append(1))
     assert ran == [1]
+
+
+def test_skipped_timer_runs_are_not_warnings_but_other_library_warnings_are(capsys):
+    import logging
+
+    from syncd.logsetup import setup_logging
+
+    setup_logging("INFO", "text")
+    try:
+        logging.getLogger("apscheduler.scheduler").warning(
+            'Execution of job "Daemon._guard" skipped: maximum number of running instances reached (1)')
+        logging.getLogger("apscheduler.scheduler").warning("Run time of job was missed by 0:00:05")
+        logging.getLogger("watchdog.observers.inotify").warning("Inotify queue overflowed")
+    finally:
+        loguru_logger.remove()
+        loguru_logger.add(sys.stderr)  # loguru's default, as the other tests expect
+        logging.basicConfig(handlers=[logging.StreamHandler()], level=logging.WARNING, force=True)
+    err = capsys.readouterr().err
+    assert "maximum number of running instances" not in err
+    assert "was missed by" in err and "Inotify queue overflowed" in err

@@ -164,6 +164,8 @@ class Engine:
                 path.unlink(missing_ok=True)
         for spool in self.spools.values():
             spool.prepare()
+        for inbox in self._inboxes.values():
+            journal.remove_leftovers(inbox.path)
         for outbox in self.outboxes.values():
             outbox.prepare()
         for job in self.store.jobs([CLAIMING]):

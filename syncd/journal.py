@@ -15,6 +15,7 @@ from pathlib import Path
 from syncd.store import TERMINAL, Job
 
 SUFFIX = ".status.txt"
+TMP_SUFFIX = ".syncd-journal.tmp"  # a rewrite in progress; one a crash interrupted is removed at start
 
 
 def journal_path(inbox: Path, job: Job) -> Path:
@@ -45,6 +46,15 @@ def render(job: Job, outbox_folder: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remove_leftovers(inbox: Path) -> None:
+    """Remove half-written journals of a daemon that was killed while it wrote one."""
+    try:
+        for path in inbox.glob(f".*{TMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def update(inbox: Path, job: Job, outbox_folder: Path | None) -> None:
     """Write or remove the journal of ``job``. Never raises: the journal is a courtesy, not state."""
     path = journal_path(inbox, job)
@@ -54,7 +64,7 @@ def update(inbox: Path, job: Job, outbox_folder: Path | None) -> None:
             return
         if not inbox.is_dir():
             return
-        tmp = inbox / f".{job.dir_name}.{uuid.uuid4().hex}.tmp"
+        tmp = inbox / f".{job.dir_name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
         tmp.write_text(render(job, outbox_folder), encoding="utf-8")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

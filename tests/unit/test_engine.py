@@ -221,3 +221,16 @@ def test_engine_inbox_renamed_away_and_back_makes_a_claimed_job_wait_not_rejecte
     engine.run_until_idle(30)
     assert engine.store.get(job_id).state == "succeeded"
     assert len(service.jobs) == 1
+
+
+def test_engine_start_removes_half_written_journals_but_no_user_file(world):
+    engine, service, drop = world
+    inbox = engine.config.inboxes[0].path
+    leftover = inbox / ".job-01.2c101f6dcdf84e478ba03042ae4c9908.syncd-journal.tmp"
+    leftover.write_text("job: job-01\n")
+    users = [inbox / ".hidden-notes.tmp", inbox / "job-01.status.txt.bak"]
+    for path in users:
+        path.write_text("mine")
+    engine.prepare()
+    assert not leftover.exists(), "a journal a killed daemon was writing is removed at start"
+    assert all(path.read_text() == "mine" for path in users)

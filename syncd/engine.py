@@ -51,9 +51,6 @@ DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
 STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
-# The calls that reach a remote service; the rest (check, options) are local.
-BACKEND_CALLS = frozenset({"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"})
-STORAGE_CALLS = frozenset({"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "delete"})
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
     RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
@@ -126,7 +123,7 @@ class Engine:
             self._breakers[service] = breaker
         breaker.policy = self.config.retry
         breaker.threshold = self.config.retry.circuit_after
-        return Guarded(target, breaker, BACKEND_CALLS if kind == "backend" else STORAGE_CALLS)
+        return Guarded(target, breaker, target.remote_calls)
 
     def _circuit_changed(self, kind: str, name: str, circuit: CircuitState) -> None:
         if circuit.state == "closed":

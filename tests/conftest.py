@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from syncd.store import Store
+
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
     SyncdProcess, drop_job, make_config, make_job, read_result, wait_for,
 )
@@ -27,6 +29,14 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI=true (skips are failures in CI): {reason}"
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty state store in the test's folder, closed at the end."""
+    s = Store(tmp_path / "state" / "syncd.db")
+    yield s
+    s.close()
 
 
 @pytest.fixture

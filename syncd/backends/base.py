@@ -85,6 +85,9 @@ class Backend(ABC):
     supported_resources: ClassVar[frozenset[str]] = frozenset()
     #: False for backends that run on this host: nothing remote can stop answering, so no circuit breaker
     remote_service: ClassVar[bool] = True
+    #: the methods that reach the service (the engine puts them behind its circuit breaker)
+    remote_calls: ClassVar[frozenset[str]] = frozenset(
+        {"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"})
 
     def __init__(self, name: str, options: BackendOptions, work_root: Path):
         self.name = name

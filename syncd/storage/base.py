@@ -58,6 +58,9 @@ class Storage(ABC):
     #: False for storages on a local or mounted filesystem: no circuit breaker (one bad file must not
     #: make every other job wait for a probe)
     remote_service: ClassVar[bool] = True
+    #: the methods that reach the service (the engine puts them behind its circuit breaker)
+    remote_calls: ClassVar[frozenset[str]] = frozenset(
+        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "delete"})
 
     def __init__(self, name: str, options: StorageOptions):
         self.name = name

@@ -8,15 +8,11 @@ import time
 import pytest
 
 from tests.support.chaos import kill_at_each_point_then_finish
-from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_port, make_config, readyz, wait_for
 from tests.support.slurm import MIN_JOB_AGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
-
-def _readyz(port: int) -> tuple[int, dict]:
-    code, body = http_get(port, "/readyz")
-    return code, json.loads(body)
 
 
 @pytest.fixture
@@ -120,11 +116,11 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(slurm_site,
         assert state in ("staged", "submitting"), f"the job waits; it is neither failed nor held ({state})"
         assert "paused" in daemon.cli("status").stdout
         port = http_port(daemon)
-        code, body = _readyz(port)
+        code, body = readyz(port)
         assert code == 503 and "credentials refused" in body["problems"]["backend slurm"]
         token.write_text(slurm_cluster.run(*slurm_cluster.token_command()).strip())
         result = daemon.result("waits", timeout=60)
-        wait_for(lambda: _readyz(port)[0] == 200, timeout=60, what="/readyz to recover")
+        wait_for(lambda: readyz(port)[0] == 200, timeout=60, what="/readyz to recover")
     finally:
         daemon.stop()
     assert result["state"] == "succeeded"

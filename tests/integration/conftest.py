@@ -54,13 +54,6 @@ def bucket(seaweedfs) -> str:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "syncd.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def proxy_for():
     """``proxy_for(server)`` → a FaultProxy in front of it; all are stopped at the end."""
     started: list[FaultProxy] = []

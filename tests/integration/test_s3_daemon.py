@@ -3,13 +3,12 @@ and standing mirrors keep bucket prefixes mirrored on a schedule."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tests.integration.conftest import bucket_contents, tree
-from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, readyz, wait_for
 
 pytestmark = [pytest.mark.s3, pytest.mark.e2e]
 
@@ -79,10 +78,6 @@ def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweed
     assert "wrong-secret-value-123" not in daemon.log()
 
 
-def _readyz(port: int) -> tuple[int, dict]:
-    code, body = http_get(port, "/readyz")
-    return code, json.loads(body)
-
 
 @pytest.mark.parametrize("status", [503, 500])
 def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactly_once(
@@ -110,12 +105,14 @@ def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactl
         # Without a breaker each of the 10 jobs retries every 0.5–2 s: 49 calls in the window (measured).
         # With it: one probe per interval (0.25 s growing to 1–2 s) → at most ~10.
         assert calls <= 14, f"{calls} requests reached the failing endpoint in {window}s"
-        code, body = _readyz(port)
+        code, body = readyz(port)
         assert code == 503 and "not answering" in body["problems"]["storage s3"]
         assert "storage s3 is not answering since" in daemon.cli("status").stdout
+        assert 'syncd_circuit_open{service="storage s3"} 1.0' in http_get(port, "/metrics")[1]
         proxy.faults.answer = 0
         results = {name: daemon.result(name, bucket=bucket, timeout=60) for name in names}
-        wait_for(lambda: _readyz(port)[0] == 200, timeout=30, what="/readyz to recover")
+        wait_for(lambda: readyz(port)[0] == 200, timeout=30, what="/readyz to recover")
+        assert 'syncd_circuit_open{service="storage s3"} 0.0' in http_get(port, "/metrics")[1]
     finally:
         daemon.stop()
     assert {r["state"] for r in results.values()} == {"succeeded"}, results

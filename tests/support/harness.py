@@ -96,6 +96,12 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def readyz(port: int) -> tuple[int, dict]:
+    """Status and JSON body of a daemon's /readyz."""
+    code, body = http_get(port, "/readyz")
+    return code, json.loads(body)
+
+
 def read_result(outbox_job: Path) -> dict:
     return json.loads((outbox_job / "syncd-result.json").read_text())
 

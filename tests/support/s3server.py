@@ -117,6 +117,17 @@ def wait_until_answers(endpoint: str, process: subprocess.Popen, log_path: Path,
                        f"{log_path.read_text()[-3000:]}")
 
 
+def _answering(endpoint: str, process: subprocess.Popen, log_path: Path) -> S3Server:
+    """The server once it answers; killed (and the error raised) if it never does."""
+    try:
+        wait_until_answers(endpoint, process, log_path)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return S3Server(endpoint, process.pid, process, log_path)
+
+
 def start_seaweedfs(workdir: Path, volume_max: int = 1000) -> S3Server:
     """``weed server`` (master, volume, filer, S3 gateway in one process) with one admin identity."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,13 +150,7 @@ def start_seaweedfs(workdir: Path, volume_max: int = 1000) -> S3Server:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
                                    start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
-    try:
-        wait_until_answers(endpoint, process, log_path)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return S3Server(endpoint, process.pid, process, log_path)
+    return _answering(endpoint, process, log_path)
 
 
 def start_moto(workdir: Path) -> S3Server:
@@ -157,10 +162,4 @@ def start_moto(workdir: Path) -> S3Server:
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(endpoint, process, log_path)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return S3Server(endpoint, process.pid, process, log_path)
+    return _answering(endpoint, process, log_path)

@@ -12,6 +12,7 @@ from syncd.backends.memory import MemoryBackend, MemoryService
 from syncd.daemon import build_storages, load
 from syncd.engine import Engine
 from syncd.errors import AuthError, TransientError
+from syncd.storage.file import FileStorage
 from syncd.store import Store
 from tests.support.harness import make_config, make_job
 
@@ -142,6 +143,7 @@ class _DeadStorage:
     """A storage whose service calls fail with a transport error while ``down``; counts the calls."""
 
     remote_service = True
+    remote_calls = FileStorage.remote_calls
 
     def __init__(self, storage):
         self._storage = storage
@@ -150,7 +152,7 @@ class _DeadStorage:
 
     def __getattr__(self, name):
         value = getattr(self._storage, name)
-        if name not in ("list", "head", "put_file", "get_file", "fetch", "delete", "ensure_bucket"):
+        if name not in self.remote_calls:
             return value
 
         def call(*args, **kwargs):
@@ -234,3 +236,20 @@ def test_engine_start_removes_half_written_journals_but_no_user_file(world):
     engine.prepare()
     assert not leftover.exists(), "a journal a killed daemon was writing is removed at start"
     assert all(path.read_text() == "mine" for path in users)
+
+
+def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world):
+    """A claim whose rename may have happened on a filesystem that is not mounted now (the spool
+    folder is on another device than the one recorded at claim) is kept, not forgotten."""
+    engine, service, drop = world
+    claimed = engine.spools["default"].claimed
+    device = claimed.stat().st_dev
+    common = dict(name="x", dir_name="x", inbox="default", backend="mem", storage="local", bucket="results")
+    away = engine.store.create_job(id="away", spool_path=str(claimed / "away"), dir_identity=f"{device + 1}:42",
+                                   **common)
+    engine.store.create_job(id="never", spool_path=str(claimed / "never"), dir_identity=f"{device}:43",
+                                    **common)
+    engine.prepare()
+    assert engine.store.get(away.id).state == "claiming", "the share may come back with the folder"
+    assert [j.id for j in engine.store.jobs(["claiming"])] == ["away"], \
+        "on the mounted filesystem a missing folder means the rename never happened"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +13,6 @@ from syncd.mirror import Mirror
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
-from syncd.store import Store
 
 
 # -- check_outbox_key -----------------------------------------------------------------
@@ -58,13 +56,6 @@ def test_check_outbox_key_refuses_unsafe_keys(key, fragment):
 
 
 # -- mirror ---------------------------------------------------------------------------
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "syncd.db")
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def storage(tmp_path) -> FileStorage:

@@ -13,13 +13,6 @@ from syncd.store import (
 )
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "syncd.db")
-    yield s
-    s.close()
-
-
 def new_job(store: Store, job_id: str = "j1", **values):
     defaults = dict(id=job_id, name=f"name-{job_id}", dir_name=f"dir-{job_id}", inbox="lab", backend="local",
                     storage="local", bucket="results", spool_path=f"/spool/{job_id}")

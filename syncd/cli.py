@@ -331,7 +331,7 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
     from syncd.store import Store
     from syncd.sync import upload
 
-    store = Store(config.db_path)
+    store = Store(config.db_path, durable=fsync)
     remote = source or target
     options = config.storage_options[remote.storage]
     storage = plugins.load("storage", options.type)(remote.storage, options)

@@ -38,6 +38,8 @@ from syncd.store import Store
 TMP_DIR = ".syncd-tmp"
 RESULT_RECORD = "syncd-result.json"
 INDEX_BATCH = 500
+#: objects up to this size go through ``storage.fetch_many`` when the storage has a better one
+BATCH_MAX_SIZE = 1024 * 1024
 PROGRESS_INTERVAL = 0.1  # seconds between progress reports while objects arrive
 ProgressHook = Callable[[str, int], None]
 
@@ -145,6 +147,25 @@ class Mirror:
         dirs: set[Path] = set()
         made: set[Path] = set()  # folders this run created or found: no mkdir per file
         names = _TmpNames(tmp_dir)
+
+        def delivered(target: Target, row: tuple[str, int, str, int]) -> None:
+            rows.append(row)
+            dirs.add(target.path.parent)
+            report.fetched.append(target.info.key)
+            report.bytes += target.info.size
+            if on_done is not None:
+                on_done(target.info.key, target.info.size)
+            if len(rows) >= INDEX_BATCH:
+                self._record(rows, dirs)
+
+        if storage.batch_fetch:
+            small = [t for t in todo if 0 < t.info.size <= BATCH_MAX_SIZE]
+            if small:
+                again = self._fetch_batch(storage, bucket, small, names, made, report, delivered)
+                todo = again + [t for t in todo if not 0 < t.info.size <= BATCH_MAX_SIZE]
+                if not todo:
+                    self._record(rows, dirs)
+                    return
         # Workers take targets from one list and leave outcomes in another; this thread wakes for a
         # batch or every PROGRESS_INTERVAL, not once per object (a future and a thread switch each).
         pending = iter(todo)
@@ -187,20 +208,12 @@ class Mirror:
                     batch, outcomes[:] = list(outcomes), []
                 handled += len(batch)
                 for target, row, error in batch:
-                    if error is not None:
-                        if isinstance(error, SyncdError):
-                            report.failed.append((target.info.key, error))
-                        else:
-                            unexpected = unexpected or error
-                        continue
-                    rows.append(row)
-                    dirs.add(target.path.parent)
-                    report.fetched.append(target.info.key)
-                    report.bytes += target.info.size
-                    if on_done is not None:
-                        on_done(target.info.key, target.info.size)
-                if len(rows) >= INDEX_BATCH:
-                    self._record(rows, dirs)
+                    if error is None:
+                        delivered(target, row)
+                    elif isinstance(error, SyncdError):
+                        report.failed.append((target.info.key, error))
+                    else:
+                        unexpected = unexpected or error
         finally:  # never return (or raise) while a worker may still write into the destination
             stop.set()
             for worker in workers:
@@ -211,6 +224,53 @@ class Mirror:
         self._record(rows, dirs)
         # The temporary folder stays: removing it while empty would race a concurrent writer that has
         # just created it (another job's collect, a result record being written).
+
+    def _fetch_batch(self, storage: Storage, bucket: str, targets: list[Target], names: "_TmpNames",
+                     made: set[Path], report: MirrorReport,
+                     delivered: Callable[[Target, tuple[str, int, str, int]], None]) -> list[Target]:
+        """Fetch small objects with ``storage.fetch_many`` in this thread; return those to fetch one by one.
+
+        One attempt each: whatever fails here (a reset, a changed object, an error answer) goes
+        back to :meth:`_fetch_one`, which reports, classifies and retries it.
+        """
+        pending: dict[Path, Target] = {}  # handed to the storage, outcome not yet seen
+
+        def items() -> Iterable[tuple[ObjectInfo, Path]]:
+            for target in targets:
+                tmp = names.next()
+                pending[tmp] = target
+                yield target.info, tmp
+
+        again: list[Target] = []
+        handled = 0
+        try:
+            for _, tmp, outcome in storage.fetch_many(bucket, items()):
+                target = pending.pop(tmp)
+                handled += 1
+                what = f"{storage.name}:{bucket}/{target.info.key}"
+                if isinstance(outcome, BaseException):
+                    tmp.unlink(missing_ok=True)
+                    logger.debug("fetching {} with others failed ({}); fetching it alone", what, outcome)
+                    again.append(target)
+                    continue
+                try:
+                    row = self._place(tmp, target, what, made)
+                except PermanentError as exc:
+                    report.failed.append((target.info.key, exc))
+                except OSError as exc:
+                    report.failed.append((target.info.key, os_error(exc, f"writing {target.path} (from {what})")))
+                else:
+                    delivered(target, row)
+                    continue
+                tmp.unlink(missing_ok=True)
+        except SyncdError as exc:  # no connection at all: the one-by-one path retries and reports
+            logger.debug("fetching {} objects of {}:{} together failed ({}); fetching them one by one",
+                         len(targets) - handled, storage.name, bucket, exc)
+        finally:
+            for tmp in pending:
+                tmp.unlink(missing_ok=True)
+        # Failed, taken but never answered (the batch ended early), and never taken: one by one.
+        return again + list(pending.values()) + targets[handled + len(pending):]
 
     def _record(self, rows: list, dirs: set[Path]) -> None:
         """Make the renames durable, then remember them (one transaction for the batch)."""

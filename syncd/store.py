@@ -261,8 +261,12 @@ class Event:
 class Store:
     """Thread-safe access to the state database (one connection per thread)."""
 
-    def __init__(self, path: Path, on_transition: Callable[[Job], None] | None = None):
+    def __init__(self, path: Path, on_transition: Callable[[Job], None] | None = None, *, durable: bool = True):
         self.path = Path(path)
+        # ``durable=False`` (``syncd sync`` without ``--fsync``): a commit is not flushed to disk before
+        # it returns. A power cut may then forget the last rows, never corrupt the database; the files
+        # those rows describe were not flushed either, and a forgotten row only means a re-download.
+        self._synchronous = "FULL" if durable else "NORMAL"
         #: called with the job after every committed transition (journal files, metrics)
         self.on_transition = on_transition
         make_private_dir(self.path.parent)
@@ -286,7 +290,7 @@ class Store:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn

@@ -11,10 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 from syncd.config import StorageOptions
-from syncd.errors import PermanentError, TransientError
+from syncd.errors import PermanentError, SyncdError, TransientError
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,10 @@ class Storage(ABC):
     remote_service: ClassVar[bool] = True
     #: the methods that reach the service (the engine puts them behind its circuit breaker)
     remote_calls: ClassVar[frozenset[str]] = frozenset(
-        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "delete"})
+        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "fetch_many", "delete"})
+    #: True when :meth:`fetch_many` beats :meth:`fetch` called from many threads (a mirror then hands
+    #: it the small objects)
+    batch_fetch: ClassVar[bool] = False
 
     def __init__(self, name: str, options: StorageOptions):
         self.name = name
@@ -97,6 +100,20 @@ class Storage(ABC):
         if expected is not None and info.etag != expected.etag:
             raise TransientError(f"{self.name}:{bucket}/{key} changed while it was fetched; it is fetched again")
         return info
+
+    def fetch_many(self, bucket: str, items: Iterable[tuple[ObjectInfo, Path]]
+                   ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
+        """:meth:`fetch` each ``(expected, dest)``, yielding ``(expected, dest, info or exception)``.
+
+        A failure of one object is yielded, not raised, and never retried here: the caller fetches
+        it again with :meth:`fetch`. An exception raised ends the whole batch. Objects may complete
+        in any order.
+        """
+        for expected, dest in items:
+            try:
+                yield expected, dest, self.fetch(bucket, expected.key, dest, expected)
+            except SyncdError as exc:
+                yield expected, dest, exc
 
     def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
         """Whether ``local`` holds the object's content without downloading it, or None if unknown.

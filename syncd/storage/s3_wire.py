@@ -17,10 +17,11 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from syncd.storage.http11 import Pool, Response, tls_context
+from syncd.storage.http11 import Headers, Pool, Response, tls_context
+from syncd.storage.http11_many import Fetched, Get, ManyGets
 from syncd.storage.s3_errors import classify_status, code_from_body
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -150,6 +151,31 @@ class SignedHttp:
         if not stream:
             response.body = response.read()
         return response
+
+    def get_many(self, bucket: str, requests: Iterable[tuple[Any, str, dict[str, str], str, Callable[[Headers], Any]]],
+                 *, connections: int) -> Iterator[tuple[Get, Fetched | BaseException]]:
+        """GET objects of ``bucket`` into files from this one thread (:mod:`~syncd.storage.http11_many`).
+
+        Each request is ``(item, key, headers, file path, digest chooser)``; each is signed when sent.
+        """
+        host, _ = self.endpoint.target(bucket, "")
+        pool = self._pool_for(host)
+
+        def signed(path: str, extra: dict[str, str]) -> Callable[[], dict[str, str]]:
+            def headers() -> dict[str, str]:
+                all_headers = dict(extra)
+                self._signer.sign("GET", host, path, {}, all_headers)
+                return all_headers
+            return headers
+
+        def gets() -> Iterator[Get]:
+            for item, key, extra, dest, digest in requests:
+                path = self.endpoint.target(bucket, key)[1]
+                yield Get(item, path, signed(path, extra), dest, digest)
+
+        many = ManyGets(pool.host, pool.port, tls=self._tls, connect_timeout=self._timeouts[0],
+                        read_timeout=self._timeouts[1], connections=connections)
+        return many.run(gets())
 
     def list_objects(self, bucket: str, prefix: str) -> Iterator[Listed]:
         """ListObjectsV2, every page; keys come URL-encoded (form style, as botocore decodes them) so any byte survives the XML."""

@@ -52,6 +52,8 @@ def test_thousand_small_files_then_unchanged_resync_sends_no_get(seaweedfs, buck
     assert len(first.fetched) == 1000 and first.failed == []
     assert tree(tmp_path / "out") == {k[len("many/"):]: v for k, v in objects.items()}
     assert proxy.count("GET", object_only=True) == 1000
+    # Small objects go through Storage.fetch_many: one thread, keep-alive connections reused.
+    assert proxy.connections <= storage.transfer_workers + 1  # + the LIST's own connection
     proxy.clear()
     again = mirror_into(store, storage, bucket, "many/", tmp_path / "out")
     assert again.fetched == [] and len(again.skipped) == 1000

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from syncd.errors import PermanentError
+from syncd.errors import PermanentError, TransientError
 from syncd.mirror import Mirror
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
@@ -352,3 +352,54 @@ def test_mirror_that_fails_itself_returns_only_after_its_workers_stop(store, tmp
                           on_done=progress_fails)
     assert not [t for t in threading.enumerate() if t.name.startswith("syncd-mirror")], "no worker left writing"
     assert len(list((tmp_path / "out").glob("f*"))) < 40, "workers stopped taking objects"
+
+
+# -- small objects fetched together (Storage.fetch_many) --------------------------------------
+
+class BatchStorage(KeyListStorage):
+    """Fetches in batches: fails the objects in ``fail``, and gives up altogether after ``give_up_after``."""
+
+    batch_fetch = True
+
+    def __init__(self, objects: dict[str, bytes], fail: set[str], give_up_after: int):
+        super().__init__(objects)
+        self.fail, self.give_up_after = fail, give_up_after
+        self.alone: list[str] = []
+
+    def fetch_many(self, bucket, items):
+        for n, (info, dest) in enumerate(items):
+            if n == self.give_up_after:
+                dest.write_bytes(b"half")  # taken, partly written, never answered
+                raise TransientError("the connection pool is gone")
+            if info.key in self.fail:
+                dest.write_bytes(b"partial")
+                yield info, dest, TransientError("reset by peer")
+            else:
+                yield info, dest, self.get_file(bucket, info.key, dest)
+
+    def fetch(self, bucket, key, dest, expected=None):
+        self.alone.append(key)
+        return super().fetch(bucket, key, dest, expected)
+
+
+def test_objects_a_batch_fails_or_never_reaches_are_fetched_one_by_one_once(outbox):
+    objects = {f"job1/f{i:02d}.txt": f"content {i}".encode() for i in range(30)}
+    objects["job1/big.bin"] = b"x" * (2 * 1024 * 1024)  # above the batch size: never in a batch
+    objects["job1/empty.txt"] = b""
+    remote = BatchStorage(objects, fail={"job1/f03.txt", "job1/f07.txt"}, give_up_after=20)
+    report = outbox.mirror(remote, "results", "")
+    assert report.failed == []
+    assert sorted(report.fetched) == sorted(objects)
+    assert files_under(outbox.root / "results") == objects
+    small = [k for k in objects if 0 < len(objects[k]) <= 1024 * 1024]  # in listing order
+    alone = {"job1/f03.txt", "job1/f07.txt", "job1/big.bin"} | set(small[20:])
+    assert sorted(remote.alone) == sorted(alone), "each object the batch did not deliver is fetched alone, once"
+    assert tmp_leftovers(outbox) == []
+
+
+def test_a_file_folder_clash_in_a_batch_is_still_a_permanent_error(outbox):
+    remote = BatchStorage({"job1/a": b"file", "job1/a/b": b"nested"}, fail=set(), give_up_after=99)
+    with pytest.raises(PermanentError, match="a file and a folder would share this path"):
+        outbox.mirror(remote, "results", "job1/")
+    assert remote.alone == []
+    assert tmp_leftovers(outbox) == []

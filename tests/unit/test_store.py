@@ -299,3 +299,15 @@ def test_transition_concurrent_from_two_store_instances(tmp_path):
     finally:
         for s in stores:
             s.close()
+
+
+def test_commits_wait_for_the_disk_unless_the_store_is_told_they_need_not(tmp_path):
+    durable = Store(tmp_path / "a.db")
+    quick = Store(tmp_path / "b.db", durable=False)  # `syncd sync` without --fsync
+    full, normal = 2, 1
+    assert durable._conn().execute("PRAGMA synchronous").fetchone()[0] == full
+    assert quick._conn().execute("PRAGMA synchronous").fetchone()[0] == normal
+    quick.record_delivered_many([("/x/a", 1, "etag", 5)])
+    quick.close()
+    assert Store(tmp_path / "b.db").delivered_under("/x/") == {"/x/a": (1, "etag", 5)}
+    durable.close()

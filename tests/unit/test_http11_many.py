@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 
@@ -19,8 +22,9 @@ BODIES = {f"/o{i}": os.urandom(1 + i * 997) for i in range(40)}  # 1 byte … 38
 class ScriptedServer:
     """Keep-alive HTTP/1.1 server: answers ``/oN`` with its body; ``behaviour`` overrides single paths."""
 
-    def __init__(self, behaviour: dict[str, str] | None = None):
+    def __init__(self, behaviour: dict[str, str] | None = None, tls: ssl.SSLContext | None = None):
         self.behaviour = behaviour or {}
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -39,6 +43,12 @@ class ScriptedServer:
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                connection = self.tls.wrap_socket(connection, server_side=True)
+            except (ssl.SSLError, OSError):
+                connection.close()  # a client that refused the certificate
+                return
         with connection:
             pending = b""
             while True:
@@ -80,8 +90,8 @@ class ScriptedServer:
         self.listener.close()
 
 
-def fetch_all(server: ScriptedServer, paths, tmp_path, *, connections=4, read_timeout=5.0):
-    many = ManyGets("127.0.0.1", server.port, tls=None, connect_timeout=2, read_timeout=read_timeout,
+def fetch_all(server: ScriptedServer, paths, tmp_path, *, connections=4, read_timeout=5.0, tls=None):
+    many = ManyGets("127.0.0.1", server.port, tls=tls, connect_timeout=2, read_timeout=read_timeout,
                     connections=connections)
     gets = (Get(path, path, lambda: {"Host": "test"}, str(tmp_path / path.strip("/")),
                 lambda headers: hashlib.md5()) for path in paths)
@@ -139,3 +149,52 @@ def test_no_server_raises_instead_of_yielding():
     many = ManyGets("127.0.0.1", port, tls=None, connect_timeout=1, read_timeout=1, connections=2)
     with pytest.raises(ConnectionRefusedError):
         list(many.run([Get("x", "/o1", dict, "/nonexistent/x")]))
+
+
+def self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting only that server) for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+def test_bodies_over_tls_arrive_whole_though_records_wait_inside_the_tls_layer(tmp_path):
+    # Bodies up to 38 KiB span several TLS records: bytes decrypted but not yet read are invisible
+    # to the selector, so the client must read on until the TLS layer is empty.
+    server_tls, client_tls = self_signed(tmp_path)
+    server = ScriptedServer(tls=server_tls)
+    (tmp_path / "out").mkdir()
+    outcomes = fetch_all(server, BODIES, tmp_path / "out", connections=3, tls=client_tls)
+    for path, body in BODIES.items():
+        assert not isinstance(outcomes[path], BaseException), outcomes[path]
+        assert (tmp_path / "out" / path.strip("/")).read_bytes() == body
+    assert server.connections == 3
+    server.close()
+
+
+def test_a_server_the_client_does_not_trust_is_refused(tmp_path):
+    server_tls, _ = self_signed(tmp_path)
+    server = ScriptedServer(tls=server_tls)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        fetch_all(server, ["/o1"], tmp_path, tls=ssl.create_default_context())
+    server.close()

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
+CREATE INDEX IF NOT EXISTS jobs_folder ON jobs (folder);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -496,11 +497,12 @@ class Store:
         rows = self._conn().execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
         return [Event(r["seq"], r["job_id"], r["at"], r["from_state"], r["to_state"], r["message"]) for r in rows]
 
-    def folders_in_use(self, storage: str, bucket: str) -> set[str]:
-        rows = self._conn().execute(
-            "SELECT folder FROM jobs WHERE storage = ? AND bucket = ? AND folder IS NOT NULL", (storage, bucket)
-        ).fetchall()
-        return {r["folder"] for r in rows}
+    def folder_in_use(self, storage: str, bucket: str, folder: str) -> bool:
+        """Whether a job has results folder ``folder`` in ``storage``/``bucket`` (one index lookup: the cost
+        of finding a free folder name does not grow with the number of jobs ever run)."""
+        return self._conn().execute(
+            "SELECT 1 FROM jobs WHERE folder = ? AND storage = ? AND bucket = ? LIMIT 1", (folder, storage, bucket)
+        ).fetchone() is not None
 
     @staticmethod
     def _event(conn: sqlite3.Connection, job_id: str, from_state: str | None, to_state: str | None,

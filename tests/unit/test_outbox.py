@@ -352,3 +352,26 @@ def test_mirror_that_fails_itself_returns_only_after_its_workers_stop(store, tmp
                           on_done=progress_fails)
     assert not [t for t in threading.enumerate() if t.name.startswith("syncd-mirror")], "no worker left writing"
     assert len(list((tmp_path / "out").glob("f*"))) < 40, "workers stopped taking objects"
+
+
+@pytest.mark.parametrize("prefix, strip", [("job07/", ""), ("data/job07/", "data/")])
+def test_mirror_reads_only_the_index_rows_under_its_prefix(storage, store, tmp_path, monkeypatch, prefix, strip):
+    """A collect that read the delivery index of every file ever delivered to the bucket made memory and time
+    grow per finished job (issue 5)."""
+    top = prefix[:-len("job07/")]
+    put_all(storage, tmp_path, {f"{top}job{n:02d}/{name}": f"{n}{name}".encode()
+                                for n in range(12) for name in ("out.txt", "stdout.txt", "stderr.txt")})
+    dest = tmp_path / "out"
+
+    def mirror(job_prefix: str):
+        return Mirror(store).run(storage, "results", job_prefix, dest, tmp_dir=dest / TMP_DIR, strip=strip,
+                                 check_key=check_outbox_key)
+
+    for n in range(12):
+        assert len(mirror(f"{top}job{n:02d}/").fetched) == 3
+    rows_read: list[int] = []
+    delivered_under = store.delivered_under
+    monkeypatch.setattr(store, "delivered_under", lambda p: rows_read.append(len(found := delivered_under(p))) or found)
+    again = mirror(prefix)
+    assert again.fetched == [] and len(again.skipped) == 3, "the rows it needs were read"
+    assert rows_read == [3], "only this prefix's rows, not the 36 of the whole bucket"

@@ -220,6 +220,7 @@ def measure(args: argparse.Namespace, engine: Engine, inbox, connections: list[i
     finished = inbox.failed if args.workload == "reject" else outbox
     done = 0
     for _ in range(args.batches):
+        started = time.monotonic()
         for _ in range(args.batch):
             name = f"j{done:06d}"
             if args.daemon:
@@ -234,7 +235,7 @@ def measure(args: argparse.Namespace, engine: Engine, inbox, connections: list[i
         else:
             engine.run_until_idle(600)
         gc.collect()
-        print(f"{done} jobs: {figures(connections)}", flush=True)
+        print(f"{done} jobs ({time.monotonic() - started:.0f}s): {figures(connections)}", flush=True)
         if args.malloc_info:
             print(f"  anonymous RSS: {anon_rss_by_kind()}", flush=True)
             print(free_chunks(), flush=True)

@@ -395,6 +395,13 @@ class Store:
         rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
         return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
 
+    def latest(self, limit: int) -> list[Job]:
+        """The ``limit`` jobs created last, oldest first (never every job ever run: /jobs is asked at any time)."""
+        rows = self._conn().execute(
+            "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
+            (limit,)).fetchall()
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+
     def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
         """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
         resources and deliver results), then by priority and age."""

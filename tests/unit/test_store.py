@@ -343,3 +343,10 @@ def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table
     finally:
         plain.close()
         store.close()
+
+
+def test_latest_gives_the_jobs_created_last_oldest_first(store):
+    for n in range(6):
+        new_job(store, f"j{n}", created=1000.0 + n, priority=n % 3)
+    assert [j.id for j in store.latest(3)] == ["j3", "j4", "j5"]
+    assert [j.id for j in store.latest(10)] == [f"j{n}" for n in range(6)]

@@ -1,12 +1,22 @@
-"""Diagnostic (not a test): memory per finished job, with the engine run in-process.
+"""Diagnostic (not a test): memory per finished job, with the engine (or the whole daemon) run in-process.
 
 Drops ``--batch`` jobs at a time on the embedded default (local backend, file storage), runs the
-engine until they are done, and prints after each batch: RSS (anon and file), glibc's bytes in use
-and free bytes kept in its main heap (``mallinfo2``), SQLite's own memory, Python's traced memory
-(``tracemalloc``), SQLite connections and threads. BENCHMARKS.md ("Growth per finished job") has
-what it showed.
+engine until they are done (or, with ``--daemon``, waits for their result records while the daemon's
+own timers, inbox watcher and http endpoint run), and prints after each batch: the batch's seconds, RSS
+(anon and file), glibc's bytes in use and free bytes kept in its heaps (``mallinfo2``), SQLite's own
+memory, Python's live blocks and gc objects (and traced memory with ``--tracemalloc``), SQLite
+connections and threads. ``--malloc-info`` adds anonymous RSS by holder (glibc's main heap, its thread
+arenas, the rest, with Python's object arenas and glibc's mmap'd chunks) and glibc's free chunks per
+arena by size. ``--workload`` bisects a job's life: ``reject`` (claim and validate only), ``dry-run``
+(validate and collect a report, nothing run), ``run`` (everything). BENCHMARKS.md ("Growth per finished
+job") has what it showed.
 
-    .venv/bin/python bench/heap_growth.py --batches 8 --batch 200
+    .venv/bin/python bench/heap_growth.py --batches 15 --batch 200
+    .venv/bin/python bench/heap_growth.py --daemon --batches 10 --batch 300 --malloc-info
+    .venv/bin/python bench/heap_growth.py --batches 5 --batch 200 --workload reject
+
+``tracemalloc`` is off unless asked for: its bookkeeping is a malloc per traced block, made in the
+allocating thread's arena and kept as long as the block, so it changes the glibc figures it sits beside.
 """
 
 from __future__ import annotations
@@ -49,6 +59,12 @@ class MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+def mallinfo() -> MallInfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
+
+
 def figures(connections: list[int]) -> str:
     status = {}
     with open("/proc/self/status") as lines:
@@ -56,9 +72,7 @@ def figures(connections: list[int]) -> str:
             key = line.split(":")[0]
             if key in ("VmRSS", "RssAnon", "RssFile"):
                 status[key] = int(line.split()[1]) // 1024
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    heap = libc.mallinfo2()
+    heap = mallinfo()
     sqlite = ctypes.CDLL("libsqlite3.so.0")
     sqlite.sqlite3_memory_used.restype = ctypes.c_int64
     traced, _ = tracemalloc.get_traced_memory()  # 0 unless --tracemalloc
@@ -82,8 +96,8 @@ def malloc_info_xml() -> str:
 
 
 def free_chunks() -> str:
-    """Per arena (glibc ``malloc_info``): heap size, free bytes in bins by chunk size, and the rest of the
-    free bytes (the top chunk, which only trimming returns)."""
+    """Per arena (glibc ``malloc_info``): heap size and the free bytes in its bins by chunk size (many small
+    ones: fragmentation; the top chunk, given back only by trimming, is not in a bin)."""
     lines = []
     for number, heap in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', malloc_info_xml(), re.S):
         classes = {"<1K": 0, "1-8K": 0, "8-64K": 0, ">=64K": 0}
@@ -145,9 +159,7 @@ def anon_rss_by_kind() -> str:
                     kinds["thread arenas"] += resident
                 else:
                     kinds["other"] += resident
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    heap = libc.mallinfo2()
+    heap = mallinfo()
     return (", ".join(f"{k} {v / 2**20:.1f}" for k, v in kinds.items()) + f" MiB; of the other: {python_arenas()}, "
             f"glibc mmap'd chunks {heap.hblks} / {heap.hblkhd / 2**20:.1f} MiB")
 

@@ -44,6 +44,7 @@ EXIT_LOCKED = 3
 EXIT_HARD_STOP = 130
 DRAIN_SECONDS = 5.0
 STALL_SECONDS = 30.0  # no pump for this long: not alive (no watchdog ping, /healthz 503)
+JOBS_SHOWN = 500  # /jobs: the jobs created last
 
 
 def load(config_path: Path | str, env: dict[str, str] | None = None) -> Config:
@@ -253,7 +254,7 @@ class Daemon:
                                replace_existing=True)
 
     def jobs_json(self) -> list[dict]:
-        return [job_summary(job) for job in self.store.jobs()[-500:]]
+        return [job_summary(job) for job in self.store.latest(JOBS_SHOWN)]
 
     def reload(self) -> None:
         """Re-read the config. An invalid one is refused (old one kept); jobs in flight are not disturbed."""

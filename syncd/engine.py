@@ -477,10 +477,10 @@ class Engine:
     def _reserve_folder(self, inbox: InboxConfig, name: str) -> str:
         storage = self.storages[inbox.storage]
         outbox = self.outboxes[inbox.name]
-        used = self.store.folders_in_use(inbox.storage, inbox.bucket)
         base = f"{inbox.prefix}/{name}" if inbox.prefix else name
         candidate, n = base, 1
-        while (candidate in used or outbox.path_for(inbox.bucket, candidate).exists()
+        while (self.store.folder_in_use(inbox.storage, inbox.bucket, candidate)
+               or outbox.path_for(inbox.bucket, candidate).exists()
                or _any(storage.list(inbox.bucket, candidate + "/"))):
             n += 1
             candidate = f"{base}-{n}"

@@ -90,7 +90,7 @@ class Mirror:
             remove_dead_parts(tmp_dir)
         excluded = set(exclude)
         index_prefix = f"{dest}{os.sep}"
-        index = self.store.delivered_under(index_prefix)
+        index = self.store.delivered_under(_index_prefix(dest, prefix, strip))
         seen_folded: dict[str, str] = {}
         remote_rel: set[str] = set()
         todo: list[Target] = []
@@ -367,6 +367,16 @@ class Mirror:
                 report.deleted.append(rel)
         if gone:
             self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+
+
+def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
+    """The start of the outbox paths this run can write: only their delivery index rows are read (reading the
+    whole destination's would cost memory and time in proportion to every job ever delivered there)."""
+    if not prefix.startswith(strip):  # some keys keep their full name: any path under dest
+        return f"{dest}{os.sep}"
+    narrowed = prefix[len(strip):]
+    # Path() drops a trailing "/" and collapses "//": what is left still starts every path dest / rel.
+    return str(dest / narrowed) if narrowed.strip("/") else f"{dest}{os.sep}"
 
 
 class _TmpNames:

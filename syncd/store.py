@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
+CREATE INDEX IF NOT EXISTS jobs_folder ON jobs (folder);
+-- Partial indexes for what every pump asks: without them each pump read the whole table (time per pump, and
+-- every connection's page cache filled up, in proportion to all the jobs ever run).
+CREATE INDEX IF NOT EXISTS jobs_requested ON jobs (id) WHERE cancel_requested = 1 OR retry_requested = 1;
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE finished = 0;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -394,6 +399,13 @@ class Store:
         rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
         return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
 
+    def latest(self, limit: int) -> list[Job]:
+        """The ``limit`` jobs created last, oldest first (never every job ever run: /jobs is asked at any time)."""
+        rows = self._conn().execute(
+            "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
+            (limit,)).fetchall()
+        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+
     def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
         """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
         resources and deliver results), then by priority and age."""
@@ -500,11 +512,12 @@ class Store:
         rows = self._conn().execute("SELECT * FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
         return [Event(r["seq"], r["job_id"], r["at"], r["from_state"], r["to_state"], r["message"]) for r in rows]
 
-    def folders_in_use(self, storage: str, bucket: str) -> set[str]:
-        rows = self._conn().execute(
-            "SELECT folder FROM jobs WHERE storage = ? AND bucket = ? AND folder IS NOT NULL", (storage, bucket)
-        ).fetchall()
-        return {r["folder"] for r in rows}
+    def folder_in_use(self, storage: str, bucket: str, folder: str) -> bool:
+        """Whether a job has results folder ``folder`` in ``storage``/``bucket`` (one index lookup: the cost
+        of finding a free folder name does not grow with the number of jobs ever run)."""
+        return self._conn().execute(
+            "SELECT 1 FROM jobs WHERE folder = ? AND storage = ? AND bucket = ? LIMIT 1", (folder, storage, bucket)
+        ).fetchone() is not None
 
     @staticmethod
     def _event(conn: sqlite3.Connection, job_id: str, from_state: str | None, to_state: str | None,

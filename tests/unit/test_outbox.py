@@ -403,3 +403,25 @@ def test_a_file_folder_clash_in_a_batch_is_still_a_permanent_error(outbox):
         outbox.mirror(remote, "results", "job1/")
     assert remote.alone == []
     assert tmp_leftovers(outbox) == []
+
+@pytest.mark.parametrize("prefix, strip", [("job07/", ""), ("data/job07/", "data/")])
+def test_mirror_reads_only_the_index_rows_under_its_prefix(storage, store, tmp_path, monkeypatch, prefix, strip):
+    """A collect that read the delivery index of every file ever delivered to the bucket made memory and time
+    grow per finished job (issue 5)."""
+    top = prefix[:-len("job07/")]
+    put_all(storage, tmp_path, {f"{top}job{n:02d}/{name}": f"{n}{name}".encode()
+                                for n in range(12) for name in ("out.txt", "stdout.txt", "stderr.txt")})
+    dest = tmp_path / "out"
+
+    def mirror(job_prefix: str):
+        return Mirror(store).run(storage, "results", job_prefix, dest, tmp_dir=dest / TMP_DIR, strip=strip,
+                                 check_key=check_outbox_key)
+
+    for n in range(12):
+        assert len(mirror(f"{top}job{n:02d}/").fetched) == 3
+    rows_read: list[int] = []
+    delivered_under = store.delivered_under
+    monkeypatch.setattr(store, "delivered_under", lambda p: rows_read.append(len(found := delivered_under(p))) or found)
+    again = mirror(prefix)
+    assert again.fetched == [] and len(again.skipped) == 3, "the rows it needs were read"
+    assert rows_read == [3], "only this prefix's rows, not the 36 of the whole bucket"

@@ -311,3 +311,54 @@ def test_commits_wait_for_the_disk_unless_the_store_is_told_they_need_not(tmp_pa
     quick.close()
     assert Store(tmp_path / "b.db").delivered_under("/x/") == {"/x/a": (1, "etag", 5)}
     durable.close()
+
+def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table(tmp_path, monkeypatch):
+    """Reading every job ever run on each pump or claim made time and memory grow per finished job (issue 5)."""
+    connect = sqlite3.connect
+    statements: list[str] = []
+
+    def tracing_connect(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", tracing_connect)
+    store = Store(tmp_path / "state" / "syncd.db")
+    plain = connect(tmp_path / "state" / "syncd.db")
+    try:
+        for n in range(20):
+            new_job(store, f"j{n}", state=SUCCEEDED, finished=1, folder=f"name-j{n}")
+        new_job(store, "active", state=RUNNING, dir_identity="1:2")
+        new_job(store, "ended", state=SUCCEEDED)
+        store.request("active", "cancel")
+        asked = {
+            "requests": store.requests, "unfinished": store.unfinished,
+            "unfinished_with_folder": lambda: store.unfinished_with_folder("1:2"),
+            "folder_in_use": lambda: store.folder_in_use("local", "results", "name-j3"),
+        }
+        for name, ask in asked.items():
+            statements.clear()
+            ask()
+            queries = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+            assert queries, name
+            for sql in queries:
+                plan = [row[3] for row in plain.execute("EXPLAIN QUERY PLAN " + sql)]
+                assert not [step for step in plan if step.startswith("SCAN jobs") and "INDEX" not in step], \
+                    f"{name}: {sql} → {plan}"
+                assert any("INDEX" in step for step in plan), f"{name}: {plan}"
+        assert [j.id for j in store.requests()] == ["active"]
+        assert [j.id for j in store.unfinished()] == ["ended"]
+        assert store.unfinished_with_folder("1:2").id == "active"
+        assert store.folder_in_use("local", "results", "name-j3")
+        assert not store.folder_in_use("local", "results", "name-j")
+        assert not store.folder_in_use("local", "other-bucket", "name-j3")
+    finally:
+        plain.close()
+        store.close()
+
+
+def test_latest_gives_the_jobs_created_last_oldest_first(store):
+    for n in range(6):
+        new_job(store, f"j{n}", created=1000.0 + n, priority=n % 3)
+    assert [j.id for j in store.latest(3)] == ["j3", "j4", "j5"]
+    assert [j.id for j in store.latest(10)] == [f"j{n}" for n in range(6)]

@@ -9,23 +9,33 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 import threading
 import time
 
 import pytest
 
 from syncd.storage import http11
+from tests.support.tls import self_signed
 
 BODY = os.urandom(3 * 1024 * 1024 + 12345)  # several pipe-fulls, not a multiple of any buffer
 
 
-def serve_once(body: bytes, *, send: int | None = None, stall: float = 0.0) -> tuple[int, threading.Thread]:
+def serve_once(body: bytes, *, send: int | None = None, stall: float = 0.0,
+               tls: ssl.SSLContext | None = None) -> tuple[int, threading.Thread]:
     """Answer one GET with ``body`` (Content-Length says all of it); send only ``send`` bytes, then close."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
     def run() -> None:
         connection, _ = listener.accept()
+        if tls is not None:
+            try:
+                connection = tls.wrap_socket(connection, server_side=True)
+            except (ssl.SSLError, OSError):
+                connection.close()  # a client that refused the certificate
+                listener.close()
+                return
         with connection, listener:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -49,8 +59,8 @@ def serve_once(body: bytes, *, send: int | None = None, stall: float = 0.0) -> t
     return port, thread
 
 
-def pool(port: int, read_timeout: float = 10.0) -> http11.Pool:
-    return http11.Pool("127.0.0.1", port, tls=None, connect_timeout=5, read_timeout=read_timeout, maxsize=4)
+def pool(port: int, read_timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> http11.Pool:
+    return http11.Pool("127.0.0.1", port, tls=tls, connect_timeout=5, read_timeout=read_timeout, maxsize=4)
 
 
 @pytest.fixture(params=[True, False], ids=["splice", "copy"])
@@ -131,4 +141,27 @@ def test_a_filesystem_without_splice_gets_the_bytes_through_a_copy(monkeypatch, 
     finally:
         os.close(fd)
     assert target.read_bytes() == BODY
+    server.join(5)
+
+
+def test_a_body_over_tls_is_copied_whole_into_the_file(tmp_path):
+    # splice(2) cannot read through TLS: the body goes through the copy buffer, several TLS records long.
+    server_tls, client_tls = self_signed(tmp_path)
+    port, server = serve_once(BODY, tls=server_tls)
+    target = tmp_path / "file"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        response = pool(port, tls=client_tls).request("GET", "/object", {"Host": "test"}, None)
+        assert response.write_to(fd, 0) == len(BODY)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == BODY
+    server.join(5)
+
+
+def test_a_server_with_a_certificate_nobody_vouches_for_is_refused(tmp_path):
+    server_tls, _ = self_signed(tmp_path)
+    port, server = serve_once(BODY, tls=server_tls)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        pool(port, tls=http11.tls_context(True, None)).request("GET", "/object", {"Host": "test"}, None)
     server.join(5)

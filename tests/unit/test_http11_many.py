@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -15,6 +13,7 @@ import pytest
 
 from syncd.storage.http11 import ProtocolError
 from syncd.storage.http11_many import Get, ManyGets
+from tests.support.tls import self_signed
 
 BODIES = {f"/o{i}": os.urandom(1 + i * 997) for i in range(40)}  # 1 byte … 38 KiB
 
@@ -149,33 +148,6 @@ def test_no_server_raises_instead_of_yielding():
     many = ManyGets("127.0.0.1", port, tls=None, connect_timeout=1, read_timeout=1, connections=2)
     with pytest.raises(ConnectionRefusedError):
         list(many.run([Get("x", "/o1", dict, "/nonexistent/x")]))
-
-
-def self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting only that server) for 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cafile=str(cert_file))
-    return server, client
 
 
 def test_bodies_over_tls_arrive_whole_though_records_wait_inside_the_tls_layer(tmp_path):

@@ -159,10 +159,11 @@ class Mirror:
                 self._record(rows, dirs)
 
         if storage.batch_fetch:
-            small = [t for t in todo if 0 < t.info.size <= BATCH_MAX_SIZE]
+            small, large = [], []
+            for target in todo:
+                (small if 0 < target.info.size <= BATCH_MAX_SIZE else large).append(target)
             if small:
-                again = self._fetch_batch(storage, bucket, small, names, made, report, delivered)
-                todo = again + [t for t in todo if not 0 < t.info.size <= BATCH_MAX_SIZE]
+                todo = self._fetch_batch(storage, bucket, small, names, made, report, delivered) + large
                 if not todo:
                     self._record(rows, dirs)
                     return

@@ -209,6 +209,10 @@ class Job:
 _JOB_COLUMNS = [f.name for f in fields(Job)]
 
 
+def _job(row: sqlite3.Row) -> Job:
+    return Job(**{k: row[k] for k in _JOB_COLUMNS})
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` mode 0700. An existing folder is the admin's (it could be shared, like /var/lib
     or /tmp): its mode is never changed, only reported when other users can enter it."""
@@ -374,7 +378,7 @@ class Store:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
-        return Job(**{k: row[k] for k in _JOB_COLUMNS})
+        return _job(row)
 
     def find(self, id_or_name: str) -> list[Job]:
         rows = self._conn().execute(
@@ -382,7 +386,7 @@ class Store:
             (id_or_name, id_or_name, id_or_name),
         ).fetchall()
         exact = [r for r in rows if r["id"] == id_or_name]
-        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in (exact or rows)]
+        return [_job(r) for r in (exact or rows)]
 
     def jobs(self, states: Iterable[str] | None = None, *, backend: str | None = None) -> list[Job]:
         query, params = "SELECT * FROM jobs", []
@@ -397,14 +401,14 @@ class Store:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
-        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+        return [_job(r) for r in rows]
 
     def latest(self, limit: int) -> list[Job]:
         """The ``limit`` jobs created last, oldest first (never every job ever run: /jobs is asked at any time)."""
         rows = self._conn().execute(
             "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
             (limit,)).fetchall()
-        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+        return [_job(r) for r in rows]
 
     def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
         """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
@@ -418,7 +422,7 @@ class Store:
         rows = self._conn().execute(
             f"SELECT * FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
             (*params, COLLECTING, limit)).fetchall()
-        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+        return [_job(r) for r in rows]
 
     def requests(self) -> list[Job]:
         """Jobs with a pending cancel or retry request (set by the CLI or a folder verb)."""
@@ -449,7 +453,7 @@ class Store:
     def _select(self, where: str, params: tuple = ()) -> list[Job]:
         rows = self._conn().execute(f"SELECT * FROM jobs WHERE {where} ORDER BY priority DESC, created, id",
                                     params).fetchall()
-        return [Job(**{k: r[k] for k in _JOB_COLUMNS}) for r in rows]
+        return [_job(r) for r in rows]
 
     def count(self, states: Iterable[str], *, backend: str | None = None) -> int:
         states = list(states)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import PermanentError
+from syncd.storage.base import ObjectInfo
 from syncd.storage.file import TMP_DIR, FileStorage
 
 
@@ -171,3 +172,12 @@ def test_check_key_refusals_raise_permanent_error(storage, src, tmp_path, key, o
             storage.delete("b", key)
     assert not (tmp_path / "escape.txt").exists()
     assert not (tmp_path / "buckets" / "escape.txt").exists()
+
+
+def test_fetch_many_by_default_fetches_each_and_yields_a_failure_instead_of_raising(storage, src, tmp_path):
+    info = storage.put_file("b", "job/a.txt", src(b"alpha"))
+    gone = ObjectInfo("job/gone.txt", 3, "nope")
+    outcomes = list(storage.fetch_many("b", [(info, tmp_path / "a"), (gone, tmp_path / "g")]))
+    assert [(expected, dest) for expected, dest, _ in outcomes] == [(info, tmp_path / "a"), (gone, tmp_path / "g")]
+    assert outcomes[0][2] == info and (tmp_path / "a").read_bytes() == b"alpha"
+    assert isinstance(outcomes[1][2], PermanentError)

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from syncd.log import logger
 
@@ -236,16 +236,20 @@ class Mirror:
         """
         pending: dict[Path, Target] = {}  # handed to the storage, outcome not yet seen
 
-        def items() -> Iterable[tuple[ObjectInfo, Path]]:
-            for target in targets:
-                tmp = names.next()
-                pending[tmp] = target
-                yield target.info, tmp
+        class Items:  # sized, so a storage can open no more connections than there are objects
+            def __len__(self) -> int:
+                return len(targets)
+
+            def __iter__(self) -> Iterator[tuple[ObjectInfo, Path]]:
+                for target in targets:
+                    tmp = names.next()  # named as the storage takes it: nothing to clean up for the rest
+                    pending[tmp] = target
+                    yield target.info, tmp
 
         again: list[Target] = []
         handled = 0
         try:
-            for _, tmp, outcome in storage.fetch_many(bucket, items()):
+            for _, tmp, outcome in storage.fetch_many(bucket, Items()):
                 target = pending.pop(tmp)
                 handled += 1
                 what = f"{storage.name}:{bucket}/{target.info.key}"

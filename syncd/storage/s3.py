@@ -22,7 +22,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal, Sized
 
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -58,8 +58,11 @@ class S3StorageOptions(StorageOptions):
     create_buckets: bool = Field(False, description="create a missing bucket instead of failing")
     connect_timeout: Duration = Field(10.0, description="how long to wait for a connection")
     read_timeout: Duration = Field(60.0, description="how long a response may stall before it is abandoned")
-    max_connections: PositiveInt = Field(64, description="size of the HTTP connection pool")
-    transfer_workers: PositiveInt = Field(16, description="objects transferred at once by a mirror or sync")
+    max_connections: PositiveInt = Field(
+        64, description="size of the HTTP connection pool; also the connections that small objects (up to "
+                        "1 MiB) of all mirrors at once are fetched over, from one thread each")
+    transfer_workers: PositiveInt = Field(
+        16, description="threads transferring objects at once in a mirror or sync (uploads, objects over 1 MiB)")
     part_size: Size = Field(32 * 1024 * 1024, gt=5 * 1024 * 1024 - 1,
                             description="objects larger than this move in parallel parts of this size")
     part_workers: PositiveInt = Field(8, description="parts of one large object transferred at once")
@@ -98,6 +101,28 @@ def _hash_file(path: Path, algorithm: str) -> str:
         return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
+class _Slots:
+    """Connections for small-object batches, shared by the batches running at once.
+
+    A batch takes what it can use of what is free; when nothing is, it runs on one connection
+    of its own rather than wait behind a long batch.
+    """
+
+    def __init__(self, total: int):
+        self._free = total
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            taken = min(wanted, self._free)
+            self._free -= taken
+            return taken
+
+    def give(self, taken: int) -> None:
+        with self._lock:
+            self._free += taken
+
+
 class S3Storage(Storage):
     options_model = S3StorageOptions
     options: S3StorageOptions
@@ -114,6 +139,8 @@ class S3Storage(Storage):
         self._virtual = False
         self._http: SignedHttp | None = None
         self._parts: ThreadPoolExecutor | None = None
+        # Small-object batches run on their own sockets; together they stay within max_connections.
+        self._batch_slots = _Slots(options.max_connections)
 
     # -- connections (built on first use, so commands that never touch S3 don't pay for them) --
     def _connect(self) -> None:
@@ -295,8 +322,9 @@ class S3Storage(Storage):
         http = self._ready()
         requests = ((item, item[0].key, _if_match(item[0]), str(item[1]), self._digest_for)
                     for item in items)
+        taken = self._batch_slots.take(len(items) if isinstance(items, Sized) else self.options.max_connections)
         try:
-            for get, outcome in http.get_many(bucket, requests, connections=self.transfer_workers):
+            for get, outcome in http.get_many(bucket, requests, connections=max(1, taken)):
                 info, dest = get.item
                 if not isinstance(outcome, BaseException):
                     try:
@@ -307,6 +335,8 @@ class S3Storage(Storage):
                 yield info, dest, outcome
         except Exception as exc:
             raise self._fail(exc, bucket) from None
+        finally:
+            self._batch_slots.give(taken)
 
     def _digest_for(self, headers: Headers):
         """The hash to feed a whole object's body with: its stored SHA-256, else a single-part ETag's MD5."""

@@ -53,7 +53,7 @@ def test_thousand_small_files_then_unchanged_resync_sends_no_get(seaweedfs, buck
     assert tree(tmp_path / "out") == {k[len("many/"):]: v for k, v in objects.items()}
     assert proxy.count("GET", object_only=True) == 1000
     # Small objects go through Storage.fetch_many: one thread, keep-alive connections reused.
-    assert proxy.connections <= storage.transfer_workers + 1  # + the LIST's own connection
+    assert proxy.connections <= storage.options.max_connections + 1  # + the LIST's own connection
     proxy.clear()
     again = mirror_into(store, storage, bucket, "many/", tmp_path / "out")
     assert again.fetched == [] and len(again.skipped) == 1000
@@ -61,6 +61,25 @@ def test_thousand_small_files_then_unchanged_resync_sends_no_get(seaweedfs, buck
     assert proxy.count("HEAD") == 0
     assert proxy.count() == 1  # one LIST page of 1,000 keys
     storage.close()
+
+
+def test_small_object_batches_share_max_connections(seaweedfs, bucket, store, tmp_path, proxy_for):
+    """Two mirrors at once stay within the storage's max_connections (+1 each for the batch that
+    finds none free, +1 each for a LIST); a batch of three objects opens three, not max_connections."""
+    put_objects(seaweedfs, bucket, {f"{side}/f{i:03d}.dat": os.urandom(700) for side in "ab" for i in range(150)})
+    put_objects(seaweedfs, bucket, {f"c/f{i}.dat": b"x" * (i + 1) for i in range(3)})
+    proxy = proxy_for(seaweedfs)
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint, max_connections=6)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda side: mirror_into(store, storage, bucket, f"{side}/", tmp_path / side), "ab"))
+    assert [len(r.fetched) for r in reports] == [150, 150] and all(r.failed == [] for r in reports)
+    assert proxy.connections <= 6 + 2 + 2
+    proxy.clear()
+    before = proxy.connections
+    report = mirror_into(store, storage, bucket, "c/", tmp_path / "c")
+    assert len(report.fetched) == 3
+    assert proxy.connections - before <= 3 + 1
 
 
 def test_changed_object_with_same_size_is_fetched_again(seaweedfs, storage, bucket, store, tmp_path):

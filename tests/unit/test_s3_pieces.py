@@ -8,7 +8,7 @@ import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
 from syncd.storage.base import inputs_prefix
-from syncd.storage.s3 import StaticCredentials
+from syncd.storage.s3 import StaticCredentials, _Slots
 from syncd.storage.s3_errors import classify, classify_status, code_from_body
 from syncd.storage.s3_wire import Endpoint
 
@@ -93,3 +93,16 @@ def test_s3_example_config_is_valid():
     assert config.storage_options["lab-s3"].type == "s3"
     assert [m.name for m in config.mirrors] == ["instrument"]
     assert "secret-value" not in repr(config)
+
+
+def test_batch_connection_budget_is_shared_and_never_blocks():
+    slots = _Slots(8)
+    assert slots.take(3) == 3  # no more than the batch has objects
+    assert slots.take(100) == 5  # the rest
+    assert slots.take(10) == 0  # none free: the caller runs on one connection of its own, without waiting
+    slots.give(5)
+    assert slots.take(100) == 5
+    slots.give(0)
+    slots.give(3)
+    slots.give(5)
+    assert slots.take(100) == 8

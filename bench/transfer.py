@@ -216,6 +216,7 @@ def main() -> None:
         print(f"data and server in {work}; SeaweedFS at {server.endpoint}", flush=True)
         big, small = make_data(work)
         seed_bucket(server, big, small)
+        os.sync()  # the 2 GiB just written (data, then the server's copy) must not be flushed during a tool's run
         results, cpu = bench(Tools(server, work), cases, args.runs, big, small, only)
     finally:
         server.stop()

@@ -95,6 +95,7 @@ class Mirror:
         remote_rel: set[str] = set()
         todo: list[Target] = []
         adopt: list[tuple[str, int, str, int]] = []
+        empty = _holds_nothing(dest)  # then no file needs a look (saves a stat per object on a first mirror)
         for obj in storage.list(bucket, prefix):
             rel = obj.key[len(strip):] if obj.key.startswith(strip) else obj.key
             if obj.key in excluded or not rel.rstrip("/"):
@@ -115,7 +116,7 @@ class Mirror:
                 continue
             known = index.get(str(path))
             try:
-                st = path.stat()
+                st = None if empty else path.stat()
             except FileNotFoundError:
                 st = None
             except OSError as exc:
@@ -144,13 +145,13 @@ class Mirror:
                    on_done: ProgressHook | None) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[str, int, str, int]] = []
-        dirs: set[Path] = set()
-        made: set[Path] = set()  # folders this run created or found: no mkdir per file
+        dirs: set[str] = set()
+        made: set[str] = set()  # folders this run created or found: no mkdir per file
         names = _TmpNames(tmp_dir)
 
         def delivered(target: Target, row: tuple[str, int, str, int]) -> None:
             rows.append(row)
-            dirs.add(target.path.parent)
+            dirs.add(os.path.dirname(row[0]))
             report.fetched.append(target.info.key)
             report.bytes += target.info.size
             if on_done is not None:
@@ -227,7 +228,7 @@ class Mirror:
         # just created it (another job's collect, a result record being written).
 
     def _fetch_batch(self, storage: Storage, bucket: str, targets: list[Target], names: "_TmpNames",
-                     made: set[Path], report: MirrorReport,
+                     made: set[str], report: MirrorReport,
                      delivered: Callable[[Target, tuple[str, int, str, int]], None]) -> list[Target]:
         """Fetch small objects with ``storage.fetch_many`` in this thread; return those to fetch one by one.
 
@@ -277,7 +278,7 @@ class Mirror:
         # Failed, taken but never answered (the batch ended early), and never taken: one by one.
         return again + list(pending.values()) + targets[handled + len(pending):]
 
-    def _record(self, rows: list, dirs: set[Path]) -> None:
+    def _record(self, rows: list, dirs: set[str]) -> None:
         """Make the renames durable, then remember them (one transaction for the batch)."""
         if self.fsync:
             for directory in dirs:
@@ -287,7 +288,7 @@ class Mirror:
         rows.clear()
 
     def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: "_TmpNames",
-                   made: set[Path]) -> tuple[str, int, str, int]:
+                   made: set[str]) -> tuple[str, int, str, int]:
         what = f"{storage.name}:{bucket}/{target.info.key}"
         for attempt in range(1, self.attempts + 1):
             tmp = names.next()
@@ -313,8 +314,9 @@ class Mirror:
                     tmp.unlink(missing_ok=True)
         raise AssertionError("unreachable")
 
-    def _place(self, tmp: Path, target: Target, what: str, made: set[Path]) -> tuple[str, int, str, int]:
-        dest = target.path
+    def _place(self, tmp: Path, target: Target, what: str, made: set[str]) -> tuple[str, int, str, int]:
+        dest = str(target.path)
+        parent = os.path.dirname(dest)
         try:
             if self.fsync:
                 fd = os.open(tmp, os.O_RDONLY)
@@ -323,19 +325,19 @@ class Mirror:
                 finally:
                     os.close(fd)
             os.chmod(tmp, 0o644)
-            if dest.parent not in made:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                made.add(dest.parent)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             try:
                 os.replace(tmp, dest)  # over a folder: EISDIR, never a merge
             except FileNotFoundError:
                 if not os.path.exists(tmp):
                     raise
-                dest.parent.mkdir(parents=True, exist_ok=True)  # the folder went away since this run made it
+                os.makedirs(parent, exist_ok=True)  # the folder went away since this run made it
                 os.replace(tmp, dest)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
-        return (str(dest), target.info.size, target.info.etag, os.stat(dest).st_mtime_ns)
+        return (dest, target.info.size, target.info.etag, os.stat(dest).st_mtime_ns)
 
     def _make_dir(self, path: Path, bucket: str, key: str, report: MirrorReport) -> None:
         try:
@@ -372,6 +374,17 @@ class Mirror:
                 report.deleted.append(rel)
         if gone:
             self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` is missing or holds nothing but the temporary folder."""
+    try:
+        with os.scandir(folder) as entries:
+            return all(entry.name == TMP_DIR for entry in entries)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not a folder, unreadable: look at each file, which reports the problem
 
 
 def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
@@ -414,7 +427,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -59,6 +59,7 @@ class _Connection:
         self.fd: int | None = None
         self.digest: Any = None
         self.deadline = 0.0
+        self.events = selectors.EVENT_READ  # what the selector waits for on this socket
 
     def reset(self) -> None:
         self.get, self.outgoing, self.headers, self.fd, self.digest = None, b"", None, None, None
@@ -164,7 +165,9 @@ class ManyGets:
             sent = 0
         connection.outgoing = connection.outgoing[sent:]
         wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.outgoing else 0)
-        selector.modify(connection.sock, wanted, connection)
+        if wanted != connection.events:  # a request sent whole (the usual case) changes nothing
+            selector.modify(connection.sock, wanted, connection)
+            connection.events = wanted
 
     def _advance(self, connection: _Connection, mask: int, selector: selectors.BaseSelector) -> Fetched | None:
         if connection.outgoing and mask & selectors.EVENT_WRITE:

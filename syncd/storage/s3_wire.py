@@ -95,7 +95,7 @@ class SigV4:
                                UNSIGNED_PAYLOAD])
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(day, creds.secret_key), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(day, creds.secret_key), to_sign.encode(), "sha256").hex()
         headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                                     f"SignedHeaders={signed}, Signature={signature}")
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from syncd.errors import PermanentError, TransientError
-from syncd.mirror import Mirror
+from syncd.mirror import Mirror, _holds_nothing
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
@@ -425,3 +425,23 @@ def test_mirror_reads_only_the_index_rows_under_its_prefix(storage, store, tmp_p
     again = mirror(prefix)
     assert again.fetched == [] and len(again.skipped) == 3, "the rows it needs were read"
     assert rows_read == [3], "only this prefix's rows, not the 36 of the whole bucket"
+
+
+def test_a_first_mirror_skips_looking_for_files_only_when_the_folder_holds_nothing(tmp_path):
+    assert _holds_nothing(tmp_path / "missing")
+    (tmp_path / "fresh" / TMP_DIR).mkdir(parents=True)  # a killed run's temporary folder is not content
+    assert _holds_nothing(tmp_path / "fresh")
+    (tmp_path / "fresh" / "a.txt").write_text("kept")
+    assert not _holds_nothing(tmp_path / "fresh")
+    (tmp_path / "file").write_text("not a folder")
+    assert not _holds_nothing(tmp_path / "file")  # each object then reports the problem
+
+
+def test_mirror_into_a_folder_that_is_a_file_reports_each_object(storage, store, tmp_path):
+    (tmp_path / "buckets" / "b" / "job").mkdir(parents=True)
+    (tmp_path / "buckets" / "b" / "job" / "a.txt").write_text("A")
+    (tmp_path / "out").write_text("a file where the outbox folder should be")
+    report = Mirror(store).run(storage, "b", "job/", tmp_path / "out", tmp_dir=tmp_path / "tmp", strip="job/",
+                               check_key=check_outbox_key)
+    assert [key for key, _ in report.failed] == ["job/a.txt"] and report.fetched == []
+    assert (tmp_path / "out").read_text() == "a file where the outbox folder should be"

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from syncd.log import logger
 
@@ -235,24 +235,11 @@ class Mirror:
         One attempt each: whatever fails here (a reset, a changed object, an error answer) goes
         back to :meth:`_fetch_one`, which reports, classifies and retries it.
         """
-        pending: dict[Path, Target] = {}  # handed to the storage, outcome not yet seen
-
-        class Items:  # sized, so a storage can open no more connections than there are objects
-            def __len__(self) -> int:
-                return len(targets)
-
-            def __iter__(self) -> Iterator[tuple[ObjectInfo, Path]]:
-                for target in targets:
-                    tmp = names.next()  # named as the storage takes it: nothing to clean up for the rest
-                    pending[tmp] = target
-                    yield target.info, tmp
-
+        pending = {names.next(): target for target in targets}  # outcome not yet seen
         again: list[Target] = []
-        handled = 0
         try:
-            for _, tmp, outcome in storage.fetch_many(bucket, Items()):
+            for _, tmp, outcome in storage.fetch_many(bucket, [(t.info, tmp) for tmp, t in pending.items()]):
                 target = pending.pop(tmp)
-                handled += 1
                 what = f"{storage.name}:{bucket}/{target.info.key}"
                 if isinstance(outcome, BaseException):
                     tmp.unlink(missing_ok=True)
@@ -271,12 +258,12 @@ class Mirror:
                 tmp.unlink(missing_ok=True)
         except SyncdError as exc:  # no connection at all: the one-by-one path retries and reports
             logger.debug("fetching {} objects of {}:{} together failed ({}); fetching them one by one",
-                         len(targets) - handled, storage.name, bucket, exc)
+                         len(pending), storage.name, bucket, exc)
         finally:
-            for tmp in pending:
+            for tmp in pending:  # a batch that ended early may have begun some of these
                 tmp.unlink(missing_ok=True)
-        # Failed, taken but never answered (the batch ended early), and never taken: one by one.
-        return again + list(pending.values()) + targets[handled + len(pending):]
+        # Failed, and never answered (the batch ended early): one by one.
+        return again + list(pending.values())
 
     def _record(self, rows: list, dirs: set[str]) -> None:
         """Make the renames durable, then remember them (one transaction for the batch)."""

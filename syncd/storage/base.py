@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator
+from typing import ClassVar, Iterator, Sequence
 
 from syncd.config import StorageOptions
 from syncd.errors import PermanentError, SyncdError, TransientError
@@ -101,7 +101,7 @@ class Storage(ABC):
             raise TransientError(f"{self.name}:{bucket}/{key} changed while it was fetched; it is fetched again")
         return info
 
-    def fetch_many(self, bucket: str, items: Iterable[tuple[ObjectInfo, Path]]
+    def fetch_many(self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
                    ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
         """:meth:`fetch` each ``(expected, dest)``, yielding ``(expected, dest, info or exception)``.
 

@@ -22,7 +22,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sized
+from typing import Iterator, Literal, Sequence
 
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -316,13 +316,13 @@ class S3Storage(Storage):
         except Exception as exc:
             raise self._fail(exc, bucket, key) from None
 
-    def fetch_many(self, bucket: str, items: Iterable[tuple[ObjectInfo, Path]]
+    def fetch_many(self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
                    ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
         """Small objects from one thread over non-blocking connections, verified as :meth:`fetch` does."""
         http = self._ready()
         requests = ((item, item[0].key, _if_match(item[0]), str(item[1]), self._digest_for)
                     for item in items)
-        taken = self._batch_slots.take(len(items) if isinstance(items, Sized) else self.options.max_connections)
+        taken = self._batch_slots.take(len(items))  # no more connections than objects
         try:
             for get, outcome in http.get_many(bucket, requests, connections=max(1, taken)):
                 info, dest = get.item

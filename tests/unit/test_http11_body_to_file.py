@@ -121,6 +121,16 @@ def test_stalled_body_times_out(splice, tmp_path):
     server.join(5)
 
 
+def written_to_file(connections, fd: int, target) -> bytes:
+    """GET /object, write its body into ``fd`` (closed afterwards) and return what the file holds."""
+    try:
+        response = connections.request("GET", "/object", {"Host": "test"}, None)
+        assert response.write_to(fd, 0) == len(BODY)
+    finally:
+        os.close(fd)
+    return target.read_bytes()
+
+
 def test_a_filesystem_without_splice_gets_the_bytes_through_a_copy(monkeypatch, tmp_path):
     if not http11.SPLICE:
         pytest.skip("splice(2) exists only on Linux")
@@ -135,12 +145,7 @@ def test_a_filesystem_without_splice_gets_the_bytes_through_a_copy(monkeypatch, 
 
     monkeypatch.setattr(os, "splice", splice)
     port, server = serve_once(BODY)
-    try:
-        response = pool(port).request("GET", "/object", {"Host": "test"}, None)
-        assert response.write_to(fd, 0) == len(BODY)
-    finally:
-        os.close(fd)
-    assert target.read_bytes() == BODY
+    assert written_to_file(pool(port), fd, target) == BODY
     server.join(5)
 
 
@@ -150,12 +155,7 @@ def test_a_body_over_tls_is_copied_whole_into_the_file(tmp_path):
     port, server = serve_once(BODY, tls=server_tls)
     target = tmp_path / "file"
     fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        response = pool(port, tls=client_tls).request("GET", "/object", {"Host": "test"}, None)
-        assert response.write_to(fd, 0) == len(BODY)
-    finally:
-        os.close(fd)
-    assert target.read_bytes() == BODY
+    assert written_to_file(pool(port, tls=client_tls), fd, target) == BODY
     server.join(5)
 
 

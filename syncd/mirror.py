@@ -385,11 +385,11 @@ def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
 
 
 class _TmpNames:
-    """``<tmp_dir>/<pid>-<random>-<n>.part``: unique without a random draw per file; the pid comes first
-    so :func:`remove_dead_parts` can tell a dead writer's leftovers."""
+    """``<tmp_dir>/<writer>-<random>-<n>.part``: unique without a random draw per file; the writer tag
+    comes first so :func:`remove_dead_parts` can tell a dead writer's leftovers."""
 
     def __init__(self, tmp_dir: Path):
-        self._stem = f"{tmp_dir}{os.sep}{os.getpid()}-{uuid.uuid4().hex[:12]}-"
+        self._stem = f"{tmp_dir}{os.sep}{_writer_tag(os.getpid())}-{uuid.uuid4().hex[:12]}-"
         self._numbers = itertools.count()
 
     def next(self) -> Path:
@@ -399,19 +399,47 @@ class _TmpNames:
 def remove_dead_parts(tmp_dir: Path) -> None:
     """Remove ``.part`` files whose writing process is gone (a crash or kill -9)."""
     for part in tmp_dir.glob("*.part"):
-        pid = part.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if _writer_gone(part.name.split("-", 1)[0]):
             part.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def _writer_tag(pid: int) -> str:
+    """``<pid>.<start time>`` where the system tells start times (Linux), else ``<pid>``.
+
+    A daemon runs for months and pids wrap (32,768 by default): a dead writer's pid may belong to
+    another process by the time its leftovers are found. With the start time, that no longer matches.
+    """
+    stat = _proc_stat(pid)
+    return f"{pid}.{stat[1]}" if stat else str(pid)
+
+
+def _writer_gone(tag: str) -> bool:
+    pid, _, started = tag.partition(".")
+    if not pid.isdigit():
+        return False  # not a name syncd gives: leave it
+    if started:
+        stat = _proc_stat(int(pid))
+        if stat is not None:
+            return stat[0] == "Z" or stat[1] != started
+        # Gone, or hidden from us (/proc mounted with hidepid): the kernel tells which.
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks after boot), from ``/proc``; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return (fields[0].decode(), fields[19].decode()) if len(fields) >= 20 else None
 
 
 def _fsync_dir(path: str | Path) -> None:

@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -391,7 +391,15 @@ class S3Storage(Storage):
                     raise TransientError(f"{bucket}/{key}: bytes {first}-{last} arrived incomplete; syncd retries")
                 return offset - first
 
-            size = sum(self._parts.map(one, ranges))
+            parts = [self._parts.submit(one, span) for span in ranges]
+            try:
+                size = sum(future.result() for future in parts)
+            finally:
+                # One failed part ends the fetch, but parts already running still write into fd: wait
+                # for them, or their bytes land in whatever file reuses the descriptor number next.
+                for future in parts:
+                    future.cancel()
+                wait(parts)
         finally:
             os.close(fd)
         meta = {k.lower(): v for k, v in (headers_seen[0] if headers_seen else {}).items()}

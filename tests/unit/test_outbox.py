@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from syncd.errors import PermanentError, TransientError
-from syncd.mirror import Mirror, _holds_nothing
+from syncd.mirror import Mirror, _holds_nothing, _proc_stat, _writer_tag, remove_dead_parts
 from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
+from tests.support.harness import wait_for
 
 
 # -- check_outbox_key -----------------------------------------------------------------
@@ -251,6 +254,26 @@ def test_prepare_removes_crash_leftovers(tmp_path, store):
     box.prepare()
     assert not any((box.root / TMP_DIR).glob("*")), "no partial file left behind"
     assert box.root.is_dir()
+
+
+def test_dead_writers_parts_are_removed_even_when_their_pid_is_taken_again(tmp_path):
+    tmp = tmp_path / TMP_DIR
+    tmp.mkdir()
+    mine = _writer_tag(os.getpid())
+    pid, started = mine.split(".")
+    live = tmp / f"{mine}-abc-0.part"
+    reused = tmp / f"{pid}.{int(started) - 1}-abc-0.part"  # this pid, but an earlier process's
+    gone = tmp / "999999999.5-abc-0.part"
+    untagged_gone = tmp / "999999999-abc-0.part"  # a name from a system without start times
+    foreign = tmp / "notes.part"
+    child = subprocess.Popen(["sleep", "0.2"])
+    zombie = tmp / f"{_writer_tag(child.pid)}-abc-0.part"  # exited, not yet reaped by its parent
+    wait_for(lambda: _proc_stat(child.pid)[0] == "Z", timeout=10, what="the child to exit")
+    for path in (live, reused, gone, untagged_gone, foreign, zombie):
+        path.write_bytes(b"partial")
+    remove_dead_parts(tmp)
+    child.wait()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, foreign.name])
 
 
 # -- write_json -----------------------------------------------------------------------

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import os
+import threading
+import time
 
 import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
 from syncd.storage.base import inputs_prefix
-from syncd.storage.s3 import StaticCredentials, _Slots
+from syncd.storage.base import ObjectInfo
+from syncd.storage.http11 import Headers
+from syncd.storage.s3 import S3Storage, S3StorageOptions, StaticCredentials, _Slots
 from syncd.storage.s3_errors import classify, classify_status, code_from_body
 from syncd.storage.s3_wire import Endpoint
 
@@ -106,3 +111,46 @@ def test_batch_connection_budget_is_shared_and_never_blocks():
     slots.give(3)
     slots.give(5)
     assert slots.take(100) == 8
+
+
+class _PartsHttp:
+    """Answers ranged GETs: the part at offset 0 fails at once, the others write after a pause."""
+
+    def __init__(self):
+        self.fetch_returned = threading.Event()
+        self.late_writes = 0
+
+    def request(self, method, bucket, key, *, stream=False, headers=None):
+        if headers["Range"].startswith("bytes=0-"):
+            raise ConnectionResetError("reset by the test")
+        return self
+
+    headers = Headers()
+
+    def write_to(self, fd, offset, lock):
+        time.sleep(0.3)
+        if self.fetch_returned.is_set():
+            self.late_writes += 1
+        return os.pwrite(fd, b"x" * 4, offset)
+
+    def release_conn(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_failed_part_ends_the_fetch_only_after_the_other_parts_stopped_writing(tmp_path):
+    # A part still writing after fetch() raised would write into whatever file next got its
+    # descriptor number: another object's temporary file, or the state database.
+    options = S3StorageOptions(type="s3", endpoint_url="http://127.0.0.1:9", access_key_id="k", secret_access_key="s",
+                               part_size="5MiB", part_workers=3)
+    storage = S3Storage("s3", options)
+    storage._ready()  # builds the part workers; no connection is made
+    storage._http = http = _PartsHttp()
+    with pytest.raises(TransientError, match="b/big"):
+        storage.fetch("b", "big", tmp_path / "big.part", ObjectInfo("big", 15 * 1024 * 1024, "e-3"))
+    http.fetch_returned.set()
+    time.sleep(0.5)
+    storage.close()
+    assert http.late_writes == 0

@@ -26,6 +26,12 @@ READ_BUFFER = 256 * 1024  # per connection; also the copy size of file writes wi
 # 1-4 MiB buffers per part worker measurably raised system time on 1 GiB downloads.
 COPY_BUFFER = 256 * 1024
 PIPE_SIZE = 1024 * 1024
+# Bodies go into files at most this much per write. The kernel sizes a page-cache folio after the
+# write that fills it; on virtual machines whose balloon hands freed memory back to the host (free
+# page reporting, as on Firecracker), large folios come from memory the host must fault in again:
+# filling 1 GiB in 1 MiB writes took 0.18 s of system time with recently used memory and 1.6–2.5 s
+# without, in 16 KiB writes 0.4–0.5 s either way (bench/page_cache.py, BENCHMARKS.md).
+FILE_WRITE_UNIT = 16 * 1024
 SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 
@@ -183,7 +189,7 @@ class Response:
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
-        written = os.pwrite(fd, data, offset)
+        written = os.pwrite(fd, data[:FILE_WRITE_UNIT], offset)
         data = data[written:]
         offset += written
 
@@ -223,7 +229,8 @@ def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) 
             with lock:
                 while moved:
                     try:
-                        written = os.splice(pipe_out, fd, moved, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+                        written = os.splice(pipe_out, fd, min(moved, FILE_WRITE_UNIT), offset_dst=offset,
+                                            flags=os.SPLICE_F_MOVE)
                     except OSError as exc:
                         if exc.errno != errno.EINVAL:
                             raise

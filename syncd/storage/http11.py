@@ -45,6 +45,12 @@ class Headers(dict):
     def get(self, name: str, default=None):  # type: ignore[override]
         return super().get(name.lower(), default)
 
+    def add(self, line: str) -> None:
+        """Add one ``Name: value`` header line."""
+        name, _, value = line.partition(":")
+        key, value = name.strip().lower(), value.strip()
+        self[key] = f"{self[key]}, {value}" if key in self else value
+
 
 class Response:
     def __init__(self, connection: "Connection", pool: "Pool", status: int, headers: Headers, method: str):
@@ -335,10 +341,7 @@ class Pool:
                     break
                 if not line:
                     raise ProtocolError("the connection ended inside the response headers")
-                name, _, value = line.decode("latin-1").partition(":")
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+                headers.add(line.decode("latin-1"))
             else:
                 raise ProtocolError("too many response headers")
             if status == 100:

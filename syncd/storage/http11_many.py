@@ -224,9 +224,7 @@ class ManyGets:
             raise ProtocolError("too many response headers")
         headers = Headers()
         for line in lines[1:]:
-            name, _, value = line.partition(":")
-            key, value = name.strip().lower(), value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            headers.add(line)
         status = int(parts[1])
         if status != 200 or "content-length" not in headers or "chunked" in headers.get("transfer-encoding", ""):
             # Not a plain 200 with a length: the ordinary path reads and classifies the answer.

@@ -338,11 +338,14 @@ class S3Storage(Storage):
         finally:
             self._batch_slots.give(taken)
 
-    def _digest_for(self, headers: Headers):
-        """The hash to feed a whole object's body with: its stored SHA-256, else a single-part ETag's MD5."""
+    def _digest_for(self, headers: Headers, etag: str | None = None):
+        """The hash to check an object's content with: its stored SHA-256, else a single-part ETag's MD5.
+
+        ``etag`` is the object's, when the caller knows it better than ``headers`` do.
+        """
         if headers.get(f"x-amz-meta-{SHA256_META}"):
             return hashlib.sha256()
-        return hashlib.md5() if self._md5_etag(_etag(headers.get("ETag")), headers) else None
+        return hashlib.md5() if self._md5_etag(etag or _etag(headers.get("ETag")), headers) else None
 
     def _fetched(self, bucket: str, key: str, headers: Headers, size: int, expected_size: int, digest) -> ObjectInfo:
         etag = _etag(headers.get("ETag"))
@@ -371,7 +374,7 @@ class S3Storage(Storage):
     def _fetch_parts(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
         part = self.options.part_size
         ranges = [(start, min(start + part, expected.size) - 1) for start in range(0, expected.size, part)]
-        headers_seen: list[dict] = []
+        headers_seen: list[Headers] = []
         write_lock = threading.Lock()
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -383,7 +386,7 @@ class S3Storage(Storage):
                     "Range": f"bytes={first}-{last}", "If-Match": f'"{expected.etag}"'})
                 try:
                     if first == 0:
-                        headers_seen.append(dict(response.headers))
+                        headers_seen.append(response.headers)
                     offset = first + response.write_to(fd, first, write_lock)
                 finally:
                     response.release_conn()
@@ -402,13 +405,9 @@ class S3Storage(Storage):
                 wait(parts)
         finally:
             os.close(fd)
-        meta = {k.lower(): v for k, v in (headers_seen[0] if headers_seen else {}).items()}
-        expect_sha = meta.get(f"x-amz-meta-{SHA256_META}")
-        digest = None
-        if expect_sha:
-            digest = hashlib.new("sha256", usedforsecurity=False)
-        elif self._md5_etag(expected.etag, meta):
-            digest = hashlib.md5()
+        headers = headers_seen[0] if headers_seen else Headers()
+        expect_sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        digest = self._digest_for(headers, expected.etag)
         if digest is not None:  # a second pass, from the page cache: ranges arrive out of order
             with open(dest, "rb") as handle:
                 digest = hashlib.file_digest(handle, lambda: digest)
@@ -416,11 +415,10 @@ class S3Storage(Storage):
         return ObjectInfo(key, size, expected.etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
 
     @staticmethod
-    def _md5_etag(etag: str, headers) -> bool:
+    def _md5_etag(etag: str, headers: Headers) -> bool:
         """A single-part ETag is the MD5 of the content, except under KMS/customer-key encryption."""
-        lowered = headers if isinstance(headers, Headers) else {k.lower(): v for k, v in dict(headers).items()}
-        return bool(_SINGLE_PART_ETAG.match(etag)) and lowered.get("x-amz-server-side-encryption") != "aws:kms" \
-            and "x-amz-server-side-encryption-customer-algorithm" not in lowered
+        return bool(_SINGLE_PART_ETAG.match(etag)) and headers.get("x-amz-server-side-encryption") != "aws:kms" \
+            and "x-amz-server-side-encryption-customer-algorithm" not in headers
 
     def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest, expected_digest: str) -> None:
         if size != expected_size:

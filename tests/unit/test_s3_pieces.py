@@ -154,3 +154,20 @@ def test_a_failed_part_ends_the_fetch_only_after_the_other_parts_stopped_writing
     time.sleep(0.5)
     storage.close()
     assert http.late_writes == 0
+
+
+def test_the_content_check_follows_what_the_object_carries():
+    storage = S3Storage("s3", S3StorageOptions(type="s3", endpoint_url="http://127.0.0.1:9"))
+    md5_etag = '"0123456789abcdef0123456789abcdef"'
+
+    def check(headers: dict[str, str], listed_etag: str | None = None) -> str | None:
+        digest = storage._digest_for(Headers(headers), listed_etag)
+        return digest.name if digest is not None else None
+
+    assert check({"x-amz-meta-sha256": "ab" * 32, "etag": md5_etag}) == "sha256"  # syncd's own upload
+    assert check({"etag": md5_etag}) == "md5"  # a single-part ETag is the MD5
+    assert check({"etag": '"0123456789abcdef0123456789abcdef-4"'}) is None  # multipart: size only
+    assert check({"etag": md5_etag, "x-amz-server-side-encryption": "aws:kms"}) is None
+    assert check({"etag": md5_etag, "x-amz-server-side-encryption-customer-algorithm": "AES256"}) is None
+    # A ranged part's headers may lack the ETag: the listed one decides.
+    assert check({}, listed_etag="0123456789abcdef0123456789abcdef") == "md5"

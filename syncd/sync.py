@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -56,6 +55,8 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
            retry: RetryPolicy, attempts: int = 4, on_plan: Callable[[int, int], None] | None = None,
            on_done: ProgressHook | None = None) -> MirrorReport:
     """Upload every file under ``source`` missing from, or different in, ``bucket/prefix``. Idempotent."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed  # only uploads need it: see S3Storage
+
     report = MirrorReport()
     remote = {info.key: info for info in storage.list(bucket, prefix)}
     index = store.delivered_under(upload_index_key(storage, bucket, prefix))

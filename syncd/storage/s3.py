@@ -20,9 +20,8 @@ import hashlib
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -35,6 +34,9 @@ from syncd.storage.base import ObjectInfo, Storage, check_key
 from syncd.storage.http11 import Headers, pwrite_all
 from syncd.storage.s3_errors import classify
 from syncd.storage.s3_wire import Endpoint, SignedHttp
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1024 * 1024
 SHA256_META = "sha256"
@@ -174,7 +176,6 @@ class S3Storage(Storage):
                                 max_connections=opts.max_connections, verify=opts.verify_tls,
                                 ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
                                 connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout)
-        self._parts = ThreadPoolExecutor(opts.part_workers, thread_name_prefix=f"s3-{self.name}-part")
 
     def _ready(self) -> SignedHttp:
         with self._lock:
@@ -371,7 +372,20 @@ class S3Storage(Storage):
             response.release_conn()
         return self._fetched(bucket, key, response.headers, size, expected.size, digest)
 
+    def _part_pool(self) -> ThreadPoolExecutor:
+        # Made on the first large object: importing concurrent.futures (and logging with it) is a few
+        # milliseconds that a mirror of small files, or a `syncd sync` of them, never needs.
+        with self._lock:
+            if self._parts is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._parts = ThreadPoolExecutor(self.options.part_workers,
+                                                 thread_name_prefix=f"s3-{self.name}-part")
+            return self._parts
+
     def _fetch_parts(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
+        from concurrent import futures
+
         part = self.options.part_size
         ranges = [(start, min(start + part, expected.size) - 1) for start in range(0, expected.size, part)]
         headers_seen: list[Headers] = []
@@ -394,7 +408,8 @@ class S3Storage(Storage):
                     raise TransientError(f"{bucket}/{key}: bytes {first}-{last} arrived incomplete; syncd retries")
                 return offset - first
 
-            parts = [self._parts.submit(one, span) for span in ranges]
+            pool = self._part_pool()
+            parts = [pool.submit(one, span) for span in ranges]
             try:
                 size = sum(future.result() for future in parts)
             finally:
@@ -402,7 +417,7 @@ class S3Storage(Storage):
                 # for them, or their bytes land in whatever file reuses the descriptor number next.
                 for future in parts:
                     future.cancel()
-                wait(parts)
+                futures.wait(parts)
         finally:
             os.close(fd)
         headers = headers_seen[0] if headers_seen else Headers()

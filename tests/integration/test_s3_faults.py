@@ -117,7 +117,8 @@ def test_sync_command_names_a_missing_bucket_and_exits_nonzero(seaweedfs, tmp_pa
 
 
 def test_no_change_sync_starts_without_logging_progress_or_boto3(seaweedfs, bucket, tmp_path):
-    # Start-up is most of a no-change sync's cost: loguru (asyncio), rich and boto3 load only when needed.
+    # Start-up is most of a no-change sync's cost: loguru (asyncio), rich, boto3 and the thread pools
+    # of large objects and uploads (concurrent.futures, which brings logging) load only when needed.
     upload(seaweedfs, bucket, {f"set/f{i}.dat": os.urandom(100) for i in range(5)})
     config = sync_config(tmp_path / "site", seaweedfs, seaweedfs.endpoint)
     command = [*SYNCD, "sync", "-c", str(config), f"s3:{bucket}/set", str(tmp_path / "down")]
@@ -128,7 +129,7 @@ def test_no_change_sync_starts_without_logging_progress_or_boto3(seaweedfs, buck
     assert again.returncode == 0 and "unchanged 5" in again.stdout, again.stderr
     loaded = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")}
     assert loaded, "python -X importtime reported no imports"
-    assert not {"loguru", "asyncio", "rich", "boto3", "botocore"} & loaded
+    assert not {"loguru", "asyncio", "rich", "boto3", "botocore", "concurrent.futures", "logging"} & loaded
 
 
 def test_sync_logs_in_syncds_format_when_it_has_something_to_say(seaweedfs, bucket, tmp_path):

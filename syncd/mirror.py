@@ -5,7 +5,9 @@ store says the local file is the one fetched for this size and ETag (no GET, no
 hashing); adopt a file already in place whose MD5 matches a single-part ETag;
 otherwise fetch it in parallel into ``<tmp_dir>/<pid>-<random>.part`` (on the
 destination's filesystem) and rename it into place. Nothing partial is ever at a
-final path; a crash leaves only ``.part`` files, removed by the next run.
+final path; a crash leaves only ``.part`` files, removed by the next run. The
+index rows of objects the LIST no longer shows are forgotten (their files stay),
+so the index of a mirror that runs for months holds what the bucket holds.
 
 Remote keys are untrusted (:func:`syncd.outbox.check_outbox_key`). Local files
 are deleted only with ``delete=True``, and never inside a job's results folder
@@ -99,6 +101,7 @@ class Mirror:
         for obj in storage.list(bucket, prefix):
             rel = obj.key[len(strip):] if obj.key.startswith(strip) else obj.key
             if obj.key in excluded or not rel.rstrip("/"):
+                index.pop(str(dest / rel), None)
                 continue
             problem = check_key(rel)
             folded = rel.casefold()
@@ -107,6 +110,7 @@ class Mirror:
             if problem:
                 logger.error("refused remote object {}/{}: {}", bucket, obj.key, problem)
                 report.refused.append((obj.key, problem))
+                index.pop(str(dest / rel), None)
                 continue
             seen_folded[folded] = rel
             remote_rel.add(rel.rstrip("/"))
@@ -114,7 +118,7 @@ class Mirror:
             if rel.endswith("/"):
                 self._make_dir(path, bucket, obj.key, report)
                 continue
-            known = index.get(str(path))
+            known = index.pop(str(path), None)
             try:
                 st = None if empty else path.stat()
             except FileNotFoundError:
@@ -131,6 +135,10 @@ class Mirror:
                 report.skipped.append(obj.key)
                 continue
             todo.append(Target(obj, path))
+        if index:  # what is left was delivered for objects the bucket no longer lists
+            self.store.forget_delivered(index)
+            logger.debug("forgot {} delivery record(s) under {} of objects no longer in {}/{}; the files stay",
+                         len(index), dest, bucket, prefix)
         self.store.record_delivered_many(adopt)
         if on_plan is not None:
             on_plan(len(todo), sum(t.info.size for t in todo))
@@ -380,8 +388,11 @@ def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
     if not prefix.startswith(strip):  # some keys keep their full name: any path under dest
         return f"{dest}{os.sep}"
     narrowed = prefix[len(strip):]
+    if not narrowed.strip("/"):
+        return f"{dest}{os.sep}"
     # Path() drops a trailing "/" and collapses "//": what is left still starts every path dest / rel.
-    return str(dest / narrowed) if narrowed.strip("/") else f"{dest}{os.sep}"
+    # A prefix that ends a folder ("job1/") keeps its separator, so job10's rows are not job1's.
+    return str(dest / narrowed) + (os.sep if narrowed.endswith("/") else "")
 
 
 class _TmpNames:

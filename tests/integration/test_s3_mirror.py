@@ -101,6 +101,29 @@ def test_file_already_in_place_is_adopted_without_download(seaweedfs, bucket, st
     assert report.skipped == ["job/a.txt"] and proxy.count("GET", object_only=True) == 0
 
 
+def test_object_deleted_then_put_back_unchanged_is_adopted_without_download(seaweedfs, bucket, store, tmp_path,
+                                                                             proxy_for):
+    """The run that no longer lists an object forgets its index row; the file stays, and if the same
+    content comes back it is recognised by its MD5, not downloaded again."""
+    put_objects(seaweedfs, bucket, {"job/a.txt": b"kept", "job/b.txt": b"comes back"})
+    proxy = proxy_for(seaweedfs)
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint)
+    out = tmp_path / "out"
+    mirror_into(store, storage, bucket, "job/", out)
+    seaweedfs.client().delete_object(Bucket=bucket, Key="job/b.txt")
+    report = mirror_into(store, storage, bucket, "job/", out)
+    assert report.skipped == ["job/a.txt"] and report.deleted == []
+    assert sorted(store.delivered_under(f"{out}{os.sep}")) == [str(out / "a.txt")]
+    assert tree(out) == {"a.txt": b"kept", "b.txt": b"comes back"}
+    put_objects(seaweedfs, bucket, {"job/b.txt": b"comes back"})
+    proxy.clear()
+    report = mirror_into(store, storage, bucket, "job/", out)
+    assert sorted(report.skipped) == ["job/a.txt", "job/b.txt"] and report.fetched == []
+    assert proxy.count("GET", object_only=True) == 0
+    assert sorted(store.delivered_under(f"{out}{os.sep}")) == [str(out / "a.txt"), str(out / "b.txt")]
+    storage.close()
+
+
 def test_local_file_edited_or_removed_is_restored(seaweedfs, storage, bucket, store, tmp_path):
     put_objects(seaweedfs, bucket, {"job/a.txt": b"original", "job/b.txt": b"original"})
     out = tmp_path / "out"

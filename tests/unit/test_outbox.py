@@ -222,6 +222,60 @@ class KeyListStorage(Storage):
         pass
 
 
+def index_rows(outbox: Outbox, bucket: str = "results") -> list[str]:
+    root = outbox.root / bucket
+    return sorted(Path(p).relative_to(root).as_posix() for p in outbox.store.delivered_under(f"{root}{os.sep}"))
+
+
+def test_mirror_forgets_the_index_rows_of_objects_gone_from_the_bucket_and_keeps_their_files(outbox):
+    """Without this, the index of a standing mirror grew with every object the bucket ever held."""
+    remote = KeyListStorage({"job1/a.txt": b"a", "job1/b.txt": b"bb", "job1/sub/c.txt": b"ccc"})
+    outbox.mirror(remote, "results", "job1/")
+    assert index_rows(outbox) == ["job1/a.txt", "job1/b.txt", "job1/sub/c.txt"]
+    del remote.objects["job1/b.txt"], remote.objects["job1/sub/c.txt"]
+    report = outbox.mirror(remote, "results", "job1/")
+    assert report.skipped == ["job1/a.txt"] and report.fetched == [] and report.deleted == []
+    assert index_rows(outbox) == ["job1/a.txt"]
+    assert files_under(outbox.root / "results") == {"job1/a.txt": b"a", "job1/b.txt": b"bb",
+                                                    "job1/sub/c.txt": b"ccc"}
+
+
+def test_a_mirror_of_job1_leaves_the_index_rows_of_job10_alone(outbox):
+    remote = KeyListStorage({"job1/a.txt": b"a", "job10/b.txt": b"b"})
+    outbox.mirror(remote, "results", "job10/")
+    outbox.mirror(remote, "results", "job1/")
+    assert index_rows(outbox) == ["job1/a.txt", "job10/b.txt"]
+    again = outbox.mirror(remote, "results", "job10/")
+    assert again.fetched == [] and again.skipped == ["job10/b.txt"]
+
+
+def test_the_index_rows_of_objects_a_run_excludes_or_refuses_are_kept(outbox):
+    remote = KeyListStorage({"job1/a.txt": b"a", "job1/b.txt": b"b"})
+    outbox.mirror(remote, "results", "job1/")
+    report = outbox.mirror(remote, "results", "job1/", exclude={"job1/b.txt"})
+    assert report.skipped == ["job1/a.txt"]
+    assert index_rows(outbox) == ["job1/a.txt", "job1/b.txt"]
+    # A key that now differs only by case from one listed before it is refused, not gone.
+    collides = KeyListStorage({"job1/A.txt": b"A", "job1/a.txt": b"a", "job1/b.txt": b"b"})
+    report = outbox.mirror(collides, "results", "job1/")
+    assert [key for key, _ in report.refused] == ["job1/a.txt"]
+    assert "job1/a.txt" in index_rows(outbox)
+
+
+def test_a_listing_that_fails_part_way_forgets_nothing(outbox):
+    objects = {"job1/a.txt": b"a", "job1/b.txt": b"b", "job1/c.txt": b"c"}
+    outbox.mirror(KeyListStorage(objects), "results", "job1/")
+
+    class BreaksAfterOne(KeyListStorage):
+        def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+            yield next(super().list(bucket, prefix))
+            raise TransientError("connection reset while listing")
+
+    with pytest.raises(TransientError):
+        outbox.mirror(BreaksAfterOne(objects), "results", "job1/")
+    assert index_rows(outbox) == ["job1/a.txt", "job1/b.txt", "job1/c.txt"]
+
+
 def test_mirror_never_writes_hostile_keys_outside_outbox(outbox, tmp_path):
     hostile = ["../../escape.txt", "job1/../../../escape2.txt", "/tmp/abs.txt", "job1//x", "job1/./y",
                "job1/..", f"job1/{TMP_DIR}/z", "job1/nul\x00.txt", "..\\..\\win.txt", "../up/"]

@@ -87,13 +87,17 @@ class Tools:
                     "RCLONE_CONFIG_BENCH_PROVIDER": "Other", "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
                     "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
                     "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
-                    "RCLONE_CONFIG_BENCH_REGION": REGION, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
+                    "RCLONE_CONFIG_BENCH_REGION": REGION, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+                    # syncd sync's config snapshots (README: "syncd sync") go with the rest of the run
+                    "XDG_CACHE_HOME": str(work / "cache")}
         self.config = work / "syncd.yaml"
         for folder in ("inbox", "outbox", "failed"):
             (work / folder).mkdir(exist_ok=True)
         self.config.write_text(yaml.safe_dump({
             "state_dir": str(work / "state"),
-            "storages": {"s3": server.storage_options()},
+            # Keys as the README recommends: ${VAR}, from the same variables aws and rclone read.
+            "storages": {"s3": server.storage_options(access_key_id="${AWS_ACCESS_KEY_ID}",
+                                                      secret_access_key="${AWS_SECRET_ACCESS_KEY}")},
             "backends": {"local": {"type": "local"}},
             "inboxes": [{"name": "bench", "path": "inbox", "outbox": "outbox", "failed": "failed",
                          "backend": "local", "storage": "s3", "bucket": BUCKET}],

@@ -26,22 +26,29 @@ def config_option(func):
 
 def _load(config_path: Path, *, light: bool = False):
     if light:  # commands that never start the daemon or a backend skip importing them
-        from pydantic import ConfigDict
+        return _load_light(config_path)[0]
+    from syncd.daemon import load
 
-        from syncd import plugins
-        from syncd.config import BackendOptions, load_config
+    return _checked(load, config_path)
 
-        class UncheckedBackend(BackendOptions):
-            model_config = ConfigDict(extra="allow", frozen=True)
 
-        def resolve(kind, type_name):
-            return UncheckedBackend if kind == "backend" else plugins.options_model(kind, type_name)
+def _load_light(config_path: Path):
+    """(config, its ConfigSource), with backend sections taken as they are (their plugins not imported)."""
+    from pydantic import ConfigDict
 
-        def load(path):
-            return load_config(path, resolve)
-    else:
-        from syncd.daemon import load
+    from syncd import plugins
+    from syncd.config import BackendOptions, load_config_and_source
 
+    class UncheckedBackend(BackendOptions):
+        model_config = ConfigDict(extra="allow", frozen=True)
+
+    def resolve(kind, type_name):
+        return UncheckedBackend if kind == "backend" else plugins.options_model(kind, type_name)
+
+    return _checked(lambda path: load_config_and_source(path, resolve), config_path)
+
+
+def _checked(load, config_path: Path):
     try:
         return load(config_path)
     except ConfigError as exc:
@@ -286,7 +293,7 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     from syncd.sync import parse_remote
 
     logger.setup_on_first_use(_sync_logging)
-    config = _load(config_path, light=True)
+    config = _load_for_sync(config_path)
     gc.freeze()  # what exists now lives until exit: out of the collector's sight
     gc.enable()
     try:
@@ -316,6 +323,17 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
                f"in {time.monotonic() - started:.2f}s")
     if report.failed:
         sys.exit(EXIT_INVALID)
+
+
+def _load_for_sync(config_path: Path):
+    """The config from its snapshot (syncd.config_snapshot) when it is still true, else read in full."""
+    from syncd import config_snapshot
+
+    config = config_snapshot.load(config_path.resolve())
+    if config is None:
+        config, source = _load_light(config_path)
+        config_snapshot.save(config, source)
+    return config
 
 
 def _sync_logging() -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +31,9 @@ from pydantic import (
 
 from syncd.errors import ConfigError
 from syncd.units import parse_duration, parse_size
-from syncd.yamlfile import LoadedYaml, Location, YamlProblem, load_file
+
+if TYPE_CHECKING:  # PyYAML is imported when a file is read: `syncd sync` from a snapshot never needs it
+    from syncd.yamlfile import LoadedYaml, Location
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -48,7 +51,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Validators are built on first use, not at import: `syncd sync` from a snapshot (syncd.config_snapshot)
+    # constructs its few models without any, and a validator built is ~1 ms per model.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class StorageOptions(StrictModel):
@@ -153,11 +158,11 @@ class Config(StrictModel):
     storages: dict[str, dict[str, Any]] = Field(description="named storages")
     backends: dict[str, dict[str, Any]] = Field(description="named backends")
     inboxes: list[InboxConfig] = Field(min_length=1, description="watched folders")
-    poll: PollPolicy = PollPolicy()
-    retry: RetryPolicy = RetryPolicy()
+    poll: PollPolicy = Field(default_factory=PollPolicy)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     workers: PositiveInt = Field(4, le=64, description="threads that stage, submit and collect")
     webhook: WebhookConfig | None = Field(None, description="notify a URL on every terminal state")
-    http: HttpConfig = Field(HttpConfig(), description="the health and metrics endpoint")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="the health and metrics endpoint")
     mirrors: list[MirrorConfig] = Field(default_factory=list, description="standing mirrors of bucket prefixes")
     # Filled in by load_config from the plugin option models.
     storage_options: dict[str, StorageOptions] = Field(default_factory=dict, exclude=True)
@@ -185,12 +190,16 @@ OptionsResolver = Callable[[Literal["backend", "storage"], str], type[StrictMode
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(value: Any, env: dict[str, str], location: Location = (), missing: list | None = None) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+def interpolate(value: Any, env: dict[str, str], location: Location = (), missing: list | None = None,
+                used: list | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``.
+
+    ``missing`` collects ``(location, name)`` of variables neither set nor defaulted, ``used`` of every one.
+    """
     if isinstance(value, dict):
-        return {k: interpolate(v, env, location + (k,), missing) for k, v in value.items()}
+        return {k: interpolate(v, env, location + (k,), missing, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, env, location + (i,), missing) for i, v in enumerate(value)]
+        return [interpolate(v, env, location + (i,), missing, used) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -198,6 +207,8 @@ def interpolate(value: Any, env: dict[str, str], location: Location = (), missin
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if used is not None:
+            used.append((location, name))
         if name in env:
             return env[name]
         if default is not None:
@@ -236,12 +247,33 @@ def _problems_from_validation(
     return problems
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    """How a validated config came to be: the bytes it was read from (their SHA-256), what the YAML said
+    before interpolation, and where each ``${VAR}`` was used. In memory only (the raw text may hold secrets)."""
+
+    sha256: str | None
+    raw: Any
+    variables: list[tuple[Location, str]] = field(default_factory=list)
+
+
 def load_config(
     path: Path | str,
     resolve_options: OptionsResolver,
     env: dict[str, str] | None = None,
 ) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    return load_config_and_source(path, resolve_options, env)[0]
+
+
+def load_config_and_source(
+    path: Path | str,
+    resolve_options: OptionsResolver,
+    env: dict[str, str] | None = None,
+) -> tuple[Config, ConfigSource]:
+    """:func:`load_config`, and the :class:`ConfigSource` of what it returns."""
+    from syncd.yamlfile import YamlProblem, load_file
+
     path = Path(path).resolve()
     filename = str(path)
     env = dict(os.environ) if env is None else env
@@ -256,7 +288,8 @@ def load_config(
         raise ConfigError(filename, [f"{filename}: the config must be a mapping of keys like state_dir, inboxes"])
 
     missing: list = []
-    data = interpolate(loaded.data, env, (), missing)
+    used: list = []
+    data = interpolate(loaded.data, env, (), missing, used)
     problems = [
         f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}: environment variable {name} is not set; "
         f"export it or write ${{{name}:-default}}"
@@ -338,4 +371,4 @@ def load_config(
     redacted = {name: options.model_dump(mode="json") for name, options in storage_options.items()}
     return config.model_copy(update={
         "storages": redacted, "storage_options": storage_options, "backend_options": backend_options, "source": path,
-    })
+    }), ConfigSource(loaded.sha256, loaded.data, used)

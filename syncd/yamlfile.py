@@ -7,6 +7,7 @@ the composed node tree itself, so it can report ``file:line`` for every value.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class YamlProblem(Exception):
 class LoadedYaml:
     data: Any
     lines: dict[Location, int] = field(default_factory=dict)
+    sha256: str | None = None  # of the file's bytes, when it came from a file
 
     def line_of(self, location: Location) -> int | None:
         """The line of ``location`` or of its closest parent that has one."""
@@ -99,7 +101,9 @@ def load_file(path: Path, *, max_bytes: int = 1024 * 1024, allow_aliases: bool =
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise YamlProblem("file is not valid UTF-8; save it as UTF-8 text", line) from None
-    return loads(text, allow_aliases=allow_aliases)
+    loaded = loads(text, allow_aliases=allow_aliases)
+    loaded.sha256 = hashlib.sha256(raw).hexdigest()
+    return loaded
 
 
 def _construct(loader, node, location: Location, lines: dict, counter: list[int], ancestors: tuple) -> Any:

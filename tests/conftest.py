@@ -31,6 +31,19 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI=true (skips are failures in CI): {reason}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _snapshots_in_a_test_folder(tmp_path_factory):
+    """`syncd sync` remembers configs in $XDG_CACHE_HOME/syncd: the tests' go to a folder of the session, never
+    the user's cache (the variable is inherited by every syncd the tests start)."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture
 def store(tmp_path):
     """An empty state store in the test's folder, closed at the end."""

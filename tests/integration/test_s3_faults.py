@@ -116,20 +116,26 @@ def test_sync_command_names_a_missing_bucket_and_exits_nonzero(seaweedfs, tmp_pa
     assert seaweedfs.secret_key not in done.stderr + done.stdout
 
 
-def test_no_change_sync_starts_without_logging_progress_or_boto3(seaweedfs, bucket, tmp_path):
+def test_no_change_sync_starts_without_logging_progress_boto3_or_yaml(seaweedfs, bucket, tmp_path):
     # Start-up is most of a no-change sync's cost: loguru (asyncio), rich, boto3 and the thread pools
     # of large objects and uploads (concurrent.futures, which brings logging) load only when needed.
+    # With its keys as ${VAR}s, the second sync also builds its config from the first's snapshot:
+    # no PyYAML, and no pydantic validator (whose plugin lookup imports importlib.metadata).
     upload(seaweedfs, bucket, {f"set/f{i}.dat": os.urandom(100) for i in range(5)})
-    config = sync_config(tmp_path / "site", seaweedfs, seaweedfs.endpoint)
+    options = seaweedfs.storage_options(access_key_id="${TEST_S3_KEY_ID}", secret_access_key="${TEST_S3_SECRET}")
+    config = make_config(tmp_path / "site", extra={"storages": {"local": {"type": "file", "root": "buckets"},
+                                                               "s3": options}})
+    env = {**os.environ, "TEST_S3_KEY_ID": seaweedfs.access_key, "TEST_S3_SECRET": seaweedfs.secret_key}
     command = [*SYNCD, "sync", "-c", str(config), f"s3:{bucket}/set", str(tmp_path / "down")]
-    first = subprocess.run([*command, "--progress"], capture_output=True, text=True, timeout=60)
+    first = subprocess.run([*command, "--progress"], capture_output=True, text=True, timeout=60, env=env)
     assert first.returncode == 0 and "downloaded 5 file(s)" in first.stdout, first.stderr
     again = subprocess.run([sys.executable, "-X", "importtime", *SYNCD[1:], *command[len(SYNCD):], "--no-progress"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, env=env)
     assert again.returncode == 0 and "unchanged 5" in again.stdout, again.stderr
     loaded = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")}
     assert loaded, "python -X importtime reported no imports"
-    assert not {"loguru", "asyncio", "rich", "boto3", "botocore", "concurrent.futures", "logging"} & loaded
+    assert not {"loguru", "asyncio", "rich", "boto3", "botocore", "concurrent.futures", "logging",
+                "yaml", "importlib.metadata"} & loaded
 
 
 def test_sync_logs_in_syncds_format_when_it_has_something_to_say(seaweedfs, bucket, tmp_path):

@@ -88,7 +88,7 @@ class Tools:
                     "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
                     "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
                     "RCLONE_CONFIG_BENCH_REGION": REGION, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
-                    # syncd sync's config snapshots (README: "syncd sync") go with the rest of the run
+                    # where `syncd sync` keeps its config snapshots: in this run's folder, not the user's cache
                     "XDG_CACHE_HOME": str(work / "cache")}
         self.config = work / "syncd.yaml"
         for folder in ("inbox", "outbox", "failed"):

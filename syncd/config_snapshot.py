@@ -1,21 +1,22 @@
 """What ``syncd sync`` reads of a config, remembered between runs.
 
 Reading a config costs PyYAML, then a pydantic validator for every model of the
-file: about a third of a small sync's start. A one-shot sync needs only the storages, the
+file: about a quarter of a small sync's start. A one-shot sync needs only the storages, the
 retry policy and the state folder; once a config has been validated in full, those
 are written here and the next ``syncd sync`` with the same config builds its
 models straight from them (``model_construct``: no YAML, no validator).
 
 A snapshot is used only when nothing it came from has changed: the config file's
 bytes (SHA-256), its path, the home folder (``~`` in paths), the value of every
-``${VAR}`` it uses, syncd's version and the source files of the models. Anything
+``${VAR}`` it uses but the secrets', syncd's version and the source files of the models. Anything
 else, or any doubt (unreadable, another format), is a miss: the config is read and
 validated as always, and the snapshot written again.
 
 Secrets are never written. A secret field is remembered as the name of the
 variable it comes from and read from the environment at each run; a storage
-whose secret is written in the config itself (not ``${VAR}``) makes the config
-unsuitable, and it is always read in full. Snapshots live in
+whose secret is written in the config itself (not ``${VAR}``), or a secret's
+variable also used for a value that is not secret (whose digest is written), makes
+the config unsuitable, and it is always read in full. Snapshots live in
 ``$XDG_CACHE_HOME/syncd`` (default ``~/.cache/syncd``), readable by their owner
 only; deleting them is always safe.
 """
@@ -62,10 +63,14 @@ def save(config: Config, source: ConfigSource) -> None:
     for name, options in config.storage_options.items():
         remembered = _remember(options, source.raw.get("storages", {}).get(name, {}))
         if remembered is None:  # not logged: the first message of a sync costs loguru's import (~20 ms)
+            _forget(target)
             return
         storages[name] = remembered
     secret_places = {("storages", name, key) for name, entry in storages.items() for key in entry["secrets"]}
     variables = sorted({name for location, name in source.variables if tuple(location[:3]) not in secret_places})
+    if set(variables) & {variable for entry in storages.values() for variable in entry["secrets"].values()}:
+        _forget(target)  # a secret's variable used elsewhere too: not even a digest of its value is written
+        return
     modules = {sys.modules[Config.__module__].__file__} | {entry["module"] for entry in storages.values()}
     document = {
         "format": FORMAT, "syncd": __version__, "config": str(config.source), "sha256": source.sha256,
@@ -74,14 +79,15 @@ def save(config: Config, source: ConfigSource) -> None:
         "state_dir": str(config.state_dir), "retry": config.retry.model_dump(),
         "storages": storages, "shown": config.storages,
     }
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
     try:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8") as out:
             json.dump(document, out)
         os.replace(partial, target)
-    except OSError as exc:
+    except (OSError, TypeError, ValueError) as exc:  # a full disk, a read-only home: the next sync reads in full
+        _forget(partial)
         logger.debug("config {}: no snapshot for syncd sync ({})", config.source, exc)
 
 
@@ -119,6 +125,13 @@ def load(config_path: Path) -> Config | None:
             source=config_path)
     except (KeyError, TypeError, AttributeError, ValueError):
         return None
+
+
+def _forget(target: Path) -> None:
+    try:
+        target.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _remember(options: BaseModel, raw: Any) -> dict[str, Any] | None:

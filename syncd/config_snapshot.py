@@ -8,9 +8,10 @@ models straight from them (``model_construct``: no YAML, no validator).
 
 A snapshot is used only when nothing it came from has changed: the config file's
 bytes (SHA-256), its path, the home folder (``~`` in paths), the value of every
-``${VAR}`` it uses but the secrets', syncd's version and the source files of the models. Anything
-else, or any doubt (unreadable, another format), is a miss: the config is read and
-validated as always, and the snapshot written again.
+``${VAR}`` it uses but the secrets', the versions of syncd and pydantic, and the
+source files that validate it (``syncd/config.py``, ``syncd/units.py``, each
+storage type's module). Anything else, or any doubt (unreadable, another format),
+is a miss: the config is read and validated as always, and the snapshot written again.
 
 Secrets are never written. A secret field is remembered as the name of the
 variable it comes from and read from the environment at each run; a storage
@@ -32,6 +33,7 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, SecretStr
 
 from syncd import __version__
@@ -39,6 +41,8 @@ from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPoli
 from syncd.log import logger
 
 FORMAT = 1
+#: modules whose code decides what a config validates to, besides each storage type's own
+_VALIDATING_MODULES = ("syncd.config", "syncd.units")
 _WHOLE_VARIABLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _PLAIN = {str, int, float, bool, type(None)}
 
@@ -71,9 +75,11 @@ def save(config: Config, source: ConfigSource) -> None:
     if set(variables) & {variable for entry in storages.values() for variable in entry["secrets"].values()}:
         _forget(target)  # a secret's variable used elsewhere too: not even a digest of its value is written
         return
-    modules = {sys.modules[Config.__module__].__file__} | {entry["module"] for entry in storages.values()}
+    modules = {sys.modules[name].__file__ for name in _VALIDATING_MODULES} | {
+        entry["module"] for entry in storages.values()}
     document = {
-        "format": FORMAT, "syncd": __version__, "config": str(config.source), "sha256": source.sha256,
+        "format": FORMAT, "syncd": __version__, "pydantic": PYDANTIC_VERSION, "config": str(config.source),
+        "sha256": source.sha256,
         "home": os.path.expanduser("~"), "variables": variables, "environment": _digest(variables),
         "code": {path: _stamp(path) for path in sorted(modules)},
         "state_dir": str(config.state_dir), "retry": config.retry.model_dump(),
@@ -102,8 +108,9 @@ def load(config_path: Path) -> Config | None:
     except (OSError, ValueError):
         return None
     if not isinstance(document, dict) or (
-            document.get("format"), document.get("syncd"), document.get("config"), document.get("sha256"),
-            document.get("home")) != (FORMAT, __version__, str(config_path), current, os.path.expanduser("~")):
+            document.get("format"), document.get("syncd"), document.get("pydantic"), document.get("config"),
+            document.get("sha256"), document.get("home")) != (
+            FORMAT, __version__, PYDANTIC_VERSION, str(config_path), current, os.path.expanduser("~")):
         return None
     try:
         if document["environment"] != _digest(document["variables"]) or any(

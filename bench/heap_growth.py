@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger  # noqa: E402
 
-from syncd.daemon import Daemon, build_backends, build_storages, load  # noqa: E402
-from syncd.engine import Engine  # noqa: E402
-from syncd.logsetup import setup_logging  # noqa: E402
-from syncd.store import Store  # noqa: E402
+from syncd.service.daemon import Daemon, build_backends, build_storages, load  # noqa: E402
+from syncd.engine.core import Engine  # noqa: E402
+from syncd.service.logsetup import setup_logging  # noqa: E402
+from syncd.state.store import Store  # noqa: E402
 from tests.support.harness import drop_job, make_config, make_job  # noqa: E402
 
 

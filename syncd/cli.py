@@ -11,7 +11,7 @@ import click
 
 from syncd import __version__
 from syncd.errors import ConfigError, ManifestError
-from syncd.store import job_summary, local_iso
+from syncd.state.summary import job_summary, local_iso
 from syncd.templates import INIT_CONFIG, INIT_FOLDERS
 
 CONFIG_HELP = "config file (default: $SYNCD_CONFIG, then ./syncd.yaml)"
@@ -27,7 +27,7 @@ def config_option(func):
 def _load(config_path: Path, *, light: bool = False):
     if light:  # commands that never start the daemon or a backend skip importing them
         return _load_light(config_path)[0]
-    from syncd.daemon import load
+    from syncd.service.daemon import load
 
     return _checked(load, config_path)
 
@@ -59,7 +59,7 @@ def _checked(load, config_path: Path):
 
 
 def _store(config):
-    from syncd.store import Store
+    from syncd.state.store import Store
 
     if not config.db_path.exists():
         click.echo(f"syncd: no state yet at {config.db_path}; start the daemon with 'syncd run -c {config.source}'",
@@ -82,7 +82,9 @@ def _one_job(store, ref: str):
 
 
 def _console():
-    from rich.console import Console  # imported here: `syncd sync` and the daemon never draw tables
+    from rich.console import (
+        Console,  # imported here: `syncd sync` and the daemon never draw tables
+    )
 
     # Piped output keeps whole ids and names instead of wrapping to 80 columns.
     return Console() if sys.stdout.isatty() else Console(width=220)
@@ -130,8 +132,8 @@ def init(directory: Path, force: bool) -> None:
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def run(config_path: Path, log_format: str, log_level: str) -> None:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
-    from syncd.daemon import run_daemon
-    from syncd.logsetup import setup_logging
+    from syncd.service.daemon import run_daemon
+    from syncd.service.logsetup import setup_logging
 
     setup_logging(log_level, log_format)
     run_daemon(_load(config_path))
@@ -192,7 +194,7 @@ def validate(path: Path) -> None:
     if path.name == "job.yaml" and path.is_file():
         path = path.parent  # a manifest is checked together with its job directory
     if path.is_dir():
-        from syncd.manifest import load_job_directory
+        from syncd.intake.manifest import load_job_directory
 
         try:
             job = load_job_directory(path)
@@ -203,7 +205,7 @@ def validate(path: Path) -> None:
             sys.exit(EXIT_INVALID)
         click.echo(f"{path}: valid job '{job.name}' with {len(job.inputs)} input file(s)")
         return
-    from syncd.daemon import load
+    from syncd.service.daemon import load
 
     try:
         config = load(path)
@@ -243,7 +245,7 @@ def retry(config_path: Path, job: str) -> None:
 def logs(config_path: Path, job: str) -> None:
     """Print JOB's event log, then its stdout and stderr."""
     from syncd.backends.base import RemoteRef
-    from syncd.daemon import build_backends
+    from syncd.service.daemon import build_backends
 
     config = _load(config_path)
     store = _store(config)
@@ -288,9 +290,9 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     # Loading the config builds thousands of long-lived objects (modules, pydantic schemas); the
     # collector would scan them again and again for nothing (~20 ms of a ~0.2 s no-change run).
     gc.disable()
+    from syncd.delivery.sync import parse_remote
     from syncd.errors import SyncdError
     from syncd.log import logger
-    from syncd.sync import parse_remote
 
     logger.setup_on_first_use(_sync_logging)
     config = _load_for_sync(config_path)
@@ -337,17 +339,18 @@ def _load_for_sync(config_path: Path):
 
 
 def _sync_logging() -> None:
-    from syncd.logsetup import setup_logging
+    from syncd.service.logsetup import setup_logging
 
     setup_logging("WARNING", "text")
 
 
 def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: bool, fsync: bool):
     from syncd import plugins
-    from syncd.mirror import TMP_DIR, Mirror
-    from syncd.outbox import check_outbox_key
-    from syncd.store import Store
-    from syncd.sync import upload
+    from syncd.delivery.mirror import Mirror
+    from syncd.delivery.outbox import check_outbox_key
+    from syncd.delivery.sync import upload
+    from syncd.fsutil import TMP_DIR
+    from syncd.state.store import Store
 
     store = Store(config.db_path, durable=fsync)
     remote = source or target
@@ -380,7 +383,7 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
               help="write syncd.service and syncd@.service into this folder instead of printing syncd.service")
 def units(config_path: Path, user: str | None, output: Path | None) -> None:
     """Print (or write) systemd unit files tailored to CONFIG: its paths, this syncd, a service user."""
-    from syncd.service_units import render_units
+    from syncd.service.unit_files import render_units
 
     config = _load(config_path)
     try:
@@ -403,8 +406,15 @@ def _progress(label: str, show: bool):
     if not show:
         return contextlib.nullcontext(), None, None
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)

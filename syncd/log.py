@@ -4,7 +4,7 @@ Importing loguru costs ~50 ms of CPU, most of it asyncio. The daemon logs from t
 pays it at once; a ``syncd sync`` that has nothing to warn about never needs loguru at all, so it
 hands its logging setup to :meth:`DeferredLogger.setup_on_first_use` instead of running it.
 Every module logs through this object; handlers and levels are loguru's as configured by
-:mod:`syncd.logsetup`.
+:mod:`syncd.service.logsetup`.
 """
 
 from __future__ import annotations

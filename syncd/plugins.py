@@ -21,7 +21,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",
-        "s3": "syncd.storage.s3:S3Storage",
+        "s3": "syncd.storage.s3.storage:S3Storage",
     },
 }
 INSTALL_HINTS: dict[str, str] = {"s3": "reinstall syncd: boto3 is one of its dependencies"}

@@ -10,12 +10,15 @@ import os
 
 import pytest
 
-from syncd.store import Store
-
+from syncd.state.store import Store
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
-    SyncdProcess, drop_job, make_config, make_job, read_result, wait_for,
+    SyncdProcess,
+    drop_job,
+    make_config,
+    make_job,
+    read_result,
+    wait_for,
 )
-
 from tests.support.slurm import slurm_cluster  # noqa: F401,E402  (one cluster per session)
 
 pytest_plugins: list[str] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from syncd.config import BackendOptions
-from syncd.manifest import InputFile
+from syncd.intake.manifest import InputFile
 
 
 class RemoteState(str, enum.Enum):

@@ -28,14 +28,26 @@ from typing import Sequence
 from pydantic import Field, field_validator, model_validator
 
 from syncd.backends.base import (
-    Backend, JobLogs, JobSpec, OutputFile, RemoteRef, RemoteState, RemoteStatus,
+    Backend,
+    JobLogs,
+    JobSpec,
+    OutputFile,
+    RemoteRef,
+    RemoteState,
+    RemoteStatus,
 )
-from syncd.backends.job_user import JobUser, hand_over, missing_privileges, take_back, unreachable_by
+from syncd.backends.job_user import (
+    JobUser,
+    hand_over,
+    missing_privileges,
+    take_back,
+    unreachable_by,
+)
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
-from syncd.manifest import InputFile
-from syncd.storage.file import os_error
+from syncd.fsutil import os_error
+from syncd.intake.manifest import InputFile
 
 # Variables passed through from the daemon; everything else (credentials!) stays out.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")

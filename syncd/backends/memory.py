@@ -19,12 +19,18 @@ from pathlib import Path
 from typing import Sequence
 
 from syncd.backends.base import (
-    Backend, JobLogs, JobSpec, OutputFile, RemoteRef, RemoteState, RemoteStatus,
+    Backend,
+    JobLogs,
+    JobSpec,
+    OutputFile,
+    RemoteRef,
+    RemoteState,
+    RemoteStatus,
 )
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions
 from syncd.errors import PermanentError
-from syncd.manifest import InputFile
+from syncd.intake.manifest import InputFile
 
 
 @dataclass

@@ -27,12 +27,18 @@ from pydantic import Field, model_validator
 
 from syncd.backends import slurm_api as api
 from syncd.backends.base import (
-    Backend, JobLogs, JobSpec, OutputFile, RemoteRef, RemoteState, RemoteStatus,
+    Backend,
+    JobLogs,
+    JobSpec,
+    OutputFile,
+    RemoteRef,
+    RemoteState,
+    RemoteStatus,
 )
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath, Duration, StrictModel
 from syncd.errors import AuthError, PermanentError, TransientError
-from syncd.manifest import InputFile
+from syncd.intake.manifest import InputFile
 
 BATCH_SCRIPT = """\
 #!/bin/bash

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from syncd.backends.base import JobLogs, OutputFile
 from syncd.errors import InputError
-from syncd.manifest import InputFile, glob_to_regex, match_any
-from syncd.storage.file import copy_verified, os_error
+from syncd.fsutil import copy_verified, os_error
+from syncd.intake.manifest import InputFile, glob_to_regex, match_any
 
 INPUTS_SNAPSHOT = "inputs.json"
 

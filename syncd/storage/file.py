@@ -8,8 +8,6 @@ no reads; copies are verified by size and MD5 while streaming.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import shutil
 import uuid
@@ -20,10 +18,8 @@ from pydantic import Field
 
 from syncd.config import ConfigPath, StorageOptions
 from syncd.errors import PermanentError, TransientError
+from syncd.fsutil import TMP_DIR, copy_verified, os_error
 from syncd.storage.base import ObjectInfo, Storage, check_key
-
-TMP_DIR = ".syncd-tmp"
-CHUNK = 1024 * 1024
 
 
 class FileStorageOptions(StorageOptions):
@@ -31,31 +27,6 @@ class FileStorageOptions(StorageOptions):
     create_buckets: bool = Field(True, description="create a bucket folder on first use")
 
 
-def copy_verified(source: Path, dest: Path) -> str:
-    """Copy with fsync, returning the MD5 of what was written; raise if sizes differ."""
-    digest = hashlib.md5()
-    with open(source, "rb") as src, open(dest, "wb") as out:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-        expected = os.fstat(src.fileno()).st_size
-    if dest.stat().st_size != expected:
-        raise TransientError(f"copy of {source} to {dest} is {dest.stat().st_size} bytes, expected {expected}")
-    return digest.hexdigest()
-
-
-def os_error(exc: OSError, what: str) -> Exception:
-    """Classify an OSError: full disk and I/O hiccups are transient, the rest permanent."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransientError(f"{what}: no space left on the device; free space on that filesystem and syncd "
-                              f"resumes by itself")
-    if exc.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY, errno.ENOTCONN):
-        return TransientError(f"{what}: {exc.strerror}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermanentError(f"{what}: permission denied; check the owner and mode of {exc.filename or what}")
-    return PermanentError(f"{what}: {exc.strerror or exc}")
 
 
 class FileStorage(Storage):

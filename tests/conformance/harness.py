@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteStatus
-from syncd.manifest import InputFile
+from syncd.intake.manifest import InputFile
 
 
 @dataclass

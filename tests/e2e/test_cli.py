@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import SYNCD, SyncdProcess, drop_job, make_config, make_job, read_result, wait_for
+from tests.support.harness import (
+    SYNCD,
+    SyncdProcess,
+    drop_job,
+    make_config,
+    make_job,
+    read_result,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 

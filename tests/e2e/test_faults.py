@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_job, wait_for
+from tests.support.harness import (
+    SyncdProcess,
+    drop_job,
+    http_get,
+    http_port,
+    make_job,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -236,9 +243,9 @@ def test_input_removed_while_staging_rejects_with_a_report_and_keeps_the_other_f
     """Promises 1, 2, 5: the file vanishes between the scan and its copy (a hook makes the race
     deterministic); the job is rejected, never submitted, its report names the file; the rest stays."""
     from syncd.backends import workdir
-    from syncd.daemon import build_backends, build_storages, load
-    from syncd.engine import Engine
-    from syncd.store import Store
+    from syncd.engine.core import Engine
+    from syncd.service.daemon import build_backends, build_storages, load
+    from syncd.state.store import Store
     from tests.support.harness import make_config
 
     config = load(make_config(tmp_path / "site"))

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from tests.data.hostile.cases import (
-    CASES, MANY_FILES, PWNED, Case, Outcome, build, fingerprint, prepare_outside,
+    CASES,
+    MANY_FILES,
+    PWNED,
+    Case,
+    Outcome,
+    build,
+    fingerprint,
+    prepare_outside,
 )
 from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
 

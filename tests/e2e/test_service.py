@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.support.harness import SYNCD, SyncdProcess, drop_job, wait_for
-from tests.support.harness import http_get as _get, http_port as _http_port
+from tests.support.harness import http_get as _get
+from tests.support.harness import http_port as _http_port
 
 pytestmark = pytest.mark.e2e
 

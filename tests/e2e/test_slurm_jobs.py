@@ -8,7 +8,14 @@ import time
 import pytest
 
 from tests.support.chaos import kill_at_each_point_then_finish
-from tests.support.harness import SyncdProcess, drop_job, http_port, make_config, readyz, wait_for
+from tests.support.harness import (
+    SyncdProcess,
+    drop_job,
+    http_port,
+    make_config,
+    readyz,
+    wait_for,
+)
 from tests.support.slurm import MIN_JOB_AGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.support.harness import SYNCD, SyncdProcess, drop_job, read_result, wait_for
+from tests.support.harness import SYNCD, SyncdProcess
 
 pytestmark = pytest.mark.e2e
 

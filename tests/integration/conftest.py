@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from syncd.config import RetryPolicy
-from syncd.mirror import TMP_DIR, Mirror
-from syncd.outbox import check_outbox_key
-from syncd.storage.s3 import S3Storage, S3StorageOptions
-from syncd.store import Store
+from syncd.delivery.mirror import Mirror
+from syncd.delivery.outbox import check_outbox_key
+from syncd.fsutil import TMP_DIR
+from syncd.state.store import Store
+from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import S3Server, start_moto, start_seaweedfs
 

@@ -8,7 +8,15 @@ import time
 import pytest
 
 from tests.integration.conftest import bucket_contents, tree
-from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, readyz, wait_for
+from tests.support.harness import (
+    SyncdProcess,
+    drop_job,
+    http_get,
+    http_port,
+    make_config,
+    readyz,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.s3, pytest.mark.e2e]
 

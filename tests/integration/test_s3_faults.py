@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from syncd.mirror import TMP_DIR
+from syncd.fsutil import TMP_DIR
 from tests.integration.conftest import make_storage, mirror_into, tree
 from tests.support.harness import SYNCD, make_config, wait_for
 

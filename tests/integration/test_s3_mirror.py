@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from syncd.delivery.index import DeliveryIndex
+from syncd.delivery.outbox import Outbox
 from syncd.errors import PermanentError
-from syncd.mirror import TMP_DIR
-from syncd.outbox import Outbox
+from syncd.fsutil import TMP_DIR
 from tests.integration.conftest import bucket_contents, make_storage, mirror_into, tree
 
 pytestmark = pytest.mark.s3
@@ -113,14 +114,14 @@ def test_object_deleted_then_put_back_unchanged_is_adopted_without_download(seaw
     seaweedfs.client().delete_object(Bucket=bucket, Key="job/b.txt")
     report = mirror_into(store, storage, bucket, "job/", out)
     assert report.skipped == ["job/a.txt"] and report.deleted == []
-    assert sorted(store.delivered_under(f"{out}{os.sep}")) == [str(out / "a.txt")]
+    assert sorted(DeliveryIndex(store).under(f"{out}{os.sep}")) == [str(out / "a.txt")]
     assert tree(out) == {"a.txt": b"kept", "b.txt": b"comes back"}
     put_objects(seaweedfs, bucket, {"job/b.txt": b"comes back"})
     proxy.clear()
     report = mirror_into(store, storage, bucket, "job/", out)
     assert sorted(report.skipped) == ["job/a.txt", "job/b.txt"] and report.fetched == []
     assert proxy.count("GET", object_only=True) == 0
-    assert sorted(store.delivered_under(f"{out}{os.sep}")) == [str(out / "a.txt"), str(out / "b.txt")]
+    assert sorted(DeliveryIndex(store).under(f"{out}{os.sep}")) == [str(out / "a.txt"), str(out / "b.txt")]
     storage.close()
 
 

@@ -1,4 +1,4 @@
-"""syncd.storage.s3 against a real SeaweedFS: round trips, integrity, and clear, classified errors."""
+"""syncd.storage.s3.storage against a real SeaweedFS: round trips, integrity, and clear, classified errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
-from syncd.storage.s3 import S3Storage, S3StorageOptions
+from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.integration.conftest import make_storage
 from tests.support.s3server import free_port
 
@@ -122,8 +122,8 @@ def test_unreachable_endpoint_is_transient_and_names_it(seaweedfs, tmp_path):
 
 
 def test_options_reference_env_variables_for_keys(tmp_path, seaweedfs):
-    from syncd.config import load_config
     from syncd import plugins
+    from syncd.config import load_config
 
     config = tmp_path / "syncd.yaml"
     config.write_text(

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from syncd.crashpoints import ENV
+from syncd.engine.crashpoints import ENV
 from tests.support.harness import SyncdProcess, drop_job, read_result, wait_for
 
 BIG = 300_000  # bytes of random output per job: enough to make collection take a moment

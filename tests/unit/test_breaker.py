@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from syncd.breaker import CircuitBreaker, Guarded, ServiceUnavailable
 from syncd.config import RetryPolicy
+from syncd.engine.breaker import CircuitBreaker, Guarded, ServiceUnavailable
 from syncd.errors import AuthError, PermanentError, TransientError
 
 

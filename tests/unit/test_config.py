@@ -1,4 +1,4 @@
-"""syncd.config via syncd.daemon.load: typed config, ${ENV}, errors naming file:line and field."""
+"""syncd.config via syncd.service.daemon.load: typed config, ${ENV}, errors naming file:line and field."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from syncd.daemon import load
 from syncd.errors import ConfigError
+from syncd.service.daemon import load
 from syncd.storage.file import FileStorageOptions
 from syncd.templates import INIT_CONFIG
 

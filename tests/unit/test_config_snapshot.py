@@ -119,7 +119,7 @@ def test_a_snapshot_that_no_longer_holds_is_not_used(env, tmp_path, change):
     else:
         document = json.loads(file.read_text())
         if change == "code":  # e.g. syncd upgraded or edited: a model's source file changed
-            assert {Path(source).name for source in document["code"]} == {"config.py", "units.py", "s3.py",
+            assert {Path(source).name for source in document["code"]} == {"config.py", "units.py", "storage.py",
                                                                           "file.py"}
             source = next(iter(document["code"]))
             document["code"][source] = [1, 2]

@@ -9,10 +9,18 @@ import pytest
 
 from syncd.backends.local import LocalOptions
 from syncd.backends.slurm import SlurmOptions, TokenOptions
-from syncd.config import Config, HttpConfig, InboxConfig, MirrorConfig, PollPolicy, RetryPolicy, WebhookConfig
-from syncd.manifest import Manifest, Resources
+from syncd.config import (
+    Config,
+    HttpConfig,
+    InboxConfig,
+    MirrorConfig,
+    PollPolicy,
+    RetryPolicy,
+    WebhookConfig,
+)
+from syncd.intake.manifest import Manifest, Resources
 from syncd.storage.file import FileStorageOptions
-from syncd.storage.s3 import S3StorageOptions
+from syncd.storage.s3.storage import S3StorageOptions
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from syncd.backends.memory import MemoryBackend, MemoryService
-from syncd.daemon import build_storages, load
-from syncd.engine import Engine
+from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
+from syncd.service.daemon import build_storages, load
+from syncd.state.store import Store
 from syncd.storage.file import FileStorage
-from syncd.store import Store
 from tests.support.harness import make_config, make_job
 
 

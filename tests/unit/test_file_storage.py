@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import PermanentError
+from syncd.fsutil import TMP_DIR
 from syncd.storage.base import ObjectInfo
-from syncd.storage.file import TMP_DIR, FileStorage
+from syncd.storage.file import FileStorage
 
 
 def make_storage(tmp_path: Path, **extra) -> FileStorage:

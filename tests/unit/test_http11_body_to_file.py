@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from syncd.storage import http11
+from syncd.storage.s3 import http11
 from tests.support.tls import self_signed
 
 BODY = os.urandom(3 * 1024 * 1024 + 12345)  # several pipe-fulls, not a multiple of any buffer

@@ -1,4 +1,4 @@
-"""Many GETs from one thread (syncd.storage.http11_many) against a scripted HTTP/1.1 server on loopback."""
+"""Many GETs from one thread (syncd.storage.s3.http11_many) against a scripted HTTP/1.1 server on loopback."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from syncd.storage.http11 import ProtocolError
-from syncd.storage.http11_many import Get, ManyGets
+from syncd.storage.s3.http11 import ProtocolError
+from syncd.storage.s3.http11_many import Get, ManyGets
 from tests.support.tls import self_signed
 
 BODIES = {f"/o{i}": os.urandom(1 + i * 997) for i in range(40)}  # 1 byte … 38 KiB

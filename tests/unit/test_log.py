@@ -52,7 +52,7 @@ def test_setup_after_first_use_runs_at_once():
 def test_skipped_timer_runs_are_not_warnings_but_other_library_warnings_are(capsys):
     import logging
 
-    from syncd.logsetup import setup_logging
+    from syncd.service.logsetup import setup_logging
 
     setup_logging("INFO", "text")
     try:

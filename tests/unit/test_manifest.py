@@ -1,4 +1,4 @@
-"""syncd.manifest: job.yaml schema, input selection, path safety; every rejection says where and why."""
+"""syncd.intake.manifest: job.yaml schema, input selection, path safety; every rejection says where and why."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import ManifestError
-from syncd.manifest import (
-    MAX_MANIFEST_BYTES, check_job_name, glob_to_regex, load_job_directory, parse_manifest, scan_inputs, Manifest,
+from syncd.intake.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    check_job_name,
+    glob_to_regex,
+    load_job_directory,
+    parse_manifest,
+    scan_inputs,
 )
 
 

@@ -1,4 +1,4 @@
-"""syncd.outbox: safe outbox keys, incremental atomic mirroring, atomic JSON records."""
+"""syncd.delivery.outbox: safe outbox keys, incremental atomic mirroring, atomic JSON records."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from typing import Iterator
 
 import pytest
 
+from syncd.delivery.index import DeliveryIndex
+from syncd.delivery.mirror import (
+    Mirror,
+    _holds_nothing,
+    _proc_stat,
+    _writer_tag,
+    remove_dead_parts,
+)
+from syncd.delivery.outbox import Outbox, check_outbox_key
 from syncd.errors import PermanentError, TransientError
-from syncd.mirror import Mirror, _holds_nothing, _proc_stat, _writer_tag, remove_dead_parts
-from syncd.outbox import TMP_DIR, Outbox, check_outbox_key
+from syncd.fsutil import TMP_DIR
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
 from tests.support.harness import wait_for
-
 
 # -- check_outbox_key -----------------------------------------------------------------
 
@@ -224,7 +231,7 @@ class KeyListStorage(Storage):
 
 def index_rows(outbox: Outbox, bucket: str = "results") -> list[str]:
     root = outbox.root / bucket
-    return sorted(Path(p).relative_to(root).as_posix() for p in outbox.store.delivered_under(f"{root}{os.sep}"))
+    return sorted(Path(p).relative_to(root).as_posix() for p in DeliveryIndex(outbox.store).under(f"{root}{os.sep}"))
 
 
 def test_mirror_forgets_the_index_rows_of_objects_gone_from_the_bucket_and_keeps_their_files(outbox):
@@ -374,7 +381,7 @@ def test_mirror_recreates_a_folder_removed_while_it_runs(outbox):
 
 
 def test_mirror_reports_each_object_and_records_the_index_in_batches(storage, store, tmp_path, monkeypatch):
-    import syncd.mirror as mirror_module
+    import syncd.delivery.mirror as mirror_module
 
     monkeypatch.setattr(mirror_module, "INDEX_BATCH", 7)  # several batches while workers still add folders
     content = {f"job1/d{i % 5}/f{i:03d}.txt": f"{i}".encode() for i in range(60)}
@@ -497,8 +504,9 @@ def test_mirror_reads_only_the_index_rows_under_its_prefix(storage, store, tmp_p
     for n in range(12):
         assert len(mirror(f"{top}job{n:02d}/").fetched) == 3
     rows_read: list[int] = []
-    delivered_under = store.delivered_under
-    monkeypatch.setattr(store, "delivered_under", lambda p: rows_read.append(len(found := delivered_under(p))) or found)
+    under = DeliveryIndex.under
+    monkeypatch.setattr(DeliveryIndex, "under",
+                        lambda self, p: rows_read.append(len(found := under(self, p))) or found)
     again = mirror(prefix)
     assert again.fetched == [] and len(again.skipped) == 3, "the rows it needs were read"
     assert rows_read == [3], "only this prefix's rows, not the 36 of the whole bucket"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from syncd.outbox import Outbox
+from syncd.delivery.outbox import Outbox
+from syncd.state.store import Store
 from syncd.storage.file import FileStorage, FileStorageOptions
-from syncd.store import Store
 
 
 def test_outbox_mirror_of_many_jobs_at_once_never_fails_on_the_shared_tmp_folder(tmp_path: Path):

@@ -10,12 +10,16 @@ import time
 import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
-from syncd.storage.base import inputs_prefix
-from syncd.storage.base import ObjectInfo
-from syncd.storage.http11 import Headers
-from syncd.storage.s3 import S3Storage, S3StorageOptions, StaticCredentials, _Slots
-from syncd.storage.s3_errors import classify, classify_status, code_from_body
-from syncd.storage.s3_wire import Endpoint
+from syncd.storage.base import ObjectInfo, inputs_prefix
+from syncd.storage.s3.errors import classify, classify_status, code_from_body
+from syncd.storage.s3.http11 import Headers
+from syncd.storage.s3.storage import (
+    S3Storage,
+    S3StorageOptions,
+    StaticCredentials,
+    _Slots,
+)
+from syncd.storage.s3.wire import Endpoint
 
 
 @pytest.mark.parametrize("status, code, kind, fragment", [
@@ -73,7 +77,7 @@ def test_inputs_prefix_sits_apart_from_results():
 def test_parse_remote_needs_a_configured_storage(tmp_path):
     from types import SimpleNamespace
 
-    from syncd.sync import RemoteSpec, parse_remote
+    from syncd.delivery.sync import RemoteSpec, parse_remote
 
     config = SimpleNamespace(storages={"lab": {}})
     assert parse_remote("lab:bucket/some/prefix/", config) == RemoteSpec("lab", "bucket", "some/prefix/")

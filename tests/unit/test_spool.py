@@ -1,4 +1,4 @@
-"""syncd.spool: claim, reject, archive — every move atomic, user files never modified."""
+"""syncd.intake.spool: claim, reject, archive — every move atomic, user files never modified."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from syncd.config import InboxConfig
-from syncd.spool import Spool, SpoolError, unique_path
+from syncd.intake.spool import Spool, SpoolError, unique_path
 
 
 def inbox_config(tmp_path: Path, **overrides) -> InboxConfig:

@@ -1,4 +1,4 @@
-"""syncd.store: SQLite state, guarded transitions, events, requests, permissions, concurrency."""
+"""syncd.state.store: SQLite state, guarded transitions, events, requests, permissions, concurrency."""
 
 from __future__ import annotations
 
@@ -8,8 +8,18 @@ import threading
 
 import pytest
 
-from syncd.store import (
-    CLAIMED, CLAIMING, FAILED, QUEUED, REJECTED, RUNNING, STAGING, SUBMITTED, SUCCEEDED, Store,
+from syncd.delivery.index import DeliveryIndex
+from syncd.state.store import (
+    CLAIMED,
+    CLAIMING,
+    FAILED,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    STAGING,
+    SUBMITTED,
+    SUCCEEDED,
+    Store,
 )
 
 
@@ -208,12 +218,12 @@ def test_handle_and_manifest_data_decode_json(store):
 
 
 def test_delivered_index_round_trip(store):
-    assert store.delivered_under("b/k") == {}
-    store.record_delivered_many([("b/k", 10, "e1", 123)])
-    store.record_delivered_many([("b/k", 11, "e2", 456), ("b/kz", 1, "x", 1), ("b/j", 1, "y", 1), ("c/k", 1, "z", 1)])
-    assert store.delivered_under("b/k") == {"b/k": (11, "e2", 456), "b/kz": (1, "x", 1)}
-    assert set(store.delivered_under("b/")) == {"b/k", "b/kz", "b/j"}
-    assert len(store.delivered_under("")) == 4
+    assert DeliveryIndex(store).under("b/k") == {}
+    DeliveryIndex(store).record_many([("b/k", 10, "e1", 123)])
+    DeliveryIndex(store).record_many([("b/k", 11, "e2", 456), ("b/kz", 1, "x", 1), ("b/j", 1, "y", 1), ("c/k", 1, "z", 1)])
+    assert DeliveryIndex(store).under("b/k") == {"b/k": (11, "e2", 456), "b/kz": (1, "x", 1)}
+    assert set(DeliveryIndex(store).under("b/")) == {"b/k", "b/kz", "b/j"}
+    assert len(DeliveryIndex(store).under("")) == 4
 
 
 def test_store_file_modes(tmp_path):
@@ -307,9 +317,9 @@ def test_commits_wait_for_the_disk_unless_the_store_is_told_they_need_not(tmp_pa
     full, normal = 2, 1
     assert durable._conn().execute("PRAGMA synchronous").fetchone()[0] == full
     assert quick._conn().execute("PRAGMA synchronous").fetchone()[0] == normal
-    quick.record_delivered_many([("/x/a", 1, "etag", 5)])
+    DeliveryIndex(quick).record_many([("/x/a", 1, "etag", 5)])
     quick.close()
-    assert Store(tmp_path / "b.db").delivered_under("/x/") == {"/x/a": (1, "etag", 5)}
+    assert DeliveryIndex(Store(tmp_path / "b.db")).under("/x/") == {"/x/a": (1, "etag", 5)}
     durable.close()
 
 def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""syncd.watch: settle tracking, snapshots, filesystem detection, the inbox watcher."""
+"""syncd.intake.watch: settle tracking, snapshots, filesystem detection, the inbox watcher."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from syncd.config import InboxConfig
-from syncd.watch import InboxWatcher, SettleTracker, filesystem_type, snapshot, wants_polling
+from syncd.intake.watch import (
+    InboxWatcher,
+    SettleTracker,
+    filesystem_type,
+    snapshot,
+    wants_polling,
+)
 
 A = (("f", 0o100000, 1, 1),)
 B = (("f", 0o100000, 2, 2),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from syncd.config import InboxConfig
-from syncd.watch import InboxWatcher
+from syncd.intake.watch import InboxWatcher
 from tests.support.harness import make_job, wait_for
 
 

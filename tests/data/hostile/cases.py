@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from syncd.store import TERMINAL, Job
+from syncd.state.store import TERMINAL, Job
 
 SUFFIX = ".status.txt"
 TMP_SUFFIX = ".syncd-journal.tmp"  # a rewrite in progress; one a crash interrupted is removed at start

@@ -3,7 +3,7 @@
 Creating a boto3 client costs ~0.25 s and each call ~2 ms of CPU (parameter
 validation, endpoint rules, event hooks, response parsing, dateutil). Mirroring
 thousands of small objects is bound by exactly that, so these requests go over
-keep-alive pools of :mod:`syncd.storage.http11` with a SigV4 signature computed here (the derived signing key
+keep-alive pools of :mod:`syncd.storage.s3.http11` with a SigV4 signature computed here (the derived signing key
 is cached per day). Credentials still come from botocore's chain when the
 config does not give keys. Bucket creation and multipart uploads use boto3.
 """
@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from syncd.storage.http11 import Headers, Pool, Response, tls_context
-from syncd.storage.http11_many import Fetched, Get, ManyGets
-from syncd.storage.s3_errors import classify_status, code_from_body
+from syncd.storage.s3.errors import classify_status, code_from_body
+from syncd.storage.s3.http11 import Headers, Pool, Response, tls_context
+from syncd.storage.s3.http11_many import Fetched, Get, ManyGets
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -154,7 +154,7 @@ class SignedHttp:
 
     def get_many(self, bucket: str, requests: Iterable[tuple[Any, str, dict[str, str], str, Callable[[Headers], Any]]],
                  *, connections: int) -> Iterator[tuple[Get, Fetched | BaseException]]:
-        """GET objects of ``bucket`` into files from this one thread (:mod:`~syncd.storage.http11_many`).
+        """GET objects of ``bucket`` into files from this one thread (:mod:`~syncd.storage.s3.http11_many`).
 
         Each request is ``(item, key, headers, file path, digest chooser)``; each is signed when sent.
         """

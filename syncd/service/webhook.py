@@ -9,15 +9,38 @@ least once: a receiver can de-duplicate on ``id`` + ``state``.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import requests
-from syncd.log import logger
 
 from syncd import __version__
 from syncd.config import RetryPolicy
+from syncd.log import logger
 from syncd.retry import backoff_delay
-from syncd.store import Store
+from syncd.state.store import Store
+
+
+class NotificationQueue:
+    """The notifications table: recorded by a trigger with each terminal transition, sent afterwards."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def due(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
+        return self.store.reader().execute(
+            "SELECT * FROM notifications WHERE sent_at IS NULL AND next_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit)).fetchall()
+
+    def sent(self, seq: int) -> None:
+        with self.store.writing() as conn:
+            conn.execute("UPDATE notifications SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                         (time.time(), seq))
+
+    def failed(self, seq: int, error: str, next_at: float) -> None:
+        with self.store.writing() as conn:
+            conn.execute("UPDATE notifications SET attempts = attempts + 1, last_error = ?, next_at = ? "
+                         "WHERE seq = ?", (error, next_at, seq))
 
 
 class WebhookSender:
@@ -25,6 +48,7 @@ class WebhookSender:
                  result_record=lambda job: None):
         self.url = url
         self.store = store
+        self.queue = NotificationQueue(store)
         self.retry = retry
         self.timeout = timeout
         self.result_record = result_record
@@ -40,14 +64,14 @@ class WebhookSender:
     def send_due(self) -> int:
         """Send every due notification once; return how many were delivered."""
         sent = 0
-        for row in self.store.due_notifications(time.time()):
+        for row in self.queue.due(time.time()):
             try:
                 body = json.dumps(self.payload(row["job_id"], row["state"]), ensure_ascii=False)
                 response = self._session.post(self.url, data=body.encode(), timeout=self.timeout,
                                               headers={"Content-Type": "application/json",
                                                        "User-Agent": f"syncd/{__version__}"})
                 if 200 <= response.status_code < 300:
-                    self.store.notification_sent(row["seq"])
+                    self.queue.sent(row["seq"])
                     sent += 1
                     continue
                 error = f"HTTP {response.status_code}"
@@ -56,7 +80,7 @@ class WebhookSender:
             delay = backoff_delay(self.retry, row["attempts"] + 1)
             logger.warning("webhook for job {} ({}) failed: {}; retrying in {:.0f}s", row["job_id"], row["state"],
                            error, delay)
-            self.store.notification_failed(row["seq"], error, time.time() + delay)
+            self.queue.failed(row["seq"], error, time.time() + delay)
         return sent
 
     def close(self) -> None:

@@ -15,15 +15,8 @@ import uuid
 from pathlib import Path
 
 from syncd.config import InboxConfig
-from syncd.manifest import ERROR_JSON, ERROR_TEXT, is_syncd_report
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from syncd.fsutil import fsync_dir
+from syncd.intake.manifest import ERROR_JSON, ERROR_TEXT, is_syncd_report
 
 
 def unique_path(parent: Path, name: str) -> Path:

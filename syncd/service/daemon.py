@@ -20,22 +20,23 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
-from syncd.log import logger
 
 from syncd import plugins
 from syncd.backends.base import Backend
 from syncd.config import Config, InboxConfig, load_config
-from syncd.crashpoints import CrashPoints
+from syncd.delivery.outbox import run_standing_mirror
+from syncd.engine.core import Engine
+from syncd.engine.crashpoints import CrashPoints
 from syncd.errors import ConfigError
-from syncd.engine import Engine
-from syncd.outbox import run_standing_mirror
-from syncd.notify import Notifier
-from syncd.observe import HttpEndpoint, Metrics
-from syncd.spool import Spool, SpoolError
+from syncd.intake.spool import Spool, SpoolError
+from syncd.intake.watch import InboxWatcher
+from syncd.log import logger
+from syncd.service.notify import Notifier
+from syncd.service.observe import HttpEndpoint, Metrics
+from syncd.service.webhook import WebhookSender
+from syncd.state.store import ACTIVE, Store, StoreUnwritable, make_private_dir
+from syncd.state.summary import job_summary, local_iso
 from syncd.storage.base import Storage
-from syncd.store import ACTIVE, Store, StoreUnwritable, job_summary, local_iso, make_private_dir
-from syncd.watch import InboxWatcher
-from syncd.webhook import WebhookSender
 
 EXIT_OK = 0
 EXIT_ERROR = 1

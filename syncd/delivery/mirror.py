@@ -9,7 +9,7 @@ final path; a crash leaves only ``.part`` files, removed by the next run. The
 index rows of objects the LIST no longer shows are forgotten (their files stay),
 so the index of a mirror that runs for months holds what the bucket holds.
 
-Remote keys are untrusted (:func:`syncd.outbox.check_outbox_key`). Local files
+Remote keys are untrusted (:func:`syncd.delivery.outbox.check_outbox_key`). Local files
 are deleted only with ``delete=True``, and never inside a job's results folder
 (one that holds ``syncd-result.json``). Transient failures of one object are
 retried with the configured retry policy up to ``attempts`` times; what still
@@ -28,16 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from syncd.log import logger
-
 from syncd.config import RetryPolicy
+from syncd.delivery.index import DeliveryIndex
 from syncd.errors import PermanentError, SyncdError, TransientError
+from syncd.fsutil import TMP_DIR, fsync_dir, os_error
+from syncd.log import logger
 from syncd.retry import backoff_delay
+from syncd.state.store import Store
 from syncd.storage.base import ObjectInfo, Storage
-from syncd.storage.file import os_error
-from syncd.store import Store
 
-TMP_DIR = ".syncd-tmp"
 RESULT_RECORD = "syncd-result.json"
 INDEX_BATCH = 500
 #: objects up to this size go through ``storage.fetch_many`` when the storage has a better one
@@ -78,6 +77,7 @@ class Mirror:
     def __init__(self, store: Store, retry: RetryPolicy | None = None, *, attempts: int = 4, fsync: bool = True,
                  sleep: Callable[[float], None] = time.sleep):
         self.store = store
+        self.index = DeliveryIndex(store)
         self.retry = retry or RetryPolicy()
         self.attempts = attempts
         self.fsync = fsync
@@ -92,7 +92,7 @@ class Mirror:
             remove_dead_parts(tmp_dir)
         excluded = set(exclude)
         index_prefix = f"{dest}{os.sep}"
-        index = self.store.delivered_under(_index_prefix(dest, prefix, strip))
+        index = self.index.under(_index_prefix(dest, prefix, strip))
         seen_folded: dict[str, str] = {}
         remote_rel: set[str] = set()
         todo: list[Target] = []
@@ -136,10 +136,10 @@ class Mirror:
                 continue
             todo.append(Target(obj, path))
         if index:  # what is left was delivered for objects the bucket no longer lists
-            self.store.forget_delivered(index)
+            self.index.forget(index)
             logger.debug("forgot {} delivery record(s) under {} of objects no longer in {}/{}; the files stay",
                          len(index), dest, bucket, prefix)
-        self.store.record_delivered_many(adopt)
+        self.index.record_many(adopt)
         if on_plan is not None:
             on_plan(len(todo), sum(t.info.size for t in todo))
         if todo:
@@ -277,9 +277,9 @@ class Mirror:
         """Make the renames durable, then remember them (one transaction for the batch)."""
         if self.fsync:
             for directory in dirs:
-                _fsync_dir(directory)
+                fsync_dir(directory, missing_ok=True)
         dirs.clear()
-        self.store.record_delivered_many(rows)
+        self.index.record_many(rows)
         rows.clear()
 
     def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: "_TmpNames",
@@ -368,7 +368,7 @@ class Mirror:
                 gone.append(str(path))
                 report.deleted.append(rel)
         if gone:
-            self.store.forget_delivered(p for p in gone if p.startswith(index_prefix))
+            self.index.forget(p for p in gone if p.startswith(index_prefix))
 
 
 def _holds_nothing(folder: Path) -> bool:
@@ -451,14 +451,3 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
     fields = stat[stat.rfind(b")") + 2:].split()  # the command name, in parentheses, may hold spaces
     return (fields[0].decode(), fields[19].decode()) if len(fields) >= 20 else None
-
-
-def _fsync_dir(path: str | Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

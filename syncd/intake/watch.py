@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from syncd.log import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import InboxConfig
-from syncd.manifest import MANIFEST_NAME, READY_MARKER
+from syncd.intake.manifest import MANIFEST_NAME, READY_MARKER
+from syncd.log import logger
 
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",

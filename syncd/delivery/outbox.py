@@ -2,7 +2,7 @@
 
 ``outbox/<bucket>/<key…>`` mirrors the bucket. Every file is downloaded into
 ``outbox/.syncd-tmp/`` and renamed into place, so nothing partial is ever at a
-final path (the transfer itself is :mod:`syncd.mirror`, shared with standing
+final path (the transfer itself is :mod:`syncd.delivery.mirror`, shared with standing
 mirrors and ``syncd sync``). Remote keys are untrusted: a key that would escape the outbox or
 that a Windows/SMB share cannot hold is refused and reported, never written.
 """
@@ -17,14 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from syncd.log import logger
-
 from syncd.config import MirrorConfig, RetryPolicy
+from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport
 from syncd.errors import PermanentError, SyncdError
-from syncd.mirror import RESULT_RECORD, TMP_DIR, Mirror, MirrorReport
+from syncd.fsutil import TMP_DIR, fsync_dir, os_error
+from syncd.log import logger
+from syncd.state.store import Store
 from syncd.storage.base import Storage
-from syncd.storage.file import os_error
-from syncd.store import Store
 
 __all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
 _RESERVED_SMB = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
@@ -90,7 +89,7 @@ class Outbox:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
         except OSError as exc:
@@ -113,13 +112,6 @@ class Outbox:
             tmp.unlink(missing_ok=True)
         return dest
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_standing_mirror(mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy) -> MirrorReport | None:

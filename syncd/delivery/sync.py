@@ -2,7 +2,7 @@
 
 Remote locations are written ``STORAGE:BUCKET[/PREFIX]``, STORAGE being a section
 under ``storages:`` of the config. Remote → local is the mirror engine
-(:mod:`syncd.mirror`); local → remote uploads files that are missing or differ,
+(:mod:`syncd.delivery.mirror`); local → remote uploads files that are missing or differ,
 remembering what it uploaded in the same delivery index, so an unchanged re-run
 sends one LIST and nothing else.
 """
@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from syncd.log import logger
-
 from syncd.config import Config, RetryPolicy
+from syncd.delivery.index import DeliveryIndex
+from syncd.delivery.mirror import MirrorReport, ProgressHook
+from syncd.delivery.outbox import check_outbox_key
 from syncd.errors import SyncdError, TransientError
-from syncd.mirror import TMP_DIR, MirrorReport, ProgressHook
-from syncd.outbox import check_outbox_key
+from syncd.fsutil import TMP_DIR
+from syncd.log import logger
 from syncd.retry import backoff_delay
+from syncd.state.store import Store
 from syncd.storage.base import ObjectInfo, Storage, check_key
-from syncd.store import Store
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,14 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
            retry: RetryPolicy, attempts: int = 4, on_plan: Callable[[int, int], None] | None = None,
            on_done: ProgressHook | None = None) -> MirrorReport:
     """Upload every file under ``source`` missing from, or different in, ``bucket/prefix``. Idempotent."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed  # only uploads need it: see S3Storage
+    from concurrent.futures import (  # only uploads need it: see S3Storage
+        ThreadPoolExecutor,
+        as_completed,
+    )
 
     report = MirrorReport()
     remote = {info.key: info for info in storage.list(bucket, prefix)}
-    index = store.delivered_under(upload_index_key(storage, bucket, prefix))
+    index = DeliveryIndex(store).under(upload_index_key(storage, bucket, prefix))
     todo: list[tuple[Path, str, os.stat_result]] = []
     adopt = []
     for dirpath, dirnames, filenames in os.walk(source):
@@ -81,7 +85,7 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
                 report.skipped.append(key)
             else:
                 todo.append((path, key, st))
-    store.record_delivered_many(adopt)
+    DeliveryIndex(store).record_many(adopt)
     if on_plan is not None:
         on_plan(len(todo), sum(st.st_size for _, _, st in todo))
 
@@ -112,6 +116,6 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
             report.bytes += st.st_size
             if on_done is not None:
                 on_done(key, st.st_size)
-    store.record_delivered_many(rows)
+    DeliveryIndex(store).record_many(rows)
     return report
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
-from syncd.storage.file import os_error
+from syncd.fsutil import os_error
 
 AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -78,11 +78,15 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError as BotoConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
-        ReadTimeoutError as BotoReadTimeout,
         ResponseStreamingError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
+    )
+    from botocore.exceptions import (
+        ReadTimeoutError as BotoReadTimeout,
     )
     from urllib3.exceptions import HTTPError as Urllib3Error
 

@@ -1,10 +1,10 @@
 """``type: s3`` storage: any S3-compatible object store (AWS S3, MinIO, Ceph, SeaweedFS, …).
 
 Object requests (LIST, HEAD, GET, PUT, DELETE) go through
-:mod:`syncd.storage.s3_wire` (SigV4-signed requests over keep-alive pools),
+:mod:`syncd.storage.s3.wire` (SigV4-signed requests over keep-alive pools),
 because per-object CPU, not bandwidth, bounds many-small-file transfers; a boto3
 client is built only for bucket creation and multipart uploads. boto3's own retries are switched off: every failure is classified
-(:mod:`syncd.storage.s3_errors`) and retried by the one policy in the engine
+(:mod:`syncd.storage.s3.errors`) and retried by the one policy in the engine
 and the mirror, never here.
 
 Integrity: uploads send Content-MD5 (the server refuses a corrupted body) and
@@ -20,20 +20,19 @@ import hashlib
 import os
 import re
 import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
-
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 from pydantic import Field, PositiveInt, SecretStr
 
 from syncd.config import ConfigPath, Duration, Size, StorageOptions
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.storage.base import ObjectInfo, Storage, check_key
-from syncd.storage.http11 import Headers, pwrite_all
-from syncd.storage.s3_errors import classify
-from syncd.storage.s3_wire import Endpoint, SignedHttp
+from syncd.storage.s3.errors import classify
+from syncd.storage.s3.http11 import Headers, pwrite_all
+from syncd.storage.s3.wire import Endpoint, SignedHttp
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from syncd.config import Config
 
-TEMPLATE_DIR = Path(__file__).parent / "units"
+TEMPLATE_DIR = Path(__file__).parent / "systemd"
 # Only what starting, owning and stopping another user's jobs takes (see syncd.backends.job_user).
 RUN_AS_CAPABILITIES = "CAP_CHOWN CAP_KILL CAP_SETGID CAP_SETUID"
 

@@ -13,15 +13,13 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from syncd.log import logger
-
 from syncd.errors import TransientError
+from syncd.log import logger
 
 SCHEMA_VERSION = 1
 # Primary SQLite result codes that mean "cannot write the database now" (full disk or quota, I/O error).
@@ -237,22 +235,6 @@ def _storable_values(values: dict[str, Any]) -> tuple:
     return tuple(_storable(v) for v in values.values())
 
 
-def local_iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else None
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The JSON shape of a job for people's tools: ``syncd status --json`` and the ``/jobs`` endpoint."""
-    return {
-        "id": job.id, "name": job.name, "state": job.state, "backend": job.backend, "remote_id": job.remote_id,
-        "created": local_iso(job.created), "updated": local_iso(job.updated), "error": job.error,
-        "inbox": job.inbox, "directory": job.dir_name, "attempts": job.attempts, "exit_code": job.exit_code,
-        "outcome": job.outcome, "folder": job.folder, "bucket": job.bucket, "held_from": job.held_from,
-        "submitted": local_iso(job.submitted_at), "started": local_iso(job.started_at),
-        "ended": local_iso(job.ended_at),
-    }
-
-
 class StoreUnwritable(TransientError):
     """The state database refused a write (full disk, I/O error); nothing was recorded."""
 
@@ -294,6 +276,14 @@ class Store:
         os.chmod(self.path, 0o600)
 
     # -- connections -------------------------------------------------------
+    def reader(self) -> sqlite3.Connection:
+        """This thread's connection, for reads by the owners of the other tables (delivery index, notifications)."""
+        return self._conn()
+
+    def writing(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, with the store's handling of a full disk (StoreUnwritable)."""
+        return self._write()
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -571,45 +561,6 @@ class Store:
                 f"AND state NOT IN ({', '.join('?' for _ in TERMINAL)}, ?)",
                 (now, value, now, *TERMINAL, HELD)).rowcount
 
-    # -- notifications (an outbox: recorded with the transition, sent afterwards) -------
-    def due_notifications(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
-        return self._conn().execute(
-            "SELECT * FROM notifications WHERE sent_at IS NULL AND next_at <= ? ORDER BY seq LIMIT ?",
-            (now, limit)).fetchall()
-
-    def notification_sent(self, seq: int) -> None:
-        with self._write() as conn:
-            conn.execute("UPDATE notifications SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?",
-                         (time.time(), seq))
-
-    def notification_failed(self, seq: int, error: str, next_at: float) -> None:
-        with self._write() as conn:
-            conn.execute("UPDATE notifications SET attempts = attempts + 1, last_error = ?, next_at = ? "
-                         "WHERE seq = ?", (error, next_at, seq))
-
     def active_with_cancel_marker_candidates(self) -> list[Job]:
         return self._select(f"cancel_requested = 0 AND state IN ({', '.join('?' for _ in ACTIVE)})",
                             tuple(ACTIVE))
-
-    # -- outbox delivery index -------------------------------------------------
-    def delivered_under(self, prefix: str) -> dict[str, tuple[int, str, int]]:
-        """Every delivery index row whose path starts with ``prefix`` (one query for a whole mirror run)."""
-        if prefix:  # a range on the primary key, so the index is used instead of a scan
-            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            rows = self._conn().execute(
-                "SELECT path, size, etag, mtime_ns FROM delivered WHERE path >= ? AND path < ?", (prefix, upper)
-            ).fetchall()
-        else:
-            rows = self._conn().execute("SELECT path, size, etag, mtime_ns FROM delivered").fetchall()
-        return {r["path"]: (r["size"], r["etag"], r["mtime_ns"]) for r in rows}
-
-    def record_delivered_many(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
-        """Record many deliveries in one transaction (one fsync instead of one per file)."""
-        rows = list(rows)
-        if rows:
-            with self._write() as conn:
-                conn.executemany("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?)", rows)
-
-    def forget_delivered(self, paths: Iterable[str]) -> None:
-        with self._write() as conn:
-            conn.executemany("DELETE FROM delivered WHERE path = ?", [(p,) for p in paths])

@@ -23,7 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from syncd.storage.http11 import MAX_HEADERS, MAX_LINE, Headers, ProtocolError, pwrite_all
+from syncd.storage.s3.http11 import (
+    MAX_HEADERS,
+    MAX_LINE,
+    Headers,
+    ProtocolError,
+    pwrite_all,
+)
 
 RECV_SIZE = 256 * 1024
 

@@ -16,12 +16,12 @@ from typing import Any
 from syncd import __version__
 from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
+from syncd.delivery.outbox import RESULT_RECORD, Outbox, check_outbox_key
 from syncd.errors import PermanentError
-from syncd.manifest import JobDirectory
-from syncd.outbox import RESULT_RECORD, Outbox, check_outbox_key
-from syncd.spool import Spool
+from syncd.intake.manifest import JobDirectory
+from syncd.intake.spool import Spool
+from syncd.state.store import REJECTED, Job
 from syncd.storage.base import Storage
-from syncd.store import REJECTED, Job
 
 STDOUT_NAME = "syncd-stdout.txt"
 STDERR_NAME = "syncd-stderr.txt"

@@ -1,0 +1,1 @@
+"""Getting results out: the bucket, the outbox, mirroring and syncing."""

@@ -1,0 +1,1 @@
+"""The life of a job, as idempotent steps over saved state."""

@@ -1,0 +1,195 @@
+"""What every part of the engine shares: its configuration, the store, guarded backends and storages, and the job's spec."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from syncd.backends.base import Backend, JobSpec, RemoteState
+from syncd.config import Config, InboxConfig
+from syncd.delivery.outbox import Outbox
+from syncd.engine.breaker import (
+    CircuitBreaker,
+    CircuitState,
+    Guarded,
+)
+from syncd.engine.crashpoints import CrashPoints
+from syncd.intake.manifest import Manifest, load_job_directory
+from syncd.intake.spool import Spool
+from syncd.log import logger
+from syncd.service.observe import Metrics
+from syncd.state import journal
+from syncd.state.store import (
+    CANCELLED,
+    CLAIMED,
+    COLLECTING,
+    FAILED,
+    STAGING,
+    SUBMITTING,
+    SUCCEEDED,
+    TIMED_OUT,
+    Job,
+    Store,
+)
+from syncd.state.summary import local_iso
+from syncd.storage.base import Storage
+
+STEP_STATES = (CLAIMED, STAGING, SUBMITTING, COLLECTING)
+MAX_UNKNOWN_POLLS = 5
+CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder cancels it
+CANCEL_MARKER_INTERVAL = 2.0
+DISPATCH_PER_WORKER = 8
+PROBE_INTERVAL = 60.0
+STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
+TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
+OUTCOME = {
+    RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
+    RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
+}
+
+
+def new_job_id(now: float | None = None) -> str:
+    """Sortable and short: creation time to the second plus random hex."""
+    stamp = datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def job_logger(job: Job):
+    return logger.bind(job_id=job.id, job_name=job.name)
+
+
+def job_with(job: Job, **changes: Any) -> Job:
+    return replace(job, **changes)
+
+
+def spool_reachable(job: Job) -> bool:
+    """Whether the filesystem the job was claimed on is the one mounted now (False while a share is away:
+    its mount point is then missing, or an empty folder on another device)."""
+    try:
+        device = Path(job.spool_path).parent.stat().st_dev
+    except OSError:
+        return False
+    return job.dir_identity is None or device == int(job.dir_identity.split(":", 1)[0])
+
+
+def has_any(iterable) -> bool:
+    return any(True for _ in iterable)
+
+
+class EngineBase:
+    """Shared by the parts of the engine: config, store, guarded services, folders, the spec of a job."""
+
+    def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
+                 storages: Mapping[str, Storage], clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None, crash_points: CrashPoints | None = None):
+        self.config = config
+        self.crash_points = crash_points or CrashPoints()
+        self.metrics = metrics
+        self.store = store
+        self.clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self.backends = {name: self._guard("backend", name, b) for name, b in backends.items()}
+        self.storages = {name: self._guard("storage", name, s) for name, s in storages.items()}
+        self._inboxes = {inbox.name: inbox for inbox in config.inboxes}
+        self.spools = {inbox.name: Spool(inbox) for inbox in config.inboxes}
+        self.outboxes = {inbox.name: Outbox(inbox.outbox, store) for inbox in config.inboxes}
+        self.tmp_dir = config.state_dir / "tmp"
+        self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._folder_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._probed: dict[str, float] = {}  # backend → when it last answered a probe
+        self._markers_checked = 0.0
+        self._store_checked = 0.0
+
+    def _inbox(self, name: str) -> InboxConfig:
+        """An inbox's config, also for inboxes a reload removed while their jobs are still in flight."""
+        return self._inboxes[name]
+
+    def _guard(self, kind: str, name: str, target: Any) -> Any:
+        """Put a backend or storage that talks to a remote service behind its circuit breaker (kept across
+        reloads)."""
+        if not target.remote_service:
+            return target
+        service = f"{kind} {name}"
+        breaker = self._breakers.get(service)
+        if breaker is None:
+            breaker = CircuitBreaker(service, self.config.retry, self.config.retry.circuit_after, self.clock,
+                                     on_change=functools.partial(self._circuit_changed, kind, name))
+            self._breakers[service] = breaker
+        breaker.policy = self.config.retry
+        breaker.threshold = self.config.retry.circuit_after
+        return Guarded(target, breaker, target.remote_calls)
+
+    def _circuit_changed(self, kind: str, name: str, circuit: CircuitState) -> None:
+        if circuit.state == "closed":
+            self.store.circuit_closed(circuit.service)
+            woken = self.store.wake_waiting(self.clock(), **{kind: name})
+            logger.info("{} answers again; calling it again ({} waiting job(s) resumed)", circuit.service, woken)
+        else:
+            first = circuit.service not in self.store.open_circuits()
+            self.store.circuit_opened(circuit.service, circuit.since or self.clock(), circuit.next_probe or 0.0,
+                                      circuit.reason or "")
+            logger.log("ERROR" if first else "DEBUG", "{} is not answering ({}); its jobs wait and syncd probes "
+                       "it once at {}", circuit.service, circuit.reason, local_iso(circuit.next_probe))
+        if self.metrics is not None:
+            self.metrics.circuit_open.labels(circuit.service).set(0 if circuit.state == "closed" else 1)
+
+    def on_transition(self, job: Job) -> None:
+        """Called by the store after every committed transition."""
+        self.crash_points.reached(f"after:{job.state}")
+        if self.metrics is not None:
+            self.metrics.transitions.labels(job.state).inc()
+        inbox = self._inbox(job.inbox)
+        if inbox.journal:
+            folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
+            journal.update(inbox.path, job, folder)
+
+    def _store_writable(self) -> bool:
+        """False while the state database refuses writes: then no step runs, so no side effect happens
+        whose state change could not be recorded. One test write per interval finds out when it can."""
+        if self.store.write_problem is None:
+            return True
+        if time.monotonic() - self._store_checked < STORE_CHECK_INTERVAL:
+            return False
+        self._store_checked = time.monotonic()
+        return self.store.check_writable()
+
+    def spec(self, job: Job) -> JobSpec:
+        manifest = Manifest.model_validate(job.manifest_data)
+        return JobSpec(
+            job_id=job.id, name=job.name, submit_key=job.submit_key, attempt=job.attempts,
+            command=manifest.command if isinstance(manifest.command, str) else tuple(manifest.command),
+            env=dict(manifest.env), timeout=manifest.timeout,
+            resources=manifest.resources.model_dump(exclude_none=True),
+            outputs=tuple(manifest.outputs) if manifest.outputs is not None else None,
+        )
+
+    def _load(self, job: Job):
+        inbox = self._inbox(job.inbox)
+        return load_job_directory(Path(job.spool_path), max_files=inbox.max_input_files,
+                                  max_bytes=inbox.max_input_bytes, default_name=job.dir_name)
+
+    def _reserve_folder(self, inbox: InboxConfig, name: str) -> str:
+        storage = self.storages[inbox.storage]
+        outbox = self.outboxes[inbox.name]
+        base = f"{inbox.prefix}/{name}" if inbox.prefix else name
+        candidate, n = base, 1
+        while (self.store.folder_in_use(inbox.storage, inbox.bucket, candidate)
+               or outbox.path_for(inbox.bucket, candidate).exists()
+               or has_any(storage.list(inbox.bucket, candidate + "/"))):
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _clear_failures(self) -> dict[str, Any]:
+        return {"failures": 0, "failing_since": None, "error": None}

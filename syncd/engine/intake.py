@@ -1,0 +1,115 @@
+"""Intake: claim a settled job folder, validate its manifest, reserve its results folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from syncd.config import InboxConfig
+from syncd.errors import (
+    ManifestError,
+)
+from syncd.state.store import (
+    CLAIMED,
+    CLAIMING,
+    COLLECTING,
+    HELD,
+    STAGING,
+    VALIDATED,
+    Job,
+    StoreUnwritable,
+)
+from syncd.engine.base import (
+    new_job_id,
+    job_logger,
+    job_with,
+)
+from syncd.engine.failures import FailurePolicy
+
+
+class Intake(FailurePolicy):
+    def claim(self, inbox: InboxConfig, path: Path) -> bool:
+        """Take a settled job directory out of the inbox. False if it was gone already."""
+        if self._stopping.is_set() or not self._store_writable():
+            return False  # a claim nobody could record would be a job nobody follows
+        spool = self.spools[inbox.name]
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return True
+        identity = f"{st.st_dev}:{st.st_ino}"
+        if (owner := self.store.unfinished_with_folder(identity)) is not None \
+                and not Path(owner.spool_path).exists():
+            return self._return_folder(owner, path)
+        job_id = new_job_id()
+        raw = os.fsencode(path.name)
+        shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
+        try:
+            job = self.store.create_job(
+                id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw,
+                inbox=inbox.name, backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket,
+                spool_path=str(spool.claimed / job_id), dir_identity=identity,
+            )
+        except StoreUnwritable:
+            return False
+        try:
+            spool.claim(path, job_id)
+        except FileNotFoundError:
+            self.store.delete_unclaimed(job_id)
+            return True
+        except OSError:
+            self.store.delete_unclaimed(job_id)
+            raise
+        self.crash_points.reached("claimed-unrecorded")
+        try:
+            self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+        except StoreUnwritable:
+            return True  # the folder is in the spool: the pump completes the claim once the store can write
+        job_logger(job).info("claimed job directory {}", path)
+        return True
+
+    def _return_folder(self, job: Job, path: Path) -> bool:
+        """The claimed folder of a job in flight was moved back into the inbox: put it back, never run it twice."""
+        os.rename(path, job.spool_path)
+        job_logger(job).warning("the folder {} is job {}'s claimed folder, moved out of {} while the job was {}; "
+                                "moved it back. Leave folders under {} alone: a job runs once", path, job.id,
+                                job.spool_path, job.state, Path(job.spool_path).parent)
+        self.store.update(job.id, event=f"claimed folder came back as {path}; moved back to {job.spool_path}")
+        if job.state == HELD:
+            self.store.request(job.id, "retry")
+        return True
+
+    def _complete_claims(self) -> None:
+        """Record claims whose rename happened but whose record could not be written at the time."""
+        for job in self.store.jobs([CLAIMING]):
+            if Path(job.spool_path).exists():
+                self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed once the store could record it")
+
+    def _validate(self, job: Job) -> None:
+        inbox = self._inbox(job.inbox)
+        try:
+            directory = self._load(job)
+            manifest_json = json.dumps(directory.manifest.model_dump(mode="json"))
+            spec = self.spec(job_with(job, name=directory.name, manifest=manifest_json, attempts=1))
+            if problems := self.backends[job.backend].check(spec):
+                raise ManifestError(job.spool_path, problems)
+        except ManifestError as exc:
+            self._reject(job, exc.problems)
+            return
+        with self._folder_lock:
+            folder = self._reserve_folder(inbox, directory.name)
+            if directory.manifest.dry_run:
+                self.store.transition(
+                    job.id, CLAIMED, COLLECTING, f"dry run: valid; report goes to {inbox.bucket}/{folder}/",
+                    name=directory.name, manifest=manifest_json, folder=folder, outcome=VALIDATED,
+                    message=f"dry run: valid, {len(directory.inputs)} input file(s); nothing was run",
+                    ended_at=self.clock(), next_at=0)
+                return
+            self.store.transition(
+                job.id, CLAIMED, STAGING, f"valid; results will go to {inbox.bucket}/{folder}/",
+                name=directory.name, manifest=manifest_json, folder=folder,
+                priority=directory.manifest.priority, attempts=1,
+            )
+        job_logger(job_with(job, name=directory.name)).info(
+            "valid: {} input file(s); results to {}/{}/", len(directory.inputs), inbox.bucket, folder)

@@ -1,0 +1,134 @@
+"""Polling: one batched status request per backend, and what each status means for the job."""
+
+from __future__ import annotations
+
+import time
+
+from syncd.backends.base import RemoteRef, RemoteState, RemoteStatus
+from syncd.errors import (
+    AuthError,
+    PermanentError,
+    TransientError,
+)
+from syncd.intake.manifest import Manifest
+from syncd.retry import backoff_delay
+from syncd.state.store import (
+    CANCELLED,
+    COLLECTING,
+    FAILED,
+    QUEUED,
+    REMOTE,
+    RUNNING,
+    STAGING,
+    TIMED_OUT,
+    Job,
+    StoreUnwritable,
+)
+from syncd.engine.base import (
+    MAX_UNKNOWN_POLLS,
+    TIMEOUT_GRACE,
+    OUTCOME,
+    job_logger,
+)
+from syncd.engine.failures import FailurePolicy
+
+
+class Polling(FailurePolicy):
+    def poll_backend(self, name: str) -> None:
+        """One batched status request for every due job of backend ``name``."""
+        if self._stopping.is_set() or not self._store_writable():
+            return
+        now = self.clock()
+        if self._paused_until(name) is not None:
+            return
+        due = [j for j in self.store.jobs(REMOTE, backend=name) if j.next_at <= now]
+        if not due:
+            return
+        backend = self.backends[name]
+        started = time.monotonic()
+        try:
+            statuses = backend.poll([RemoteRef(j.remote_id, j.handle_data) for j in due])
+            if self.metrics is not None:
+                self.metrics.poll_seconds.labels(name).observe(time.monotonic() - started)
+        except AuthError as exc:
+            self._pause_backend(name, exc)
+            return
+        except (TransientError, OSError, PermanentError) as exc:
+            for job in due:
+                self._transient(job, exc, getattr(exc, "retry_after", None))
+            return
+        self._backend_answered(name)
+        for job in due:
+            status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
+            try:
+                self._apply(job, status, now)
+            except StoreUnwritable:
+                return
+            except Exception:
+                job_logger(job).opt(exception=True).error("applying status {} failed", status)
+
+    def _apply(self, job: Job, status: RemoteStatus, now: float) -> None:
+        log = job_logger(job)
+        first, poll = self.config.poll.first, self.config.poll
+        if status.state.terminal:
+            outcome = OUTCOME[status.state]
+            if job.deadline_hit and outcome in (CANCELLED, FAILED):
+                outcome = TIMED_OUT  # syncd stopped it at the manifest's timeout
+            retries = Manifest.model_validate(job.manifest_data).retries
+            if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
+                self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
+                if self.store.transition(
+                    job.id, job.state, STAGING,
+                    f"attempt {job.attempts} {outcome} (exit code {status.exit_code}); "
+                    f"retrying as attempt {job.attempts + 1} of {retries + 1}",
+                    attempts=job.attempts + 1, remote_id=None, handle=None, next_at=0, deadline_hit=0,
+                    started_at=None, **self._clear_failures(),
+                ):
+                    log.warning("attempt {} {}; retrying", job.attempts, outcome)
+                return
+            if self.store.transition(
+                job.id, job.state, COLLECTING, f"{status.native}: {outcome}"
+                + (f", exit code {status.exit_code}" if status.exit_code is not None else "")
+                + (f" ({status.message})" if status.message else ""),
+                outcome=outcome, exit_code=status.exit_code, remote_state=status.native,
+                message=status.message or None, started_at=job.started_at or status.started,
+                ended_at=status.ended or now, next_at=0, **self._clear_failures(),
+            ):
+                log.info("{} (exit code {}); collecting results", outcome, status.exit_code)
+            return
+        if status.state is RemoteState.UNKNOWN:
+            failures = job.failures + 1
+            if failures >= MAX_UNKNOWN_POLLS:
+                self._hold(job, f"backend {job.backend} no longer knows {job.remote_id} ({status.message or status.native}); "
+                                f"a vanished job is not a finished one. Check the service, then "
+                                f"'syncd retry {job.id}' or 'syncd cancel {job.id}'")
+                return
+            self.store.update(job.id, expect=job.state, failures=failures, failing_since=job.failing_since or now,
+                              next_at=now + backoff_delay(self.config.retry, failures))
+            return
+        new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
+        if new_state == RUNNING and self._deadline_passed(job, status, now):
+            self.backends[job.backend].cancel(RemoteRef(job.remote_id, job.handle_data))
+            self.store.update(job.id, deadline_hit=1, next_at=now + first,
+                              event=f"timeout reached after {now - (job.started_at or status.started or now):.0f}s "
+                                    f"of running; cancelling")
+            log.warning("timeout reached; cancelling")
+            return
+        if new_state != job.state:
+            started = job.started_at or (status.started or now if new_state == RUNNING else None)
+            self.store.transition(job.id, job.state, new_state, f"{status.native}", remote_state=status.native,
+                                  started_at=started, next_at=now + first, poll_interval=first,
+                                  **self._clear_failures())
+            log.info("{}", new_state)
+        else:
+            interval = min(poll.max, (job.poll_interval or first) * poll.factor)
+            self.store.update(job.id, expect=job.state, next_at=now + interval, poll_interval=interval,
+                              failures=0, failing_since=None)
+
+    def _deadline_passed(self, job: Job, status: RemoteStatus, now: float) -> bool:
+        """The manifest's timeout, enforced here too: schedulers count in minutes, some not at all."""
+        if job.deadline_hit:
+            return False
+        timeout = Manifest.model_validate(job.manifest_data).timeout
+        started = job.started_at or status.started
+        return bool(timeout and started and now - started >= timeout + TIMEOUT_GRACE)

@@ -1,0 +1,1 @@
+"""Taking job folders in: watching the inbox, the manifest, the spool."""

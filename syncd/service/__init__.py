@@ -1,0 +1,1 @@
+"""Running as a service: the daemon, observability, notifications, unit files."""

@@ -1,0 +1,1 @@
+"""What syncd remembers: the SQLite store and the per-job journal."""

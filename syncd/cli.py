@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,10 @@ from syncd import __version__
 from syncd.errors import ConfigError, ManifestError
 from syncd.state.summary import job_summary, local_iso
 from syncd.templates import INIT_CONFIG, INIT_FOLDERS
+
+if TYPE_CHECKING:
+    from syncd.config import Config
+    from syncd.state.store import Job
 
 CONFIG_HELP = "config file (default: $SYNCD_CONFIG, then ./syncd.yaml)"
 EXIT_INVALID = 1
@@ -222,10 +227,30 @@ def validate(path: Path) -> None:
 @click.argument("job")
 def cancel(config_path: Path, job: str) -> None:
     """Cancel JOB (id or name); a running job is stopped and its logs delivered."""
-    store = _store(_load(config_path))
+    config = _load(config_path)
+    store = _store(config)
     record = _one_job(store, job)
     store.request(record.id, "cancel")
     click.echo(f"cancel requested for {record.name} ({record.id}, {record.state}); the daemon acts on it shortly")
+    if (why := _cannot_stop(config, record)) is not None:
+        click.echo(f"note: {why}; the job runs to its end and its results will be marked cancelled, not "
+                   f"delivered as a success")
+
+
+def _cannot_stop(config: Config, record: Job) -> str | None:
+    """Why the job's backend cannot stop it, by the capability its type declares (None if it can)."""
+    from syncd import plugins
+    from syncd.engine.requests import cannot_stop
+    from syncd.state.store import HELD, REMOTE
+
+    options = config.backends.get(record.backend)
+    if options is None or record.state not in (*REMOTE, HELD):
+        return None
+    try:
+        backend_type = plugins.load("backend", options.type)
+    except KeyError:
+        return None
+    return cannot_stop(backend_type.capabilities.cancel, record)
 
 
 @main.command()

@@ -67,6 +67,9 @@ class BackendOptions(StrictModel):
 
     type: str = Field(description="backend type, e.g. local or slurm")
     max_parallel: PositiveInt = Field(4, description="jobs submitted to this backend at once")
+    results_deadline: Duration = Field(
+        86400.0, description="how long a finished job may wait for a service that hands its results over late "
+                             "before it is held for attention")
 
 
 class PollPolicy(StrictModel):

@@ -57,3 +57,15 @@ class ManifestError(SyncdError):
         self.path = path
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class NotReady(SyncdError):
+    """The job has ended but the service hands its results over later (an asynchronous transfer).
+
+    Not a failure: the job waits in ``collecting`` for ``retry_after`` seconds, spends none of its retries and
+    opens no circuit breaker; after the inbox's ``results_deadline`` it is held with this message.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 30.0):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -29,8 +29,10 @@ from pydantic import Field, field_validator, model_validator
 
 from syncd.backends.base import (
     Backend,
+    Capabilities,
     JobLogs,
     JobSpec,
+    LogDelivery,
     OutputFile,
     RemoteRef,
     RemoteState,
@@ -98,7 +100,7 @@ class LocalOptions(BackendOptions):
 class LocalBackend(Backend):
     options_model = LocalOptions
     options: LocalOptions
-    supported_resources = frozenset()
+    capabilities = Capabilities(native_timeout=True, logs=LogDelivery.STREAMED)
     remote_service = False
 
     def __init__(self, name: str, options: LocalOptions, work_root: Path):

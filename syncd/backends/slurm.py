@@ -28,8 +28,10 @@ from pydantic import Field, model_validator
 from syncd.backends import slurm_api as api
 from syncd.backends.base import (
     Backend,
+    Capabilities,
     JobLogs,
     JobSpec,
+    LogDelivery,
     OutputFile,
     RemoteRef,
     RemoteState,
@@ -163,7 +165,7 @@ class TokenSource:
 class SlurmBackend(Backend):
     options_model = SlurmOptions
     options: SlurmOptions
-    supported_resources = frozenset({"cpus", "memory", "walltime", "gpus"})
+    capabilities = Capabilities(logs=LogDelivery.STREAMED, resources=frozenset({"cpus", "memory", "walltime", "gpus"}))
 
     def __init__(self, name: str, options: SlurmOptions, work_root: Path):
         super().__init__(name, options, work_root)

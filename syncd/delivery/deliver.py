@@ -17,7 +17,7 @@ from syncd import __version__
 from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
 from syncd.delivery.outbox import RESULT_RECORD, Outbox, check_outbox_key
-from syncd.errors import PermanentError
+from syncd.errors import PermanentError, TransientError
 from syncd.intake.manifest import JobDirectory
 from syncd.intake.spool import Spool
 from syncd.state.store import REJECTED, Job
@@ -68,7 +68,13 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
             if problem := check_outbox_key(item.relpath):
                 refused.append({"path": shown, "reason": problem})
                 continue
-            storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
+            if item.remote is not None:
+                place_remote(storage, job.bucket, f"{folder}/{item.relpath}", item)
+            elif item.source is not None:
+                storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
+            else:
+                raise PermanentError(f"job {job.name}: the backend reported output {item.relpath} with neither a "
+                                     f"local file nor an object; this is a bug in backend {job.backend}")
             delivered.append({"path": item.relpath, "size": item.size})
         storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", (logs.stdout if logs else None) or empty)
         storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", (logs.stderr if logs else None) or empty)
@@ -84,6 +90,29 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
         storage.put_file(job.bucket, record_key, record_file)
     outbox.write_json(job.bucket, record_key, record)
     return record, mirrored.bytes
+
+
+def place_remote(storage: Storage, bucket: str, key: str, item: OutputFile) -> None:
+    """Put an output that already sits in the storage at ``bucket/key``: copied server-side, or only checked
+    when the service wrote it there itself. Either way its size (and MD5, where both sides know it) must match
+    what the backend reported."""
+    assert item.remote is not None
+    source = item.remote
+    if (source.bucket, source.key) == (bucket, key):
+        info = storage.head(bucket, key)
+        if info is None:
+            raise TransientError(f"output {item.relpath}: the service reported it at {bucket}/{key}, but it is not "
+                                 f"there (yet)")
+    else:
+        info = storage.copy(source.bucket, source.key, bucket, key)
+    if info.size != item.size:
+        raise TransientError(f"output {item.relpath}: {bucket}/{key} holds {info.size} bytes, the service reported "
+                             f"{item.size}; trying again")
+    stored_md5 = info.etag.strip('"')
+    if source.md5 and len(stored_md5) == 32 and all(c in "0123456789abcdef" for c in stored_md5) \
+            and stored_md5 != source.md5:
+        raise TransientError(f"output {item.relpath}: {bucket}/{key} has MD5 {stored_md5}, the service reported "
+                             f"{source.md5}; trying again")
 
 
 def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refused: list) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from syncd.backends.base import Backend, JobSpec, RemoteState
+from syncd.backends.base import Backend, JobSpec, RemoteState, StagingArea
 from syncd.config import Config, InboxConfig
 from syncd.delivery.outbox import Outbox
 from syncd.engine.breaker import (
@@ -107,6 +107,8 @@ class EngineBase:
         self._submit_lock = threading.Lock()
         self._folder_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._cancel_tries: dict[str, int] = {}  # job → failed cancel requests in a row (backoff)
+        self._cancel_retry_at: dict[str, float] = {}
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
         self._store_checked = 0.0
@@ -172,6 +174,8 @@ class EngineBase:
             env=dict(manifest.env), timeout=manifest.timeout,
             resources=manifest.resources.model_dump(exclude_none=True),
             outputs=tuple(manifest.outputs) if manifest.outputs is not None else None,
+            staging=StagingArea.for_job(self.storages[job.storage], job.bucket, self._inbox(job.inbox).prefix, job.id),
+            results_prefix=f"{job.folder}/" if job.folder else None,
         )
 
     def _load(self, job: Job):
@@ -192,4 +196,4 @@ class EngineBase:
         return candidate
 
     def _clear_failures(self) -> dict[str, Any]:
-        return {"failures": 0, "failing_since": None, "error": None}
+        return {"failures": 0, "failing_since": None, "error": None, "results_waiting_since": None}

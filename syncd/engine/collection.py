@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from syncd.backends.base import RemoteRef
+from syncd.backends import wrapper
+from syncd.backends.base import OutputFile, RemoteRef, StagingArea
 from syncd.delivery import deliver
 from syncd.delivery.outbox import RESULT_RECORD
+from syncd.engine.base import (
+    job_logger,
+)
+from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
     PermanentError,
     TransientError,
@@ -17,14 +22,11 @@ from syncd.state.store import (
     COLLECTING,
     FAILED,
     REJECTED,
+    SUCCEEDED,
     TERMINAL,
     VALIDATED,
     Job,
 )
-from syncd.engine.base import (
-    job_logger,
-)
-from syncd.engine.failures import FailurePolicy
 
 
 class Collection(FailurePolicy):
@@ -41,6 +43,9 @@ class Collection(FailurePolicy):
         if job.remote_id:
             ref = RemoteRef(job.remote_id, job.handle_data)
             outputs, logs = backend.outputs(ref, self.spec(job)), backend.logs(ref)
+            if not backend.capabilities.exit_codes:
+                self._exit_code_from_wrapper(job, outputs)
+            outputs = [item for item in outputs if not wrapper.is_wrapper_path(item.relpath)]
         reports = {}
         if job.outcome == VALIDATED:
             reports[deliver.VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
@@ -50,7 +55,33 @@ class Collection(FailurePolicy):
         self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)
-        self._complete(job)
+        self._complete(self.store.get(job.id))
+
+    def _exit_code_from_wrapper(self, job: Job, outputs: list[OutputFile]) -> None:
+        """A service that reports no exit code ran the command through syncd's wrapper: read the code it wrote."""
+        job = self.store.get(job.id)
+        exit_file = next((item for item in outputs if item.relpath == wrapper.EXIT_FILE), None)
+        if job.exit_code is not None or exit_file is None:
+            return
+        code = self._read_exit_file(job, exit_file)
+        if code is None:
+            return
+        changes: dict[str, object] = {"exit_code": code}
+        if job.outcome == SUCCEEDED and code != 0:
+            changes.update(outcome=FAILED, message=f"the command exited with code {code}")
+        self.store.update(job.id, expect=COLLECTING, event=f"exit code {code}, from syncd's wrapper", **changes)
+
+    def _read_exit_file(self, job: Job, item: OutputFile) -> int | None:
+        if item.source is not None:
+            return wrapper.parse_exit_code(item.source.read_text(errors="replace"))
+        assert item.remote is not None
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        local = self.tmp_dir / f"exit-code-{job.id}"
+        try:
+            self.storages[job.storage].get_file(item.remote.bucket, item.remote.key, local)
+            return wrapper.parse_exit_code(local.read_text(errors="replace"))
+        finally:
+            local.unlink(missing_ok=True)
 
     def stored_result(self, job: Job) -> dict | None:
         """The job's delivered result record, if there is one (for notifications)."""
@@ -86,8 +117,11 @@ class Collection(FailurePolicy):
                                   event=f"moved to {dest} with ERROR.txt")
                 job_logger(job).warning("rejected; moved to {}", dest)
                 return
+            backend = self.backends[job.backend]
             if job.remote_id:
-                self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
+                backend.cleanup(RemoteRef(job.remote_id, job.handle_data))
+            if backend.capabilities.stages_to_storage:
+                StagingArea.for_job(self.storages[job.storage], job.bucket, inbox.prefix, job.id).remove()
             if inbox.after == "remove":
                 spool.remove(path)
                 dest = path

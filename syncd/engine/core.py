@@ -18,8 +18,22 @@ from typing import Callable, Mapping
 from syncd.backends.base import Backend
 from syncd.config import Config
 from syncd.delivery.outbox import Outbox
+from syncd.engine.base import (
+    CANCEL_MARKER,
+    CANCEL_MARKER_INTERVAL,
+    DISPATCH_PER_WORKER,
+    STEP_STATES,
+    job_logger,
+    spool_reachable,
+)
+from syncd.engine.collection import Collection
+from syncd.engine.intake import Intake
+from syncd.engine.polling import Polling
+from syncd.engine.requests import Requests
+from syncd.engine.submission import Submission
 from syncd.errors import (
     AuthError,
+    NotReady,
     PermanentError,
     TransientError,
 )
@@ -39,19 +53,6 @@ from syncd.state.store import (
     StoreUnwritable,
 )
 from syncd.storage.base import Storage
-from syncd.engine.base import (
-    STEP_STATES,
-    CANCEL_MARKER,
-    CANCEL_MARKER_INTERVAL,
-    DISPATCH_PER_WORKER,
-    job_logger,
-    spool_reachable,
-)
-from syncd.engine.collection import Collection
-from syncd.engine.intake import Intake
-from syncd.engine.polling import Polling
-from syncd.engine.requests import Requests
-from syncd.engine.submission import Submission
 
 
 class Engine(Intake, Submission, Polling, Requests, Collection):
@@ -204,6 +205,8 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             step(job)
         except StoreUnwritable:
             return False  # nothing more is done until the store can record it; the step is idempotent
+        except NotReady as exc:
+            self._not_ready(job, exc)
         except AuthError as exc:
             self._pause_backend(job.backend, exc)
             self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0,

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 
+from syncd.engine.base import (
+    EngineBase,
+    job_logger,
+)
 from syncd.engine.breaker import (
     ServiceUnavailable,
 )
+from syncd.errors import NotReady
 from syncd.log import logger
 from syncd.retry import backoff_delay, budget_spent
 from syncd.state.store import (
@@ -19,10 +24,6 @@ from syncd.state.store import (
     SUBMITTING,
     TERMINAL,
     Job,
-)
-from syncd.engine.base import (
-    EngineBase,
-    job_logger,
 )
 
 
@@ -64,6 +65,24 @@ class FailurePolicy(EngineBase):
         self.store.update(job.id, expect=job.state, failures=failures, failing_since=failing_since,
                           next_at=now + delay, error=str(exc),
                           event=f"transient failure in {job.state}: {exc}; retrying in {delay:.1f}s")
+
+    def _not_ready(self, job: Job, exc: NotReady) -> None:
+        """The job ended but its results are not handed over yet: wait without spending retries, up to the
+        backend's results_deadline, then hold the job with the reason."""
+        now = self.clock()
+        job = self.store.get(job.id)
+        since = job.results_waiting_since or now
+        deadline = self.backends[job.backend].options.results_deadline
+        if now - since >= deadline:
+            self._hold(job, f"backend {job.backend} has not handed over the results {int(now - since)}s after "
+                            f"asking to wait ({exc}); results_deadline is {int(deadline)}s. Check the service, "
+                            f"then run 'syncd retry {job.id}'")
+            return
+        first = job.results_waiting_since is None
+        if first:
+            job_logger(job).info("results not ready yet ({}); waiting up to {}s", exc, int(deadline))
+        self.store.update(job.id, expect=job.state, results_waiting_since=since, next_at=now + exc.retry_after,
+                          event=f"results not ready yet: {exc}; waiting up to {int(deadline)}s" if first else None)
 
     def _permanent(self, job: Job, exc: Exception) -> None:
         job = self.store.get(job.id)

@@ -7,6 +7,12 @@ import os
 from pathlib import Path
 
 from syncd.config import InboxConfig
+from syncd.engine.base import (
+    job_logger,
+    job_with,
+    new_job_id,
+)
+from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
     ManifestError,
 )
@@ -20,12 +26,6 @@ from syncd.state.store import (
     Job,
     StoreUnwritable,
 )
-from syncd.engine.base import (
-    new_job_id,
-    job_logger,
-    job_with,
-)
-from syncd.engine.failures import FailurePolicy
 
 
 class Intake(FailurePolicy):

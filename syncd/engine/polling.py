@@ -5,6 +5,14 @@ from __future__ import annotations
 import time
 
 from syncd.backends.base import RemoteRef, RemoteState, RemoteStatus
+from syncd.engine.base import (
+    MAX_UNKNOWN_POLLS,
+    OUTCOME,
+    TIMEOUT_GRACE,
+    job_logger,
+)
+from syncd.engine.failures import FailurePolicy
+from syncd.engine.requests import CANCEL_UNSTOPPABLE
 from syncd.errors import (
     AuthError,
     PermanentError,
@@ -20,17 +28,11 @@ from syncd.state.store import (
     REMOTE,
     RUNNING,
     STAGING,
+    SUCCEEDED,
     TIMED_OUT,
     Job,
     StoreUnwritable,
 )
-from syncd.engine.base import (
-    MAX_UNKNOWN_POLLS,
-    TIMEOUT_GRACE,
-    OUTCOME,
-    job_logger,
-)
-from syncd.engine.failures import FailurePolicy
 
 
 class Polling(FailurePolicy):
@@ -74,6 +76,11 @@ class Polling(FailurePolicy):
             outcome = OUTCOME[status.state]
             if job.deadline_hit and outcome in (CANCELLED, FAILED):
                 outcome = TIMED_OUT  # syncd stopped it at the manifest's timeout
+            message = status.message
+            if job.cancel_requested == CANCEL_UNSTOPPABLE and outcome in (SUCCEEDED, FAILED):
+                message = (f"cancel requested, but the service could not stop the job: it ran to its end "
+                           f"({status.native}); its results are those of a cancelled job")
+                outcome = CANCELLED
             retries = Manifest.model_validate(job.manifest_data).retries
             if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
                 self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
@@ -89,9 +96,9 @@ class Polling(FailurePolicy):
             if self.store.transition(
                 job.id, job.state, COLLECTING, f"{status.native}: {outcome}"
                 + (f", exit code {status.exit_code}" if status.exit_code is not None else "")
-                + (f" ({status.message})" if status.message else ""),
+                + (f" ({message})" if message else ""),
                 outcome=outcome, exit_code=status.exit_code, remote_state=status.native,
-                message=status.message or None, started_at=job.started_at or status.started,
+                message=message or None, started_at=job.started_at or status.started,
                 ended_at=status.ended or now, next_at=0, **self._clear_failures(),
             ):
                 log.info("{} (exit code {}); collecting results", outcome, status.exit_code)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncd.backends.base import RemoteRef
-from syncd.errors import (
-    TransientError,
+from syncd.backends.base import CancelSupport, RemoteRef
+from syncd.engine.base import (
+    job_logger,
 )
+from syncd.engine.failures import FailurePolicy
+from syncd.errors import (
+    AuthError,
+    PermanentError,
+)
+from syncd.retry import backoff_delay
 from syncd.state.store import (
     CANCELLED,
     CLAIMED,
@@ -16,6 +22,7 @@ from syncd.state.store import (
     HELD,
     REJECTED,
     REMOTE,
+    RUNNING,
     STAGED,
     STAGING,
     SUBMITTED,
@@ -23,16 +30,26 @@ from syncd.state.store import (
     TIMED_OUT,
     Job,
 )
-from syncd.engine.base import (
-    job_logger,
-)
-from syncd.engine.failures import FailurePolicy
+
+CANCEL_REQUESTED = 1
+CANCEL_SENT = 2
+CANCEL_UNSTOPPABLE = 3  # asked for, but the service cannot stop the job
+
+
+def cannot_stop(support: CancelSupport, job: Job) -> str | None:
+    """Why the backend cannot stop ``job`` now, or None if it can (by the backend's declared capability)."""
+    if support is CancelSupport.NEVER:
+        return f"backend {job.backend} cannot cancel jobs"
+    running = job.state == RUNNING or (job.state == HELD and job.held_from == RUNNING)
+    if support is CancelSupport.WHILE_QUEUED and running:
+        return f"the job has started, and backend {job.backend} stops only queued jobs"
+    return None
 
 
 class Requests(FailurePolicy):
     def handle_requests(self, job_id: str) -> None:
         job = self.store.get(job_id)
-        if job.cancel_requested == 1:
+        if job.cancel_requested == CANCEL_REQUESTED:
             self._cancel(job)
         if self.store.get(job_id).retry_requested:
             self._retry(self.store.get(job_id))
@@ -41,22 +58,52 @@ class Requests(FailurePolicy):
         log = job_logger(job)
         if job.state in (CLAIMED, STAGING, STAGED, HELD) and not job.remote_id:
             if self.store.transition(job.id, job.state, COLLECTING, "cancelled before it was submitted",
-                                     outcome=CANCELLED, cancel_requested=2, next_at=0, ended_at=self.clock(),
+                                     outcome=CANCELLED, cancel_requested=CANCEL_SENT, next_at=0, ended_at=self.clock(),
                                      message="cancelled before it was submitted"):
                 log.info("cancelled before submission")
         elif job.state in REMOTE or (job.state == HELD and job.remote_id):
-            try:
-                self.backends[job.backend].cancel(RemoteRef(job.remote_id, job.handle_data))
-            except (TransientError, OSError) as exc:
-                log.warning("cancel request failed ({}); will try again", exc)
-                return
-            self.store.update(job.id, cancel_requested=2, next_at=0, event="cancel sent to the backend")
-            if job.state == HELD:
-                self.store.transition(job.id, HELD, job.held_from or SUBMITTED, "resumed to follow the cancel",
-                                      **self._clear_failures())
-            log.info("cancel sent to backend {}", job.backend)
+            self._cancel_remote(job)
         elif job.state in TERMINAL or job.state == COLLECTING:
             self.store.update(job.id, cancel_requested=0, event="cancel ignored: the job has already ended")
+
+    def _cancel_remote(self, job: Job) -> None:
+        log = job_logger(job)
+        backend = self.backends[job.backend]
+        if (why := cannot_stop(backend.capabilities.cancel, job)) is not None:
+            self._unstoppable(job, why)
+            return
+        now = self.clock()
+        if self._paused_until(job.backend) is not None or now < self._cancel_retry_at.get(job.id, 0.0):
+            return  # sent once the credentials work again, or once the backoff has passed
+        try:
+            backend.cancel(RemoteRef(job.remote_id, job.handle_data))
+        except AuthError as exc:
+            self._pause_backend(job.backend, exc)
+            return
+        except PermanentError as exc:
+            self._unstoppable(job, f"backend {job.backend} refused to stop it ({exc})")
+            return
+        except Exception as exc:  # transport trouble, or a backend bug: try again later, never on every pump
+            tries = self._cancel_tries.get(job.id, 0) + 1
+            delay = backoff_delay(self.config.retry, tries, getattr(exc, "retry_after", None))
+            self._cancel_tries[job.id], self._cancel_retry_at[job.id] = tries, now + delay
+            log.warning("cancel request failed ({}); trying again in {:.0f}s", exc, delay)
+            return
+        self._cancel_tries.pop(job.id, None)
+        self._cancel_retry_at.pop(job.id, None)
+        self.store.update(job.id, cancel_requested=CANCEL_SENT, next_at=0, event="cancel sent to the backend")
+        if job.state == HELD:
+            self.store.transition(job.id, HELD, job.held_from or SUBMITTED, "resumed to follow the cancel",
+                                  **self._clear_failures())
+        log.info("cancel sent to backend {}", job.backend)
+
+    def _unstoppable(self, job: Job, why: str) -> None:
+        """The service cannot stop the job: it runs to its end, and its results are marked cancelled."""
+        job_logger(job).warning("cannot cancel: {}; it runs to its end and its results will be marked cancelled",
+                                why)
+        self.store.update(job.id, cancel_requested=CANCEL_UNSTOPPABLE,
+                          event=f"cancel requested, but {why}: the job runs to its end; its results will be "
+                                f"delivered marked cancelled, not as a success")
 
     def _retry(self, job: Job) -> None:
         log = job_logger(job)

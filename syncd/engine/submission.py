@@ -6,6 +6,11 @@ import json
 import shutil
 import time
 
+from syncd.engine.base import (
+    PROBE_INTERVAL,
+    job_logger,
+)
+from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
     InputError,
     ManifestError,
@@ -21,11 +26,6 @@ from syncd.state.store import (
     SUBMITTING,
     Job,
 )
-from syncd.engine.base import (
-    PROBE_INTERVAL,
-    job_logger,
-)
-from syncd.engine.failures import FailurePolicy
 
 
 class Submission(FailurePolicy):
@@ -82,10 +82,13 @@ class Submission(FailurePolicy):
         spec = self.spec(job)
         started = time.monotonic()
         ref = backend.find(spec)
-        how = "found after a restart" if ref else "submitted"
-        if ref is None:
+        if ref is None or not ref.complete:
+            # An interrupted multi-step submission is finished by the same idempotent call.
+            how = "submitted" if ref is None else "submission finished after a restart"
             ref = backend.submit(spec)
             self.crash_points.reached("submitted-unrecorded")
+        else:
+            how = "found after a restart"
         if self.metrics is not None:
             self.metrics.submit_seconds.labels(job.backend).observe(time.monotonic() - started)
         now = self.clock()

@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished INTEGER NOT NULL DEFAULT 0,
     deadline_hit INTEGER NOT NULL DEFAULT 0,
     dir_raw BLOB,
-    dir_identity TEXT
+    dir_identity TEXT,
+    results_waiting_since REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -143,7 +144,8 @@ CREATE TABLE IF NOT EXISTS delivered (
 
 
 # Columns added after the first schema; existing databases get them at start-up.
-_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB", "dir_identity": "TEXT"}
+_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB", "dir_identity": "TEXT",
+                  "results_waiting_since": "REAL"}
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class Job:
     deadline_hit: int
     dir_raw: bytes | None  # the folder's name as bytes when it is not valid UTF-8 (dir_name is escaped)
     dir_identity: str | None = None  # "device:inode" of the claimed folder: a rename keeps it
+    results_waiting_since: float | None = None  # the service first answered "not ready yet" for the results
 
     @property
     def original_dir_name(self) -> str:

@@ -243,7 +243,7 @@ def _cannot_stop(config: Config, record: Job) -> str | None:
     from syncd.engine.requests import cannot_stop
     from syncd.state.store import HELD, REMOTE
 
-    options = config.backends.get(record.backend)
+    options = config.backend_options.get(record.backend)
     if options is None or record.state not in (*REMOTE, HELD):
         return None
     try:

@@ -1,7 +1,10 @@
-"""The backend contract as tests, written once. Each backend's test file subclasses these mixins
-and provides a ``harness`` fixture (see harness.py). Mixins are chosen by capability:
-``BackendContract`` for every backend, ``NativeTimeoutContract`` for backends that stop a job at
-its timeout themselves, ``TransportFaultContract`` for backends that talk over HTTP.
+"""The backend contract as tests, written once.
+
+A backend's test file provides a ``harness`` fixture (see harness.py) and builds its test class from
+``suites(capabilities)``: the suites that match what the backend *declares* it can do. A backend that declares
+no exit codes is checked on the wrapper path, one that cancels only queued jobs is checked to refuse a running
+one clearly, and so on; nothing is skipped, so a declaration that is wrong fails here. ``TransportFaultContract``
+(for backends that talk HTTP) is added by the file, since it depends on how the backend is reached.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import random
 
 import pytest
 
-from syncd.backends.base import RemoteRef, RemoteState
+from syncd.backends import wrapper
+from syncd.backends.base import CancelSupport, Capabilities, LogDelivery, RemoteRef, RemoteState
 from syncd.errors import AuthError, PermanentError, TransientError
 
 TREE_SCRIPT = r"""
@@ -25,14 +29,30 @@ print("tree written")
 """
 
 
+def _delivered(harness, ref, spec):
+    """The outputs a job delivers (the wrapper's files are syncd's own, never delivered)."""
+    return {o.relpath: o for o in harness.backend.outputs(ref, spec) if not wrapper.is_wrapper_path(o.relpath)}
+
+
+def _exit_code(harness, ref, spec, status) -> int | None:
+    """The exit code the engine gets: from the status, or from the wrapper's exit file when the service gives none."""
+    if harness.backend.capabilities.exit_codes:
+        return status.exit_code
+    assert status.exit_code is None, "a backend that declares no exit codes must not report one"
+    exit_file = {o.relpath: o for o in harness.backend.outputs(ref, spec)}[wrapper.EXIT_FILE]
+    return wrapper.parse_exit_code(exit_file.source.read_text())
+
+
 class BackendContract:
+    """What every backend does, whatever it declares."""
+
     def test_submit_succeeds_with_known_output_tree(self, harness):
         spec = harness.spec(["python3", "-c", TREE_SCRIPT])
         ref = harness.run(spec, {"notes.txt": b"input\n", "unchanged.txt": b"same\n"})
         status = harness.wait(ref)
         assert status.state is RemoteState.SUCCEEDED, status
-        assert status.exit_code == 0
-        outputs = {o.relpath: o for o in harness.backend.outputs(ref, spec)}
+        assert _exit_code(harness, ref, spec, status) == 0
+        outputs = _delivered(harness, ref, spec)
         assert sorted(outputs) == sorted([
             "notes.txt", "out/deep/er/still/leaf.txt", "out/empty.dat", "out/large.bin", "out/Übersicht café.txt",
         ]), "created and changed files are outputs; an unchanged input is not"
@@ -47,17 +67,62 @@ class BackendContract:
                             outputs=["**/*.csv"])
         ref = harness.run(spec)
         assert harness.wait(ref).state is RemoteState.SUCCEEDED
-        assert sorted(o.relpath for o in harness.backend.outputs(ref, spec)) == ["a/b/x.csv", "z.csv"]
+        assert sorted(_delivered(harness, ref, spec)) == ["a/b/x.csv", "z.csv"]
 
     def test_nonzero_exit_fails_with_exit_code_and_logs(self, harness):
         spec = harness.spec("echo to-out; echo to-err >&2; echo partial > partial.txt; exit 3")
         ref = harness.run(spec)
         status = harness.wait(ref)
-        assert status.state is RemoteState.FAILED and status.exit_code == 3, status
+        assert status.state is RemoteState.FAILED and _exit_code(harness, ref, spec, status) == 3, status
         logs = harness.backend.logs(ref)
-        assert "to-out" in logs.stdout.read_text() and "to-err" in logs.stderr.read_text()
-        assert [o.relpath for o in harness.backend.outputs(ref, spec)] == ["partial.txt"]
+        stdout = logs.stdout.read_text()
+        if harness.backend.capabilities.separate_stderr:
+            assert "to-out" in stdout and "to-err" not in stdout and "to-err" in logs.stderr.read_text()
+        else:
+            assert "to-out" in stdout and "to-err" in stdout, "merged stderr is in the stdout log"
+        assert list(_delivered(harness, ref, spec)) == ["partial.txt"]
 
+    def test_submit_then_crash_finds_the_job_by_key_and_never_runs_it_twice(self, harness):
+        counter = harness.scratch / f"runs-{random.getrandbits(32)}.txt"
+        spec = harness.spec(f"echo run >> {counter}; sleep 1")
+        ref = harness.run(spec)
+        fresh = harness.new_backend()  # the daemon restarted: nothing in memory survives
+        found = fresh.find(spec)
+        assert found is not None and found.remote_id == ref.remote_id and found.complete
+        again = fresh.submit(spec)  # a retried submit of the same key is idempotent
+        assert again.remote_id == ref.remote_id
+        assert harness.wait(found, backend=fresh).state is RemoteState.SUCCEEDED
+        assert counter.read_text() == "run\n", "the job ran more than once"
+
+    def test_find_before_submit_reports_nothing(self, harness):
+        spec = harness.spec("true")
+        harness.stage(spec)
+        assert harness.backend.find(spec) is None
+
+    def test_poll_many_jobs_in_one_batch_or_one_request_each(self, harness):
+        refs = [harness.run(harness.spec(f"exit {i % 3}")) for i in range(8)]
+        for ref in refs:
+            harness.wait(ref)
+        before = harness.request_count() if harness.request_count else None
+        statuses = harness.backend.poll(refs)
+        if before is not None:
+            expected = 1 if harness.backend.capabilities.batched_poll else len(refs)
+            assert harness.request_count() - before == expected, "batched_poll says how many requests a poll sends"
+        assert [statuses[r.remote_id].state for r in refs] == [
+            RemoteState.SUCCEEDED if i % 3 == 0 else RemoteState.FAILED for i in range(8)]
+
+    def test_poll_unknown_ref_is_reported_unknown_not_raised(self, harness):
+        ghost = harness.ghost_ref(harness)
+        status = harness.backend.poll([ghost])[ghost.remote_id]
+        assert status.state is RemoteState.UNKNOWN
+
+    def test_resources_outside_the_declared_ones_are_refused_at_check(self, harness):
+        unsupported = sorted({"cpus", "memory", "walltime", "gpus"} - harness.backend.capabilities.resources)
+        problems = harness.backend.check(harness.spec("true", resources={name: 1 for name in unsupported}))
+        assert sorted(p.split(":", 1)[0] for p in problems) == [f"resources.{name}" for name in unsupported]
+
+
+class CancelAnytimeContract:
     def test_cancel_running_job_twice_and_after_it_ended_is_harmless(self, harness):
         spec = harness.spec("echo started; sleep 120")
         ref = harness.run(spec)
@@ -69,39 +134,23 @@ class BackendContract:
         harness.backend.cancel(ref)  # after the end: no error
         assert harness.backend.poll([ref])[ref.remote_id].state is RemoteState.CANCELLED
 
-    def test_submit_then_crash_finds_the_job_by_key_and_never_runs_it_twice(self, harness):
-        counter = harness.scratch / f"runs-{random.getrandbits(32)}.txt"
-        spec = harness.spec(f"echo run >> {counter}; sleep 1")
+
+class CancelWhileQueuedContract:
+    def test_cancel_of_a_running_job_is_refused_clearly_and_the_job_runs_on(self, harness):
+        spec = harness.spec("sleep 1; echo done > done.txt")
         ref = harness.run(spec)
-        fresh = harness.new_backend()  # the daemon restarted: nothing in memory survives
-        found = fresh.find(spec)
-        assert found is not None and found.remote_id == ref.remote_id
-        again = fresh.submit(spec)  # a retried submit of the same key is idempotent
-        assert again.remote_id == ref.remote_id
-        assert harness.wait(found, backend=fresh).state is RemoteState.SUCCEEDED
-        assert counter.read_text() == "run\n", "the job ran more than once"
+        harness.wait(ref, until=lambda s: s.state is RemoteState.RUNNING)
+        with pytest.raises(PermanentError):
+            harness.backend.cancel(ref)
+        assert harness.wait(ref).state is RemoteState.SUCCEEDED
 
-    def test_find_before_submit_reports_nothing(self, harness):
-        spec = harness.spec("true")
-        harness.stage(spec)
-        assert harness.backend.find(spec) is None
 
-    def test_poll_many_jobs_in_one_batch(self, harness):
-        refs = [harness.run(harness.spec(f"exit {i % 3}")) for i in range(8)]
-        for ref in refs:
-            harness.wait(ref)
-        before = harness.request_count() if harness.request_count else None
-        statuses = harness.backend.poll(refs)
-        if before is not None:
-            assert harness.request_count() - before == 1, "one poll request must cover every job"
-        assert [statuses[r.remote_id].exit_code for r in refs] == [i % 3 for i in range(8)]
-        assert [statuses[r.remote_id].state for r in refs] == [
-            RemoteState.SUCCEEDED if i % 3 == 0 else RemoteState.FAILED for i in range(8)]
-
-    def test_poll_unknown_id_is_reported_unknown_not_raised(self, harness):
-        ghost = RemoteRef("999999", {"dir": str(harness.scratch / "nowhere"), "key": "syncd-ghost"})
-        status = harness.backend.poll([ghost])["999999"]
-        assert status.state is RemoteState.UNKNOWN
+class CancelNeverContract:
+    def test_cancel_is_refused_clearly(self, harness):
+        ref = harness.run(harness.spec("sleep 1"))
+        with pytest.raises(PermanentError):
+            harness.backend.cancel(ref)
+        assert harness.wait(ref).state is RemoteState.SUCCEEDED
 
 
 class NativeTimeoutContract:
@@ -110,6 +159,40 @@ class NativeTimeoutContract:
         ref = harness.run(spec)
         status = harness.wait(ref)
         assert status.state is RemoteState.TIMED_OUT, status
+
+
+class WrapperExitCodeContract:
+    def test_an_argument_list_reaches_the_command_byte_for_byte_through_the_wrapper(self, harness):
+        tricky = "a b'c\"$(echo no)`echo no`\n\n"
+        spec = harness.spec(["sh", "-c", 'printf "%s" "$1" > arg.txt; exit 7', "x", tricky])
+        ref = harness.run(spec)
+        status = harness.wait(ref)
+        assert _exit_code(harness, ref, spec, status) == 7
+        assert _delivered(harness, ref, spec)["arg.txt"].source.read_text() == tricky
+
+
+class StreamedLogsContract:
+    def test_logs_are_readable_while_the_job_runs(self, harness):
+        spec = harness.spec("echo early; sleep 30")
+        ref = harness.run(spec)
+        harness.wait(ref, until=lambda s: s.state is RemoteState.RUNNING)
+        harness.wait_for(lambda: (logs := harness.backend.logs(ref)).stdout is not None
+                         and "early" in logs.stdout.read_text())
+        harness.backend.cancel(ref)
+
+
+def suites(capabilities: Capabilities) -> tuple[type, ...]:
+    """The contract suites a backend with these declared capabilities must pass."""
+    found: list[type] = [BackendContract]
+    found.append({CancelSupport.ALWAYS: CancelAnytimeContract, CancelSupport.WHILE_QUEUED: CancelWhileQueuedContract,
+                  CancelSupport.NEVER: CancelNeverContract}[capabilities.cancel])
+    if capabilities.native_timeout:
+        found.append(NativeTimeoutContract)
+    if not capabilities.exit_codes:
+        found.append(WrapperExitCodeContract)
+    if capabilities.logs is LogDelivery.STREAMED and capabilities.cancel is CancelSupport.ALWAYS:
+        found.append(StreamedLogsContract)
+    return tuple(found)
 
 
 class TransportFaultContract:

@@ -20,6 +20,8 @@ class Harness:
     poll_interval: float = 0.2
     timeout: float = 60.0
     request_count: Callable[[], int] | None = None  # how many requests the backend sent, if it sends any
+    #: a ref the service does not know, built through the backend (each backend's test file says how)
+    ghost_ref: Callable[[Harness], RemoteRef] = field(default=lambda harness: _no_ghost())
     specs: list[JobSpec] = field(default_factory=list)
 
     def spec(self, command, *, timeout: float | None = None, outputs=None, env=None, resources=None) -> JobSpec:
@@ -45,6 +47,13 @@ class Harness:
         self.stage(spec, files)
         return self.backend.submit(spec)
 
+    def wait_for(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met after {self.timeout}s")
+            time.sleep(self.poll_interval)
+
     def wait(self, ref: RemoteRef, until: Callable[[RemoteStatus], bool] = lambda s: s.state.terminal,
              backend: Backend | None = None) -> RemoteStatus:
         deadline = time.monotonic() + self.timeout
@@ -55,3 +64,7 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {ref.remote_id} still {status} after {self.timeout}s")
             time.sleep(self.poll_interval)
+
+
+def _no_ghost() -> RemoteRef:
+    raise AssertionError("this backend's conformance file must pass ghost_ref to its Harness")

@@ -16,6 +16,7 @@ from syncd.state.summary import job_summary, local_iso
 from syncd.templates import INIT_CONFIG, INIT_FOLDERS
 
 if TYPE_CHECKING:
+    from syncd.backends.base import Backend
     from syncd.config import Config
     from syncd.state.store import Job
 
@@ -247,7 +248,7 @@ def _cannot_stop(config: Config, record: Job) -> str | None:
     if options is None or record.state not in (*REMOTE, HELD):
         return None
     try:
-        backend_type = plugins.load("backend", options.type)
+        backend_type: type[Backend] = plugins.load("backend", options.type)
     except KeyError:
         return None
     return cannot_stop(backend_type.capabilities.cancel, record)

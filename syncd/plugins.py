@@ -9,7 +9,7 @@ ones; a type whose import fails says what to install.
 from __future__ import annotations
 
 import importlib
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["backend", "storage"]
 
@@ -37,7 +37,7 @@ def available(kind: Kind) -> dict[str, str]:
     return found
 
 
-def load(kind: Kind, type_name: str) -> type:
+def load(kind: Kind, type_name: str) -> type[Any]:
     """The class implementing ``type_name``; KeyError with a helpful message if unknown."""
     # A built-in type wins over a plugin of the same name, so only other names need the (slow,
     # every installed package's metadata) entry-point scan.

@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from syncd.errors import PermanentError, TransientError
+from syncd.errors import PermanentError, SyncdError, TransientError
 
 #: hidden folder, inside the folder a file is bound for, where it is written before the rename into place
 TMP_DIR = ".syncd-tmp"
@@ -43,7 +43,7 @@ def copy_verified(source: Path, dest: Path) -> str:
     return digest.hexdigest()
 
 
-def os_error(exc: OSError, what: str) -> Exception:
+def os_error(exc: OSError, what: str) -> SyncdError:
     """Classify an OSError: full disk and I/O hiccups are transient, the rest permanent."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransientError(f"{what}: no space left on the device; free space on that filesystem and syncd "

@@ -117,9 +117,12 @@ class LocalBackend(Backend):
 
     def _check_job_user(self) -> None:
         """Never fall back to running a job as the daemon's user: jobs wait until this passes."""
-        problem = missing_privileges(self.job_user)
-        if problem is None and (blocked := unreachable_by(self.work_root, self.job_user)):
-            problem = (f"run_as: {self.job_user.name} cannot reach the work folders under {self.work_root}: "
+        user = self.job_user
+        if user is None:
+            return
+        problem = missing_privileges(user)
+        if problem is None and (blocked := unreachable_by(self.work_root, user)):
+            problem = (f"run_as: {user.name} cannot reach the work folders under {self.work_root}: "
                        f"{blocked} is closed to it; choose a workdir_root outside state_dir whose parent "
                        f"folders others may pass through (o+x)")
         if problem is not None:

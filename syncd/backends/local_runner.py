@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 KILL_GRACE = 5.0
 TICK = 0.2
@@ -85,7 +86,7 @@ def run(attempt_dir: Path) -> int:
 
     started = time.time()
     command = ["/bin/sh", "-c", spec["command"]] if isinstance(spec["command"], str) else spec["command"]
-    status = {"started": started, "timed_out": False, "cancelled": False, "signal": None, "error": None}
+    status: dict[str, Any] = {"started": started, "timed_out": False, "cancelled": False, "signal": None, "error": None}
     try:
         with open(ctrl / "stdout.txt", "ab") as out, open(ctrl / "stderr.txt", "ab") as err:
             child = subprocess.Popen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -116,7 +117,7 @@ class WorkFolder:
                 path = here / name
                 rel = path.relative_to(self.work).as_posix()
                 st = path.lstat()
-                if not os.path.stat.S_ISREG(st.st_mode):
+                if not stat.S_ISREG(st.st_mode):
                     continue
                 if owner is not None and (st.st_uid != owner or st.st_nlink != 1):
                     continue

@@ -168,7 +168,8 @@ class Mirror:
                 self._record(rows, dirs)
 
         if storage.batch_fetch:
-            small, large = [], []
+            small: list[Target] = []
+            large: list[Target] = []
             for target in todo:
                 (small if 0 < target.info.size <= BATCH_MAX_SIZE else large).append(target)
             if small:
@@ -194,6 +195,7 @@ class Mirror:
                     target = next(pending, None)
                 if target is None:
                     return
+                outcome: tuple[Target, tuple | None, BaseException | None]
                 try:
                     outcome = (target, self._fetch_one(storage, bucket, target, names, made), None)
                 except BaseException as exc:  # handed to the main thread: SyncdError is reported, others raised
@@ -218,7 +220,7 @@ class Mirror:
                     batch, outcomes[:] = list(outcomes), []
                 handled += len(batch)
                 for target, row, error in batch:
-                    if error is None:
+                    if error is None and row is not None:
                         delivered(target, row)
                     elif isinstance(error, SyncdError):
                         report.failed.append((target.info.key, error))

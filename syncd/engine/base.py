@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from syncd.backends.base import Backend, JobSpec, RemoteState, StagingArea
+from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, StagingArea
 from syncd.config import Config, InboxConfig
 from syncd.delivery.outbox import Outbox
 from syncd.engine.breaker import (
@@ -63,6 +63,13 @@ def new_job_id(now: float | None = None) -> str:
 
 def job_logger(job: Job):
     return logger.bind(job_id=job.id, job_name=job.name)
+
+
+def remote_ref(job: Job) -> RemoteRef:
+    """The reference the backend gave the job's current attempt (only for jobs that reached the service)."""
+    if job.remote_id is None:
+        raise ValueError(f"job {job.id} has no remote id")
+    return RemoteRef(job.remote_id, job.handle_data)
 
 
 def job_with(job: Job, **changes: Any) -> Job:

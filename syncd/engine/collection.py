@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from syncd.backends import wrapper
-from syncd.backends.base import OutputFile, RemoteRef, StagingArea
+from syncd.backends.base import OutputFile, StagingArea
 from syncd.delivery import deliver
 from syncd.delivery.outbox import RESULT_RECORD
 from syncd.engine.base import (
     job_logger,
+    remote_ref,
 )
 from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
@@ -41,7 +42,7 @@ class Collection(FailurePolicy):
         backend = self.backends[job.backend]
         outputs, logs = [], None
         if job.remote_id:
-            ref = RemoteRef(job.remote_id, job.handle_data)
+            ref = remote_ref(job)
             outputs, logs = backend.outputs(ref, self.spec(job)), backend.logs(ref)
             if not backend.capabilities.exit_codes:
                 self._exit_code_from_wrapper(job, outputs)
@@ -119,7 +120,7 @@ class Collection(FailurePolicy):
                 return
             backend = self.backends[job.backend]
             if job.remote_id:
-                backend.cleanup(RemoteRef(job.remote_id, job.handle_data))
+                backend.cleanup(remote_ref(job))
             if backend.capabilities.stages_to_storage:
                 StagingArea.for_job(self.storages[job.storage], job.bucket, inbox.prefix, job.id).remove()
             if inbox.after == "remove":

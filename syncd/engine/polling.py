@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from syncd.backends.base import RemoteRef, RemoteState, RemoteStatus
+from syncd.backends.base import RemoteState, RemoteStatus
 from syncd.engine.base import (
     MAX_UNKNOWN_POLLS,
     OUTCOME,
     TIMEOUT_GRACE,
     job_logger,
+    remote_ref,
 )
 from syncd.engine.failures import FailurePolicy
 from syncd.engine.requests import CANCEL_UNSTOPPABLE
@@ -49,7 +50,7 @@ class Polling(FailurePolicy):
         backend = self.backends[name]
         started = time.monotonic()
         try:
-            statuses = backend.poll([RemoteRef(j.remote_id, j.handle_data) for j in due])
+            statuses = backend.poll([remote_ref(j) for j in due])
             if self.metrics is not None:
                 self.metrics.poll_seconds.labels(name).observe(time.monotonic() - started)
         except AuthError as exc:
@@ -83,7 +84,7 @@ class Polling(FailurePolicy):
                 outcome = CANCELLED
             retries = Manifest.model_validate(job.manifest_data).retries
             if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
-                self.backends[job.backend].cleanup(RemoteRef(job.remote_id, job.handle_data))
+                self.backends[job.backend].cleanup(remote_ref(job))
                 if self.store.transition(
                     job.id, job.state, STAGING,
                     f"attempt {job.attempts} {outcome} (exit code {status.exit_code}); "
@@ -115,7 +116,7 @@ class Polling(FailurePolicy):
             return
         new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
         if new_state == RUNNING and self._deadline_passed(job, status, now):
-            self.backends[job.backend].cancel(RemoteRef(job.remote_id, job.handle_data))
+            self.backends[job.backend].cancel(remote_ref(job))
             self.store.update(job.id, deadline_hit=1, next_at=now + first,
                               event=f"timeout reached after {now - (job.started_at or status.started or now):.0f}s "
                                     f"of running; cancelling")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncd.backends.base import CancelSupport, RemoteRef
+from syncd.backends.base import CancelSupport
 from syncd.engine.base import (
     job_logger,
+    remote_ref,
 )
 from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
@@ -76,7 +77,7 @@ class Requests(FailurePolicy):
         if self._paused_until(job.backend) is not None or now < self._cancel_retry_at.get(job.id, 0.0):
             return  # sent once the credentials work again, or once the backoff has passed
         try:
-            backend.cancel(RemoteRef(job.remote_id, job.handle_data))
+            backend.cancel(remote_ref(job))
         except AuthError as exc:
             self._pause_backend(job.backend, exc)
             return

@@ -19,6 +19,7 @@ from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import InboxConfig
@@ -137,7 +138,7 @@ class InboxWatcher:
         self._dirty: set[str] = set()  # changed, per events: quiet period restarts
         self._found: set[str] = set()  # seen by a rescan: tracked if new
         self._lock = threading.Lock()
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._paused = False
         self.restarts = 0
         self.mode = self._choose_mode()

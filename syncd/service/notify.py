@@ -19,9 +19,9 @@ class Notifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
-        wanted = usec and usec.isdigit() and (not pid or pid == str(os.getpid()))
+        wanted = usec is not None and usec.isdigit() and (not pid or pid == str(os.getpid()))
         #: seconds between watchdog pings systemd expects (None: no watchdog)
-        self.watchdog_interval = int(usec) / 1_000_000 if wanted else None
+        self.watchdog_interval = int(usec) / 1_000_000 if usec is not None and wanted else None
 
     @property
     def enabled(self) -> bool:

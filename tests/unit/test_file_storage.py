@@ -273,6 +273,21 @@ def test_put_file_copies_and_verifies_when_a_link_is_refused(storage, src, tmp_p
     assert verified == [hashlib.md5(data).hexdigest()]
 
 
+def test_put_file_from_another_filesystem_is_copied(storage, tmp_path, placed):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm writable on a filesystem other than the test's")
+    data = os.urandom(50_000)
+    source = shm / f"syncd-test-{os.getpid()}-{tmp_path.name}"
+    source.write_bytes(data)
+    try:
+        storage.put_file("b", "k", source)
+        assert placed == ["copy"]  # EXDEV for the reflink and for the link
+        assert object_path(tmp_path, "k").read_bytes() == data and source.stat().st_nlink == 1
+    finally:
+        source.unlink()
+
+
 def test_a_link_error_other_than_cannot_is_reported(storage, src, monkeypatch, fake_reflink_calls):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

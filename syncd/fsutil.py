@@ -1,11 +1,21 @@
-"""Filesystem helpers shared by intake, delivery, storages and backends (nothing plugin-specific owns them)."""
+"""Filesystem helpers shared by intake, delivery, storages and backends (nothing plugin-specific owns them).
+
+:func:`place_file` puts a file's content at a new path without a second copy on one disk when it
+can: a reflink (copy-on-write, Linux ``FICLONE``: a later write to either name copies the block
+it changes, so the two stay independent), else a hard link (one inode under two names: a write in
+place through either name changes both; only for a file this process's user owns and no one else
+may write, so a job's user cannot change a delivered result afterwards), else
+:func:`copy_verified`.
+"""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
+from typing import Literal
 
 from syncd.errors import PermanentError, SyncdError, TransientError
 
@@ -41,6 +51,82 @@ def copy_verified(source: Path, dest: Path) -> str:
     if dest.stat().st_size != expected:
         raise TransientError(f"copy of {source} to {dest} is {dest.stat().st_size} bytes, expected {expected}")
     return digest.hexdigest()
+
+
+#: ``FICLONE`` (``_IOW(0x94, 9, int)``), in :mod:`fcntl` from Python 3.12
+FICLONE = 0x40049409
+#: errors meaning "this way of placing a file is not possible here": the next way is tried, silently
+#: (another filesystem, a filesystem without reflinks or hard links, a protected or too-often linked file)
+_CANNOT = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL,
+                     errno.ENOSYS, errno.EMLINK})
+
+
+def linkable(st: os.stat_result) -> bool:
+    """Whether a hard link to this file is safe: a regular file of this process's user that no one else
+    may write (a file of a job's user is copied, so that user cannot change a delivered result later)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _reflink(src_fd: int, src: os.stat_result, dest: Path, no_reflink: set[tuple[int, int]]) -> bool:
+    """Clone ``src_fd`` into the new file ``dest``; False (nothing left behind) when the filesystem can't."""
+    import fcntl
+
+    try:
+        pair = (src.st_dev, os.stat(dest.parent).st_dev)
+    except FileNotFoundError:
+        return False  # the copy names the missing folder
+    if pair in no_reflink:
+        return False
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    done = False
+    try:
+        fcntl.ioctl(fd, getattr(fcntl, "FICLONE", FICLONE), src_fd)
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        if size != src.st_size:
+            raise TransientError(f"reflink of a {src.st_size}-byte file to {dest} is {size} bytes")
+        done = True
+    except OSError as exc:
+        if exc.errno not in _CANNOT:
+            raise
+        no_reflink.add(pair)
+    finally:
+        os.close(fd)
+        if not done:
+            os.unlink(dest)
+    return done
+
+
+def place_file(source: Path, dest: Path, *, link: bool = True,
+               no_reflink: set[tuple[int, int]] | None = None) -> Literal["reflink", "link", "copy"]:
+    """Put ``source``'s content at the new path ``dest`` (it must not exist), without a second copy
+    on one disk when possible: a reflink, else a hard link (with ``link``, and only when
+    :func:`linkable`), else :func:`copy_verified`. Says which it did.
+
+    ``no_reflink`` is the caller's memory of (source device, destination device) pairs where a reflink
+    failed, so they are not tried again.
+    """
+    no_reflink = set() if no_reflink is None else no_reflink
+    src_fd = os.open(source, os.O_RDONLY)
+    try:
+        st = os.fstat(src_fd)
+        if stat.S_ISREG(st.st_mode) and _reflink(src_fd, st, dest, no_reflink):
+            return "reflink"
+    finally:
+        os.close(src_fd)
+    if link and linkable(st):
+        try:
+            os.link(source, dest)
+        except OSError as exc:
+            if exc.errno not in _CANNOT:
+                raise
+        else:
+            placed = os.lstat(dest)
+            if (placed.st_dev, placed.st_ino) == (st.st_dev, st.st_ino):
+                return "link"
+            os.unlink(dest)  # the name was given another file since it was opened: copy what it is now
+    copy_verified(source, dest)
+    return "copy"
 
 
 def os_error(exc: OSError, what: str) -> SyncdError:

@@ -118,6 +118,7 @@ class StagingArea:
         for prefix in (self.inputs, self.outputs):
             for info in list(self.storage.list(self.bucket, prefix)):
                 self.storage.delete(self.bucket, info.key)
+            self.storage.delete(self.bucket, prefix)  # a folder storage's emptied folders; a no-op on S3
 
 
 @dataclass(frozen=True)

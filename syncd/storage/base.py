@@ -60,7 +60,7 @@ class Storage(ABC):
     remote_service: ClassVar[bool] = True
     #: the methods that reach the service (the engine puts them behind its circuit breaker)
     remote_calls: ClassVar[frozenset[str]] = frozenset(
-        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "fetch_many", "delete"})
+        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "fetch_many", "copy", "delete"})
     #: True when :meth:`fetch_many` beats :meth:`fetch` called from many threads (a mirror then hands
     #: it the small objects)
     batch_fetch: ClassVar[bool] = False
@@ -114,6 +114,36 @@ class Storage(ABC):
                 yield expected, dest, self.fetch(bucket, expected.key, dest, expected)
             except SyncdError as exc:
                 yield expected, dest, exc
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
+        """Copy an object to ``dst_key`` (in the same storage); the destination's info. Idempotent.
+
+        Storages override this to copy without moving the bytes (server-side, a link). This default
+        is correct for any storage: :meth:`get_file` into a temporary file (in ``$TMPDIR``), then
+        :meth:`put_file`. A missing source raises PermanentError.
+        """
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="syncd-copy-") as scratch:
+            local = Path(scratch) / "object"
+            if src_key.endswith("/"):
+                local.touch()  # a directory marker has no content to fetch
+                if self.head(src_bucket, src_key) is None:
+                    raise PermanentError(f"copying {self.name}:{src_bucket}/{src_key}: the source object "
+                                         f"does not exist")
+            else:
+                self.get_file(src_bucket, src_key, local)
+            return self.put_file(dst_bucket, dst_key, local)
+
+    def presign(self, bucket: str, key: str, method: str = "GET", expires: float = 3600) -> str:
+        """A URL that lets anyone holding it ``GET`` (download) or ``PUT`` (upload) the object without
+        credentials, for ``expires`` seconds: for services that fetch inputs or deliver results by URL.
+
+        Storages that have URLs override this; the default refuses with a PermanentError.
+        """
+        raise PermanentError(
+            f"storage '{self.name}' (type: {self.options.type}) cannot make a URL for {bucket}/{key}; "
+            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox")
 
     def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
         """Whether ``local`` holds the object's content without downloading it, or None if unknown.

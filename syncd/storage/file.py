@@ -3,7 +3,23 @@
 Objects are files at ``root/<bucket>/<key>``. Writes go to a hidden temporary
 folder inside the bucket and are renamed into place, so a reader never sees a
 partial object. The ETag is a change token (mtime and size), so listing needs
-no reads; copies are verified by size and MD5 while streaming.
+no reads.
+
+No second copy on one disk when it can be avoided (:func:`syncd.fsutil.place_file`):
+``put_file``, ``get_file`` and ``copy`` first try a reflink (copy-on-write: the two
+files stay independent), then a hard link, then a copy verified by size (and MD5
+while streaming). A hard link is made only to a file owned by the daemon's own user
+that no one else may write; a file of a job's user is always copied, so that user
+cannot change a delivered result afterwards. ``hard_links: false`` turns links off
+(reflinks stay). Another filesystem (EXDEV) or one that can't (EPERM, EOPNOTSUPP)
+falls back to the next way, silently.
+
+A linked object and the file it came from are one inode under two names: the same
+content, owner, mode and mtime (so the object's ETag is the file's). In particular a
+bucket object mirrored into an outbox on the same filesystem, and a daemon-owned
+file put into a bucket, share their inode with it: replacing either name (a rename,
+as syncd and most editors do) leaves the other alone, but writing into either in
+place changes both, and the mirror has no other copy to repair it from.
 """
 
 from __future__ import annotations
@@ -18,21 +34,27 @@ from pydantic import Field
 
 from syncd.config import ConfigPath, StorageOptions
 from syncd.errors import PermanentError, TransientError
-from syncd.fsutil import TMP_DIR, copy_verified, os_error
+from syncd.fsutil import TMP_DIR, copy_verified, os_error, place_file
 from syncd.storage.base import ObjectInfo, Storage, check_key
 
 
 class FileStorageOptions(StorageOptions):
     root: ConfigPath = Field(description="folder whose subfolders are the buckets")
     create_buckets: bool = Field(True, description="create a bucket folder on first use")
-
-
+    hard_links: bool = Field(
+        True, description="store a file of the daemon's own user (not writable by others), and fetch an object, "
+                          "as a hard link instead of a copy when on one filesystem; editing either in place "
+                          "then changes both (a reflink is tried first either way)")
 
 
 class FileStorage(Storage):
     options_model = FileStorageOptions
     options: FileStorageOptions
     remote_service = False
+
+    def __init__(self, name: str, options: FileStorageOptions):
+        super().__init__(name, options)
+        self._no_reflink: set[tuple[int, int]] = set()  # (source, destination) devices where a reflink failed
 
     def _bucket_dir(self, bucket: str) -> Path:
         if not bucket or "/" in bucket or bucket.startswith(".") or "\x00" in bucket:
@@ -100,6 +122,30 @@ class FileStorage(Storage):
             return ObjectInfo(key, 0, "dir") if path.is_dir() else None
         return self._info(key, st) if os.path.stat.S_ISREG(st.st_mode) else None
 
+    def _store(self, source: Path, bucket: str, key: str, final: Path) -> os.stat_result:
+        """Place ``source`` at ``final`` through the bucket's temporary folder; the stat of what is there."""
+        tmp_dir = self._bucket_dir(bucket) / TMP_DIR
+        tmp_dir.mkdir(exist_ok=True)
+        tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            if place_file(source, tmp, link=self.options.hard_links, no_reflink=self._no_reflink) == "link":
+                placed = tmp.stat()
+                try:
+                    old = final.stat()
+                except (FileNotFoundError, NotADirectoryError):
+                    old = None
+                if old is not None and old.st_ino != placed.st_ino and \
+                        (old.st_mtime_ns, old.st_size) == (placed.st_mtime_ns, placed.st_size):
+                    # A link keeps the file's mtime: the ETag (mtime, size) would not change although the
+                    # content may have. A copy gets an mtime of its own.
+                    tmp.unlink()
+                    copy_verified(source, tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final.stat()
+
     def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
         final = self._path(bucket, key)
         what = f"storing {source} as {self.name}:{bucket}/{key}"
@@ -107,16 +153,7 @@ class FileStorage(Storage):
             if key.endswith("/"):
                 final.mkdir(parents=True, exist_ok=True)
                 return ObjectInfo(key, 0, "dir")
-            tmp_dir = self._bucket_dir(bucket) / TMP_DIR
-            tmp_dir.mkdir(exist_ok=True)
-            tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
-            try:
-                copy_verified(source, tmp)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-            finally:
-                tmp.unlink(missing_ok=True)
-            return self._info(key, final.stat())
+            return self._info(key, self._store(source, bucket, key, final))
         except FileNotFoundError as exc:
             raise PermanentError(f"{what}: {exc.filename} does not exist") from exc
         except (NotADirectoryError, IsADirectoryError) as exc:
@@ -129,15 +166,50 @@ class FileStorage(Storage):
         what = f"fetching {self.name}:{bucket}/{key} into {dest}"
         try:
             before = source.stat()
-            copy_verified(source, dest)
+            # Never write into a file already at dest: it may be a link to something else.
+            dest.unlink(missing_ok=True)
+            place_file(source, dest, link=self.options.hard_links, no_reflink=self._no_reflink)
             after = source.stat()
         except FileNotFoundError as exc:
+            if not dest.parent.is_dir():
+                raise PermanentError(f"{what}: the folder {dest.parent} does not exist") from exc
             raise PermanentError(f"{what}: the object does not exist") from exc
         except OSError as exc:
             raise os_error(exc, what) from exc
         if (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size):
             raise TransientError(f"{what}: the object changed while it was copied")
         return self._info(key, after)
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
+        """A reflink, a hard link (see the module docstring) or a verified copy of the object's file."""
+        source = self._path(src_bucket, src_key)
+        final = self._path(dst_bucket, dst_key)
+        what = f"copying {self.name}:{src_bucket}/{src_key} to {dst_bucket}/{dst_key}"
+        if src_key.endswith("/") != dst_key.endswith("/"):
+            raise PermanentError(f"{what}: a directory marker (a key ending in '/') copies only to another one")
+        if self.head(src_bucket, src_key) is None:
+            raise PermanentError(f"{what}: the source object {src_bucket}/{src_key} does not exist")
+        try:
+            if dst_key.endswith("/"):
+                final.mkdir(parents=True, exist_ok=True)
+                return ObjectInfo(dst_key, 0, "dir")
+            before = source.stat()
+            st = self._store(source, dst_bucket, dst_key, final)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"{what}: the source object {src_bucket}/{src_key} does not exist") from exc
+        except (NotADirectoryError, IsADirectoryError) as exc:
+            raise PermanentError(f"{what}: a file and a folder would share the path {exc.filename}") from exc
+        except OSError as exc:
+            raise os_error(exc, what) from exc
+        if st.st_size != before.st_size:
+            raise TransientError(f"{what}: the copy has {st.st_size} bytes, the source {before.st_size}; "
+                                 f"syncd copies it again")
+        return self._info(dst_key, st)
+
+    def presign(self, bucket: str, key: str, method: str = "GET", expires: float = 3600) -> str:
+        raise PermanentError(
+            f"storage '{self.name}' (type: file) cannot make a URL for {bucket}/{key}: a folder has no URLs; "
+            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox")
 
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
@@ -148,3 +220,12 @@ class FileStorage(Storage):
                 path.unlink(missing_ok=True)
         except OSError as exc:
             raise os_error(exc, f"deleting {self.name}:{bucket}/{key}") from exc
+        # Like an object store, a bucket has no folders of its own: the ones this delete emptied go too.
+        root = self._bucket_dir(bucket)
+        for parent in path.parents:
+            if parent == root or root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break

@@ -25,9 +25,12 @@ class Crash(BaseException):
 
 
 class World:
-    def __init__(self, root: Path, service: MemoryService, backend_options: dict | None = None):
-        path = make_config(root / "site", backend="mem",
-                           extra={"backends": {"mem": {"type": "memory", **(backend_options or {})}}})
+    def __init__(self, root: Path, service: MemoryService, backend_options: dict | None = None,
+                 storages: dict | None = None, **inbox):
+        extra: dict = {"backends": {"mem": {"type": "memory", **(backend_options or {})}}}
+        if storages:
+            extra["storages"] = storages
+        path = make_config(root / "site", backend="mem", extra=extra, **inbox)
         data = yaml.safe_load(path.read_text())
         data["retry"] = {"initial": "0.05s", "max": "0.3s", "budget": "30s"}
         data["poll"] = {"first": "0.05s", "max": "0.2s"}
@@ -233,3 +236,33 @@ def test_the_wrapper_never_splices_the_command_into_a_script(world, tmp_path):
     assert (w.job(job_id).state, w.job(job_id).exit_code) == ("succeeded", 0)
     assert w.outbox(job_id, "arg.txt").read_text() == hostile, "every byte of the argument, trailing newlines too"
     assert not w.outbox(job_id, "pwned").exists() and not w.outbox(job_id, "pwned2").exists()
+# -- 1 and 2. the backend reaches syncd's storage -----------------------------------------------
+
+def test_outputs_left_in_the_storage_are_copied_there_not_downloaded(world, monkeypatch):
+    w = world(MemoryService(outputs_to="storage"))
+    job_id = w.drop("remote-outputs", {"command": "mkdir -p d && echo one > d/one.txt && echo two > two.txt"})
+    w.pump_until(lambda: w.job(job_id).state == "succeeded" and w.job(job_id).finished)
+    assert w.outbox(job_id, "d/one.txt").read_text() == "one\n" and w.outbox(job_id, "two.txt").read_text() == "two\n"
+    assert sorted(o["path"] for o in w.result(job_id)["outputs"]) == ["d/one.txt", "two.txt"]
+    storage = w.engine.storages["local"]
+    staged = list(storage.list(w.job(job_id).bucket, ""))
+    assert not [o.key for o in staged if "/_outputs/" in f"/{o.key}" or "/_inputs/" in f"/{o.key}"], \
+        "the staging area is removed once the results are delivered"
+
+
+def test_outputs_already_in_the_results_folder_are_only_recorded(world, monkeypatch):
+    w = world(MemoryService(outputs_to="results"))
+    storage = w.engine.storages["local"]
+    monkeypatch.setattr(storage, "copy", lambda *a, **k: pytest.fail("nothing needs copying"))
+    job_id = w.drop("in-place", {"command": "echo here > here.txt"})
+    w.pump_until(lambda: w.job(job_id).state == "succeeded")
+    assert w.outbox(job_id, "here.txt").read_text() == "here\n"
+    assert [o["path"] for o in w.result(job_id)["outputs"]] == ["here.txt"]
+
+
+def test_inputs_by_url_on_a_folder_storage_fail_with_what_to_do(world):
+    w = world(MemoryService(inputs_by_url=True))
+    job_id = w.drop("needs-urls", {"command": "cat data.txt"}, files={"data.txt": "x"})
+    w.pump_until(lambda: w.job(job_id).state in ("failed", "held"))
+    job = w.job(job_id)
+    assert job.state == "failed" and "URL" in job.message and "s3" in job.message

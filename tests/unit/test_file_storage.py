@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-from syncd.errors import PermanentError
+from syncd import fsutil
+from syncd.errors import PermanentError, TransientError
 from syncd.fsutil import TMP_DIR
-from syncd.storage.base import ObjectInfo
+from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
 
 
@@ -182,3 +186,275 @@ def test_fetch_many_by_default_fetches_each_and_yields_a_failure_instead_of_rais
     assert [(expected, dest) for expected, dest, _ in outcomes] == [(info, tmp_path / "a"), (gone, tmp_path / "g")]
     assert outcomes[0][2] == info and (tmp_path / "a").read_bytes() == b"alpha"
     assert isinstance(outcomes[1][2], PermanentError)
+
+
+# -- no second copy on one disk: reflink, hard link, verified copy ------------------------------
+
+@pytest.fixture
+def placed(monkeypatch) -> list[str]:
+    """How each file was placed by the storage ("reflink", "link" or "copy"), in order."""
+    import syncd.storage.file as file_module
+
+    seen: list[str] = []
+    real = file_module.place_file
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(file_module, "place_file", spy)
+    return seen
+
+
+@pytest.fixture
+def fake_reflink_calls(monkeypatch) -> list[int]:
+    """fcntl.ioctl refusing FICLONE like a filesystem without reflinks (EOPNOTSUPP); the calls it saw."""
+    import fcntl
+
+    calls: list[int] = []
+
+    def ioctl(fd, request, arg=0, *rest):
+        calls.append(request)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    return calls
+
+
+def object_path(tmp_path: Path, key: str, bucket: str = "b") -> Path:
+    return tmp_path / "buckets" / bucket / key
+
+
+def test_put_file_of_a_daemon_owned_file_on_one_filesystem_is_not_a_second_copy(storage, src, tmp_path, placed):
+    source = src(b"results " * 1000)
+    info = storage.put_file("b", "job/out.txt", source)
+    stored = object_path(tmp_path, "job/out.txt")
+    assert placed == ["reflink"] or (placed == ["link"] and stored.stat().st_ino == source.stat().st_ino)
+    assert stored.read_bytes() == b"results " * 1000
+    assert info == storage.head("b", "job/out.txt") and info.size == 8000
+    assert not any((tmp_path / "buckets" / "b" / TMP_DIR).iterdir())
+
+
+def test_put_file_links_when_reflinks_are_refused(storage, src, tmp_path, fake_reflink_calls, placed):
+    source = src(b"linked")
+    storage.put_file("b", "k", source)
+    assert fake_reflink_calls == [fsutil.FICLONE]
+    assert placed == ["link"]
+    assert object_path(tmp_path, "k").stat().st_ino == source.stat().st_ino
+    assert source.stat().st_nlink == 2
+
+
+def test_a_filesystem_without_reflinks_is_asked_once(storage, src, fake_reflink_calls):
+    for n in range(3):
+        storage.put_file("b", f"k{n}", src(b"x", f"s{n}"))
+    assert fake_reflink_calls == [fsutil.FICLONE]
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP])
+def test_put_file_copies_and_verifies_when_a_link_is_refused(storage, src, tmp_path, monkeypatch, fake_reflink_calls,
+                                                            placed, code):
+    verified = []
+    real_copy = fsutil.copy_verified
+
+    def spy(source, dest):
+        verified.append(real_copy(source, dest))
+        return verified[-1]
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(fsutil, "copy_verified", spy)
+    monkeypatch.setattr(os, "link", refuse)
+    data = os.urandom(300_000)
+    source = src(data)
+    info = storage.put_file("b", "k", source)
+    stored = object_path(tmp_path, "k")
+    assert placed == ["copy"]
+    assert stored.stat().st_ino != source.stat().st_ino and source.stat().st_nlink == 1
+    assert stored.read_bytes() == data and info.size == len(data)
+    assert verified == [hashlib.md5(data).hexdigest()]
+
+
+def test_put_file_from_another_filesystem_is_copied(storage, tmp_path, placed):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm writable on a filesystem other than the test's")
+    data = os.urandom(50_000)
+    source = shm / f"syncd-test-{os.getpid()}-{tmp_path.name}"
+    source.write_bytes(data)
+    try:
+        storage.put_file("b", "k", source)
+        assert placed == ["copy"]  # EXDEV for the reflink and for the link
+        assert object_path(tmp_path, "k").read_bytes() == data and source.stat().st_nlink == 1
+    finally:
+        source.unlink()
+
+
+def test_a_link_error_other_than_cannot_is_reported(storage, src, monkeypatch, fake_reflink_calls):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "link", full)
+    with pytest.raises(TransientError, match="no space left"):
+        storage.put_file("b", "k", src(b"x"))
+
+
+def test_put_file_copies_a_file_owned_by_another_user(storage, src, tmp_path, monkeypatch, placed):
+    source = src(b"a job's result")
+    monkeypatch.setattr(os, "geteuid", lambda: source.stat().st_uid + 1)  # the daemon is someone else
+    storage.put_file("b", "k", source)
+    assert placed == ["reflink"] or placed == ["copy"]
+    assert object_path(tmp_path, "k").stat().st_ino != source.stat().st_ino
+    assert object_path(tmp_path, "k").read_bytes() == b"a job's result"
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_put_file_copies_a_file_others_may_write(storage, src, tmp_path, placed, mode):
+    source = src(b"shared")
+    source.chmod(mode)
+    storage.put_file("b", "k", source)
+    assert placed in (["reflink"], ["copy"])
+    assert object_path(tmp_path, "k").stat().st_ino != source.stat().st_ino
+
+
+def test_hard_links_false_copies(tmp_path, src, fake_reflink_calls, placed):
+    storage = make_storage(tmp_path, hard_links=False)
+    source = src(b"copy me")
+    storage.put_file("b", "k", source)
+    assert placed == ["copy"]
+    assert object_path(tmp_path, "k").stat().st_ino != source.stat().st_ino
+
+
+def test_a_name_swapped_for_another_file_before_the_link_is_copied_not_linked(storage, src, tmp_path, monkeypatch,
+                                                                             fake_reflink_calls):
+    source = src(b"what was opened")
+    other = src(b"someone else's", "other")
+    real_link = os.link
+    monkeypatch.setattr(os, "link", lambda a, b, **kw: real_link(other, b, **kw))
+    storage.put_file("b", "k", source)
+    stored = object_path(tmp_path, "k")
+    assert stored.read_bytes() == b"what was opened"
+    assert stored.stat().st_ino not in (source.stat().st_ino, other.stat().st_ino)
+
+
+def test_a_reflink_is_tried_first_and_then_nothing_else(storage, src, tmp_path, monkeypatch):
+    import fcntl
+
+    def clone(fd, request, arg=0, *rest):  # a filesystem that clones: the data shows up in the new file
+        assert request == fsutil.FICLONE
+        os.lseek(arg, 0, os.SEEK_SET)
+        os.write(fd, os.read(arg, 1 << 20))
+        return 0
+
+    def no_link(*args, **kwargs):
+        raise AssertionError("a hard link after a reflink")
+    monkeypatch.setattr(fcntl, "ioctl", clone)
+    monkeypatch.setattr(os, "link", no_link)
+    source = src(b"cloned")
+    info = storage.put_file("b", "k", source)
+    assert object_path(tmp_path, "k").read_bytes() == b"cloned" and info.size == 6
+    assert object_path(tmp_path, "k").stat().st_ino != source.stat().st_ino
+
+
+def test_replacing_an_object_with_a_file_of_the_same_mtime_and_size_changes_the_etag(storage, src, tmp_path):
+    first, second = src(b"version 1", "v1"), src(b"version 2", "v2")
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    one = storage.put_file("b", "k", first)
+    two = storage.put_file("b", "k", second)
+    assert object_path(tmp_path, "k").read_bytes() == b"version 2"
+    assert two.etag != one.etag  # a link would keep the mtime, hence the ETag: the second one is copied
+    assert object_path(tmp_path, "k").stat().st_ino != second.stat().st_ino
+
+
+def test_get_file_links_the_object_and_never_writes_into_an_existing_dest(storage, src, tmp_path, placed):
+    storage.put_file("b", "k", src(b"object"))
+    bystander = tmp_path / "bystander"
+    bystander.write_bytes(b"not to be touched")
+    dest = tmp_path / "dest"
+    os.link(bystander, dest)  # dest is a name of another file
+    info = storage.get_file("b", "k", dest)
+    assert dest.read_bytes() == b"object" and info.size == 6
+    assert bystander.read_bytes() == b"not to be touched"
+    assert placed[1] == "reflink" or dest.stat().st_ino == object_path(tmp_path, "k").stat().st_ino
+
+
+def test_get_file_into_a_missing_folder_says_so(storage, src, tmp_path):
+    storage.put_file("b", "k", src(b"x"))
+    with pytest.raises(PermanentError, match="folder .* does not exist"):
+        storage.get_file("b", "k", tmp_path / "nowhere" / "dest")
+
+
+def test_get_file_copies_an_object_of_another_user(storage, src, tmp_path, monkeypatch):
+    storage.put_file("b", "k", src(b"theirs"))
+    monkeypatch.setattr(os, "geteuid", lambda: object_path(tmp_path, "k").stat().st_uid + 1)
+    storage.get_file("b", "k", tmp_path / "dest")
+    assert (tmp_path / "dest").read_bytes() == b"theirs"
+    assert (tmp_path / "dest").stat().st_ino != object_path(tmp_path, "k").stat().st_ino
+
+
+# -- copy -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dst_bucket", ["b", "other"])
+def test_copy_shares_the_file_and_returns_the_copys_info(storage, src, tmp_path, placed, dst_bucket):
+    storage.put_file("b", "job/in.txt", src(b"payload"))
+    info = storage.copy("b", "job/in.txt", dst_bucket, "copies/ünï cødé with space.txt")
+    copy = object_path(tmp_path, "copies/ünï cødé with space.txt", dst_bucket)
+    assert copy.read_bytes() == b"payload"
+    assert info == storage.head(dst_bucket, "copies/ünï cødé with space.txt") and info.size == 7
+    assert placed[1] == "reflink" or copy.stat().st_ino == object_path(tmp_path, "job/in.txt").stat().st_ino
+    assert storage.head("b", "job/in.txt").size == 7  # the source stays
+    assert not any((tmp_path / "buckets" / dst_bucket / TMP_DIR).iterdir())
+
+
+def test_copy_onto_itself_changes_nothing(storage, src, tmp_path):
+    before = storage.put_file("b", "k", src(b"same"))
+    assert storage.copy("b", "k", "b", "k") == before
+    assert object_path(tmp_path, "k").read_bytes() == b"same"
+    assert not any((tmp_path / "buckets" / "b" / TMP_DIR).iterdir())
+
+
+def test_copy_of_a_missing_object_is_permanent_and_names_the_key(storage):
+    storage.ensure_bucket("b")
+    with pytest.raises(PermanentError, match="job/absent.txt does not exist"):
+        storage.copy("b", "job/absent.txt", "b", "dst.txt")
+    assert storage.head("b", "dst.txt") is None
+
+
+def test_copy_of_a_directory_marker(storage, src, tmp_path):
+    storage.put_file("b", "job/empty/", src(b""))
+    assert storage.copy("b", "job/empty/", "b", "copy/empty/").etag == "dir"
+    assert (tmp_path / "buckets" / "b" / "copy" / "empty").is_dir()
+    with pytest.raises(PermanentError, match="directory marker"):
+        storage.copy("b", "job/empty/", "b", "file.txt")
+
+
+class Plain(FileStorage):
+    """A storage with only the base class's copy and presign."""
+
+    copy = Storage.copy
+    presign = Storage.presign
+
+
+def test_base_copy_streams_through_a_temporary_file(tmp_path, src):
+    storage = Plain("plain", FileStorage.options_model.model_validate(
+        {"type": "file", "root": str(tmp_path / "buckets"), "hard_links": False}))
+    data = os.urandom(100_000)
+    storage.put_file("b", "a/src.bin", src(data))
+    info = storage.copy("b", "a/src.bin", "c", "dst é.bin")
+    assert object_path(tmp_path, "dst é.bin", "c").read_bytes() == data
+    assert info == storage.head("c", "dst é.bin")
+    with pytest.raises(PermanentError, match="does not exist"):
+        storage.copy("b", "a/absent.bin", "c", "x")
+    assert storage.head("c", "x") is None
+
+
+# -- presign ----------------------------------------------------------------------------
+
+def test_file_storage_has_no_urls(storage):
+    with pytest.raises(PermanentError) as caught:
+        storage.presign("b", "job/in.txt")
+    message = str(caught.value)
+    assert "'local'" in message and "type: file" in message and "no URLs" in message and "s3 storage" in message
+
+
+def test_base_presign_refuses_naming_the_storage_and_what_to_do(tmp_path):
+    storage = Plain("scratch", FileStorage.options_model.model_validate({"type": "file", "root": str(tmp_path)}))
+    with pytest.raises(PermanentError, match=r"storage 'scratch' \(type: file\) cannot make a URL for b/k; "
+                                             r"a backend whose service fetches inputs by URL needs an s3 storage"):
+        storage.presign("b", "k", "PUT", 60)

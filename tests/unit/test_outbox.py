@@ -151,7 +151,18 @@ def test_mirror_refetches_changed_object(storage, outbox, tmp_path):
     assert (outbox.root / "results" / "job1" / "out.csv").read_bytes() == b"a,b\n3,4\n5,6\n"
 
 
-def test_mirror_refetches_file_deleted_or_edited_locally(storage, outbox, tmp_path):
+@pytest.fixture
+def copying_storage(tmp_path) -> FileStorage:
+    """A file storage that copies instead of linking (``hard_links: false``)."""
+    root = tmp_path / "copying-buckets"
+    root.mkdir()
+    options = FileStorage.options_model.model_validate({"type": "file", "root": str(root), "hard_links": False})
+    return FileStorage("copying", options)
+
+
+def test_mirror_refetches_file_deleted_or_edited_locally(copying_storage, outbox, tmp_path):
+    """Without links the outbox holds copies: one edited in place is repaired from the bucket."""
+    storage = copying_storage
     put_all(storage, tmp_path, {"job1/a.txt": b"original", "job1/b.txt": b"original"})
     outbox.mirror(storage, "results", "job1/")
     (outbox.root / "results" / "job1" / "a.txt").unlink()
@@ -159,6 +170,63 @@ def test_mirror_refetches_file_deleted_or_edited_locally(storage, outbox, tmp_pa
     report = outbox.mirror(storage, "results", "job1/")
     assert sorted(report.fetched) == ["job1/a.txt", "job1/b.txt"]
     assert files_under(outbox.root / "results") == {"job1/a.txt": b"original", "job1/b.txt": b"original"}
+
+
+def inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+@pytest.fixture
+def no_reflinks(monkeypatch):
+    """A filesystem without reflinks (ext4, tmpfs), wherever the tests run: FICLONE is refused."""
+    import errno
+    import fcntl
+
+
+    def ioctl(fd, request, arg=0, *rest):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+
+
+def test_mirrored_outbox_files_are_not_a_second_copy_of_the_bucket_objects(storage, outbox, tmp_path, no_reflinks):
+    """On one filesystem without reflinks an outbox file is a hard link to the bucket object."""
+    put_all(storage, tmp_path, CONTENT)
+    report = outbox.mirror(storage, "results", "job1/")
+    assert sorted(report.fetched) == sorted(CONTENT)
+    assert files_under(outbox.root / "results") == CONTENT
+    bucket = tmp_path / "buckets" / "results"
+    for key, data in CONTENT.items():
+        if data:  # an empty object is never fetched: the mirror makes an empty file
+            assert inode(outbox.root / "results" / key) == inode(bucket / key), key
+    assert (bucket / "job1/out.csv").stat().st_nlink == 3  # the file put, the object, the outbox file
+    assert tmp_leftovers(outbox) == []
+
+
+def test_linked_outbox_file_replaced_is_refetched_but_edited_in_place_is_the_bucket_object(storage, outbox,
+                                                                                          tmp_path, no_reflinks):
+    """The cost of sharing an inode: an in-place write reaches the bucket object (README: hard_links)."""
+    put_all(storage, tmp_path, {"job1/a.txt": b"original", "job1/b.txt": b"original"})
+    outbox.mirror(storage, "results", "job1/")
+    bucket = tmp_path / "buckets" / "results" / "job1"
+    here = outbox.root / "results" / "job1"
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"replaced by someone")
+    os.replace(replacement, here / "a.txt")  # as editors save: a new file under the old name
+    (here / "b.txt").write_bytes(b"edited in place")
+    report = outbox.mirror(storage, "results", "job1/")
+    assert sorted(report.fetched) == ["job1/a.txt", "job1/b.txt"]
+    assert (here / "a.txt").read_bytes() == b"original" and (bucket / "a.txt").read_bytes() == b"original"
+    assert (here / "b.txt").read_bytes() == b"edited in place" == (bucket / "b.txt").read_bytes()
+
+
+def test_mirror_copies_objects_the_daemon_does_not_own(storage, outbox, tmp_path, monkeypatch):
+    put_all(storage, tmp_path, {"job1/a.txt": b"of a job's user"})
+    bucket_object = tmp_path / "buckets" / "results" / "job1" / "a.txt"
+    monkeypatch.setattr(os, "geteuid", lambda: bucket_object.stat().st_uid + 1)
+    outbox.mirror(storage, "results", "job1/")
+    mirrored = outbox.root / "results" / "job1" / "a.txt"
+    assert mirrored.read_bytes() == b"of a job's user"
+    assert inode(mirrored) != inode(bucket_object)
 
 
 def test_mirror_creates_directory_markers(storage, outbox, tmp_path):

@@ -7,6 +7,10 @@ client is built only for bucket creation and multipart uploads. boto3's own retr
 (:mod:`syncd.storage.s3.errors`) and retried by the one policy in the engine
 and the mirror, never here.
 
+Copies stay on the server: CopyObject up to ``copy_part_threshold`` (5 GiB, the most one
+CopyObject may copy), above it a multipart upload of UploadPartCopy parts. Presigned URLs
+(:meth:`S3Storage.presign`) come from botocore's SigV4 presigner on the same client.
+
 Integrity: uploads send Content-MD5 (the server refuses a corrupted body) and
 store the SHA-256 of the content as object metadata ``sha256``. Downloads verify
 that SHA-256 when present, else the MD5 of a single-part ETag, else the size;
@@ -38,7 +42,13 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1024 * 1024
+MiB = 1024 * 1024
+GiB = 1024 * MiB
 SHA256_META = "sha256"
+#: the longest a SigV4 presigned URL may last
+PRESIGN_MAX = 7 * 24 * 3600
+#: the most parts one multipart upload may have
+MAX_PARTS = 10_000
 _SINGLE_PART_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -67,6 +77,11 @@ class S3StorageOptions(StorageOptions):
     part_size: Size = Field(32 * 1024 * 1024, gt=5 * 1024 * 1024 - 1,
                             description="objects larger than this move in parallel parts of this size")
     part_workers: PositiveInt = Field(8, description="parts of one large object transferred at once")
+    copy_part_threshold: Size = Field(
+        5 * GiB, gt=0, le=5 * GiB, description="objects larger than this are copied on the server in parts "
+                                               "(UploadPartCopy) rather than by one CopyObject; at most 5GiB")
+    copy_part_size: Size = Field(512 * MiB, ge=5 * MiB, le=5 * GiB,
+                                 description="size of the parts of a copy in parts (between 5MiB and 5GiB)")
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,94 @@ class S3Storage(Storage):
         if info is None or info.size != size:
             raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object; syncd retries")
         return info
+
+    # -- copy and presigned URLs ---------------------------------------------------------------
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
+        """Copy on the server: one CopyObject up to ``copy_part_threshold``, else UploadPartCopy parts.
+
+        Every request names the source's ETag (``x-amz-copy-source-if-match``), so a source that changes
+        meanwhile fails the copy (retried) instead of mixing versions. The destination is checked to have
+        the source's size (TransientError otherwise); its info is returned.
+        """
+        check_key(src_key)
+        check_key(dst_key)
+        source = self.head(src_bucket, src_key)
+        where = f"{dst_bucket}/{dst_key} (a copy of {src_bucket}/{src_key})"
+        if source is None:
+            raise PermanentError(f"copying {src_bucket}/{src_key} to {dst_bucket}/{dst_key}: the source object "
+                                 f"{src_bucket}/{src_key} does not exist at {self.endpoint}")
+        client = self._boto()
+        copy_source = {"Bucket": src_bucket, "Key": src_key}  # a dict: botocore encodes the key
+        if_match = {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
+        try:
+            if source.size <= self.options.copy_part_threshold:
+                client.copy_object(Bucket=dst_bucket, Key=dst_key, CopySource=copy_source, **if_match)
+            else:
+                self._copy_parts(client, copy_source, source, dst_bucket, dst_key, if_match)
+        except Exception as exc:
+            raise classify(exc, where, self.endpoint) from None
+        copied = self.head(dst_bucket, dst_key)
+        if copied is None or copied.size != source.size:
+            raise TransientError(f"{where}: the copy has {copied.size if copied else 'no'} bytes, the source "
+                                 f"{source.size}; syncd copies it again")
+        return copied
+
+    def _copy_parts(self, client, copy_source: dict[str, str], source: ObjectInfo, bucket: str, key: str,
+                    if_match: dict[str, str]) -> None:
+        """A multipart upload of UploadPartCopy parts (in parallel, ``part_workers`` at once), completed,
+        or aborted on any failure so no parts are left on the server."""
+        from concurrent import futures
+
+        head = client.head_object(Bucket=copy_source["Bucket"], Key=copy_source["Key"],
+                                  **({"IfMatch": if_match["CopySourceIfMatch"]} if if_match else {}))
+        part = max(self.options.copy_part_size, -(-source.size // MAX_PARTS))
+        spans = [(start, min(start + part, source.size) - 1) for start in range(0, source.size, part)]
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket, Key=key, Metadata=head.get("Metadata") or {},
+            ContentType=head.get("ContentType") or "application/octet-stream")["UploadId"]
+        try:
+            def one(number: int, first: int, last: int) -> dict:
+                answer = client.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                                 CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}",
+                                                 **if_match)
+                return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+            pool = self._part_pool()
+            parts = [pool.submit(one, number, first, last) for number, (first, last) in enumerate(spans, 1)]
+            try:
+                done = [future.result() for future in parts]
+            finally:
+                for future in parts:
+                    future.cancel()
+                futures.wait(parts)  # no part still running when the upload is aborted
+            client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                             MultipartUpload={"Parts": done})
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
+            raise
+
+    def presign(self, bucket: str, key: str, method: str = "GET", expires: float = 3600) -> str:
+        """A SigV4 presigned URL to GET or PUT the object, valid for ``expires`` seconds (at most 7 days).
+
+        Signed locally by botocore with this storage's endpoint, region, addressing style and
+        credentials; temporary credentials (a session token) end the URL's life when they expire.
+        """
+        check_key(key)
+        verb = method.upper()
+        if verb not in ("GET", "PUT"):
+            raise PermanentError(f"storage '{self.name}': a presigned URL is for GET or PUT, not {method!r}")
+        if not 0 < expires <= PRESIGN_MAX:
+            raise PermanentError(f"storage '{self.name}': a presigned URL lasts more than 0 seconds and at most "
+                                 f"7 days ({PRESIGN_MAX} s), not {expires} s")
+        try:
+            return self._boto().generate_presigned_url(
+                "get_object" if verb == "GET" else "put_object", Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=max(1, int(expires)), HttpMethod=verb)
+        except Exception as exc:
+            raise self._fail(exc, bucket, key) from None
 
     # -- download ----------------------------------------------------------------------------
     def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:

@@ -16,23 +16,9 @@ from syncd.fsutil import TMP_DIR
 from syncd.state.store import Store
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.support.faultproxy import FaultProxy
-from tests.support.s3server import S3Server, start_moto, start_seaweedfs
+from tests.support.s3server import S3Server
 
 FAST_RETRY = RetryPolicy(initial=0.05, max=0.5)
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory) -> S3Server:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def moto_s3(tmp_path_factory) -> S3Server:
-    server = start_moto(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 def make_storage(server: S3Server, endpoint: str | None = None, **extra) -> S3Storage:

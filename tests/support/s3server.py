@@ -16,10 +16,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import pytest
 from botocore.config import Config as BotoConfig
 
 ACCESS_KEY = "syncdtestkey"
@@ -163,3 +165,18 @@ def start_moto(workdir: Path) -> S3Server:
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     return _answering(endpoint, process, log_path)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory) -> Iterator[S3Server]:
+    """One SeaweedFS per test session, for every test that needs a real S3 server (storage, backends)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory) -> Iterator[S3Server]:
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()

@@ -57,25 +57,25 @@ _REDACTED = "**********"
 
 
 def classify_response(response: requests.Response, *, service: str, what: str) -> SyncdError | None:
-    """None for a 2xx answer, else the error it means (not raised). ``what`` says what was being done,
-    e.g. ``"submitting job x"``; ``service`` names the server, e.g. ``"Qarnot at https://api.qarnot.com"``."""
+    """None for a 2xx answer, else the error it means (not raised). ``service`` names the server, e.g.
+    ``"Qarnot at https://api.qarnot.com"``; ``what`` says what was being done, e.g. ``"submitting job x"``."""
     status = response.status_code
     if 200 <= status < 300:
         return None
-    head = f"{service}: {what}: {{}} ({status_text(response)} after {_seconds(elapsed(response))})"
-    said = _said(response)
+    how = f" while {what} ({status_text(response)} after {_seconds(elapsed(response))})" + _said(response)
     if status in AUTH_STATUSES:
-        return AuthError(head.format("credentials refused") + said + "; check the credentials configured for it")
+        return AuthError(f"{service} refused the credentials{how}; check the credentials configured for it")
     if status in NOT_FOUND_STATUSES:
-        return NotFoundError(head.format("not found") + said)
+        return NotFoundError(f"{service} does not know what was asked for{how}")
     if status in TRANSIENT_4XX or (500 <= status < 600 and status not in PERMANENT_5XX):
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=_server_time(response))
-        verdict = {408: "request timed out", 425: "too early", 429: "too many requests"}.get(status, "server error")
+        verdict = {408: "timed out the request", 425: "found the request too early",
+                   429: "asks for fewer requests"}.get(status, "failed")
         hint = f"; it asks to retry in {_seconds(retry_after)}" if retry_after is not None else ""
-        return TransientError(head.format(verdict) + said + hint, retry_after=retry_after)
+        return TransientError(f"{service} {verdict}{how}{hint}", retry_after=retry_after)
     if 400 <= status < 600:
-        return PermanentError(head.format("request refused") + said)
-    return PermanentError(head.format("unexpected answer") + said)
+        return PermanentError(f"{service} refused the request{how}")
+    return PermanentError(f"{service} gave an unexpected answer{how}")
 
 
 def classify_exception(exc: requests.RequestException, *, service: str, what: str,
@@ -85,26 +85,27 @@ def classify_exception(exc: requests.RequestException, *, service: str, what: st
     took = f" after {_seconds(elapsed)}" if elapsed is not None else ""
     cause = _cause(exc)
     if isinstance(exc, requests.ConnectTimeout):
-        return TransientError(f"{service}: {what}: no connection{_within(timeout, 0)}{took}; is the service up and reachable?")
+        return TransientError(f"cannot reach {service} while {what}: no connection{_within(timeout, 0)}{took}; "
+                              f"is it up and reachable?")
     if isinstance(exc, requests.Timeout):
-        return TransientError(f"{service}: {what}: no answer{_within(timeout, 1)}{took}")
+        return TransientError(f"{service} did not answer{_within(timeout, 1)} while {what}{took}")
     if isinstance(exc, requests.exceptions.SSLError):
         if any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)):
-            return PermanentError(f"{service}: {what}: its TLS certificate is not trusted ({cause}){took}; "
+            return PermanentError(f"cannot trust the TLS certificate of {service} while {what} ({cause}); "
                                   f"check the URL, or configure the CA that signed it")
-        return TransientError(f"{service}: {what}: TLS handshake failed ({cause}){took}")
+        return TransientError(f"the TLS handshake with {service} failed while {what} ({cause}){took}")
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema, requests.exceptions.URLRequired,
                         requests.exceptions.InvalidHeader, requests.exceptions.InvalidJSONError)):
-        return PermanentError(f"{service}: {what}: the request cannot be sent ({type(exc).__name__}: {cause}); "
+        return PermanentError(f"cannot send a request to {service} while {what} ({type(exc).__name__}: {cause}); "
                               f"check the URL in the config")
     if isinstance(exc, requests.TooManyRedirects):
-        return PermanentError(f"{service}: {what}: too many redirects{took}; check the URL in the config")
+        return PermanentError(f"{service} redirected too many times while {what}{took}; check the URL in the config")
     if isinstance(exc, requests.ConnectionError):
-        return TransientError(f"{service}: {what}: cannot connect ({cause}){took}; is the service up and reachable?")
+        return TransientError(f"cannot reach {service} while {what} ({cause}){took}; is it up and reachable?")
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
-        return TransientError(f"{service}: {what}: the answer broke off ({cause}){took}")
-    return TransientError(f"{service}: {what}: the request failed ({type(exc).__name__}: {cause}){took}")
+        return TransientError(f"the answer of {service} broke off while {what} ({cause}){took}")
+    return TransientError(f"a request to {service} failed while {what} ({type(exc).__name__}: {cause}){took}")
 
 
 def request(session: requests.Session, method: str, url: str, *, service: str, what: str,

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from syncd.config import ConfigPath, Duration, StrictModel
 from syncd.errors import AuthError, TransientError
@@ -44,6 +44,9 @@ _EXCERPT = 200
 
 class TokenOptions(StrictModel):
     """A secret token's source: exactly one of ``token``, ``token_file``, ``token_env``, ``token_command``."""
+
+    # A validation error never quotes what it was given: that may be the token.
+    model_config = ConfigDict(**StrictModel.model_config, hide_input_in_errors=True)
 
     token: SecretStr | None = Field(
         None, description="the token itself; write ${VAR} to take it from the environment")

@@ -11,6 +11,7 @@ bottom of the import graph.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -225,7 +227,7 @@ def interpolate(value: Any, env: dict[str, str], location: Location = (), missin
 
 REDACTED = "**********"
 #: names of keys whose values are kept from sight when a section's type is not known (its SecretStr fields are)
-_SECRET_NAME = re.compile(r"secret|password|passw|passphrase|(^|_)(token|key|auth|credentials?)$", re.IGNORECASE)
+SECRET_NAME = re.compile(r"secret|passw|passphrase|(^|_)(token|key|auth|credentials?)$", re.IGNORECASE)
 
 
 def redacted(options: BaseModel) -> dict[str, Any]:
@@ -233,9 +235,21 @@ def redacted(options: BaseModel) -> dict[str, Any]:
     of an unchecked type has that are named like one: ``token``, ``password``, ``api_key``…) as ``**********``."""
     shown = options.model_dump(mode="json")
     for key in options.model_extra or {}:
-        if _SECRET_NAME.search(str(key)) and shown.get(key) is not None:
+        if SECRET_NAME.search(str(key)) and shown.get(key) is not None:
             shown[key] = REDACTED
     return shown
+
+
+def hide_secret_named(data: Any) -> Any:
+    """``data`` with the value of every key named like a secret (at any depth) made a ``SecretStr``: for a
+    section taken without its type's model, whose repr and dump must not show them either."""
+    if isinstance(data, dict):
+        return {key: (SecretStr(value if isinstance(value, str) else json.dumps(value, default=str))
+                      if SECRET_NAME.search(str(key)) and value is not None else hide_secret_named(value))
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [hide_secret_named(item) for item in data]
+    return data
 
 
 def _undefined(kind: str, name: str, defined) -> str:

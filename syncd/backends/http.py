@@ -176,7 +176,7 @@ def body_excerpt(response: requests.Response, limit: int = EXCERPT_CHARS) -> str
             text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
             text = html.unescape(re.sub(r"<[^>]*>", " ", text))
         detail = text
-    detail = _scrub(" ".join(detail.split()), response)
+    detail = redact_credentials(" ".join(detail.split()), response)
     return detail if len(detail) <= limit else detail[:limit - 1].rstrip() + "…"
 
 
@@ -201,8 +201,9 @@ def _json_detail(data: Any, depth: int = 0) -> str | None:
     return None
 
 
-def _scrub(text: str, response: requests.Response) -> str:
-    """Blank out of ``text`` every credential the request carried in a header (a server may echo them)."""
+def redact_credentials(text: str, response: requests.Response) -> str:
+    """``text`` without any credential the request of ``response`` carried in a header (a server may echo
+    them): for backends that quote more of an answer than :func:`body_excerpt` does."""
     request = getattr(response, "request", None)
     headers = getattr(request, "headers", None) or {}
     for name, value in headers.items():

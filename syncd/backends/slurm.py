@@ -129,27 +129,28 @@ class SlurmBackend(Backend):
         numbers = {e.get("error_number") for e in errors}
         error = http.classify_response(response, service=self.service, what=what)
         how = f"while {what} ({http.status_text(response)} after {http.elapsed(response):.2f}s)"
+        said = http.redact_credentials(api.describe_errors(errors), response) if errors else ""
         if api.INVALID_JOB_ID in numbers:
-            raise _NoSuchJob(f"Slurm does not know the job {how}: {api.describe_errors(errors)}")
+            raise _NoSuchJob(f"Slurm does not know the job {how}: {said}")
         if error is None:
             if not isinstance(data, dict):
                 raise TransientError(f"{self.service} answered with something other than a JSON object {how}")
             if errors:
-                raise PermanentError(f"slurmctld refused the request {how}: {api.describe_errors(errors)}")
+                raise PermanentError(f"slurmctld refused the request {how}: {said}")
             return data
         if isinstance(error, AuthError) and retry_auth and self.tokens.can_refresh:
             self.tokens.invalidate()  # a minted token may have been revoked early: one more try with a new one
             return self._request(method, url, what, body, retry_auth=False)
         if isinstance(error, TransientError) and errors:
             if not numbers <= {-1, None}:  # slurmctld's own reason (bad partition, limits): asking again won't help
-                raise PermanentError(f"slurmctld refused the request {how}: {api.describe_errors(errors)}")
+                raise PermanentError(f"slurmctld refused the request {how}: {said}")
             # 22.05 answers a refused token exactly like a down slurmctld, except that it answers at once.
             if http.elapsed(response) < self.options.auth_fast_seconds:
                 if retry_auth and self.tokens.can_refresh:
                     self.tokens.invalidate()
                     return self._request(method, url, what, body, retry_auth=False)
                 raise AuthError(f"{self.service} refused user '{self.options.user}' with a fresh token {how}: "
-                                f"{api.describe_errors(errors)}; check AuthAltTypes=auth/jwt, the jwt key "
+                                f"{said}; check AuthAltTypes=auth/jwt, the jwt key "
                                 f"and the user name")
             raise TransientError(f"{error}; slurmrestd could not reach slurmctld", retry_after=error.retry_after)
         raise error

@@ -98,6 +98,11 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+def node_join(*parts: str) -> str:
+    """Node's ``path.join``: every part appended, then normalised (an absolute part does not reset the path)."""
+    return os.path.normpath("/".join(parts)).replace("//", "/")
+
+
 def generate_id() -> str:
     """``Helper.generateId``: Unix seconds and five random letters or digits."""
     return str(round(time.time())) + "".join(random.choices(string.ascii_letters + string.digits, k=5))
@@ -345,7 +350,7 @@ class Emulator:
         globus_root = hpc.get("globus", {}).get("root_path", "/")
         self.state["folders"][folder_id] = {
             "id": folder_id, "name": None, "hpc": job["hpc"], "hpcPath": str(root / folder_id),
-            "globusPath": os.path.join(globus_root, folder_id), "userId": job["userId"], "isWritable": False,
+            "globusPath": node_join(globus_root, folder_id), "userId": job["userId"], "isWritable": False,
             "createdAt": now_ms()}
         path = root / folder_id
         path.mkdir(parents=True)
@@ -550,7 +555,7 @@ class Emulator:
                 return refusal.status, refusal.body
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any] | None:
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         job_route = re.fullmatch(r"/job/([^/]+)(/[a-z-]+)?", path)
         folder_route = re.fullmatch(r"/folder/([^/]+)/download/(globus-init|globus-status)", path)
         if (method, path) == ("GET", "/"):
@@ -566,9 +571,16 @@ class Emulator:
         if (method, path) == ("GET", "/user/jupyter-globus"):
             username = self._user(body, allowlist=True)
             hub = self.config["hubs"][username.rsplit("@", 1)[1]]["globus"]
-            return 200, {"endpoint": hub["endpoint"], "root_path": os.path.join(hub["root_path"],
-                                                                                 username.rsplit("@", 1)[0]),
+            return 200, {"endpoint": hub["endpoint"], "root_path": node_join(hub["root_path"],
+                                                                               username.rsplit("@", 1)[0]),
                          "container_home_path": hub["container_home_path"]}
+        if (method, path) == ("GET", "/user/slurm-usage"):
+            self._user(body)  # the jobs' usage columns (seff's numbers) stay null here: all zero
+            if "format=True" in query:
+                return 200, {"nodes": 0, "cpus": 0, "cpuTime": "00 days, 00 hours, 00 minutes, 00 seconds",
+                             "memory": "0kb", "memoryUsage": "0kb",
+                             "walltime": "00 days, 00 hours, 00 minutes, 00 seconds"}
+            return 200, {"nodes": 0, "cpus": 0, "cpuTime": 0, "memory": 0, "memoryUsage": 0, "walltime": 0}
         if (method, path) == ("POST", "/job"):
             return self._create(body)
         if method == "PUT" and path in ("/clean",) or (job_route and method == "PUT"
@@ -760,7 +772,7 @@ class Emulator:
         hpc = self.config["hpc"].get(folder["hpc"])
         if hpc is None:
             return 403, {"error": f"cannot find hpc {folder['hpc']}"}
-        source = os.path.join(folder["globusPath"], body["fromPath"]) if body.get("fromPath") else folder["globusPath"]
+        source = node_join(folder["globusPath"], body["fromPath"]) if body.get("fromPath") else folder["globusPath"]
         if body["toEndpoint"] not in self.config.get("globus_endpoints", {}):
             return 403, {"error": "failed to init globus with error: Error: GlobusAPIError(404, "
                                   f"'EndpointNotFound', 'No such endpoint {body['toEndpoint']}')"}

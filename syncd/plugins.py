@@ -17,6 +17,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     "backend": {
         "local": "syncd.backends.local:LocalBackend",
         "slurm": "syncd.backends.slurm:SlurmBackend",
+        "cybergis": "syncd.backends.cybergis:CybergisBackend",
         "memory": "syncd.backends.memory:MemoryBackend",
     },
     "storage": {

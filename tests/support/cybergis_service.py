@@ -946,6 +946,15 @@ class CybergisService:
             self.proc.wait()
         self.log.close()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the gateway stops answering (connections hang) and remembers everything; its jobs run on."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> CybergisService:
         self.kill()
         return self.start()

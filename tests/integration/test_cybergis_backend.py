@@ -163,3 +163,16 @@ def test_a_job_the_gateway_forgot_in_a_restart_ends_by_its_exit_file(tmp_path):
         assert harness.backend.poll([RemoteRef("1700000000AbCdE", {})])["1700000000AbCdE"].state is RemoteState.UNKNOWN
     finally:
         service.stop()
+
+
+def test_a_job_that_never_reached_the_hpc_fails_with_the_gateways_events_as_its_log(cybergis_service, tmp_path):
+    harness = cybergis_harness(cybergis_service, tmp_path, server_data_path=str(tmp_path / "not-what-the-gateway-sees"))
+    spec = harness.spec("echo never")
+    ref = harness.run(spec)
+    status = harness.wait(ref)
+    assert (status.state, status.native) == (RemoteState.FAILED, "JOB_FAILED")
+    assert harness.backend.outputs(ref, spec) == []
+    logs = harness.backend.logs(ref)
+    assert logs.stdout.read_text() == ""
+    events = logs.stderr.read_text()
+    assert "could not find folder under path" in events and "initialization counter exceeds 3 counts" in events

@@ -88,6 +88,23 @@ print("RESULT " + json.dumps(out))
 '''
 
 
+SAME = r'''
+import json, sys
+from cybergis_compute_client import CyberGISCompute
+
+CyberGISCompute.jupyterhubHost = sys.argv[2]
+cg = CyberGISCompute(url="127.0.0.1", port=int(sys.argv[1]), protocol="HTTP", suffix="v2", isJupyter=False)
+cg.login(verbose=False)
+out = {}
+for job_id in sys.argv[3:]:
+    job = cg.get_job_by_id(job_id, verbose=False)
+    status = job.status(raw=True)
+    out[job_id] = {"events": [e["type"] for e in status["events"]], "failed": status["isFailed"],
+                   "param": status["param"], "result": job.result_folder_content(), "logs": job.logs(raw=True)}
+print("RESULT " + json.dumps(out))
+'''
+
+
 @pytest.fixture(scope="session")
 def sdk_python() -> Path:
     """The SDK's own virtual environment, installed from PyPI on first use (a failure fails the test)."""
@@ -134,3 +151,24 @@ def test_the_official_client_runs_its_own_flows_against_the_emulator(sdk_python,
     assert out["error"].startswith("server 127.0.0.1:") and 'responded with error "invalid access' in out["error"]
     job = next(j for j in service.jobs() if j["id"] == out["id"])
     assert job["slurm"] == {"time": "00:10:00", "cpu_per_task": 1} and job["param"] == {"greeting": "hi"}
+
+
+def test_the_official_client_sees_the_jobs_syncd_ran_as_syncd_sees_them(sdk_python, cybergis_service, tmp_path):
+    from syncd.backends.base import RemoteState
+    from tests.conformance.test_cybergis import cybergis_harness
+
+    harness = cybergis_harness(cybergis_service, tmp_path)
+    specs = [harness.spec("mkdir -p a/b && echo x > a/b/x.txt; echo said"), harness.spec("echo no >&2; exit 3")]
+    refs = [harness.run(spec) for spec in specs]
+    states = [harness.wait(ref).state for ref in refs]
+    assert states == [RemoteState.SUCCEEDED, RemoteState.FAILED]
+    out = run_sdk(sdk_python, cybergis_service, tmp_path, SAME, cybergis_service.HUB, *(r.remote_id for r in refs))
+    ok, failed = out[refs[0].remote_id], out[refs[1].remote_id]
+    assert (ok["events"][-1], ok["failed"]) == ("JOB_ENDED", False)
+    assert (failed["events"][-1], failed["failed"]) == ("JOB_FAILED", True)
+    assert ok["param"] == {"syncd_key": specs[0].submit_key}, "the client sees syncd's marker"
+    delivered = {o.relpath for o in harness.backend.outputs(refs[0], specs[0])}
+    assert {"/a", "/a/b"} <= set(ok["result"]) and "a/b/x.txt" in delivered
+    assert "said" in ok["logs"][0]["message"] and "said" in harness.backend.logs(refs[0]).stdout.read_text()
+    assert failed["logs"] == [] and failed["result"] == [], "a JOB_FAILED job: no pieces, no listing"
+    assert "no" in harness.backend.logs(refs[1]).stderr.read_text(), "syncd reads Slurm's files instead"

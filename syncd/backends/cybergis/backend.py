@@ -355,19 +355,23 @@ class CybergisBackend(Backend):
                        retry_after=self.options.globus_poll if status != "FORGOTTEN" else 0.0)
 
     def logs(self, ref: RemoteRef) -> JobLogs:
-        """Slurm's stdout and stderr files from the result folder; without them (the job never ran), what the
-        gateway kept: its log pieces (stdout and stderr merged, each cut at 500 characters) and its events."""
+        """Slurm's stdout and stderr files from the result folder; without them (the job never ran, or its results
+        are not here yet), what the gateway kept: its log pieces (stdout and stderr merged, each cut at 500
+        characters) and its events."""
         folder = self._folder(ref.handle.get("key", ""))
         noted = folder.log("results")
         local = Path(noted.read_text()) if noted is not None else None
+        data: Any = None
+        if local is None or not (local / results.SLURM_LOGS[0]).is_file():
+            data = self._request("GET", f"/job/{ref.remote_id}", f"reading the logs of job {ref.remote_id}")
+            local = self._mounted_result(job) if (job := api.parse_job(data)) is not None else None
         if local is not None and (local / results.SLURM_LOGS[0]).is_file():
             stderr = local / results.SLURM_LOGS[1]
             return JobLogs(local / results.SLURM_LOGS[0], stderr if stderr.is_file() else None)
-        data = self._request("GET", f"/job/{ref.remote_id}", f"reading the logs of job {ref.remote_id}")
-        pieces = "".join(str(log.get("message", "")) for log in data.get("logs") or [])
-        events = "".join(f"{e.get('createdAt')} {e.get('type')}: {e.get('message')}\n" for e in data.get("events") or [])
         if not folder.ctrl.is_dir():
             return JobLogs(None, None)
+        pieces = "".join(str(log.get("message", "")) for log in data.get("logs") or [])
+        events = "".join(f"{e.get('createdAt')} {e.get('type')}: {e.get('message')}\n" for e in data.get("events") or [])
         return JobLogs(folder.write_text("gateway-logs.txt", pieces), folder.write_text("gateway-events.txt", events))
 
     def cleanup(self, ref: RemoteRef) -> None:

@@ -912,7 +912,7 @@ class CybergisService:
             "git": {self.RUNNER: str(REPO / "examples" / "cybergis" / "runner"), "hello_world": str(hello),
                     "demo": str(demo)},
             "globus_endpoints": {self.HPC_ENDPOINT: str(root / "hpc"), self.HOST_ENDPOINT: "/"},
-            "tick": 0.05, "min_job_age": 0.3, "globus_seconds": 0.3,
+            "tick": 0.05, "min_job_age": 0.15, "globus_seconds": 0.2,
         }
         self.config.update(overrides)
         (root / "config.json").write_text(json.dumps(self.config, indent=1))

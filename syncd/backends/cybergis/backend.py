@@ -173,7 +173,7 @@ class CybergisBackend(Backend):
                 "path": posixpath.join(self.options.globus_path, key, "work")}
 
     def submit(self, spec: JobSpec) -> RemoteRef:
-        key = api_key(spec.submit_key)
+        key = safe_key(spec.submit_key)
         folder = self._folder(key)
         if folder.log("staged.json") is None:
             raise PermanentError(f"job {spec.name} ({spec.job_id}): submit before staging finished")
@@ -214,7 +214,7 @@ class CybergisBackend(Backend):
             return None  # e.g. a draft made while the token was refused: it belongs to nobody
 
     def find(self, spec: JobSpec) -> RemoteRef | None:
-        key = api_key(spec.submit_key)
+        key = safe_key(spec.submit_key)
         folder = self._folder(key)
         recorded = folder.log("job_id")
         recorded_id = recorded.read_text().strip() if recorded is not None else None
@@ -387,7 +387,7 @@ NO_EXIT_CODE = ("the gateway reports the job ended, but syncd's wrapper recorded
                 "command (time or memory limit) or its node failed")
 
 
-def api_key(submit_key: str) -> str:
+def safe_key(submit_key: str) -> str:
     """The submit key, checked to be safe where the gateway splices it: ``param_syncd_key="<key>"`` in a shell."""
     if not submit_key or any(not (c.isalnum() or c in "-_.") for c in submit_key):
         raise PermanentError(f"submit key {submit_key!r} has characters the gateway would splice into a shell line")

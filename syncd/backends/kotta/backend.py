@@ -242,21 +242,30 @@ class KottaBackend(Backend):
         env = {**{k: str(v) for k, v in spec.env.items()}, "SYNCD_JOB_ID": spec.job_id, "SYNCD_JOB_NAME": spec.name,
                "SYNCD_ATTEMPT": str(spec.attempt)}
         control = folder / bundle.CONTROL
-        digest = _as_input_error(inputs, bundle.control_archive, control, command=spec.command, env=env,
-                                 links=links, carried=carried, fetch=fetch)
+        _as_input_error(inputs, bundle.control_archive, control, command=spec.command, env=env, links=links,
+                        carried=carried, fetch=fetch)
         uploaded = self._read(folder / "uploads.json") or {}
-        urls = [self._upload(spec, uploaded, bundle.CONTROL, control, digest)]
+        urls = [self._upload(spec, uploaded, bundle.CONTROL, control)]
         for item, blob in alone:
-            st = _as_input_error(inputs, os.stat, item.source)
-            urls.append(self._upload(spec, uploaded, blob, item.source, f"{st.st_size}:{st.st_mtime_ns}"))
+            urls.append(_as_input_error(inputs, self._upload, spec, uploaded, blob, item.source))
         control.unlink(missing_ok=True)
         self._write(folder / "staged.json", {"input_urls": urls})
 
-    def _upload(self, spec: JobSpec, uploaded: dict, name: str, source: Path, fingerprint: str) -> str:
-        """Upload through ``upload_url`` unless this very content went up already; the ``s3://`` URL to fetch it."""
+    def _upload(self, spec: JobSpec, uploaded: dict, name: str, source: Path) -> str:
+        """Upload through ``upload_url`` unless this very content went up already; the ``s3://`` URL to fetch it.
+
+        A file whose size and modification time are those recorded is taken as unchanged; one that was written
+        again is compared by SHA-256."""
         filepath = f"syncd/{spec.submit_key}/{name}"
         done = uploaded.get(filepath)
-        if done and done["fingerprint"] == fingerprint:
+        st = os.stat(source)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        if done and done["stamp"] == stamp:
+            return done["url"]
+        digest = _sha256(source)
+        if done and done["sha256"] == digest:
+            done["stamp"] = stamp
+            self._write(self._folder(spec.submit_key) / "uploads.json", uploaded)
             return done["url"]
         answer = self._call("POST", "upload_url", f"asking where to upload {name} of job {spec.submit_key}",
                             {"filepath": filepath})
@@ -266,7 +275,7 @@ class KottaBackend(Backend):
         with open(source, "rb") as body:
             self._transfer("PUT", target, f"uploading {name} of job {spec.submit_key}", data=body,
                            headers={"Content-Length": str(os.fstat(body.fileno()).st_size)})
-        uploaded[filepath] = {"fingerprint": fingerprint, "url": api.s3_uri(target)}
+        uploaded[filepath] = {"stamp": stamp, "sha256": digest, "url": api.s3_uri(target)}
         self._write(self._folder(spec.submit_key) / "uploads.json", uploaded)
         return uploaded[filepath]["url"]
 
@@ -415,6 +424,14 @@ class KottaBackend(Backend):
 
 _NO_URLS = ("backend '{name}' takes inputs from the inbox's storage (inputs: storage), but that storage cannot make "
             "URLs; use an s3 storage there, or inputs: upload")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _presigns(spec: JobSpec) -> bool:

@@ -18,7 +18,6 @@ shell text. Back home, :func:`unpack` takes regular files only and refuses names
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -83,8 +82,8 @@ exit "$code"
 
 
 def control_archive(dest: Path, *, command: str | tuple[str, ...], env: Mapping[str, str],
-                    links: Mapping[str, str], carried: Mapping[str, Path], fetch: Mapping[str, str]) -> str:
-    """Write the control archive to ``dest`` (the same bytes for the same job) and return its SHA-256.
+                    links: Mapping[str, str], carried: Mapping[str, Path], fetch: Mapping[str, str]) -> None:
+    """Write the control archive to ``dest``: the same bytes for the same job, so an unchanged one is not sent again.
 
     ``links``: input path → the file holding it, relative to the job's folder; ``carried``: such a file (under
     ``control/blobs/``) → the local file to put into the archive; ``fetch``: file name → the URL to fetch it from.
@@ -103,12 +102,7 @@ def control_archive(dest: Path, *, command: str | tuple[str, ...], env: Mapping[
             info = _info(f"control/inputs/{relpath}", 0o777)
             info.type, info.linkname = tarfile.SYMTYPE, target
             tar.addfile(info)
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
     os.replace(tmp, dest)
-    return digest.hexdigest()
 
 
 def _info(name: str, mode: int) -> tarfile.TarInfo:

@@ -48,6 +48,7 @@ import re
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -196,16 +197,16 @@ class KottaService:
         class Handler(_Handler):
             kotta = service
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self._port), Handler)
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True, name="kotta-web").start()
 
     def stop_frontend(self) -> None:
-        """The web server goes away (connections refused); workers carry on with the jobs they have."""
+        """The web server goes away (open connections are cut, new ones refused); workers carry on."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.cut_connections()
             self._server = None
 
     def stop(self) -> None:
@@ -650,6 +651,32 @@ class KottaService:
     def _untrack(self, job_id: str) -> None:
         with self._running_lock:
             self._running.pop(job_id, None)
+
+
+class _Server(ThreadingHTTPServer):
+    """Keeps its connections, so that going down cuts the kept-alive ones too."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kw):
+        self.connections: set[socket.socket] = set()
+        super().__init__(*args, **kw)
+
+    def process_request(self, request, client_address):
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        for connection in list(self.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
 
 
 def _kill_group(process: subprocess.Popen) -> None:

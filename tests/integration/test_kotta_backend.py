@@ -95,23 +95,32 @@ def test_inputs_come_from_the_inbox_storage_by_presigned_url(kotta_service, seaw
     assert [k.rsplit("/", 1)[1] for k in uploaded] == ["syncd-control.tar"], "only the control archive"
 
 
-def test_refused_tokens_are_auth_errors_and_a_refresh_token_stands_in_on_submit(kotta_service, tmp_path):
+def test_an_expired_access_token_with_a_refresh_token_submits_and_polls_job_by_job(kotta_service, tmp_path):
     user = kotta_service.add_user()
     kotta_service.expire(user["access_token"])
     backend, harness, _ = backend_for(kotta_service, tmp_path, user)
-    ref = harness.run(harness.spec("true"))  # upload_url and submit_task exchange the refresh token
-    assert ref.remote_id
-    with pytest.raises(AuthError, match="Failed to authenticate"):
-        backend.poll([ref])  # list_tasks reads the access token only
-    fresh = kotta_service.new_access_token(user["user_id"])
+    backend.probe()  # list_tasks refuses the access token; upload_url takes the refresh token
+    ref = harness.run(harness.spec("echo fine"))  # upload_url and submit_task exchange the refresh token
+    statuses = kotta_service.count("/rest/v1/status_task")
+    assert harness.wait(ref).state is RemoteState.SUCCEEDED, "status_task needs no token"
+    assert kotta_service.count("/rest/v1/status_task") > statuses
+
+
+def test_refused_tokens_are_auth_errors_and_a_token_file_is_read_afresh(kotta_service, tmp_path):
+    user = kotta_service.add_user()
+    kotta_service.expire(user["access_token"])
     token = tmp_path / "credentials.json"
-    token.write_text(json.dumps({"access_token": "Atza|stale", "refresh_token": user["refresh_token"]}))
-    backend, harness, _ = backend_for(kotta_service, tmp_path / "b", user, access_token={"token_file": str(token)},
+    token.write_text(json.dumps({"access_token": user["access_token"], "refresh_token": "Atzr|revoked"}))
+    backend, harness, _ = backend_for(kotta_service, tmp_path, user, access_token={"token_file": str(token)},
                                       refresh_token={"token_file": str(token)})
-    with pytest.raises(AuthError):
+    with pytest.raises(AuthError, match="invalid_grant"):
         backend.probe()
+    with pytest.raises(AuthError, match="refused the tokens"):
+        harness.run(harness.spec("true"))
+    fresh = kotta_service.new_access_token(user["user_id"])
     token.write_text(json.dumps({"access_token": fresh, "refresh_token": user["refresh_token"]}))
-    assert harness.wait(ref).state is RemoteState.SUCCEEDED, "a file is read afresh"
+    ref = harness.run(harness.spec("true"))
+    assert harness.wait(ref).state is RemoteState.SUCCEEDED
     assert all(not call["cookie"] for call in kotta_service.calls), "no request carries Kotta's session cookie"
 
 

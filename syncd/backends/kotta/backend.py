@@ -46,6 +46,7 @@ from syncd.backends.tokens import TokenOptions, TokenSource
 from syncd.config import BackendOptions, Duration
 from syncd.errors import AuthError, InputError, PermanentError, TransientError
 from syncd.intake.manifest import InputFile, glob_to_regex, match_any
+from syncd.log import logger
 
 #: inputs at least this big are uploaded on their own (and not again while unchanged); smaller ones ride in
 #: the control archive
@@ -74,6 +75,10 @@ class KottaOptions(BackendOptions):
                                        description="how long presigned input URLs live (storage inputs)")
     connect_timeout: Duration = Field(5.0, gt=0, description="seconds to wait for a connection")
     request_timeout: Duration = Field(60.0, gt=0, description="seconds to wait for an answer")
+
+
+class TokensRefused(AuthError):
+    """Kotta answered that it refuses the tokens (not an HTTP 401: Kotta's own Fail answer)."""
 
 
 class _NoCookies(cookiejar.DefaultCookiePolicy):
@@ -108,6 +113,7 @@ class KottaBackend(Backend):
         self._lock = threading.Lock()
         self._ended: dict[str, RemoteStatus] = {}  # job id → how it ended (poll asks status_task once)
         self._records: dict[str, tuple[float, api.JobRecord]] = {}
+        self._one_by_one_said = False
         self.requests_sent = 0  # requests to Kotta's API (not its object store), for tests and metrics
 
     # -- HTTP --------------------------------------------------------------------------------------------------
@@ -139,8 +145,8 @@ class KottaBackend(Backend):
             if reason is None:
                 return data
             if api.is_auth_reason(reason):
-                raise AuthError(f"{self.service} refused the tokens while {what} ({reason}); check access_token "
-                                f"and refresh_token in the config")
+                raise TokensRefused(f"{self.service} refused the tokens while {what} ({reason}); check "
+                                    f"access_token and refresh_token in the config")
             raise PermanentError(f"{self.service} refused {what}: {reason}")
         except AuthError:
             if not (retry_auth and (self.access.can_refresh or (self.refresh and self.refresh.can_refresh))):
@@ -206,7 +212,13 @@ class KottaBackend(Backend):
         return problems
 
     def probe(self) -> None:
-        self._jobs()
+        try:
+            self._jobs()
+        except TokensRefused:
+            if self.refresh is None:
+                raise
+            # The access token has expired (it lives an hour); the refresh token still lets jobs be submitted.
+            self._call("POST", "upload_url", "checking the refresh token", {"filepath": "syncd/probe"})
 
     def _from_storage(self, spec: JobSpec) -> bool:
         """Whether this job's inputs go through the inbox's storage (else through Kotta's upload_url)."""
@@ -321,7 +333,13 @@ class KottaBackend(Backend):
         return None
 
     def poll(self, refs: Sequence[RemoteRef]) -> dict[str, RemoteStatus]:
-        words = api.listed(self._jobs())  # one request for every job of the user
+        try:
+            words = api.listed(self._jobs())  # one request for every job of the user
+        except TokensRefused:
+            if self.refresh is None:
+                raise
+            return self._poll_one_by_one(refs)
+        self._one_by_one_said = False
         statuses = {}
         for ref in refs:
             word = words.get(ref.remote_id)
@@ -332,6 +350,19 @@ class KottaBackend(Backend):
                 statuses[ref.remote_id] = self._ended_status(ref.remote_id, word)
             else:
                 statuses[ref.remote_id] = api.state_of_word(word)
+        return statuses
+
+    def _poll_one_by_one(self, refs: Sequence[RemoteRef]) -> dict[str, RemoteStatus]:
+        """list_tasks takes the access token only; once it has expired, each job's status_task (which needs no
+        token) is read instead, until the access token is fresh again."""
+        if not self._one_by_one_said:
+            self._one_by_one_said = True
+            logger.warning("backend {}: Kotta refuses the access token; polling job by job until it is fresh "
+                           "(submissions go on with the refresh token)", self.name)
+        statuses = {}
+        for ref in refs:
+            status = api.state_of(self._record(ref.remote_id, fresh=True))
+            statuses[ref.remote_id] = status
         return statuses
 
     def _ended_status(self, job_id: str, word: str) -> RemoteStatus:

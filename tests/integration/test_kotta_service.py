@@ -104,6 +104,7 @@ def test_submit_runs_a_script_and_status_shows_outputs_as_links(kotta, user):
 
 def test_status_items_are_numbered_one_key_objects_in_no_fixed_order(kotta, user):
     job = submit(kotta, user, inputs=an_input(kotta))
+    assert status(kotta, job["job_id"])["jobname"] == job["job_id"], "jobname defaults to the job id"
     answers = [requests.get(f"{rest(kotta, 'status_task')}/{job['job_id']}", timeout=10).json() for _ in range(6)]
     for answer in answers:
         assert list(answer["items"]) == [str(i) for i in range(len(answer["items"]))]
@@ -233,6 +234,15 @@ def test_s3_inputs_lose_trailing_s_3_colon_and_slash_characters(kotta, user):
     url = an_input(kotta, b"x", "results")
     info = ran(kotta, submit(kotta, user, inputs=url)["job_id"])
     assert info["status"] == "failed" and info["ERROR"].startswith("Failed to download inputs"), info
+
+
+def test_an_input_url_of_another_kind_is_skipped_silently(kotta, user):
+    job = submit(kotta, user, inputs=f"ftp://example.org/data.txt,{an_input(kotta, b'x', 'here.txt')}",
+                 script="ls > listing.txt", outputs="listing.txt")
+    info = ran(kotta, job["job_id"])
+    assert info["status"] == "completed" and info["inputs"] == ['<a href="ftp://example.org/data.txt">data.txt</a>']
+    listing = dict(reversed(link(o)) for o in info["outputs"])["listing.txt"]
+    assert "here.txt" in (names := requests.get(listing, timeout=10).text) and "data.txt" not in names
 
 
 def test_an_http_input_lands_under_the_last_url_segment_query_included(kotta, user):

@@ -557,6 +557,8 @@ class KottaService:
             self._save(record, complete_time=time.time())
             self._save(record, ERROR=str(exc))
         process_total = time.time() - process_start
+        if self._stop.is_set():
+            return  # the worker went down with the job: nobody writes its record any more
         record = self.table.get(job_id) or record
         self._save(record, status="staging_outputs")
         stageout_start = time.time()

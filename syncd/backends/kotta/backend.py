@@ -12,21 +12,19 @@ is the only thing that stops one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from http import cookiejar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import requests
-from pydantic import Field
 
 from syncd.backends import http, wrapper
 from syncd.backends.base import (
@@ -41,40 +39,14 @@ from syncd.backends.base import (
     RemoteState,
     RemoteStatus,
 )
-from syncd.backends.kotta import api, bundle
-from syncd.backends.tokens import TokenOptions, TokenSource
-from syncd.config import BackendOptions, Duration
-from syncd.errors import AuthError, InputError, PermanentError, TransientError
+from syncd.backends.kotta import api, bundle, stagein
+from syncd.backends.kotta.options import KottaOptions
+from syncd.backends.tokens import TokenSource
+from syncd.errors import AuthError, PermanentError, TransientError
 from syncd.intake.manifest import InputFile, glob_to_regex, match_any
 from syncd.log import logger
 
-#: inputs at least this big are uploaded on their own (and not again while unchanged); smaller ones ride in
-#: the control archive
-ALONE_FROM = 1024 * 1024
-#: at most this many inputs travel on their own: each is a form field, and Kotta refuses a form over 100 KiB
-MAX_ALONE = 400
 RECORD_TTL = 60.0  # seconds a status_task answer serves outputs() and logs() of the same job
-
-
-class KottaOptions(BackendOptions):
-    """A Cloud Kotta deployment and the user's Login with Amazon tokens."""
-
-    url: str = Field(pattern=r"^https?://", description="the Kotta server, e.g. https://kotta.example.org:8888")
-    access_token: TokenOptions = Field(description="the Login with Amazon access token (lives an hour: give a "
-                                                   "file or command that keeps it fresh)")
-    refresh_token: TokenOptions | None = Field(
-        None, description="the refresh token; Kotta exchanges it for a fresh access token on submit and upload")
-    queue: Literal["Test", "Prod"] = Field("Test", description="Kotta's queue: Test or Prod")
-    default_walltime: Duration = Field(
-        5 * 3600.0, gt=0, description="walltime of a job whose manifest sets neither timeout nor resources.walltime "
-                                      "(Kotta stops nothing else: every job gets one)")
-    inputs: Literal["auto", "upload", "storage"] = Field(
-        "auto", description="upload: through Kotta's upload_url; storage: presigned URLs into the inbox's S3 "
-                            "storage, fetched by the job; auto: storage when the inbox's storage is S3")
-    input_url_expiry: Duration = Field(7 * 86400.0, gt=0, le=7 * 86400.0,
-                                       description="how long presigned input URLs live (storage inputs)")
-    connect_timeout: Duration = Field(5.0, gt=0, description="seconds to wait for a connection")
-    request_timeout: Duration = Field(60.0, gt=0, description="seconds to wait for an answer")
 
 
 class TokensRefused(AuthError):
@@ -207,8 +179,8 @@ class KottaBackend(Backend):
     # -- contract ------------------------------------------------------------------------------------------
     def check(self, spec: JobSpec) -> list[str]:
         problems = super().check(spec)
-        if self.options.inputs == "storage" and not _presigns(spec):
-            problems.append(_NO_URLS.format(name=self.name))
+        if self.options.inputs == "storage" and not stagein.presigns(spec):
+            problems.append(stagein.NO_URLS.format(name=self.name))
         return problems
 
     def probe(self) -> None:
@@ -224,42 +196,26 @@ class KottaBackend(Backend):
         """Whether this job's inputs go through the inbox's storage (else through Kotta's upload_url)."""
         if self.options.inputs == "upload":
             return False
-        if _presigns(spec):
+        if stagein.presigns(spec):
             return True
         if self.options.inputs == "storage":
-            raise PermanentError(_NO_URLS.format(name=self.name))
+            raise PermanentError(stagein.NO_URLS.format(name=self.name))
         return False
 
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         folder = self._folder(spec.submit_key)
         folder.mkdir(parents=True, exist_ok=True)
-        links: dict[str, str] = {}  # input path → the file in Kotta's job folder that holds it
-        carried: dict[str, Path] = {}
-        fetch: dict[str, str] = {}
-        alone: list[tuple[InputFile, str]] = []
         staging = spec.staging if self._from_storage(spec) else None
-        large = {i.relpath for i in sorted(inputs, key=lambda i: -i.size)[:MAX_ALONE] if i.size >= ALONE_FROM}
-        for n, item in enumerate(sorted(inputs, key=lambda i: i.relpath)):
-            blob = f"in-{hashlib.sha256(item.relpath.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.dat"
-            if staging is not None:
-                info = _as_input_error(inputs, staging.put_input, item)
-                fetch[blob] = staging.url(info.key, expires=self.options.input_url_expiry)
-                links[item.relpath] = blob
-            elif item.relpath in large:
-                alone.append((item, blob))
-                links[item.relpath] = blob
-            else:
-                links[item.relpath] = carried_name = f"control/blobs/{n:06d}"
-                carried[carried_name] = item.source
+        plan = stagein.plan(inputs, staging, self.options.input_url_expiry)
         env = {**{k: str(v) for k, v in spec.env.items()}, "SYNCD_JOB_ID": spec.job_id, "SYNCD_JOB_NAME": spec.name,
                "SYNCD_ATTEMPT": str(spec.attempt)}
         control = folder / bundle.CONTROL
-        _as_input_error(inputs, bundle.control_archive, control, command=spec.command, env=env, links=links,
-                        carried=carried, fetch=fetch)
+        stagein.as_input_error(inputs, bundle.control_archive, control, command=spec.command, env=env,
+                               links=plan.links, carried=plan.carried, fetch=plan.fetch)
         uploaded = self._read(folder / "uploads.json") or {}
         urls = [self._upload(spec, uploaded, bundle.CONTROL, control)]
-        for item, blob in alone:
-            urls.append(_as_input_error(inputs, self._upload, spec, uploaded, blob, item.source))
+        for item, blob in plan.alone:
+            urls.append(stagein.as_input_error(inputs, self._upload, spec, uploaded, blob, item.source))
         control.unlink(missing_ok=True)
         self._write(folder / "staged.json", {"input_urls": urls})
 
@@ -274,7 +230,7 @@ class KottaBackend(Backend):
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
         if done and done["stamp"] == stamp:
             return done["url"]
-        digest = _sha256(source)
+        digest = stagein.sha256(source)
         if done and done["sha256"] == digest:
             done["stamp"] = stamp
             self._write(self._folder(spec.submit_key) / "uploads.json", uploaded)
@@ -451,40 +407,3 @@ class KottaBackend(Backend):
 
     def close(self) -> None:
         self._session.close()
-
-
-_NO_URLS = ("backend '{name}' takes inputs from the inbox's storage (inputs: storage), but that storage cannot make "
-            "URLs; use an s3 storage there, or inputs: upload")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _presigns(spec: JobSpec) -> bool:
-    """Whether the job's staging area can hand out URLs (an s3 storage; a file storage cannot)."""
-    if spec.staging is None:
-        return False
-    try:
-        spec.staging.url(spec.staging.input_key(".probe"), expires=60)
-    except PermanentError:
-        return False
-    return True
-
-
-def _as_input_error(inputs: Sequence[InputFile], action: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    """``action(*args, **kw)``; an input that vanished or cannot be read is the user's to fix (InputError)."""
-    try:
-        return action(*args, **kw)
-    except (FileNotFoundError, PermissionError) as exc:
-        for item in inputs:
-            if exc.filename == str(item.source):
-                why = ("disappeared from the job folder while it was being staged; put it back"
-                       if isinstance(exc, FileNotFoundError) else
-                       "cannot be read by the user syncd runs as; make it readable")
-                raise InputError([f"{item.relpath}: {why}"]) from exc
-        raise

@@ -63,7 +63,7 @@ def test_run_cancel_is_refused_by_kotta_and_the_job_is_delivered_cancelled(kotta
     site, _ = kotta_site()
     daemon = SyncdProcess(site, env=ENV).start()
     try:
-        drop_job(daemon.inbox, "unstoppable", {"command": "sleep 2; echo ran to the end > end.txt"})
+        drop_job(daemon.inbox, "unstoppable", {"command": "sleep 4; echo ran to the end > end.txt"})
         drop_job(daemon.inbox, "stopped on kotta", {"command": "echo begun; sleep 60"})
         wait_for(lambda: daemon.log().count("submitted to backend kotta") >= 2, timeout=30, what="submission")
         said = daemon.cli("cancel", "unstoppable").stdout

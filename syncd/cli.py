@@ -40,13 +40,18 @@ def _load(config_path: Path, *, light: bool = False):
 
 def _load_light(config_path: Path):
     """(config, its ConfigSource), with backend sections taken as they are (their plugins not imported)."""
-    from pydantic import ConfigDict
+    from pydantic import ConfigDict, model_validator
 
     from syncd import plugins
-    from syncd.config import BackendOptions, load_config_and_source
+    from syncd.config import BackendOptions, hide_secret_named, load_config_and_source
 
     class UncheckedBackend(BackendOptions):
         model_config = ConfigDict(extra="allow", frozen=True)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _hide_secrets(cls, data):  # its type's model is not at hand to say which values are secret
+            return hide_secret_named(data)
 
     def resolve(kind, type_name):
         return UncheckedBackend if kind == "backend" else plugins.options_model(kind, type_name)

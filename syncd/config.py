@@ -11,6 +11,7 @@ bottom of the import graph.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -59,12 +61,15 @@ class StrictModel(BaseModel):
 class StorageOptions(StrictModel):
     """Options every storage section has; each storage type extends this."""
 
+    # A validation error never quotes what it was given (a secret, maybe); config errors never did anyway.
+    model_config = ConfigDict(**StrictModel.model_config, hide_input_in_errors=True)
     type: str = Field(description="storage type, e.g. file or s3")
 
 
 class BackendOptions(StrictModel):
     """Options every backend section has; each backend type extends this."""
 
+    model_config = ConfigDict(**StrictModel.model_config, hide_input_in_errors=True)
     type: str = Field(description="backend type, e.g. local or slurm")
     max_parallel: PositiveInt = Field(4, description="jobs submitted to this backend at once")
     results_deadline: Duration = Field(
@@ -223,6 +228,33 @@ def interpolate(value: Any, env: dict[str, str], location: Location = (), missin
     return _VAR.sub(replace, value)
 
 
+REDACTED = "**********"
+#: names of keys whose values are kept from sight when a section's type is not known (its SecretStr fields are)
+SECRET_NAME = re.compile(r"secret|passw|passphrase|(^|_)(token|key|auth|credentials?)$", re.IGNORECASE)
+
+
+def redacted(options: BaseModel) -> dict[str, Any]:
+    """A backend's or storage's options as they may be shown: secrets (``SecretStr`` fields, and keys a section
+    of an unchecked type has that are named like one: ``token``, ``password``, ``api_key``…) as ``**********``."""
+    shown = options.model_dump(mode="json")
+    for key in options.model_extra or {}:
+        if SECRET_NAME.search(str(key)) and shown.get(key) is not None:
+            shown[key] = REDACTED
+    return shown
+
+
+def hide_secret_named(data: Any) -> Any:
+    """``data`` with the value of every key named like a secret (at any depth) made a ``SecretStr``: for a
+    section taken without its type's model, whose repr and dump must not show them either."""
+    if isinstance(data, dict):
+        return {key: (SecretStr(value if isinstance(value, str) else json.dumps(value, default=str))
+                      if SECRET_NAME.search(str(key)) and value is not None else hide_secret_named(value))
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [hide_secret_named(item) for item in data]
+    return data
+
+
 def _undefined(kind: str, name: str, defined) -> str:
     return f"no {kind} named '{name}'; defined: {', '.join(sorted(defined)) or 'none'}"
 
@@ -371,7 +403,8 @@ def load_config_and_source(
     if problems:
         raise ConfigError(filename, problems)
     # The raw sections are replaced by their validated form, where secrets (SecretStr) print as '**********'.
-    redacted = {name: options.model_dump(mode="json") for name, options in storage_options.items()}
     return config.model_copy(update={
-        "storages": redacted, "storage_options": storage_options, "backend_options": backend_options, "source": path,
+        "storages": {name: redacted(options) for name, options in storage_options.items()},
+        "backends": {name: redacted(options) for name, options in backend_options.items()},
+        "storage_options": storage_options, "backend_options": backend_options, "source": path,
     }), ConfigSource(loaded.sha256, loaded.data, used)

@@ -15,9 +15,11 @@ is a miss: the config is read and validated as always, and the snapshot written 
 
 Secrets are never written. A secret field is remembered as the name of the
 variable it comes from and read from the environment at each run; a storage
-whose secret is written in the config itself (not ``${VAR}``), or a secret's
+or backend whose secret is written in the config itself (not ``${VAR}``), or a secret's
 variable also used for a value that is not secret (whose digest is written), makes
-the config unsuitable, and it is always read in full. Snapshots live in
+the config unsuitable, and it is always read in full. Backends are not part of a
+snapshot, but the variables of their secrets must still be set for it to be used
+(reading the config in full would fail otherwise); their values are never digested. Snapshots live in
 ``$XDG_CACHE_HOME/syncd`` (default ``~/.cache/syncd``), readable by their owner
 only; deleting them is always safe.
 """
@@ -40,7 +42,7 @@ from syncd import __version__
 from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPolicy
 from syncd.log import logger
 
-FORMAT = 1
+FORMAT = 2
 #: modules whose code decides what a config validates to, besides each storage type's own
 _VALIDATING_MODULES = ("syncd.config", "syncd.units")
 _WHOLE_VARIABLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -70,9 +72,18 @@ def save(config: Config, source: ConfigSource) -> None:
             _forget(target)
             return
         storages[name] = remembered
-    secret_places = {("storages", name, key) for name, entry in storages.items() for key in entry["secrets"]}
-    variables = sorted({name for location, name in source.variables if tuple(location[:3]) not in secret_places})
-    if set(variables) & {variable for entry in storages.values() for variable in entry["secrets"].values()}:
+    secret_places = {("storages", name, key): variable
+                     for name, entry in storages.items() for key, variable in entry["secrets"].items()}
+    raw_backends = source.raw.get("backends")
+    for name, raw in (raw_backends if isinstance(raw_backends, dict) else {}).items():
+        places = _backend_secrets(raw)  # backends are not in the snapshot, but their secrets' variables are used
+        if places is None:
+            _forget(target)
+            return
+        secret_places.update({("backends", name, *place): variable for place, variable in places.items()})
+    variables = sorted({name for location, name in source.variables
+                        if not any(tuple(location[:len(place)]) == place for place in secret_places)})
+    if set(variables) & set(secret_places.values()):
         _forget(target)  # a secret's variable used elsewhere too: not even a digest of its value is written
         return
     modules = {sys.modules[name].__file__ for name in _VALIDATING_MODULES} | {
@@ -84,6 +95,7 @@ def save(config: Config, source: ConfigSource) -> None:
         "code": {path: _stamp(path) for path in sorted(modules)},
         "state_dir": str(config.state_dir), "retry": config.retry.model_dump(),
         "storages": storages, "shown": config.storages,
+        "backend_secrets": sorted({v for place, v in secret_places.items() if place[0] == "backends"}),
     }
     partial = target.with_name(f".{target.name}.{os.getpid()}")
     try:
@@ -113,6 +125,8 @@ def load(config_path: Path) -> Config | None:
             FORMAT, __version__, PYDANTIC_VERSION, str(config_path), current, os.path.expanduser("~")):
         return None
     try:
+        if any(name not in os.environ for name in document["backend_secrets"]):
+            return None  # reading the config in full says that it is not set
         if document["environment"] != _digest(document["variables"]) or any(
                 _stamp(path) != stamp for path, stamp in document["code"].items()):
             return None
@@ -159,6 +173,42 @@ def _remember(options: BaseModel, raw: Any) -> dict[str, Any] | None:
             values[key] = str(value) if isinstance(value, Path) else value
     return {"type": options.type, "module": sys.modules[type(options).__module__].__file__,
             "values": values, "secrets": secrets}
+
+
+def _backend_secrets(raw: Any) -> dict[tuple, str] | None:
+    """Where a backend section holds a secret (a ``SecretStr`` field of its type) → the variable it is written as;
+    None when one is written in the config itself (or the type is unknown): no snapshot then, as for storages."""
+    from syncd import plugins
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return None
+    try:
+        model = plugins.options_model("backend", raw["type"])
+    except KeyError:
+        return None
+    return _secret_places(model, raw, ())
+
+
+def _secret_places(model: type[BaseModel], raw: dict, prefix: tuple) -> dict[tuple, str] | None:
+    places: dict[tuple, str] = {}
+    for key, info in model.model_fields.items():
+        written = raw.get(key)
+        kinds = _leaf_types(info.annotation)
+        if isinstance(written, dict):  # a nested section: its own model's secrets, if it has one
+            for kind in kinds:
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    inner = _secret_places(kind, written, prefix + (key,))
+                    if inner is None:
+                        return None
+                    places.update(inner)
+            continue
+        if SecretStr not in kinds or written is None:
+            continue
+        match = _WHOLE_VARIABLE.match(written) if isinstance(written, str) else None
+        if match is None:
+            return None
+        places[prefix + (key,)] = match.group(1)
+    return places
 
 
 def _construct(model: type[BaseModel], values: dict[str, Any], secrets: dict[str, str]) -> BaseModel:

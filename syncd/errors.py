@@ -41,6 +41,10 @@ class AuthError(PermanentError):
     """Credentials were refused. Retrying with the same credentials is pointless."""
 
 
+class NotFoundError(PermanentError):
+    """The service does not know the thing asked for (a job, a file, a path): asking again will not find it."""
+
+
 class ConfigError(SyncdError):
     """The daemon configuration is invalid; ``problems`` lists every finding."""
 

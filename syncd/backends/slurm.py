@@ -11,20 +11,16 @@ before anything is submitted again.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import re
-import shlex
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import requests
-from pydantic import Field, model_validator
+from pydantic import Field
 
+from syncd.backends import http
 from syncd.backends import slurm_api as api
 from syncd.backends.base import (
     Backend,
@@ -37,9 +33,10 @@ from syncd.backends.base import (
     RemoteState,
     RemoteStatus,
 )
+from syncd.backends.tokens import TokenOptions, TokenSource
 from syncd.backends.workdir import WorkFolder
-from syncd.config import BackendOptions, ConfigPath, Duration, StrictModel
-from syncd.errors import AuthError, PermanentError, TransientError
+from syncd.config import BackendOptions, ConfigPath, Duration
+from syncd.errors import AuthError, NotFoundError, PermanentError, TransientError
 from syncd.intake.manifest import InputFile
 
 BATCH_SCRIPT = """\
@@ -60,28 +57,14 @@ exit "$status"
 NODE_CACHE_SECONDS = 300
 
 
-class TokenOptions(StrictModel):
-    file: ConfigPath | None = Field(None, description="read the token from this file (re-read when refused)")
-    env: str | None = Field(None, description="read the token from this environment variable")
-    command: str | list[str] | None = Field(
-        None, description="run this to mint a token, e.g. 'scontrol token username=syncd lifespan=3600'; "
-                          "its output may be the token or SLURM_JWT=<token>")
-    refresh_before: Duration = Field(300.0, description="mint a new token when the current one expires sooner")
+class SlurmOptions(BackendOptions, TokenOptions):
+    """slurmrestd's options; the JWT's source is :class:`~syncd.backends.tokens.TokenOptions`
+    (``token: {command: …}``, as before, or ``token_command: …``)."""
 
-    @model_validator(mode="after")
-    def _exactly_one_source(self):
-        given = [k for k in ("file", "env", "command") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of token.file, token.env or token.command")
-        return self
-
-
-class SlurmOptions(BackendOptions):
     url: str = Field(description="slurmrestd base URL, e.g. http://127.0.0.1:6820")
     api_version: str | None = Field(None, pattern=r"^v\d+\.\d+\.\d+$",
                                     description="OpenAPI version, e.g. v0.0.38 (default: the newest the server offers)")
     user: str = Field(description="the Slurm user the token belongs to; jobs run as this user")
-    token: TokenOptions = Field(description="where the JWT comes from")
     partition: str | None = Field(None, description="partition to submit to (default: the cluster's default)")
     account: str | None = Field(None, description="account to charge")
     qos: str | None = Field(None, description="quality of service")
@@ -97,69 +80,14 @@ class SlurmOptions(BackendOptions):
     keep_workdir: bool = Field(False, description="keep each job's work folder after its results are delivered")
 
 
-class _JobNotFound(Exception):
-    pass
+class _NoSuchJob(NotFoundError):
+    """slurmctld does not know the job id (not any 404: a wrong URL is not a finished job)."""
 
 
-def _jwt_expiry(token: str) -> float | None:
-    try:
-        payload = token.split(".")[1]
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(data["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        return None
-
-
-class TokenSource:
-    """Supplies a JWT: from a file, a variable or a command; minted anew before it expires."""
-
-    def __init__(self, options: TokenOptions, environ: dict[str, str] | None = None):
-        self.options = options
-        self._environ = environ
-        self._token: str | None = None
-        self._expires: float | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def can_refresh(self) -> bool:
-        return self.options.command is not None or self.options.file is not None
-
-    def get(self) -> str:
-        with self._lock:
-            if self._token is None or (self._expires is not None
-                                       and self._expires - time.time() < self.options.refresh_before):
-                self._token = self._read()
-                self._expires = _jwt_expiry(self._token)
-            return self._token
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._token = None
-
-    def _read(self) -> str:
-        opts = self.options
-        if opts.env:
-            value = (self._environ if self._environ is not None else os.environ).get(opts.env)
-            if not value:
-                raise AuthError(f"environment variable {opts.env} (token.env) is not set")
-            return value.strip().removeprefix("SLURM_JWT=")
-        if opts.file:
-            try:
-                return opts.file.read_text().strip().removeprefix("SLURM_JWT=")
-            except OSError as exc:
-                raise AuthError(f"cannot read the token file {opts.file}: {exc.strerror}") from None
-        argv = shlex.split(opts.command) if isinstance(opts.command, str) else list(opts.command)
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TransientError(f"token command {argv[0]} could not run: {exc}") from None
-        if done.returncode != 0:
-            raise AuthError(f"token command '{argv[0]}' exited {done.returncode}: {done.stderr.strip()[:200]}")
-        match = re.search(r"SLURM_JWT=(\S+)", done.stdout)
-        token = match.group(1) if match else done.stdout.strip()
-        if not token:
-            raise AuthError(f"token command '{argv[0]}' printed no token")
-        return token
+def slurm_jwt(text: str) -> str:
+    """The token in what ``scontrol token`` prints (``SLURM_JWT=<token>``), or the text itself."""
+    match = re.search(r"SLURM_JWT=(\S+)", text)
+    return match.group(1) if match else text.strip()
 
 
 class SlurmBackend(Backend):
@@ -169,7 +97,8 @@ class SlurmBackend(Backend):
 
     def __init__(self, name: str, options: SlurmOptions, work_root: Path):
         super().__init__(name, options, work_root)
-        self.tokens = TokenSource(options.token)
+        self.tokens = TokenSource(options, owner=f"backend '{name}'", extract=slurm_jwt)
+        self.service = f"slurmrestd at {options.url}"
         self._session = requests.Session()
         self._version = options.api_version
         self._nodes: tuple[float, list[dict]] | None = None
@@ -181,54 +110,52 @@ class SlurmBackend(Backend):
         return {"X-SLURM-USER-NAME": self.options.user, "X-SLURM-USER-TOKEN": self.tokens.get(),
                 "Accept": "application/json"}
 
-    def _request(self, method: str, url: str, body: Any = None, *, retry_auth: bool = True) -> dict:
+    def _request(self, method: str, url: str, what: str, body: Any = None, *, retry_auth: bool = True) -> dict:
+        """The JSON object slurmrestd answers; its refusals classified by :mod:`syncd.backends.http`, and by the
+        Slurm errors its body lists."""
+        timeout = (self.options.connect_timeout, self.options.request_timeout)
+        headers = self._headers()
+        with self._lock:
+            self.requests_sent += 1
         started = time.monotonic()
-        where = f"slurmrestd at {self.options.url}"
         try:
-            with self._lock:
-                self.requests_sent += 1
-            response = self._session.request(
-                method, url, json=body, headers=self._headers(),
-                timeout=(self.options.connect_timeout, self.options.request_timeout),
-            )
-        except requests.Timeout:
-            raise TransientError(f"{where} did not answer within {self.options.request_timeout:.0f}s") from None
-        except requests.ConnectionError as exc:
-            raise TransientError(f"cannot reach {where} ({type(exc).__name__}); is slurmrestd running?") from None
-        elapsed = time.monotonic() - started
-        status = response.status_code
-        if status in (401, 403):
-            raise AuthError(f"{where} refused the token of user '{self.options.user}' (HTTP {status}); "
-                            f"check token and user in the config")
-        if status in (429, 502, 503, 504):
-            retry_after = response.headers.get("Retry-After")
-            raise TransientError(f"{where} answered HTTP {status}",
-                                 retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+            response = self._session.request(method, url, json=body, headers=headers, timeout=timeout)
+        except requests.RequestException as exc:
+            raise http.classify_exception(exc, service=self.service, what=what, timeout=timeout,
+                                          elapsed=time.monotonic() - started) from None
         try:
             data = response.json()
         except ValueError:
-            raise TransientError(f"{where} answered HTTP {status} with a body that is not JSON") from None
-        if not isinstance(data, dict):
-            raise TransientError(f"{where} answered HTTP {status} with unexpected JSON")
+            data = None
         errors = api.error_list(data)
-        if status < 400 and not errors:
-            return data
         numbers = {e.get("error_number") for e in errors}
+        error = http.classify_response(response, service=self.service, what=what)
+        how = f"while {what} ({http.status_text(response)} after {http.elapsed(response):.2f}s)"
+        said = http.redact_credentials(api.describe_errors(errors), response) if errors else ""
         if api.INVALID_JOB_ID in numbers:
-            raise _JobNotFound(api.describe_errors(errors))
-        if status == 500 and errors and numbers <= {-1, None}:
+            raise _NoSuchJob(f"Slurm does not know the job {how}: {said}")
+        if error is None:
+            if not isinstance(data, dict):
+                raise TransientError(f"{self.service} answered with something other than a JSON object {how}")
+            if errors:
+                raise PermanentError(f"slurmctld refused the request {how}: {said}")
+            return data
+        if isinstance(error, AuthError) and retry_auth and self.tokens.can_refresh:
+            self.tokens.invalidate()  # a minted token may have been revoked early: one more try with a new one
+            return self._request(method, url, what, body, retry_auth=False)
+        if isinstance(error, TransientError) and errors:
+            if not numbers <= {-1, None}:  # slurmctld's own reason (bad partition, limits): asking again won't help
+                raise PermanentError(f"slurmctld refused the request {how}: {said}")
             # 22.05 answers a refused token exactly like a down slurmctld, except that it answers at once.
-            if elapsed < self.options.auth_fast_seconds:
+            if http.elapsed(response) < self.options.auth_fast_seconds:
                 if retry_auth and self.tokens.can_refresh:
                     self.tokens.invalidate()
-                    return self._request(method, url, body, retry_auth=False)
-                raise AuthError(f"{where} refused user '{self.options.user}' with a fresh token "
-                                f"({api.describe_errors(errors)}); check AuthAltTypes=auth/jwt, the jwt key "
+                    return self._request(method, url, what, body, retry_auth=False)
+                raise AuthError(f"{self.service} refused user '{self.options.user}' with a fresh token {how}: "
+                                f"{said}; check AuthAltTypes=auth/jwt, the jwt key "
                                 f"and the user name")
-            raise TransientError(f"{where} could not reach slurmctld ({api.describe_errors(errors)})")
-        if status >= 500 and not errors:
-            raise TransientError(f"{where} answered HTTP {status}")
-        raise PermanentError(f"{where} refused the request (HTTP {status}): {api.describe_errors(errors)}")
+            raise TransientError(f"{error}; slurmrestd could not reach slurmctld", retry_after=error.retry_after)
+        raise error
 
     def _url(self, path: str) -> str:
         return f"{self.options.url.rstrip('/')}/slurm/{self.version()}/{path}"
@@ -236,7 +163,7 @@ class SlurmBackend(Backend):
     def version(self) -> str:
         """The configured API version, or the newest one the server lists in its OpenAPI document."""
         if self._version is None:
-            data = self._request("GET", f"{self.options.url.rstrip('/')}/openapi")
+            data = self._request("GET", f"{self.options.url.rstrip('/')}/openapi", "reading its OpenAPI document")
             versions = {m.group(1) for p in data.get("paths", {}) if (m := re.match(r"^/slurm/(v[\d.]+)/ping$", p))}
             if not versions:
                 raise PermanentError(f"slurmrestd at {self.options.url} offers no /slurm/vX/ping path; "
@@ -245,10 +172,10 @@ class SlurmBackend(Backend):
         return self._version
 
     def probe(self) -> None:
-        self._request("GET", self._url("ping"))
+        self._request("GET", self._url("ping"), "pinging slurmctld")
 
     def _jobs(self) -> dict[str, api.SlurmJob]:
-        data = self._request("GET", self._url("jobs"))
+        data = self._request("GET", self._url("jobs"), "listing jobs")
         return {job.job_id: job for job in map(api.parse_job, data.get("jobs") or [])}
 
     # -- contract ------------------------------------------------------------------
@@ -278,7 +205,7 @@ class SlurmBackend(Backend):
     def _partition_nodes(self) -> list[dict]:
         now = time.monotonic()
         if self._nodes is None or now - self._nodes[0] > NODE_CACHE_SECONDS:
-            nodes = self._request("GET", self._url("nodes")).get("nodes") or []
+            nodes = self._request("GET", self._url("nodes"), "listing nodes").get("nodes") or []
             self._nodes = (now, nodes)
         nodes = self._nodes[1]
         if self.options.partition:
@@ -311,7 +238,7 @@ class SlurmBackend(Backend):
             partition=self.options.partition, account=self.options.account, qos=self.options.qos,
             cpus=spec.resources.get("cpus"), memory_bytes=spec.resources.get("memory"), gpus=spec.resources.get("gpus"),
         )
-        data = self._request("POST", self._url("job/submit"), body)
+        data = self._request("POST", self._url("job/submit"), f"submitting job {spec.submit_key}", body)
         job_id = data.get("job_id")
         if job_id is None:
             raise TransientError(f"slurmrestd accepted job {spec.submit_key} but returned no job id")
@@ -358,8 +285,8 @@ class SlurmBackend(Backend):
 
     def cancel(self, ref: RemoteRef) -> None:
         try:
-            self._request("DELETE", self._url(f"job/{ref.remote_id}"))
-        except _JobNotFound:
+            self._request("DELETE", self._url(f"job/{ref.remote_id}"), f"cancelling job {ref.remote_id}")
+        except _NoSuchJob:
             pass  # already gone: cancelling is harmless
 
     def logs(self, ref: RemoteRef) -> JobLogs:

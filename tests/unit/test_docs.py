@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from syncd.backends.local import LocalOptions
-from syncd.backends.slurm import SlurmOptions, TokenOptions
+from syncd.backends.slurm import SlurmOptions
+from syncd.backends.tokens import TokenOptions
 from syncd.config import (
     Config,
     HttpConfig,

@@ -6,12 +6,14 @@ import base64
 import json
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
 from syncd.backends.base import RemoteState
-from syncd.backends.slurm import TokenOptions, TokenSource
+from syncd.backends.slurm import SlurmOptions, slurm_jwt
 from syncd.backends.slurm_api import decode_wait_status, parse_job, submit_body
+from syncd.backends.tokens import TokenOptions, TokenSource
 from syncd.errors import AuthError
 
 
@@ -65,24 +67,41 @@ def test_token_source_mints_again_before_expiry(tmp_path):
     # Each call prints a token that expires 60 s from now, numbered so that re-mints are visible.
     script.write_text(f"#!/bin/sh\necho x >> {counter}\necho SLURM_JWT={_jwt(time.time() + 60)}$(wc -l < {counter})\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    soon = TokenSource(TokenOptions(command=[str(script)], refresh_before=120))
+    soon = TokenSource(TokenOptions(token_command=[str(script)], token_ttl=120), extract=slurm_jwt)
     first, second = soon.get(), soon.get()
-    assert first != second, "a token expiring within refresh_before is replaced on every use"
-    later = TokenSource(TokenOptions(command=[str(script)], refresh_before=10))
+    assert first != second, "a token expiring within token_ttl is replaced on every use"
+    assert not first.startswith("SLURM_JWT=") and first.count(".") == 2
+    later = TokenSource(TokenOptions(token_command=[str(script)], token_ttl=10), extract=slurm_jwt)
     assert later.get() == later.get(), "a fresh token is reused"
 
 
 def test_token_source_reports_missing_sources_as_auth_errors(tmp_path):
     with pytest.raises(AuthError, match="SYNCD_NO_SUCH_TOKEN"):
-        TokenSource(TokenOptions(env="SYNCD_NO_SUCH_TOKEN"), environ={}).get()
-    with pytest.raises(AuthError, match="cannot read the token file"):
-        TokenSource(TokenOptions(file=tmp_path / "absent")).get()
+        TokenSource(TokenOptions(token_env="SYNCD_NO_SUCH_TOKEN"), environ={}).get()
+    with pytest.raises(AuthError, match="token_file .*absent: no such file"):
+        TokenSource(TokenOptions(token_file=tmp_path / "absent")).get()
     with pytest.raises(AuthError, match="exited 1"):
-        TokenSource(TokenOptions(command=["false"])).get()
+        TokenSource(TokenOptions(token_command=["false"])).get()
 
 
 def test_token_options_need_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one"):
-        TokenOptions(file="/a", env="B")
+        TokenOptions(token_file="/a", token_env="B")
     with pytest.raises(ValueError, match="exactly one"):
         TokenOptions()
+
+
+def test_slurms_token_section_keeps_its_keys():
+    base = {"type": "slurm", "url": "http://127.0.0.1:6820", "user": "u", "workdir_root": "/w"}
+    minted = SlurmOptions.model_validate({**base, "token": {"command": "scontrol token lifespan=60",
+                                                            "refresh_before": "2m"}})
+    assert minted.token_command == ["scontrol", "token", "lifespan=60"] and minted.token_ttl == 120
+    assert SlurmOptions.model_validate({**base, "token": {"file": "/t"}}).token_file == Path("/t")
+    assert SlurmOptions.model_validate({**base, "token": {"env": "JWT"}}).token_env == "JWT"
+    assert SlurmOptions.model_validate({**base, "token_env": "JWT"}).token_env == "JWT"
+    with pytest.raises(ValueError, match="token.path: unknown key"):
+        SlurmOptions.model_validate({**base, "token": {"path": "/t"}})
+    with pytest.raises(ValueError, match="exactly one"):
+        SlurmOptions.model_validate({**base, "token": {"file": "/t", "env": "JWT"}})
+    with pytest.raises(ValueError, match="exactly one"):
+        SlurmOptions.model_validate(base)

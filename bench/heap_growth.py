@@ -40,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger  # noqa: E402
 
-from syncd.service.daemon import Daemon, build_backends, build_storages, load  # noqa: E402
 from syncd.engine.core import Engine  # noqa: E402
+from syncd.service.daemon import Daemon, build_backends, build_storages, load  # noqa: E402
 from syncd.service.logsetup import setup_logging  # noqa: E402
 from syncd.state.store import Store  # noqa: E402
 from tests.support.harness import drop_job, make_config, make_job  # noqa: E402
-
 
 WORKLOADS = {
     "run": {"command": "echo x > out.txt"},

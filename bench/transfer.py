@@ -107,7 +107,8 @@ class Tools:
         s3url = f"s3://{BUCKET}/{remote}"
         syncd_remote = f"s3:{BUCKET}/{remote}"
         rclone_remote = f"bench:{BUCKET}/{remote}"
-        pair = (lambda a, b: (a, b) if down else (b, a))
+        def pair(a, b):
+            return ((a, b) if down else (b, a))
         return {
             "syncd": [*SYNCD, "sync", "-c", str(self.config), *pair(syncd_remote, str(local)), "--no-progress"],
             "syncd --fsync": [*SYNCD, "sync", "-c", str(self.config), *pair(syncd_remote, str(local)),

@@ -10,7 +10,8 @@ Every module logs through this object; handlers and levels are loguru's as confi
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class DeferredLogger:

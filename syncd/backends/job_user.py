@@ -32,7 +32,7 @@ class JobUser:
     home: str
 
     @classmethod
-    def lookup(cls, user: str, group: str | None = None) -> "JobUser":
+    def lookup(cls, user: str, group: str | None = None) -> JobUser:
         """The user's ids and supplementary groups (as initgroups would set them); KeyError if unknown."""
         entry = pwd.getpwnam(user)
         gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid

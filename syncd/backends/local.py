@@ -22,8 +22,8 @@ import pwd
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import Field, field_validator, model_validator
 
@@ -88,7 +88,7 @@ class LocalOptions(BackendOptions):
         return name
 
     @model_validator(mode="after")
-    def _run_as_has_a_reachable_workdir(self) -> "LocalOptions":
+    def _run_as_has_a_reachable_workdir(self) -> LocalOptions:
         if self.run_as_group is not None and self.run_as is None:
             raise ValueError("run_as_group needs run_as (the user jobs run as)")
         if self.run_as is not None and self.workdir_root is None:

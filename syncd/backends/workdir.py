@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from syncd.backends.base import JobLogs, OutputFile
 from syncd.errors import InputError
@@ -71,7 +71,7 @@ class WorkFolder:
                 snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
             self.write_json(INPUTS_SNAPSHOT, snapshot)
             if mode is not None:
-                for dirpath, dirnames, filenames in os.walk(self.path):
+                for dirpath, _dirnames, filenames in os.walk(self.path):
                     os.chmod(dirpath, mode | 0o111)
                     for name in filenames:
                         os.chmod(os.path.join(dirpath, name), mode)

@@ -6,7 +6,7 @@ unchanged, and records what it fetched in one transaction.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from syncd.state.store import Store
 

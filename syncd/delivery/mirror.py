@@ -24,9 +24,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from syncd.config import RetryPolicy
 from syncd.delivery.index import DeliveryIndex
@@ -237,7 +237,7 @@ class Mirror:
         # The temporary folder stays: removing it while empty would race a concurrent writer that has
         # just created it (another job's collect, a result record being written).
 
-    def _fetch_batch(self, storage: Storage, bucket: str, targets: list[Target], names: "_TmpNames",
+    def _fetch_batch(self, storage: Storage, bucket: str, targets: list[Target], names: _TmpNames,
                      made: set[str], report: MirrorReport,
                      delivered: Callable[[Target, tuple[str, int, str, int]], None]) -> list[Target]:
         """Fetch small objects with ``storage.fetch_many`` in this thread; return those to fetch one by one.
@@ -284,7 +284,7 @@ class Mirror:
         self.index.record_many(rows)
         rows.clear()
 
-    def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: "_TmpNames",
+    def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: _TmpNames,
                    made: set[str]) -> tuple[str, int, str, int]:
         what = f"{storage.name}:{bucket}/{target.info.key}"
         for attempt in range(1, self.attempts + 1):

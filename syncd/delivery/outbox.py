@@ -14,8 +14,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from syncd.config import MirrorConfig, RetryPolicy
 from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport

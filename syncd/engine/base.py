@@ -6,11 +6,12 @@ import functools
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteState, StagingArea
 from syncd.config import Config, InboxConfig
@@ -57,7 +58,7 @@ OUTCOME = {
 
 def new_job_id(now: float | None = None) -> str:
     """Sortable and short: creation time to the second plus random hex."""
-    stamp = datetime.fromtimestamp(now or time.time(), timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
 
 

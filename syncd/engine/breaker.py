@@ -19,8 +19,9 @@ import functools
 import inspect
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from syncd.config import RetryPolicy
 from syncd.errors import SyncdError, TransientError

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from syncd.backends.base import Backend
 from syncd.config import Config

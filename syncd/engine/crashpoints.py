@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 ENV = "SYNCD_CRASH_AT"
 
@@ -26,7 +26,7 @@ class CrashPoints:
         self.names = names
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "CrashPoints":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> CrashPoints:
         return cls(frozenset(n.strip() for n in environ.get(ENV, "").split(",") if n.strip()))
 
     def reached(self, name: str) -> None:

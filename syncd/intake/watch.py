@@ -13,9 +13,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -114,7 +114,7 @@ class SettleTracker:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: "InboxWatcher"):
+    def __init__(self, watcher: InboxWatcher):
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:

@@ -9,9 +9,10 @@ AuthError.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Sequence
+from typing import ClassVar
 
 from syncd.config import StorageOptions
 from syncd.errors import PermanentError, SyncdError, TransientError

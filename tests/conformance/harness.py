@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from syncd.backends.base import Backend, JobSpec, RemoteRef, RemoteStatus
 from syncd.intake.manifest import InputFile

@@ -213,7 +213,7 @@ def test_timeout_and_cancel_kill_the_job_users_whole_process_group(runas_daemon,
         result = daemon.result(name)
         assert result["state"] == state, result
         pgid = int((daemon.outbox / "results" / name / "pgid.txt").read_text())
-        wait_for(lambda: not _processes_in_group(pgid), timeout=10, what=f"{name}'s processes to end")
+        wait_for(lambda pgid=pgid: not _processes_in_group(pgid), timeout=10, what=f"{name}'s processes to end")
     assert int((daemon.outbox / "results" / "stopped" / "uid.txt").read_text()) == job_user.uid
 
 

@@ -38,7 +38,7 @@ class NotifySocket:
         while True:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 return self.messages
 
     def wait_for(self, text, timeout=20.0):

@@ -48,7 +48,7 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         thread = threading.Thread(target=self._accept, daemon=True, name="faultproxy-accept")
         thread.start()
         self._threads.append(thread)

@@ -13,8 +13,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -81,7 +81,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def http_port(daemon: "SyncdProcess") -> int:
+def http_port(daemon: SyncdProcess) -> int:
     """The port a daemon started with ``http.listen: 127.0.0.1:0`` chose (read from its log)."""
     match = wait_for(lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()), timeout=10,
                      what="the http endpoint")
@@ -127,7 +127,7 @@ class SyncdProcess:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
-    def start(self, wait: bool = True) -> "SyncdProcess":
+    def start(self, wait: bool = True) -> SyncdProcess:
         """Start ``syncd run``; with ``wait``, return once it logged that it is ready."""
         self._log = open(self.log_path, "ab")
         as_user = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] \
@@ -153,7 +153,7 @@ class SyncdProcess:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM:\n{self.log()}")
+            raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM:\n{self.log()}") from None
         finally:
             self._log.close()
 

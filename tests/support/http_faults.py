@@ -92,7 +92,7 @@ class FaultProxy:
         with self.lock:
             self.faults.clear()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 

@@ -70,7 +70,7 @@ def test_breaker_lets_one_probe_through_per_interval_and_backs_off_when_it_fails
         with pytest.raises(ServiceUnavailable):
             proxy.submit(1)  # the next call does not
     assert service.calls == 1 + 8
-    waits = [later.next_probe - earlier.next_probe for earlier, later in zip(changes, changes[1:])]
+    waits = [later.next_probe - earlier.next_probe for earlier, later in zip(changes, changes[1:], strict=False)]
     assert all(w > 0 for w in waits) and max(waits) <= 40.0
     assert waits[-1] >= 20.0, f"the interval grows to the policy's max: {waits}"
     assert {c.since for c in changes} == {changes[0].since}, "'since' is when the service first stopped answering"

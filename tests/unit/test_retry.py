@@ -26,7 +26,7 @@ def test_backoff_delay_jitter_within_half_ceiling_and_ceiling(failures, ceiling)
 
 def test_backoff_delay_grows_with_failures():
     means = [sum(samples(POLICY, f)) / 200 for f in range(1, 9)]
-    assert all(later > 1.8 * earlier for earlier, later in zip(means, means[1:]))
+    assert all(later > 1.8 * earlier for earlier, later in zip(means, means[1:], strict=False))
 
 
 @pytest.mark.parametrize("failures", [9, 10, 20, 60])

@@ -17,7 +17,7 @@ import select
 import socket
 import ssl
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 MAX_LINE = 65536
 MAX_HEADERS = 200
@@ -53,7 +53,7 @@ class Headers(dict):
 
 
 class Response:
-    def __init__(self, connection: "Connection", pool: "Pool", status: int, headers: Headers, method: str):
+    def __init__(self, connection: Connection, pool: Pool, status: int, headers: Headers, method: str):
         self.status = status
         self.headers = headers
         self._connection: Connection | None = connection
@@ -143,7 +143,7 @@ class Response:
             offset += count
         return offset - start
 
-    def _splice_to(self, connection: "Connection", fd: int, offset: int, lock) -> int:
+    def _splice_to(self, connection: Connection, fd: int, offset: int, lock) -> int:
         start = offset
         try:
             # Body bytes that arrived with the headers sit in the reader's buffer: write them first.

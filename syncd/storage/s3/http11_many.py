@@ -20,8 +20,9 @@ import selectors
 import socket
 import ssl
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from syncd.storage.s3.http11 import (
     MAX_HEADERS,

@@ -24,10 +24,11 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PositiveInt, SecretStr
 
@@ -92,7 +93,7 @@ class StaticCredentials:
     secret_key: str = field(repr=False)
     token: str | None = field(default=None, repr=False)
 
-    def get_frozen_credentials(self) -> "StaticCredentials":
+    def get_frozen_credentials(self) -> StaticCredentials:
         return self
 
 

@@ -15,9 +15,10 @@ import hmac
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from syncd.storage.s3.errors import classify_status, code_from_body

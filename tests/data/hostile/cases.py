@@ -21,9 +21,9 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 STATIC = Path(__file__).resolve().parent / "static"
 PWNED = ("pwned-dollar", "pwned-backtick", "pwned-semicolon", "pwned-name", "pwned-file", "pwned-out",

@@ -7,8 +7,9 @@ Only shapes live here; behaviour (auth, retries classification, staging) is in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from syncd.backends.base import RemoteState
 

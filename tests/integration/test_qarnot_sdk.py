@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -125,3 +126,49 @@ def test_the_official_sdk_flows_run_unmodified_against_the_emulator(qarnot, qarn
     assert seen["tagged"] == 4 and seen["summaries"] == 4
     assert seen["aborted"] == "Cancelled" and seen["abort_ended"] == "refused"
     assert seen["deleted"] is True and seen["buckets_left"] == []
+
+
+SEE_TASK = textwrap.dedent("""
+    import json, os, sys, tempfile
+    import qarnot
+    conn = qarnot.connection.Connection(client_token=os.environ["QARNOT_CLIENT_TOKEN"],
+                                        cluster_url=os.environ["QARNOT_CLUSTER_URL"], retry_count=1, retry_wait=0.01)
+    task = conn.retrieve_task(sys.argv[1])
+    out = tempfile.mkdtemp()
+    # Not task.download_results(): on a retrieved task the SDK builds Bucket(create=True), i.e. CreateBucket on
+    # the existing result bucket, which SeaweedFS refuses (BucketAlreadyOwnedByYou) where S3 in us-east-1 says 200.
+    conn.retrieve_bucket(sys.argv[2]).get_all_files(out)
+    files = {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read().decode()
+             for d, _, fs in os.walk(out) for f in fs}
+    print(json.dumps({"state": task.state, "uuid": task.uuid, "tags": task.tags, "stdout": task.stdout(),
+                      "files": files}))
+""")
+
+
+def test_the_sdk_sees_the_states_and_outputs_syncd_sees(qarnot, qarnot_sdk, tmp_path):
+    from syncd.backends.base import JobSpec
+    from syncd.backends.qarnot import QarnotBackend, QarnotOptions
+
+    backend = QarnotBackend("sdk-view", QarnotOptions.model_validate(qarnot.backend_section()), tmp_path)
+    job_id = uuid.uuid4().hex[:10]
+    spec = JobSpec(job_id=job_id, name="seen", submit_key=f"syncd-{job_id}", attempt=1,
+                   command="echo made > made.txt; echo said; exit 4")
+    backend.stage(spec, [])
+    ref = backend.submit(spec)
+    deadline = time.monotonic() + 30
+    while not (status := backend.poll([ref])[ref.remote_id]).state.terminal:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    outputs = {o.relpath: o.source.read_text() for o in backend.outputs(ref, spec)}
+    env = {**os.environ, "PYTHONPATH": str(qarnot_sdk), "QARNOT_CLUSTER_URL": qarnot.url,
+           "QARNOT_CLIENT_TOKEN": qarnot.token}
+    done = subprocess.run([sys.executable, "-c", SEE_TASK, ref.handle["shortname"], ref.handle["results"]], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["uuid"], seen["state"]) == (ref.remote_id, status.native) == (ref.remote_id, "Failure")
+    assert seen["stdout"] == backend.logs(ref).stdout.read_text() == "said\n"
+    assert backend.tag in seen["tags"]
+    assert {rel: seen["files"][rel] for rel in outputs} == outputs, "the same result files, the same bytes"
+    assert outputs[".syncd/exit-code"].strip() == "4"
+    backend.cleanup(ref)

@@ -18,6 +18,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "local": "syncd.backends.local:LocalBackend",
         "slurm": "syncd.backends.slurm:SlurmBackend",
         "memory": "syncd.backends.memory:MemoryBackend",
+        "qarnot": "syncd.backends.qarnot:QarnotBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

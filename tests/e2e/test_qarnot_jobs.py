@@ -143,7 +143,7 @@ def test_run_out_of_credits_pauses_the_backend_until_there_are_some(qarnot_site,
     daemon = SyncdProcess(config).start()
     try:
         drop_job(daemon.inbox, "needs credits", {"command": "echo paid"})
-        wait_for(lambda: "not enough credits" in daemon.log() and "paused" in daemon.log(), timeout=30,
+        wait_for(lambda: "not enough credits" in daemon.log() and "may not run jobs now" in daemon.log(), timeout=30,
                  what="the backend to pause for credits")
         assert job_state(daemon, "needs credits") in ("staged", "submitting"), "it waits; it is not failed"
         qarnot.account(credits=None)

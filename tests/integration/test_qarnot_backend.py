@@ -10,7 +10,7 @@ import pytest
 from syncd.backends import wrapper
 from syncd.backends.base import JobSpec, RemoteState, StagingArea
 from syncd.backends.qarnot import QarnotBackend, QarnotOptions
-from syncd.errors import AuthError, PermanentError, TransientError
+from syncd.errors import AccountError, AuthError, PermanentError, TransientError
 from syncd.intake.manifest import InputFile
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 
@@ -40,10 +40,10 @@ def wait(backend, ref):
     raise AssertionError("the task did not end")
 
 
-def test_out_of_credits_is_an_auth_refusal_that_pauses(backend, qarnot):
+def test_out_of_credits_is_an_account_refusal_that_pauses(backend, qarnot):
     backend.stage(job := spec(), [])
     qarnot.account(credits=0)
-    with pytest.raises(AuthError, match="not enough credits"):
+    with pytest.raises(AccountError, match="not enough credits"):
         backend.submit(job)
 
 

@@ -42,7 +42,7 @@ from syncd.backends.qarnot import api
 from syncd.backends.qarnot.buckets import Buckets, Stored
 from syncd.backends.tokens import TokenOptions, TokenSource
 from syncd.config import BackendOptions, Duration
-from syncd.errors import AuthError, NotFoundError, PermanentError, SyncdError, TransientError
+from syncd.errors import AccountError, AuthError, NotFoundError, PermanentError, SyncdError, TransientError
 from syncd.intake.manifest import InputFile, glob_to_regex, match_any
 from syncd.storage.base import check_key
 
@@ -124,7 +124,7 @@ class QarnotBackend(Backend):
                 raise PermanentError(f"no machine of {self.service} matches the job's hardware constraints {how}: "
                                      f"{http.body_excerpt(response)}; ask for fewer cpus, less memory or no GPU")
             if response.status_code == 402:
-                raise AuthError(f"{self.service} refused to start tasks: the account has not enough credits {how}; "
+                raise AccountError(f"{self.service} refused to start tasks: the account has not enough credits {how}; "
                                 f"add credits to the account. Jobs wait, and syncd tries again")
             if isinstance(error, AuthError) and retry_auth and self.tokens.can_refresh:
                 self.tokens.invalidate()  # a new token may work: one more try

@@ -19,6 +19,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "slurm": "syncd.backends.slurm:SlurmBackend",
         "memory": "syncd.backends.memory:MemoryBackend",
         "kotta": "syncd.backends.kotta:KottaBackend",
+        "qarnot": "syncd.backends.qarnot:QarnotBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

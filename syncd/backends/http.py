@@ -258,7 +258,7 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _plain(text: str | None) -> bool:
+def _plain(text: str) -> bool:
     return bool(text) and len(text) <= 120 and "/" not in text and " at 0x" not in text and "Pool(" not in text
 
 

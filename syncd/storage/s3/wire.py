@@ -30,9 +30,13 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 
 class FrozenCredentials(Protocol):
-    access_key: str
-    secret_key: str
-    token: str | None
+    # Read-only: botocore's are a namedtuple, syncd's StaticCredentials a frozen dataclass.
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
 
 
 class CredentialSource(Protocol):
@@ -107,6 +111,7 @@ class SignedHttp:
     def __init__(self, endpoint: Endpoint, credentials: CredentialSource, *, max_connections: int,
                  verify: bool, ca_bundle: str | None, connect_timeout: float, read_timeout: float):
         self.endpoint = endpoint
+        self.credentials = credentials
         self._scheme = urlsplit(endpoint.base).scheme
         self._signer = SigV4(credentials, endpoint.region)
         self._tls = tls_context(verify, ca_bundle) if self._scheme == "https" else None

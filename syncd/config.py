@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar, overload
 
 from pydantic import (
     AfterValidator,
@@ -184,7 +185,7 @@ class Config(StrictModel):
     @property
     def run_as_users(self) -> set[str]:
         """Users that backends run jobs as instead of the daemon's own (``run_as`` of the local backend)."""
-        return {opts.run_as for opts in self.backend_options.values() if getattr(opts, "run_as", None)}
+        return {run_as for opts in self.backend_options.values() if (run_as := getattr(opts, "run_as", None))}
 
     def inbox(self, name: str) -> InboxConfig:
         for inbox in self.inboxes:
@@ -193,7 +194,16 @@ class Config(StrictModel):
         raise KeyError(name)
 
 
-OptionsResolver = Callable[[Literal["backend", "storage"], str], type[StrictModel]]
+class OptionsResolver(Protocol):
+    """The option model of a storage or backend type (``plugins.options_model``); KeyError if the type is unknown."""
+
+    @overload
+    def __call__(self, kind: Literal["storage"], type_name: str, /) -> type[StorageOptions]: ...
+    @overload
+    def __call__(self, kind: Literal["backend"], type_name: str, /) -> type[BackendOptions]: ...
+
+
+_Options = TypeVar("_Options", StorageOptions, BackendOptions)
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -338,12 +348,9 @@ def load_config_and_source(
     except ValidationError as exc:
         raise ConfigError(filename, problems + _problems_from_validation(exc, loaded, (), filename)) from None
 
-    storage_options: dict[str, StorageOptions] = {}
-    backend_options: dict[str, BackendOptions] = {}
-    for kind, sections, target in (
-        ("storage", config.storages, storage_options),
-        ("backend", config.backends, backend_options),
-    ):
+    def validated(kind: Literal["storage", "backend"], sections: dict[str, dict[str, Any]],
+                  model_for: Callable[[str], type[_Options]]) -> dict[str, _Options]:
+        target: dict[str, _Options] = {}
         for name, section in sections.items():
             location: Location = (f"{kind}s", name)
             line = loaded.line_of(location)
@@ -353,7 +360,7 @@ def load_config_and_source(
                 problems.append(f"{filename}:{line}: {format_location(location)}: needs a 'type' key")
                 continue
             try:
-                model = resolve_options(kind, section["type"])
+                model = model_for(section["type"])
             except KeyError as exc:
                 problems.append(f"{filename}:{loaded.line_of(location + ('type',))}: "
                                 f"{format_location(location + ('type',))}: {exc.args[0]}")
@@ -361,11 +368,15 @@ def load_config_and_source(
             try:
                 target[name] = model.model_validate(section, context=context)
             except ValidationError as exc:
-                problems += _problems_from_validation(exc, loaded, location, filename)
+                problems.extend(_problems_from_validation(exc, loaded, location, filename))
+        return target
+
+    storage_options = validated("storage", config.storages, lambda type_name: resolve_options("storage", type_name))
+    backend_options = validated("backend", config.backends, lambda type_name: resolve_options("backend", type_name))
 
     seen: set[str] = set()
     for index, inbox in enumerate(config.inboxes):
-        def at(key: str) -> str:
+        def at(key: str, index: int = index) -> str:
             loc = ("inboxes", index, key)
             return f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}"
 

@@ -33,13 +33,13 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, SecretStr
 
 from syncd import __version__
-from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPolicy
+from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPolicy, StorageOptions
 from syncd.log import logger
 
 FORMAT = 2
@@ -86,8 +86,13 @@ def save(config: Config, source: ConfigSource) -> None:
     if set(variables) & set(secret_places.values()):
         _forget(target)  # a secret's variable used elsewhere too: not even a digest of its value is written
         return
-    modules = {sys.modules[name].__file__ for name in _VALIDATING_MODULES} | {
-        entry["module"] for entry in storages.values()}
+    modules: set[str] = {entry["module"] for entry in storages.values()}
+    for module_name in _VALIDATING_MODULES:
+        module_file = sys.modules[module_name].__file__
+        if module_file is None:  # nothing to stamp, so no snapshot could tell that it changed
+            _forget(target)
+            return
+        modules.add(module_file)
     document = {
         "format": FORMAT, "syncd": __version__, "pydantic": PYDANTIC_VERSION, "config": str(config.source),
         "sha256": source.sha256,
@@ -130,14 +135,14 @@ def load(config_path: Path) -> Config | None:
         if document["environment"] != _digest(document["variables"]) or any(
                 _stamp(path) != stamp for path, stamp in document["code"].items()):
             return None
-        storage_options = {}
+        storage_options: dict[str, StorageOptions] = {}
         for name, entry in document["storages"].items():
             model = plugins.options_model("storage", entry["type"])
             if sys.modules[model.__module__].__file__ != entry["module"]:
                 return None
-            secrets = {key: os.environ.get(variable) for key, variable in entry["secrets"].items()}
-            if None in secrets.values():
+            if any(variable not in os.environ for variable in entry["secrets"].values()):
                 return None  # unset since: reading the config in full says so
+            secrets = {key: os.environ[variable] for key, variable in entry["secrets"].items()}
             storage_options[name] = _construct(model, entry["values"], secrets)
         return Config.model_construct(
             state_dir=Path(document["state_dir"]), storages=document["shown"], backends={}, inboxes=[],
@@ -155,7 +160,10 @@ def _forget(target: Path) -> None:
         pass
 
 
-def _remember(options: BaseModel, raw: Any) -> dict[str, Any] | None:
+def _remember(options: StorageOptions, raw: Any) -> dict[str, Any] | None:
+    module_file = sys.modules[type(options).__module__].__file__
+    if module_file is None:  # nothing to stamp, so no snapshot could tell that it changed
+        return None
     values: dict[str, Any] = {}
     secrets: dict[str, str] = {}
     for key, info in type(options).model_fields.items():
@@ -171,8 +179,7 @@ def _remember(options: BaseModel, raw: Any) -> dict[str, Any] | None:
             secrets[key] = match.group(1)
         else:
             values[key] = str(value) if isinstance(value, Path) else value
-    return {"type": options.type, "module": sys.modules[type(options).__module__].__file__,
-            "values": values, "secrets": secrets}
+    return {"type": options.type, "module": module_file, "values": values, "secrets": secrets}
 
 
 def _backend_secrets(raw: Any) -> dict[tuple, str] | None:
@@ -211,7 +218,10 @@ def _secret_places(model: type[BaseModel], raw: dict, prefix: tuple) -> dict[tup
     return places
 
 
-def _construct(model: type[BaseModel], values: dict[str, Any], secrets: dict[str, str]) -> BaseModel:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _construct(model: type[_Model], values: dict[str, Any], secrets: dict[str, str]) -> _Model:
     fields = dict(values)
     for key, value in values.items():
         if value is not None and Path in _leaf_types(model.model_fields[key].annotation):

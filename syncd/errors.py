@@ -45,6 +45,11 @@ class NotFoundError(PermanentError):
     """The service does not know the thing asked for (a job, a file, a path): asking again will not find it."""
 
 
+class AccountError(AuthError):
+    """The service refuses all work of this account for now (no credits, a quota): like refused credentials,
+    every job of the backend pauses and none spends its retries, but the fix is on the account, not the config."""
+
+
 class ConfigError(SyncdError):
     """The daemon configuration is invalid; ``problems`` lists every finding."""
 

@@ -19,6 +19,8 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "slurm": "syncd.backends.slurm:SlurmBackend",
         "cybergis": "syncd.backends.cybergis:CybergisBackend",
         "memory": "syncd.backends.memory:MemoryBackend",
+        "kotta": "syncd.backends.kotta:KottaBackend",
+        "qarnot": "syncd.backends.qarnot:QarnotBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

@@ -5,7 +5,8 @@ Backends hold no job state. Everything needed to continue a job after a restart 
 failures; retries live in the engine:
 
 - :class:`~syncd.errors.TransientError` (with ``retry_after`` when the service said so): worth retrying;
-- :class:`~syncd.errors.AuthError`: credentials refused, every job of the backend pauses;
+- :class:`~syncd.errors.AuthError`: credentials refused (or `AccountError`: no credits, a quota), every job
+  of the backend pauses;
 - :class:`~syncd.errors.PermanentError` (and ``NotFoundError``): retrying will not help;
 - :class:`~syncd.errors.NotReady` from ``outputs``/``logs``: the job finished but the service hands its
   results over later; the job waits without spending its retries.

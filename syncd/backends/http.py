@@ -33,7 +33,7 @@ import json
 import re
 import ssl
 import time
-from datetime import timezone
+from datetime import UTC
 from http.client import HTTPException
 from typing import Any
 
@@ -140,7 +140,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when is None:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
@@ -224,7 +224,7 @@ def _server_time(response: requests.Response) -> float | None:
         return None
     if when is None:
         return None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -258,7 +258,7 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _plain(text: str | None) -> bool:
+def _plain(text: str) -> bool:
     return bool(text) and len(text) <= 120 and "/" not in text and " at 0x" not in text and "Pool(" not in text
 
 

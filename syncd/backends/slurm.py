@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import requests
 from pydantic import Field
@@ -239,11 +240,11 @@ class SlurmBackend(Backend):
             cpus=spec.resources.get("cpus"), memory_bytes=spec.resources.get("memory"), gpus=spec.resources.get("gpus"),
         )
         data = self._request("POST", self._url("job/submit"), f"submitting job {spec.submit_key}", body)
-        job_id = data.get("job_id")
-        if job_id is None:
+        new_id = data.get("job_id")
+        if new_id is None:
             raise TransientError(f"slurmrestd accepted job {spec.submit_key} but returned no job id")
-        folder.write_text("submitted_job_id", f"{job_id}\n")
-        return RemoteRef(str(job_id), {"dir": str(folder.path), "key": spec.submit_key})
+        folder.write_text("submitted_job_id", f"{new_id}\n")
+        return RemoteRef(str(new_id), {"dir": str(folder.path), "key": spec.submit_key})
 
     def find(self, spec: JobSpec) -> RemoteRef | None:
         folder = WorkFolder(self.options.workdir_root, spec.submit_key)

@@ -7,8 +7,9 @@ Only shapes live here; behaviour (auth, retries classification, staging) is in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from syncd.backends.base import RemoteState
 
@@ -84,13 +85,13 @@ def parse_job(data: Mapping[str, Any]) -> SlurmJob:
     )
 
 
-def error_list(body: Any) -> list[dict[str, Any]]:
+def error_list(body: Any) -> list[Mapping[str, Any]]:
     if isinstance(body, Mapping) and isinstance(body.get("errors"), list):
         return [e for e in body["errors"] if isinstance(e, Mapping)]
     return []
 
 
-def describe_errors(errors: list[dict[str, Any]]) -> str:
+def describe_errors(errors: list[Mapping[str, Any]]) -> str:
     return "; ".join(
         f"{e.get('description') or e.get('error') or 'error'} ({e.get('source', '?')}, errno {e.get('error_number')})"
         for e in errors

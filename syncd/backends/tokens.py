@@ -26,8 +26,9 @@ import shlex
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 

@@ -5,7 +5,7 @@ work, and persists the next state; every transition is written before the side
 effect that depends on it. The scheduler calls :meth:`Engine.pump` (dispatch
 due steps to worker threads) and :meth:`Engine.poll_backend` (one batched status
 request per backend) on timers. Failures are classified by the backends and
-storages; the retry policy lives here and nowhere else.
+storages; the retry policy lives in engine.failures and nowhere else.
 """
 
 from __future__ import annotations

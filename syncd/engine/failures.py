@@ -11,7 +11,7 @@ from syncd.engine.base import (
 from syncd.engine.breaker import (
     ServiceUnavailable,
 )
-from syncd.errors import NotReady
+from syncd.errors import AccountError, NotReady
 from syncd.log import logger
 from syncd.retry import backoff_delay, budget_spent
 from syncd.state.store import (
@@ -33,10 +33,14 @@ class FailurePolicy(EngineBase):
         return pause[0] if pause and pause[0] > self.clock() else None
 
     def _pause_backend(self, backend: str, exc: Exception) -> None:
-        """Refused credentials stop all work on a backend (one probe per pause), burning no job's retries."""
+        """Refused credentials, or an account that may not run jobs now, stop all work on a backend (one probe
+        per pause), burning no job's retries."""
         until = self.clock() + self.config.retry.max
-        reason = f"credentials refused: {exc}. Fix them in the config; syncd tries again every " \
-                 f"{self.config.retry.max:.0f}s"
+        if isinstance(exc, AccountError):
+            reason = f"the account may not run jobs now: {exc}. syncd tries again every {self.config.retry.max:.0f}s"
+        else:
+            reason = f"credentials refused: {exc}. Fix them in the config; syncd tries again every " \
+                     f"{self.config.retry.max:.0f}s"
         if backend not in self.store.backend_pauses():
             logger.bind(backend=backend).error("backend {} paused: {}", backend, reason)
         self.store.pause_backend(backend, until, reason)

@@ -10,10 +10,11 @@ from syncd.engine.base import (
     OUTCOME,
     TIMEOUT_GRACE,
     job_logger,
+    job_with,
     remote_ref,
 )
 from syncd.engine.failures import FailurePolicy
-from syncd.engine.requests import CANCEL_UNSTOPPABLE
+from syncd.engine.requests import CANCEL_UNSTOPPABLE, cannot_stop
 from syncd.errors import (
     AuthError,
     PermanentError,
@@ -34,6 +35,9 @@ from syncd.state.store import (
     Job,
     StoreUnwritable,
 )
+
+DEADLINE_CANCELLED = 1  # the job passed its timeout and syncd cancelled it
+DEADLINE_UNSTOPPABLE = 2  # it passed its timeout, but the service cannot stop it
 
 
 class Polling(FailurePolicy):
@@ -77,6 +81,8 @@ class Polling(FailurePolicy):
             outcome = OUTCOME[status.state]
             if job.deadline_hit and outcome in (CANCELLED, FAILED):
                 outcome = TIMED_OUT  # syncd stopped it at the manifest's timeout
+            elif job.deadline_hit == DEADLINE_UNSTOPPABLE and outcome == SUCCEEDED:
+                outcome = TIMED_OUT  # it ran past the manifest's timeout; that is not a success
             message = status.message
             if job.cancel_requested == CANCEL_UNSTOPPABLE and outcome in (SUCCEEDED, FAILED):
                 message = (f"cancel requested, but the service could not stop the job: it ran to its end "
@@ -116,11 +122,7 @@ class Polling(FailurePolicy):
             return
         new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
         if new_state == RUNNING and self._deadline_passed(job, status, now):
-            self.backends[job.backend].cancel(remote_ref(job))
-            self.store.update(job.id, deadline_hit=1, next_at=now + first,
-                              event=f"timeout reached after {now - (job.started_at or status.started or now):.0f}s "
-                                    f"of running; cancelling")
-            log.warning("timeout reached; cancelling")
+            self._stop_at_timeout(job, status, now)
             return
         if new_state != job.state:
             started = job.started_at or (status.started or now if new_state == RUNNING else None)
@@ -132,6 +134,31 @@ class Polling(FailurePolicy):
             interval = min(poll.max, (job.poll_interval or first) * poll.factor)
             self.store.update(job.id, expect=job.state, next_at=now + interval, poll_interval=interval,
                               failures=0, failing_since=None)
+
+    def _stop_at_timeout(self, job: Job, status: RemoteStatus, now: float) -> None:
+        """Cancel a job past the manifest's timeout; where the service cannot stop it, say so and let the
+        service's own limit end it (it is reported timed out either way, never succeeded)."""
+        log = job_logger(job)
+        backend = self.backends[job.backend]
+        ran = f"timeout reached after {now - (job.started_at or status.started or now):.0f}s of running"
+        why = cannot_stop(backend.capabilities.cancel, job_with(job, state=RUNNING))
+        if why is None:
+            try:
+                backend.cancel(remote_ref(job))
+            except PermanentError as exc:
+                why = f"backend {job.backend} refused to stop it ({exc})"
+            except (TransientError, OSError) as exc:
+                log.warning("timeout reached, but the cancel request failed ({}); trying again", exc)
+                return
+        next_at = now + self.config.poll.first
+        if why is None:
+            self.store.update(job.id, deadline_hit=DEADLINE_CANCELLED, next_at=next_at, event=f"{ran}; cancelling")
+            log.warning("timeout reached; cancelling")
+        else:
+            self.store.update(job.id, deadline_hit=DEADLINE_UNSTOPPABLE, next_at=next_at,
+                              event=f"{ran}, but {why}: it runs until the service stops it, and is reported "
+                                    f"timed out")
+            log.warning("timeout reached, but {}; it will be reported timed out", why)
 
     def _deadline_passed(self, job: Job, status: RemoteStatus, now: float) -> bool:
         """The manifest's timeout, enforced here too: schedulers count in minutes, some not at all."""

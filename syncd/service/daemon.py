@@ -80,10 +80,29 @@ class Daemon:
         self._last_tick = time.monotonic()
         self._probe_problems: dict[str, str] = {}
         self._lock_file: Any = None
-        self.store: Store | None = None
-        self.engine: Engine | None = None
+        # Made by start(), after the state_dir lock is held; the properties below refuse use before that.
+        self._store: Store | None = None
+        self._engine: Engine | None = None
+        self._scheduler: BackgroundScheduler | None = None
         self.watchers: list[InboxWatcher] = []
-        self.scheduler: BackgroundScheduler | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the daemon has no state store before start()")
+        return self._store
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the daemon has no engine before start()")
+        return self._engine
+
+    @property
+    def scheduler(self) -> BackgroundScheduler:
+        if self._scheduler is None:
+            raise RuntimeError("the daemon has no scheduler before start()")
+        return self._scheduler
 
     def _take_lock(self) -> None:
         make_private_dir(self.config.state_dir)
@@ -143,9 +162,9 @@ class Daemon:
         problems = dict(self._probe_problems)
         if self.store.write_problem is not None:
             problems["state store"] = self.store.write_problem
-        for backend, (until, reason) in self.store.backend_pauses().items():
+        for backend, (_until, reason) in self.store.backend_pauses().items():
             problems[f"backend {backend}"] = reason
-        for service, (since, next_probe, reason) in self.store.open_circuits().items():
+        for service, (_since, next_probe, reason) in self.store.open_circuits().items():
             problems[service] = f"not answering ({reason}); next probe at {local_iso(next_probe)}"
         if not self.alive():
             problems["main loop"] = f"no progress for more than {self.stall_seconds:.0f}s"
@@ -182,23 +201,23 @@ class Daemon:
         os.umask(os.umask(0) | 0o002)
         self._take_lock()
         self._warn_if_jobs_can_read_the_config()
-        self.store = Store(self.config.db_path)
+        store = self._store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
-        self.engine = Engine(self.config, self.store, backends, storages, metrics=self.metrics,
-                             crash_points=CrashPoints.from_env())
-        self.store.on_transition = self.engine.on_transition
-        self.engine.prepare()
-        self.metrics.watch_store(self.store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
+        engine = self._engine = Engine(self.config, store, backends, storages, metrics=self.metrics,
+                                       crash_points=CrashPoints.from_env())
+        store.on_transition = engine.on_transition
+        engine.prepare()
+        self.metrics.watch_store(store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
         self.probe_backends()
         if self.config.webhook is not None:
-            self.webhook = WebhookSender(self.config.webhook.url, self.store, self.config.retry,
-                                        self.config.webhook.timeout, self.engine.stored_result)
+            self.webhook = WebhookSender(self.config.webhook.url, store, self.config.retry,
+                                        self.config.webhook.timeout, engine.stored_result)
         scheduler = BackgroundScheduler(
             executors={"default": SchedulerPool(
                 max_workers=4 + len(self.config.inboxes) + len(backends) + len(self.config.mirrors))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        self.scheduler = scheduler
+        self._scheduler = scheduler
         for inbox in self.config.inboxes:
             self._watch(inbox)
         scheduler.add_job(self._guard, "interval", seconds=0.5, args=("pump", self._tick), id="pump")
@@ -214,7 +233,7 @@ class Daemon:
             # The first pass runs at once; coalesce + max_instances=1 keep a slow pass from piling up.
             scheduler.add_job(self._guard, "interval", seconds=mirror.every, next_run_time=datetime.now(),
                               args=(f"mirror {mirror.name}", run_standing_mirror, mirror, storages[mirror.storage],
-                                    self.store, self.config.retry), id=f"mirror:{mirror.name}")
+                                    store, self.config.retry), id=f"mirror:{mirror.name}")
         scheduler.start()
         self._tick()
         if self.config.http.listen:
@@ -261,6 +280,8 @@ class Daemon:
         """Re-read the config. An invalid one is refused (old one kept); jobs in flight are not disturbed."""
         self.notifier.reloading()
         try:
+            if self.config.source is None:  # a Config built in code, not read from a file: nothing to re-read
+                raise ConfigError("<config>", ["this config was not read from a file, so it cannot be re-read"])
             new = load(self.config.source)
             for inbox in new.inboxes:
                 Spool(inbox).prepare()
@@ -296,16 +317,16 @@ class Daemon:
         logger.info("stopping: no new jobs are taken; running jobs keep running and are re-attached at next start")
         if self.http is not None:
             self.http.stop()
-        if self.scheduler is not None:
+        if self._scheduler is not None:
             # Timers first, so no settle tick can restart a watcher or claim a job during shutdown.
-            self.scheduler.shutdown(wait=True)
+            self._scheduler.shutdown(wait=True)
         for watcher in self.watchers:
             watcher.stop()
-        drained = self.engine.stop(DRAIN_SECONDS) if self.engine else True
+        drained = self._engine.stop(DRAIN_SECONDS) if self._engine is not None else True
         if not drained:
             logger.warning("some steps were still running after {}s; they resume at next start", DRAIN_SECONDS)
-        if self.store is not None and drained:
-            self.store.close()
+        if self._store is not None and drained:
+            self._store.close()
         logger.info("stopped")
 
     def run(self) -> int:

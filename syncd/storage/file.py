@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +106,7 @@ class FileStorage(Storage):
                     st = (here / name).lstat()
                 except FileNotFoundError:
                     continue
-                if os.path.stat.S_ISREG(st.st_mode):
+                if stat.S_ISREG(st.st_mode):
                     yield self._info(key, st)
             if not filenames and not dirnames and rel_dir != ".":
                 marker = rel_dir + "/"
@@ -120,7 +121,7 @@ class FileStorage(Storage):
             return None
         if key.endswith("/"):
             return ObjectInfo(key, 0, "dir") if path.is_dir() else None
-        return self._info(key, st) if os.path.stat.S_ISREG(st.st_mode) else None
+        return self._info(key, st) if stat.S_ISREG(st.st_mode) else None
 
     def _store(self, source: Path, bucket: str, key: str, final: Path) -> os.stat_result:
         """Place ``source`` at ``final`` through the bucket's temporary folder; the stat of what is there."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -67,7 +67,7 @@ def test_a_config_read_without_backend_plugins_hides_secret_named_keys_too(env, 
                                                                     "password": FROM_ENV, "url": "https://x"}})
     config, _ = cli._load_light(path)
     assert_hidden(repr(config) + json.dumps(config.backends))
-    assert config.backends["other"] == {"type": "someplugin", "max_parallel": 4, "api_key": "**********",
+    assert config.backends["other"] == {"type": "someplugin", "max_parallel": 4, "results_deadline": 86400.0, "api_key": "**********",
                                         "password": "**********", "url": "https://x"}
 
 

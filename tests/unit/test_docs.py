@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from syncd.backends.cybergis import CybergisOptions
+from syncd.backends.kotta import KottaOptions
 from syncd.backends.local import LocalOptions
+from syncd.backends.qarnot import QarnotOptions
 from syncd.backends.slurm import SlurmOptions
 from syncd.backends.tokens import TokenOptions
 from syncd.config import (
@@ -33,7 +35,8 @@ def _documented_keys() -> set[str]:
 
 @pytest.mark.parametrize("model", [Config, InboxConfig, PollPolicy, RetryPolicy, LocalOptions,
                                    FileStorageOptions, Manifest, SlurmOptions, TokenOptions, WebhookConfig,
-                                   HttpConfig, S3StorageOptions, MirrorConfig, CybergisOptions])
+                                   HttpConfig, S3StorageOptions, MirrorConfig, KottaOptions, QarnotOptions,
+                                   CybergisOptions])
 def test_readme_documents_every_option_of(model):
     fields = {name for name, field in model.model_fields.items() if not field.exclude}
     missing = fields - _documented_keys()

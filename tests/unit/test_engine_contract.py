@@ -190,6 +190,16 @@ def test_every_error_kind_from_cancel_is_caught_and_never_resent_on_every_pump(w
         assert "mem" in w.store.backend_pauses()
 
 
+def test_a_timeout_on_a_service_that_cannot_cancel_is_said_once_and_reported_timed_out(world):
+    w = world(MemoryService(capabilities=Capabilities(cancel=CancelSupport.NEVER)))
+    job_id = w.drop("overrun", {"command": "sleep 3; echo late > out.txt", "timeout": 0.5})
+    w.pump_until(lambda: w.job(job_id).state in ("succeeded", "failed", "timed_out"), timeout=20)
+    assert w.job(job_id).state == "timed_out", "ran past its timeout: not a success"
+    said = [m for m in w.events(job_id) if "timeout reached" in m]
+    assert len(said) == 1 and "cannot cancel jobs" in said[0] and "reported timed out" in said[0]
+    assert w.outbox(job_id, "out.txt").read_text() == "late\n"
+
+
 # -- 5. a submission can be unfinished --------------------------------------------------------------
 
 @pytest.mark.parametrize("step", SUBMIT_STEPS)

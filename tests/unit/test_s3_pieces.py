@@ -19,7 +19,7 @@ from syncd.storage.s3.storage import (
     StaticCredentials,
     _Slots,
 )
-from syncd.storage.s3.wire import Endpoint
+from syncd.storage.s3.wire import Endpoint, parse_list_page
 
 
 @pytest.mark.parametrize("status, code, kind, fragment", [
@@ -175,3 +175,45 @@ def test_the_content_check_follows_what_the_object_carries():
     assert check({"etag": md5_etag, "x-amz-server-side-encryption-customer-algorithm": "AES256"}) is None
     # A ranged part's headers may lack the ETag: the listed one decides.
     assert check({}, listed_etag="0123456789abcdef0123456789abcdef") == "md5"
+
+
+LISTING = """<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult{ns}><Name>b</Name><Prefix></Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys>
+{encoding}<IsTruncated>{truncated}</IsTruncated>{token}
+<Contents><Key>{key}</Key><LastModified>2026-01-02T03:04:05.000Z</LastModified><ETag>"abc"</ETag><Size>3</Size></Contents>
+<Contents><Key>two.txt</Key><LastModified>2026-01-02T03:04:05.000Z</LastModified><ETag>"def"</ETag><Size>5</Size></Contents>
+</ListBucketResult>"""
+
+
+def _page(ns: str = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', *, key: str = "a%20b%2Bc.txt",
+          encoding: str = "<EncodingType>url</EncodingType>", truncated: str = "false", token: str = "") -> bytes:
+    return LISTING.format(ns=ns, key=key, encoding=encoding, truncated=truncated, token=token).encode()
+
+
+@pytest.mark.parametrize("ns", [' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"',
+                                ' xmlns="http://doc.s3.amazonaws.com/2006-03-01"',  # Google Cloud Storage's XML API
+                                ""], ids=["aws", "gcs", "none"])
+def test_a_listing_in_any_namespace_is_read_whole(ns):
+    listed, token = parse_list_page(_page(ns), "b")
+    assert [(o.key, o.size, o.etag) for o in listed] == [("a b+c.txt", 3, "abc"), ("two.txt", 5, "def")]
+    assert token is None
+
+
+def test_keys_are_decoded_only_when_the_server_says_it_encoded_them():
+    listed, _ = parse_list_page(_page(key="100%+sure.txt", encoding=""), "b")
+    assert listed[0].key == "100%+sure.txt", "a server that ignores encoding-type sends keys as they are"
+
+
+@pytest.mark.parametrize("body", [b"<Error><Code>AccessDenied</Code></Error>", b"<html><body>proxy</body></html>",
+                                  b"<ListBucketResult><Contents><Key>cut", b""])
+def test_an_answer_that_is_not_a_listing_is_an_error_never_an_empty_bucket(body):
+    with pytest.raises(TransientError) as caught:
+        parse_list_page(body, "b")
+    assert "never takes this for an empty bucket" in str(caught.value) or "not XML" in str(caught.value)
+
+
+def test_a_truncated_listing_without_a_continuation_token_is_an_error_not_the_end():
+    with pytest.raises(TransientError, match="no continuation token"):
+        parse_list_page(_page(truncated="true"), "b")
+    _, token = parse_list_page(_page(truncated="true", token="<NextContinuationToken>t2</NextContinuationToken>"), "b")
+    assert token == "t2"

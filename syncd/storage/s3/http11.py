@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Mapping
+from typing import cast
 
 MAX_LINE = 65536
 MAX_HEADERS = 200
@@ -42,7 +44,7 @@ class ProtocolError(ConnectionError):
 class Headers(dict):
     """Response headers by lower-case name (repeated headers joined with ', ')."""
 
-    def get(self, name: str, default=None):  # type: ignore[override]
+    def get(self, name: str, default=None):
         return super().get(name.lower(), default)
 
     def add(self, line: str) -> None:
@@ -130,15 +132,15 @@ class Response:
         Threads writing parts of one file share ``lock``: the kernel serialises writes to a file
         anyway, and its waiters spin on the CPU while ours sleep.
         """
-        lock = lock or contextlib.nullcontext()
+        guard = lock or contextlib.nullcontext()
         connection = self._connection
         if SPLICE and connection is not None and not self._chunked and self._left is not None \
                 and not isinstance(connection.sock, ssl.SSLSocket):
-            return self._splice_to(connection, fd, offset, lock)
+            return self._splice_to(connection, fd, offset, guard)
         buffer = memoryview(bytearray(COPY_BUFFER))
         start = offset
         while count := self.readinto(buffer):
-            with lock:
+            with guard:
                 pwrite_all(fd, buffer[:count], offset)
             offset += count
         return offset - start
@@ -258,7 +260,8 @@ class Connection:
             sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(read_timeout)
         self.sock = sock
-        self.reader = sock.makefile("rb", buffering=READ_BUFFER)
+        # A binary makefile with a buffer size is a BufferedReader; typeshed types any size but -1, 0, 1 as IOBase.
+        self.reader = cast(io.BufferedReader, sock.makefile("rb", buffering=READ_BUFFER))
         self.reusable = True
 
     def dropped(self) -> bool:

@@ -54,22 +54,28 @@ class Fetched:
     digest: Any
 
 
+@dataclass
+class _Body:
+    """An answer whose headers have arrived: the file its body goes into, the hash object fed with it."""
+
+    headers: Headers
+    fd: int
+    digest: Any
+
+
 class _Connection:
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.get: Get | None = None
         self.outgoing = b""
         self.head = bytearray()
-        self.headers: Headers | None = None
+        self.body: _Body | None = None  # None until the headers of the answer have arrived
         self.left = 0
         self.size = 0
-        self.fd: int | None = None
-        self.digest: Any = None
         self.deadline = 0.0
         self.events = selectors.EVENT_READ  # what the selector waits for on this socket
 
     def reset(self) -> None:
-        self.get, self.outgoing, self.headers, self.fd, self.digest = None, b"", None, None, None
+        self.outgoing, self.body = b"", None
         self.head.clear()
         self.left = self.size = 0
 
@@ -104,7 +110,7 @@ class ManyGets:
         pending = iter(gets)
         selector = selectors.DefaultSelector()
         idle: list[_Connection] = []
-        busy: set[_Connection] = set()
+        busy: dict[_Connection, Get] = {}  # each connection with a request out, and that request
         try:
             while True:
                 while len(busy) < self.connections:
@@ -117,30 +123,31 @@ class ManyGets:
                         connection = _Connection(self._connect())
                         selector.register(connection.sock, selectors.EVENT_READ, connection)
                     self._send(connection, get, selector)
-                    busy.add(connection)
+                    busy[connection] = get
                 if not busy:
                     return
                 timeout = max(0.0, min(c.deadline for c in busy) - time.monotonic())
                 events = selector.select(timeout)
                 for key, mask in events:
                     connection = key.data
-                    if connection.get is None:  # the server closed (or wrote to) an idle connection
+                    get = busy.get(connection)
+                    if get is None:  # the server closed (or wrote to) an idle connection
                         idle.remove(connection)
                         self._drop(connection, selector)
                         continue
                     try:
-                        done = self._advance(connection, mask, selector)
+                        done = self._advance(connection, get, mask, selector)
                     except Exception as exc:
-                        outcome = (connection.get, exc)
-                        busy.discard(connection)
+                        outcome = (get, exc)
+                        del busy[connection]
                         self._drop(connection, selector)
                         yield outcome
                         continue
                     if done is not None:
-                        finished = connection.get
+                        finished = get
                         keep = done.headers.get("connection", "").lower() != "close"
                         connection.reset()
-                        busy.discard(connection)
+                        del busy[connection]
                         if keep:
                             idle.append(connection)
                         else:
@@ -148,9 +155,8 @@ class ManyGets:
                         yield finished, done
                 now = time.monotonic()
                 for connection in [c for c in busy if c.deadline <= now]:
-                    outcome = (connection.get, TimeoutError(
+                    outcome = (busy.pop(connection), TimeoutError(
                         f"no answer from {self.host}:{self.port} for {self.read_timeout:g}s"))
-                    busy.discard(connection)
                     self._drop(connection, selector)
                     yield outcome
         finally:
@@ -159,7 +165,6 @@ class ManyGets:
             selector.close()
 
     def _send(self, connection: _Connection, get: Get, selector: selectors.BaseSelector) -> None:
-        connection.get = get
         lines = [f"GET {get.target} HTTP/1.1"] + [f"{name}: {value}" for name, value in get.headers().items()]
         connection.outgoing = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         connection.deadline = time.monotonic() + self.read_timeout
@@ -176,7 +181,8 @@ class ManyGets:
             selector.modify(connection.sock, wanted, connection)
             connection.events = wanted
 
-    def _advance(self, connection: _Connection, mask: int, selector: selectors.BaseSelector) -> Fetched | None:
+    def _advance(self, connection: _Connection, get: Get, mask: int,
+                 selector: selectors.BaseSelector) -> Fetched | None:
         if connection.outgoing and mask & selectors.EVENT_WRITE:
             self._write(connection, selector)
         if not mask & selectors.EVENT_READ:
@@ -189,14 +195,14 @@ class ManyGets:
             if not data:
                 raise ProtocolError(f"{self.host}:{self.port} closed the connection before the whole answer")
             connection.deadline = time.monotonic() + self.read_timeout
-            done = self._take(connection, memoryview(data))
+            done = self._take(connection, get, memoryview(data))
             # TLS may hold decrypted bytes the selector cannot see: read on until the socket is empty.
-            if done is not None or not (self.tls is not None and connection.sock.pending()):
+            if done is not None or not (isinstance(connection.sock, ssl.SSLSocket) and connection.sock.pending()):
                 return done
 
-    def _take(self, connection: _Connection, data: memoryview) -> Fetched | None:
-        get = connection.get
-        if connection.headers is None:
+    def _take(self, connection: _Connection, get: Get, data: memoryview) -> Fetched | None:
+        body = connection.body
+        if body is None:
             connection.head += data
             end = connection.head.find(b"\r\n\r\n")
             if end < 0:
@@ -204,23 +210,24 @@ class ManyGets:
                     raise ProtocolError("response headers too long")
                 return None
             data = memoryview(bytes(connection.head[end + 4:]))
-            connection.headers = self._parse_head(bytes(connection.head[:end]))
-            connection.left = int(connection.headers["content-length"])
-            connection.digest = get.digest(connection.headers)
-            connection.fd = os.open(get.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            headers = self._parse_head(bytes(connection.head[:end]))
+            connection.left = int(headers["content-length"])
+            digest = get.digest(headers)
+            body = connection.body = _Body(
+                headers, os.open(get.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), digest)
         if len(data) > connection.left:
             raise ProtocolError(f"{self.host}:{self.port} sent more than the announced Content-Length")
         if data:
-            pwrite_all(connection.fd, data, connection.size)
-            if connection.digest is not None:
-                connection.digest.update(data)
+            pwrite_all(body.fd, data, connection.size)
+            if body.digest is not None:
+                body.digest.update(data)
             connection.size += len(data)
             connection.left -= len(data)
         if connection.left:
             return None
-        os.close(connection.fd)
-        connection.fd = None
-        return Fetched(connection.headers, connection.size, connection.digest)
+        connection.body = None  # its file is closed: nothing for _drop to close
+        os.close(body.fd)
+        return Fetched(body.headers, connection.size, body.digest)
 
     def _parse_head(self, head: bytes) -> Headers:
         lines = head.decode("latin-1").split("\r\n")
@@ -242,8 +249,8 @@ class ManyGets:
 
     @staticmethod
     def _drop(connection: _Connection, selector: selectors.BaseSelector) -> None:
-        if connection.fd is not None:
-            os.close(connection.fd)
+        if connection.body is not None:
+            os.close(connection.body.fd)
         connection.reset()
         try:
             selector.unregister(connection.sock)

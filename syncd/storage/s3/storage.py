@@ -151,7 +151,6 @@ class S3Storage(Storage):
         self.endpoint = options.endpoint_url or "AWS S3"
         self._lock = threading.Lock()
         self._client = None
-        self._credentials = None
         self._region = "us-east-1"
         self._virtual = False
         self._http: SignedHttp | None = None
@@ -160,7 +159,7 @@ class S3Storage(Storage):
         self._batch_slots = _Slots(options.max_connections)
 
     # -- connections (built on first use, so commands that never touch S3 don't pay for them) --
-    def _connect(self) -> None:
+    def _connect(self) -> SignedHttp:
         opts = self.options
         region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if opts.access_key_id is not None:
@@ -182,21 +181,20 @@ class S3Storage(Storage):
             if credentials is None:
                 raise AuthError(f"storage '{self.name}': no S3 credentials found; set access_key_id and "
                                 f"secret_access_key (e.g. ${{S3_KEY}}), a profile, or the AWS_* variables")
-        self._credentials = credentials
         self._region = region or "us-east-1"
         self._virtual = opts.addressing_style == "virtual" or (
             opts.addressing_style == "auto" and not opts.endpoint_url)
         base = opts.endpoint_url.rstrip("/") if opts.endpoint_url else f"https://s3.{self._region}.amazonaws.com"
-        self._http = SignedHttp(Endpoint(base, self._region, self._virtual), credentials,
-                                max_connections=opts.max_connections, verify=opts.verify_tls,
-                                ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
-                                connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout)
+        return SignedHttp(Endpoint(base, self._region, self._virtual), credentials,
+                          max_connections=opts.max_connections, verify=opts.verify_tls,
+                          ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
+                          connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout)
 
     def _ready(self) -> SignedHttp:
         with self._lock:
             if self._http is None:
-                self._connect()
-        return self._http
+                self._http = self._connect()
+            return self._http
 
     def _boto(self):
         """A boto3 client, for the rare calls worth its start-up cost: bucket creation and multipart uploads."""
@@ -207,7 +205,7 @@ class S3Storage(Storage):
                 from botocore.config import Config as BotoConfig
 
                 opts = self.options
-                frozen = self._credentials.get_frozen_credentials()
+                frozen = http.credentials.get_frozen_credentials()
                 verify: bool | str = str(opts.ca_bundle) if opts.ca_bundle else opts.verify_tls
                 self._client = boto3.session.Session(
                     aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
@@ -307,9 +305,10 @@ class S3Storage(Storage):
         except SyncdError:
             raise
         except Exception as exc:
+            failure: BaseException = exc
             if type(exc).__name__ == "S3UploadFailedError":  # boto3's wrapper around the real failure
-                exc = exc.__cause__ or exc.__context__ or TransientError(f"{bucket}/{key}: {exc}")
-            raise self._fail(exc, bucket, key) from None
+                failure = exc.__cause__ or exc.__context__ or TransientError(f"{bucket}/{key}: {exc}")
+            raise self._fail(failure, bucket, key) from None
         info = self.head(bucket, key)
         if info is None or info.size != size:
             raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object; syncd retries")
@@ -430,13 +429,16 @@ class S3Storage(Storage):
         try:
             for get, outcome in http.get_many(bucket, requests, connections=max(1, taken)):
                 info, dest = get.item
-                if not isinstance(outcome, BaseException):
+                result: ObjectInfo | BaseException
+                if isinstance(outcome, BaseException):
+                    result = outcome
+                else:
                     try:
-                        outcome = self._fetched(bucket, info.key, outcome.headers, outcome.size, info.size,
-                                                outcome.digest)
+                        result = self._fetched(bucket, info.key, outcome.headers, outcome.size, info.size,
+                                               outcome.digest)
                     except TransientError as exc:
-                        outcome = exc
-                yield info, dest, outcome
+                        result = exc
+                yield info, dest, result
         except Exception as exc:
             raise self._fail(exc, bucket) from None
         finally:

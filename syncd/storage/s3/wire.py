@@ -21,18 +21,22 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
+from syncd.errors import TransientError
 from syncd.storage.s3.errors import classify_status, code_from_body
 from syncd.storage.s3.http11 import Headers, Pool, Response, tls_context
 from syncd.storage.s3.http11_many import Fetched, Get, ManyGets
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 class FrozenCredentials(Protocol):
-    access_key: str
-    secret_key: str
-    token: str | None
+    # Read-only: botocore's are a namedtuple, syncd's StaticCredentials a frozen dataclass.
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
 
 
 class CredentialSource(Protocol):
@@ -107,6 +111,7 @@ class SignedHttp:
     def __init__(self, endpoint: Endpoint, credentials: CredentialSource, *, max_connections: int,
                  verify: bool, ca_bundle: str | None, connect_timeout: float, read_timeout: float):
         self.endpoint = endpoint
+        self.credentials = credentials
         self._scheme = urlsplit(endpoint.base).scheme
         self._signer = SigV4(credentials, endpoint.region)
         self._tls = tls_context(verify, ca_bundle) if self._scheme == "https" else None
@@ -185,15 +190,9 @@ class SignedHttp:
             query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
             if token:
                 query["continuation-token"] = token
-            root = ET.fromstring(self.request("GET", bucket, query=query).body)
-            for item in root.iter(f"{_NS}Contents"):
-                modified = item.findtext(f"{_NS}LastModified")
-                yield Listed(key=unquote_plus(item.findtext(f"{_NS}Key") or ""),
-                             size=int(item.findtext(f"{_NS}Size") or 0),
-                             etag=(item.findtext(f"{_NS}ETag") or "").strip('"'),
-                             modified=_timestamp(modified))
-            token = root.findtext(f"{_NS}NextContinuationToken")
-            if root.findtext(f"{_NS}IsTruncated") != "true" or not token:
+            listed, token = parse_list_page(self.request("GET", bucket, query=query).body, bucket)
+            yield from listed
+            if not token:
                 return
 
     def close(self) -> None:
@@ -201,6 +200,51 @@ class SignedHttp:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def _local(tag: str) -> str:
+    """An element's name without its namespace: servers answer in AWS's, in another (Google Cloud Storage's
+    XML API) or in none, and every one of them means the same listing."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(element: ET.Element, name: str) -> str | None:
+    for child in element:
+        if _local(child.tag) == name:
+            return child.text or ""
+    return None
+
+
+def parse_list_page(body: bytes, bucket: str) -> tuple[list[Listed], str | None]:
+    """One ListObjectsV2 page: its objects and the token of the next page (None on the last).
+
+    A body that is not a ``ListBucketResult`` is an error, never an empty bucket: read as empty, it would
+    make ``syncd sync --delete`` and a mirror with ``delete`` remove local files.
+    """
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise TransientError(f"listing bucket {bucket}: the answer is not XML ({exc}); syncd tries again") from None
+    if _local(root.tag) != "ListBucketResult":
+        raise TransientError(f"listing bucket {bucket}: the server answered <{_local(root.tag)}>, not a "
+                             f"ListBucketResult; is endpoint_url an S3 server? syncd tries again and never "
+                             f"takes this for an empty bucket")
+    # Keys were asked for URL-encoded; a server that ignores encoding-type sends them as they are.
+    encoded = (_child(root, "EncodingType") or "").lower() == "url"
+    listed = []
+    for item in root:
+        if _local(item.tag) != "Contents":
+            continue
+        key = _child(item, "Key") or ""
+        listed.append(Listed(key=unquote_plus(key) if encoded else key, size=int(_child(item, "Size") or 0),
+                             etag=(_child(item, "ETag") or "").strip('"'),
+                             modified=_timestamp(_child(item, "LastModified"))))
+    token = _child(root, "NextContinuationToken")
+    truncated = (_child(root, "IsTruncated") or "").lower() == "true"
+    if truncated and not token:
+        raise TransientError(f"listing bucket {bucket}: the server says the listing goes on but gives no "
+                             f"continuation token; syncd tries again rather than act on part of it")
+    return listed, token if truncated else None
 
 
 def _timestamp(text: str | None) -> float | None:

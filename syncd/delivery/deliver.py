@@ -16,17 +16,20 @@ from typing import Any
 from syncd import __version__
 from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
-from syncd.delivery.outbox import RESULT_RECORD, Outbox, check_outbox_key
+from syncd.delivery.outbox import Outbox
 from syncd.errors import PermanentError, TransientError
 from syncd.intake.manifest import JobDirectory
 from syncd.intake.spool import Spool
+from syncd.names import (
+    RESULT_RECORD,
+    STDERR_NAME,
+    STDOUT_NAME,
+    check_output_path,
+    job_key_check,
+    reserved,
+)
 from syncd.state.store import REJECTED, Job
 from syncd.storage.base import Storage
-
-STDOUT_NAME = "syncd-stdout.txt"
-STDERR_NAME = "syncd-stderr.txt"
-VALIDATION_REPORT = "syncd-validation.txt"
-RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD, VALIDATION_REPORT})
 
 
 def iso(ts: float | None) -> str | None:
@@ -59,13 +62,14 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
         empty.touch()
         for item in outputs:
             shown = os.fsencode(item.relpath).decode("utf-8", "backslashreplace")
-            if item.relpath in RESERVED_OUTPUTS:
-                refused.append({"path": item.relpath, "reason": "name is reserved for syncd's own files"})
+            if any(reserved(part) for part in item.relpath.split("/")):
+                refused.append({"path": shown, "reason": "name is reserved for syncd's own files (at any depth, in "
+                                                         "any letter case)"})
                 continue
             if shown != item.relpath:
                 refused.append({"path": shown, "reason": "the name is not valid UTF-8; object keys must be"})
                 continue
-            if problem := check_outbox_key(item.relpath):
+            if problem := check_output_path(item.relpath):
                 refused.append({"path": shown, "reason": problem})
                 continue
             if item.remote is not None:
@@ -82,8 +86,11 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
             report_file = Path(scratch) / name
             report_file.write_text(text, encoding="utf-8")
             storage.put_file(job.bucket, f"{folder}/{name}", report_file)
-        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key})
-        refused += [{"path": key, "reason": why} for key, why in mirrored.refused]
+        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key},
+                                 check_key=job_key_check(folder))
+        top = folder + "/"  # every path of the record is relative to the results folder
+        refused += [{"path": key[len(top):] if key.startswith(top) else key, "reason": why}
+                    for key, why in mirrored.refused]
         record = result_record(job, inbox, folder, delivered, refused)
         record_file = Path(scratch) / RESULT_RECORD
         record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

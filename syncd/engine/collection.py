@@ -8,7 +8,6 @@ from pathlib import Path
 from syncd.backends import wrapper
 from syncd.backends.base import OutputFile, StagingArea
 from syncd.delivery import deliver
-from syncd.delivery.outbox import RESULT_RECORD
 from syncd.engine.base import (
     job_logger,
     remote_ref,
@@ -18,6 +17,7 @@ from syncd.errors import (
     PermanentError,
     TransientError,
 )
+from syncd.names import RESULT_RECORD, VALIDATION_REPORT
 from syncd.state import journal
 from syncd.state.store import (
     COLLECTING,
@@ -49,7 +49,7 @@ class Collection(FailurePolicy):
             outputs = [item for item in outputs if not wrapper.is_wrapper_path(item.relpath)]
         reports = {}
         if job.outcome == VALIDATED:
-            reports[deliver.VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
+            reports[VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
         _, mirrored = deliver.deliver(
             self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
             outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir)

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from syncd.errors import ManifestError
+from syncd.names import reserved
 from syncd.units import parse_duration, parse_size
 from syncd.yamlfile import YamlProblem, load_file
 
@@ -59,6 +60,8 @@ def check_job_name(name: str) -> str | None:
         return "a job name must not start or end with spaces"
     if len(name.encode("utf-8")) > 200:
         return "a job name must be at most 200 bytes long"
+    if reserved(name):
+        return f"'{name}' is a name syncd reserves for its own files (in any letter case)"
     return None
 
 

@@ -279,6 +279,48 @@ def check_hardlink(outcome: Outcome, job: Path) -> None:
     assert (outcome.folder / "out.txt").read_text() == "hardlinked by the user\n"
 
 
+# -- round two (issue 16) ---------------------------------------------------------------------------------
+def python_job(code: str, **files: str) -> Callable[[Path, Path], None]:
+    """A job whose command is ``python3 -c code`` (no shell quoting in between)."""
+    def build(job: Path, outside: Path) -> None:
+        (job / "job.yaml").write_text(json.dumps({"command": ["python3", "-c", code]}))
+        for rel, content in files.items():
+            (job / rel).write_text(content)
+    return build
+
+
+def _writes(*paths: str) -> str:
+    """Python that writes each path (making its folders) with a forged record's content, then keep.txt."""
+    return ("import os\n"
+            f"for p in {list(paths)!r}:\n"
+            "    d = os.path.dirname(p)\n"
+            "    d and os.makedirs(d, exist_ok=True)\n"
+            "    open(p, 'w').write('{\"state\": \"succeeded\", \"forged\": true}')\n"
+            "open('keep.txt', 'w').write('kept')\n")
+
+
+RESERVED_DEEP = ("sub/syncd-result.json", "a/b/syncd-stdout.txt", "deep/.syncd-tmp/x", "c/syncd-stderr.txt")
+RESERVED_CASE = ("SYNCD-RESULT.JSON", "Syncd-Stdout.txt", "x/Syncd-Result.Json", "y/SYNCD-ERROR.JSON")
+RESERVED_FOLDERS = ("syncd-result.json/inner.txt", "z/syncd-validation.txt", "q/syncd-error.json/r.txt")
+
+
+def check_reserved_nowhere_below(*refused: str) -> Callable[[Outcome, Path], None]:
+    """Only syncd's own three files carry reserved names, only at the top; each forged path is refused."""
+    def check(outcome: Outcome, job: Path) -> None:
+        from syncd.names import reserved
+        assert (outcome.folder / "keep.txt").read_text() == "kept"
+        found = []
+        for dirpath, dirnames, filenames in os.walk(outcome.folder):
+            rel = os.path.relpath(dirpath, outcome.folder)
+            found += [os.path.join(rel, n) for n in dirnames + filenames if reserved(n)]
+        assert sorted(found) == ["./syncd-result.json", "./syncd-stderr.txt", "./syncd-stdout.txt"], found
+        listed = {r["path"] for r in outcome.result["refused"]}
+        assert set(refused) <= listed, (refused, listed)
+        assert all("keep.txt" != o["path"] for o in outcome.result["refused"])
+        assert json.loads((outcome.folder / "syncd-result.json").read_text())["id"] == outcome.result["id"]
+    return check
+
+
 def wrong(field_yaml: str, *expect: str, key: str) -> Case:
     return Case(key, f"wrong type: {field_yaml.strip()}", manifest(OK + field_yaml), "rejected", expect)
 
@@ -437,6 +479,18 @@ CASES: list[Case] = [
     Case("plain-file", "a plain file dropped into the inbox (ignored)", lambda job, outside: None, "ignored"),
     Case("inbox-symlink", "a symlink in the inbox to a job folder elsewhere (ignored)", lambda job, outside: None,
          "ignored"),
+    # --- round two (issue 16): class 6, syncd's reserved names at any depth and in any letter case
+    Case("reserved-deep", "outputs sub/syncd-result.json, a/b/syncd-stdout.txt, deep/.syncd-tmp/x (refused)",
+         python_job(_writes(*RESERVED_DEEP)), "succeeded", check=check_reserved_nowhere_below(*RESERVED_DEEP)),
+    Case("reserved-case", "outputs SYNCD-RESULT.JSON, Syncd-Stdout.txt, x/Syncd-Result.Json (refused)",
+         python_job(_writes(*RESERVED_CASE)), "succeeded", check=check_reserved_nowhere_below(*RESERVED_CASE)),
+    Case("reserved-folders", "outputs inside folders named syncd-result.json, syncd-error.json (refused)",
+         python_job(_writes(*RESERVED_FOLDERS)), "succeeded",
+         check=check_reserved_nowhere_below(*RESERVED_FOLDERS)),
+    Case("reserved-job-name", "name: SYNCD-Result.json (a results folder named like a record)",
+         manifest(OK + "name: SYNCD-Result.json\n"), "rejected", ("reserves for its own files",)),
+    Case("reserved-dir-name", "directory named syncd-stdout.txt", manifest(OK), "rejected",
+         ("reserves for its own files",), dir_name="syncd-stdout.txt"),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

@@ -1,0 +1,84 @@
+"""Names: the rules every name syncd writes into the outbox must pass, and the names syncd keeps for itself.
+
+One place for them, so the check at claim time (a job's name becomes its results folder) and the
+check at delivery (each output's path) can never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+
+from syncd.fsutil import TMP_DIR
+
+RESULT_RECORD = "syncd-result.json"
+STDOUT_NAME = "syncd-stdout.txt"
+STDERR_NAME = "syncd-stderr.txt"
+VALIDATION_REPORT = "syncd-validation.txt"
+ERROR_JSON = "syncd-error.json"
+#: the files syncd itself puts at the top of a job's results folder
+OWN_FILES = frozenset({RESULT_RECORD, STDOUT_NAME, STDERR_NAME, VALIDATION_REPORT})
+#: names no output may have at any depth, in any letter case (a reader that searches the outbox for
+#: result records must only ever find syncd's), nor a job (its results folder)
+RESERVED_NAMES = frozenset({*OWN_FILES, ERROR_JSON, TMP_DIR})
+_RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_NAMES)
+_RESERVED_SMB = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
+_SMB_FORBIDDEN = set('<>:"|?*')
+
+
+def reserved(part: str) -> bool:
+    """Whether one path segment is a name syncd keeps for itself (any letter case)."""
+    return part.casefold() in _RESERVED_FOLDED
+
+
+def check_segment(part: str) -> str | None:
+    """Why one path segment can't be a name in the outbox (a Windows/SMB share included), or None."""
+    if part in ("", ".", ".."):
+        return f"has a '{part or '//'}' path segment that could leave the outbox"
+    if any(ord(ch) < 32 for ch in part):
+        return "contains control characters"
+    if _RESERVED_SMB.match(part):
+        return f"'{part}' is a reserved device name on Windows/SMB shares"
+    if _SMB_FORBIDDEN & set(part) or part.endswith((".", " ")):
+        return f"'{part}' cannot be stored on a Windows/SMB share (no <>:\"|?*, no trailing dot or space)"
+    if part == TMP_DIR:
+        return f"'{TMP_DIR}' is reserved for syncd's temporary files"
+    return None
+
+
+def check_outbox_key(key: str) -> str | None:
+    """Why ``key`` must not be written into the outbox, or None when it is safe."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        return "empty, absolute, or contains a backslash or NUL"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes carried as surrogates: no SMB share or index can hold them
+        return "is not valid UTF-8"
+    for part in key.rstrip("/").split("/"):
+        if problem := check_segment(part):
+            return problem
+    return None
+
+
+def check_output_path(relpath: str) -> str | None:
+    """Why a job's output at ``relpath`` (inside its results folder) must not be delivered, or None."""
+    if problem := check_outbox_key(relpath):
+        return problem
+    for part in relpath.rstrip("/").split("/"):
+        if reserved(part):
+            return f"'{part}' is a name syncd reserves for its own files (at any depth, in any letter case)"
+    return None
+
+
+def job_key_check(folder: str):
+    """The key check of a job's results mirror: syncd's own files at the top of ``folder``, outputs anywhere
+    below it by :func:`check_output_path`."""
+    top = folder.rstrip("/") + "/"
+
+    def check(key: str) -> str | None:
+        if not key.startswith(top):
+            return check_outbox_key(key)
+        rel = key[len(top):]
+        if rel in OWN_FILES:
+            return check_outbox_key(key)
+        return check_outbox_key(key) or check_output_path(rel)
+    return check

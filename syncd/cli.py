@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,6 +123,10 @@ def main() -> None:
 def init(directory: Path, force: bool) -> None:
     """Create DIRECTORY with a working config (local backend, folder buckets) and its folders."""
     config = directory / "syncd.yaml"
+    if os.path.lexists(config) and not config.is_file():  # a FIFO would block the write, a device take it
+        click.echo(f"syncd: {config} exists and is not a regular file; remove it or choose another folder",
+                   err=True)
+        sys.exit(EXIT_INVALID)
     if config.exists() and not force:
         click.echo(f"syncd: {config} already exists; use --force to overwrite it", err=True)
         sys.exit(EXIT_INVALID)
@@ -202,8 +207,8 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def validate(path: Path) -> None:
     """Check a job directory or a config file; exit 0 when valid, 1 when not."""
-    if path.name == "job.yaml" and path.is_file():
-        path = path.parent  # a manifest is checked together with its job directory
+    if path.name == "job.yaml" and not path.is_dir():
+        path = path.parent  # a manifest is checked together with its job directory (whatever kind of file it is)
     if path.is_dir():
         from syncd.intake.manifest import load_job_directory
 
@@ -297,8 +302,25 @@ def logs(config_path: Path, job: str) -> None:
     for stream, path in streams.items():
         click.echo(f"----- {stream}" + (f" ({path})" if path else " (none)"))
         if path is not None:
-            text = path.read_text(errors="replace")
-            click.echo(text, nl=bool(text) and not text.endswith("\n"))
+            _echo_file(path)
+
+
+def _echo_file(path: Path) -> None:
+    """Print a log file; anything but a regular file (a FIFO or device in its place) is named, never read."""
+    from syncd.fsutil import open_regular
+
+    try:
+        fd = open_regular(path, follow=False)
+    except OSError as exc:
+        click.echo(f"syncd: {path}: {exc.strerror}", err=True)
+        return
+    last = b"\n"
+    with open(fd, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            click.echo(chunk.decode("utf-8", "replace"), nl=False)
+            last = chunk[-1:]
+    if last != b"\n":
+        click.echo("")
 
 
 @main.command()

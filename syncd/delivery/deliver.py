@@ -18,9 +18,11 @@ from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
 from syncd.delivery.outbox import Outbox
 from syncd.errors import PermanentError, TransientError
+from syncd.fsutil import read_regular
 from syncd.intake.manifest import JobDirectory
 from syncd.intake.spool import Spool
 from syncd.names import (
+    ERROR_JSON,
     RESULT_RECORD,
     STDERR_NAME,
     STDOUT_NAME,
@@ -31,6 +33,8 @@ from syncd.names import (
 from syncd.state.store import REJECTED, Job
 from syncd.storage.base import Storage
 
+RECORD_LIMIT = 16 * 1024 * 1024  # a result record or report syncd reads back is never larger
+
 
 def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
@@ -39,10 +43,10 @@ def iso(ts: float | None) -> str | None:
 def record_matches(path: Path, job: Job) -> bool:
     """True when ``path`` already holds this attempt's result record (a crash came after writing it)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, RECORD_LIMIT, follow=False))
     except (OSError, ValueError):
         return False
-    return data.get("id") == job.id and data.get("attempts") == job.attempts
+    return isinstance(data, dict) and data.get("id") == job.id and data.get("attempts") == job.attempts
 
 
 def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outbox: Outbox,
@@ -154,10 +158,11 @@ def reject(job: Job, problems: list[str], inbox: InboxConfig, spool: Spool) -> P
     if not path.exists():  # moved before a crash: find it by its report
         for candidate in inbox.failed.iterdir():
             try:
-                if json.loads((candidate / "syncd-error.json").read_text()).get("id") == job.id:
-                    return candidate
-            except (OSError, ValueError):
+                report = json.loads(read_regular(candidate / ERROR_JSON, RECORD_LIMIT, follow=False))
+            except (OSError, ValueError):  # not a folder, no report, a FIFO or link in its place: not this job's
                 continue
+            if isinstance(report, dict) and report.get("id") == job.id:
+                return candidate
         raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
     report = {
         "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,

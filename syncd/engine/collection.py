@@ -17,6 +17,7 @@ from syncd.errors import (
     PermanentError,
     TransientError,
 )
+from syncd.fsutil import read_regular
 from syncd.names import RESULT_RECORD, VALIDATION_REPORT
 from syncd.state import journal
 from syncd.state.store import (
@@ -28,6 +29,8 @@ from syncd.state.store import (
     VALIDATED,
     Job,
 )
+
+EXIT_FILE_LIMIT = 4096  # the wrapper writes a number and a newline
 
 
 class Collection(FailurePolicy):
@@ -73,14 +76,18 @@ class Collection(FailurePolicy):
         self.store.update(job.id, expect=COLLECTING, event=f"exit code {code}, from syncd's wrapper", **changes)
 
     def _read_exit_file(self, job: Job, item: OutputFile) -> int | None:
-        if item.source is not None:
-            return wrapper.parse_exit_code(item.source.read_text(errors="replace"))
+        if item.source is not None:  # the job wrote it: a FIFO or device in its place must not block
+            try:
+                return wrapper.parse_exit_code(read_regular(item.source, EXIT_FILE_LIMIT, follow=False)
+                                               .decode(errors="replace"))
+            except OSError:
+                return None
         assert item.remote is not None
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         local = self.tmp_dir / f"exit-code-{job.id}"
         try:
             self.storages[job.storage].get_file(item.remote.bucket, item.remote.key, local)
-            return wrapper.parse_exit_code(local.read_text(errors="replace"))
+            return wrapper.parse_exit_code(read_regular(local, EXIT_FILE_LIMIT).decode(errors="replace"))
         finally:
             local.unlink(missing_ok=True)
 
@@ -89,8 +96,8 @@ class Collection(FailurePolicy):
         if not job.folder:
             return None
         try:
-            return json.loads(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}")
-                              .read_text())
+            return json.loads(read_regular(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}"),
+                                           deliver.RECORD_LIMIT, follow=False))
         except (OSError, ValueError, KeyError):
             return None
 

@@ -321,6 +321,35 @@ def check_reserved_nowhere_below(*refused: str) -> Callable[[Outcome, Path], Non
     return check
 
 
+def special(kind: str, at: str) -> Callable[[Path, Path], None]:
+    """Make a FIFO, socket or character device (like /dev/zero) named ``at`` inside the job."""
+    def make(job: Path) -> None:
+        if kind == "fifo":
+            os.mkfifo(job / at)
+        elif kind == "socket":
+            here = os.getcwd()
+            os.chdir(job)
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(at)
+                sock.close()
+            finally:
+                os.chdir(here)
+        else:
+            os.mknod(job / at, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    return make
+
+
+def with_specials(manifest_text: str | None, *made: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    def build(job: Path, outside: Path) -> None:
+        if manifest_text is not None:
+            (job / "job.yaml").write_text(manifest_text)
+        (job / "input.dat").write_text("user data\n")
+        for make in made:
+            make(job)
+    return build
+
+
 def wrong(field_yaml: str, *expect: str, key: str) -> Case:
     return Case(key, f"wrong type: {field_yaml.strip()}", manifest(OK + field_yaml), "rejected", expect)
 
@@ -491,6 +520,21 @@ CASES: list[Case] = [
          manifest(OK + "name: SYNCD-Result.json\n"), "rejected", ("reserves for its own files",)),
     Case("reserved-dir-name", "directory named syncd-stdout.txt", manifest(OK), "rejected",
          ("reserves for its own files",), dir_name="syncd-stdout.txt"),
+    # --- class 7: special files where syncd reads a file: refused at once, never opened
+    Case("report-fifo", "a valid job whose syncd-error.json is a FIFO (checking for an old report must not block)",
+         with_specials(OK, special("fifo", "syncd-error.json")), "rejected",
+         ("syncd-error.json: is a special file",)),
+    Case("report-fifos-invalid", "a bad manifest beside a FIFO syncd-error.json and a FIFO ERROR.txt",
+         with_specials("command: [unclosed\n", special("fifo", "syncd-error.json"), special("fifo", "ERROR.txt")),
+         "rejected", ("not valid YAML",)),
+    Case("manifest-chardev", "job.yaml is a character device that never ends (like /dev/zero)",
+         with_specials(None, special("chardev", "job.yaml")), "rejected",
+         ("must be a regular file, not a character device",)),
+    Case("manifest-socket", "job.yaml is a socket", with_specials(None, special("socket", "job.yaml")), "rejected",
+         ("must be a regular file, not a socket",)),
+    Case("ready-fifo", "the .ready marker is a FIFO (only its presence counts; never opened)",
+         with_specials('command: "echo ready > out.txt"\n', special("fifo", ".ready")), "succeeded",
+         check=out_is("out.txt", b"ready\n")),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

@@ -193,7 +193,7 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
         style = {"succeeded": "green", "validated": "green", "failed": "red", "rejected": "red", "held": "yellow",
                  "timed_out": "red", "cancelled": "yellow"}.get(j.state, "")
         table.add_row(j.id, j.name, f"[{style}]{j.state}[/{style}]" if style else j.state, j.backend,
-                      j.remote_id or "", _iso(j.updated), (j.error or "")[:80])
+                      j.remote_id or "", _iso(j.updated), _problem(j)[:80])
     _console().print(table)
     if not jobs:
         click.echo("no jobs yet")
@@ -201,6 +201,13 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
         click.echo(f"backend {backend} is paused (next try {_iso(until)}): {reason}")
     for service, (since, next_probe, reason) in store.open_circuits().items():
         click.echo(f"{service} is not answering since {_iso(since)} (next probe {_iso(next_probe)}): {reason}")
+
+
+def _problem(job: Job) -> str:
+    """What went wrong: the error, else how an unsuccessful job ended (e.g. which files were not delivered)."""
+    if job.error:
+        return job.error
+    return job.message or "" if job.state in ("failed", "timed_out", "cancelled") else ""
 
 
 @main.command()

@@ -53,9 +53,15 @@ class Collection(FailurePolicy):
         reports = {}
         if job.outcome == VALIDATED:
             reports[VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
+
+        def settled(outcome: str | None, message: str | None) -> None:  # recorded before the record is written
+            job_logger(job).warning("{}", message)
+            self.store.update(job.id, expect=COLLECTING, outcome=outcome, message=message,
+                              event=f"delivered with refused files: {message}")
+
         _, mirrored = deliver.deliver(
             self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
-            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir)
+            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir, on_settled=settled)
         self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)

@@ -26,7 +26,7 @@ from pydantic import (
 
 from syncd.errors import ManifestError
 from syncd.fsutil import file_kind, read_regular
-from syncd.names import reserved
+from syncd.names import check_segment, reserved
 from syncd.units import parse_duration, parse_size
 from syncd.yamlfile import YamlProblem, load_file
 
@@ -64,6 +64,8 @@ def check_job_name(name: str) -> str | None:
         return "a job name must be at most 200 bytes long"
     if reserved(name):
         return f"'{name}' is a name syncd reserves for its own files (in any letter case)"
+    if problem := check_segment(name):  # the results folder is named after the job: the outbox's own rules
+        return f"the results folder can't have this name: {problem}"
     return None
 
 

@@ -81,3 +81,53 @@ def test_an_object_a_service_left_under_a_reserved_name_is_never_mirrored_into_t
     assert not (folder / "sub" / "syncd-result.json").exists()
     assert {"path": "sub/syncd-result.json"} in [{"path": r["path"]} for r in record["refused"]]
     assert [o["path"] for o in record["outputs"]] == ["out.txt"]
+
+
+# -- class 3: the claim-time check is delivery's; refused files are no plain success ---------------------------
+TRICKY = ["CON", "con.txt", "Aux", "nul.tar.gz", "COM1", "lpt9.log", "run:42", "a<b", "a>b", 'say "hi"', "a|b",
+          "why?", "star*", "trailing.", "trailing ", "syncd-result.json", "SYNCD-STDOUT.TXT", ".syncd-tmp",
+          "ok", "run-42", "données", "CONFIG", "console", "a.b.c", "x" * 200]
+
+
+@pytest.mark.parametrize("name", TRICKY)
+def test_a_job_name_accepted_at_claim_time_is_a_folder_delivery_accepts_also_with_a_suffix(name):
+    from syncd.intake.manifest import check_job_name
+
+    if check_job_name(name) is None:
+        for folder in (name, f"{name}-2", f"{name}-10"):
+            assert check_output_path(f"{folder}/out.txt") is None, folder
+            assert job_key_check(folder)(f"{folder}/syncd-result.json") is None
+    else:
+        assert check_output_path(name) is not None or len(name.encode()) > 200, name
+
+
+def test_refused_outputs_make_the_job_failed_and_outputs_list_only_the_files_in_the_folder(site):
+    settled = []
+    record = deliver.deliver(
+        site.job, inbox=SimpleNamespace(prefix=None), folder="j", storage=site.storage, outbox=site.outbox,
+        outputs=_outputs(site.tmp, "good.txt", "a:b.txt", "Good.txt", "sub/CON", "sub/fine.txt"),
+        logs=JobLogs(None, None), reports={}, tmp_dir=site.tmp / "scratch",
+        on_settled=lambda outcome, message: settled.append((outcome, message)))[0]
+    assert record["state"] == "failed" and record["exit_code"] == 0
+    assert record["message"].startswith("the command succeeded, but 3 file(s) could not be delivered")
+    assert settled == [("failed", record["message"])], "recorded before the record is written"
+    assert [o["path"] for o in record["outputs"]] == ["good.txt", "sub/fine.txt"]
+    assert [r["path"] for r in record["refused"]] == ["a:b.txt", "Good.txt", "sub/CON"]
+    folder = site.outbox.path_for("results", "j")
+    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert on_disk == ["good.txt", "sub/fine.txt", "syncd-result.json", "syncd-stderr.txt", "syncd-stdout.txt"]
+
+
+def test_settling_the_outcome_is_idempotent_and_keeps_other_outcomes():
+    from dataclasses import replace
+
+    from syncd.state.store import Job
+
+    job = Job(**{name: None for name in Job.__dataclass_fields__})
+    refused = {"CON": "reserved"}
+    first = deliver.settled_outcome(replace(job, outcome="succeeded"), refused)
+    assert first[0] == "failed"
+    assert deliver.settled_outcome(replace(job, outcome=first[0], message=first[1]), refused) == first
+    timed_out = deliver.settled_outcome(replace(job, outcome="timed_out", message="took too long"), refused)
+    assert timed_out[0] == "timed_out" and timed_out[1].startswith("took too long; 1 file(s) could not")
+    assert deliver.settled_outcome(replace(job, outcome="succeeded"), {}) == ("succeeded", None)

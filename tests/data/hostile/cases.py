@@ -240,7 +240,8 @@ def out_is(rel: str, content: bytes) -> Callable[[Outcome, Path], None]:
 
 def check_reserved(outcome: Outcome, job: Path) -> None:
     result = outcome.result
-    assert result["id"] and result["state"] == "succeeded", result
+    assert result["id"] and result["state"] == "failed" and result["exit_code"] == 0, result
+    assert "could not be delivered" in result["message"], result
     refused = {r["path"] for r in result["refused"]}
     assert {"syncd-result.json", "syncd-stdout.txt"} <= refused, refused
     assert any(".syncd-tmp" in p for p in refused), refused
@@ -250,7 +251,9 @@ def check_reserved(outcome: Outcome, job: Path) -> None:
 
 def check_bad_output_names(outcome: Outcome, job: Path) -> None:
     result = outcome.result
-    assert result["state"] == "succeeded", result
+    assert result["state"] == "failed" and result["exit_code"] == 0, "refused files: not a plain success"
+    assert "the command succeeded, but 3 file(s) could not be delivered" in result["message"], result
+    assert [o["path"] for o in result["outputs"]] == ["good.txt"], "outputs lists only files in the folder"
     assert (outcome.folder / "good.txt").read_text() == "good"
     refused = " ".join(r["path"] for r in result["refused"])
     assert "line" in refused and "CON" in refused, result["refused"]
@@ -318,6 +321,23 @@ def check_reserved_nowhere_below(*refused: str) -> Callable[[Outcome, Path], Non
         assert set(refused) <= listed, (refused, listed)
         assert all("keep.txt" != o["path"] for o in outcome.result["refused"])
         assert json.loads((outcome.folder / "syncd-result.json").read_text())["id"] == outcome.result["id"]
+        assert [o["path"] for o in outcome.result["outputs"]] == ["keep.txt"], outcome.result["outputs"]
+        assert outcome.result["exit_code"] == 0 and "could not be delivered" in outcome.result["message"]
+    return check
+
+
+def check_one_way(delivered: list[str], refused: dict[str, str], message: str) -> Callable[[Outcome, Path], None]:
+    """Refused files are no plain success; ``outputs`` is exactly what is in the folder; paths written one way."""
+    def check(outcome: Outcome, job: Path) -> None:
+        result = outcome.result
+        assert sorted(o["path"] for o in result["outputs"]) == sorted(delivered), result["outputs"]
+        got = {r["path"]: r["reason"] for r in result["refused"]}
+        assert set(got) == set(refused), got
+        assert all(fragment in got[path] for path, fragment in refused.items()), got
+        in_folder = sorted(os.path.relpath(os.path.join(d, f), outcome.folder) for d, _, fs in os.walk(outcome.folder)
+                           for f in fs if f not in ("syncd-result.json", "syncd-stdout.txt", "syncd-stderr.txt"))
+        assert in_folder == sorted(delivered), in_folder
+        assert message in result["message"], result["message"]
     return check
 
 
@@ -492,10 +512,10 @@ CASES: list[Case] = [
          "succeeded", check=out_is("out.txt", b"latin-1 name\n")),
     Case("file-name-injection", "input and output files named $(touch …), ; touch …, `touch …` (accepted)",
          build_injection_files, "succeeded", check=check_injection),
-    Case("output-bad-names", "outputs named with a newline, invalid UTF-8 and CON (refused, job succeeds)",
-         build_bad_output_names, "succeeded", check=check_bad_output_names),
+    Case("output-bad-names", "outputs named with a newline, invalid UTF-8 and CON (refused, job fails)",
+         build_bad_output_names, "failed", check=check_bad_output_names),
     Case("reserved-outputs", "the job writes syncd-result.json, syncd-stdout.txt and .syncd-tmp/ itself",
-         build_reserved_outputs, "succeeded", check=check_reserved),
+         build_reserved_outputs, "failed", check=check_reserved),
     Case("user-error-txt", "a rejected job that holds the user's own ERROR.txt and syncd-error.json",
          build_user_error_files(both=True), "rejected", ("not valid YAML",)),
     Case("user-error-json", "a rejected job that holds the user's own syncd-error.json",
@@ -510,11 +530,11 @@ CASES: list[Case] = [
          "ignored"),
     # --- round two (issue 16): class 6, syncd's reserved names at any depth and in any letter case
     Case("reserved-deep", "outputs sub/syncd-result.json, a/b/syncd-stdout.txt, deep/.syncd-tmp/x (refused)",
-         python_job(_writes(*RESERVED_DEEP)), "succeeded", check=check_reserved_nowhere_below(*RESERVED_DEEP)),
+         python_job(_writes(*RESERVED_DEEP)), "failed", check=check_reserved_nowhere_below(*RESERVED_DEEP)),
     Case("reserved-case", "outputs SYNCD-RESULT.JSON, Syncd-Stdout.txt, x/Syncd-Result.Json (refused)",
-         python_job(_writes(*RESERVED_CASE)), "succeeded", check=check_reserved_nowhere_below(*RESERVED_CASE)),
+         python_job(_writes(*RESERVED_CASE)), "failed", check=check_reserved_nowhere_below(*RESERVED_CASE)),
     Case("reserved-folders", "outputs inside folders named syncd-result.json, syncd-error.json (refused)",
-         python_job(_writes(*RESERVED_FOLDERS)), "succeeded",
+         python_job(_writes(*RESERVED_FOLDERS)), "failed",
          check=check_reserved_nowhere_below(*RESERVED_FOLDERS)),
     Case("reserved-job-name", "name: SYNCD-Result.json (a results folder named like a record)",
          manifest(OK + "name: SYNCD-Result.json\n"), "rejected", ("reserves for its own files",)),
@@ -535,6 +555,25 @@ CASES: list[Case] = [
     Case("ready-fifo", "the .ready marker is a FIFO (only its presence counts; never opened)",
          with_specials('command: "echo ready > out.txt"\n', special("fifo", ".ready")), "succeeded",
          check=out_is("out.txt", b"ready\n")),
+    # --- class 3: claim-time names follow the outbox's rules; refused files are no plain success
+    Case("dirname-con", "directory named CON (a Windows/SMB device name)", manifest(OK), "rejected",
+         ("reserved device name",), dir_name="CON"),
+    Case("dirname-colon", "directory named run:42", manifest(OK), "rejected", ("cannot be stored on a Windows/SMB share",),
+         dir_name="run:42"),
+    Case("name-aux", "name: aux.txt", manifest(OK + "name: aux.txt\n"), "rejected", ("reserved device name",)),
+    Case("name-trailing-dot", "name: 'results.' (a trailing dot)", manifest(OK + "name: 'results.'\n"), "rejected",
+         ("trailing dot",)),
+    Case("name-pipe", "name: 'a|b'", manifest(OK + "name: 'a|b'\n"), "rejected",
+         ("cannot be stored on a Windows/SMB share",)),
+    Case("outputs-refused", "the command succeeds and writes a:b.txt and good.txt", python_job(
+        "open('a:b.txt', 'w').write('x'); open('good.txt', 'w').write('g')"), "failed",
+         check=check_one_way(["good.txt"], {"a:b.txt": "Windows/SMB"}, "the command succeeded, but 1 file(s)")),
+    Case("outputs-case-collision", "the command writes Report.txt and report.txt", python_job(
+        "open('Report.txt', 'w').write('R'); open('report.txt', 'w').write('r')"), "failed",
+         check=check_one_way(["Report.txt"], {"report.txt": "letter case"}, "could not be delivered")),
+    Case("failed-and-refused", "the command writes CON and exits 3", python_job(
+        "open('CON', 'w').write('c'); open('ok.txt', 'w').write('ok'); raise SystemExit(3)"), "failed",
+         check=check_one_way(["ok.txt"], {"CON": "reserved device name"}, "1 file(s) could not be delivered")),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from syncd.errors import PermanentError, SyncdError, TransientError
 
@@ -199,6 +199,53 @@ def place_file(source: Path, dest: Path, *, link: bool = True,
             os.unlink(dest)  # the name was given another file since it was opened: copy what it is now
     copy_verified(source, dest)
     return "copy"
+
+
+_RENAME_NOREPLACE = 1
+_renameat2: Any = None
+
+
+def _libc_renameat2() -> Any:
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            func = ctypes.CDLL(None, use_errno=True).renameat2
+            func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = func
+        except (OSError, AttributeError):  # not Linux, or a libc without it
+            _renameat2 = False
+    return _renameat2
+
+
+def rename_noreplace(source: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename ``source`` to ``dest`` only if nothing is at ``dest``: FileExistsError otherwise, never a
+    replaced file or (empty) folder. ``renameat2(RENAME_NOREPLACE)`` where the kernel and filesystem have it;
+    else a hard link then unlink for a file; else (a folder on such a filesystem) a check just before the
+    rename."""
+    func = _libc_renameat2()
+    if func:
+        AT_FDCWD = -100
+        if func(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
+            return
+        import ctypes
+
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), os.fsdecode(source), None, os.fsdecode(dest))
+    if not os.path.isdir(source) or os.path.islink(source):
+        try:
+            os.link(source, dest, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _CANNOT:
+                raise
+        else:
+            os.unlink(source)
+            return
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dest))
+    os.rename(source, dest)
 
 
 def os_error(exc: OSError, what: str) -> SyncdError:

@@ -6,6 +6,7 @@ check at delivery (each output's path) can never disagree.
 
 from __future__ import annotations
 
+import os
 import re
 
 from syncd.fsutil import TMP_DIR
@@ -82,3 +83,24 @@ def job_key_check(folder: str):
             return check_outbox_key(key)
         return check_outbox_key(key) or check_output_path(rel)
     return check
+
+
+#: the longest name (in bytes) of one file or folder on the filesystems syncd writes to (Linux, SMB)
+NAME_MAX = 255
+
+
+def fit_name(stem: str, suffix: str = "", *, tag: str, limit: int = NAME_MAX) -> str:
+    """``stem + suffix`` when it fits in ``limit`` bytes; else ``stem`` cut at a character boundary plus
+    ``~<tag>`` and ``suffix``, so that every name syncd derives from a user's name (of up to ``limit`` bytes)
+    fits. ``tag`` (e.g. a job id) keeps two cut names apart. Undecodable bytes (surrogate escapes) are kept."""
+    whole = os.fsencode(stem + suffix)
+    if len(whole) <= limit:
+        return stem + suffix
+    tail = os.fsencode(f"~{tag}{suffix}")
+    if len(tail) >= limit:
+        raise ValueError(f"no name fits: the suffix {suffix!r} with tag {tag!r} is {len(tail)} bytes")
+    raw = os.fsencode(stem)
+    cut = limit - len(tail)
+    while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:  # never split a UTF-8 character
+        cut -= 1
+    return os.fsdecode(raw[:cut] + tail)

@@ -162,7 +162,7 @@ class EngineBase:
         inbox = self._inbox(job.inbox)
         if inbox.journal:
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
-            journal.update(inbox.path, job, folder)
+            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

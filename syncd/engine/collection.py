@@ -122,7 +122,7 @@ class Collection(FailurePolicy):
         spool = self.spools[job.inbox]
         inbox = self._inbox(job.inbox)
         path = Path(job.spool_path)
-        journal.update(inbox.path, job, None)  # terminal: removes a journal a racing writer may have left
+        journal.update(inbox.path, job, None, spool.tmp)  # terminal: removes a journal a racing writer may have left
         try:
             if job.state == REJECTED:
                 problems = json.loads(job.message) if job.message else [job.error or "rejected"]

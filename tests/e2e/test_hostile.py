@@ -102,7 +102,8 @@ def corpus(tmp_path_factory):
 
 
 def _is_report_name(rel: bytes) -> bool:
-    return rel in SYNCD_REPORTS or (rel.startswith(b"syncd-error-") and rel.endswith(b".json"))
+    return rel in SYNCD_REPORTS or (rel.startswith(b"syncd-error-") and rel.endswith(b".json")) \
+        or (rel.startswith(b"ERROR-syncd-") and rel.endswith(b".txt"))
 
 
 def _after_without_reports(path: bytes, before: dict) -> dict:
@@ -114,8 +115,17 @@ def _report_path(folder: bytes, before: dict) -> bytes:
     """syncd's report: syncd-error.json, or syncd-error-<id>.json when the user has a file of that name."""
     if b"syncd-error.json" not in before:
         return os.path.join(folder, b"syncd-error.json")
-    ours = [n for n in os.listdir(folder) if n.startswith(b"syncd-error-") and n.endswith(b".json")]
+    ours = [n for n in os.listdir(folder) if n.startswith(b"syncd-error-") and n.endswith(b".json") and n not in before]
     return os.path.join(folder, ours[0]) if len(ours) == 1 else os.path.join(folder, b"(no report of syncd's)")
+
+
+def _text_report_name(folder: bytes, before: dict) -> bytes:
+    """syncd's ERROR.txt: beside the user's ERROR.txt (and ERROR-syncd.txt) under the next free name."""
+    for name in (b"ERROR.txt", b"ERROR-syncd.txt"):
+        if name not in before:
+            return name
+    ours = [n for n in os.listdir(folder) if n.startswith(b"ERROR-syncd-") and n.endswith(b".txt") and n not in before]
+    return ours[0] if len(ours) == 1 else b"(no text report of syncd's)"
 
 
 def _check_rejected(corpus: Corpus, case: Case) -> None:
@@ -132,7 +142,7 @@ def _check_rejected(corpus: Corpus, case: Case) -> None:
     for expected in case.expect:
         assert any(expected in problem for problem in report["problems"]), (expected, report["problems"])
     before = corpus.before[case.key]
-    text_name = b"ERROR-syncd.txt" if b"ERROR.txt" in before else b"ERROR.txt"
+    text_name = _text_report_name(folder, before)
     with open(os.path.join(folder, text_name), encoding="utf-8") as handle:
         text = handle.read()
     assert all(expected in text for expected in case.expect) and "move this folder back into the inbox" in text

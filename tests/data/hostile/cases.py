@@ -574,6 +574,11 @@ CASES: list[Case] = [
     Case("failed-and-refused", "the command writes CON and exits 3", python_job(
         "open('CON', 'w').write('c'); open('ok.txt', 'w').write('ok'); raise SystemExit(3)"), "failed",
          check=check_one_way(["ok.txt"], {"CON": "reserved device name"}, "1 file(s) could not be delivered")),
+    # --- class 1: syncd's reports never take a name a user's file has
+    Case("user-report-names", "a rejected job holding the user's ERROR.txt, ERROR-syncd.txt, syncd-error.json "
+         "and ERROR-syncd-x.txt", manifest("command: [unclosed\n", **{
+             "ERROR.txt": "my notes\n", "ERROR-syncd.txt": "also mine\n", "syncd-error.json": '{"mine": true}\n',
+             "ERROR-syncd-x.txt": "mine too\n"}), "rejected", ("not valid YAML",)),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

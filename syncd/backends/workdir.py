@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class WorkFolder:
                 except FileNotFoundError:
                     done = False
                 if not done:
-                    tmp = dest.with_name(f".{dest.name}.syncd-part")
+                    tmp = dest.with_name(f".syncd-part-{uuid.uuid4().hex[:16]}")  # fits beside a 255-byte name
                     try:
                         # follow=False: a link put in the input's place since it was checked is refused
                         _check_input(item, functools.partial(copy_verified, follow=False), item.source, tmp)

@@ -119,6 +119,7 @@ class EngineBase:
         self._cancel_retry_at: dict[str, float] = {}
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
+        self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)
         self._store_checked = 0.0
 
     def _inbox(self, name: str) -> InboxConfig:

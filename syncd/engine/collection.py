@@ -17,8 +17,9 @@ from syncd.errors import (
     PermanentError,
     TransientError,
 )
-from syncd.fsutil import read_regular
+from syncd.fsutil import os_error, read_regular
 from syncd.names import RESULT_RECORD, VALIDATION_REPORT
+from syncd.retry import backoff_delay
 from syncd.state import journal
 from syncd.state.store import (
     COLLECTING,
@@ -119,6 +120,8 @@ class Collection(FailurePolicy):
         job = self.store.get(job_id)
         if job.state not in TERMINAL or job.finished:
             return
+        if self.clock() < self._finish_retry.get(job_id, (0, 0.0))[1]:
+            return  # backing off after a failure
         spool = self.spools[job.inbox]
         inbox = self._inbox(job.inbox)
         path = Path(job.spool_path)
@@ -144,5 +147,23 @@ class Collection(FailurePolicy):
             self.crash_points.reached("archived-unrecorded")
             self.store.update(job.id, finished=1, spool_path=str(dest))
         except (OSError, PermanentError, TransientError) as exc:
-            job_logger(job).warning("finishing failed ({}); will try again", exc)
-            self.store.update(job.id, event=f"finishing failed: {exc}")
+            self._finish_failed(job, path, os_error(exc, "finishing") if isinstance(exc, OSError) else exc)
+        else:
+            if self._finish_retry.pop(job.id, None) is not None:
+                job_logger(job).info("finished after all")
+
+    def _finish_failed(self, job: Job, path: Path, error: Exception) -> None:
+        """A permanent failure is reported once and not tried again (the folder stays where it is, and
+        status says where); a transient one is tried again with backoff, logged the first time only."""
+        tries = self._finish_retry.get(job.id, (0, 0.0))[0] + 1
+        if isinstance(error, PermanentError):
+            self._finish_retry.pop(job.id, None)
+            reason = f"finishing failed: {error}; its folder stays at {path}: move it yourself (not tried again)"
+            job_logger(job).error("{}", reason)
+            self.store.update(job.id, finished=1, error=reason, event=reason)
+            return
+        delay = backoff_delay(self.config.retry, tries)
+        self._finish_retry[job.id] = (tries, self.clock() + delay)
+        if tries == 1:
+            job_logger(job).warning("finishing failed ({}); trying again with backoff", error)
+            self.store.update(job.id, event=f"finishing failed: {error}; trying again with backoff")

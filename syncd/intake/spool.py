@@ -18,15 +18,17 @@ from pathlib import Path
 from syncd.config import InboxConfig
 from syncd.fsutil import fsync_dir, read_regular, rename_noreplace
 from syncd.intake.manifest import ERROR_JSON, ERROR_TEXT, REPORT_LIMIT, is_syncd_report
+from syncd.names import fit_name
 from syncd.text import visible_json
 
 
 def unique_path(parent: Path, name: str) -> Path:
-    """``parent/name``, or ``parent/name-2``, ``-3``… if taken."""
+    """``parent/name``, or ``parent/name-2``, ``-3``… if taken; a name too long for its suffix is cut (at a
+    character boundary, marked ``~``) so that every derived name fits the filesystem's limit."""
     candidate, n = parent / name, 1
-    while candidate.exists() or candidate.is_symlink():
+    while os.path.lexists(candidate):
         n += 1
-        candidate = parent / f"{name}-{n}"
+        candidate = parent / fit_name(name, f"-{n}", tag="")
     return candidate
 
 

@@ -579,6 +579,18 @@ CASES: list[Case] = [
          "and ERROR-syncd-x.txt", manifest("command: [unclosed\n", **{
              "ERROR.txt": "my notes\n", "ERROR-syncd.txt": "also mine\n", "syncd-error.json": '{"mine": true}\n',
              "ERROR-syncd-x.txt": "mine too\n"}), "rejected", ("not valid YAML",)),
+    # --- class 5: every name syncd derives fits the filesystem's limit for every legal user name
+    Case("long-input-name", "an input and an output named with 255 bytes (staging and delivery add no bytes)",
+         python_job("import glob; data = open(glob.glob('i' * 200 + '*')[0]).read(); "
+                    "open('o' * 251 + '.txt', 'w').write(data); open('out.txt', 'w').write(data)",
+                    **{"i" * 251 + ".txt": "long name\n"}), "succeeded",
+         check=lambda outcome, job: (out_is("out.txt", b"long name\n")(outcome, job),
+                                     out_is("o" * 251 + ".txt", b"long name\n")(outcome, job))),
+    Case("long-dirname-named", "a 255-byte directory name (multibyte) with name: set (its journal name is cut)",
+         manifest(OK + "name: h-long-named\n"), "succeeded", check=out_is("ok.txt", b"ok\n"),
+         dir_name="h-long-" + "\u00e9" * 124, folder="h-long-named"),
+    Case("long-dirname-rejected", "a 255-byte directory name without name: (over the 200-byte job name limit)",
+         manifest(OK), "rejected", ("at most 200 bytes",), dir_name="h-" + "r" * 253),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

@@ -24,6 +24,7 @@ RESERVED_NAMES = frozenset({*OWN_FILES, ERROR_JSON, TMP_DIR})
 _RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_NAMES)
 _RESERVED_SMB = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
 _SMB_FORBIDDEN = set('<>:"|?*')
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def reserved(part: str) -> bool:
@@ -35,8 +36,11 @@ def check_segment(part: str) -> str | None:
     """Why one path segment can't be a name in the outbox (a Windows/SMB share included), or None."""
     if part in ("", ".", ".."):
         return f"has a '{part or '//'}' path segment that could leave the outbox"
-    if any(ord(ch) < 32 for ch in part):
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029" for ch in part):
         return "contains control characters"
+    if _BIDI & set(part):
+        return ("contains bidirectional control characters (U+202A–U+202E, U+2066–U+2069), which make a name "
+                "read as another, e.g. 'gnp.exe' as 'exe.png'")
     if _RESERVED_SMB.match(part):
         return f"'{part}' is a reserved device name on Windows/SMB shares"
     if _SMB_FORBIDDEN & set(part) or part.endswith((".", " ")):

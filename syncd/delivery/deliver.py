@@ -34,6 +34,7 @@ from syncd.names import (
 )
 from syncd.state.store import FAILED, REJECTED, SUCCEEDED, VALIDATED, Job
 from syncd.storage.base import Storage
+from syncd.text import shown, visible_json
 
 RECORD_LIMIT = 16 * 1024 * 1024  # a result record or report syncd reads back is never larger
 
@@ -105,7 +106,7 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
         record = result_record(job, inbox, folder, delivered,
                                [{"path": path, "reason": why} for path, why in refused.items()])
         record_file = Path(scratch) / RESULT_RECORD
-        record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        record_file.write_text(visible_json(record, indent=2) + "\n", encoding="utf-8")
         storage.put_file(job.bucket, record_key, record_file)
     outbox.write_json(job.bucket, record_key, record)
     return record, mirrored.bytes
@@ -184,10 +185,10 @@ def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refu
 
 
 def validation_report(job: Job, directory: JobDirectory, spec: JobSpec) -> str:
-    lines = [f"Dry run of job '{job.name}' (id {job.id}): valid. Nothing was run.", "",
+    lines = [f"Dry run of job '{shown(job.name)}' (id {job.id}): valid. Nothing was run.", "",
              f"backend:  {job.backend}", f"command:  {spec.command!r}",
              f"results would go to: {job.bucket}/{job.folder}/", "", f"{len(directory.inputs)} input file(s):"]
-    lines += [f"  {item.relpath}  ({item.size} bytes)" for item in directory.inputs]
+    lines += [f"  {shown(item.relpath)}  ({item.size} bytes)" for item in directory.inputs]
     lines += ["", "Remove 'dry_run: true' from job.yaml and drop the folder again to run it."]
     return "\n".join(lines) + "\n"
 
@@ -209,10 +210,10 @@ def reject(job: Job, problems: list[str], inbox: InboxConfig, spool: Spool) -> P
         "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
         "next_step": f"fix the problems, then move this folder back into {inbox.path}",
     }
-    text = (
-        f"syncd could not accept the job '{job.dir_name}' (id {job.id}).\n\n"
-        "Problems:\n" + "".join(f"  - {p}\n" for p in problems) +
+    text = (  # user text (names, problems quoting file names) escaped: one line per problem, nothing hidden
+        f"syncd could not accept the job '{shown(job.dir_name)}' (id {job.id}).\n\n"
+        "Problems:\n" + "".join(f"  - {shown(p)}\n" for p in problems) +
         "\nNothing was run. All of your files are still in this folder, unchanged.\n"
-        f"Fix the problems above, then move this folder back into the inbox:\n  {inbox.path}\n"
+        f"Fix the problems above, then move this folder back into the inbox:\n  {shown(inbox.path)}\n"
     )
     return spool.reject(path, job.original_dir_name, text, report)

@@ -9,7 +9,6 @@ that a Windows/SMB share cannot hold is refused and reported, never written.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -25,6 +24,7 @@ from syncd.log import logger
 from syncd.names import check_outbox_key
 from syncd.state.store import Store
 from syncd.storage.base import Storage
+from syncd.text import visible_json
 
 __all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
 class Outbox:
@@ -77,7 +77,7 @@ class Outbox:
         tmp = self._tmp_path()
         try:
             with open(tmp, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, ensure_ascii=False)
+                out.write(visible_json(data, indent=2))
                 out.write("\n")
                 out.flush()
                 os.fsync(out.fileno())

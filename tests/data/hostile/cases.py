@@ -370,6 +370,28 @@ def with_specials(manifest_text: str | None, *made: Callable[[Path], None]) -> C
     return build
 
 
+FORGED_LINE = "2026-01-01 00:00:00 INFO    [payroll 20260101-000000-aaaaaa] succeeded: results in outbox-payroll"
+
+
+def build_forged_problem(job: Path, outside: Path) -> None:
+    """A FIFO whose name carries a newline and a fake problem line: ERROR.txt must still show one problem."""
+    (job / "job.yaml").write_text(OK)
+    os.mkfifo(job / "p\n  - forged: nothing is wrong, ignore this report")
+
+
+def build_dry_run_names(job: Path, outside: Path) -> None:
+    (job / "job.yaml").write_text('command: "true"\ndry_run: true\n')
+    (job / ("in\n  forged-input.txt  (1 bytes)")).write_text("a")
+    (job / "invoice\u202etxt.exe").write_text("b")
+
+
+def check_validation_report(outcome: Outcome, job: Path) -> None:
+    lines = (outcome.folder / "syncd-validation.txt").read_text().splitlines()
+    listed = [line for line in lines if line.startswith("  ")]
+    assert len(listed) == 2, lines
+    assert "  in\\n  forged-input.txt  (1 bytes)  (1 bytes)" in listed and "\u202e" not in "".join(lines)
+
+
 def wrong(field_yaml: str, *expect: str, key: str) -> Case:
     return Case(key, f"wrong type: {field_yaml.strip()}", manifest(OK + field_yaml), "rejected", expect)
 
@@ -591,6 +613,17 @@ CASES: list[Case] = [
          dir_name="h-long-" + "\u00e9" * 124, folder="h-long-named"),
     Case("long-dirname-rejected", "a 255-byte directory name without name: (over the 200-byte job name limit)",
          manifest(OK), "rejected", ("at most 200 bytes",), dir_name="h-" + "r" * 253),
+    # --- class 2: user text can't forge lines or hide characters in logs, status, reports
+    Case("dirname-forged-log", "directory name: a newline, then a plausible log line", manifest(OK), "rejected",
+         ("control characters",), dir_name="h-forge\n" + FORGED_LINE),
+    Case("name-bidi", "name: 'h-\\u202egnp.exe' (a right-to-left override: read as h-exe.png)",
+         manifest(OK + 'name: "h-\\u202egnp.exe"\n'), "rejected", ("bidirectional control characters",)),
+    Case("name-c1", "name with a C1 control (U+009B, a terminal's CSI) and a line separator (U+2028)",
+         manifest(OK + 'name: "h-\\x9b31m\\u2028forged"\n'), "rejected", ("control characters",)),
+    Case("problem-forged", "a FIFO named with a newline and a fake problem line (ERROR.txt keeps one per line)",
+         build_forged_problem, "rejected", ("is a special file",)),
+    Case("dry-run-names", "a dry run whose inputs are named with a newline + fake report line, and a bidi override",
+         build_dry_run_names, "validated", check=check_validation_report),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

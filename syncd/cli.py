@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +14,7 @@ from syncd import __version__
 from syncd.errors import ConfigError, ManifestError
 from syncd.state.summary import job_summary, local_iso
 from syncd.templates import INIT_CONFIG, INIT_FOLDERS
+from syncd.text import shown, visible_json
 
 if TYPE_CHECKING:
     from syncd.backends.base import Backend
@@ -82,10 +83,10 @@ def _store(config):
 def _one_job(store, ref: str):
     matches = store.find(ref)
     if not matches:
-        click.echo(f"syncd: no job with id or name '{ref}'; 'syncd status' lists them", err=True)
+        click.echo(f"syncd: no job with id or name '{shown(ref)}'; 'syncd status' lists them", err=True)
         sys.exit(EXIT_INVALID)
     if len(matches) > 1:
-        click.echo(f"syncd: {len(matches)} jobs are named '{ref}'; give one of their ids:", err=True)
+        click.echo(f"syncd: {len(matches)} jobs are named '{shown(ref)}'; give one of their ids:", err=True)
         for job in matches:
             click.echo(f"  {job.id}  {job.state}", err=True)
         sys.exit(EXIT_INVALID)
@@ -107,6 +108,13 @@ def _table(*columns: str, **options):
     return Table(*columns, **options)
 
 
+def _text(*parts):
+    """A rich Text of plain strings or (string, style) pairs: shown as written, never parsed as markup."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
+
+
 _iso = local_iso
 
 
@@ -122,6 +130,10 @@ def main() -> None:
 def init(directory: Path, force: bool) -> None:
     """Create DIRECTORY with a working config (local backend, folder buckets) and its folders."""
     config = directory / "syncd.yaml"
+    if os.path.lexists(config) and not config.is_file():  # a FIFO would block the write, a device take it
+        click.echo(f"syncd: {config} exists and is not a regular file; remove it or choose another folder",
+                   err=True)
+        sys.exit(EXIT_INVALID)
     if config.exists() and not force:
         click.echo(f"syncd: {config} already exists; use --force to overwrite it", err=True)
         sys.exit(EXIT_INVALID)
@@ -164,16 +176,16 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
             data = job_summary(record)
             data["events"] = [{"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "message": e.message}
                               for e in store.events(record.id)]
-            click.echo(json.dumps([data], indent=2, ensure_ascii=False))
+            click.echo(visible_json([data], indent=2))
             return
         console = _console()
         for key, value in job_summary(record).items():
-            if value is not None:
-                console.print(f"[bold]{key:>10}[/bold]  {value}", highlight=False)
+            if value is not None:  # a Text: a name like "[red]x" is shown as it is, never read as markup
+                console.print(_text((f"{key:>10}", "bold"), "  ", shown(value)), highlight=False)
         table = _table("at", "change", "message", title="events", title_justify="left")
         for event in store.events(record.id):
             change = f"{event.from_state or ''} → {event.to_state}" if event.to_state else ""
-            table.add_row(_iso(event.at), change, event.message)
+            table.add_row(_iso(event.at), change, _text(shown(event.message)))
         console.print(table)
         return
     jobs = store.jobs()
@@ -181,49 +193,57 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
     if not show_all:
         jobs = jobs[-50:]
     if as_json:
-        click.echo(json.dumps([job_summary(j) for j in jobs], indent=2, ensure_ascii=False))
+        click.echo(visible_json([job_summary(j) for j in jobs], indent=2))
         return
     table = _table("id", "name", "state", "backend", "remote id", "updated", "error")
     for j in jobs:
         style = {"succeeded": "green", "validated": "green", "failed": "red", "rejected": "red", "held": "yellow",
                  "timed_out": "red", "cancelled": "yellow"}.get(j.state, "")
-        table.add_row(j.id, j.name, f"[{style}]{j.state}[/{style}]" if style else j.state, j.backend,
-                      j.remote_id or "", _iso(j.updated), (j.error or "")[:80])
+        # user text as Text (never markup), escaped: a name can't add rows, colours or hidden characters
+        table.add_row(j.id, _text(shown(j.name)), _text((j.state, style)), j.backend,
+                      _text(shown(j.remote_id or "")), _iso(j.updated), _text(shown(_problem(j))[:80]))
     _console().print(table)
     if not jobs:
         click.echo("no jobs yet")
     for backend, (until, reason) in store.backend_pauses().items():
-        click.echo(f"backend {backend} is paused (next try {_iso(until)}): {reason}")
+        click.echo(f"backend {backend} is paused (next try {_iso(until)}): {shown(reason)}")
     for service, (since, next_probe, reason) in store.open_circuits().items():
-        click.echo(f"{service} is not answering since {_iso(since)} (next probe {_iso(next_probe)}): {reason}")
+        click.echo(f"{service} is not answering since {_iso(since)} (next probe {_iso(next_probe)}): {shown(reason)}")
+
+
+def _problem(job: Job) -> str:
+    """What went wrong: the error, else how an unsuccessful job ended (e.g. which files were not delivered)."""
+    if job.error:
+        return job.error
+    return job.message or "" if job.state in ("failed", "timed_out", "cancelled") else ""
 
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def validate(path: Path) -> None:
     """Check a job directory or a config file; exit 0 when valid, 1 when not."""
-    if path.name == "job.yaml" and path.is_file():
-        path = path.parent  # a manifest is checked together with its job directory
+    if path.name == "job.yaml" and not path.is_dir():
+        path = path.parent  # a manifest is checked together with its job directory (whatever kind of file it is)
     if path.is_dir():
         from syncd.intake.manifest import load_job_directory
 
         try:
             job = load_job_directory(path)
         except ManifestError as exc:
-            click.echo(f"{path}: invalid job directory:")
-            for problem in exc.problems:
-                click.echo(f"  {problem}")
+            click.echo(f"{shown(path)}: invalid job directory:")
+            for problem in exc.problems:  # one line each: a file name can't add a problem or hide one
+                click.echo(f"  {shown(problem)}")
             sys.exit(EXIT_INVALID)
-        click.echo(f"{path}: valid job '{job.name}' with {len(job.inputs)} input file(s)")
+        click.echo(f"{shown(path)}: valid job '{shown(job.name)}' with {len(job.inputs)} input file(s)")
         return
     from syncd.service.daemon import load
 
     try:
         config = load(path)
     except ConfigError as exc:
-        click.echo(f"{path}: invalid config:")
+        click.echo(f"{shown(path)}: invalid config:")
         for problem in exc.problems:
-            click.echo(f"  {problem}")
+            click.echo(f"  {shown(problem)}")
         sys.exit(EXIT_INVALID)
     click.echo(f"{path}: valid config with {len(config.inboxes)} inbox(es)")
 
@@ -237,7 +257,8 @@ def cancel(config_path: Path, job: str) -> None:
     store = _store(config)
     record = _one_job(store, job)
     store.request(record.id, "cancel")
-    click.echo(f"cancel requested for {record.name} ({record.id}, {record.state}); the daemon acts on it shortly")
+    click.echo(f"cancel requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it "
+               f"shortly")
     if (why := _cannot_stop(config, record)) is not None:
         click.echo(f"note: {why}; the job runs to its end and its results will be marked cancelled, not "
                    f"delivered as a success")
@@ -267,7 +288,8 @@ def retry(config_path: Path, job: str) -> None:
     store = _store(_load(config_path))
     record = _one_job(store, job)
     store.request(record.id, "retry")
-    click.echo(f"retry requested for {record.name} ({record.id}, {record.state}); the daemon acts on it shortly")
+    click.echo(f"retry requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it "
+               f"shortly")
 
 
 @main.command()
@@ -283,7 +305,7 @@ def logs(config_path: Path, job: str) -> None:
     record = _one_job(store, job)
     for event in store.events(record.id):
         change = f"{event.from_state or '∅'} → {event.to_state}: " if event.to_state else ""
-        click.echo(f"{_iso(event.at)}  {change}{event.message}")
+        click.echo(f"{_iso(event.at)}  {change}{shown(event.message)}")
     streams: dict[str, Path | None] = {"stdout": None, "stderr": None}
     if record.folder:
         outbox = config.inbox(record.inbox).outbox / record.bucket / record.folder
@@ -297,8 +319,25 @@ def logs(config_path: Path, job: str) -> None:
     for stream, path in streams.items():
         click.echo(f"----- {stream}" + (f" ({path})" if path else " (none)"))
         if path is not None:
-            text = path.read_text(errors="replace")
-            click.echo(text, nl=bool(text) and not text.endswith("\n"))
+            _echo_file(path)
+
+
+def _echo_file(path: Path) -> None:
+    """Print a log file; anything but a regular file (a FIFO or device in its place) is named, never read."""
+    from syncd.fsutil import open_regular
+
+    try:
+        fd = open_regular(path, follow=False)
+    except OSError as exc:
+        click.echo(f"syncd: {path}: {exc.strerror}", err=True)
+        return
+    last = b"\n"
+    with open(fd, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            click.echo(chunk.decode("utf-8", "replace"), nl=False)
+            last = chunk[-1:]
+    if last != b"\n":
+        click.echo("")
 
 
 @main.command()
@@ -346,10 +385,10 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     except SyncdError as exc:
         click.echo(f"syncd: sync {src} {dest} failed: {exc}", err=True)
         sys.exit(EXIT_INVALID)
-    for key, why in report.refused:
-        click.echo(f"syncd: refused {key}: {why}", err=True)
+    for key, why in report.refused:  # keys come from the bucket: escaped, one line each
+        click.echo(f"syncd: refused {shown(key)}: {shown(why)}", err=True)
     for key, error in report.failed:
-        click.echo(f"syncd: failed {key}: {error}", err=True)
+        click.echo(f"syncd: failed {shown(key)}: {shown(error)}", err=True)
     verb = "downloaded" if source is not None else "uploaded"
     click.echo(f"{verb} {len(report.fetched)} file(s), {report.bytes} bytes, unchanged {len(report.skipped)}, "
                f"refused {len(report.refused)}, deleted {len(report.deleted)}, failed {len(report.failed)} "

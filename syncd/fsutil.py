@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from syncd.errors import PermanentError, SyncdError, TransientError
 
@@ -38,10 +38,82 @@ def fsync_dir(path: str | Path, *, missing_ok: bool = False) -> None:
         os.close(fd)
 
 
-def copy_verified(source: Path, dest: Path) -> str:
-    """Copy with fsync, returning the MD5 of what was written; raise if sizes differ."""
+class NotRegularFile(OSError):
+    """A path syncd was to read is a folder, FIFO, socket or device: refused before it is opened for reading
+    (opening a FIFO blocks, a device can be read without end)."""
+
+    def __init__(self, path: str | os.PathLike | bytes, kind: str):
+        super().__init__(errno.EINVAL, f"must be a regular file, not {kind}", os.fsdecode(path))
+        self.kind = kind
+
+
+class TooLarge(OSError):
+    """A file holds more than the reader's limit (only that much plus one byte was read)."""
+
+    def __init__(self, path: str | os.PathLike | bytes, limit: int, size: int):
+        super().__init__(errno.EFBIG, f"is {size} bytes, over the limit of {limit} bytes", os.fsdecode(path))
+        self.limit, self.size = limit, size
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this mode is, for a person: 'a FIFO (named pipe)', 'a character device'…"""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def open_regular(path: str | os.PathLike | bytes, *, follow: bool = True) -> int:
+    """Open a regular file for reading and return its descriptor; :class:`NotRegularFile` at once for
+    anything else. The type is checked before the open (opening a FIFO would block, opening a device can
+    act on it) and again on the open descriptor (the name may have been given another file in between).
+    ``follow=False`` refuses a symbolic link as the last component."""
+    st = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(path, file_kind(st.st_mode))
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # became a link, or a socket, since the stat
+            raise NotRegularFile(path, "a symbolic link" if exc.errno == errno.ELOOP else "a socket") from None
+        raise
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        raise NotRegularFile(path, file_kind(opened.st_mode))
+    return fd
+
+
+def read_regular(path: str | os.PathLike | bytes, limit: int, *, follow: bool = True) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes (:class:`TooLarge` otherwise; never more
+    than ``limit + 1`` bytes are read, whatever the file claims its size is)."""
+    fd = open_regular(path, follow=follow)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise TooLarge(path, limit, size)
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise TooLarge(path, limit, total)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def copy_verified(source: Path, dest: Path, *, follow: bool = True) -> str:
+    """Copy with fsync, returning the MD5 of what was written; raise if sizes differ. The source must be a
+    regular file (:class:`NotRegularFile` otherwise, at once; with ``follow=False`` not a link either)."""
     digest = hashlib.md5()
-    with open(source, "rb") as src, open(dest, "wb") as out:
+    with open(open_regular(source, follow=follow), "rb") as src, open(dest, "wb") as out:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
@@ -107,10 +179,10 @@ def place_file(source: Path, dest: Path, *, link: bool = True,
     failed, so they are not tried again.
     """
     no_reflink = set() if no_reflink is None else no_reflink
-    src_fd = os.open(source, os.O_RDONLY)
+    src_fd = open_regular(source)
     try:
         st = os.fstat(src_fd)
-        if stat.S_ISREG(st.st_mode) and _reflink(src_fd, st, dest, no_reflink):
+        if _reflink(src_fd, st, dest, no_reflink):
             return "reflink"
     finally:
         os.close(src_fd)
@@ -129,8 +201,57 @@ def place_file(source: Path, dest: Path, *, link: bool = True,
     return "copy"
 
 
+_RENAME_NOREPLACE = 1
+_renameat2: Any = None
+
+
+def _libc_renameat2() -> Any:
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            func = ctypes.CDLL(None, use_errno=True).renameat2
+            func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = func
+        except (OSError, AttributeError):  # not Linux, or a libc without it
+            _renameat2 = False
+    return _renameat2
+
+
+def rename_noreplace(source: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename ``source`` to ``dest`` only if nothing is at ``dest``: FileExistsError otherwise, never a
+    replaced file or (empty) folder. ``renameat2(RENAME_NOREPLACE)`` where the kernel and filesystem have it;
+    else a hard link then unlink for a file; else (a folder on such a filesystem) a check just before the
+    rename."""
+    func = _libc_renameat2()
+    if func:
+        AT_FDCWD = -100
+        if func(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
+            return
+        import ctypes
+
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), os.fsdecode(source), None, os.fsdecode(dest))
+    if not os.path.isdir(source) or os.path.islink(source):
+        try:
+            os.link(source, dest, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _CANNOT:
+                raise
+        else:
+            os.unlink(source)
+            return
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dest))
+    os.rename(source, dest)
+
+
 def os_error(exc: OSError, what: str) -> SyncdError:
     """Classify an OSError: full disk and I/O hiccups are transient, the rest permanent."""
+    if isinstance(exc, NotRegularFile | TooLarge):
+        return PermanentError(f"{what}: {exc.filename} {exc.strerror}")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransientError(f"{what}: no space left on the device; free space on that filesystem and syncd "
                               f"resumes by itself")

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from syncd.fsutil import NotRegularFile, TooLarge, read_regular
+
 Location = tuple[str | int, ...]
 MAX_NODES = 100_000
 MAX_DEPTH = 64
@@ -92,10 +94,14 @@ def _line_of(exc: Exception, text: str) -> int | None:
 
 
 def load_file(path: Path, *, max_bytes: int = 1024 * 1024, allow_aliases: bool = True) -> LoadedYaml:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise YamlProblem(f"file is {size} bytes; the limit is {max_bytes} bytes")
-    raw = path.read_bytes()
+    """Parse a YAML file of at most ``max_bytes``. Only a regular file is opened: a FIFO, socket, device or
+    folder is refused at once (never blocks, never reads without end)."""
+    try:
+        raw = read_regular(path, max_bytes)
+    except NotRegularFile as exc:
+        raise YamlProblem(f"{exc.strerror}; give the path of a YAML file") from None
+    except TooLarge as exc:
+        raise YamlProblem(f"file is {exc.size} bytes; the limit is {max_bytes} bytes") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

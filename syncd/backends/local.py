@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -38,6 +39,7 @@ from syncd.backends.base import (
     RemoteState,
     RemoteStatus,
 )
+from syncd.backends.containment import kill_leftover_cgroup
 from syncd.backends.job_user import (
     JobUser,
     hand_over,
@@ -61,6 +63,10 @@ class LocalOptions(BackendOptions):
     run_as: str | None = Field(None, description="run every job as this user (its uid, primary group and "
                                                  "supplementary groups); the daemon must run as root")
     run_as_group: str | None = Field(None, description="primary group of run_as jobs (default: the user's own)")
+    containment: Literal["auto", "cgroup", "subreaper"] = Field(
+        "auto", description="how a job's whole process tree is held so that nothing of it outlives the job: a "
+                            "cgroup v2 folder per job (cgroup), the runner as child subreaper plus a sweep "
+                            "(subreaper), or a cgroup where one can be made (auto)")
     workdir_root: ConfigPath | None = Field(
         None, description="where the work folders go (default: <state_dir>/backends/<name>); required with run_as: "
                           "a folder outside state_dir that the run_as user can reach")
@@ -150,7 +156,7 @@ class LocalBackend(Backend):
             return self._ref(spec.submit_key)
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        runner_spec: dict = {"timeout": spec.timeout}
+        runner_spec: dict = {"timeout": spec.timeout, "containment": self.options.containment}
         if self.job_user is not None:
             self._check_job_user()
             env.update(self.job_user.environment())
@@ -255,6 +261,17 @@ class LocalBackend(Backend):
             except OSError as exc:
                 raise os_error(exc, f"taking back {folder.work} from {self.job_user.name}") from exc
 
+    def _kill_leftovers(self, ref: RemoteRef) -> None:
+        """A runner that died (kill -9, OOM) could not end its job: kill what is left in the job's cgroup."""
+        ctrl = self._dir(ref.remote_id) / "ctrl"
+        if self._runner_alive(ctrl):
+            return
+        try:
+            held = json.loads((ctrl / "runner.json").read_text()).get("containment") or {}
+        except (OSError, ValueError):
+            return
+        kill_leftover_cgroup(held.get("cgroup"))
+
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         folder = WorkFolder(self.work_root, ref.remote_id)
         if self.job_user is None:
@@ -263,6 +280,7 @@ class LocalBackend(Backend):
         return folder.outputs(spec.outputs, owner=os.geteuid())
 
     def cleanup(self, ref: RemoteRef) -> None:
+        self._kill_leftovers(ref)
         if not self.options.keep_workdir:
             folder = WorkFolder(self.work_root, ref.remote_id)
             self._take_back(folder)

@@ -6,7 +6,9 @@ It forks into the background (so the daemon never has to reap it), holds
 runner from a dead one without trusting pids), claims ``ctrl/claim`` exclusively
 (so a second runner for the same attempt exits at once), runs the command in
 its own process group, enforces the timeout, obeys ``ctrl/cancel``, and writes
-``ctrl/status.json`` atomically at the end.
+``ctrl/status.json`` atomically at the end. The job's whole process tree is contained
+(:mod:`syncd.backends.containment`: a cgroup, or the runner as subreaper): at the end of the job, on
+timeout and on cancel, nothing of it survives.
 
 When the spec names a user, only the job's process takes that user's ids (and enters ``work/`` as
 that user, so the folder is reachable by its absolute path); the runner keeps the daemon's
@@ -25,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from syncd.backends.containment import CgroupUnavailable, Containment, contain
 
 KILL_GRACE = 5.0
 TICK = 0.2
@@ -51,13 +55,16 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _stop(child: subprocess.Popen) -> int:
-    """TERM the job's process group, KILL it after a grace period; return the exit status."""
+def _stop(child: subprocess.Popen, box: Containment) -> int:
+    """TERM every process of the job (its group and all it contains), KILL them all after a grace period;
+    return the exit status of the job's first process."""
     _kill_group(child.pid, signal.SIGTERM)
+    box.signal_all(signal.SIGTERM)
     try:
         return child.wait(timeout=KILL_GRACE)
     except subprocess.TimeoutExpired:
         _kill_group(child.pid, signal.SIGKILL)
+        box.kill_all()
         return child.wait()
 
 
@@ -88,12 +95,23 @@ def run(attempt_dir: Path) -> int:
     command = ["/bin/sh", "-c", spec["command"]] if isinstance(spec["command"], str) else spec["command"]
     status: dict[str, Any] = {"started": started, "timed_out": False, "cancelled": False, "signal": None, "error": None}
     try:
+        box = contain(spec.get("containment", "auto"), attempt_dir.name)
+    except CgroupUnavailable as exc:  # containment: cgroup was asked for, and none can be made here
+        status.update(exit_code=127, ended=time.time(), error=f"cannot contain the job: {exc}")
+        _write_json(ctrl / "status.json", status)
+        return 0
+    try:
         with open(ctrl / "stdout.txt", "ab") as out, open(ctrl / "stderr.txt", "ab") as err:
-            child = subprocess.Popen(
-                command, env=spec["env"], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, **_identity(spec, attempt_dir / "work"),
-            )
+            box.enter_for_fork()  # the job is born inside its cgroup: no descendant is ever outside it
+            try:
+                child = subprocess.Popen(
+                    command, env=spec["env"], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    start_new_session=True, **_identity(spec, attempt_dir / "work"),
+                )
+            finally:
+                box.leave_after_fork()
     except (OSError, subprocess.SubprocessError) as exc:
+        box.close()
         why = (f"the job's user could not enter {attempt_dir / 'work'}" if isinstance(exc, subprocess.SubprocessError)
                else exc.strerror or str(exc))
         status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {why}")
@@ -101,7 +119,9 @@ def run(attempt_dir: Path) -> int:
             err.write(f"syncd: {status['error']}\n")
         _write_json(ctrl / "status.json", status)
         return 0
-    _write_json(ctrl / "runner.json", {"runner_pid": os.getpid(), "pgid": child.pid, "started": started})
+    box.main_pid = child.pid
+    _write_json(ctrl / "runner.json", {"runner_pid": os.getpid(), "pgid": child.pid, "started": started,
+                                       "containment": box.describe()})
 
     timeout = spec.get("timeout")
     deadline = started + timeout if timeout else None
@@ -112,11 +132,17 @@ def run(attempt_dir: Path) -> int:
         except subprocess.TimeoutExpired:
             if (ctrl / "cancel").exists():
                 status["cancelled"] = True
-                code = _stop(child)
+                code = _stop(child, box)
             elif deadline is not None and time.time() >= deadline:
                 status["timed_out"] = True
-                code = _stop(child)
-    _kill_group(child.pid, signal.SIGKILL)  # stragglers the job left running in its group
+                code = _stop(child, box)
+    # Nothing of the job outlives it: what it left running (in its group, started with setsid, a double
+    # fork or nohup … &) is stopped and killed before its end is recorded.
+    _kill_group(child.pid, signal.SIGKILL)
+    survivors = box.kill_all()
+    box.close()
+    if survivors:
+        status["error"] = f"processes {survivors} of the job could not be killed"
     if code < 0:
         status.update(signal=-code, exit_code=128 - code)
     else:

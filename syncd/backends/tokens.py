@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 
 from syncd.config import ConfigPath, Duration, StrictModel
 from syncd.errors import AuthError, TransientError
+from syncd.fsutil import open_regular
 
 #: seconds a token command may take
 COMMAND_TIMEOUT = 30.0
@@ -165,7 +166,7 @@ class TokenSource:
 
     def _read_file(self, path: Path) -> str:
         try:
-            with open(path, "rb") as handle:
+            with open(open_regular(path), "rb") as handle:  # a FIFO or device: refused, never read
                 mode = os.fstat(handle.fileno()).st_mode
                 data = handle.read()
         except FileNotFoundError:

@@ -7,16 +7,18 @@ working directory) and ``.../ctrl`` (syncd's files: spec, logs, exit status).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import stat
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from syncd.backends.base import JobLogs, OutputFile
 from syncd.errors import InputError
-from syncd.fsutil import copy_verified, os_error
+from syncd.fsutil import NotRegularFile, copy_verified, os_error
 from syncd.intake.manifest import InputFile, glob_to_regex, match_any
 
 INPUTS_SNAPSHOT = "inputs.json"
@@ -30,6 +32,11 @@ def _check_input(item: InputFile, func, *args):
     """Run ``func``; an input that vanished or cannot be read is the user's to fix (InputError)."""
     try:
         return func(*args)
+    except NotRegularFile as exc:
+        if exc.filename != str(item.source):
+            raise
+        raise InputError([f"{item.relpath}: became {exc.kind} after the job was checked; only regular files "
+                          f"are staged"]) from exc
     except OSError as exc:
         if exc.filename != str(item.source) or not isinstance(exc, (FileNotFoundError, PermissionError)):
             raise
@@ -60,9 +67,10 @@ class WorkFolder:
                 except FileNotFoundError:
                     done = False
                 if not done:
-                    tmp = dest.with_name(f".{dest.name}.syncd-part")
+                    tmp = dest.with_name(f".syncd-part-{uuid.uuid4().hex[:16]}")  # fits beside a 255-byte name
                     try:
-                        _check_input(item, copy_verified, item.source, tmp)
+                        # follow=False: a link put in the input's place since it was checked is refused
+                        _check_input(item, functools.partial(copy_verified, follow=False), item.source, tmp)
                         os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
                         os.replace(tmp, dest)
                     finally:

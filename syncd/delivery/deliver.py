@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,25 @@ from typing import Any
 from syncd import __version__
 from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
-from syncd.delivery.outbox import RESULT_RECORD, Outbox, check_outbox_key
+from syncd.delivery.outbox import Outbox
 from syncd.errors import PermanentError, TransientError
+from syncd.fsutil import read_regular
 from syncd.intake.manifest import JobDirectory
 from syncd.intake.spool import Spool
-from syncd.state.store import REJECTED, Job
+from syncd.names import (
+    ERROR_JSON,
+    RESULT_RECORD,
+    STDERR_NAME,
+    STDOUT_NAME,
+    check_output_path,
+    job_key_check,
+    reserved,
+)
+from syncd.state.store import FAILED, REJECTED, SUCCEEDED, VALIDATED, Job
 from syncd.storage.base import Storage
+from syncd.text import shown, visible_json
 
-STDOUT_NAME = "syncd-stdout.txt"
-STDERR_NAME = "syncd-stderr.txt"
-VALIDATION_REPORT = "syncd-validation.txt"
-RESERVED_OUTPUTS = frozenset({STDOUT_NAME, STDERR_NAME, RESULT_RECORD, VALIDATION_REPORT})
+RECORD_LIMIT = 16 * 1024 * 1024  # a result record or report syncd reads back is never larger
 
 
 def iso(ts: float | None) -> str | None:
@@ -36,38 +46,39 @@ def iso(ts: float | None) -> str | None:
 def record_matches(path: Path, job: Job) -> bool:
     """True when ``path`` already holds this attempt's result record (a crash came after writing it)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, RECORD_LIMIT, follow=False))
     except (OSError, ValueError):
         return False
-    return data.get("id") == job.id and data.get("attempts") == job.attempts
+    return isinstance(data, dict) and data.get("id") == job.id and data.get("attempts") == job.attempts
 
 
 def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outbox: Outbox,
-            outputs: list[OutputFile], logs: JobLogs | None, reports: dict[str, str], tmp_dir: Path
-            ) -> tuple[dict[str, Any], int]:
+            outputs: list[OutputFile], logs: JobLogs | None, reports: dict[str, str], tmp_dir: Path,
+            on_settled: Callable[[str | None, str | None], None] | None = None) -> tuple[dict[str, Any], int]:
     """Put outputs, logs and reports into ``<bucket>/<folder>/``, mirror it, write the record last.
+
+    A file that cannot be delivered (a name the outbox's rules refuse) is listed under ``refused`` and
+    makes the job's outcome no plain success (:func:`settled_outcome`); ``on_settled(outcome, message)``
+    records that before the record is written. ``outputs`` of the record are exactly the files in the
+    folder; every path of the record is relative to the folder, written one way.
 
     Returns the result record and the bytes mirrored into the outbox.
     """
     record_key = f"{folder}/{RESULT_RECORD}"
     storage.ensure_bucket(job.bucket)
     delivered: list[dict[str, Any]] = []
-    refused: list[dict[str, str]] = []
+    refused: dict[str, str] = {}  # path → reason
+    seen_folded: dict[str, str] = {}
     tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
         empty = Path(scratch) / "empty"
         empty.touch()
         for item in outputs:
             shown = os.fsencode(item.relpath).decode("utf-8", "backslashreplace")
-            if item.relpath in RESERVED_OUTPUTS:
-                refused.append({"path": item.relpath, "reason": "name is reserved for syncd's own files"})
+            if problem := output_problem(item.relpath, shown, seen_folded):
+                refused.setdefault(shown, problem)
                 continue
-            if shown != item.relpath:
-                refused.append({"path": shown, "reason": "the name is not valid UTF-8; object keys must be"})
-                continue
-            if problem := check_outbox_key(item.relpath):
-                refused.append({"path": shown, "reason": problem})
-                continue
+            seen_folded[item.relpath.casefold()] = item.relpath
             if item.remote is not None:
                 place_remote(storage, job.bucket, f"{folder}/{item.relpath}", item)
             elif item.source is not None:
@@ -82,14 +93,55 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
             report_file = Path(scratch) / name
             report_file.write_text(text, encoding="utf-8")
             storage.put_file(job.bucket, f"{folder}/{name}", report_file)
-        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key})
-        refused += [{"path": key, "reason": why} for key, why in mirrored.refused]
-        record = result_record(job, inbox, folder, delivered, refused)
+        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key},
+                                 check_key=job_key_check(folder))
+        top = folder + "/"
+        for key, why in mirrored.refused:  # objects a service left beside the outputs, under refused names
+            refused.setdefault(key[len(top):] if key.startswith(top) else key, why)
+        delivered = [entry for entry in delivered if entry["path"] not in refused]
+        outcome, message = settled_outcome(job, refused)
+        if on_settled is not None and (outcome, message) != (job.outcome, job.message):
+            on_settled(outcome, message)
+        job = replace(job, outcome=outcome, message=message)
+        record = result_record(job, inbox, folder, delivered,
+                               [{"path": path, "reason": why} for path, why in refused.items()])
         record_file = Path(scratch) / RESULT_RECORD
-        record_file.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        record_file.write_text(visible_json(record, indent=2) + "\n", encoding="utf-8")
         storage.put_file(job.bucket, record_key, record_file)
     outbox.write_json(job.bucket, record_key, record)
     return record, mirrored.bytes
+
+
+def output_problem(relpath: str, shown: str, seen_folded: dict[str, str]) -> str | None:
+    """Why one output can't go into the results folder (the outbox's rules, the same as at claim time)."""
+    if any(reserved(part) for part in relpath.split("/")):
+        return "name is reserved for syncd's own files (at any depth, in any letter case)"
+    if shown != relpath:
+        return "the name is not valid UTF-8; object keys must be"
+    if problem := check_output_path(relpath):
+        return problem
+    other = seen_folded.get(relpath.casefold())
+    if other is not None:
+        return f"differs only by letter case from '{other}' (SMB shares can't hold both)"
+    return None
+
+
+NOT_DELIVERED = "could not be delivered"
+
+
+def settled_outcome(job: Job, refused: dict[str, str]) -> tuple[str | None, str | None]:
+    """The outcome and message once delivery is known: a job whose files were refused is no plain success
+    (a command that succeeded makes the job ``failed``, with the files named in the message). Idempotent."""
+    if not refused or job.outcome in (None, VALIDATED):
+        return job.outcome, job.message
+    names = ", ".join(repr(path) for path in list(refused)[:5]) + (", …" if len(refused) > 5 else "")
+    note = (f"{len(refused)} file(s) {NOT_DELIVERED} (names the outbox refuses; see 'refused' in "
+            f"{RESULT_RECORD}): {names}; rename them in the job and run it again")
+    if job.message and note in job.message:
+        return job.outcome, job.message
+    if job.outcome == SUCCEEDED:
+        return FAILED, f"the command succeeded, but {note}"
+    return job.outcome, f"{job.message}; {note}" if job.message else note
 
 
 def place_remote(storage: Storage, bucket: str, key: str, item: OutputFile) -> None:
@@ -133,10 +185,10 @@ def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refu
 
 
 def validation_report(job: Job, directory: JobDirectory, spec: JobSpec) -> str:
-    lines = [f"Dry run of job '{job.name}' (id {job.id}): valid. Nothing was run.", "",
+    lines = [f"Dry run of job '{shown(job.name)}' (id {job.id}): valid. Nothing was run.", "",
              f"backend:  {job.backend}", f"command:  {spec.command!r}",
              f"results would go to: {job.bucket}/{job.folder}/", "", f"{len(directory.inputs)} input file(s):"]
-    lines += [f"  {item.relpath}  ({item.size} bytes)" for item in directory.inputs]
+    lines += [f"  {shown(item.relpath)}  ({item.size} bytes)" for item in directory.inputs]
     lines += ["", "Remove 'dry_run: true' from job.yaml and drop the folder again to run it."]
     return "\n".join(lines) + "\n"
 
@@ -147,20 +199,21 @@ def reject(job: Job, problems: list[str], inbox: InboxConfig, spool: Spool) -> P
     if not path.exists():  # moved before a crash: find it by its report
         for candidate in inbox.failed.iterdir():
             try:
-                if json.loads((candidate / "syncd-error.json").read_text()).get("id") == job.id:
-                    return candidate
-            except (OSError, ValueError):
+                report = json.loads(read_regular(candidate / ERROR_JSON, RECORD_LIMIT, follow=False))
+            except (OSError, ValueError):  # not a folder, no report, a FIFO or link in its place: not this job's
                 continue
+            if isinstance(report, dict) and report.get("id") == job.id:
+                return candidate
         raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
     report = {
         "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,
         "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
         "next_step": f"fix the problems, then move this folder back into {inbox.path}",
     }
-    text = (
-        f"syncd could not accept the job '{job.dir_name}' (id {job.id}).\n\n"
-        "Problems:\n" + "".join(f"  - {p}\n" for p in problems) +
+    text = (  # user text (names, problems quoting file names) escaped: one line per problem, nothing hidden
+        f"syncd could not accept the job '{shown(job.dir_name)}' (id {job.id}).\n\n"
+        "Problems:\n" + "".join(f"  - {shown(p)}\n" for p in problems) +
         "\nNothing was run. All of your files are still in this folder, unchanged.\n"
-        f"Fix the problems above, then move this folder back into the inbox:\n  {inbox.path}\n"
+        f"Fix the problems above, then move this folder back into the inbox:\n  {shown(inbox.path)}\n"
     )
     return spool.reject(path, job.original_dir_name, text, report)

@@ -33,11 +33,11 @@ from syncd.delivery.index import DeliveryIndex
 from syncd.errors import PermanentError, SyncdError, TransientError
 from syncd.fsutil import TMP_DIR, fsync_dir, os_error
 from syncd.log import logger
+from syncd.names import RESULT_RECORD
 from syncd.retry import backoff_delay
 from syncd.state.store import Store
 from syncd.storage.base import ObjectInfo, Storage
 
-RESULT_RECORD = "syncd-result.json"
 INDEX_BATCH = 500
 #: objects up to this size go through ``storage.fetch_many`` when the storage has a better one
 BATCH_MAX_SIZE = 1024 * 1024

@@ -9,12 +9,10 @@ that a Windows/SMB share cannot hold is refused and reported, never written.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +21,12 @@ from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport
 from syncd.errors import PermanentError, SyncdError
 from syncd.fsutil import TMP_DIR, fsync_dir, os_error
 from syncd.log import logger
+from syncd.names import check_outbox_key
 from syncd.state.store import Store
 from syncd.storage.base import Storage
+from syncd.text import visible_json
 
 __all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
-_RESERVED_SMB = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?$", re.IGNORECASE)
-_SMB_FORBIDDEN = set('<>:"|?*')
-
-
-def check_outbox_key(key: str) -> str | None:
-    """Why ``key`` must not be written into the outbox, or None when it is safe."""
-    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-        return "empty, absolute, or contains a backslash or NUL"
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes carried as surrogates: no SMB share or index can hold them
-        return "is not valid UTF-8"
-    for part in key.rstrip("/").split("/"):
-        if part in ("", ".", ".."):
-            return f"has a '{part or '//'}' path segment that could leave the outbox"
-        if any(ord(ch) < 32 for ch in part):
-            return "contains control characters"
-        if _RESERVED_SMB.match(part):
-            return f"'{part}' is a reserved device name on Windows/SMB shares"
-        if _SMB_FORBIDDEN & set(part) or part.endswith((".", " ")):
-            return f"'{part}' cannot be stored on a Windows/SMB share"
-        if part == TMP_DIR:
-            return f"'{TMP_DIR}' is reserved for syncd's temporary files"
-    return None
-
-
 class Outbox:
     def __init__(self, root: Path, store: Store, retry: RetryPolicy | None = None):
         self.root = root
@@ -74,14 +48,15 @@ class Outbox:
         return self.root / bucket / key
 
     def mirror(self, storage: Storage, bucket: str, prefix: str, *, exclude: Iterable[str] = (),
-               delete: bool = False, engine: Mirror | None = None) -> MirrorReport:
+               delete: bool = False, engine: Mirror | None = None,
+               check_key: Callable[[str], str | None] = check_outbox_key) -> MirrorReport:
         """Bring ``outbox/<bucket>/<prefix>…`` up to date with the remote prefix. Idempotent.
 
         Raises the classified error when an object could not be fetched (after the others were).
         """
         report = (engine or self.mirror_engine).run(
             storage, bucket, prefix, self.root / bucket, tmp_dir=self.root / TMP_DIR, exclude=exclude,
-            delete=delete, check_key=check_outbox_key)
+            delete=delete, check_key=check_key)
         report.raise_for_failures()
         return report
 
@@ -102,7 +77,7 @@ class Outbox:
         tmp = self._tmp_path()
         try:
             with open(tmp, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, ensure_ascii=False)
+                out.write(visible_json(data, indent=2))
                 out.write("\n")
                 out.flush()
                 os.fsync(out.fileno())

@@ -10,6 +10,7 @@ sends one LIST and nothing else.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from syncd.delivery.index import DeliveryIndex
 from syncd.delivery.mirror import MirrorReport, ProgressHook
 from syncd.delivery.outbox import check_outbox_key
 from syncd.errors import SyncdError, TransientError
-from syncd.fsutil import TMP_DIR
+from syncd.fsutil import TMP_DIR, file_kind, os_error
 from syncd.log import logger
 from syncd.retry import backoff_delay
 from syncd.state.store import Store
@@ -70,9 +71,15 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
         dirnames[:] = sorted(d for d in dirnames if d != TMP_DIR)
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            st = path.stat()
             key = prefix + path.relative_to(source).as_posix()
+            try:
+                st = path.stat()
+            except OSError as exc:  # a link that points nowhere, a file gone since the listing
+                report.failed.append((key, os_error(exc, f"reading {path}")))
+                continue
             problem = check_outbox_key(key[len(prefix):])
+            if problem is None and not stat.S_ISREG(st.st_mode):  # never opened: a FIFO blocks, a device never ends
+                problem = f"is {file_kind(st.st_mode)}, not a regular file; only regular files are uploaded"
             if problem:
                 report.refused.append((key, problem))
                 continue

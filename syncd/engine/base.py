@@ -119,6 +119,7 @@ class EngineBase:
         self._cancel_retry_at: dict[str, float] = {}
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
+        self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)
         self._store_checked = 0.0
 
     def _inbox(self, name: str) -> InboxConfig:
@@ -162,7 +163,7 @@ class EngineBase:
         inbox = self._inbox(job.inbox)
         if inbox.journal:
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
-            journal.update(inbox.path, job, folder)
+            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

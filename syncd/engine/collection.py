@@ -8,7 +8,6 @@ from pathlib import Path
 from syncd.backends import wrapper
 from syncd.backends.base import OutputFile, StagingArea
 from syncd.delivery import deliver
-from syncd.delivery.outbox import RESULT_RECORD
 from syncd.engine.base import (
     job_logger,
     remote_ref,
@@ -18,6 +17,9 @@ from syncd.errors import (
     PermanentError,
     TransientError,
 )
+from syncd.fsutil import os_error, read_regular
+from syncd.names import RESULT_RECORD, VALIDATION_REPORT
+from syncd.retry import backoff_delay
 from syncd.state import journal
 from syncd.state.store import (
     COLLECTING,
@@ -28,6 +30,8 @@ from syncd.state.store import (
     VALIDATED,
     Job,
 )
+
+EXIT_FILE_LIMIT = 4096  # the wrapper writes a number and a newline
 
 
 class Collection(FailurePolicy):
@@ -49,10 +53,16 @@ class Collection(FailurePolicy):
             outputs = [item for item in outputs if not wrapper.is_wrapper_path(item.relpath)]
         reports = {}
         if job.outcome == VALIDATED:
-            reports[deliver.VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
+            reports[VALIDATION_REPORT] = deliver.validation_report(job, self._load(job), self.spec(job))
+
+        def settled(outcome: str | None, message: str | None) -> None:  # recorded before the record is written
+            job_logger(job).warning("{}", message)
+            self.store.update(job.id, expect=COLLECTING, outcome=outcome, message=message,
+                              event=f"delivered with refused files: {message}")
+
         _, mirrored = deliver.deliver(
             self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
-            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir)
+            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir, on_settled=settled)
         self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)
@@ -73,14 +83,18 @@ class Collection(FailurePolicy):
         self.store.update(job.id, expect=COLLECTING, event=f"exit code {code}, from syncd's wrapper", **changes)
 
     def _read_exit_file(self, job: Job, item: OutputFile) -> int | None:
-        if item.source is not None:
-            return wrapper.parse_exit_code(item.source.read_text(errors="replace"))
+        if item.source is not None:  # the job wrote it: a FIFO or device in its place must not block
+            try:
+                return wrapper.parse_exit_code(read_regular(item.source, EXIT_FILE_LIMIT, follow=False)
+                                               .decode(errors="replace"))
+            except OSError:
+                return None
         assert item.remote is not None
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         local = self.tmp_dir / f"exit-code-{job.id}"
         try:
             self.storages[job.storage].get_file(item.remote.bucket, item.remote.key, local)
-            return wrapper.parse_exit_code(local.read_text(errors="replace"))
+            return wrapper.parse_exit_code(read_regular(local, EXIT_FILE_LIMIT).decode(errors="replace"))
         finally:
             local.unlink(missing_ok=True)
 
@@ -89,8 +103,8 @@ class Collection(FailurePolicy):
         if not job.folder:
             return None
         try:
-            return json.loads(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}")
-                              .read_text())
+            return json.loads(read_regular(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}"),
+                                           deliver.RECORD_LIMIT, follow=False))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -106,10 +120,12 @@ class Collection(FailurePolicy):
         job = self.store.get(job_id)
         if job.state not in TERMINAL or job.finished:
             return
+        if self.clock() < self._finish_retry.get(job_id, (0, 0.0))[1]:
+            return  # backing off after a failure
         spool = self.spools[job.inbox]
         inbox = self._inbox(job.inbox)
         path = Path(job.spool_path)
-        journal.update(inbox.path, job, None)  # terminal: removes a journal a racing writer may have left
+        journal.update(inbox.path, job, None, spool.tmp)  # terminal: removes a journal a racing writer may have left
         try:
             if job.state == REJECTED:
                 problems = json.loads(job.message) if job.message else [job.error or "rejected"]
@@ -131,5 +147,23 @@ class Collection(FailurePolicy):
             self.crash_points.reached("archived-unrecorded")
             self.store.update(job.id, finished=1, spool_path=str(dest))
         except (OSError, PermanentError, TransientError) as exc:
-            job_logger(job).warning("finishing failed ({}); will try again", exc)
-            self.store.update(job.id, event=f"finishing failed: {exc}")
+            self._finish_failed(job, path, os_error(exc, "finishing") if isinstance(exc, OSError) else exc)
+        else:
+            if self._finish_retry.pop(job.id, None) is not None:
+                job_logger(job).info("finished after all")
+
+    def _finish_failed(self, job: Job, path: Path, error: Exception) -> None:
+        """A permanent failure is reported once and not tried again (the folder stays where it is, and
+        status says where); a transient one is tried again with backoff, logged the first time only."""
+        tries = self._finish_retry.get(job.id, (0, 0.0))[0] + 1
+        if isinstance(error, PermanentError):
+            self._finish_retry.pop(job.id, None)
+            reason = f"finishing failed: {error}; its folder stays at {path}: move it yourself (not tried again)"
+            job_logger(job).error("{}", reason)
+            self.store.update(job.id, finished=1, error=reason, event=reason)
+            return
+        delay = backoff_delay(self.config.retry, tries)
+        self._finish_retry[job.id] = (tries, self.clock() + delay)
+        if tries == 1:
+            job_logger(job).warning("finishing failed ({}); trying again with backoff", error)
+            self.store.update(job.id, event=f"finishing failed: {error}; trying again with backoff")

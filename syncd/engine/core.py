@@ -83,7 +83,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
         for spool in self.spools.values():
             spool.prepare()
         for inbox in self._inboxes.values():
-            journal.remove_leftovers(inbox.path)
+            journal.remove_leftovers(inbox.path, self.spools[inbox.name].tmp)
         for outbox in self.outboxes.values():
             outbox.prepare()
         for job in self.store.jobs([CLAIMING]):

@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 from syncd.errors import ManifestError
+from syncd.fsutil import file_kind, read_regular
+from syncd.names import check_segment, reserved
 from syncd.units import parse_duration, parse_size
 from syncd.yamlfile import YamlProblem, load_file
 
@@ -35,6 +37,7 @@ ERROR_TEXT = "ERROR.txt"
 ERROR_JSON = "syncd-error.json"
 REPORT_FILES = frozenset({ERROR_TEXT, ERROR_JSON})
 MAX_MANIFEST_BYTES = 256 * 1024
+REPORT_LIMIT = 4 * 1024 * 1024  # a syncd-error.json larger than this is not one of syncd's
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -59,6 +62,10 @@ def check_job_name(name: str) -> str | None:
         return "a job name must not start or end with spaces"
     if len(name.encode("utf-8")) > 200:
         return "a job name must be at most 200 bytes long"
+    if reserved(name):
+        return f"'{name}' is a name syncd reserves for its own files (in any letter case)"
+    if problem := check_segment(name):  # the results folder is named after the job: the outbox's own rules
+        return f"the results folder can't have this name: {problem}"
     return None
 
 
@@ -205,8 +212,10 @@ def parse_manifest(path: Path) -> Manifest:
         if not path.exists() and not path.is_symlink():
             raise ManifestError(str(path), [f"{shown}: missing; every job folder needs one, e.g. "
                                             f"command: \"python run.py\""])
-        if path.is_symlink() or not path.is_file():
-            raise ManifestError(str(path), [f"{shown}: must be a regular file, not a folder or a link"])
+        kind = file_kind(path.lstat().st_mode)
+        if kind != "a regular file":  # never opened: a FIFO would block, a device never end
+            what = "a folder or a link" if kind in ("a folder", "a symbolic link") else kind
+            raise ManifestError(str(path), [f"{shown}: must be a regular file, not {what}"])
         loaded = load_file(path, max_bytes=MAX_MANIFEST_BYTES, allow_aliases=False)
     except YamlProblem as exc:
         where = f"{shown}:{exc.line}" if exc.line else shown
@@ -247,8 +256,8 @@ def parse_manifest(path: Path) -> Manifest:
 def is_syncd_report(path: Path) -> bool:
     """True when ``path`` is a rejection report syncd wrote (not a user's file of the same name)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_regular(path, REPORT_LIMIT, follow=False).decode("utf-8"))
+    except (OSError, ValueError):  # also a FIFO, device or link of that name: refused unopened, never ours
         return False
     return isinstance(data, dict) and data.get("state") == "rejected" and "syncd_version" in data
 

@@ -13,17 +13,39 @@ import sys
 
 from loguru import logger
 
+from syncd.text import shown
+
 _PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
+class EscapedError(Exception):
+    """Stands in for an exception whose text holds control or invisible characters (a user's file name):
+    its traceback is kept, its text shown escaped, so it can't forge log lines either."""
+
+
 def _subject(record) -> None:
+    """Make every line one line a person can trust: the message and the job's name (user text: folder
+    names, file names, problems) with control characters, bidi overrides and invisible characters
+    escaped (:func:`syncd.text.shown`), in the text, JSON and journal formats alike."""
     extra = record["extra"]
+    record["message"] = shown(record["message"])
     if "job_id" in extra:
         name = extra.get("job_name")
-        extra["subject"] = f"[{name} {extra['job_id']}] " if name else f"[{extra['job_id']}] "
+        if name is not None:
+            extra["job_name"] = name = shown(name)
+        extra["subject"] = f"[{name} {shown(extra['job_id'])}] " if name else f"[{shown(extra['job_id'])}] "
     else:
         extra["subject"] = ""
     extra["priority"] = _PRIORITY.get(record["level"].name, 6)
+    exception = record["exception"]
+    if exception is not None and exception.value is not None:
+        try:
+            text = str(exception.value)
+        except Exception:  # an exception whose str() fails: loguru says so itself
+            return
+        if shown(text) != text:
+            safe = EscapedError(f"{exception.type.__name__}: {shown(text)}")
+            record["exception"] = exception._replace(type=EscapedError, value=safe)
 
 
 class _InterceptHandler(logging.Handler):

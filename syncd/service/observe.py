@@ -8,7 +8,6 @@ Each daemon has its own registry (no module-level state).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from syncd.state.store import Store
+from syncd.text import visible_json
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -103,12 +103,12 @@ class HttpEndpoint:
                         self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n", "text/plain")
                     elif path == "/readyz":
                         problems = endpoint.ready()
-                        body = json.dumps({"ready": not problems, "problems": problems}).encode()
+                        body = visible_json({"ready": not problems, "problems": problems}).encode()
                         self._send(200 if not problems else 503, body, "application/json")
                     elif path == "/metrics":
                         self._send(200, endpoint.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
                     elif path == "/jobs":
-                        self._send(200, json.dumps(endpoint.jobs(), ensure_ascii=False).encode(), "application/json")
+                        self._send(200, visible_json(endpoint.jobs()).encode(), "application/json")
                     else:
                         self._send(404, b"not found: try /healthz /readyz /metrics /jobs\n", "text/plain")
                 except Exception as exc:  # a scrape must never take the daemon down

@@ -8,7 +8,6 @@ least once: a receiver can de-duplicate on ``id`` + ``state``.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 
@@ -19,6 +18,7 @@ from syncd.config import RetryPolicy
 from syncd.log import logger
 from syncd.retry import backoff_delay
 from syncd.state.store import Store
+from syncd.text import visible_json
 
 
 class NotificationQueue:
@@ -66,7 +66,7 @@ class WebhookSender:
         sent = 0
         for row in self.queue.due(time.time()):
             try:
-                body = json.dumps(self.payload(row["job_id"], row["state"]), ensure_ascii=False)
+                body = visible_json(self.payload(row["job_id"], row["state"]))
                 response = self._session.post(self.url, data=body.encode(), timeout=self.timeout,
                                               headers={"Content-Type": "application/json",
                                                        "User-Agent": f"syncd/{__version__}"})

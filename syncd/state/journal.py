@@ -1,72 +1,147 @@
 """The job journal: a small text file beside an in-flight job, for people who only see the share.
 
-``<inbox>/<folder name>.status.txt`` is rewritten (atomically) on every
-transition and removed once the job has finished: by then its results are in
-the outbox, or its files in ``failed/`` with ERROR.txt.
+``<inbox>/<folder name>.status.txt`` is rewritten (atomically) on every transition and removed once
+the job has finished: by then its results are in the outbox, or its files in ``failed/`` with
+ERROR.txt. The inbox is the users' folder, so syncd proves a journal is its own before it replaces or
+removes it: the file must be a regular file whose first line names this job's id
+(:data:`HEADER`). A file of the user's at that path (or a folder, a link) is never written, replaced or
+removed: the job simply has no journal, and the log says so once. A new journal is created with a
+rename that fails rather than replace a file that appeared meanwhile. Rewrites are prepared in
+syncd's own spool folder (``<inbox>/.syncd/tmp/``), never under a name in the inbox itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import uuid
 from datetime import datetime
 from pathlib import Path
 
+from syncd.fsutil import read_regular, rename_noreplace
+from syncd.names import fit_name
 from syncd.state.store import TERMINAL, Job
+from syncd.text import shown
 
 SUFFIX = ".status.txt"
-TMP_SUFFIX = ".syncd-journal.tmp"  # a rewrite in progress; one a crash interrupted is removed at start
+TMP_SUFFIX = ".syncd-journal.tmp"  # what syncd before version 16 of the issue list wrote in the inbox itself
+HEADER = "# syncd status of job {id}; written by syncd and removed when the job has finished"
+MAX_JOURNAL = 64 * 1024
+_LEGACY_TMP = re.compile(r"^\..+\.[0-9a-f]{32}" + re.escape(TMP_SUFFIX) + "$", re.DOTALL)
+_left_alone: set[str] = set()  # jobs whose journal path holds a user's file (said once per daemon)
 
 
 def journal_path(inbox: Path, job: Job) -> Path:
-    return inbox / f"{job.dir_name}{SUFFIX}"
+    """``<inbox>/<folder name>.status.txt``, its folder name cut (with the job id) when the whole would be
+    longer than a file name can be."""
+    return inbox / fit_name(job.dir_name, SUFFIX, tag=job.id)
 
 
 def render(job: Job, outbox_folder: Path | None) -> str:
     since = datetime.fromtimestamp(job.updated).astimezone().isoformat(timespec="seconds")
     lines = [
-        f"job:        {job.name}",
+        HEADER.format(id=job.id),
+        f"job:        {shown(job.name)}",
         f"id:         {job.id}",
         f"state:      {job.state}",
         f"since:      {since}",
-        f"backend:    {job.backend}" + (f" (remote id {job.remote_id})" if job.remote_id else ""),
+        f"backend:    {job.backend}" + (f" (remote id {shown(job.remote_id)})" if job.remote_id else ""),
     ]
     if job.error:
-        lines.append(f"message:    {job.error}")
+        lines.append(f"message:    {shown(job.error)}")
     elif job.message:
-        lines.append(f"message:    {job.message}")
+        lines.append(f"message:    {shown(job.message)}")
     if outbox_folder is not None:
-        lines.append(f"results:    {outbox_folder}")
+        lines.append(f"results:    {shown(str(outbox_folder))}")
     lines += [
         "",
-        f"To cancel it, create a file named CANCEL in {job.spool_path}",
+        f"To cancel it, create a file named CANCEL in {shown(job.spool_path)}",
         f"or run: syncd cancel {job.id}",
         "This file disappears when the job has finished.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def remove_leftovers(inbox: Path) -> None:
-    """Remove half-written journals of a daemon that was killed while it wrote one."""
+def is_ours(path: Path, job: Job) -> bool:
+    """Proof that ``path`` is this job's journal: a regular file (not a link) whose first line is the header
+    with the job's id (or, from an older syncd, the id line and the closing line)."""
     try:
+        text = read_regular(path, MAX_JOURNAL, follow=False).decode("utf-8", "replace")
+    except OSError:  # missing, a folder, a link, a FIFO, too large: not a journal syncd wrote
+        return False
+    if text.startswith(HEADER.format(id=job.id) + "\n"):
+        return True
+    return f"\nid:         {job.id}\n" in text and text.endswith("This file disappears when the job has finished.\n")
+
+
+def remove_leftovers(inbox: Path, tmp_dir: Path | None = None) -> None:
+    """Remove half-written journals of a daemon that was killed while it wrote one: everything in syncd's
+    own ``tmp_dir``, and in the inbox only files named and begun the way older versions wrote them."""
+    try:
+        if tmp_dir is not None and tmp_dir.is_dir():
+            for path in tmp_dir.iterdir():
+                if path.name.endswith(TMP_SUFFIX):
+                    path.unlink(missing_ok=True)
         for path in inbox.glob(f".*{TMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
+            if _LEGACY_TMP.match(path.name) and _begins_like_a_journal(path):
+                path.unlink(missing_ok=True)
     except OSError:
         pass
 
 
-def update(inbox: Path, job: Job, outbox_folder: Path | None) -> None:
-    """Write or remove the journal of ``job``. Never raises: the journal is a courtesy, not state."""
-    path = journal_path(inbox, job)
+def _begins_like_a_journal(path: Path) -> bool:
     try:
+        return read_regular(path, MAX_JOURNAL, follow=False).startswith(b"job:")
+    except OSError:
+        return False
+
+
+def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path) -> None:
+    """Write or remove the journal of ``job``. Never raises: the journal is a courtesy, not state.
+    ``tmp_dir`` (on the inbox's filesystem, syncd's own) holds the rewrite until it is renamed into place."""
+    try:
+        path = journal_path(inbox, job)
+    except ValueError:
+        return
+    try:
+        present = os.path.lexists(path)
+        if present and not is_ours(path, job):
+            _leave_alone(path, job)
+            return
         if job.state in TERMINAL:
-            path.unlink(missing_ok=True)
+            if present:
+                path.unlink()
             return
         if not inbox.is_dir():
             return
-        tmp = inbox / f".{job.dir_name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-        tmp.write_text(render(job, outbox_folder), encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        tmp_dir.mkdir(exist_ok=True)
+        tmp = tmp_dir / f"{uuid.uuid4().hex}{TMP_SUFFIX}"
+        try:
+            tmp.write_text(render(job, outbox_folder), encoding="utf-8")
+            os.chmod(tmp, 0o644)
+            if present:
+                os.replace(tmp, path)  # over this job's own journal, just proven
+            else:
+                rename_noreplace(tmp, path)  # FileExistsError rather than replace a file that appeared meanwhile
+        finally:
+            tmp.unlink(missing_ok=True)
+    except FileExistsError:
+        _leave_alone(path, job)
     except OSError:
         pass
+
+
+def _leave_alone(path: Path, job: Job) -> None:
+    if job.id in _left_alone or job.state in TERMINAL:
+        return
+    _left_alone.add(job.id)
+    from syncd.log import logger
+
+    try:
+        kind = "file" if stat.S_ISREG(os.lstat(path).st_mode) else "entry"
+    except OSError:
+        kind = "file"
+    logger.bind(job_id=job.id, job_name=job.name).warning(
+        "{} in the inbox is a {} that is not syncd's: it is left alone, and this job has no status file",
+        path, kind)

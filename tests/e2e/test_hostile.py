@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.data.hostile.cases import (
     fingerprint,
     prepare_outside,
 )
-from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, http_get, http_port, make_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +103,8 @@ def corpus(tmp_path_factory):
 
 
 def _is_report_name(rel: bytes) -> bool:
-    return rel in SYNCD_REPORTS or (rel.startswith(b"syncd-error-") and rel.endswith(b".json"))
+    return rel in SYNCD_REPORTS or (rel.startswith(b"syncd-error-") and rel.endswith(b".json")) \
+        or (rel.startswith(b"ERROR-syncd-") and rel.endswith(b".txt"))
 
 
 def _after_without_reports(path: bytes, before: dict) -> dict:
@@ -114,8 +116,17 @@ def _report_path(folder: bytes, before: dict) -> bytes:
     """syncd's report: syncd-error.json, or syncd-error-<id>.json when the user has a file of that name."""
     if b"syncd-error.json" not in before:
         return os.path.join(folder, b"syncd-error.json")
-    ours = [n for n in os.listdir(folder) if n.startswith(b"syncd-error-") and n.endswith(b".json")]
+    ours = [n for n in os.listdir(folder) if n.startswith(b"syncd-error-") and n.endswith(b".json") and n not in before]
     return os.path.join(folder, ours[0]) if len(ours) == 1 else os.path.join(folder, b"(no report of syncd's)")
+
+
+def _text_report_name(folder: bytes, before: dict) -> bytes:
+    """syncd's ERROR.txt: beside the user's ERROR.txt (and ERROR-syncd.txt) under the next free name."""
+    for name in (b"ERROR.txt", b"ERROR-syncd.txt"):
+        if name not in before:
+            return name
+    ours = [n for n in os.listdir(folder) if n.startswith(b"ERROR-syncd-") and n.endswith(b".txt") and n not in before]
+    return ours[0] if len(ours) == 1 else b"(no text report of syncd's)"
 
 
 def _check_rejected(corpus: Corpus, case: Case) -> None:
@@ -132,7 +143,7 @@ def _check_rejected(corpus: Corpus, case: Case) -> None:
     for expected in case.expect:
         assert any(expected in problem for problem in report["problems"]), (expected, report["problems"])
     before = corpus.before[case.key]
-    text_name = b"ERROR-syncd.txt" if b"ERROR.txt" in before else b"ERROR.txt"
+    text_name = _text_report_name(folder, before)
     with open(os.path.join(folder, text_name), encoding="utf-8") as handle:
         text = handle.read()
     assert all(expected in text for expected in case.expect) and "move this folder back into the inbox" in text
@@ -169,7 +180,7 @@ def _check_ignored(corpus: Corpus, case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.key for c in CASES])
 def test_corpus_case_gets_its_documented_outcome(corpus, case):
-    {"rejected": _check_rejected, "succeeded": _check_ran, "failed": _check_ran,
+    {"rejected": _check_rejected, "succeeded": _check_ran, "failed": _check_ran, "validated": _check_ran,
      "ignored": _check_ignored}[case.outcome](corpus, case)
 
 
@@ -204,6 +215,48 @@ def test_corpus_never_executes_text_spliced_from_names_or_values(corpus):
         for dirpath, _dirs, files in walker:
             found += [os.path.join(dirpath, f) for f in files if f in wanted]
     assert not found, f"injected commands were executed: {found}"
+
+
+INVISIBLE = ("\u202e", "\u202d", "\u2066", "\u200b", "\u2028", "\x9b", "\x1b")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_corpus_forges_no_log_line_and_hides_no_character_in_the_log(corpus):
+    """Names with newlines and fake log lines went through the daemon: each record is still one line."""
+    lines = corpus.daemon.log().splitlines()
+    forged = [line for line in lines if not LOG_LINE.match(line)]
+    assert not forged, forged[:10]
+    assert not [line for line in lines if any(ch in line for ch in INVISIBLE)]
+    assert any("h-forge\\n2026-01-01 00:00:00 INFO" in line for line in lines), "the name is shown escaped"
+
+
+def test_corpus_error_txt_has_one_line_per_problem(corpus):
+    for case in CASES:
+        folder = failed_dir(corpus, case)
+        if case.outcome != "rejected" or not os.path.isdir(folder):
+            continue
+        before = corpus.before[case.key]
+        report = json.loads(open(_report_path(folder, before), "rb").read())
+        with open(os.path.join(folder, _text_report_name(folder, before)), encoding="utf-8") as handle:
+            text = handle.read()
+        problems = [line for line in text.splitlines() if line.startswith("  - ")]
+        assert len(problems) == len(report["problems"]), (case.key, text)
+        assert not any(ch in text for ch in INVISIBLE), case.key
+    text = open(os.path.join(failed_dir(corpus, next(c for c in CASES if c.key == "problem-forged")),
+                             b"ERROR.txt"), encoding="utf-8").read()
+    assert "\n  - forged" not in text and "p\\n  - forged" in text
+
+
+def test_corpus_status_and_jobs_show_every_name_on_one_visible_line(corpus):
+    daemon = corpus.daemon
+    table = daemon.cli("status", "--all").stdout
+    assert "h-new\\nline" in table and not any(ch in table for ch in INVISIBLE)
+    assert not any(line.startswith("line") for line in table.splitlines()), "a name broke a row"
+    raw = daemon.cli("status", "--json", "--all").stdout
+    assert not any(ch in raw for ch in INVISIBLE) and "h-new\nline" in {j["name"] for j in json.loads(raw)}
+    code, body = http_get(http_port(daemon), "/jobs")
+    assert code == 200 and not any(ch in body for ch in INVISIBLE)
+    assert "h-new\nline" in {j["name"] for j in json.loads(body)}
 
 
 def test_corpus_logs_no_unexpected_errors(corpus):

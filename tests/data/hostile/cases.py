@@ -240,7 +240,8 @@ def out_is(rel: str, content: bytes) -> Callable[[Outcome, Path], None]:
 
 def check_reserved(outcome: Outcome, job: Path) -> None:
     result = outcome.result
-    assert result["id"] and result["state"] == "succeeded", result
+    assert result["id"] and result["state"] == "failed" and result["exit_code"] == 0, result
+    assert "could not be delivered" in result["message"], result
     refused = {r["path"] for r in result["refused"]}
     assert {"syncd-result.json", "syncd-stdout.txt"} <= refused, refused
     assert any(".syncd-tmp" in p for p in refused), refused
@@ -250,7 +251,9 @@ def check_reserved(outcome: Outcome, job: Path) -> None:
 
 def check_bad_output_names(outcome: Outcome, job: Path) -> None:
     result = outcome.result
-    assert result["state"] == "succeeded", result
+    assert result["state"] == "failed" and result["exit_code"] == 0, "refused files: not a plain success"
+    assert "the command succeeded, but 3 file(s) could not be delivered" in result["message"], result
+    assert [o["path"] for o in result["outputs"]] == ["good.txt"], "outputs lists only files in the folder"
     assert (outcome.folder / "good.txt").read_text() == "good"
     refused = " ".join(r["path"] for r in result["refused"])
     assert "line" in refused and "CON" in refused, result["refused"]
@@ -277,6 +280,116 @@ def check_e2big(outcome: Outcome, job: Path) -> None:
 def check_hardlink(outcome: Outcome, job: Path) -> None:
     assert outcome.result["state"] == "succeeded", outcome.result
     assert (outcome.folder / "out.txt").read_text() == "hardlinked by the user\n"
+
+
+# -- round two (issue 16) ---------------------------------------------------------------------------------
+def python_job(code: str, **files: str) -> Callable[[Path, Path], None]:
+    """A job whose command is ``python3 -c code`` (no shell quoting in between)."""
+    def build(job: Path, outside: Path) -> None:
+        (job / "job.yaml").write_text(json.dumps({"command": ["python3", "-c", code]}))
+        for rel, content in files.items():
+            (job / rel).write_text(content)
+    return build
+
+
+def _writes(*paths: str) -> str:
+    """Python that writes each path (making its folders) with a forged record's content, then keep.txt."""
+    return ("import os\n"
+            f"for p in {list(paths)!r}:\n"
+            "    d = os.path.dirname(p)\n"
+            "    d and os.makedirs(d, exist_ok=True)\n"
+            "    open(p, 'w').write('{\"state\": \"succeeded\", \"forged\": true}')\n"
+            "open('keep.txt', 'w').write('kept')\n")
+
+
+RESERVED_DEEP = ("sub/syncd-result.json", "a/b/syncd-stdout.txt", "deep/.syncd-tmp/x", "c/syncd-stderr.txt")
+RESERVED_CASE = ("SYNCD-RESULT.JSON", "Syncd-Stdout.txt", "x/Syncd-Result.Json", "y/SYNCD-ERROR.JSON")
+RESERVED_FOLDERS = ("syncd-result.json/inner.txt", "z/syncd-validation.txt", "q/syncd-error.json/r.txt")
+
+
+def check_reserved_nowhere_below(*refused: str) -> Callable[[Outcome, Path], None]:
+    """Only syncd's own three files carry reserved names, only at the top; each forged path is refused."""
+    def check(outcome: Outcome, job: Path) -> None:
+        from syncd.names import reserved
+        assert (outcome.folder / "keep.txt").read_text() == "kept"
+        found = []
+        for dirpath, dirnames, filenames in os.walk(outcome.folder):
+            rel = os.path.relpath(dirpath, outcome.folder)
+            found += [os.path.join(rel, n) for n in dirnames + filenames if reserved(n)]
+        assert sorted(found) == ["./syncd-result.json", "./syncd-stderr.txt", "./syncd-stdout.txt"], found
+        listed = {r["path"] for r in outcome.result["refused"]}
+        assert set(refused) <= listed, (refused, listed)
+        assert all("keep.txt" != o["path"] for o in outcome.result["refused"])
+        assert json.loads((outcome.folder / "syncd-result.json").read_text())["id"] == outcome.result["id"]
+        assert [o["path"] for o in outcome.result["outputs"]] == ["keep.txt"], outcome.result["outputs"]
+        assert outcome.result["exit_code"] == 0 and "could not be delivered" in outcome.result["message"]
+    return check
+
+
+def check_one_way(delivered: list[str], refused: dict[str, str], message: str) -> Callable[[Outcome, Path], None]:
+    """Refused files are no plain success; ``outputs`` is exactly what is in the folder; paths written one way."""
+    def check(outcome: Outcome, job: Path) -> None:
+        result = outcome.result
+        assert sorted(o["path"] for o in result["outputs"]) == sorted(delivered), result["outputs"]
+        got = {r["path"]: r["reason"] for r in result["refused"]}
+        assert set(got) == set(refused), got
+        assert all(fragment in got[path] for path, fragment in refused.items()), got
+        in_folder = sorted(os.path.relpath(os.path.join(d, f), outcome.folder) for d, _, fs in os.walk(outcome.folder)
+                           for f in fs if f not in ("syncd-result.json", "syncd-stdout.txt", "syncd-stderr.txt"))
+        assert in_folder == sorted(delivered), in_folder
+        assert message in result["message"], result["message"]
+    return check
+
+
+def special(kind: str, at: str) -> Callable[[Path, Path], None]:
+    """Make a FIFO, socket or character device (like /dev/zero) named ``at`` inside the job."""
+    def make(job: Path) -> None:
+        if kind == "fifo":
+            os.mkfifo(job / at)
+        elif kind == "socket":
+            here = os.getcwd()
+            os.chdir(job)
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(at)
+                sock.close()
+            finally:
+                os.chdir(here)
+        else:
+            os.mknod(job / at, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    return make
+
+
+def with_specials(manifest_text: str | None, *made: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    def build(job: Path, outside: Path) -> None:
+        if manifest_text is not None:
+            (job / "job.yaml").write_text(manifest_text)
+        (job / "input.dat").write_text("user data\n")
+        for make in made:
+            make(job)
+    return build
+
+
+FORGED_LINE = "2026-01-01 00:00:00 INFO    [payroll 20260101-000000-aaaaaa] succeeded: results in outbox-payroll"
+
+
+def build_forged_problem(job: Path, outside: Path) -> None:
+    """A FIFO whose name carries a newline and a fake problem line: ERROR.txt must still show one problem."""
+    (job / "job.yaml").write_text(OK)
+    os.mkfifo(job / "p\n  - forged: nothing is wrong, ignore this report")
+
+
+def build_dry_run_names(job: Path, outside: Path) -> None:
+    (job / "job.yaml").write_text('command: "true"\ndry_run: true\n')
+    (job / ("in\n  forged-input.txt  (1 bytes)")).write_text("a")
+    (job / "invoice\u202etxt.exe").write_text("b")
+
+
+def check_validation_report(outcome: Outcome, job: Path) -> None:
+    lines = (outcome.folder / "syncd-validation.txt").read_text().splitlines()
+    listed = [line for line in lines if line.startswith("  ")]
+    assert len(listed) == 2, lines
+    assert "  in\\n  forged-input.txt  (1 bytes)  (1 bytes)" in listed and "\u202e" not in "".join(lines)
 
 
 def wrong(field_yaml: str, *expect: str, key: str) -> Case:
@@ -421,10 +534,10 @@ CASES: list[Case] = [
          "succeeded", check=out_is("out.txt", b"latin-1 name\n")),
     Case("file-name-injection", "input and output files named $(touch …), ; touch …, `touch …` (accepted)",
          build_injection_files, "succeeded", check=check_injection),
-    Case("output-bad-names", "outputs named with a newline, invalid UTF-8 and CON (refused, job succeeds)",
-         build_bad_output_names, "succeeded", check=check_bad_output_names),
+    Case("output-bad-names", "outputs named with a newline, invalid UTF-8 and CON (refused, job fails)",
+         build_bad_output_names, "failed", check=check_bad_output_names),
     Case("reserved-outputs", "the job writes syncd-result.json, syncd-stdout.txt and .syncd-tmp/ itself",
-         build_reserved_outputs, "succeeded", check=check_reserved),
+         build_reserved_outputs, "failed", check=check_reserved),
     Case("user-error-txt", "a rejected job that holds the user's own ERROR.txt and syncd-error.json",
          build_user_error_files(both=True), "rejected", ("not valid YAML",)),
     Case("user-error-json", "a rejected job that holds the user's own syncd-error.json",
@@ -437,6 +550,80 @@ CASES: list[Case] = [
     Case("plain-file", "a plain file dropped into the inbox (ignored)", lambda job, outside: None, "ignored"),
     Case("inbox-symlink", "a symlink in the inbox to a job folder elsewhere (ignored)", lambda job, outside: None,
          "ignored"),
+    # --- round two (issue 16): class 6, syncd's reserved names at any depth and in any letter case
+    Case("reserved-deep", "outputs sub/syncd-result.json, a/b/syncd-stdout.txt, deep/.syncd-tmp/x (refused)",
+         python_job(_writes(*RESERVED_DEEP)), "failed", check=check_reserved_nowhere_below(*RESERVED_DEEP)),
+    Case("reserved-case", "outputs SYNCD-RESULT.JSON, Syncd-Stdout.txt, x/Syncd-Result.Json (refused)",
+         python_job(_writes(*RESERVED_CASE)), "failed", check=check_reserved_nowhere_below(*RESERVED_CASE)),
+    Case("reserved-folders", "outputs inside folders named syncd-result.json, syncd-error.json (refused)",
+         python_job(_writes(*RESERVED_FOLDERS)), "failed",
+         check=check_reserved_nowhere_below(*RESERVED_FOLDERS)),
+    Case("reserved-job-name", "name: SYNCD-Result.json (a results folder named like a record)",
+         manifest(OK + "name: SYNCD-Result.json\n"), "rejected", ("reserves for its own files",)),
+    Case("reserved-dir-name", "directory named syncd-stdout.txt", manifest(OK), "rejected",
+         ("reserves for its own files",), dir_name="syncd-stdout.txt"),
+    # --- class 7: special files where syncd reads a file: refused at once, never opened
+    Case("report-fifo", "a valid job whose syncd-error.json is a FIFO (checking for an old report must not block)",
+         with_specials(OK, special("fifo", "syncd-error.json")), "rejected",
+         ("syncd-error.json: is a special file",)),
+    Case("report-fifos-invalid", "a bad manifest beside a FIFO syncd-error.json and a FIFO ERROR.txt",
+         with_specials("command: [unclosed\n", special("fifo", "syncd-error.json"), special("fifo", "ERROR.txt")),
+         "rejected", ("not valid YAML",)),
+    Case("manifest-chardev", "job.yaml is a character device that never ends (like /dev/zero)",
+         with_specials(None, special("chardev", "job.yaml")), "rejected",
+         ("must be a regular file, not a character device",)),
+    Case("manifest-socket", "job.yaml is a socket", with_specials(None, special("socket", "job.yaml")), "rejected",
+         ("must be a regular file, not a socket",)),
+    Case("ready-fifo", "the .ready marker is a FIFO (only its presence counts; never opened)",
+         with_specials('command: "echo ready > out.txt"\n', special("fifo", ".ready")), "succeeded",
+         check=out_is("out.txt", b"ready\n")),
+    # --- class 3: claim-time names follow the outbox's rules; refused files are no plain success
+    Case("dirname-con", "directory named CON (a Windows/SMB device name)", manifest(OK), "rejected",
+         ("reserved device name",), dir_name="CON"),
+    Case("dirname-colon", "directory named run:42", manifest(OK), "rejected", ("cannot be stored on a Windows/SMB share",),
+         dir_name="run:42"),
+    Case("name-aux", "name: aux.txt", manifest(OK + "name: aux.txt\n"), "rejected", ("reserved device name",)),
+    Case("name-trailing-dot", "name: 'results.' (a trailing dot)", manifest(OK + "name: 'results.'\n"), "rejected",
+         ("trailing dot",)),
+    Case("name-pipe", "name: 'a|b'", manifest(OK + "name: 'a|b'\n"), "rejected",
+         ("cannot be stored on a Windows/SMB share",)),
+    Case("outputs-refused", "the command succeeds and writes a:b.txt and good.txt", python_job(
+        "open('a:b.txt', 'w').write('x'); open('good.txt', 'w').write('g')"), "failed",
+         check=check_one_way(["good.txt"], {"a:b.txt": "Windows/SMB"}, "the command succeeded, but 1 file(s)")),
+    Case("outputs-case-collision", "the command writes Report.txt and report.txt", python_job(
+        "open('Report.txt', 'w').write('R'); open('report.txt', 'w').write('r')"), "failed",
+         check=check_one_way(["Report.txt"], {"report.txt": "letter case"}, "could not be delivered")),
+    Case("failed-and-refused", "the command writes CON and exits 3", python_job(
+        "open('CON', 'w').write('c'); open('ok.txt', 'w').write('ok'); raise SystemExit(3)"), "failed",
+         check=check_one_way(["ok.txt"], {"CON": "reserved device name"}, "1 file(s) could not be delivered")),
+    # --- class 1: syncd's reports never take a name a user's file has
+    Case("user-report-names", "a rejected job holding the user's ERROR.txt, ERROR-syncd.txt, syncd-error.json "
+         "and ERROR-syncd-x.txt", manifest("command: [unclosed\n", **{
+             "ERROR.txt": "my notes\n", "ERROR-syncd.txt": "also mine\n", "syncd-error.json": '{"mine": true}\n',
+             "ERROR-syncd-x.txt": "mine too\n"}), "rejected", ("not valid YAML",)),
+    # --- class 5: every name syncd derives fits the filesystem's limit for every legal user name
+    Case("long-input-name", "an input and an output named with 255 bytes (staging and delivery add no bytes)",
+         python_job("import glob; data = open(glob.glob('i' * 200 + '*')[0]).read(); "
+                    "open('o' * 251 + '.txt', 'w').write(data); open('out.txt', 'w').write(data)",
+                    **{"i" * 251 + ".txt": "long name\n"}), "succeeded",
+         check=lambda outcome, job: (out_is("out.txt", b"long name\n")(outcome, job),
+                                     out_is("o" * 251 + ".txt", b"long name\n")(outcome, job))),
+    Case("long-dirname-named", "a 255-byte directory name (multibyte) with name: set (its journal name is cut)",
+         manifest(OK + "name: h-long-named\n"), "succeeded", check=out_is("ok.txt", b"ok\n"),
+         dir_name="h-long-" + "\u00e9" * 124, folder="h-long-named"),
+    Case("long-dirname-rejected", "a 255-byte directory name without name: (over the 200-byte job name limit)",
+         manifest(OK), "rejected", ("at most 200 bytes",), dir_name="h-" + "r" * 253),
+    # --- class 2: user text can't forge lines or hide characters in logs, status, reports
+    Case("dirname-forged-log", "directory name: a newline, then a plausible log line", manifest(OK), "rejected",
+         ("control characters",), dir_name="h-forge\n" + FORGED_LINE),
+    Case("name-bidi", "name: 'h-\\u202egnp.exe' (a right-to-left override: read as h-exe.png)",
+         manifest(OK + 'name: "h-\\u202egnp.exe"\n'), "rejected", ("bidirectional control characters",)),
+    Case("name-c1", "name with a C1 control (U+009B, a terminal's CSI) and a line separator (U+2028)",
+         manifest(OK + 'name: "h-\\x9b31m\\u2028forged"\n'), "rejected", ("control characters",)),
+    Case("problem-forged", "a FIFO named with a newline and a fake problem line (ERROR.txt keeps one per line)",
+         build_forged_problem, "rejected", ("is a special file",)),
+    Case("dry-run-names", "a dry run whose inputs are named with a newline + fake report line, and a bidi override",
+         build_dry_run_names, "validated", check=check_validation_report),
 ]
 
 # Built by the slow test only: 100,000 one-byte files in 100 folders.

@@ -54,8 +54,21 @@ WORKLOADS = {
 
 
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def mallinfo() -> MallInfo2:
@@ -75,11 +88,13 @@ def figures(connections: list[int]) -> str:
     sqlite = ctypes.CDLL("libsqlite3.so.0")
     sqlite.sqlite3_memory_used.restype = ctypes.c_int64
     traced, _ = tracemalloc.get_traced_memory()  # 0 unless --tracemalloc
-    return (f"rss {status['VmRSS']} MiB (anon {status['RssAnon']}, file {status['RssFile']}), "
-            f"malloc in use {(heap.uordblks + heap.hblkhd) / 2**20:.1f} MiB, kept free {heap.fordblks / 2**20:.1f} MiB, "
-            f"sqlite {sqlite.sqlite3_memory_used() / 2**20:.1f} MiB, python {traced / 2**20:.1f} MiB traced, "
-            f"{sys.getallocatedblocks()} blocks, {len(gc.get_objects())} objects, "
-            f"connections {connections[0]}, threads {threading.active_count()}")
+    return (
+        f"rss {status['VmRSS']} MiB (anon {status['RssAnon']}, file {status['RssFile']}), "
+        f"malloc in use {(heap.uordblks + heap.hblkhd) / 2**20:.1f} MiB, kept free {heap.fordblks / 2**20:.1f} MiB, "
+        f"sqlite {sqlite.sqlite3_memory_used() / 2**20:.1f} MiB, python {traced / 2**20:.1f} MiB traced, "
+        f"{sys.getallocatedblocks()} blocks, {len(gc.get_objects())} objects, "
+        f"connections {connections[0]}, threads {threading.active_count()}"
+    )
 
 
 def malloc_info_xml() -> str:
@@ -101,14 +116,19 @@ def free_chunks() -> str:
     for number, heap in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', malloc_info_xml(), re.S):
         classes = {"<1K": 0, "1-8K": 0, "8-64K": 0, ">=64K": 0}
         count = 0
-        for low, total, n in re.findall(r'<(?:size|unsorted) from="(\d+)" to="\d+" total="(\d+)" count="(\d+)"/>', heap):
+        for low, total, n in re.findall(
+            r'<(?:size|unsorted) from="(\d+)" to="\d+" total="(\d+)" count="(\d+)"/>', heap
+        ):
             low, total = int(low), int(total)
             key = "<1K" if low < 1024 else "1-8K" if low < 8192 else "8-64K" if low < 65536 else ">=64K"
             classes[key] += total
             count += int(n)
         system = int(re.search(r'<system type="current" size="(\d+)"/>', heap).group(1))
-        lines.append(f"  arena {number}: heap {system / 2**20:.1f} MiB, {count} free chunks: "
-                     + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in classes.items()) + " MiB")
+        lines.append(
+            f"  arena {number}: heap {system / 2**20:.1f} MiB, {count} free chunks: "
+            + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in classes.items())
+            + " MiB"
+        )
     return "\n".join(lines)
 
 
@@ -130,10 +150,12 @@ def python_arenas() -> str:
         return int(re.search(rf"{label}\s*=\s*([\d,]+)", text).group(1).replace(",", ""))
 
     unused = re.search(r"(\d+) unused pools \* (\d+) bytes", text)
-    return (f"python arenas {figure('# arenas allocated current')} (at most "
-            f"{figure('# arenas highwater mark')}) MiB holding {figure('# bytes in allocated blocks') / 2**20:.1f} "
-            f"live, {figure('# bytes in available blocks') / 2**20:.1f} free in used pools, "
-            f"{int(unused.group(1)) * int(unused.group(2)) / 2**20:.1f} in empty pools")
+    return (
+        f"python arenas {figure('# arenas allocated current')} (at most "
+        f"{figure('# arenas highwater mark')}) MiB holding {figure('# bytes in allocated blocks') / 2**20:.1f} "
+        f"live, {figure('# bytes in available blocks') / 2**20:.1f} free in used pools, "
+        f"{int(unused.group(1)) * int(unused.group(2)) / 2**20:.1f} in empty pools"
+    )
 
 
 def anon_rss_by_kind() -> str:
@@ -159,8 +181,10 @@ def anon_rss_by_kind() -> str:
                 else:
                     kinds["other"] += resident
     heap = mallinfo()
-    return (", ".join(f"{k} {v / 2**20:.1f}" for k, v in kinds.items()) + f" MiB; of the other: {python_arenas()}, "
-            f"glibc mmap'd chunks {heap.hblks} / {heap.hblkhd / 2**20:.1f} MiB")
+    return (
+        ", ".join(f"{k} {v / 2**20:.1f}" for k, v in kinds.items()) + f" MiB; of the other: {python_arenas()}, "
+        f"glibc mmap'd chunks {heap.hblks} / {heap.hblkhd / 2**20:.1f} MiB"
+    )
 
 
 def count_results(outbox: Path) -> int:
@@ -173,15 +197,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="run",
-                        help="run: a command on the local backend; dry-run: validated and reported, never run; "
-                             "reject: an invalid job.yaml, moved to failed/")
-    parser.add_argument("--daemon", action="store_true",
-                        help="run the whole daemon in-process (timers, inbox watcher, http endpoint, log lines to "
-                             "<site>/syncd.log) on bench/load.py's site, instead of the engine alone")
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="trace Python's memory (its bookkeeping mallocs live as long as each traced block, in "
-                             "the allocating thread's arena: it changes the heap it measures)")
+    parser.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default="run",
+        help="run: a command on the local backend; dry-run: validated and reported, never run; "
+        "reject: an invalid job.yaml, moved to failed/",
+    )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="run the whole daemon in-process (timers, inbox watcher, http endpoint, log lines to "
+        "<site>/syncd.log) on bench/load.py's site, instead of the engine alone",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python's memory (its bookkeeping mallocs live as long as each traced block, in "
+        "the allocating thread's arena: it changes the heap it measures)",
+    )
     parser.add_argument("--malloc-info", action="store_true", help="also print free chunks per arena")
     args = parser.parse_args()
     connections = [0]

@@ -81,8 +81,9 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="site folder (default: a fresh temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the site folder afterwards")
     parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
-    parser.add_argument("--stall", type=float, default=120,
-                        help="stop when no job has finished for this many seconds (default 120)")
+    parser.add_argument(
+        "--stall", type=float, default=120, help="stop when no job has finished for this many seconds (default 120)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -109,8 +110,9 @@ def main() -> int:
     log_path = site / "syncd.log"
     log = open(log_path, "ab")
     start = time.monotonic()
-    proc = subprocess.Popen([*SYNCD, "run", "-c", str(config), "--log-format", "text"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [*SYNCD, "run", "-c", str(config), "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
     samples: list[dict] = []
     marks: dict[str, float] = {}
     stop_sampling = threading.Event()
@@ -164,8 +166,9 @@ def main() -> int:
                 proc.kill()
         log.close()
 
-    status = subprocess.run([*SYNCD, "status", "--json", "--all", "-c", str(config)], capture_output=True,
-                            text=True, cwd=ROOT)
+    status = subprocess.run(
+        [*SYNCD, "status", "--json", "--all", "-c", str(config)], capture_output=True, text=True, cwd=ROOT
+    )
     store_states: dict[str, int] = {}
     held: list[str] = []
     try:

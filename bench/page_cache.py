@@ -37,7 +37,7 @@ def fill(path: Path, unit: int) -> tuple[float, float]:
     try:
         offset = 0
         while offset < GIB:
-            offset += os.pwrite(fd, block[:GIB - offset], offset)
+            offset += os.pwrite(fd, block[: GIB - offset], offset)
     finally:
         os.close(fd)
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -58,8 +58,10 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             for unit in (size(s) for s in args.sizes.split(",")):
                 wall, system = fill(path, unit)
-                print(f"round {round_}  {unit // 1024:6d} KiB writes: {wall:5.2f} s wall, {system:5.2f} s system",
-                      flush=True)
+                print(
+                    f"round {round_}  {unit // 1024:6d} KiB writes: {wall:5.2f} s wall, {system:5.2f} s system",
+                    flush=True,
+                )
                 path.unlink()
                 os.sync()
                 time.sleep(args.pause)

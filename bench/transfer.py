@@ -44,9 +44,12 @@ from tests.support.s3server import REGION, S3Server, start_seaweedfs  # noqa: E4
 
 BUCKET = "bench"
 # The command a user types: the installed `syncd` script beside this Python (no runpy), else -m.
-SYNCD = [str(Path(sys.executable).parent / "syncd")] if (Path(sys.executable).parent / "syncd").exists() \
+SYNCD = (
+    [str(Path(sys.executable).parent / "syncd")]
+    if (Path(sys.executable).parent / "syncd").exists()
     else [sys.executable, "-m", "syncd"]
-GIB = 1024 ** 3
+)
+GIB = 1024**3
 SMALL_COUNT, SMALL_SIZE = 1000, 10 * 1024
 CASES = ("big-down", "big-up", "small-down", "small-up", "small-resync")
 
@@ -68,8 +71,9 @@ def seed_bucket(server: S3Server, big: Path, small: Path) -> None:
 
     client = server.client(max_pool_connections=32)
     client.create_bucket(Bucket=BUCKET)
-    client.upload_file(str(big / "one-gib.bin"), BUCKET, "src/big/one-gib.bin",
-                       Config=TransferConfig(max_concurrency=8))
+    client.upload_file(
+        str(big / "one-gib.bin"), BUCKET, "src/big/one-gib.bin", Config=TransferConfig(max_concurrency=8)
+    )
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda p: client.upload_file(str(p), BUCKET, f"src/small/{p.name}"), sorted(small.iterdir())))
 
@@ -82,42 +86,88 @@ class Tools:
         self.work = work
         # The endpoint is plain HTTP on loopback; a CA bundle from the environment would only trip rclone's SDK.
         inherited = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("AWS_PROFILE")}
-        self.env = {**inherited, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
-                    "AWS_DEFAULT_REGION": REGION, "RCLONE_CONFIG_BENCH_TYPE": "s3",
-                    "RCLONE_CONFIG_BENCH_PROVIDER": "Other", "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
-                    "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
-                    "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
-                    "RCLONE_CONFIG_BENCH_REGION": REGION, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
-                    # where `syncd sync` keeps its config snapshots: in this run's folder, not the user's cache
-                    "XDG_CACHE_HOME": str(work / "cache")}
+        self.env = {
+            **inherited,
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+            "RCLONE_CONFIG_BENCH_TYPE": "s3",
+            "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint,
+            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": server.access_key,
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": server.secret_key,
+            "RCLONE_CONFIG_BENCH_REGION": REGION,
+            "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+            # where `syncd sync` keeps its config snapshots: in this run's folder, not the user's cache
+            "XDG_CACHE_HOME": str(work / "cache"),
+        }
         self.config = work / "syncd.yaml"
         for folder in ("inbox", "outbox", "failed"):
             (work / folder).mkdir(exist_ok=True)
-        self.config.write_text(yaml.safe_dump({
-            "state_dir": str(work / "state"),
-            # Keys as the README recommends: ${VAR}, from the same variables aws and rclone read.
-            "storages": {"s3": server.storage_options(access_key_id="${AWS_ACCESS_KEY_ID}",
-                                                      secret_access_key="${AWS_SECRET_ACCESS_KEY}")},
-            "backends": {"local": {"type": "local"}},
-            "inboxes": [{"name": "bench", "path": "inbox", "outbox": "outbox", "failed": "failed",
-                         "backend": "local", "storage": "s3", "bucket": BUCKET}],
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "state_dir": str(work / "state"),
+                    # Keys as the README recommends: ${VAR}, from the same variables aws and rclone read.
+                    "storages": {
+                        "s3": server.storage_options(
+                            access_key_id="${AWS_ACCESS_KEY_ID}", secret_access_key="${AWS_SECRET_ACCESS_KEY}"
+                        )
+                    },
+                    "backends": {"local": {"type": "local"}},
+                    "inboxes": [
+                        {
+                            "name": "bench",
+                            "path": "inbox",
+                            "outbox": "outbox",
+                            "failed": "failed",
+                            "backend": "local",
+                            "storage": "s3",
+                            "bucket": BUCKET,
+                        }
+                    ],
+                }
+            )
+        )
 
     def commands(self, remote: str, local: Path, down: bool) -> dict[str, list[str]]:
         s3url = f"s3://{BUCKET}/{remote}"
         syncd_remote = f"s3:{BUCKET}/{remote}"
         rclone_remote = f"bench:{BUCKET}/{remote}"
+
         def pair(a, b):
-            return ((a, b) if down else (b, a))
+            return (a, b) if down else (b, a)
+
         return {
             "syncd": [*SYNCD, "sync", "-c", str(self.config), *pair(syncd_remote, str(local)), "--no-progress"],
-            "syncd --fsync": [*SYNCD, "sync", "-c", str(self.config), *pair(syncd_remote, str(local)),
-                              "--no-progress", "--fsync"],
-            "aws s3 sync": ["aws", "s3", "sync", "--only-show-errors", "--endpoint-url", self.server.endpoint,
-                            *pair(s3url, str(local))],
+            "syncd --fsync": [
+                *SYNCD,
+                "sync",
+                "-c",
+                str(self.config),
+                *pair(syncd_remote, str(local)),
+                "--no-progress",
+                "--fsync",
+            ],
+            "aws s3 sync": [
+                "aws",
+                "s3",
+                "sync",
+                "--only-show-errors",
+                "--endpoint-url",
+                self.server.endpoint,
+                *pair(s3url, str(local)),
+            ],
             "rclone sync": ["rclone", "sync", *pair(rclone_remote, str(local))],
-            "rclone sync --transfers 16": ["rclone", "sync", "--transfers", "16", "--checkers", "16",
-                                           *pair(rclone_remote, str(local))],
+            "rclone sync --transfers 16": [
+                "rclone",
+                "sync",
+                "--transfers",
+                "16",
+                "--checkers",
+                "16",
+                *pair(rclone_remote, str(local)),
+            ],
         }
 
     def run(self, command: list[str]) -> float:
@@ -135,8 +185,12 @@ class Tools:
 
 def same_tree(a: Path, b: Path) -> bool:
     def files(root: Path) -> dict[str, int]:
-        return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*")
-                if p.is_file() and ".syncd-tmp" not in p.parts}
+        return {
+            p.relative_to(root).as_posix(): p.stat().st_size
+            for p in root.rglob("*")
+            if p.is_file() and ".syncd-tmp" not in p.parts
+        }
+
     return files(a) == files(b)
 
 
@@ -187,8 +241,10 @@ def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path, onl
 
 def table(results: dict[str, dict[str, list[float]]]) -> str:
     tools = list(dict.fromkeys(t for by_tool in results.values() for t in by_tool))
-    lines = ["| case | " + " | ".join(f"`{t}`" for t in tools) + " | syncd / best peer |",
-             "|---|" + "---:|" * (len(tools) + 1)]
+    lines = [
+        "| case | " + " | ".join(f"`{t}`" for t in tools) + " | syncd / best peer |",
+        "|---|" + "---:|" * (len(tools) + 1),
+    ]
     for case, by_tool in results.items():
         medians = {tool: statistics.median(times) for tool, times in by_tool.items()}
         best_peer = min(v for t, v in medians.items() if not t.startswith("syncd"))
@@ -203,8 +259,11 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     parser.add_argument("--workdir", type=Path, help="keep data and server here (default: a temporary folder)")
-    parser.add_argument("--tools", help="comma-separated subset of the tools, e.g. 'syncd,rclone sync' "
-                                        "(default: all; the table needs syncd and one peer)")
+    parser.add_argument(
+        "--tools",
+        help="comma-separated subset of the tools, e.g. 'syncd,rclone sync' "
+        "(default: all; the table needs syncd and one peer)",
+    )
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     only = [t.strip() for t in args.tools.split(",")] if args.tools else None

@@ -27,8 +27,16 @@ EXIT_USAGE = 2
 
 
 def config_option(func):
-    return click.option("-c", "--config", "config_path", envvar="SYNCD_CONFIG", default="syncd.yaml",
-                        show_default=False, type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)(func)
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        envvar="SYNCD_CONFIG",
+        default="syncd.yaml",
+        show_default=False,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=CONFIG_HELP,
+    )(func)
 
 
 def _load(config_path: Path, *, light: bool = False):
@@ -74,8 +82,9 @@ def _store(config):
     from syncd.state.store import Store
 
     if not config.db_path.exists():
-        click.echo(f"syncd: no state yet at {config.db_path}; start the daemon with 'syncd run -c {config.source}'",
-                   err=True)
+        click.echo(
+            f"syncd: no state yet at {config.db_path}; start the daemon with 'syncd run -c {config.source}'", err=True
+        )
         sys.exit(EXIT_INVALID)
     return Store(config.db_path)
 
@@ -131,8 +140,7 @@ def init(directory: Path, force: bool) -> None:
     """Create DIRECTORY with a working config (local backend, folder buckets) and its folders."""
     config = directory / "syncd.yaml"
     if os.path.lexists(config) and not config.is_file():  # a FIFO would block the write, a device take it
-        click.echo(f"syncd: {config} exists and is not a regular file; remove it or choose another folder",
-                   err=True)
+        click.echo(f"syncd: {config} exists and is not a regular file; remove it or choose another folder", err=True)
         sys.exit(EXIT_INVALID)
     if config.exists() and not force:
         click.echo(f"syncd: {config} already exists; use --force to overwrite it", err=True)
@@ -141,17 +149,23 @@ def init(directory: Path, force: bool) -> None:
     for folder in INIT_FOLDERS:
         (directory / folder).mkdir(exist_ok=True)
     config.write_text(INIT_CONFIG)
-    click.echo(f"Wrote {config} and the folders {', '.join(INIT_FOLDERS)} in {directory}/.\n\n"
-               f"Next:\n"
-               f"  syncd run -c {config}\n"
-               f"then, from another terminal, move a job folder (job.yaml + inputs) into {directory / 'inbox'}/\n"
-               f"and find its results in {directory / 'outbox' / 'results'}/<job name>/.")
+    click.echo(
+        f"Wrote {config} and the folders {', '.join(INIT_FOLDERS)} in {directory}/.\n\n"
+        f"Next:\n"
+        f"  syncd run -c {config}\n"
+        f"then, from another terminal, move a job folder (job.yaml + inputs) into {directory / 'inbox'}/\n"
+        f"and find its results in {directory / 'outbox' / 'results'}/<job name>/."
+    )
 
 
 @main.command()
 @config_option
-@click.option("--log-format", type=click.Choice(["auto", "text", "json", "journal"]), default="auto",
-              help="text for people, json for log collectors, journal for systemd (auto: detect)")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json", "journal"]),
+    default="auto",
+    help="text for people, json for log collectors, journal for systemd (auto: detect)",
+)
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def run(config_path: Path, log_format: str, log_level: str) -> None:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
@@ -174,8 +188,10 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
         record = _one_job(store, job)
         if as_json:
             data = job_summary(record)
-            data["events"] = [{"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "message": e.message}
-                              for e in store.events(record.id)]
+            data["events"] = [
+                {"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "message": e.message}
+                for e in store.events(record.id)
+            ]
             click.echo(visible_json([data], indent=2))
             return
         console = _console()
@@ -197,11 +213,25 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
         return
     table = _table("id", "name", "state", "backend", "remote id", "updated", "error")
     for j in jobs:
-        style = {"succeeded": "green", "validated": "green", "failed": "red", "rejected": "red", "held": "yellow",
-                 "timed_out": "red", "cancelled": "yellow"}.get(j.state, "")
+        style = {
+            "succeeded": "green",
+            "validated": "green",
+            "failed": "red",
+            "rejected": "red",
+            "held": "yellow",
+            "timed_out": "red",
+            "cancelled": "yellow",
+        }.get(j.state, "")
         # user text as Text (never markup), escaped: a name can't add rows, colours or hidden characters
-        table.add_row(j.id, _text(shown(j.name)), _text((j.state, style)), j.backend,
-                      _text(shown(j.remote_id or "")), _iso(j.updated), _text(shown(_problem(j))[:80]))
+        table.add_row(
+            j.id,
+            _text(shown(j.name)),
+            _text((j.state, style)),
+            j.backend,
+            _text(shown(j.remote_id or "")),
+            _iso(j.updated),
+            _text(shown(_problem(j))[:80]),
+        )
     _console().print(table)
     if not jobs:
         click.echo("no jobs yet")
@@ -257,11 +287,13 @@ def cancel(config_path: Path, job: str) -> None:
     store = _store(config)
     record = _one_job(store, job)
     store.request(record.id, "cancel")
-    click.echo(f"cancel requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it "
-               f"shortly")
+    click.echo(
+        f"cancel requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it shortly"
+    )
     if (why := _cannot_stop(config, record)) is not None:
-        click.echo(f"note: {why}; the job runs to its end and its results will be marked cancelled, not "
-                   f"delivered as a success")
+        click.echo(
+            f"note: {why}; the job runs to its end and its results will be marked cancelled, not delivered as a success"
+        )
 
 
 def _cannot_stop(config: Config, record: Job) -> str | None:
@@ -288,8 +320,7 @@ def retry(config_path: Path, job: str) -> None:
     store = _store(_load(config_path))
     record = _one_job(store, job)
     store.request(record.id, "retry")
-    click.echo(f"retry requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it "
-               f"shortly")
+    click.echo(f"retry requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it shortly")
 
 
 @main.command()
@@ -346,8 +377,12 @@ def _echo_file(path: Path) -> None:
 @click.argument("dest")
 @click.option("--delete", is_flag=True, help="remove local files the bucket no longer has (never job results)")
 @click.option("--progress/--no-progress", default=None, help="show a progress bar (default: on a terminal)")
-@click.option("--fsync", is_flag=True, help="flush each downloaded file to disk before it is renamed into place "
-                                             "(survives a power cut; slower, like rsync --fsync)")
+@click.option(
+    "--fsync",
+    is_flag=True,
+    help="flush each downloaded file to disk before it is renamed into place "
+    "(survives a power cut; slower, like rsync --fsync)",
+)
 def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | None, fsync: bool) -> None:
     """Mirror SRC into DEST once: STORAGE:BUCKET[/PREFIX] to a local folder, or a local folder to one.
 
@@ -375,13 +410,17 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
         sys.exit(EXIT_USAGE)
     if (source is None) == (target is None):
         names = ", ".join(sorted(config.storages)) or "none"
-        click.echo(f"syncd: exactly one of SRC and DEST must be STORAGE:BUCKET[/PREFIX] with a storage from the "
-                   f"config ({names}); the other a local folder", err=True)
+        click.echo(
+            f"syncd: exactly one of SRC and DEST must be STORAGE:BUCKET[/PREFIX] with a storage from the "
+            f"config ({names}); the other a local folder",
+            err=True,
+        )
         sys.exit(EXIT_USAGE)
     started = time.monotonic()
     try:
-        report = _run_sync(config, source, target, src, dest, delete,
-                           sys.stderr.isatty() if progress is None else progress, fsync)
+        report = _run_sync(
+            config, source, target, src, dest, delete, sys.stderr.isatty() if progress is None else progress, fsync
+        )
     except SyncdError as exc:
         click.echo(f"syncd: sync {src} {dest} failed: {exc}", err=True)
         sys.exit(EXIT_INVALID)
@@ -390,9 +429,11 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     for key, error in report.failed:
         click.echo(f"syncd: failed {shown(key)}: {shown(error)}", err=True)
     verb = "downloaded" if source is not None else "uploaded"
-    click.echo(f"{verb} {len(report.fetched)} file(s), {report.bytes} bytes, unchanged {len(report.skipped)}, "
-               f"refused {len(report.refused)}, deleted {len(report.deleted)}, failed {len(report.failed)} "
-               f"in {time.monotonic() - started:.2f}s")
+    click.echo(
+        f"{verb} {len(report.fetched)} file(s), {report.bytes} bytes, unchanged {len(report.skipped)}, "
+        f"refused {len(report.refused)}, deleted {len(report.deleted)}, failed {len(report.failed)} "
+        f"in {time.monotonic() - started:.2f}s"
+    )
     if report.failed:
         sys.exit(EXIT_INVALID)
 
@@ -433,14 +474,31 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
                 local = Path(dest).resolve()
                 local.mkdir(parents=True, exist_ok=True)
                 return Mirror(store, config.retry, fsync=fsync).run(
-                    storage, source.bucket, source.prefix, local, tmp_dir=local / TMP_DIR, strip=source.prefix,
-                    delete=delete, check_key=check_outbox_key, on_plan=on_plan, on_done=on_done)
+                    storage,
+                    source.bucket,
+                    source.prefix,
+                    local,
+                    tmp_dir=local / TMP_DIR,
+                    strip=source.prefix,
+                    delete=delete,
+                    check_key=check_outbox_key,
+                    on_plan=on_plan,
+                    on_done=on_done,
+                )
             local = Path(src).resolve()
             if not local.is_dir():
                 raise click.ClickException(f"{src} is not a folder")
             storage.ensure_bucket(target.bucket)
-            return upload(storage, store, local, target.bucket, target.prefix, retry=config.retry,
-                          on_plan=on_plan, on_done=on_done)
+            return upload(
+                storage,
+                store,
+                local,
+                target.bucket,
+                target.prefix,
+                retry=config.retry,
+                on_plan=on_plan,
+                on_done=on_done,
+            )
     finally:
         storage.close()
         store.close()
@@ -449,8 +507,12 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
 @main.command()
 @config_option
 @click.option("--user", default=None, help="the service user (default: the owner of the config file)")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="write syncd.service and syncd@.service into this folder instead of printing syncd.service")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write syncd.service and syncd@.service into this folder instead of printing syncd.service",
+)
 def units(config_path: Path, user: str | None, output: Path | None) -> None:
     """Print (or write) systemd unit files tailored to CONFIG: its paths, this syncd, a service user."""
     from syncd.service.unit_files import render_units
@@ -466,9 +528,11 @@ def units(config_path: Path, user: str | None, output: Path | None) -> None:
     output.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.items():
         (output / name).write_text(text)
-    click.echo(f"wrote {', '.join(rendered)} to {output}/. Install with:\n"
-               f"  sudo cp {output}/syncd.service /etc/systemd/system/ && sudo systemctl daemon-reload\n"
-               f"  sudo systemctl enable --now syncd")
+    click.echo(
+        f"wrote {', '.join(rendered)} to {output}/. Install with:\n"
+        f"  sudo cp {output}/syncd.service /etc/systemd/system/ && sudo systemctl daemon-reload\n"
+        f"  sudo systemctl enable --now syncd"
+    )
 
 
 def _progress(label: str, show: bool):
@@ -486,8 +550,16 @@ def _progress(label: str, show: bool):
         TransferSpeedColumn,
     )
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
     files = bar.add_task(label, total=None)
 
     def on_plan(count: int, size: int) -> None:

@@ -74,8 +74,10 @@ class BackendOptions(StrictModel):
     type: str = Field(description="backend type, e.g. local or slurm")
     max_parallel: PositiveInt = Field(4, description="jobs submitted to this backend at once")
     results_deadline: Duration = Field(
-        86400.0, description="how long a finished job may wait for a service that hands its results over late "
-                             "before it is held for attention")
+        86400.0,
+        description="how long a finished job may wait for a service that hands its results over late "
+        "before it is held for attention",
+    )
 
 
 class PollPolicy(StrictModel):
@@ -91,8 +93,10 @@ class RetryPolicy(StrictModel):
         86400.0, description="how long transient failures may last before the job is held for attention"
     )
     circuit_after: int = Field(
-        3, ge=0, description="transport failures in a row after which syncd stops calling a backend or storage "
-                             "and probes it once per backoff interval instead (0: never)"
+        3,
+        ge=0,
+        description="transport failures in a row after which syncd stops calling a backend or storage "
+        "and probes it once per backoff interval instead (0: never)",
     )
 
 
@@ -102,8 +106,11 @@ class WebhookConfig(StrictModel):
 
 
 class HttpConfig(StrictModel):
-    listen: str | None = Field("127.0.0.1:9847", pattern=r"^[^:]+:\d+$",
-                               description="host:port of /healthz, /readyz, /metrics and /jobs (null: off)")
+    listen: str | None = Field(
+        "127.0.0.1:9847",
+        pattern=r"^[^:]+:\d+$",
+        description="host:port of /healthz, /readyz, /metrics and /jobs (null: off)",
+    )
 
 
 class InboxConfig(StrictModel):
@@ -130,7 +137,8 @@ class InboxConfig(StrictModel):
     max_input_files: PositiveInt = Field(100_000, description="largest number of files in one job")
     max_input_bytes: Size | None = Field(None, description="largest total input size (none: no limit)")
     min_free_space: Size = Field(
-        100 * 1024 * 1024, description="free space the outbox needs before a job is submitted (pre-flight)")
+        100 * 1024 * 1024, description="free space the outbox needs before a job is submitted (pre-flight)"
+    )
     journal: bool = Field(True, description="write <folder>.status.txt beside each in-flight job in the inbox")
 
     @field_validator("prefix")
@@ -155,11 +163,13 @@ class MirrorConfig(StrictModel):
     prefix: str = Field("", description="only keys under this prefix, e.g. instrument/runs/")
     outbox: ConfigPath = Field(description="objects are mirrored to <outbox>/<bucket>/<key>")
     every: Duration = Field(300.0, gt=0, description="how often the mirror runs")
-    delete: bool = Field(False, description="remove local files the bucket no longer has "
-                                            "(never inside a job's results folder)")
+    delete: bool = Field(
+        False, description="remove local files the bucket no longer has (never inside a job's results folder)"
+    )
     attempts: PositiveInt = Field(4, le=20, description="tries per object within one run (waits follow retry:)")
-    fsync: bool = Field(True, description="flush each file to disk before it is renamed into place "
-                                          "(survives a power cut)")
+    fsync: bool = Field(
+        True, description="flush each file to disk before it is renamed into place (survives a power cut)"
+    )
 
 
 class Config(StrictModel):
@@ -208,8 +218,9 @@ _Options = TypeVar("_Options", StorageOptions, BackendOptions)
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(value: Any, env: dict[str, str], location: Location = (), missing: list | None = None,
-                used: list | None = None) -> Any:
+def interpolate(
+    value: Any, env: dict[str, str], location: Location = (), missing: list | None = None, used: list | None = None
+) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``.
 
     ``missing`` collects ``(location, name)`` of variables neither set nor defaulted, ``used`` of every one.
@@ -257,9 +268,14 @@ def hide_secret_named(data: Any) -> Any:
     """``data`` with the value of every key named like a secret (at any depth) made a ``SecretStr``: for a
     section taken without its type's model, whose repr and dump must not show them either."""
     if isinstance(data, dict):
-        return {key: (SecretStr(value if isinstance(value, str) else json.dumps(value, default=str))
-                      if SECRET_NAME.search(str(key)) and value is not None else hide_secret_named(value))
-                for key, value in data.items()}
+        return {
+            key: (
+                SecretStr(value if isinstance(value, str) else json.dumps(value, default=str))
+                if SECRET_NAME.search(str(key)) and value is not None
+                else hide_secret_named(value)
+            )
+            for key, value in data.items()
+        }
     if isinstance(data, list):
         return [hide_secret_named(item) for item in data]
     return data
@@ -273,9 +289,7 @@ def format_location(location: Location) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
 
-def _problems_from_validation(
-    exc: ValidationError, loaded: LoadedYaml, prefix: Location, filename: str
-) -> list[str]:
+def _problems_from_validation(exc: ValidationError, loaded: LoadedYaml, prefix: Location, filename: str) -> list[str]:
     problems = []
     for error in exc.errors():
         location = prefix + tuple(error["loc"])
@@ -287,7 +301,7 @@ def _problems_from_validation(
         elif error["type"] == "missing":
             message = "required but missing; add it"
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         problems.append(f"{where}: {format_location(location)}: {message}")
     return problems
 
@@ -348,8 +362,11 @@ def load_config_and_source(
     except ValidationError as exc:
         raise ConfigError(filename, problems + _problems_from_validation(exc, loaded, (), filename)) from None
 
-    def validated(kind: Literal["storage", "backend"], sections: dict[str, dict[str, Any]],
-                  model_for: Callable[[str], type[_Options]]) -> dict[str, _Options]:
+    def validated(
+        kind: Literal["storage", "backend"],
+        sections: dict[str, dict[str, Any]],
+        model_for: Callable[[str], type[_Options]],
+    ) -> dict[str, _Options]:
         target: dict[str, _Options] = {}
         for name, section in sections.items():
             location: Location = (f"{kind}s", name)
@@ -362,8 +379,10 @@ def load_config_and_source(
             try:
                 model = model_for(section["type"])
             except KeyError as exc:
-                problems.append(f"{filename}:{loaded.line_of(location + ('type',))}: "
-                                f"{format_location(location + ('type',))}: {exc.args[0]}")
+                problems.append(
+                    f"{filename}:{loaded.line_of(location + ('type',))}: "
+                    f"{format_location(location + ('type',))}: {exc.args[0]}"
+                )
                 continue
             try:
                 target[name] = model.model_validate(section, context=context)
@@ -376,6 +395,7 @@ def load_config_and_source(
 
     seen: set[str] = set()
     for index, inbox in enumerate(config.inboxes):
+
         def at(key: str, index: int = index) -> str:
             loc = ("inboxes", index, key)
             return f"{filename}:{loaded.line_of(loc)}: {format_location(loc)}"
@@ -390,13 +410,16 @@ def load_config_and_source(
         for key in ("outbox", "failed"):
             other = getattr(inbox, key)
             if other == inbox.path or inbox.path in other.parents:
-                problems.append(f"{at(key)}: must not be inside the inbox {inbox.path}; "
-                                f"the watcher would see results as new jobs")
+                problems.append(
+                    f"{at(key)}: must not be inside the inbox {inbox.path}; the watcher would see results as new jobs"
+                )
     for other_index, other in enumerate(config.inboxes):
         for index, inbox in enumerate(config.inboxes):
             if index != other_index and (inbox.path == other.path or other.path in inbox.path.parents):
-                problems.append(f"{filename}:{loaded.line_of(('inboxes', index, 'path'))}: inboxes.{index}.path: "
-                                f"overlaps inbox '{other.name}'; give each inbox its own folder")
+                problems.append(
+                    f"{filename}:{loaded.line_of(('inboxes', index, 'path'))}: inboxes.{index}.path: "
+                    f"overlaps inbox '{other.name}'; give each inbox its own folder"
+                )
 
     mirror_names: set[str] = set()
     for index, mirror in enumerate(config.mirrors):
@@ -414,8 +437,12 @@ def load_config_and_source(
     if problems:
         raise ConfigError(filename, problems)
     # The raw sections are replaced by their validated form, where secrets (SecretStr) print as '**********'.
-    return config.model_copy(update={
-        "storages": {name: redacted(options) for name, options in storage_options.items()},
-        "backends": {name: redacted(options) for name, options in backend_options.items()},
-        "storage_options": storage_options, "backend_options": backend_options, "source": path,
-    }), ConfigSource(loaded.sha256, loaded.data, used)
+    return config.model_copy(
+        update={
+            "storages": {name: redacted(options) for name, options in storage_options.items()},
+            "backends": {name: redacted(options) for name, options in backend_options.items()},
+            "storage_options": storage_options,
+            "backend_options": backend_options,
+            "source": path,
+        }
+    ), ConfigSource(loaded.sha256, loaded.data, used)

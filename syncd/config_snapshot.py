@@ -72,8 +72,11 @@ def save(config: Config, source: ConfigSource) -> None:
             _forget(target)
             return
         storages[name] = remembered
-    secret_places = {("storages", name, key): variable
-                     for name, entry in storages.items() for key, variable in entry["secrets"].items()}
+    secret_places = {
+        ("storages", name, key): variable
+        for name, entry in storages.items()
+        for key, variable in entry["secrets"].items()
+    }
     raw_backends = source.raw.get("backends")
     for name, raw in (raw_backends if isinstance(raw_backends, dict) else {}).items():
         places = _backend_secrets(raw)  # backends are not in the snapshot, but their secrets' variables are used
@@ -81,8 +84,13 @@ def save(config: Config, source: ConfigSource) -> None:
             _forget(target)
             return
         secret_places.update({("backends", name, *place): variable for place, variable in places.items()})
-    variables = sorted({name for location, name in source.variables
-                        if not any(tuple(location[:len(place)]) == place for place in secret_places)})
+    variables = sorted(
+        {
+            name
+            for location, name in source.variables
+            if not any(tuple(location[: len(place)]) == place for place in secret_places)
+        }
+    )
     if set(variables) & set(secret_places.values()):
         _forget(target)  # a secret's variable used elsewhere too: not even a digest of its value is written
         return
@@ -94,12 +102,19 @@ def save(config: Config, source: ConfigSource) -> None:
             return
         modules.add(module_file)
     document = {
-        "format": FORMAT, "syncd": __version__, "pydantic": PYDANTIC_VERSION, "config": str(config.source),
+        "format": FORMAT,
+        "syncd": __version__,
+        "pydantic": PYDANTIC_VERSION,
+        "config": str(config.source),
         "sha256": source.sha256,
-        "home": os.path.expanduser("~"), "variables": variables, "environment": _digest(variables),
+        "home": os.path.expanduser("~"),
+        "variables": variables,
+        "environment": _digest(variables),
         "code": {path: _stamp(path) for path in sorted(modules)},
-        "state_dir": str(config.state_dir), "retry": config.retry.model_dump(),
-        "storages": storages, "shown": config.storages,
+        "state_dir": str(config.state_dir),
+        "retry": config.retry.model_dump(),
+        "storages": storages,
+        "shown": config.storages,
         "backend_secrets": sorted({v for place, v in secret_places.items() if place[0] == "backends"}),
     }
     partial = target.with_name(f".{target.name}.{os.getpid()}")
@@ -125,15 +140,20 @@ def load(config_path: Path) -> Config | None:
     except (OSError, ValueError):
         return None
     if not isinstance(document, dict) or (
-            document.get("format"), document.get("syncd"), document.get("pydantic"), document.get("config"),
-            document.get("sha256"), document.get("home")) != (
-            FORMAT, __version__, PYDANTIC_VERSION, str(config_path), current, os.path.expanduser("~")):
+        document.get("format"),
+        document.get("syncd"),
+        document.get("pydantic"),
+        document.get("config"),
+        document.get("sha256"),
+        document.get("home"),
+    ) != (FORMAT, __version__, PYDANTIC_VERSION, str(config_path), current, os.path.expanduser("~")):
         return None
     try:
         if any(name not in os.environ for name in document["backend_secrets"]):
             return None  # reading the config in full says that it is not set
         if document["environment"] != _digest(document["variables"]) or any(
-                _stamp(path) != stamp for path, stamp in document["code"].items()):
+            _stamp(path) != stamp for path, stamp in document["code"].items()
+        ):
             return None
         storage_options: dict[str, StorageOptions] = {}
         for name, entry in document["storages"].items():
@@ -145,10 +165,18 @@ def load(config_path: Path) -> Config | None:
             secrets = {key: os.environ[variable] for key, variable in entry["secrets"].items()}
             storage_options[name] = _construct(model, entry["values"], secrets)
         return Config.model_construct(
-            state_dir=Path(document["state_dir"]), storages=document["shown"], backends={}, inboxes=[],
-            poll=PollPolicy.model_construct(), retry=RetryPolicy.model_construct(**document["retry"]),
-            http=HttpConfig.model_construct(), mirrors=[], storage_options=storage_options, backend_options={},
-            source=config_path)
+            state_dir=Path(document["state_dir"]),
+            storages=document["shown"],
+            backends={},
+            inboxes=[],
+            poll=PollPolicy.model_construct(),
+            retry=RetryPolicy.model_construct(**document["retry"]),
+            http=HttpConfig.model_construct(),
+            mirrors=[],
+            storage_options=storage_options,
+            backend_options={},
+            source=config_path,
+        )
     except (KeyError, TypeError, AttributeError, ValueError):
         return None
 

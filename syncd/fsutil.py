@@ -57,9 +57,15 @@ class TooLarge(OSError):
 
 def file_kind(mode: int) -> str:
     """What a file of this mode is, for a person: 'a FIFO (named pipe)', 'a character device'…"""
-    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "a special file"
@@ -129,8 +135,9 @@ def copy_verified(source: Path, dest: Path, *, follow: bool = True) -> str:
 FICLONE = 0x40049409
 #: errors meaning "this way of placing a file is not possible here": the next way is tried, silently
 #: (another filesystem, a filesystem without reflinks or hard links, a protected or too-often linked file)
-_CANNOT = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL,
-                     errno.ENOSYS, errno.EMLINK})
+_CANNOT = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EMLINK}
+)
 
 
 def linkable(st: os.stat_result) -> bool:
@@ -169,8 +176,9 @@ def _reflink(src_fd: int, src: os.stat_result, dest: Path, no_reflink: set[tuple
     return done
 
 
-def place_file(source: Path, dest: Path, *, link: bool = True,
-               no_reflink: set[tuple[int, int]] | None = None) -> Literal["reflink", "link", "copy"]:
+def place_file(
+    source: Path, dest: Path, *, link: bool = True, no_reflink: set[tuple[int, int]] | None = None
+) -> Literal["reflink", "link", "copy"]:
     """Put ``source``'s content at the new path ``dest`` (it must not exist), without a second copy
     on one disk when possible: a reflink, else a hard link (with ``link``, and only when
     :func:`linkable`), else :func:`copy_verified`. Says which it did.
@@ -253,8 +261,9 @@ def os_error(exc: OSError, what: str) -> SyncdError:
     if isinstance(exc, NotRegularFile | TooLarge):
         return PermanentError(f"{what}: {exc.filename} {exc.strerror}")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransientError(f"{what}: no space left on the device; free space on that filesystem and syncd "
-                              f"resumes by itself")
+        return TransientError(
+            f"{what}: no space left on the device; free space on that filesystem and syncd resumes by itself"
+        )
     if exc.errno in (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY, errno.ENOTCONN):
         return TransientError(f"{what}: {exc.strerror}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -39,8 +39,10 @@ def check_segment(part: str) -> str | None:
     if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029" for ch in part):
         return "contains control characters"
     if _BIDI & set(part):
-        return ("contains bidirectional control characters (U+202A–U+202E, U+2066–U+2069), which make a name "
-                "read as another, e.g. 'gnp.exe' as 'exe.png'")
+        return (
+            "contains bidirectional control characters (U+202A–U+202E, U+2066–U+2069), which make a name "
+            "read as another, e.g. 'gnp.exe' as 'exe.png'"
+        )
     if _RESERVED_SMB.match(part):
         return f"'{part}' is a reserved device name on Windows/SMB shares"
     if _SMB_FORBIDDEN & set(part) or part.endswith((".", " ")):
@@ -82,10 +84,11 @@ def job_key_check(folder: str):
     def check(key: str) -> str | None:
         if not key.startswith(top):
             return check_outbox_key(key)
-        rel = key[len(top):]
+        rel = key[len(top) :]
         if rel in OWN_FILES:
             return check_outbox_key(key)
         return check_outbox_key(key) or check_output_path(rel)
+
     return check
 
 

@@ -7,8 +7,9 @@ import random
 from syncd.config import RetryPolicy
 
 
-def backoff_delay(policy: RetryPolicy, failures: int, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    policy: RetryPolicy, failures: int, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds to wait after the ``failures``-th consecutive transient failure (1-based)."""
     ceiling = min(policy.max, policy.initial * 2.0 ** min(max(0, failures - 1), 60))
     delay = (rng or random).uniform(ceiling / 2, ceiling)

@@ -21,8 +21,9 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 MERGE_TAG = "tag:yaml.org,2002:merge"
 # Tags that mean plain data; anything else (!!python/…, custom !tags) is refused, never constructed.
-PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
-                       ("map", "seq", "str", "int", "float", "bool", "null", "timestamp"))
+PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")
+)
 
 
 class YamlProblem(Exception):
@@ -64,8 +65,9 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
     try:
         loader = _CountingLoader(text)  # the reader rejects control characters right here
     except yaml.reader.ReaderError as exc:
-        raise YamlProblem(f"not valid YAML: the control character {exc.character!r} is not allowed; remove it",
-                          _line_of(exc, text)) from None
+        raise YamlProblem(
+            f"not valid YAML: the control character {exc.character!r} is not allowed; remove it", _line_of(exc, text)
+        ) from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -124,8 +126,9 @@ def _construct(loader, node, location: Location, lines: dict, counter: list[int]
     ancestors = ancestors + (id(node),)
     lines[location] = line
     if node.tag not in PLAIN_TAGS:
-        raise YamlProblem(f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed; "
-                          f"write plain values", line)
+        raise YamlProblem(
+            f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed; write plain values", line
+        )
     if isinstance(node, yaml.MappingNode):
         explicit: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -135,8 +138,10 @@ def _construct(loader, node, location: Location, lines: dict, counter: list[int]
             if isinstance(key, (list, dict)):
                 raise YamlProblem("a mapping key must be a plain value", key_node.start_mark.line + 1)
             if key in explicit:
-                raise YamlProblem(f"duplicate key {key!r} (first at line {explicit[key]}); keep only one",
-                                  key_node.start_mark.line + 1)
+                raise YamlProblem(
+                    f"duplicate key {key!r} (first at line {explicit[key]}); keep only one",
+                    key_node.start_mark.line + 1,
+                )
             explicit[key] = key_node.start_mark.line + 1
         # Merge keys (<<: *base) come first after flattening, so explicit keys override them.
         loader.flatten_mapping(node)

@@ -62,8 +62,10 @@ def store(tmp_path):
 @pytest.fixture
 def config_factory(tmp_path):
     """make_config bound to a fresh directory: ``config_factory(**inbox_overrides)`` → config path."""
+
     def factory(**overrides):
         return make_config(tmp_path / "site", **overrides)
+
     return factory
 
 

@@ -197,7 +197,8 @@ class Backend(ABC):
     remote_service: ClassVar[bool] = True
     #: the methods that reach the service (the engine puts them behind its circuit breaker)
     remote_calls: ClassVar[frozenset[str]] = frozenset(
-        {"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"})
+        {"probe", "stage", "submit", "find", "poll", "cancel", "logs", "outputs", "cleanup"}
+    )
 
     def __init__(self, name: str, options: BackendOptions, work_root: Path):
         self.name = name
@@ -206,9 +207,13 @@ class Backend(ABC):
 
     def check(self, spec: JobSpec) -> list[str]:
         """Problems that make ``spec`` impossible here (checked at claim time, before anything runs)."""
-        unsupported = sorted(k for k, v in spec.resources.items() if v is not None and k not in self.capabilities.resources)
-        return [f"resources.{k}: the '{self.name}' backend cannot honour this; remove it or use another inbox"
-                for k in unsupported]
+        unsupported = sorted(
+            k for k, v in spec.resources.items() if v is not None and k not in self.capabilities.resources
+        )
+        return [
+            f"resources.{k}: the '{self.name}' backend cannot honour this; remove it or use another inbox"
+            for k in unsupported
+        ]
 
     def probe(self) -> None:
         """Check that the service answers and accepts the credentials (start-up, /readyz, pre-flight).

@@ -144,7 +144,7 @@ def _children_map() -> dict[int, list[int]]:
                 stat = handle.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) < 2 or fields[0] == b"Z":  # a zombie is dead already: reaped, never signalled
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
@@ -179,7 +179,7 @@ def _zombie_children(parent: int) -> list[int]:
                 stat = handle.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) >= 2 and fields[0] == b"Z" and int(fields[1]) == parent:
             found.append(int(entry.name))
     return found
@@ -191,7 +191,7 @@ def _living(pid: int) -> bool:
             stat = handle.read()
     except OSError:
         return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
 
 
 class CgroupUnavailable(Exception):

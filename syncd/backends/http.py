@@ -69,8 +69,11 @@ def classify_response(response: requests.Response, *, service: str, what: str) -
         return NotFoundError(f"{service} does not know what was asked for{how}")
     if status in TRANSIENT_4XX or (500 <= status < 600 and status not in PERMANENT_5XX):
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=_server_time(response))
-        verdict = {408: "timed out the request", 425: "found the request too early",
-                   429: "asks for fewer requests"}.get(status, "failed")
+        verdict = {
+            408: "timed out the request",
+            425: "found the request too early",
+            429: "asks for fewer requests",
+        }.get(status, "failed")
         hint = f"; it asks to retry in {_seconds(retry_after)}" if retry_after is not None else ""
         return TransientError(f"{service} {verdict}{how}{hint}", retry_after=retry_after)
     if 400 <= status < 600:
@@ -78,27 +81,41 @@ def classify_response(response: requests.Response, *, service: str, what: str) -
     return PermanentError(f"{service} gave an unexpected answer{how}")
 
 
-def classify_exception(exc: requests.RequestException, *, service: str, what: str,
-                       timeout: Any = None, elapsed: float | None = None) -> SyncdError:
+def classify_exception(
+    exc: requests.RequestException, *, service: str, what: str, timeout: Any = None, elapsed: float | None = None
+) -> SyncdError:
     """The error a request that got no (complete) answer means; ``timeout`` and ``elapsed`` (seconds), when
     known, are named in the message."""
     took = f" after {_seconds(elapsed)}" if elapsed is not None else ""
     cause = _cause(exc)
     if isinstance(exc, requests.ConnectTimeout):
-        return TransientError(f"cannot reach {service} while {what}: no connection{_within(timeout, 0)}{took}; "
-                              f"is it up and reachable?")
+        return TransientError(
+            f"cannot reach {service} while {what}: no connection{_within(timeout, 0)}{took}; is it up and reachable?"
+        )
     if isinstance(exc, requests.Timeout):
         return TransientError(f"{service} did not answer{_within(timeout, 1)} while {what}{took}")
     if isinstance(exc, requests.exceptions.SSLError):
         if any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)):
-            return PermanentError(f"cannot trust the TLS certificate of {service} while {what} ({cause}); "
-                                  f"check the URL, or configure the CA that signed it")
+            return PermanentError(
+                f"cannot trust the TLS certificate of {service} while {what} ({cause}); "
+                f"check the URL, or configure the CA that signed it"
+            )
         return TransientError(f"the TLS handshake with {service} failed while {what} ({cause}){took}")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema, requests.exceptions.URLRequired,
-                        requests.exceptions.InvalidHeader, requests.exceptions.InvalidJSONError)):
-        return PermanentError(f"cannot send a request to {service} while {what} ({type(exc).__name__}: {cause}); "
-                              f"check the URL in the config")
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.URLRequired,
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.InvalidJSONError,
+        ),
+    ):
+        return PermanentError(
+            f"cannot send a request to {service} while {what} ({type(exc).__name__}: {cause}); "
+            f"check the URL in the config"
+        )
     if isinstance(exc, requests.TooManyRedirects):
         return PermanentError(f"{service} redirected too many times while {what}{took}; check the URL in the config")
     if isinstance(exc, requests.ConnectionError):
@@ -108,16 +125,25 @@ def classify_exception(exc: requests.RequestException, *, service: str, what: st
     return TransientError(f"a request to {service} failed while {what} ({type(exc).__name__}: {cause}){took}")
 
 
-def request(session: requests.Session, method: str, url: str, *, service: str, what: str,
-            timeout: float | tuple[float, float], **kw: Any) -> requests.Response:
+def request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    service: str,
+    what: str,
+    timeout: float | tuple[float, float],
+    **kw: Any,
+) -> requests.Response:
     """``session.request(method, url, timeout=timeout, **kw)``, raising the classified error unless it
     answered 2xx."""
     started = time.monotonic()
     try:
         response = session.request(method, url, timeout=timeout, **kw)
     except requests.RequestException as exc:
-        raise classify_exception(exc, service=service, what=what, timeout=timeout,
-                                 elapsed=time.monotonic() - started) from None
+        raise classify_exception(
+            exc, service=service, what=what, timeout=timeout, elapsed=time.monotonic() - started
+        ) from None
     error = classify_response(response, service=service, what=what)
     if error is not None:
         response.close()
@@ -177,7 +203,7 @@ def body_excerpt(response: requests.Response, limit: int = EXCERPT_CHARS) -> str
             text = html.unescape(re.sub(r"<[^>]*>", " ", text))
         detail = text
     detail = redact_credentials(" ".join(detail.split()), response)
-    return detail if len(detail) <= limit else detail[:limit - 1].rstrip() + "…"
+    return detail if len(detail) <= limit else detail[: limit - 1].rstrip() + "…"
 
 
 def _said(response: requests.Response) -> str:

@@ -61,16 +61,20 @@ def missing_privileges(user: JobUser) -> str | None:
     """Why this process cannot run jobs as ``user``, or None if it can."""
     if os.geteuid() != 0:
         me = _user_name(os.geteuid())
-        return (f"run_as: {user.name} needs the daemon to run as root, with CAP_SETUID, CAP_SETGID, CAP_CHOWN "
-                f"and CAP_KILL; it runs as {me} (uid {os.geteuid()}). Start syncd as root (`syncd units` "
-                f"renders such a unit when a local backend uses run_as), or remove run_as to run jobs as {me}. "
-                f"A non-root daemon holding CAP_SETUID is refused on purpose: its jobs would inherit the "
-                f"capabilities")
+        return (
+            f"run_as: {user.name} needs the daemon to run as root, with CAP_SETUID, CAP_SETGID, CAP_CHOWN "
+            f"and CAP_KILL; it runs as {me} (uid {os.geteuid()}). Start syncd as root (`syncd units` "
+            f"renders such a unit when a local backend uses run_as), or remove run_as to run jobs as {me}. "
+            f"A non-root daemon holding CAP_SETUID is refused on purpose: its jobs would inherit the "
+            f"capabilities"
+        )
     capabilities = effective_capabilities()
     missing = [name for name, bit in REQUIRED_CAPABILITIES.items() if not capabilities >> bit & 1]
     if missing:
-        return (f"run_as: {user.name} needs the capabilities {', '.join(missing)}, which this root process lacks "
-                f"(a systemd CapabilityBoundingSet= without them?); regenerate the unit with `syncd units`")
+        return (
+            f"run_as: {user.name} needs the capabilities {', '.join(missing)}, which this root process lacks "
+            f"(a systemd CapabilityBoundingSet= without them?); regenerate the unit with `syncd units`"
+        )
     return None
 
 

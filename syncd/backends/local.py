@@ -60,16 +60,23 @@ PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME
 class LocalOptions(BackendOptions):
     max_parallel: int = Field(2, gt=0, description="jobs running at once on this host")
     keep_workdir: bool = Field(False, description="keep each job's work folder after its results are delivered")
-    run_as: str | None = Field(None, description="run every job as this user (its uid, primary group and "
-                                                 "supplementary groups); the daemon must run as root")
+    run_as: str | None = Field(
+        None,
+        description="run every job as this user (its uid, primary group and "
+        "supplementary groups); the daemon must run as root",
+    )
     run_as_group: str | None = Field(None, description="primary group of run_as jobs (default: the user's own)")
     containment: Literal["auto", "cgroup", "subreaper"] = Field(
-        "auto", description="how a job's whole process tree is held so that nothing of it outlives the job: a "
-                            "cgroup v2 folder per job (cgroup), the runner as child subreaper plus a sweep "
-                            "(subreaper), or a cgroup where one can be made (auto)")
+        "auto",
+        description="how a job's whole process tree is held so that nothing of it outlives the job: a "
+        "cgroup v2 folder per job (cgroup), the runner as child subreaper plus a sweep "
+        "(subreaper), or a cgroup where one can be made (auto)",
+    )
     workdir_root: ConfigPath | None = Field(
-        None, description="where the work folders go (default: <state_dir>/backends/<name>); required with run_as: "
-                          "a folder outside state_dir that the run_as user can reach")
+        None,
+        description="where the work folders go (default: <state_dir>/backends/<name>); required with run_as: "
+        "a folder outside state_dir that the run_as user can reach",
+    )
 
     @field_validator("run_as")
     @classmethod
@@ -78,8 +85,10 @@ class LocalOptions(BackendOptions):
             try:
                 pwd.getpwnam(name)
             except KeyError:
-                raise ValueError(f"no user named '{name}' on this host; create it (e.g. "
-                                 f"useradd --system --no-create-home {name}) or fix the name") from None
+                raise ValueError(
+                    f"no user named '{name}' on this host; create it (e.g. "
+                    f"useradd --system --no-create-home {name}) or fix the name"
+                ) from None
         return name
 
     @field_validator("run_as_group")
@@ -89,8 +98,9 @@ class LocalOptions(BackendOptions):
             try:
                 grp.getgrnam(name)
             except KeyError:
-                raise ValueError(f"no group named '{name}' on this host; create it (groupadd {name}) "
-                                 f"or fix the name") from None
+                raise ValueError(
+                    f"no group named '{name}' on this host; create it (groupadd {name}) or fix the name"
+                ) from None
         return name
 
     @model_validator(mode="after")
@@ -98,8 +108,10 @@ class LocalOptions(BackendOptions):
         if self.run_as_group is not None and self.run_as is None:
             raise ValueError("run_as_group needs run_as (the user jobs run as)")
         if self.run_as is not None and self.workdir_root is None:
-            raise ValueError(f"run_as needs workdir_root: a folder outside state_dir (which only the daemon may "
-                             f"enter) that {self.run_as} can reach, e.g. /var/lib/syncd-work")
+            raise ValueError(
+                f"run_as needs workdir_root: a folder outside state_dir (which only the daemon may "
+                f"enter) that {self.run_as} can reach, e.g. /var/lib/syncd-work"
+            )
         return self
 
 
@@ -128,9 +140,11 @@ class LocalBackend(Backend):
             return
         problem = missing_privileges(user)
         if problem is None and (blocked := unreachable_by(self.work_root, user)):
-            problem = (f"run_as: {user.name} cannot reach the work folders under {self.work_root}: "
-                       f"{blocked} is closed to it; choose a workdir_root outside state_dir whose parent "
-                       f"folders others may pass through (o+x)")
+            problem = (
+                f"run_as: {user.name} cannot reach the work folders under {self.work_root}: "
+                f"{blocked} is closed to it; choose a workdir_root outside state_dir whose parent "
+                f"folders others may pass through (o+x)"
+            )
         if problem is not None:
             raise TransientError(problem)
 
@@ -160,8 +174,11 @@ class LocalBackend(Backend):
         if self.job_user is not None:
             self._check_job_user()
             env.update(self.job_user.environment())
-            runner_spec["user"] = {"uid": self.job_user.uid, "gid": self.job_user.gid,
-                                   "groups": list(self.job_user.groups)}
+            runner_spec["user"] = {
+                "uid": self.job_user.uid,
+                "gid": self.job_user.gid,
+                "groups": list(self.job_user.groups),
+            }
             try:
                 hand_over(attempt / "work", self.job_user)
             except OSError as exc:
@@ -176,8 +193,11 @@ class LocalBackend(Backend):
             with open(ctrl / "runner.log", "ab") as runner_log:
                 launcher = subprocess.run(
                     [sys.executable, "-m", "syncd.backends.local_runner", str(attempt)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=runner_log,
-                    timeout=30, start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=runner_log,
+                    timeout=30,
+                    start_new_session=True,
                 )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TransientError(f"starting the runner for {spec.name}: {exc}") from exc
@@ -225,7 +245,9 @@ class LocalBackend(Backend):
                 return RemoteStatus(RemoteState.RUNNING, "running")
             if not status_file.exists():  # the runner may have finished between the two checks
                 return RemoteStatus(
-                    RemoteState.FAILED, "lost", exit_code=None,
+                    RemoteState.FAILED,
+                    "lost",
+                    exit_code=None,
                     message="the job's runner died without recording an exit status (host reboot or kill -9)",
                 )
         data = json.loads(status_file.read_text())
@@ -238,8 +260,14 @@ class LocalBackend(Backend):
         else:
             state, native = RemoteState.FAILED, "exited" if data.get("signal") is None else "killed"
         message = data.get("error") or (f"killed by signal {data['signal']}" if data.get("signal") else "")
-        return RemoteStatus(state, native, exit_code=data.get("exit_code"), message=message,
-                            started=data.get("started"), ended=data.get("ended"))
+        return RemoteStatus(
+            state,
+            native,
+            exit_code=data.get("exit_code"),
+            message=message,
+            started=data.get("started"),
+            ended=data.get("ended"),
+        )
 
     def poll(self, refs: Sequence[RemoteRef]) -> dict[str, RemoteStatus]:
         return {ref.remote_id: self._status(ref) for ref in refs}

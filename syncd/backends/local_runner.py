@@ -74,8 +74,12 @@ def _identity(spec: dict, work: Path) -> dict:
     if user is None:
         return {"cwd": work}
     # The child changes directory after it has become the user (the runner is single-threaded).
-    return {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"],
-            "preexec_fn": lambda: os.chdir(work)}
+    return {
+        "user": user["uid"],
+        "group": user["gid"],
+        "extra_groups": user["groups"],
+        "preexec_fn": lambda: os.chdir(work),
+    }
 
 
 def run(attempt_dir: Path) -> int:
@@ -105,23 +109,33 @@ def run(attempt_dir: Path) -> int:
             box.enter_for_fork()  # the job is born inside its cgroup: no descendant is ever outside it
             try:
                 child = subprocess.Popen(
-                    command, env=spec["env"], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True, **_identity(spec, attempt_dir / "work"),
+                    command,
+                    env=spec["env"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    **_identity(spec, attempt_dir / "work"),
                 )
             finally:
                 box.leave_after_fork()
     except (OSError, subprocess.SubprocessError) as exc:
         box.close()
-        why = (f"the job's user could not enter {attempt_dir / 'work'}" if isinstance(exc, subprocess.SubprocessError)
-               else exc.strerror or str(exc))
+        why = (
+            f"the job's user could not enter {attempt_dir / 'work'}"
+            if isinstance(exc, subprocess.SubprocessError)
+            else exc.strerror or str(exc)
+        )
         status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {why}")
         with open(ctrl / "stderr.txt", "a") as err:
             err.write(f"syncd: {status['error']}\n")
         _write_json(ctrl / "status.json", status)
         return 0
     box.main_pid = child.pid
-    _write_json(ctrl / "runner.json", {"runner_pid": os.getpid(), "pgid": child.pid, "started": started,
-                                       "containment": box.describe()})
+    _write_json(
+        ctrl / "runner.json",
+        {"runner_pid": os.getpid(), "pgid": child.pid, "started": started, "containment": box.describe()},
+    )
 
     timeout = spec.get("timeout")
     deadline = started + timeout if timeout else None

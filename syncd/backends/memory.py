@@ -110,8 +110,10 @@ class MemoryBackend(Backend):
             folder.stage(inputs)
         else:
             if spec.staging is None:
-                raise PermanentError(f"job {spec.name}: this backend fetches inputs from syncd's storage, "
-                                     f"but the job has no staging area")
+                raise PermanentError(
+                    f"job {spec.name}: this backend fetches inputs from syncd's storage, "
+                    f"but the job has no staging area"
+                )
             folder.stage([])
             for item in inputs:
                 info = spec.staging.put_input(item)
@@ -174,8 +176,15 @@ class MemoryBackend(Backend):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env, "SYNCD_JOB_ID": spec.job_id}
         stderr_name = "stderr.txt" if self.capabilities.separate_stderr else "stdout.txt"
         with open(folder.ctrl / "stdout.txt", "ab") as out, open(folder.ctrl / stderr_name, "ab") as err:
-            job.process = subprocess.Popen(command, cwd=folder.work, env=env, stdout=out, stderr=err,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+            job.process = subprocess.Popen(
+                command,
+                cwd=folder.work,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         job.started, job.state = time.time(), RemoteState.RUNNING
         self.service.runs += 1
 
@@ -205,8 +214,13 @@ class MemoryBackend(Backend):
                 elif code is not None:
                     job.exit_code = code if code >= 0 else 128 - code
                     job.ended = time.time()
-                    job.state = (RemoteState.CANCELLED if job.cancelled
-                                 else RemoteState.SUCCEEDED if code == 0 else RemoteState.FAILED)
+                    job.state = (
+                        RemoteState.CANCELLED
+                        if job.cancelled
+                        else RemoteState.SUCCEEDED
+                        if code == 0
+                        else RemoteState.FAILED
+                    )
             reported = job.exit_code if job.state.terminal and self.capabilities.exit_codes else None
             return RemoteStatus(job.state, job.state.value, exit_code=reported, started=job.started, ended=job.ended)
 
@@ -247,8 +261,10 @@ class MemoryBackend(Backend):
         with self.service.lock:
             if self.service.not_ready > 0:
                 self.service.not_ready -= 1
-                raise NotReady(f"job {ref.remote_id}: the service is still transferring its results",
-                               retry_after=self.service.not_ready_retry_after)
+                raise NotReady(
+                    f"job {ref.remote_id}: the service is still transferring its results",
+                    retry_after=self.service.not_ready_retry_after,
+                )
         folder = WorkFolder(self.work_root, ref.remote_id)
         found = [o for o in folder.outputs(spec.outputs) if not wrapper.is_wrapper_path(o.relpath)]
         exit_file = folder.work / wrapper.EXIT_FILE
@@ -257,8 +273,9 @@ class MemoryBackend(Backend):
         if self.service.outputs_to == "workdir":
             return found
         if spec.staging is None or (self.service.outputs_to == "results" and spec.results_prefix is None):
-            raise PermanentError(f"job {spec.name}: this service writes outputs to syncd's storage, "
-                                 f"but the job has no staging area")
+            raise PermanentError(
+                f"job {spec.name}: this service writes outputs to syncd's storage, but the job has no staging area"
+            )
         prefix = spec.results_prefix if self.service.outputs_to == "results" else spec.staging.outputs
         return [self._upload(spec, item, f"{prefix}{item.relpath}") for item in found]
 

@@ -63,21 +63,28 @@ class SlurmOptions(BackendOptions, TokenOptions):
     (``token: {command: …}``, as before, or ``token_command: …``)."""
 
     url: str = Field(description="slurmrestd base URL, e.g. http://127.0.0.1:6820")
-    api_version: str | None = Field(None, pattern=r"^v\d+\.\d+\.\d+$",
-                                    description="OpenAPI version, e.g. v0.0.38 (default: the newest the server offers)")
+    api_version: str | None = Field(
+        None,
+        pattern=r"^v\d+\.\d+\.\d+$",
+        description="OpenAPI version, e.g. v0.0.38 (default: the newest the server offers)",
+    )
     user: str = Field(description="the Slurm user the token belongs to; jobs run as this user")
     partition: str | None = Field(None, description="partition to submit to (default: the cluster's default)")
     account: str | None = Field(None, description="account to charge")
     qos: str | None = Field(None, description="quality of service")
     workdir_root: ConfigPath = Field(description="shared folder seen by this host and the compute nodes")
     max_parallel: int = Field(50, gt=0, description="jobs submitted to Slurm at once")
-    environment: dict[str, str] = Field(default_factory=lambda: {"PATH": "/usr/local/bin:/usr/bin:/bin"},
-                                        description="base environment of every job (the manifest's env is added)")
+    environment: dict[str, str] = Field(
+        default_factory=lambda: {"PATH": "/usr/local/bin:/usr/bin:/bin"},
+        description="base environment of every job (the manifest's env is added)",
+    )
     connect_timeout: Duration = Field(5.0, gt=0, description="seconds to wait for a connection")
     request_timeout: Duration = Field(60.0, gt=0, description="seconds to wait for an answer")
     auth_fast_seconds: Duration = Field(
-        2.0, description="slurmrestd 22.05 reports a refused token as HTTP 500; such an answer faster than this, "
-                         "with a freshly minted token, counts as an auth failure (a down slurmctld answers slowly)")
+        2.0,
+        description="slurmrestd 22.05 reports a refused token as HTTP 500; such an answer faster than this, "
+        "with a freshly minted token, counts as an auth failure (a down slurmctld answers slowly)",
+    )
     keep_workdir: bool = Field(False, description="keep each job's work folder after its results are delivered")
 
 
@@ -108,8 +115,11 @@ class SlurmBackend(Backend):
 
     # -- HTTP ------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        return {"X-SLURM-USER-NAME": self.options.user, "X-SLURM-USER-TOKEN": self.tokens.get(),
-                "Accept": "application/json"}
+        return {
+            "X-SLURM-USER-NAME": self.options.user,
+            "X-SLURM-USER-TOKEN": self.tokens.get(),
+            "Accept": "application/json",
+        }
 
     def _request(self, method: str, url: str, what: str, body: Any = None, *, retry_auth: bool = True) -> dict:
         """The JSON object slurmrestd answers; its refusals classified by :mod:`syncd.backends.http`, and by the
@@ -122,8 +132,9 @@ class SlurmBackend(Backend):
         try:
             response = self._session.request(method, url, json=body, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
-            raise http.classify_exception(exc, service=self.service, what=what, timeout=timeout,
-                                          elapsed=time.monotonic() - started) from None
+            raise http.classify_exception(
+                exc, service=self.service, what=what, timeout=timeout, elapsed=time.monotonic() - started
+            ) from None
         try:
             data = response.json()
         except ValueError:
@@ -152,9 +163,11 @@ class SlurmBackend(Backend):
                 if retry_auth and self.tokens.can_refresh:
                     self.tokens.invalidate()
                     return self._request(method, url, what, body, retry_auth=False)
-                raise AuthError(f"{self.service} refused user '{self.options.user}' with a fresh token {how}: "
-                                f"{said}; check AuthAltTypes=auth/jwt, the jwt key "
-                                f"and the user name")
+                raise AuthError(
+                    f"{self.service} refused user '{self.options.user}' with a fresh token {how}: "
+                    f"{said}; check AuthAltTypes=auth/jwt, the jwt key "
+                    f"and the user name"
+                )
             raise TransientError(f"{error}; slurmrestd could not reach slurmctld", retry_after=error.retry_after)
         raise error
 
@@ -167,8 +180,9 @@ class SlurmBackend(Backend):
             data = self._request("GET", f"{self.options.url.rstrip('/')}/openapi", "reading its OpenAPI document")
             versions = {m.group(1) for p in data.get("paths", {}) if (m := re.match(r"^/slurm/(v[\d.]+)/ping$", p))}
             if not versions:
-                raise PermanentError(f"slurmrestd at {self.options.url} offers no /slurm/vX/ping path; "
-                                     f"set api_version in the config")
+                raise PermanentError(
+                    f"slurmrestd at {self.options.url} offers no /slurm/vX/ping path; set api_version in the config"
+                )
             self._version = max(versions, key=lambda v: tuple(int(x) for x in v[1:].split(".")))
         return self._version
 
@@ -187,20 +201,25 @@ class SlurmBackend(Backend):
             return problems
         nodes = self._partition_nodes()
         if not nodes:
-            return problems + [f"backend '{self.name}': partition '{self.options.partition or 'default'}' "
-                               f"has no nodes; ask the admin"]
+            return problems + [
+                f"backend '{self.name}': partition '{self.options.partition or 'default'}' has no nodes; ask the admin"
+            ]
         if (cpus := wanted.get("cpus")) and cpus > max(int(n.get("cpus") or 0) for n in nodes):
-            problems.append(f"resources.cpus: {cpus} is more than any node has "
-                            f"({max(int(n.get('cpus') or 0) for n in nodes)}); ask for fewer")
-        if (memory := wanted.get("memory")):
+            problems.append(
+                f"resources.cpus: {cpus} is more than any node has "
+                f"({max(int(n.get('cpus') or 0) for n in nodes)}); ask for fewer"
+            )
+        if memory := wanted.get("memory"):
             biggest = max(int(n.get("real_memory") or 0) for n in nodes)
             if memory > biggest * 1024 * 1024:
                 problems.append(f"resources.memory: more than any node has ({biggest} MiB); ask for less")
-        if (gpus := wanted.get("gpus")):
+        if gpus := wanted.get("gpus"):
             counts = [sum(int(c) for c in re.findall(r"gpu(?::[^:(,]+)?:(\d+)", n.get("gres") or "")) for n in nodes]
             if gpus > max(counts):
-                problems.append(f"resources.gpus: {gpus} requested but no node in the partition has that many "
-                                f"GPUs ({max(counts)}); remove it or use another inbox")
+                problems.append(
+                    f"resources.gpus: {gpus} requested but no node in the partition has that many "
+                    f"GPUs ({max(counts)}); remove it or use another inbox"
+                )
         return problems
 
     def _partition_nodes(self) -> list[dict]:
@@ -227,17 +246,31 @@ class SlurmBackend(Backend):
         else:
             folder.write_text("command.argv", "".join(arg + "\0" for arg in spec.command))
         script = folder.write_text("batch.sh", BATCH_SCRIPT, mode=0o755)
-        environment = {**self.options.environment, **spec.env, "SYNCD_JOB_ID": spec.job_id,
-                       "SYNCD_JOB_NAME": spec.name, "SYNCD_ATTEMPT": str(spec.attempt),
-                       "SYNCD_CTRL": str(folder.ctrl)}
+        environment = {
+            **self.options.environment,
+            **spec.env,
+            "SYNCD_JOB_ID": spec.job_id,
+            "SYNCD_JOB_NAME": spec.name,
+            "SYNCD_ATTEMPT": str(spec.attempt),
+            "SYNCD_CTRL": str(folder.ctrl),
+        }
         limits = [t for t in (spec.timeout, spec.resources.get("walltime")) if t]
         body = api.submit_body(
-            script=script.read_text(), name=spec.submit_key, comment=spec.submit_key, workdir=str(folder.work),
-            environment=environment, stdout=str(folder.ctrl / "stdout.txt"), stderr=str(folder.ctrl / "stderr.txt"),
+            script=script.read_text(),
+            name=spec.submit_key,
+            comment=spec.submit_key,
+            workdir=str(folder.work),
+            environment=environment,
+            stdout=str(folder.ctrl / "stdout.txt"),
+            stderr=str(folder.ctrl / "stderr.txt"),
             # Slurm counts whole minutes; the engine enforces a finer timeout itself.
             time_limit_seconds=(min(limits) + 60) if limits else None,
-            partition=self.options.partition, account=self.options.account, qos=self.options.qos,
-            cpus=spec.resources.get("cpus"), memory_bytes=spec.resources.get("memory"), gpus=spec.resources.get("gpus"),
+            partition=self.options.partition,
+            account=self.options.account,
+            qos=self.options.qos,
+            cpus=spec.resources.get("cpus"),
+            memory_bytes=spec.resources.get("memory"),
+            gpus=spec.resources.get("gpus"),
         )
         data = self._request("POST", self._url("job/submit"), f"submitting job {spec.submit_key}", body)
         new_id = data.get("job_id")
@@ -268,8 +301,14 @@ class SlurmBackend(Backend):
             message = job.reason if job.reason not in ("None", "") else ""
             if job.signal:
                 message = f"{message + '; ' if message else ''}killed by signal {job.signal}"
-            return RemoteStatus(state, job.state, exit_code=job.exit_status if state.terminal else None,
-                                message=message, started=job.start_time, ended=job.end_time)
+            return RemoteStatus(
+                state,
+                job.state,
+                exit_code=job.exit_status if state.terminal else None,
+                message=message,
+                started=job.start_time,
+                ended=job.end_time,
+            )
         # Vanished is not done: only the exit status the job wrote can tell how it ended.
         folder_path = ref.handle.get("dir")
         status_file = Path(folder_path) / "ctrl" / "exit_status" if folder_path else None
@@ -279,10 +318,17 @@ class SlurmBackend(Backend):
             except ValueError:
                 code = None
             state = RemoteState.SUCCEEDED if code == 0 else RemoteState.FAILED
-            return RemoteStatus(state, "FORGOTTEN", exit_code=code,
-                                message="slurmctld no longer lists the job; outcome read from its exit status file")
-        return RemoteStatus(RemoteState.UNKNOWN, "MISSING",
-                            message=f"slurmctld does not list job {ref.remote_id} and it left no exit status")
+            return RemoteStatus(
+                state,
+                "FORGOTTEN",
+                exit_code=code,
+                message="slurmctld no longer lists the job; outcome read from its exit status file",
+            )
+        return RemoteStatus(
+            RemoteState.UNKNOWN,
+            "MISSING",
+            message=f"slurmctld does not list job {ref.remote_id} and it left no exit status",
+        )
 
     def cancel(self, ref: RemoteRef) -> None:
         try:

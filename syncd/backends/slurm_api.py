@@ -15,15 +15,28 @@ from syncd.backends.base import RemoteState
 
 # Slurm's job states → syncd's normalised states.
 STATE_MAP: dict[str, RemoteState] = {
-    "PENDING": RemoteState.QUEUED, "CONFIGURING": RemoteState.QUEUED, "REQUEUED": RemoteState.QUEUED,
-    "REQUEUE_FED": RemoteState.QUEUED, "REQUEUE_HOLD": RemoteState.QUEUED, "RESV_DEL_HOLD": RemoteState.QUEUED,
-    "RESIZING": RemoteState.RUNNING, "RUNNING": RemoteState.RUNNING, "COMPLETING": RemoteState.RUNNING,
-    "STAGE_OUT": RemoteState.RUNNING, "SIGNALING": RemoteState.RUNNING, "SUSPENDED": RemoteState.RUNNING,
+    "PENDING": RemoteState.QUEUED,
+    "CONFIGURING": RemoteState.QUEUED,
+    "REQUEUED": RemoteState.QUEUED,
+    "REQUEUE_FED": RemoteState.QUEUED,
+    "REQUEUE_HOLD": RemoteState.QUEUED,
+    "RESV_DEL_HOLD": RemoteState.QUEUED,
+    "RESIZING": RemoteState.RUNNING,
+    "RUNNING": RemoteState.RUNNING,
+    "COMPLETING": RemoteState.RUNNING,
+    "STAGE_OUT": RemoteState.RUNNING,
+    "SIGNALING": RemoteState.RUNNING,
+    "SUSPENDED": RemoteState.RUNNING,
     "STOPPED": RemoteState.RUNNING,
     "COMPLETED": RemoteState.SUCCEEDED,
-    "FAILED": RemoteState.FAILED, "OUT_OF_MEMORY": RemoteState.FAILED, "NODE_FAIL": RemoteState.FAILED,
-    "BOOT_FAIL": RemoteState.FAILED, "DEADLINE": RemoteState.FAILED, "PREEMPTED": RemoteState.FAILED,
-    "SPECIAL_EXIT": RemoteState.FAILED, "REVOKED": RemoteState.FAILED,
+    "FAILED": RemoteState.FAILED,
+    "OUT_OF_MEMORY": RemoteState.FAILED,
+    "NODE_FAIL": RemoteState.FAILED,
+    "BOOT_FAIL": RemoteState.FAILED,
+    "DEADLINE": RemoteState.FAILED,
+    "PREEMPTED": RemoteState.FAILED,
+    "SPECIAL_EXIT": RemoteState.FAILED,
+    "REVOKED": RemoteState.FAILED,
     "CANCELLED": RemoteState.CANCELLED,
     "TIMEOUT": RemoteState.TIMED_OUT,
 }
@@ -79,9 +92,15 @@ def parse_job(data: Mapping[str, Any]) -> SlurmJob:
         state = state[0] if state else ""
     exit_status, signal = decode_wait_status(data.get("exit_code"))
     return SlurmJob(
-        job_id=str(data.get("job_id")), name=data.get("name") or "", comment=data.get("comment") or "",
-        state=str(state), exit_status=exit_status, signal=signal, reason=data.get("state_reason") or "",
-        start_time=_number(data.get("start_time")), end_time=_number(data.get("end_time")),
+        job_id=str(data.get("job_id")),
+        name=data.get("name") or "",
+        comment=data.get("comment") or "",
+        state=str(state),
+        exit_status=exit_status,
+        signal=signal,
+        reason=data.get("state_reason") or "",
+        start_time=_number(data.get("start_time")),
+        end_time=_number(data.get("end_time")),
     )
 
 
@@ -92,19 +111,39 @@ def error_list(body: Any) -> list[Mapping[str, Any]]:
 
 
 def describe_errors(errors: list[Mapping[str, Any]]) -> str:
-    return "; ".join(
-        f"{e.get('description') or e.get('error') or 'error'} ({e.get('source', '?')}, errno {e.get('error_number')})"
-        for e in errors
-    ) or "no error detail"
+    return (
+        "; ".join(
+            f"{e.get('description') or e.get('error') or 'error'} ({e.get('source', '?')}, errno {e.get('error_number')})"
+            for e in errors
+        )
+        or "no error detail"
+    )
 
 
-def submit_body(*, script: str, name: str, comment: str, workdir: str, environment: Mapping[str, str],
-                stdout: str, stderr: str, time_limit_seconds: float | None, partition: str | None,
-                account: str | None, qos: str | None, cpus: int | None, memory_bytes: int | None,
-                gpus: int | None) -> dict[str, Any]:
+def submit_body(
+    *,
+    script: str,
+    name: str,
+    comment: str,
+    workdir: str,
+    environment: Mapping[str, str],
+    stdout: str,
+    stderr: str,
+    time_limit_seconds: float | None,
+    partition: str | None,
+    account: str | None,
+    qos: str | None,
+    cpus: int | None,
+    memory_bytes: int | None,
+    gpus: int | None,
+) -> dict[str, Any]:
     job: dict[str, Any] = {
-        "name": name, "comment": comment, "current_working_directory": workdir,
-        "environment": dict(environment), "standard_output": stdout, "standard_error": stderr,
+        "name": name,
+        "comment": comment,
+        "current_working_directory": workdir,
+        "environment": dict(environment),
+        "standard_output": stdout,
+        "standard_error": stderr,
         "requeue": False,
     }
     if time_limit_seconds:

@@ -50,18 +50,24 @@ class TokenOptions(StrictModel):
     # A validation error never quotes what it was given: that may be the token.
     model_config = ConfigDict(**StrictModel.model_config, hide_input_in_errors=True)
 
-    token: SecretStr | None = Field(
-        None, description="the token itself; write ${VAR} to take it from the environment")
+    token: SecretStr | None = Field(None, description="the token itself; write ${VAR} to take it from the environment")
     token_file: ConfigPath | None = Field(
-        None, description="read the token from this file, afresh each time it is used")
+        None, description="read the token from this file, afresh each time it is used"
+    )
     token_env: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="read the token from this environment variable (its name, not ${...})")
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="read the token from this environment variable (its name, not ${...})",
+    )
     token_command: list[str] | None = Field(
-        None, min_length=1, description="run this (an argument list, or a string split like a shell would, "
-                                        "but no shell runs) to mint a token; it prints the token")
+        None,
+        min_length=1,
+        description="run this (an argument list, or a string split like a shell would, "
+        "but no shell runs) to mint a token; it prints the token",
+    )
     token_ttl: Duration = Field(
-        300.0, description="reuse a minted token this long; a JWT is minted anew when it expires sooner")
+        300.0, description="reuse a minted token this long; a JWT is minted anew when it expires sooner"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -73,8 +79,9 @@ class TokenOptions(StrictModel):
         for key, value in data["token"].items():
             field = NESTED_KEYS.get(key)
             if field is None:
-                raise ValueError(f"token.{key}: unknown key; token: takes one of file, env, command "
-                                 f"(and refresh_before)")
+                raise ValueError(
+                    f"token.{key}: unknown key; token: takes one of file, env, command (and refresh_before)"
+                )
             if field in flat:
                 raise ValueError(f"token.{key} and {field} say the same; keep one")
             flat[field] = value
@@ -111,8 +118,15 @@ class TokenSource:
     ``extract`` picks the token out of what the source holds (after stripping), e.g. from ``NAME=<token>``.
     """
 
-    def __init__(self, options: TokenOptions, *, owner: str = "", environ: Mapping[str, str] | None = None,
-                 extract: Callable[[str], str] | None = None, command_timeout: float = COMMAND_TIMEOUT):
+    def __init__(
+        self,
+        options: TokenOptions,
+        *,
+        owner: str = "",
+        environ: Mapping[str, str] | None = None,
+        extract: Callable[[str], str] | None = None,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ):
         self.options = options
         self._owner = f"{owner}: " if owner else ""
         self._environ = environ
@@ -137,8 +151,10 @@ class TokenSource:
             environ = os.environ if self._environ is None else self._environ
             value = environ.get(opts.token_env)
             if value is None:
-                raise AuthError(f"{self._owner}environment variable {opts.token_env} (token_env) is not set; "
-                                f"set it in the daemon's environment")
+                raise AuthError(
+                    f"{self._owner}environment variable {opts.token_env} (token_env) is not set; "
+                    f"set it in the daemon's environment"
+                )
             return self._checked(value, f"environment variable {opts.token_env} (token_env)")
         with self._lock:
             if self._minted is not None and self._fresh(*self._minted):
@@ -170,16 +186,21 @@ class TokenSource:
                 mode = os.fstat(handle.fileno()).st_mode
                 data = handle.read()
         except FileNotFoundError:
-            raise AuthError(f"{self._owner}token_file {path}: no such file; write the token there "
-                            f"or fix the path") from None
+            raise AuthError(
+                f"{self._owner}token_file {path}: no such file; write the token there or fix the path"
+            ) from None
         except OSError as exc:
             raise AuthError(f"{self._owner}token_file {path}: cannot read it ({exc.strerror})") from None
         if mode & 0o077 and not self._warned_open:
             self._warned_open = True
             from syncd.log import logger
 
-            logger.warning("{}token_file {} can be read by other users (mode {:04o}); chmod 600 it",
-                           self._owner, path, mode & 0o7777)
+            logger.warning(
+                "{}token_file {} can be read by other users (mode {:04o}); chmod 600 it",
+                self._owner,
+                path,
+                mode & 0o7777,
+            )
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -188,19 +209,28 @@ class TokenSource:
     def _mint(self, argv: list[str]) -> str:
         name = Path(argv[0]).name if argv else "?"
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
-                                  timeout=self._command_timeout)
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                stdin=subprocess.DEVNULL,
+                timeout=self._command_timeout,
+            )
         except subprocess.TimeoutExpired:
-            raise TransientError(f"{self._owner}token_command '{name}' did not finish within "
-                                 f"{self._command_timeout:.0f}s") from None
+            raise TransientError(
+                f"{self._owner}token_command '{name}' did not finish within {self._command_timeout:.0f}s"
+            ) from None
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            raise AuthError(f"{self._owner}token_command '{argv[0]}' cannot run ({exc.strerror}); "
-                            f"fix the command in the config") from None
+            raise AuthError(
+                f"{self._owner}token_command '{argv[0]}' cannot run ({exc.strerror}); fix the command in the config"
+            ) from None
         except OSError as exc:
             raise TransientError(f"{self._owner}token_command '{name}' cannot run now ({exc.strerror})") from None
         if done.returncode != 0:
             said = " ".join(done.stderr.split())
-            said = said if len(said) <= _EXCERPT else said[:_EXCERPT - 1] + "…"
-            raise AuthError(f"{self._owner}token_command '{name}' exited {done.returncode}"
-                            + (f": {said}" if said else ""))
+            said = said if len(said) <= _EXCERPT else said[: _EXCERPT - 1] + "…"
+            raise AuthError(
+                f"{self._owner}token_command '{name}' exited {done.returncode}" + (f": {said}" if said else "")
+            )
         return self._checked(done.stdout, f"the output of token_command '{name}'")

@@ -35,13 +35,17 @@ def _check_input(item: InputFile, func, *args):
     except NotRegularFile as exc:
         if exc.filename != str(item.source):
             raise
-        raise InputError([f"{item.relpath}: became {exc.kind} after the job was checked; only regular files "
-                          f"are staged"]) from exc
+        raise InputError(
+            [f"{item.relpath}: became {exc.kind} after the job was checked; only regular files are staged"]
+        ) from exc
     except OSError as exc:
         if exc.filename != str(item.source) or not isinstance(exc, (FileNotFoundError, PermissionError)):
             raise
-        why = ("disappeared from the job folder while it was being staged; put it back" if
-               isinstance(exc, FileNotFoundError) else "cannot be read by the user syncd runs as; make it readable")
+        why = (
+            "disappeared from the job folder while it was being staged; put it back"
+            if isinstance(exc, FileNotFoundError)
+            else "cannot be read by the user syncd runs as; make it readable"
+        )
         raise InputError([f"{item.relpath}: {why}"]) from exc
 
 

@@ -52,9 +52,19 @@ def record_matches(path: Path, job: Job) -> bool:
     return isinstance(data, dict) and data.get("id") == job.id and data.get("attempts") == job.attempts
 
 
-def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outbox: Outbox,
-            outputs: list[OutputFile], logs: JobLogs | None, reports: dict[str, str], tmp_dir: Path,
-            on_settled: Callable[[str | None, str | None], None] | None = None) -> tuple[dict[str, Any], int]:
+def deliver(
+    job: Job,
+    *,
+    inbox: InboxConfig,
+    folder: str,
+    storage: Storage,
+    outbox: Outbox,
+    outputs: list[OutputFile],
+    logs: JobLogs | None,
+    reports: dict[str, str],
+    tmp_dir: Path,
+    on_settled: Callable[[str | None, str | None], None] | None = None,
+) -> tuple[dict[str, Any], int]:
     """Put outputs, logs and reports into ``<bucket>/<folder>/``, mirror it, write the record last.
 
     A file that cannot be delivered (a name the outbox's rules refuse) is listed under ``refused`` and
@@ -84,8 +94,10 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
             elif item.source is not None:
                 storage.put_file(job.bucket, f"{folder}/{item.relpath}", item.source)
             else:
-                raise PermanentError(f"job {job.name}: the backend reported output {item.relpath} with neither a "
-                                     f"local file nor an object; this is a bug in backend {job.backend}")
+                raise PermanentError(
+                    f"job {job.name}: the backend reported output {item.relpath} with neither a "
+                    f"local file nor an object; this is a bug in backend {job.backend}"
+                )
             delivered.append({"path": item.relpath, "size": item.size})
         storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", (logs.stdout if logs else None) or empty)
         storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", (logs.stderr if logs else None) or empty)
@@ -93,18 +105,20 @@ def deliver(job: Job, *, inbox: InboxConfig, folder: str, storage: Storage, outb
             report_file = Path(scratch) / name
             report_file.write_text(text, encoding="utf-8")
             storage.put_file(job.bucket, f"{folder}/{name}", report_file)
-        mirrored = outbox.mirror(storage, job.bucket, folder + "/", exclude={record_key},
-                                 check_key=job_key_check(folder))
+        mirrored = outbox.mirror(
+            storage, job.bucket, folder + "/", exclude={record_key}, check_key=job_key_check(folder)
+        )
         top = folder + "/"
         for key, why in mirrored.refused:  # objects a service left beside the outputs, under refused names
-            refused.setdefault(key[len(top):] if key.startswith(top) else key, why)
+            refused.setdefault(key[len(top) :] if key.startswith(top) else key, why)
         delivered = [entry for entry in delivered if entry["path"] not in refused]
         outcome, message = settled_outcome(job, refused)
         if on_settled is not None and (outcome, message) != (job.outcome, job.message):
             on_settled(outcome, message)
         job = replace(job, outcome=outcome, message=message)
-        record = result_record(job, inbox, folder, delivered,
-                               [{"path": path, "reason": why} for path, why in refused.items()])
+        record = result_record(
+            job, inbox, folder, delivered, [{"path": path, "reason": why} for path, why in refused.items()]
+        )
         record_file = Path(scratch) / RESULT_RECORD
         record_file.write_text(visible_json(record, indent=2) + "\n", encoding="utf-8")
         storage.put_file(job.bucket, record_key, record_file)
@@ -135,8 +149,10 @@ def settled_outcome(job: Job, refused: dict[str, str]) -> tuple[str | None, str 
     if not refused or job.outcome in (None, VALIDATED):
         return job.outcome, job.message
     names = ", ".join(repr(path) for path in list(refused)[:5]) + (", …" if len(refused) > 5 else "")
-    note = (f"{len(refused)} file(s) {NOT_DELIVERED} (names the outbox refuses; see 'refused' in "
-            f"{RESULT_RECORD}): {names}; rename them in the job and run it again")
+    note = (
+        f"{len(refused)} file(s) {NOT_DELIVERED} (names the outbox refuses; see 'refused' in "
+        f"{RESULT_RECORD}): {names}; rename them in the job and run it again"
+    )
     if job.message and note in job.message:
         return job.outcome, job.message
     if job.outcome == SUCCEEDED:
@@ -153,41 +169,71 @@ def place_remote(storage: Storage, bucket: str, key: str, item: OutputFile) -> N
     if (source.bucket, source.key) == (bucket, key):
         info = storage.head(bucket, key)
         if info is None:
-            raise TransientError(f"output {item.relpath}: the service reported it at {bucket}/{key}, but it is not "
-                                 f"there (yet)")
+            raise TransientError(
+                f"output {item.relpath}: the service reported it at {bucket}/{key}, but it is not there (yet)"
+            )
     else:
         info = storage.copy(source.bucket, source.key, bucket, key)
     if info.size != item.size:
-        raise TransientError(f"output {item.relpath}: {bucket}/{key} holds {info.size} bytes, the service reported "
-                             f"{item.size}; trying again")
+        raise TransientError(
+            f"output {item.relpath}: {bucket}/{key} holds {info.size} bytes, the service reported "
+            f"{item.size}; trying again"
+        )
     stored_md5 = info.etag.strip('"')
-    if source.md5 and len(stored_md5) == 32 and all(c in "0123456789abcdef" for c in stored_md5) \
-            and stored_md5 != source.md5:
-        raise TransientError(f"output {item.relpath}: {bucket}/{key} has MD5 {stored_md5}, the service reported "
-                             f"{source.md5}; trying again")
+    if (
+        source.md5
+        and len(stored_md5) == 32
+        and all(c in "0123456789abcdef" for c in stored_md5)
+        and stored_md5 != source.md5
+    ):
+        raise TransientError(
+            f"output {item.relpath}: {bucket}/{key} has MD5 {stored_md5}, the service reported "
+            f"{source.md5}; trying again"
+        )
 
 
 def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refused: list) -> dict[str, Any]:
     base = f"{inbox.prefix}/{job.name}" if inbox.prefix else job.name
     record = {
-        "state": job.outcome, "exit_code": job.exit_code, "message": job.message,
-        "job": job.name, "id": job.id, "directory": job.dir_name, "inbox": job.inbox,
-        "backend": job.backend, "remote_id": job.remote_id, "remote_state": job.remote_state,
-        "submit_key": job.submit_key if job.remote_id else None, "attempts": job.attempts,
-        "bucket": job.bucket, "folder": folder,
-        "created": iso(job.created), "submitted": iso(job.submitted_at), "started": iso(job.started_at),
-        "ended": iso(job.ended_at), "outputs": outputs, "refused": refused, "syncd_version": __version__,
+        "state": job.outcome,
+        "exit_code": job.exit_code,
+        "message": job.message,
+        "job": job.name,
+        "id": job.id,
+        "directory": job.dir_name,
+        "inbox": job.inbox,
+        "backend": job.backend,
+        "remote_id": job.remote_id,
+        "remote_state": job.remote_state,
+        "submit_key": job.submit_key if job.remote_id else None,
+        "attempts": job.attempts,
+        "bucket": job.bucket,
+        "folder": folder,
+        "created": iso(job.created),
+        "submitted": iso(job.submitted_at),
+        "started": iso(job.started_at),
+        "ended": iso(job.ended_at),
+        "outputs": outputs,
+        "refused": refused,
+        "syncd_version": __version__,
     }
     if folder != base:
-        record["note"] = (f"an earlier job named '{job.name}' already has results in '{base}/'; "
-                          f"this job's results are in '{folder}/'")
+        record["note"] = (
+            f"an earlier job named '{job.name}' already has results in '{base}/'; this job's results are in '{folder}/'"
+        )
     return record
 
 
 def validation_report(job: Job, directory: JobDirectory, spec: JobSpec) -> str:
-    lines = [f"Dry run of job '{shown(job.name)}' (id {job.id}): valid. Nothing was run.", "",
-             f"backend:  {job.backend}", f"command:  {spec.command!r}",
-             f"results would go to: {job.bucket}/{job.folder}/", "", f"{len(directory.inputs)} input file(s):"]
+    lines = [
+        f"Dry run of job '{shown(job.name)}' (id {job.id}): valid. Nothing was run.",
+        "",
+        f"backend:  {job.backend}",
+        f"command:  {spec.command!r}",
+        f"results would go to: {job.bucket}/{job.folder}/",
+        "",
+        f"{len(directory.inputs)} input file(s):",
+    ]
     lines += [f"  {shown(item.relpath)}  ({item.size} bytes)" for item in directory.inputs]
     lines += ["", "Remove 'dry_run: true' from job.yaml and drop the folder again to run it."]
     return "\n".join(lines) + "\n"
@@ -206,14 +252,20 @@ def reject(job: Job, problems: list[str], inbox: InboxConfig, spool: Spool) -> P
                 return candidate
         raise PermanentError(f"claimed directory {path} of rejected job {job.id} is missing")
     report = {
-        "state": REJECTED, "job": job.dir_name, "id": job.id, "inbox": job.inbox,
-        "problems": problems, "rejected": iso(job.ended_at), "syncd_version": __version__,
+        "state": REJECTED,
+        "job": job.dir_name,
+        "id": job.id,
+        "inbox": job.inbox,
+        "problems": problems,
+        "rejected": iso(job.ended_at),
+        "syncd_version": __version__,
         "next_step": f"fix the problems, then move this folder back into {inbox.path}",
     }
     text = (  # user text (names, problems quoting file names) escaped: one line per problem, nothing hidden
         f"syncd could not accept the job '{shown(job.dir_name)}' (id {job.id}).\n\n"
-        "Problems:\n" + "".join(f"  - {shown(p)}\n" for p in problems) +
-        "\nNothing was run. All of your files are still in this folder, unchanged.\n"
+        "Problems:\n"
+        + "".join(f"  - {shown(p)}\n" for p in problems)
+        + "\nNothing was run. All of your files are still in this folder, unchanged.\n"
         f"Fix the problems above, then move this folder back into the inbox:\n  {shown(inbox.path)}\n"
     )
     return spool.reject(path, job.original_dir_name, text, report)

@@ -61,8 +61,10 @@ class MirrorReport:
                 raise error
         if self.failed:
             first_key, first = self.failed[0]
-            raise TransientError(f"{len(self.failed)} object(s) could not be fetched, e.g. {first_key}: {first}",
-                                 retry_after=first.retry_after if isinstance(first, TransientError) else None)
+            raise TransientError(
+                f"{len(self.failed)} object(s) could not be fetched, e.g. {first_key}: {first}",
+                retry_after=first.retry_after if isinstance(first, TransientError) else None,
+            )
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,15 @@ class Target:
 
 
 class Mirror:
-    def __init__(self, store: Store, retry: RetryPolicy | None = None, *, attempts: int = 4, fsync: bool = True,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        store: Store,
+        retry: RetryPolicy | None = None,
+        *,
+        attempts: int = 4,
+        fsync: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.store = store
         self.index = DeliveryIndex(store)
         self.retry = retry or RetryPolicy()
@@ -83,9 +92,21 @@ class Mirror:
         self.fsync = fsync
         self.sleep = sleep
 
-    def run(self, storage: Storage, bucket: str, prefix: str, dest: Path, *, tmp_dir: Path, strip: str = "",
-            exclude: Iterable[str] = (), delete: bool = False, check_key: Callable[[str], str | None],
-            on_plan: Callable[[int, int], None] | None = None, on_done: ProgressHook | None = None) -> MirrorReport:
+    def run(
+        self,
+        storage: Storage,
+        bucket: str,
+        prefix: str,
+        dest: Path,
+        *,
+        tmp_dir: Path,
+        strip: str = "",
+        exclude: Iterable[str] = (),
+        delete: bool = False,
+        check_key: Callable[[str], str | None],
+        on_plan: Callable[[int, int], None] | None = None,
+        on_done: ProgressHook | None = None,
+    ) -> MirrorReport:
         """Mirror ``bucket/prefix`` into ``dest``; object ``strip + rel`` goes to ``dest/rel``. Idempotent."""
         report = MirrorReport()
         if tmp_dir.is_dir():  # leftovers of a run that was killed, even if nothing is left to fetch
@@ -99,14 +120,16 @@ class Mirror:
         adopt: list[tuple[str, int, str, int]] = []
         empty = _holds_nothing(dest)  # then no file needs a look (saves a stat per object on a first mirror)
         for obj in storage.list(bucket, prefix):
-            rel = obj.key[len(strip):] if obj.key.startswith(strip) else obj.key
+            rel = obj.key[len(strip) :] if obj.key.startswith(strip) else obj.key
             if obj.key in excluded or not rel.rstrip("/"):
                 index.pop(str(dest / rel), None)
                 continue
             problem = check_key(rel)
             folded = rel.casefold()
             if problem is None and folded in seen_folded and seen_folded[folded] != rel:
-                problem = f"differs only by letter case from '{strip}{seen_folded[folded]}' (SMB shares can't hold both)"
+                problem = (
+                    f"differs only by letter case from '{strip}{seen_folded[folded]}' (SMB shares can't hold both)"
+                )
             if problem:
                 logger.error("refused remote object {}/{}: {}", bucket, obj.key, problem)
                 report.refused.append((obj.key, problem))
@@ -126,8 +149,12 @@ class Mirror:
             except OSError as exc:
                 report.failed.append((obj.key, os_error(exc, f"reading {path}")))
                 continue
-            if st is not None and known is not None and known[:2] == (obj.size, obj.etag) \
-                    and (st.st_size, st.st_mtime_ns) == (obj.size, known[2]):
+            if (
+                st is not None
+                and known is not None
+                and known[:2] == (obj.size, obj.etag)
+                and (st.st_size, st.st_mtime_ns) == (obj.size, known[2])
+            ):
                 report.skipped.append(obj.key)
                 continue
             if st is not None and st.st_size == obj.size and storage.same_content(obj, path):
@@ -137,8 +164,13 @@ class Mirror:
             todo.append(Target(obj, path))
         if index:  # what is left was delivered for objects the bucket no longer lists
             self.index.forget(index)
-            logger.debug("forgot {} delivery record(s) under {} of objects no longer in {}/{}; the files stay",
-                         len(index), dest, bucket, prefix)
+            logger.debug(
+                "forgot {} delivery record(s) under {} of objects no longer in {}/{}; the files stay",
+                len(index),
+                dest,
+                bucket,
+                prefix,
+            )
         self.index.record_many(adopt)
         if on_plan is not None:
             on_plan(len(todo), sum(t.info.size for t in todo))
@@ -149,8 +181,15 @@ class Mirror:
         return report
 
     # -- fetching ---------------------------------------------------------------------------
-    def _fetch_all(self, storage: Storage, bucket: str, todo: list[Target], tmp_dir: Path, report: MirrorReport,
-                   on_done: ProgressHook | None) -> None:
+    def _fetch_all(
+        self,
+        storage: Storage,
+        bucket: str,
+        todo: list[Target],
+        tmp_dir: Path,
+        report: MirrorReport,
+        on_done: ProgressHook | None,
+    ) -> None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[str, int, str, int]] = []
         dirs: set[str] = set()
@@ -205,8 +244,10 @@ class Mirror:
                     if len(outcomes) >= INDEX_BATCH:
                         arrived.notify()
 
-        workers = [threading.Thread(target=work, name=f"syncd-mirror-{n}")
-                   for n in range(max(1, min(storage.transfer_workers, len(todo))))]
+        workers = [
+            threading.Thread(target=work, name=f"syncd-mirror-{n}")
+            for n in range(max(1, min(storage.transfer_workers, len(todo))))
+        ]
         for worker in workers:
             worker.start()
         go.set()
@@ -237,9 +278,16 @@ class Mirror:
         # The temporary folder stays: removing it while empty would race a concurrent writer that has
         # just created it (another job's collect, a result record being written).
 
-    def _fetch_batch(self, storage: Storage, bucket: str, targets: list[Target], names: _TmpNames,
-                     made: set[str], report: MirrorReport,
-                     delivered: Callable[[Target, tuple[str, int, str, int]], None]) -> list[Target]:
+    def _fetch_batch(
+        self,
+        storage: Storage,
+        bucket: str,
+        targets: list[Target],
+        names: _TmpNames,
+        made: set[str],
+        report: MirrorReport,
+        delivered: Callable[[Target, tuple[str, int, str, int]], None],
+    ) -> list[Target]:
         """Fetch small objects with ``storage.fetch_many`` in this thread; return those to fetch one by one.
 
         One attempt each: whatever fails here (a reset, a changed object, an error answer) goes
@@ -267,8 +315,13 @@ class Mirror:
                     continue
                 tmp.unlink(missing_ok=True)
         except SyncdError as exc:  # no connection at all: the one-by-one path retries and reports
-            logger.debug("fetching {} objects of {}:{} together failed ({}); fetching them one by one",
-                         len(pending), storage.name, bucket, exc)
+            logger.debug(
+                "fetching {} objects of {}:{} together failed ({}); fetching them one by one",
+                len(pending),
+                storage.name,
+                bucket,
+                exc,
+            )
         finally:
             for tmp in pending:  # a batch that ended early may have begun some of these
                 tmp.unlink(missing_ok=True)
@@ -284,8 +337,9 @@ class Mirror:
         self.index.record_many(rows)
         rows.clear()
 
-    def _fetch_one(self, storage: Storage, bucket: str, target: Target, names: _TmpNames,
-                   made: set[str]) -> tuple[str, int, str, int]:
+    def _fetch_one(
+        self, storage: Storage, bucket: str, target: Target, names: _TmpNames, made: set[str]
+    ) -> tuple[str, int, str, int]:
         what = f"{storage.name}:{bucket}/{target.info.key}"
         for attempt in range(1, self.attempts + 1):
             tmp = names.next()
@@ -340,8 +394,9 @@ class Mirror:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            report.failed.append((key, PermanentError(
-                f"outbox {path}: a file and a folder would share this path ({bucket}/{key})")))
+            report.failed.append(
+                (key, PermanentError(f"outbox {path}: a file and a folder would share this path ({bucket}/{key})"))
+            )
         except OSError as exc:
             report.failed.append((key, os_error(exc, f"creating {path}")))
 
@@ -389,7 +444,7 @@ def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
     whole destination's would cost memory and time in proportion to every job ever delivered there)."""
     if not prefix.startswith(strip):  # some keys keep their full name: any path under dest
         return f"{dest}{os.sep}"
-    narrowed = prefix[len(strip):]
+    narrowed = prefix[len(strip) :]
     if not narrowed.strip("/"):
         return f"{dest}{os.sep}"
     # Path() drops a trailing "/" and collapses "//": what is left still starts every path dest / rel.
@@ -451,5 +506,5 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
             stat = handle.read()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    fields = stat[stat.rfind(b")") + 2 :].split()  # the command name, in parentheses, may hold spaces
     return (fields[0].decode(), fields[19].decode()) if len(fields) >= 20 else None

@@ -27,6 +27,8 @@ from syncd.storage.base import Storage
 from syncd.text import visible_json
 
 __all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
+
+
 class Outbox:
     def __init__(self, root: Path, store: Store, retry: RetryPolicy | None = None):
         self.root = root
@@ -47,16 +49,31 @@ class Outbox:
     def path_for(self, bucket: str, key: str) -> Path:
         return self.root / bucket / key
 
-    def mirror(self, storage: Storage, bucket: str, prefix: str, *, exclude: Iterable[str] = (),
-               delete: bool = False, engine: Mirror | None = None,
-               check_key: Callable[[str], str | None] = check_outbox_key) -> MirrorReport:
+    def mirror(
+        self,
+        storage: Storage,
+        bucket: str,
+        prefix: str,
+        *,
+        exclude: Iterable[str] = (),
+        delete: bool = False,
+        engine: Mirror | None = None,
+        check_key: Callable[[str], str | None] = check_outbox_key,
+    ) -> MirrorReport:
         """Bring ``outbox/<bucket>/<prefix>…`` up to date with the remote prefix. Idempotent.
 
         Raises the classified error when an object could not be fetched (after the others were).
         """
         report = (engine or self.mirror_engine).run(
-            storage, bucket, prefix, self.root / bucket, tmp_dir=self.root / TMP_DIR, exclude=exclude,
-            delete=delete, check_key=check_key)
+            storage,
+            bucket,
+            prefix,
+            self.root / bucket,
+            tmp_dir=self.root / TMP_DIR,
+            exclude=exclude,
+            delete=delete,
+            check_key=check_key,
+        )
         report.raise_for_failures()
         return report
 
@@ -89,8 +106,9 @@ class Outbox:
         return dest
 
 
-
-def run_standing_mirror(mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy) -> MirrorReport | None:
+def run_standing_mirror(
+    mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy
+) -> MirrorReport | None:
     """One pass of a ``mirrors:`` entry; logs the outcome and never raises a classified error.
 
     A failed pass is simply tried again at the next interval (the daemon's timer).
@@ -100,11 +118,25 @@ def run_standing_mirror(mirror: MirrorConfig, storage: Storage, store: Store, re
     root = mirror.outbox
     try:
         root.mkdir(parents=True, exist_ok=True)
-        report = engine.run(storage, mirror.bucket, mirror.prefix, root / mirror.bucket, tmp_dir=root / TMP_DIR,
-                            delete=mirror.delete, check_key=check_outbox_key)
+        report = engine.run(
+            storage,
+            mirror.bucket,
+            mirror.prefix,
+            root / mirror.bucket,
+            tmp_dir=root / TMP_DIR,
+            delete=mirror.delete,
+            check_key=check_outbox_key,
+        )
     except SyncdError as exc:
-        log.error("mirror {} of {}:{}/{} failed: {}; trying again in {:.0f}s", mirror.name, mirror.storage,
-                  mirror.bucket, mirror.prefix, exc, mirror.every)
+        log.error(
+            "mirror {} of {}:{}/{} failed: {}; trying again in {:.0f}s",
+            mirror.name,
+            mirror.storage,
+            mirror.bucket,
+            mirror.prefix,
+            exc,
+            mirror.every,
+        )
         return None
     except OSError as exc:
         log.error("mirror {}: {}; trying again in {:.0f}s", mirror.name, os_error(exc, str(root)), mirror.every)
@@ -112,7 +144,14 @@ def run_standing_mirror(mirror: MirrorConfig, storage: Storage, store: Store, re
     for key, error in report.failed:
         log.error("mirror {}: {}/{} not fetched: {}", mirror.name, mirror.bucket, key, error)
     if report.fetched or report.deleted or report.failed:
-        log.info("mirror {}: fetched {} ({} bytes), unchanged {}, refused {}, deleted {}, failed {}", mirror.name,
-                 len(report.fetched), report.bytes, len(report.skipped), len(report.refused), len(report.deleted),
-                 len(report.failed))
+        log.info(
+            "mirror {}: fetched {} ({} bytes), unchanged {}, refused {}, deleted {}, failed {}",
+            mirror.name,
+            len(report.fetched),
+            report.bytes,
+            len(report.skipped),
+            len(report.refused),
+            len(report.deleted),
+            len(report.failed),
+        )
     return report

@@ -53,9 +53,18 @@ def upload_index_key(storage: Storage, bucket: str, key: str) -> str:
     return f"upload:{storage.name}:{bucket}/{key}"
 
 
-def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: str, *,
-           retry: RetryPolicy, attempts: int = 4, on_plan: Callable[[int, int], None] | None = None,
-           on_done: ProgressHook | None = None) -> MirrorReport:
+def upload(
+    storage: Storage,
+    store: Store,
+    source: Path,
+    bucket: str,
+    prefix: str,
+    *,
+    retry: RetryPolicy,
+    attempts: int = 4,
+    on_plan: Callable[[int, int], None] | None = None,
+    on_done: ProgressHook | None = None,
+) -> MirrorReport:
     """Upload every file under ``source`` missing from, or different in, ``bucket/prefix``. Idempotent."""
     from concurrent.futures import (  # only uploads need it: see S3Storage
         ThreadPoolExecutor,
@@ -77,7 +86,7 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
             except OSError as exc:  # a link that points nowhere, a file gone since the listing
                 report.failed.append((key, os_error(exc, f"reading {path}")))
                 continue
-            problem = check_outbox_key(key[len(prefix):])
+            problem = check_outbox_key(key[len(prefix) :])
             if problem is None and not stat.S_ISREG(st.st_mode):  # never opened: a FIFO blocks, a device never ends
                 problem = f"is {file_kind(st.st_mode)}, not a regular file; only regular files are uploaded"
             if problem:
@@ -86,8 +95,7 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
             have, known = remote.get(key), index.get(upload_index_key(storage, bucket, key))
             if have is not None and known is not None and known == (st.st_size, have.etag, st.st_mtime_ns):
                 report.skipped.append(key)
-            elif have is not None and have.size == st.st_size and (
-                    st.st_size == 0 or storage.same_content(have, path)):
+            elif have is not None and have.size == st.st_size and (st.st_size == 0 or storage.same_content(have, path)):
                 adopt.append((upload_index_key(storage, bucket, key), st.st_size, have.etag, st.st_mtime_ns))
                 report.skipped.append(key)
             else:
@@ -125,4 +133,3 @@ def upload(storage: Storage, store: Store, source: Path, bucket: str, prefix: st
                 on_done(key, st.st_size)
     DeliveryIndex(store).record_many(rows)
     return report
-

@@ -51,8 +51,10 @@ PROBE_INTERVAL = 60.0
 STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 OUTCOME = {
-    RemoteState.SUCCEEDED: SUCCEEDED, RemoteState.FAILED: FAILED,
-    RemoteState.CANCELLED: CANCELLED, RemoteState.TIMED_OUT: TIMED_OUT,
+    RemoteState.SUCCEEDED: SUCCEEDED,
+    RemoteState.FAILED: FAILED,
+    RemoteState.CANCELLED: CANCELLED,
+    RemoteState.TIMED_OUT: TIMED_OUT,
 }
 
 
@@ -94,9 +96,16 @@ def has_any(iterable) -> bool:
 class EngineBase:
     """Shared by the parts of the engine: config, store, guarded services, folders, the spec of a job."""
 
-    def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
-                 storages: Mapping[str, Storage], clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None, crash_points: CrashPoints | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        backends: Mapping[str, Backend],
+        storages: Mapping[str, Storage],
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        crash_points: CrashPoints | None = None,
+    ):
         self.config = config
         self.crash_points = crash_points or CrashPoints()
         self.metrics = metrics
@@ -134,8 +143,13 @@ class EngineBase:
         service = f"{kind} {name}"
         breaker = self._breakers.get(service)
         if breaker is None:
-            breaker = CircuitBreaker(service, self.config.retry, self.config.retry.circuit_after, self.clock,
-                                     on_change=functools.partial(self._circuit_changed, kind, name))
+            breaker = CircuitBreaker(
+                service,
+                self.config.retry,
+                self.config.retry.circuit_after,
+                self.clock,
+                on_change=functools.partial(self._circuit_changed, kind, name),
+            )
             self._breakers[service] = breaker
         breaker.policy = self.config.retry
         breaker.threshold = self.config.retry.circuit_after
@@ -148,10 +162,16 @@ class EngineBase:
             logger.info("{} answers again; calling it again ({} waiting job(s) resumed)", circuit.service, woken)
         else:
             first = circuit.service not in self.store.open_circuits()
-            self.store.circuit_opened(circuit.service, circuit.since or self.clock(), circuit.next_probe or 0.0,
-                                      circuit.reason or "")
-            logger.log("ERROR" if first else "DEBUG", "{} is not answering ({}); its jobs wait and syncd probes "
-                       "it once at {}", circuit.service, circuit.reason, local_iso(circuit.next_probe))
+            self.store.circuit_opened(
+                circuit.service, circuit.since or self.clock(), circuit.next_probe or 0.0, circuit.reason or ""
+            )
+            logger.log(
+                "ERROR" if first else "DEBUG",
+                "{} is not answering ({}); its jobs wait and syncd probes it once at {}",
+                circuit.service,
+                circuit.reason,
+                local_iso(circuit.next_probe),
+            )
         if self.metrics is not None:
             self.metrics.circuit_open.labels(circuit.service).set(0 if circuit.state == "closed" else 1)
 
@@ -178,9 +198,13 @@ class EngineBase:
     def spec(self, job: Job) -> JobSpec:
         manifest = Manifest.model_validate(job.manifest_data)
         return JobSpec(
-            job_id=job.id, name=job.name, submit_key=job.submit_key, attempt=job.attempts,
+            job_id=job.id,
+            name=job.name,
+            submit_key=job.submit_key,
+            attempt=job.attempts,
             command=manifest.command if isinstance(manifest.command, str) else tuple(manifest.command),
-            env=dict(manifest.env), timeout=manifest.timeout,
+            env=dict(manifest.env),
+            timeout=manifest.timeout,
             resources=manifest.resources.model_dump(exclude_none=True),
             outputs=tuple(manifest.outputs) if manifest.outputs is not None else None,
             staging=StagingArea.for_job(self.storages[job.storage], job.bucket, self._inbox(job.inbox).prefix, job.id),
@@ -189,17 +213,23 @@ class EngineBase:
 
     def _load(self, job: Job):
         inbox = self._inbox(job.inbox)
-        return load_job_directory(Path(job.spool_path), max_files=inbox.max_input_files,
-                                  max_bytes=inbox.max_input_bytes, default_name=job.dir_name)
+        return load_job_directory(
+            Path(job.spool_path),
+            max_files=inbox.max_input_files,
+            max_bytes=inbox.max_input_bytes,
+            default_name=job.dir_name,
+        )
 
     def _reserve_folder(self, inbox: InboxConfig, name: str) -> str:
         storage = self.storages[inbox.storage]
         outbox = self.outboxes[inbox.name]
         base = f"{inbox.prefix}/{name}" if inbox.prefix else name
         candidate, n = base, 1
-        while (self.store.folder_in_use(inbox.storage, inbox.bucket, candidate)
-               or outbox.path_for(inbox.bucket, candidate).exists()
-               or has_any(storage.list(inbox.bucket, candidate + "/"))):
+        while (
+            self.store.folder_in_use(inbox.storage, inbox.bucket, candidate)
+            or outbox.path_for(inbox.bucket, candidate).exists()
+            or has_any(storage.list(inbox.bucket, candidate + "/"))
+        ):
             n += 1
             candidate = f"{base}-{n}"
         return candidate

@@ -44,9 +44,14 @@ class CircuitState:
 
 
 class CircuitBreaker:
-    def __init__(self, service: str, policy: RetryPolicy, threshold: int,
-                 clock: Callable[[], float] = time.time,
-                 on_change: Callable[[CircuitState], None] | None = None):
+    def __init__(
+        self,
+        service: str,
+        policy: RetryPolicy,
+        threshold: int,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[CircuitState], None] | None = None,
+    ):
         self.service = service
         self.policy = policy
         self.threshold = threshold
@@ -66,8 +71,9 @@ class CircuitBreaker:
             return self._snapshot()
 
     def _snapshot(self) -> CircuitState:
-        return CircuitState(self.service, self._state, self._since,
-                            None if self._state == CLOSED else self._next_probe, self._reason)
+        return CircuitState(
+            self.service, self._state, self._since, None if self._state == CLOSED else self._next_probe, self._reason
+        )
 
     def before_call(self) -> bool:
         """Raise :class:`ServiceUnavailable` unless this call may go through; True if it is the probe."""
@@ -81,7 +87,9 @@ class CircuitBreaker:
             wait = max(0.0, self._next_probe - now)
         raise ServiceUnavailable(
             f"{self.service} is not answering ({self._reason}); syncd stopped calling it and probes it "
-            f"again in {wait:.0f}s", retry_after=wait)
+            f"again in {wait:.0f}s",
+            retry_after=wait,
+        )
 
     def succeeded(self) -> None:
         with self._lock:

@@ -57,12 +57,26 @@ class Collection(FailurePolicy):
 
         def settled(outcome: str | None, message: str | None) -> None:  # recorded before the record is written
             job_logger(job).warning("{}", message)
-            self.store.update(job.id, expect=COLLECTING, outcome=outcome, message=message,
-                              event=f"delivered with refused files: {message}")
+            self.store.update(
+                job.id,
+                expect=COLLECTING,
+                outcome=outcome,
+                message=message,
+                event=f"delivered with refused files: {message}",
+            )
 
         _, mirrored = deliver.deliver(
-            self.store.get(job.id), inbox=inbox, folder=folder, storage=self.storages[job.storage], outbox=outbox,
-            outputs=outputs, logs=logs, reports=reports, tmp_dir=self.tmp_dir, on_settled=settled)
+            self.store.get(job.id),
+            inbox=inbox,
+            folder=folder,
+            storage=self.storages[job.storage],
+            outbox=outbox,
+            outputs=outputs,
+            logs=logs,
+            reports=reports,
+            tmp_dir=self.tmp_dir,
+            on_settled=settled,
+        )
         self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)
@@ -85,8 +99,9 @@ class Collection(FailurePolicy):
     def _read_exit_file(self, job: Job, item: OutputFile) -> int | None:
         if item.source is not None:  # the job wrote it: a FIFO or device in its place must not block
             try:
-                return wrapper.parse_exit_code(read_regular(item.source, EXIT_FILE_LIMIT, follow=False)
-                                               .decode(errors="replace"))
+                return wrapper.parse_exit_code(
+                    read_regular(item.source, EXIT_FILE_LIMIT, follow=False).decode(errors="replace")
+                )
             except OSError:
                 return None
         assert item.remote is not None
@@ -103,17 +118,29 @@ class Collection(FailurePolicy):
         if not job.folder:
             return None
         try:
-            return json.loads(read_regular(self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}"),
-                                           deliver.RECORD_LIMIT, follow=False))
+            return json.loads(
+                read_regular(
+                    self.outboxes[job.inbox].path_for(job.bucket, f"{job.folder}/{RESULT_RECORD}"),
+                    deliver.RECORD_LIMIT,
+                    follow=False,
+                )
+            )
         except (OSError, ValueError, KeyError):
             return None
 
     def _complete(self, job: Job) -> None:
-        if self.store.transition(job.id, COLLECTING, job.outcome or FAILED,
-                                 f"results delivered to {job.bucket}/{job.folder}/", finished=0, next_at=0,
-                                 **self._clear_failures()):
-            job_logger(job).info("{}: results in {}", job.outcome, self.outboxes[job.inbox].path_for(
-                job.bucket, job.folder or ""))
+        if self.store.transition(
+            job.id,
+            COLLECTING,
+            job.outcome or FAILED,
+            f"results delivered to {job.bucket}/{job.folder}/",
+            finished=0,
+            next_at=0,
+            **self._clear_failures(),
+        ):
+            job_logger(job).info(
+                "{}: results in {}", job.outcome, self.outboxes[job.inbox].path_for(job.bucket, job.folder or "")
+            )
 
     def finish(self, job_id: str) -> None:
         """After a terminal state: move the claimed directory away and clean up the backend."""
@@ -130,8 +157,7 @@ class Collection(FailurePolicy):
             if job.state == REJECTED:
                 problems = json.loads(job.message) if job.message else [job.error or "rejected"]
                 dest = deliver.reject(job, problems, inbox, spool)
-                self.store.update(job.id, finished=1, spool_path=str(dest),
-                                  event=f"moved to {dest} with ERROR.txt")
+                self.store.update(job.id, finished=1, spool_path=str(dest), event=f"moved to {dest} with ERROR.txt")
                 job_logger(job).warning("rejected; moved to {}", dest)
                 return
             backend = self.backends[job.backend]

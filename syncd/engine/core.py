@@ -165,8 +165,11 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             for name in self.backends:
                 self.poll_backend(name)
             time.sleep(0.05)
-            if not self.busy and not self.store.jobs([*STEP_STATES, STAGED, SUBMITTING, *REMOTE]) \
-                    and not self.store.unfinished():
+            if (
+                not self.busy
+                and not self.store.jobs([*STEP_STATES, STAGED, SUBMITTING, *REMOTE])
+                and not self.store.unfinished()
+            ):
                 return
 
     def advance(self, job_id: str) -> None:
@@ -183,20 +186,32 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
                 return
 
     def _step(self, job: Job) -> bool:
-        steps = {CLAIMED: self._validate, STAGING: self._stage, STAGED: self._start_submit,
-                 SUBMITTING: self._submit, COLLECTING: self._collect}
+        steps = {
+            CLAIMED: self._validate,
+            STAGING: self._stage,
+            STAGED: self._start_submit,
+            SUBMITTING: self._submit,
+            COLLECTING: self._collect,
+        }
         step = steps.get(job.state)
         if step is None:
             return False
         if job.state in (CLAIMED, STAGING) and not Path(job.spool_path).exists():
             if not spool_reachable(job):
-                self._transient(job, TransientError(
-                    f"the inbox filesystem that holds {job.spool_path} is not reachable (an unmounted share?); "
-                    f"the job waits until it is back"))
+                self._transient(
+                    job,
+                    TransientError(
+                        f"the inbox filesystem that holds {job.spool_path} is not reachable (an unmounted share?); "
+                        f"the job waits until it is back"
+                    ),
+                )
                 return False
-            self._hold(job, f"its claimed folder {job.spool_path} was moved or removed before the job was "
-                            f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
-                            f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'")
+            self._hold(
+                job,
+                f"its claimed folder {job.spool_path} was moved or removed before the job was "
+                f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
+                f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'",
+            )
             return False
         if (paused := self._paused_until(job.backend)) is not None:
             self.store.update(job.id, expect=job.state, next_at=paused)
@@ -209,8 +224,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             self._not_ready(job, exc)
         except AuthError as exc:
             self._pause_backend(job.backend, exc)
-            self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0,
-                              error=str(exc))
+            self.store.update(job.id, expect=job.state, next_at=self._paused_until(job.backend) or 0, error=str(exc))
         except PermanentError as exc:
             self._permanent(job, exc)
         except TransientError as exc:

@@ -39,8 +39,10 @@ class FailurePolicy(EngineBase):
         if isinstance(exc, AccountError):
             reason = f"the account may not run jobs now: {exc}. syncd tries again every {self.config.retry.max:.0f}s"
         else:
-            reason = f"credentials refused: {exc}. Fix them in the config; syncd tries again every " \
-                     f"{self.config.retry.max:.0f}s"
+            reason = (
+                f"credentials refused: {exc}. Fix them in the config; syncd tries again every "
+                f"{self.config.retry.max:.0f}s"
+            )
         if backend not in self.store.backend_pauses():
             logger.bind(backend=backend).error("backend {} paused: {}", backend, reason)
         self.store.pause_backend(backend, until, reason)
@@ -56,19 +58,34 @@ class FailurePolicy(EngineBase):
         failing_since = job.failing_since or now
         failures = job.failures + 1
         if budget_spent(self.config.retry, failing_since, now):
-            self._hold(job, f"still failing after {failures} attempts over "
-                            f"{int(now - failing_since)}s: {exc}. Fix the cause, then run 'syncd retry {job.id}'")
+            self._hold(
+                job,
+                f"still failing after {failures} attempts over "
+                f"{int(now - failing_since)}s: {exc}. Fix the cause, then run 'syncd retry {job.id}'",
+            )
             return
         delay = backoff_delay(self.config.retry, failures, retry_after)
         if self.metrics is not None:
             self.metrics.retries.labels(job.backend, job.state).inc()
             self.metrics.errors.labels(job.backend, type(exc).__name__).inc()
         # An open circuit was logged once for all its jobs.
-        job_logger(job).log("DEBUG" if isinstance(exc, ServiceUnavailable) else "WARNING",
-                            "{} failed ({}); retry {} in {:.1f}s", job.state, exc, failures, delay)
-        self.store.update(job.id, expect=job.state, failures=failures, failing_since=failing_since,
-                          next_at=now + delay, error=str(exc),
-                          event=f"transient failure in {job.state}: {exc}; retrying in {delay:.1f}s")
+        job_logger(job).log(
+            "DEBUG" if isinstance(exc, ServiceUnavailable) else "WARNING",
+            "{} failed ({}); retry {} in {:.1f}s",
+            job.state,
+            exc,
+            failures,
+            delay,
+        )
+        self.store.update(
+            job.id,
+            expect=job.state,
+            failures=failures,
+            failing_since=failing_since,
+            next_at=now + delay,
+            error=str(exc),
+            event=f"transient failure in {job.state}: {exc}; retrying in {delay:.1f}s",
+        )
 
     def _not_ready(self, job: Job, exc: NotReady) -> None:
         """The job ended but its results are not handed over yet: wait without spending retries, up to the
@@ -78,22 +95,38 @@ class FailurePolicy(EngineBase):
         since = job.results_waiting_since or now
         deadline = self.backends[job.backend].options.results_deadline
         if now - since >= deadline:
-            self._hold(job, f"backend {job.backend} has not handed over the results {int(now - since)}s after "
-                            f"asking to wait ({exc}); results_deadline is {int(deadline)}s. Check the service, "
-                            f"then run 'syncd retry {job.id}'")
+            self._hold(
+                job,
+                f"backend {job.backend} has not handed over the results {int(now - since)}s after "
+                f"asking to wait ({exc}); results_deadline is {int(deadline)}s. Check the service, "
+                f"then run 'syncd retry {job.id}'",
+            )
             return
         first = job.results_waiting_since is None
         if first:
             job_logger(job).info("results not ready yet ({}); waiting up to {}s", exc, int(deadline))
-        self.store.update(job.id, expect=job.state, results_waiting_since=since, next_at=now + exc.retry_after,
-                          event=f"results not ready yet: {exc}; waiting up to {int(deadline)}s" if first else None)
+        self.store.update(
+            job.id,
+            expect=job.state,
+            results_waiting_since=since,
+            next_at=now + exc.retry_after,
+            event=f"results not ready yet: {exc}; waiting up to {int(deadline)}s" if first else None,
+        )
 
     def _permanent(self, job: Job, exc: Exception) -> None:
         job = self.store.get(job.id)
         if job.state in (STAGING, STAGED, SUBMITTING):
             job_logger(job).error("{}: {}", job.state, exc)
-            self.store.transition(job.id, job.state, COLLECTING, f"cannot run: {exc}", outcome=FAILED,
-                                  error=str(exc), message=str(exc), next_at=0)
+            self.store.transition(
+                job.id,
+                job.state,
+                COLLECTING,
+                f"cannot run: {exc}",
+                outcome=FAILED,
+                error=str(exc),
+                message=str(exc),
+                next_at=0,
+            )
         else:
             self._hold(job, f"{exc}. Fix the cause, then run 'syncd retry {job.id}'")
 
@@ -106,6 +139,13 @@ class FailurePolicy(EngineBase):
 
     def _reject(self, job: Job, problems: list[str]) -> None:
         job_logger(job).warning("rejected: {}", "; ".join(problems))
-        self.store.transition(job.id, job.state, REJECTED, "rejected: " + "; ".join(problems),
-                              error="; ".join(problems), message=json.dumps(problems), outcome=REJECTED,
-                              ended_at=self.clock())
+        self.store.transition(
+            job.id,
+            job.state,
+            REJECTED,
+            "rejected: " + "; ".join(problems),
+            error="; ".join(problems),
+            message=json.dumps(problems),
+            outcome=REJECTED,
+            ended_at=self.clock(),
+        )

@@ -39,17 +39,23 @@ class Intake(FailurePolicy):
         except FileNotFoundError:
             return True
         identity = f"{st.st_dev}:{st.st_ino}"
-        if (owner := self.store.unfinished_with_folder(identity)) is not None \
-                and not Path(owner.spool_path).exists():
+        if (owner := self.store.unfinished_with_folder(identity)) is not None and not Path(owner.spool_path).exists():
             return self._return_folder(owner, path)
         job_id = new_job_id()
         raw = os.fsencode(path.name)
         shown = raw.decode("utf-8", "backslashreplace")  # text for the store, logs and reports
         try:
             job = self.store.create_job(
-                id=job_id, name=shown, dir_name=shown, dir_raw=None if shown == path.name else raw,
-                inbox=inbox.name, backend=inbox.backend, storage=inbox.storage, bucket=inbox.bucket,
-                spool_path=str(spool.claimed / job_id), dir_identity=identity,
+                id=job_id,
+                name=shown,
+                dir_name=shown,
+                dir_raw=None if shown == path.name else raw,
+                inbox=inbox.name,
+                backend=inbox.backend,
+                storage=inbox.storage,
+                bucket=inbox.bucket,
+                spool_path=str(spool.claimed / job_id),
+                dir_identity=identity,
             )
         except StoreUnwritable:
             return False
@@ -72,9 +78,15 @@ class Intake(FailurePolicy):
     def _return_folder(self, job: Job, path: Path) -> bool:
         """The claimed folder of a job in flight was moved back into the inbox: put it back, never run it twice."""
         os.rename(path, job.spool_path)
-        job_logger(job).warning("the folder {} is job {}'s claimed folder, moved out of {} while the job was {}; "
-                                "moved it back. Leave folders under {} alone: a job runs once", path, job.id,
-                                job.spool_path, job.state, Path(job.spool_path).parent)
+        job_logger(job).warning(
+            "the folder {} is job {}'s claimed folder, moved out of {} while the job was {}; "
+            "moved it back. Leave folders under {} alone: a job runs once",
+            path,
+            job.id,
+            job.spool_path,
+            job.state,
+            Path(job.spool_path).parent,
+        )
         self.store.update(job.id, event=f"claimed folder came back as {path}; moved back to {job.spool_path}")
         if job.state == HELD:
             self.store.request(job.id, "retry")
@@ -101,15 +113,30 @@ class Intake(FailurePolicy):
             folder = self._reserve_folder(inbox, directory.name)
             if directory.manifest.dry_run:
                 self.store.transition(
-                    job.id, CLAIMED, COLLECTING, f"dry run: valid; report goes to {inbox.bucket}/{folder}/",
-                    name=directory.name, manifest=manifest_json, folder=folder, outcome=VALIDATED,
+                    job.id,
+                    CLAIMED,
+                    COLLECTING,
+                    f"dry run: valid; report goes to {inbox.bucket}/{folder}/",
+                    name=directory.name,
+                    manifest=manifest_json,
+                    folder=folder,
+                    outcome=VALIDATED,
                     message=f"dry run: valid, {len(directory.inputs)} input file(s); nothing was run",
-                    ended_at=self.clock(), next_at=0)
+                    ended_at=self.clock(),
+                    next_at=0,
+                )
                 return
             self.store.transition(
-                job.id, CLAIMED, STAGING, f"valid; results will go to {inbox.bucket}/{folder}/",
-                name=directory.name, manifest=manifest_json, folder=folder,
-                priority=directory.manifest.priority, attempts=1,
+                job.id,
+                CLAIMED,
+                STAGING,
+                f"valid; results will go to {inbox.bucket}/{folder}/",
+                name=directory.name,
+                manifest=manifest_json,
+                folder=folder,
+                priority=directory.manifest.priority,
+                attempts=1,
             )
         job_logger(job_with(job, name=directory.name)).info(
-            "valid: {} input file(s); results to {}/{}/", len(directory.inputs), inbox.bucket, folder)
+            "valid: {} input file(s); results to {}/{}/", len(directory.inputs), inbox.bucket, folder
+        )

@@ -85,40 +85,65 @@ class Polling(FailurePolicy):
                 outcome = TIMED_OUT  # it ran past the manifest's timeout; that is not a success
             message = status.message
             if job.cancel_requested == CANCEL_UNSTOPPABLE and outcome in (SUCCEEDED, FAILED):
-                message = (f"cancel requested, but the service could not stop the job: it ran to its end "
-                           f"({status.native}); its results are those of a cancelled job")
+                message = (
+                    f"cancel requested, but the service could not stop the job: it ran to its end "
+                    f"({status.native}); its results are those of a cancelled job"
+                )
                 outcome = CANCELLED
             retries = Manifest.model_validate(job.manifest_data).retries
             if outcome in (FAILED, TIMED_OUT) and job.attempts <= retries and not job.cancel_requested:
                 self.backends[job.backend].cleanup(remote_ref(job))
                 if self.store.transition(
-                    job.id, job.state, STAGING,
+                    job.id,
+                    job.state,
+                    STAGING,
                     f"attempt {job.attempts} {outcome} (exit code {status.exit_code}); "
                     f"retrying as attempt {job.attempts + 1} of {retries + 1}",
-                    attempts=job.attempts + 1, remote_id=None, handle=None, next_at=0, deadline_hit=0,
-                    started_at=None, **self._clear_failures(),
+                    attempts=job.attempts + 1,
+                    remote_id=None,
+                    handle=None,
+                    next_at=0,
+                    deadline_hit=0,
+                    started_at=None,
+                    **self._clear_failures(),
                 ):
                     log.warning("attempt {} {}; retrying", job.attempts, outcome)
                 return
             if self.store.transition(
-                job.id, job.state, COLLECTING, f"{status.native}: {outcome}"
+                job.id,
+                job.state,
+                COLLECTING,
+                f"{status.native}: {outcome}"
                 + (f", exit code {status.exit_code}" if status.exit_code is not None else "")
                 + (f" ({message})" if message else ""),
-                outcome=outcome, exit_code=status.exit_code, remote_state=status.native,
-                message=message or None, started_at=job.started_at or status.started,
-                ended_at=status.ended or now, next_at=0, **self._clear_failures(),
+                outcome=outcome,
+                exit_code=status.exit_code,
+                remote_state=status.native,
+                message=message or None,
+                started_at=job.started_at or status.started,
+                ended_at=status.ended or now,
+                next_at=0,
+                **self._clear_failures(),
             ):
                 log.info("{} (exit code {}); collecting results", outcome, status.exit_code)
             return
         if status.state is RemoteState.UNKNOWN:
             failures = job.failures + 1
             if failures >= MAX_UNKNOWN_POLLS:
-                self._hold(job, f"backend {job.backend} no longer knows {job.remote_id} ({status.message or status.native}); "
-                                f"a vanished job is not a finished one. Check the service, then "
-                                f"'syncd retry {job.id}' or 'syncd cancel {job.id}'")
+                self._hold(
+                    job,
+                    f"backend {job.backend} no longer knows {job.remote_id} ({status.message or status.native}); "
+                    f"a vanished job is not a finished one. Check the service, then "
+                    f"'syncd retry {job.id}' or 'syncd cancel {job.id}'",
+                )
                 return
-            self.store.update(job.id, expect=job.state, failures=failures, failing_since=job.failing_since or now,
-                              next_at=now + backoff_delay(self.config.retry, failures))
+            self.store.update(
+                job.id,
+                expect=job.state,
+                failures=failures,
+                failing_since=job.failing_since or now,
+                next_at=now + backoff_delay(self.config.retry, failures),
+            )
             return
         new_state = RUNNING if status.state is RemoteState.RUNNING else QUEUED
         if new_state == RUNNING and self._deadline_passed(job, status, now):
@@ -126,14 +151,23 @@ class Polling(FailurePolicy):
             return
         if new_state != job.state:
             started = job.started_at or (status.started or now if new_state == RUNNING else None)
-            self.store.transition(job.id, job.state, new_state, f"{status.native}", remote_state=status.native,
-                                  started_at=started, next_at=now + first, poll_interval=first,
-                                  **self._clear_failures())
+            self.store.transition(
+                job.id,
+                job.state,
+                new_state,
+                f"{status.native}",
+                remote_state=status.native,
+                started_at=started,
+                next_at=now + first,
+                poll_interval=first,
+                **self._clear_failures(),
+            )
             log.info("{}", new_state)
         else:
             interval = min(poll.max, (job.poll_interval or first) * poll.factor)
-            self.store.update(job.id, expect=job.state, next_at=now + interval, poll_interval=interval,
-                              failures=0, failing_since=None)
+            self.store.update(
+                job.id, expect=job.state, next_at=now + interval, poll_interval=interval, failures=0, failing_since=None
+            )
 
     def _stop_at_timeout(self, job: Job, status: RemoteStatus, now: float) -> None:
         """Cancel a job past the manifest's timeout; where the service cannot stop it, say so and let the
@@ -155,9 +189,12 @@ class Polling(FailurePolicy):
             self.store.update(job.id, deadline_hit=DEADLINE_CANCELLED, next_at=next_at, event=f"{ran}; cancelling")
             log.warning("timeout reached; cancelling")
         else:
-            self.store.update(job.id, deadline_hit=DEADLINE_UNSTOPPABLE, next_at=next_at,
-                              event=f"{ran}, but {why}: it runs until the service stops it, and is reported "
-                                    f"timed out")
+            self.store.update(
+                job.id,
+                deadline_hit=DEADLINE_UNSTOPPABLE,
+                next_at=next_at,
+                event=f"{ran}, but {why}: it runs until the service stops it, and is reported timed out",
+            )
             log.warning("timeout reached, but {}; it will be reported timed out", why)
 
     def _deadline_passed(self, job: Job, status: RemoteStatus, now: float) -> bool:

@@ -58,9 +58,17 @@ class Requests(FailurePolicy):
     def _cancel(self, job: Job) -> None:
         log = job_logger(job)
         if job.state in (CLAIMED, STAGING, STAGED, HELD) and not job.remote_id:
-            if self.store.transition(job.id, job.state, COLLECTING, "cancelled before it was submitted",
-                                     outcome=CANCELLED, cancel_requested=CANCEL_SENT, next_at=0, ended_at=self.clock(),
-                                     message="cancelled before it was submitted"):
+            if self.store.transition(
+                job.id,
+                job.state,
+                COLLECTING,
+                "cancelled before it was submitted",
+                outcome=CANCELLED,
+                cancel_requested=CANCEL_SENT,
+                next_at=0,
+                ended_at=self.clock(),
+                message="cancelled before it was submitted",
+            ):
                 log.info("cancelled before submission")
         elif job.state in REMOTE or (job.state == HELD and job.remote_id):
             self._cancel_remote(job)
@@ -94,42 +102,76 @@ class Requests(FailurePolicy):
         self._cancel_retry_at.pop(job.id, None)
         self.store.update(job.id, cancel_requested=CANCEL_SENT, next_at=0, event="cancel sent to the backend")
         if job.state == HELD:
-            self.store.transition(job.id, HELD, job.held_from or SUBMITTED, "resumed to follow the cancel",
-                                  **self._clear_failures())
+            self.store.transition(
+                job.id, HELD, job.held_from or SUBMITTED, "resumed to follow the cancel", **self._clear_failures()
+            )
         log.info("cancel sent to backend {}", job.backend)
 
     def _unstoppable(self, job: Job, why: str) -> None:
         """The service cannot stop the job: it runs to its end, and its results are marked cancelled."""
-        job_logger(job).warning("cannot cancel: {}; it runs to its end and its results will be marked cancelled",
-                                why)
-        self.store.update(job.id, cancel_requested=CANCEL_UNSTOPPABLE,
-                          event=f"cancel requested, but {why}: the job runs to its end; its results will be "
-                                f"delivered marked cancelled, not as a success")
+        job_logger(job).warning("cannot cancel: {}; it runs to its end and its results will be marked cancelled", why)
+        self.store.update(
+            job.id,
+            cancel_requested=CANCEL_UNSTOPPABLE,
+            event=f"cancel requested, but {why}: the job runs to its end; its results will be "
+            f"delivered marked cancelled, not as a success",
+        )
 
     def _retry(self, job: Job) -> None:
         log = job_logger(job)
         if job.state == HELD:
-            self.store.transition(job.id, HELD, job.held_from or CLAIMED, "resumed by 'syncd retry'",
-                                  retry_requested=0, next_at=0, **self._clear_failures())
+            self.store.transition(
+                job.id,
+                HELD,
+                job.held_from or CLAIMED,
+                "resumed by 'syncd retry'",
+                retry_requested=0,
+                next_at=0,
+                **self._clear_failures(),
+            )
             log.info("resumed from {}", job.held_from)
         elif job.state in (FAILED, TIMED_OUT, CANCELLED) and job.finished:
             if not Path(job.spool_path).exists():
-                self.store.update(job.id, retry_requested=0, event="retry refused: the job's files are no longer "
-                                  "kept (after: remove); drop the job folder into the inbox again")
+                self.store.update(
+                    job.id,
+                    retry_requested=0,
+                    event="retry refused: the job's files are no longer "
+                    "kept (after: remove); drop the job folder into the inbox again",
+                )
                 return
             inbox = self._inbox(job.inbox)
             with self._folder_lock:
                 folder = self._reserve_folder(inbox, job.name)
                 self.store.transition(
-                    job.id, job.state, STAGING, f"retry by 'syncd retry'; results will go to {folder}/",
-                    retry_requested=0, attempts=job.attempts + 1, folder=folder, remote_id=None, handle=None,
-                    outcome=None, exit_code=None, remote_state=None, message=None, finished=0, cancel_requested=0,
+                    job.id,
+                    job.state,
+                    STAGING,
+                    f"retry by 'syncd retry'; results will go to {folder}/",
+                    retry_requested=0,
+                    attempts=job.attempts + 1,
+                    folder=folder,
+                    remote_id=None,
+                    handle=None,
+                    outcome=None,
+                    exit_code=None,
+                    remote_state=None,
+                    message=None,
+                    finished=0,
+                    cancel_requested=0,
                     deadline_hit=0,
-                    started_at=None, ended_at=None, submitted_at=None, next_at=0, **self._clear_failures(),
+                    started_at=None,
+                    ended_at=None,
+                    submitted_at=None,
+                    next_at=0,
+                    **self._clear_failures(),
                 )
             log.info("retrying as attempt {}", job.attempts + 1)
         elif job.state == REJECTED:
-            self.store.update(job.id, retry_requested=0, event="retry refused: fix the problems listed in "
-                              "ERROR.txt and move the folder from failed/ back into the inbox")
+            self.store.update(
+                job.id,
+                retry_requested=0,
+                event="retry refused: fix the problems listed in "
+                "ERROR.txt and move the folder from failed/ back into the inbox",
+            )
         else:
             self.store.update(job.id, retry_requested=0, event=f"retry ignored: the job is {job.state}")

@@ -43,8 +43,14 @@ class Submission(FailurePolicy):
             self._reject(job, exc.problems)
             return
         self.crash_points.reached("staged-unrecorded")
-        self.store.transition(job.id, STAGING, STAGED, f"staged {len(directory.inputs)} input file(s)",
-                              next_at=0, **self._clear_failures())
+        self.store.transition(
+            job.id,
+            STAGING,
+            STAGED,
+            f"staged {len(directory.inputs)} input file(s)",
+            next_at=0,
+            **self._clear_failures(),
+        )
 
     def _preflight(self, job: Job) -> None:
         """Before submitting: the outbox can take results and the backend accepts us, or the job waits."""
@@ -57,11 +63,14 @@ class Submission(FailurePolicy):
             probe.unlink()
             free = shutil.disk_usage(outbox).free
         except OSError as exc:
-            raise TransientError(f"outbox {outbox} is not writable ({exc.strerror}); results would have nowhere "
-                                 f"to go, so the job waits") from None
+            raise TransientError(
+                f"outbox {outbox} is not writable ({exc.strerror}); results would have nowhere to go, so the job waits"
+            ) from None
         if free < inbox.min_free_space:
-            raise TransientError(f"outbox {outbox} has {free // 2**20} MiB free, less than min_free_space "
-                                 f"({inbox.min_free_space // 2**20} MiB); the job waits until there is room")
+            raise TransientError(
+                f"outbox {outbox} has {free // 2**20} MiB free, less than min_free_space "
+                f"({inbox.min_free_space // 2**20} MiB); the job waits until there is room"
+            )
         if self.clock() - self._probed.get(job.backend, 0.0) > PROBE_INTERVAL:
             self.backends[job.backend].probe()
             self._probed[job.backend] = self.clock()
@@ -94,8 +103,15 @@ class Submission(FailurePolicy):
         now = self.clock()
         first = self.config.poll.first
         self.store.transition(
-            job.id, SUBMITTING, SUBMITTED, f"{how} as {ref.remote_id}", remote_id=ref.remote_id,
-            handle=json.dumps(dict(ref.handle)), submitted_at=now, next_at=now + first, poll_interval=first,
+            job.id,
+            SUBMITTING,
+            SUBMITTED,
+            f"{how} as {ref.remote_id}",
+            remote_id=ref.remote_id,
+            handle=json.dumps(dict(ref.handle)),
+            submitted_at=now,
+            next_at=now + first,
+            poll_interval=first,
             **self._clear_failures(),
         )
         job_logger(job).info("{} to backend {} as {}", how, job.backend, ref.remote_id)

@@ -185,12 +185,12 @@ def glob_to_regex(pattern: str) -> re.Pattern:
             out.append("[^/]")
             i += 1
         elif ch == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
             if end == -1:
                 out.append(re.escape(ch))
                 i += 1
             else:
-                body = pattern[i + 1:end]
+                body = pattern[i + 1 : end]
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 out.append("[" + body.replace("\\", "\\\\") + "]")
@@ -210,8 +210,9 @@ def parse_manifest(path: Path) -> Manifest:
     shown = path.name
     try:
         if not path.exists() and not path.is_symlink():
-            raise ManifestError(str(path), [f"{shown}: missing; every job folder needs one, e.g. "
-                                            f"command: \"python run.py\""])
+            raise ManifestError(
+                str(path), [f'{shown}: missing; every job folder needs one, e.g. command: "python run.py"']
+            )
         kind = file_kind(path.lstat().st_mode)
         if kind != "a regular file":  # never opened: a FIFO would block, a device never end
             what = "a folder or a link" if kind in ("a folder", "a symbolic link") else kind
@@ -223,8 +224,9 @@ def parse_manifest(path: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError(str(path), [f"{shown}: cannot be read ({exc.strerror}); check its permissions"]) from None
     if not isinstance(loaded.data, dict):
-        raise ManifestError(str(path), [f"{shown}: must be a mapping with at least a 'command' key, e.g. "
-                                        f"command: \"python run.py\""])
+        raise ManifestError(
+            str(path), [f"{shown}: must be a mapping with at least a 'command' key, e.g. command: \"python run.py\""]
+        )
     try:
         return Manifest.model_validate(loaded.data)
     except ValidationError as exc:
@@ -242,12 +244,15 @@ def parse_manifest(path: Path) -> Manifest:
             elif error["type"] in ("greater_than", "greater_than_equal", "less_than_equal"):
                 limit = error.get("ctx", {})
                 bound = next(iter(limit.values()), "")
-                relation = {"greater_than": "more than", "greater_than_equal": "at least",
-                            "less_than_equal": "at most"}[error["type"]]
+                relation = {
+                    "greater_than": "more than",
+                    "greater_than_equal": "at least",
+                    "less_than_equal": "at most",
+                }[error["type"]]
                 example = ", e.g. 30s or 2h" if field in ("timeout", "resources.walltime") else ""
                 msg = f"must be {relation} {bound}{example}"
             elif error["type"] == "missing":
-                msg = "required but missing; add it" + (", e.g. command: \"python run.py\"" if field == "command" else "")
+                msg = "required but missing; add it" + (', e.g. command: "python run.py"' if field == "command" else "")
             problems.append(f"{shown}:{line}: {field}: {msg}" if line else f"{shown}: {field}: {msg}")
         # A union error reports each member; keep one line per field/message.
         raise ManifestError(str(path), list(dict.fromkeys(problems))) from None
@@ -272,9 +277,7 @@ def _not_readable(exc: OSError) -> str:
     return f"cannot be read by the user syncd runs as ({user}); make it readable for that user (e.g. chmod a+r)"
 
 
-def scan_inputs(
-    job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes: int | None
-) -> tuple[InputFile, ...]:
+def scan_inputs(job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes: int | None) -> tuple[InputFile, ...]:
     """Every input file of the job, checked for escapes, links and special files."""
     root = job_dir.resolve()
     # A rejected job moved back into the inbox still holds syncd's report: not an input.
@@ -310,8 +313,10 @@ def scan_inputs(
                     problems.append(f"{rel}: symbolic link to '{target}' points nowhere; replace it with the file")
                     continue
                 if resolved != root and root not in resolved.parents:
-                    problems.append(f"{rel}: symbolic link to '{target}' leads outside the job directory; "
-                                    f"copy the file into the job directory instead")
+                    problems.append(
+                        f"{rel}: symbolic link to '{target}' leads outside the job directory; "
+                        f"copy the file into the job directory instead"
+                    )
                     continue
                 if resolved.is_dir():
                     problems.append(f"{rel}: symbolic link to a folder; copy the folder instead")
@@ -340,15 +345,17 @@ def scan_inputs(
         files = list({f.relpath: f for f in selected}.values())
         total = sum(f.size for f in files)
     if max_bytes is not None and total > max_bytes:
-        problems.append(f"inputs total {total} bytes, over the limit of {max_bytes}; "
-                        f"ask the admin to raise max_input_bytes")
+        problems.append(
+            f"inputs total {total} bytes, over the limit of {max_bytes}; ask the admin to raise max_input_bytes"
+        )
     if problems:
         raise ManifestError(str(job_dir), problems)
     return tuple(sorted(files, key=lambda f: f.relpath))
 
 
-def load_job_directory(job_dir: Path, *, max_files: int = 100_000, max_bytes: int | None = None,
-                       default_name: str | None = None) -> JobDirectory:
+def load_job_directory(
+    job_dir: Path, *, max_files: int = 100_000, max_bytes: int | None = None, default_name: str | None = None
+) -> JobDirectory:
     """Validate a job directory completely; ManifestError lists every problem found."""
     problems: list[str] = []
     manifest: Manifest | None = None

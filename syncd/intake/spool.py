@@ -74,11 +74,13 @@ class Spool:
         pair = json_name == ERROR_JSON and json_ours  # syncd's earlier report: its ERROR.txt went with it
 
         def text_ours(path: Path) -> bool:
-            return is_syncd_text(path) or (pair and path.name == ERROR_TEXT and path.is_file()
-                                           and not path.is_symlink())
+            return is_syncd_text(path) or (
+                pair and path.name == ERROR_TEXT and path.is_file() and not path.is_symlink()
+            )
 
         text_name, text_ours_now = _report_name(
-            job_path, [ERROR_TEXT, "ERROR-syncd.txt", f"ERROR-syncd-{job_id}.txt"], text_ours)
+            job_path, [ERROR_TEXT, "ERROR-syncd.txt", f"ERROR-syncd-{job_id}.txt"], text_ours
+        )
         self._write(job_path / json_name, visible_json(report, indent=2) + "\n", replace=json_ours)
         self._write(job_path / text_name, text, replace=text_ours_now)
         dest = unique_path(self.inbox.failed, dir_name)

@@ -26,10 +26,28 @@ from syncd.config import InboxConfig
 from syncd.intake.manifest import MANIFEST_NAME, READY_MARKER
 from syncd.log import logger
 
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "davfs", "sshfs", "virtiofs", "vboxsf", "vmhgfs",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "davfs",
+        "sshfs",
+        "virtiofs",
+        "vboxsf",
+        "vmhgfs",
+    }
+)
 
 Snapshot = tuple[tuple[str, int, int, int], ...]
 
@@ -129,8 +147,12 @@ class _Handler(FileSystemEventHandler):
 class InboxWatcher:
     """Watches one inbox; ``check()`` is called on a timer and hands settled folders to ``on_settled``."""
 
-    def __init__(self, inbox: InboxConfig, on_settled: Callable[[InboxConfig, Path], bool],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        inbox: InboxConfig,
+        on_settled: Callable[[InboxConfig, Path], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.inbox = inbox
         self.on_settled = on_settled
         self.clock = clock
@@ -179,8 +201,9 @@ class InboxWatcher:
         """Keep the observer alive; pause while the inbox is gone. True when the inbox is usable."""
         if not self.inbox.path.is_dir():
             if not self._paused:
-                logger.warning("inbox {}: {} is not reachable; pausing intake until it returns",
-                               self.inbox.name, self.inbox.path)
+                logger.warning(
+                    "inbox {}: {} is not reachable; pausing intake until it returns", self.inbox.name, self.inbox.path
+                )
                 self._paused = True
                 self.stop()
             return False
@@ -197,8 +220,12 @@ class InboxWatcher:
             try:
                 self._start_observer()
             except OSError as exc:  # e.g. inotify watch limit reached
-                logger.error("inbox {}: cannot start the {} observer ({}); falling back to polling",
-                             self.inbox.name, self.mode, exc)
+                logger.error(
+                    "inbox {}: cannot start the {} observer ({}); falling back to polling",
+                    self.inbox.name,
+                    self.mode,
+                    exc,
+                )
                 self.mode = "polling"
                 self._start_observer()
             self.rescan()
@@ -254,15 +281,17 @@ class InboxWatcher:
             settled = self.tracker.observe(name, current, now, ready_marker=ready)
             if settled and not has_manifest:
                 if self.tracker.hint_once(name):
-                    logger.info("inbox {}: folder '{}' has no {}; waiting for one", self.inbox.name, name,
-                                MANIFEST_NAME)
+                    logger.info(
+                        "inbox {}: folder '{}' has no {}; waiting for one", self.inbox.name, name, MANIFEST_NAME
+                    )
                 continue
             if settled:
                 try:
                     taken = self.on_settled(self.inbox, path)
                 except Exception:
-                    logger.opt(exception=True).error("inbox {}: claiming '{}' failed; will try again",
-                                                     self.inbox.name, name)
+                    logger.opt(exception=True).error(
+                        "inbox {}: claiming '{}' failed; will try again", self.inbox.name, name
+                    )
                     continue
                 if taken:
                     self.tracker.forget(name)

@@ -125,9 +125,14 @@ class Daemon:
     def _warn_if_jobs_can_read_the_config(self) -> None:
         source, users = self.config.source, self.config.run_as_users
         if users and source is not None and source.stat().st_mode & 0o044:
-            logger.warning("the config {} is readable by other users (mode {:04o}), so jobs running as {} can read "
-                           "it; chmod 600 {}", source, stat.S_IMODE(source.stat().st_mode), ", ".join(sorted(users)),
-                           source)
+            logger.warning(
+                "the config {} is readable by other users (mode {:04o}), so jobs running as {} can read "
+                "it; chmod 600 {}",
+                source,
+                stat.S_IMODE(source.stat().st_mode),
+                ", ".join(sorted(users)),
+                source,
+            )
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self._reload.set()
@@ -175,8 +180,9 @@ class Daemon:
         active = sum(n for state, n in counts.items() if state in ACTIVE)
         waiting = counts.get("staged", 0)
         held = counts.get("held", 0)
-        return (f"watching {len(self.watchers)} inbox(es); {active} job(s) in flight, {waiting} waiting for a slot"
-                + (f", {held} held for attention" if held else ""))
+        return f"watching {len(self.watchers)} inbox(es); {active} job(s) in flight, {waiting} waiting for a slot" + (
+            f", {held} held for attention" if held else ""
+        )
 
     def _report_status(self) -> None:
         self.notifier.status(self.status_line())
@@ -203,18 +209,23 @@ class Daemon:
         self._warn_if_jobs_can_read_the_config()
         store = self._store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
-        engine = self._engine = Engine(self.config, store, backends, storages, metrics=self.metrics,
-                                       crash_points=CrashPoints.from_env())
+        engine = self._engine = Engine(
+            self.config, store, backends, storages, metrics=self.metrics, crash_points=CrashPoints.from_env()
+        )
         store.on_transition = engine.on_transition
         engine.prepare()
         self.metrics.watch_store(store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
         self.probe_backends()
         if self.config.webhook is not None:
-            self.webhook = WebhookSender(self.config.webhook.url, store, self.config.retry,
-                                        self.config.webhook.timeout, engine.stored_result)
+            self.webhook = WebhookSender(
+                self.config.webhook.url, store, self.config.retry, self.config.webhook.timeout, engine.stored_result
+            )
         scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(
-                max_workers=4 + len(self.config.inboxes) + len(backends) + len(self.config.mirrors))},
+            executors={
+                "default": SchedulerPool(
+                    max_workers=4 + len(self.config.inboxes) + len(backends) + len(self.config.mirrors)
+                )
+            },
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._scheduler = scheduler
@@ -223,29 +234,48 @@ class Daemon:
         scheduler.add_job(self._guard, "interval", seconds=0.5, args=("pump", self._tick), id="pump")
         for name in backends:
             self._schedule_poll(name)
-        scheduler.add_job(self._guard, "interval", seconds=30, args=("backend probes", self.probe_backends),
-                          id="probe")
+        scheduler.add_job(self._guard, "interval", seconds=30, args=("backend probes", self.probe_backends), id="probe")
         scheduler.add_job(self._guard, "interval", seconds=5, args=("status", self._report_status), id="status")
         if self.webhook is not None:
-            scheduler.add_job(self._guard, "interval", seconds=1, args=("webhook", self.webhook.send_due),
-                              id="webhook")
+            scheduler.add_job(self._guard, "interval", seconds=1, args=("webhook", self.webhook.send_due), id="webhook")
         for mirror in self.config.mirrors:
             # The first pass runs at once; coalesce + max_instances=1 keep a slow pass from piling up.
-            scheduler.add_job(self._guard, "interval", seconds=mirror.every, next_run_time=datetime.now(),
-                              args=(f"mirror {mirror.name}", run_standing_mirror, mirror, storages[mirror.storage],
-                                    store, self.config.retry), id=f"mirror:{mirror.name}")
+            scheduler.add_job(
+                self._guard,
+                "interval",
+                seconds=mirror.every,
+                next_run_time=datetime.now(),
+                args=(
+                    f"mirror {mirror.name}",
+                    run_standing_mirror,
+                    mirror,
+                    storages[mirror.storage],
+                    store,
+                    self.config.retry,
+                ),
+                id=f"mirror:{mirror.name}",
+            )
         scheduler.start()
         self._tick()
         if self.config.http.listen:
             host, port = self.config.http.listen.rsplit(":", 1)
             try:
-                self.http = HttpEndpoint(host, int(port), metrics=self.metrics, alive=self.alive,
-                                         ready=self.ready_problems, jobs=self.jobs_json)
+                self.http = HttpEndpoint(
+                    host,
+                    int(port),
+                    metrics=self.metrics,
+                    alive=self.alive,
+                    ready=self.ready_problems,
+                    jobs=self.jobs_json,
+                )
                 self.http.start()
                 logger.info("http endpoint on http://{}:{}/ (healthz, readyz, metrics, jobs)", *self.http.address)
             except OSError as exc:
-                logger.error("cannot listen on {} ({}); running without the http endpoint; "
-                             "set http.listen to a free port", self.config.http.listen, exc.strerror)
+                logger.error(
+                    "cannot listen on {} ({}); running without the http endpoint; set http.listen to a free port",
+                    self.config.http.listen,
+                    exc.strerror,
+                )
         logger.info("syncd ready: {} inbox(es), state in {}", len(self.config.inboxes), self.config.state_dir)
         self.notifier.ready(self.status_line())
 
@@ -254,11 +284,22 @@ class Daemon:
         watcher.start()
         self.watchers.append(watcher)
         tick = min(1.0, max(0.2, inbox.settle / 4))
-        self.scheduler.add_job(self._guard, "interval", seconds=tick, args=(f"inbox {inbox.name}", watcher.check),
-                               id=f"settle:{inbox.name}", replace_existing=True)
-        self.scheduler.add_job(self._guard, "interval", seconds=inbox.rescan,
-                               args=(f"rescan of {inbox.name}", watcher.rescan), id=f"rescan:{inbox.name}",
-                               replace_existing=True)
+        self.scheduler.add_job(
+            self._guard,
+            "interval",
+            seconds=tick,
+            args=(f"inbox {inbox.name}", watcher.check),
+            id=f"settle:{inbox.name}",
+            replace_existing=True,
+        )
+        self.scheduler.add_job(
+            self._guard,
+            "interval",
+            seconds=inbox.rescan,
+            args=(f"rescan of {inbox.name}", watcher.rescan),
+            id=f"rescan:{inbox.name}",
+            replace_existing=True,
+        )
 
     def _unwatch(self, name: str) -> None:
         for watcher in [w for w in self.watchers if w.inbox.name == name]:
@@ -269,9 +310,14 @@ class Daemon:
                 self.scheduler.remove_job(job_id)
 
     def _schedule_poll(self, name: str) -> None:
-        self.scheduler.add_job(self._guard, "interval", seconds=min(1.0, self.config.poll.first),
-                               args=(f"poll of backend {name}", self.engine.poll_backend, name), id=f"poll:{name}",
-                               replace_existing=True)
+        self.scheduler.add_job(
+            self._guard,
+            "interval",
+            seconds=min(1.0, self.config.poll.first),
+            args=(f"poll of backend {name}", self.engine.poll_backend, name),
+            id=f"poll:{name}",
+            replace_existing=True,
+        )
 
     def jobs_json(self) -> list[dict]:
         return [job_summary(job) for job in self.store.latest(JOBS_SHOWN)]
@@ -308,8 +354,12 @@ class Daemon:
         for name in backends:
             self._schedule_poll(name)
         self.config = new
-        logger.info("config reloaded: {} inbox(es), {} backend(s) changed, {} storage(s) changed",
-                    len(new_inboxes), len(backends), len(storages))
+        logger.info(
+            "config reloaded: {} inbox(es), {} backend(s) changed, {} storage(s) changed",
+            len(new_inboxes),
+            len(backends),
+            len(storages),
+        )
         self.notifier.ready(self.status_line())
 
     def stop(self) -> None:

@@ -66,11 +66,23 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     if fmt == "json":
         logger.add(sys.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
     elif fmt == "journal" or (fmt == "auto" and os.environ.get("JOURNAL_STREAM") and not sys.stderr.isatty()):
-        logger.add(sys.stderr, level=level, format="<{extra[priority]}>{extra[subject]}{message}", colorize=False,
-                   backtrace=False, diagnose=False)
+        logger.add(
+            sys.stderr,
+            level=level,
+            format="<{extra[priority]}>{extra[subject]}{message}",
+            colorize=False,
+            backtrace=False,
+            diagnose=False,
+        )
     else:
         # diagnose=False: tracebacks must not print variable values (they may hold secrets)
-        logger.add(sys.stderr, level=level, colorize=sys.stderr.isatty(), backtrace=False, diagnose=False,
-                   format="<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> "
-                          "<cyan>{extra[subject]}</cyan>{message}")
+        logger.add(
+            sys.stderr,
+            level=level,
+            colorize=sys.stderr.isatty(),
+            backtrace=False,
+            diagnose=False,
+            format="<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> "
+            "<cyan>{extra[subject]}</cyan>{message}",
+        )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)

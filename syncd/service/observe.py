@@ -43,8 +43,9 @@ class _StoreCollector:
         for backend, count in self.store.staged_by_backend().items():
             queued.add_metric([backend], count)
         yield queued
-        paused = GaugeMetricFamily("syncd_backend_paused", "1 while a backend is paused (refused credentials)",
-                                   labels=["backend"])
+        paused = GaugeMetricFamily(
+            "syncd_backend_paused", "1 while a backend is paused (refused credentials)", labels=["backend"]
+        )
         for backend in self.store.backend_pauses():
             paused.add_metric([backend], 1)
         yield paused
@@ -58,16 +59,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.transitions = Counter("syncd_transitions", "Job state transitions", ["to"], registry=self.registry)
-        self.submit_seconds = Histogram("syncd_submit_seconds", "Time to submit a job", ["backend"],
-                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.poll_seconds = Histogram("syncd_poll_seconds", "Time of one batched status poll", ["backend"],
-                                      buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.bytes_delivered = Counter("syncd_bytes_delivered", "Bytes mirrored into outboxes", ["inbox"],
-                                       registry=self.registry)
-        self.retries = Counter("syncd_retries", "Transient failures that were retried", ["backend", "step"],
-                               registry=self.registry)
-        self.circuit_open = Gauge("syncd_circuit_open", "1 while syncd has stopped calling a service that does not "
-                                  "answer (one probe per interval)", ["service"], registry=self.registry)
+        self.submit_seconds = Histogram(
+            "syncd_submit_seconds", "Time to submit a job", ["backend"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.poll_seconds = Histogram(
+            "syncd_poll_seconds",
+            "Time of one batched status poll",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.bytes_delivered = Counter(
+            "syncd_bytes_delivered", "Bytes mirrored into outboxes", ["inbox"], registry=self.registry
+        )
+        self.retries = Counter(
+            "syncd_retries", "Transient failures that were retried", ["backend", "step"], registry=self.registry
+        )
+        self.circuit_open = Gauge(
+            "syncd_circuit_open",
+            "1 while syncd has stopped calling a service that does not answer (one probe per interval)",
+            ["service"],
+            registry=self.registry,
+        )
         self.errors = Counter("syncd_errors", "Errors by kind", ["backend", "kind"], registry=self.registry)
 
     def watch_store(self, store: Store, watcher_restarts: Callable[[], dict[str, int]]) -> None:
@@ -80,8 +93,16 @@ class Metrics:
 class HttpEndpoint:
     """A small threaded HTTP server; handlers get their data from callables of the daemon."""
 
-    def __init__(self, host: str, port: int, *, metrics: Metrics, alive: Callable[[], bool],
-                 ready: Callable[[], dict[str, str]], jobs: Callable[[], list[dict]]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        metrics: Metrics,
+        alive: Callable[[], bool],
+        ready: Callable[[], dict[str, str]],
+        jobs: Callable[[], list[dict]],
+    ):
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -36,8 +36,10 @@ def render_units(config: Config, *, user: str | None, syncd_path: str) -> dict[s
     run_as = sorted(config.run_as_users)
     if run_as:
         if user not in (None, "root"):
-            raise ValueError(f"backends run jobs as {', '.join(run_as)} (run_as), which needs the service to run "
-                             f"as root; drop --user {user} or remove run_as")
+            raise ValueError(
+                f"backends run jobs as {', '.join(run_as)} (run_as), which needs the service to run "
+                f"as root; drop --user {user} or remove run_as"
+            )
         user = "root"
     if user is None:
         user = pwd.getpwuid(config.source.stat().st_uid).pw_name if config.source else "syncd"

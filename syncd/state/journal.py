@@ -143,5 +143,5 @@ def _leave_alone(path: Path, job: Job) -> None:
     except OSError:
         kind = "file"
     logger.bind(job_id=job.id, job_name=job.name).warning(
-        "{} in the inbox is a {} that is not syncd's: it is left alone, and this job has no status file",
-        path, kind)
+        "{} in the inbox is a {} that is not syncd's: it is left alone, and this job has no status file", path, kind
+    )

@@ -100,5 +100,9 @@ CREATE TABLE IF NOT EXISTS delivered (
 
 
 # Columns added after the first schema; existing databases get them at start-up.
-_ADDED_COLUMNS = {"deadline_hit": "INTEGER NOT NULL DEFAULT 0", "dir_raw": "BLOB", "dir_identity": "TEXT",
-                  "results_waiting_since": "REAL"}
+_ADDED_COLUMNS = {
+    "deadline_hit": "INTEGER NOT NULL DEFAULT 0",
+    "dir_raw": "BLOB",
+    "dir_identity": "TEXT",
+    "results_waiting_since": "REAL",
+}

@@ -47,12 +47,34 @@ from syncd.state.states import (
 # Primary SQLite result codes that mean "cannot write the database now" (full disk or quota, I/O error).
 # The state names are part of the store's interface: callers import them from here.
 __all__ = [
-    "Event", "Job", "Store", "StoreUnwritable", "make_private_dir", "CLAIMING", "CLAIMED", "STAGING", "STAGED",
-    "SUBMITTING", "SUBMITTED", "QUEUED", "RUNNING", "COLLECTING", "SUCCEEDED", "FAILED", "CANCELLED",
-    "TIMED_OUT", "REJECTED", "VALIDATED", "HELD", "TERMINAL", "REMOTE", "ACTIVE",
+    "Event",
+    "Job",
+    "Store",
+    "StoreUnwritable",
+    "make_private_dir",
+    "CLAIMING",
+    "CLAIMED",
+    "STAGING",
+    "STAGED",
+    "SUBMITTING",
+    "SUBMITTED",
+    "QUEUED",
+    "RUNNING",
+    "COLLECTING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "TIMED_OUT",
+    "REJECTED",
+    "VALIDATED",
+    "HELD",
+    "TERMINAL",
+    "REMOTE",
+    "ACTIVE",
 ]
 
 _UNWRITABLE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
+
 
 @dataclass(frozen=True)
 class Job:
@@ -229,8 +251,10 @@ class Store:
             logger.info("the state database {} accepts writes again; jobs resume", self.path)
 
     def _unwritable(self, exc: sqlite3.Error) -> StoreUnwritable:
-        problem = (f"cannot write the state database {self.path} ({exc}); free space on the filesystem holding "
-                   f"{self.path.parent}. Every job waits, unchanged, until syncd can record its progress")
+        problem = (
+            f"cannot write the state database {self.path} ({exc}); free space on the filesystem holding "
+            f"{self.path.parent}. Every job waits, unchanged, until syncd can record its progress"
+        )
         if self.write_problem is None:
             logger.error("{}", problem)
         self.write_problem = problem
@@ -280,10 +304,14 @@ class Store:
         return _job(row)
 
     def find(self, id_or_name: str) -> list[Job]:
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE id = ? OR name = ? OR dir_name = ? ORDER BY created",
-            (id_or_name, id_or_name, id_or_name),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM jobs WHERE id = ? OR name = ? OR dir_name = ? ORDER BY created",
+                (id_or_name, id_or_name, id_or_name),
+            )
+            .fetchall()
+        )
         exact = [r for r in rows if r["id"] == id_or_name]
         return [_job(r) for r in (exact or rows)]
 
@@ -304,9 +332,14 @@ class Store:
 
     def latest(self, limit: int) -> list[Job]:
         """The ``limit`` jobs created last, oldest first (never every job ever run: /jobs is asked at any time)."""
-        rows = self._conn().execute(
-            "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
-            (limit,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
+                (limit,),
+            )
+            .fetchall()
+        )
         return [_job(r) for r in rows]
 
     def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
@@ -318,9 +351,14 @@ class Store:
         if backend is not None:
             where += " AND backend = ?"
             params.append(backend)
-        rows = self._conn().execute(
-            f"SELECT * FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
-            (*params, COLLECTING, limit)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT * FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
+                (*params, COLLECTING, limit),
+            )
+            .fetchall()
+        )
         return [_job(r) for r in rows]
 
     def requests(self) -> list[Job]:
@@ -337,21 +375,28 @@ class Store:
         return {r["state"]: r["n"] for r in rows}
 
     def staged_by_backend(self) -> dict[str, int]:
-        rows = self._conn().execute(
-            "SELECT backend, COUNT(*) AS n FROM jobs WHERE state = ? GROUP BY backend", (STAGED,)).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT backend, COUNT(*) AS n FROM jobs WHERE state = ? GROUP BY backend", (STAGED,))
+            .fetchall()
+        )
         return {r["backend"]: r["n"] for r in rows}
 
     def request(self, job_id: str, kind: str) -> None:
         """Record a cancel or retry request; the daemon acts on it at its next pass."""
         column = {"cancel": "cancel_requested", "retry": "retry_requested"}[kind]
         with self._write() as conn:
-            conn.execute(f"UPDATE jobs SET {column} = 1, updated = ? WHERE id = ? AND {column} = 0",
-                         (time.time(), job_id))
+            conn.execute(
+                f"UPDATE jobs SET {column} = 1, updated = ? WHERE id = ? AND {column} = 0", (time.time(), job_id)
+            )
             self._event(conn, job_id, None, None, f"{kind} requested")
 
     def _select(self, where: str, params: tuple = ()) -> list[Job]:
-        rows = self._conn().execute(f"SELECT * FROM jobs WHERE {where} ORDER BY priority DESC, created, id",
-                                    params).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT * FROM jobs WHERE {where} ORDER BY priority DESC, created, id", params)
+            .fetchall()
+        )
         return [_job(r) for r in rows]
 
     def count(self, states: Iterable[str], *, backend: str | None = None) -> int:
@@ -382,8 +427,9 @@ class Store:
             self.on_transition(self.get(job_id))
         return True
 
-    def update(self, job_id: str, *, expect: str | Iterable[str] | None = None, event: str | None = None,
-               **values: Any) -> bool:
+    def update(
+        self, job_id: str, *, expect: str | Iterable[str] | None = None, event: str | None = None, **values: Any
+    ) -> bool:
         """Set fields without a state change (optionally only while in ``expect``)."""
         values["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in values)
@@ -404,8 +450,9 @@ class Store:
         """Forget a record whose claim rename never happened (crash between insert and rename)."""
         with self._write() as conn:
             conn.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, CLAIMING))
-            conn.execute("DELETE FROM events WHERE job_id = ? AND NOT EXISTS "
-                         "(SELECT 1 FROM jobs WHERE id = ?)", (job_id, job_id))
+            conn.execute(
+                "DELETE FROM events WHERE job_id = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = ?)", (job_id, job_id)
+            )
 
     def add_event(self, job_id: str, message: str) -> None:
         with self._write() as conn:
@@ -418,13 +465,19 @@ class Store:
     def folder_in_use(self, storage: str, bucket: str, folder: str) -> bool:
         """Whether a job has results folder ``folder`` in ``storage``/``bucket`` (one index lookup: the cost
         of finding a free folder name does not grow with the number of jobs ever run)."""
-        return self._conn().execute(
-            "SELECT 1 FROM jobs WHERE folder = ? AND storage = ? AND bucket = ? LIMIT 1", (folder, storage, bucket)
-        ).fetchone() is not None
+        return (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM jobs WHERE folder = ? AND storage = ? AND bucket = ? LIMIT 1", (folder, storage, bucket)
+            )
+            .fetchone()
+            is not None
+        )
 
     @staticmethod
-    def _event(conn: sqlite3.Connection, job_id: str, from_state: str | None, to_state: str | None,
-               message: str) -> None:
+    def _event(
+        conn: sqlite3.Connection, job_id: str, from_state: str | None, to_state: str | None, message: str
+    ) -> None:
         conn.execute(
             "INSERT INTO events (job_id, at, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
             (job_id, time.time(), from_state, to_state, _storable(message)),
@@ -446,8 +499,10 @@ class Store:
     # -- services that stopped answering (circuit breakers) -----------------------------
     def circuit_opened(self, service: str, since: float, next_probe: float, reason: str) -> None:
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO open_circuits VALUES (?, ?, ?, ?)",
-                         (service, since, next_probe, _storable(reason)))
+            conn.execute(
+                "INSERT OR REPLACE INTO open_circuits VALUES (?, ?, ?, ?)",
+                (service, since, next_probe, _storable(reason)),
+            )
 
     def circuit_closed(self, service: str | None = None) -> None:
         """Forget one open circuit, or all of them (at start-up every breaker starts closed)."""
@@ -468,8 +523,8 @@ class Store:
             return conn.execute(
                 f"UPDATE jobs SET next_at = ? WHERE {column} = ? AND failures > 0 AND next_at > ? "
                 f"AND state NOT IN ({', '.join('?' for _ in TERMINAL)}, ?)",
-                (now, value, now, *TERMINAL, HELD)).rowcount
+                (now, value, now, *TERMINAL, HELD),
+            ).rowcount
 
     def active_with_cancel_marker_candidates(self) -> list[Job]:
-        return self._select(f"cancel_requested = 0 AND state IN ({', '.join('?' for _ in ACTIVE)})",
-                            tuple(ACTIVE))
+        return self._select(f"cancel_requested = 0 AND state IN ({', '.join('?' for _ in ACTIVE)})", tuple(ACTIVE))

@@ -61,7 +61,8 @@ class Storage(ABC):
     remote_service: ClassVar[bool] = True
     #: the methods that reach the service (the engine puts them behind its circuit breaker)
     remote_calls: ClassVar[frozenset[str]] = frozenset(
-        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "fetch_many", "copy", "delete"})
+        {"ensure_bucket", "list", "head", "put_file", "get_file", "fetch", "fetch_many", "copy", "delete"}
+    )
     #: True when :meth:`fetch_many` beats :meth:`fetch` called from many threads (a mirror then hands
     #: it the small objects)
     batch_fetch: ClassVar[bool] = False
@@ -102,8 +103,9 @@ class Storage(ABC):
             raise TransientError(f"{self.name}:{bucket}/{key} changed while it was fetched; it is fetched again")
         return info
 
-    def fetch_many(self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
-                   ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
+    def fetch_many(
+        self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
+    ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
         """:meth:`fetch` each ``(expected, dest)``, yielding ``(expected, dest, info or exception)``.
 
         A failure of one object is yielded, not raised, and never retried here: the caller fetches
@@ -130,8 +132,9 @@ class Storage(ABC):
             if src_key.endswith("/"):
                 local.touch()  # a directory marker has no content to fetch
                 if self.head(src_bucket, src_key) is None:
-                    raise PermanentError(f"copying {self.name}:{src_bucket}/{src_key}: the source object "
-                                         f"does not exist")
+                    raise PermanentError(
+                        f"copying {self.name}:{src_bucket}/{src_key}: the source object does not exist"
+                    )
             else:
                 self.get_file(src_bucket, src_key, local)
             return self.put_file(dst_bucket, dst_key, local)
@@ -144,7 +147,8 @@ class Storage(ABC):
         """
         raise PermanentError(
             f"storage '{self.name}' (type: {self.options.type}) cannot make a URL for {bucket}/{key}; "
-            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox")
+            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox"
+        )
 
     def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
         """Whether ``local`` holds the object's content without downloading it, or None if unknown.

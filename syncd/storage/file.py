@@ -43,9 +43,11 @@ class FileStorageOptions(StorageOptions):
     root: ConfigPath = Field(description="folder whose subfolders are the buckets")
     create_buckets: bool = Field(True, description="create a bucket folder on first use")
     hard_links: bool = Field(
-        True, description="store a file of the daemon's own user (not writable by others), and fetch an object, "
-                          "as a hard link instead of a copy when on one filesystem; editing either in place "
-                          "then changes both (a reflink is tried first either way)")
+        True,
+        description="store a file of the daemon's own user (not writable by others), and fetch an object, "
+        "as a hard link instead of a copy when on one filesystem; editing either in place "
+        "then changes both (a reflink is tried first either way)",
+    )
 
 
 class FileStorage(Storage):
@@ -135,8 +137,11 @@ class FileStorage(Storage):
                     old = final.stat()
                 except (FileNotFoundError, NotADirectoryError):
                     old = None
-                if old is not None and old.st_ino != placed.st_ino and \
-                        (old.st_mtime_ns, old.st_size) == (placed.st_mtime_ns, placed.st_size):
+                if (
+                    old is not None
+                    and old.st_ino != placed.st_ino
+                    and (old.st_mtime_ns, old.st_size) == (placed.st_mtime_ns, placed.st_size)
+                ):
                     # A link keeps the file's mtime: the ETag (mtime, size) would not change although the
                     # content may have. A copy gets an mtime of its own.
                     tmp.unlink()
@@ -203,14 +208,16 @@ class FileStorage(Storage):
         except OSError as exc:
             raise os_error(exc, what) from exc
         if st.st_size != before.st_size:
-            raise TransientError(f"{what}: the copy has {st.st_size} bytes, the source {before.st_size}; "
-                                 f"syncd copies it again")
+            raise TransientError(
+                f"{what}: the copy has {st.st_size} bytes, the source {before.st_size}; syncd copies it again"
+            )
         return self._info(dst_key, st)
 
     def presign(self, bucket: str, key: str, method: str = "GET", expires: float = 3600) -> str:
         raise PermanentError(
             f"storage '{self.name}' (type: file) cannot make a URL for {bucket}/{key}: a folder has no URLs; "
-            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox")
+            f"a backend whose service fetches inputs by URL needs an s3 storage on its inbox"
+        )
 
     def delete(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)

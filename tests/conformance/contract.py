@@ -53,9 +53,15 @@ class BackendContract:
         assert status.state is RemoteState.SUCCEEDED, status
         assert _exit_code(harness, ref, spec, status) == 0
         outputs = _delivered(harness, ref, spec)
-        assert sorted(outputs) == sorted([
-            "notes.txt", "out/deep/er/still/leaf.txt", "out/empty.dat", "out/large.bin", "out/Übersicht café.txt",
-        ]), "created and changed files are outputs; an unchanged input is not"
+        assert sorted(outputs) == sorted(
+            [
+                "notes.txt",
+                "out/deep/er/still/leaf.txt",
+                "out/empty.dat",
+                "out/large.bin",
+                "out/Übersicht café.txt",
+            ]
+        ), "created and changed files are outputs; an unchanged input is not"
         assert outputs["out/empty.dat"].size == 0
         assert outputs["out/large.bin"].source.read_bytes() == random.Random(5).randbytes(3 * 1024 * 1024)
         assert outputs["notes.txt"].source.read_text() == "input\ntouched\n"
@@ -63,8 +69,9 @@ class BackendContract:
         assert logs.stdout is not None and "tree written" in logs.stdout.read_text()
 
     def test_outputs_follow_the_manifest_globs(self, harness):
-        spec = harness.spec("mkdir -p a/b && echo 1 > a/b/x.csv && echo 2 > a/y.txt && echo 3 > z.csv",
-                            outputs=["**/*.csv"])
+        spec = harness.spec(
+            "mkdir -p a/b && echo 1 > a/b/x.csv && echo 2 > a/y.txt && echo 3 > z.csv", outputs=["**/*.csv"]
+        )
         ref = harness.run(spec)
         assert harness.wait(ref).state is RemoteState.SUCCEEDED
         assert sorted(_delivered(harness, ref, spec)) == ["a/b/x.csv", "z.csv"]
@@ -109,7 +116,8 @@ class BackendContract:
             expected = 1 if harness.backend.capabilities.batched_poll else len(refs)
             assert harness.request_count() - before == expected, "batched_poll says how many requests a poll sends"
         assert [statuses[r.remote_id].state for r in refs] == [
-            RemoteState.SUCCEEDED if i % 3 == 0 else RemoteState.FAILED for i in range(8)]
+            RemoteState.SUCCEEDED if i % 3 == 0 else RemoteState.FAILED for i in range(8)
+        ]
 
     def test_poll_unknown_ref_is_reported_unknown_not_raised(self, harness):
         ghost = harness.ghost_ref(harness)
@@ -176,16 +184,22 @@ class StreamedLogsContract:
         spec = harness.spec("echo early; sleep 30")
         ref = harness.run(spec)
         harness.wait(ref, until=lambda s: s.state is RemoteState.RUNNING)
-        harness.wait_for(lambda: (logs := harness.backend.logs(ref)).stdout is not None
-                         and "early" in logs.stdout.read_text())
+        harness.wait_for(
+            lambda: (logs := harness.backend.logs(ref)).stdout is not None and "early" in logs.stdout.read_text()
+        )
         harness.backend.cancel(ref)
 
 
 def suites(capabilities: Capabilities) -> tuple[type, ...]:
     """The contract suites a backend with these declared capabilities must pass."""
     found: list[type] = [BackendContract]
-    found.append({CancelSupport.ALWAYS: CancelAnytimeContract, CancelSupport.WHILE_QUEUED: CancelWhileQueuedContract,
-                  CancelSupport.NEVER: CancelNeverContract}[capabilities.cancel])
+    found.append(
+        {
+            CancelSupport.ALWAYS: CancelAnytimeContract,
+            CancelSupport.WHILE_QUEUED: CancelWhileQueuedContract,
+            CancelSupport.NEVER: CancelNeverContract,
+        }[capabilities.cancel]
+    )
     if capabilities.native_timeout:
         found.append(NativeTimeoutContract)
     if not capabilities.exit_codes:
@@ -198,8 +212,10 @@ def suites(capabilities: Capabilities) -> tuple[type, ...]:
 class TransportFaultContract:
     """Needs ``harness_faults``: a fixture giving (harness, FaultProxy) with the backend behind the proxy."""
 
-    @pytest.mark.parametrize("fault", [("status", 500), ("status", 502), ("status", 503), ("status", 429),
-                                       "reset", "hang", "garbage", "truncated"])
+    @pytest.mark.parametrize(
+        "fault",
+        [("status", 500), ("status", 502), ("status", 503), ("status", 429), "reset", "hang", "garbage", "truncated"],
+    )
     def test_transport_faults_are_transient(self, harness_faults, fault):
         harness, proxy = harness_faults
         ref = harness.run(harness.spec("true"))

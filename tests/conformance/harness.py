@@ -26,10 +26,17 @@ class Harness:
 
     def spec(self, command, *, timeout: float | None = None, outputs=None, env=None, resources=None) -> JobSpec:
         job_id = uuid.uuid4().hex[:10]
-        spec = JobSpec(job_id=job_id, name=f"conf-{job_id}", submit_key=f"syncd-{job_id}", attempt=1,
-                       command=command if isinstance(command, str) else tuple(command), env=env or {},
-                       timeout=timeout, resources=resources or {},
-                       outputs=tuple(outputs) if outputs is not None else None)
+        spec = JobSpec(
+            job_id=job_id,
+            name=f"conf-{job_id}",
+            submit_key=f"syncd-{job_id}",
+            attempt=1,
+            command=command if isinstance(command, str) else tuple(command),
+            env=env or {},
+            timeout=timeout,
+            resources=resources or {},
+            outputs=tuple(outputs) if outputs is not None else None,
+        )
         self.specs.append(spec)
         return spec
 
@@ -54,8 +61,12 @@ class Harness:
                 raise AssertionError(f"condition not met after {self.timeout}s")
             time.sleep(self.poll_interval)
 
-    def wait(self, ref: RemoteRef, until: Callable[[RemoteStatus], bool] = lambda s: s.state.terminal,
-             backend: Backend | None = None) -> RemoteStatus:
+    def wait(
+        self,
+        ref: RemoteRef,
+        until: Callable[[RemoteStatus], bool] = lambda s: s.state.terminal,
+        backend: Backend | None = None,
+    ) -> RemoteStatus:
         deadline = time.monotonic() + self.timeout
         while True:
             status = (backend or self.backend).poll([ref])[ref.remote_id]

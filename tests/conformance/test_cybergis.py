@@ -28,16 +28,35 @@ class Patient(CybergisBackend):
 
 def cybergis_harness(service, tmp_path, url=None, globus=False, **overrides) -> Harness:
     data, kind = tmp_path / "data", Patient if globus else CybergisBackend
-    where = {"globus_endpoint": service.HOST_ENDPOINT, "globus_path": str(data)} if globus else {
-        "server_data_path": str(data), "results_path": str(service.root / "hpc")}
-    options = CybergisOptions.model_validate({
-        "type": "cybergis", "url": url or service.url, "jupyterhub_host": service.HUB, "token": service.TOKEN,
-        "hpc": service.HPC, "runner": service.RUNNER, "data_path": str(data), "globus_poll": "0.05s",
-        **where, **overrides})
+    where = (
+        {"globus_endpoint": service.HOST_ENDPOINT, "globus_path": str(data)}
+        if globus
+        else {"server_data_path": str(data), "results_path": str(service.root / "hpc")}
+    )
+    options = CybergisOptions.model_validate(
+        {
+            "type": "cybergis",
+            "url": url or service.url,
+            "jupyterhub_host": service.HUB,
+            "token": service.TOKEN,
+            "hpc": service.HPC,
+            "runner": service.RUNNER,
+            "data_path": str(data),
+            "globus_poll": "0.05s",
+            **where,
+            **overrides,
+        }
+    )
     backend = kind("cybergis", options, tmp_path / "state")
-    return Harness(backend=backend, new_backend=lambda: kind("cybergis", options, tmp_path / "state"),
-                   scratch=tmp_path, poll_interval=0.1, timeout=30, request_count=lambda: backend.requests_sent,
-                   ghost_ref=lambda harness: RemoteRef("1700000000AbCdE", {"key": "syncd-never-submitted"}))
+    return Harness(
+        backend=backend,
+        new_backend=lambda: kind("cybergis", options, tmp_path / "state"),
+        scratch=tmp_path,
+        poll_interval=0.1,
+        timeout=30,
+        request_count=lambda: backend.requests_sent,
+        ghost_ref=lambda harness: RemoteRef("1700000000AbCdE", {"key": "syncd-never-submitted"}),
+    )
 
 
 @pytest.fixture

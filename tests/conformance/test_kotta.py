@@ -14,15 +14,28 @@ pytestmark = pytest.mark.s3
 
 def kotta_harness(service, tmp_path, url: str | None = None, **overrides) -> Harness:
     user = service.add_user()  # a user of one's own: list_tasks shows this test's jobs only
-    options = KottaOptions.model_validate({
-        "type": "kotta", "url": url or service.url, "access_token": {"token": user["access_token"]},
-        "refresh_token": {"token": user["refresh_token"]}, "default_walltime": "1h", **overrides})
+    options = KottaOptions.model_validate(
+        {
+            "type": "kotta",
+            "url": url or service.url,
+            "access_token": {"token": user["access_token"]},
+            "refresh_token": {"token": user["refresh_token"]},
+            "default_walltime": "1h",
+            **overrides,
+        }
+    )
     backend = KottaBackend("kotta", options, tmp_path / "work")
     # the ghost: a job of another user, which this user's list never shows
     ghost = lambda h: (o := kotta_harness(service, tmp_path / "other")).run(o.spec("true"))  # noqa: E731
-    return Harness(backend=backend, new_backend=lambda: KottaBackend("kotta", options, tmp_path / "work"),
-                   scratch=tmp_path, poll_interval=0.1, timeout=60, request_count=lambda: backend.requests_sent,
-                   ghost_ref=ghost)
+    return Harness(
+        backend=backend,
+        new_backend=lambda: KottaBackend("kotta", options, tmp_path / "work"),
+        scratch=tmp_path,
+        poll_interval=0.1,
+        timeout=60,
+        request_count=lambda: backend.requests_sent,
+        ghost_ref=ghost,
+    )
 
 
 @pytest.fixture

@@ -24,8 +24,13 @@ def _ghost(harness: Harness):
 def harness(tmp_path):
     options = LocalOptions.model_validate({"type": "local", "max_parallel": 8})
     root = tmp_path / "work"
-    return Harness(backend=LocalBackend("local", options, root), new_backend=lambda: LocalBackend("local", options, root),
-                   scratch=tmp_path, timeout=30, ghost_ref=_ghost)
+    return Harness(
+        backend=LocalBackend("local", options, root),
+        new_backend=lambda: LocalBackend("local", options, root),
+        scratch=tmp_path,
+        timeout=30,
+        ghost_ref=_ghost,
+    )
 
 
 class TestLocalBackend(*suites(LocalBackend.capabilities)):

@@ -13,8 +13,13 @@ from tests.conformance.harness import Harness
 VARIANTS = {
     "Reference": Capabilities(native_timeout=True, logs=LogDelivery.STREAMED),
     # like a remote job service: no exit codes, cancel only while queued, logs at the end, one request per job
-    "RemoteLike": Capabilities(batched_poll=False, cancel=CancelSupport.WHILE_QUEUED, exit_codes=False,
-                               separate_stderr=False, multi_step_submit=True),
+    "RemoteLike": Capabilities(
+        batched_poll=False,
+        cancel=CancelSupport.WHILE_QUEUED,
+        exit_codes=False,
+        separate_stderr=False,
+        multi_step_submit=True,
+    ),
     "NoCancel": Capabilities(cancel=CancelSupport.NEVER, exit_codes=False),
 }
 
@@ -30,9 +35,15 @@ def harness(request, tmp_path) -> Harness:
         other.stage(spec, [])
         return other.submit(spec)
 
-    return Harness(backend=MemoryBackend("memory", options, root, service),
-                   new_backend=lambda: MemoryBackend("memory", options, root, service), scratch=tmp_path,
-                   poll_interval=0.05, timeout=30, request_count=lambda: service.requests, ghost_ref=ghost)
+    return Harness(
+        backend=MemoryBackend("memory", options, root, service),
+        new_backend=lambda: MemoryBackend("memory", options, root, service),
+        scratch=tmp_path,
+        poll_interval=0.05,
+        timeout=30,
+        request_count=lambda: service.requests,
+        ghost_ref=ghost,
+    )
 
 
 for _name, _capabilities in VARIANTS.items():

@@ -22,9 +22,15 @@ def qarnot_harness(emulator, tmp_path, url: str | None = None, **overrides) -> H
         section["cluster_url"] = url
     options, name = QarnotOptions.model_validate(section), f"conf-{uuid.uuid4().hex[:8]}"
     backend = QarnotBackend(name, options, tmp_path / "work")
-    return Harness(backend=backend, new_backend=lambda: QarnotBackend(name, options, tmp_path / "work"),
-                   scratch=tmp_path, poll_interval=0.1, timeout=30, request_count=lambda: backend.requests_sent,
-                   ghost_ref=lambda harness: RemoteRef(str(uuid.uuid4()), {}))
+    return Harness(
+        backend=backend,
+        new_backend=lambda: QarnotBackend(name, options, tmp_path / "work"),
+        scratch=tmp_path,
+        poll_interval=0.1,
+        timeout=30,
+        request_count=lambda: backend.requests_sent,
+        ghost_ref=lambda harness: RemoteRef(str(uuid.uuid4()), {}),
+    )
 
 
 @pytest.fixture

@@ -28,9 +28,15 @@ def slurm_harness(cluster, tmp_path: Path, url: str | None = None, **overrides) 
         section["url"] = url
     options = SlurmOptions.model_validate(section)
     backend = SlurmBackend("slurm", options, tmp_path / "state")
-    return Harness(backend=backend, new_backend=lambda: SlurmBackend("slurm", options, tmp_path / "state"),
-                   scratch=tmp_path, poll_interval=0.3, timeout=90, request_count=lambda: backend.requests_sent,
-                   ghost_ref=_ghost)
+    return Harness(
+        backend=backend,
+        new_backend=lambda: SlurmBackend("slurm", options, tmp_path / "state"),
+        scratch=tmp_path,
+        poll_interval=0.3,
+        timeout=90,
+        request_count=lambda: backend.requests_sent,
+        ghost_ref=_ghost,
+    )
 
 
 @pytest.fixture

@@ -18,9 +18,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Every transition a successful job makes, and every side effect whose new state is not saved yet.
 POINTS = [
-    "claimed-unrecorded", "after:claimed", "after:staging", "staged-unrecorded", "after:staged",
-    "after:submitting", "submitted-unrecorded", "after:submitted", "after:running", "after:collecting",
-    "delivered-unrecorded", "after:succeeded", "archived-unrecorded",
+    "claimed-unrecorded",
+    "after:claimed",
+    "after:staging",
+    "staged-unrecorded",
+    "after:staged",
+    "after:submitting",
+    "submitted-unrecorded",
+    "after:submitted",
+    "after:running",
+    "after:collecting",
+    "delivered-unrecorded",
+    "after:succeeded",
+    "archived-unrecorded",
 ]
 
 

@@ -62,8 +62,9 @@ def alive(pid: int) -> bool:
 
 
 def test_validate_accepts_valid_job_directory(tmp_path):
-    job = make_job(tmp_path, "ok", {"command": "wc -l data/in.txt > count.txt", "timeout": "5m"},
-                   {"data/in.txt": "a\nb\n"})
+    job = make_job(
+        tmp_path, "ok", {"command": "wc -l data/in.txt > count.txt", "timeout": "5m"}, {"data/in.txt": "a\nb\n"}
+    )
     done = syncd("validate", str(job))
     assert done.returncode == 0, output(done)
     assert "valid job 'ok' with 1 input file(s)" in done.stdout
@@ -113,8 +114,9 @@ def test_validate_rejects_folder_without_job_yaml_saying_it_is_missing(tmp_path)
     assert done.returncode == 1, output(done)
     text = output(done)
     assert "job.yaml" in text
-    assert "missing" in text or "no job.yaml" in text or "not found" in text, \
+    assert "missing" in text or "no job.yaml" in text or "not found" in text, (
         f"a folder without job.yaml should be told it is missing, not that it is a folder or a link:\n{text}"
+    )
     assert "command" in text, "the message should say what to write, e.g. command: ..."
 
 
@@ -235,8 +237,13 @@ def test_logs_prints_events_then_stdout_and_stderr(finished_site):
     assert "claimed from" in text and "→ succeeded" in text
     assert "----- stdout" in text and "GREET_STDOUT_LINE" in text
     assert "----- stderr" in text and "GREET_STDERR_LINE" in text
-    assert text.index("→ succeeded") < text.index("----- stdout") < text.index("GREET_STDOUT_LINE") \
-        < text.index("----- stderr") < text.index("GREET_STDERR_LINE")
+    assert (
+        text.index("→ succeeded")
+        < text.index("----- stdout")
+        < text.index("GREET_STDOUT_LINE")
+        < text.index("----- stderr")
+        < text.index("GREET_STDERR_LINE")
+    )
 
 
 def test_logs_starts_each_stream_header_on_its_own_line(finished_site):
@@ -244,8 +251,9 @@ def test_logs_starts_each_stream_header_on_its_own_line(finished_site):
     assert done.returncode == 0, output(done)
     lines = done.stdout.splitlines()
     assert any(line.startswith("----- stdout") for line in lines)
-    assert any(line.startswith("----- stderr") for line in lines), \
+    assert any(line.startswith("----- stderr") for line in lines), (
         f"stdout without a final newline runs into the stderr header:\n{done.stdout}"
+    )
     assert "NO_TRAILING_NEWLINE" in lines and "ERR_NO_NEWLINE" in lines
     assert done.stdout.endswith("\n")
 

@@ -24,8 +24,15 @@ def _capped() -> None:
 
 
 def syncd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*SYNCD, *args], capture_output=True, text=True, timeout=20, cwd=cwd,
-                          stdin=subprocess.DEVNULL, preexec_fn=_capped)
+    return subprocess.run(
+        [*SYNCD, *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_capped,
+    )
 
 
 @pytest.fixture
@@ -62,8 +69,11 @@ def test_every_command_refuses_a_special_file_as_its_config(specials, tmp_path):
         for command in (["status", "--json"], ["logs", "x"]):
             done = syncd(*command, "-c", str(path), cwd=tmp_path)
             assert done.returncode == 2, (kind, command, done.stdout, done.stderr)
-            assert "must be a regular file" in done.stderr or "is a directory" in done.stderr.lower() \
-                or "Directory" in done.stderr, (kind, command, done.stderr)
+            assert (
+                "must be a regular file" in done.stderr
+                or "is a directory" in done.stderr.lower()
+                or "Directory" in done.stderr
+            ), (kind, command, done.stderr)
             assert "Traceback" not in done.stderr
 
 

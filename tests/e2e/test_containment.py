@@ -24,8 +24,6 @@ JOB_USER = "syncd-job"
 SLEEPER = "import time; time.sleep(300)"
 
 
-
-
 def _escapes(marker: str) -> dict[str, dict]:
     """Jobs that each leave a process behind, in a different way, tagged ``marker-<way>`` on its command line."""
     sleep = f"python3 -c '{SLEEPER}'"
@@ -33,16 +31,30 @@ def _escapes(marker: str) -> dict[str, dict]:
         "setsid": {"command": f"setsid {sleep} {marker}-setsid & echo ok > ok.txt"},
         "double-fork": {"command": f"( {sleep} {marker}-double-fork & ) ; echo ok > ok.txt"},
         "nohup": {"command": f"nohup {sleep} {marker}-nohup > /dev/null 2>&1 & echo ok > ok.txt"},
-        "daemonize": {"command": ["python3", "-c", "import os, time; os.fork() and os._exit(0); os.setsid(); "
-                                  "os.fork() and os._exit(0); time.sleep(300)", f"{marker}-daemonize"]},
-        "timeout": {"command": f"setsid {sleep} {marker}-timeout & ( {sleep} {marker}-timeout2 & ) ; sleep 60",
-                    "timeout": "1s"},
+        "daemonize": {
+            "command": [
+                "python3",
+                "-c",
+                "import os, time; os.fork() and os._exit(0); os.setsid(); os.fork() and os._exit(0); time.sleep(300)",
+                f"{marker}-daemonize",
+            ]
+        },
+        "timeout": {
+            "command": f"setsid {sleep} {marker}-timeout & ( {sleep} {marker}-timeout2 & ) ; sleep 60",
+            "timeout": "1s",
+        },
         "cancel": {"command": f"nohup setsid {sleep} {marker}-cancel > /dev/null 2>&1 & sleep 60"},
     }
 
 
-EXPECTED = {"setsid": "succeeded", "double-fork": "succeeded", "nohup": "succeeded", "daemonize": "succeeded",
-            "timeout": "timed_out", "cancel": "cancelled"}
+EXPECTED = {
+    "setsid": "succeeded",
+    "double-fork": "succeeded",
+    "nohup": "succeeded",
+    "daemonize": "succeeded",
+    "timeout": "timed_out",
+    "cancel": "cancelled",
+}
 
 
 def _alive_with(marker: str) -> list[tuple[int, str]]:
@@ -74,16 +86,18 @@ def job_user() -> str:
     try:
         pwd.getpwnam(JOB_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER],
-                       check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER], check=True
+        )
     return JOB_USER
 
 
 MODES = [("auto", False), ("subreaper", False), ("auto", True), ("subreaper", True)]
 
 
-@pytest.mark.parametrize("containment, run_as", MODES,
-                         ids=[f"{m}-{'run_as' if r else 'daemon_user'}" for m, r in MODES])
+@pytest.mark.parametrize(
+    "containment, run_as", MODES, ids=[f"{m}-{'run_as' if r else 'daemon_user'}" for m, r in MODES]
+)
 def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
     if shutil.which("setsid") is None or shutil.which("nohup") is None:
         pytest.skip("needs setsid and nohup")
@@ -92,8 +106,9 @@ def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
     os.chmod(root, 0o755)  # the job user passes through to its work folder
     if run_as:
         backend.update(run_as=request.getfixturevalue("job_user"), workdir_root="work")
-    daemon = SyncdProcess(make_config(root / "site", settle="0.2s", rescan="1s",
-                                      extra={"backends": {"local": backend}})).start()
+    daemon = SyncdProcess(
+        make_config(root / "site", settle="0.2s", rescan="1s", extra={"backends": {"local": backend}})
+    ).start()
     marker = f"syncd-escape-{uuid.uuid4().hex[:10]}"
     try:
         for name, manifest in _escapes(marker).items():
@@ -105,8 +120,9 @@ def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
             assert result["state"] == state, (name, result)
             left = _alive_with(f"{marker}-{name}")
             assert not left, f"{name}: processes outlived the job: {left}"
-            held = json.loads((Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl" /
-                               "runner.json").read_text())["containment"]
+            held = json.loads(
+                (Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl" / "runner.json").read_text()
+            )["containment"]
             expected_kind = "subreaper" if containment == "subreaper" or not cgroup_available() else "cgroup"
             assert held["kind"] == expected_kind, held
             if "cgroup" in held:
@@ -119,8 +135,11 @@ def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
 
 
 def _work(daemon: SyncdProcess, backend: dict, result: dict) -> Path:
-    base = daemon.root / backend["workdir_root"] if "workdir_root" in backend else \
-        daemon.root / ".state" / "backends" / "local"
+    base = (
+        daemon.root / backend["workdir_root"]
+        if "workdir_root" in backend
+        else daemon.root / ".state" / "backends" / "local"
+    )
     return base / result["remote_id"]
 
 

@@ -22,11 +22,24 @@ def _states(daemon: SyncdProcess) -> dict[str, str]:
 
 
 def cybergis_section(service: CybergisService, data, globus: bool = False, **overrides) -> dict:
-    section = {"type": "cybergis", "url": service.url, "jupyterhub_host": service.HUB, "token": service.TOKEN,
-               "hpc": service.HPC, "runner": service.RUNNER, "data_path": str(data), "connect_timeout": "1s",
-               "request_timeout": "3s", "globus_poll": "0.2s", "max_parallel": 8}
-    section.update({"globus_endpoint": service.HOST_ENDPOINT, "globus_path": str(data)} if globus else
-                   {"server_data_path": str(data), "results_path": str(service.root / "hpc")})
+    section = {
+        "type": "cybergis",
+        "url": service.url,
+        "jupyterhub_host": service.HUB,
+        "token": service.TOKEN,
+        "hpc": service.HPC,
+        "runner": service.RUNNER,
+        "data_path": str(data),
+        "connect_timeout": "1s",
+        "request_timeout": "3s",
+        "globus_poll": "0.2s",
+        "max_parallel": 8,
+    }
+    section.update(
+        {"globus_endpoint": service.HOST_ENDPOINT, "globus_path": str(data)}
+        if globus
+        else {"server_data_path": str(data), "results_path": str(service.root / "hpc")}
+    )
     section.update(overrides)
     return section
 
@@ -36,17 +49,25 @@ def cybergis_site(tmp_path, cybergis_service):
     def build(service: CybergisService | None = None, **overrides):
         section = cybergis_section(service or cybergis_service, tmp_path / "data", **overrides)
         return make_config(tmp_path / "site", backend="cybergis", extra={"backends": {"cybergis": section}})
+
     return build
 
 
 def test_run_drop_folders_through_the_gateway_to_the_outbox(cybergis_site):
     daemon = SyncdProcess(cybergis_site()).start()
     try:
-        drop_job(daemon.inbox, "sorts", {"command": "sort data/in.txt > sorted.txt; echo ran as $SYNCD_JOB_ID"},
-                 {"data/in.txt": "b\nc\na\n"})
+        drop_job(
+            daemon.inbox,
+            "sorts",
+            {"command": "sort data/in.txt > sorted.txt; echo ran as $SYNCD_JOB_ID"},
+            {"data/in.txt": "b\nc\na\n"},
+        )
         drop_job(daemon.inbox, "fails", {"command": "echo oops >&2; echo partial > partial.txt; exit 7"})
-        drop_job(daemon.inbox, "argv", {"command": ["python3", "-c", "import sys; open('a.txt', 'w').write(sys.argv[1])",
-                                                    'x "y" $(no) `no`']})
+        drop_job(
+            daemon.inbox,
+            "argv",
+            {"command": ["python3", "-c", "import sys; open('a.txt', 'w').write(sys.argv[1])", 'x "y" $(no) `no`']},
+        )
         drop_job(daemon.inbox, "too big", {"command": "true", "resources": {"cpus": 64}})
         results = {name: daemon.result(name, timeout=60) for name in ("sorts", "fails", "argv")}
         wait_for(lambda: (daemon.root / "failed" / "too big" / "ERROR.txt").exists(), what="the rejection")
@@ -54,8 +75,12 @@ def test_run_drop_folders_through_the_gateway_to_the_outbox(cybergis_site):
         daemon.stop()
     out = daemon.outbox / "results"
     sorts = results["sorts"]
-    assert (sorts["state"], sorts["backend"], sorts["remote_state"], sorts["exit_code"]) == \
-        ("succeeded", "cybergis", "JOB_ENDED", 0), sorts
+    assert (sorts["state"], sorts["backend"], sorts["remote_state"], sorts["exit_code"]) == (
+        "succeeded",
+        "cybergis",
+        "JOB_ENDED",
+        0,
+    ), sorts
     assert re.fullmatch(r"\d{10}[A-Za-z0-9]{5}", sorts["remote_id"])
     assert (out / "sorts" / "sorted.txt").read_text() == "a\nb\nc\n"
     assert not (out / "sorts" / "data").exists(), "an input the job left unchanged is not an output"
@@ -66,8 +91,10 @@ def test_run_drop_folders_through_the_gateway_to_the_outbox(cybergis_site):
     assert (out / "fails" / "partial.txt").read_text() == "partial\n"
     assert (out / "argv" / "a.txt").read_text() == 'x "y" $(no) `no`'
     assert not list(out.glob("*/.syncd")), "syncd's wrapper files are never delivered"
-    assert "resources.cpus: 64 is more than HPC 'emu_community'" in \
-        (daemon.root / "failed" / "too big" / "ERROR.txt").read_text()
+    assert (
+        "resources.cpus: 64 is more than HPC 'emu_community'"
+        in (daemon.root / "failed" / "too big" / "ERROR.txt").read_text()
+    )
 
 
 def test_run_timeout_and_cancel_stop_the_job_on_the_gateway(cybergis_site, cybergis_service):
@@ -148,6 +175,7 @@ def test_run_gateway_restarted_mid_flight_running_and_queued_jobs_finish_exactly
         try:
             for name in names[:2]:
                 drop_job(daemon.inbox, name, {"command": f"echo {name} >> {ledger}; sleep 3; echo {name} > out.txt"})
+
             def one_running_one_queued():
                 found = _states(daemon)
                 return found if sorted(found.values()) == ["queued", "running"] else None

@@ -22,6 +22,7 @@ SYNCD_FILES = {"syncd-stdout.txt", "syncd-stderr.txt", "syncd-result.json"}
 
 def _copy_example(dest: Path) -> Path:
     """Copy examples/local without anything a local run of the example may have left in it."""
+
     def ignore(directory: str, names: list[str]) -> list[str]:
         if Path(directory) == EXAMPLES:
             return [n for n in names if n in RUNTIME_FOLDERS or re.fullmatch(r"syncd-\w+\.log", n)]
@@ -49,7 +50,7 @@ def example_run(tmp_path_factory):
         staging.mkdir()
         for job in EXAMPLE_JOBS:
             shutil.copytree(site / "jobs" / job.name, staging / job.name)  # cp -r jobs/<job> .
-            os.rename(staging / job.name, daemon.inbox / job.name)          # && mv <job> inbox/
+            os.rename(staging / job.name, daemon.inbox / job.name)  # && mv <job> inbox/
         yield daemon, site
     finally:
         assert daemon.stop() == 0, daemon.log()
@@ -63,8 +64,9 @@ def test_validate_accepts_every_example_job(job):
 
 
 def test_validate_accepts_example_config():
-    done = subprocess.run([*SYNCD, "validate", str(EXAMPLES / "syncd.yaml")], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [*SYNCD, "validate", str(EXAMPLES / "syncd.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "valid config with 1 inbox(es)" in done.stdout
 
@@ -122,7 +124,9 @@ def test_with_env_and_timeout_sees_its_variables(example_run):
     folder = daemon.outbox / "results" / "with-env-and-timeout"
     assert result["state"] == "succeeded", (folder / "syncd-stderr.txt").read_text()
     assert (folder / "env.txt").read_text().splitlines() == [
-        "GREETING=hello from job.yaml", "ANSWER=42", "SYNCD_JOB_NAME=with-env-and-timeout",
+        "GREETING=hello from job.yaml",
+        "ANSWER=42",
+        "SYNCD_JOB_NAME=with-env-and-timeout",
     ]
 
 
@@ -135,8 +139,9 @@ def test_gitignore_keeps_runtime_folders_out_of_git(example_run):
     git = shutil.which("git")
     assert git, "git is needed to check .gitignore"
     subprocess.run([git, "init", "-q", str(site)], check=True)
-    listed = subprocess.run([git, "-C", str(site), "ls-files", "--others", "--exclude-standard"],
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(
+        [git, "-C", str(site), "ls-files", "--others", "--exclude-standard"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     leaked = [p for p in listed if p.split("/")[0] in RUNTIME_FOLDERS]
     assert not leaked, f"runtime files not ignored: {leaked[:10]}"
     assert "syncd.yaml" in listed and "jobs/hello/job.yaml" in listed and ".gitignore" in listed

@@ -23,12 +23,19 @@ def test_examples_cybergis_config_and_job_run_through_the_gateway(tmp_path, cybe
     assert config.read_text().count("settle: 5s") == 1
     config.write_text(config.read_text().replace("settle: 5s", "settle: 0.3s"))
     shared = tmp_path / "shared"
-    env = {"CYBERGIS_URL": cybergis_service.url, "JUPYTERHUB_HOST": cybergis_service.HUB,
-           "JUPYTERHUB_API_TOKEN": cybergis_service.TOKEN, "CYBERGIS_HPC": cybergis_service.HPC,
-           "CYBERGIS_RUNNER": cybergis_service.RUNNER, "CYBERGIS_DATA_PATH": str(shared),
-           "CYBERGIS_SERVER_DATA_PATH": str(shared), "CYBERGIS_RESULTS_PATH": str(cybergis_service.root / "hpc")}
-    checked = subprocess.run([*SYNCD, "validate", str(config)], capture_output=True, text=True,
-                             env={**os.environ, **env})
+    env = {
+        "CYBERGIS_URL": cybergis_service.url,
+        "JUPYTERHUB_HOST": cybergis_service.HUB,
+        "JUPYTERHUB_API_TOKEN": cybergis_service.TOKEN,
+        "CYBERGIS_HPC": cybergis_service.HPC,
+        "CYBERGIS_RUNNER": cybergis_service.RUNNER,
+        "CYBERGIS_DATA_PATH": str(shared),
+        "CYBERGIS_SERVER_DATA_PATH": str(shared),
+        "CYBERGIS_RESULTS_PATH": str(cybergis_service.root / "hpc"),
+    }
+    checked = subprocess.run(
+        [*SYNCD, "validate", str(config)], capture_output=True, text=True, env={**os.environ, **env}
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     daemon = SyncdProcess(config, env=env).start()
     try:

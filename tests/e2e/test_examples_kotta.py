@@ -20,17 +20,33 @@ EXAMPLE = ROOT / "examples" / "kotta"
 def test_examples_kotta_config_and_job_run_on_kotta(tmp_path, kotta_service):
     site = tmp_path / "kotta-example"
     shutil.copytree(EXAMPLE, site)
-    (site / "syncd.yaml").write_text((site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s")
-                                     + "http: {listen: '127.0.0.1:0'}\n")
+    (site / "syncd.yaml").write_text(
+        (site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s") + "http: {listen: '127.0.0.1:0'}\n"
+    )
     user = kotta_service.add_user()
     credentials = site / "kotta-credentials.json"  # as Kotta's /refresh_token page shows them
-    credentials.write_text(json.dumps({"access_token": user["access_token"], "refresh_token": user["refresh_token"],
-                                       "token_type": "bearer", "expires_in": 3600}))
+    credentials.write_text(
+        json.dumps(
+            {
+                "access_token": user["access_token"],
+                "refresh_token": user["refresh_token"],
+                "token_type": "bearer",
+                "expires_in": 3600,
+            }
+        )
+    )
     credentials.chmod(0o600)
-    env = {"KOTTA_URL": kotta_service.url,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    checked = subprocess.run([*SYNCD, "validate", str(site / "syncd.yaml")], capture_output=True, text=True,
-                             env={**os.environ, **env}, timeout=60)
+    env = {
+        "KOTTA_URL": kotta_service.url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    checked = subprocess.run(
+        [*SYNCD, "validate", str(site / "syncd.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     for folder in ("inbox", "outbox", "failed"):
         (site / folder).mkdir()

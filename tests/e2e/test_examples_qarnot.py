@@ -20,8 +20,13 @@ def test_examples_qarnot_config_and_job_run_on_qarnot(tmp_path, qarnot):
     shutil.copytree(EXAMPLE, site)
     (site / "syncd.yaml").write_text((site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s"))
     env = {"QARNOT_CLUSTER_URL": qarnot.url, "QARNOT_CLIENT_TOKEN": qarnot.token}
-    checked = subprocess.run([*SYNCD, "validate", str(site / "syncd.yaml")], capture_output=True, text=True,
-                             env={**os.environ, **env}, timeout=60)
+    checked = subprocess.run(
+        [*SYNCD, "validate", str(site / "syncd.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     daemon = SyncdProcess(site / "syncd.yaml", env=env).start()
     try:

@@ -20,10 +20,18 @@ def test_examples_slurm_config_and_job_run_on_the_cluster(tmp_path, slurm_cluste
     (site / "syncd.yaml").write_text((site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s"))
     shared = tmp_path / "shared"
     shared.mkdir()
-    env = {"SLURMRESTD_URL": slurm_cluster.url, "SLURM_USER": slurm_cluster.user,
-           "SLURM_TOKEN_COMMAND": " ".join(slurm_cluster.token_command()), "SLURM_WORKDIR_ROOT": str(shared)}
-    checked = subprocess.run([*SYNCD, "validate", str(site / "syncd.yaml")], capture_output=True, text=True,
-                             env={**__import__("os").environ, **env})
+    env = {
+        "SLURMRESTD_URL": slurm_cluster.url,
+        "SLURM_USER": slurm_cluster.user,
+        "SLURM_TOKEN_COMMAND": " ".join(slurm_cluster.token_command()),
+        "SLURM_WORKDIR_ROOT": str(shared),
+    }
+    checked = subprocess.run(
+        [*SYNCD, "validate", str(site / "syncd.yaml")],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     daemon = SyncdProcess(site / "syncd.yaml", env=env).start()
     try:

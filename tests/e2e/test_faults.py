@@ -78,8 +78,11 @@ def _job(daemon: SyncdProcess, name: str) -> dict | None:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _parts(root: Path) -> list[Path]:
@@ -95,10 +98,15 @@ def test_outbox_full_disk_waits_then_delivers_once_with_identical_outputs(config
     runs = tmp_path / "runs.txt"
     daemon = SyncdProcess(site).start()
     try:
-        drop_job(daemon.inbox, "big", {"command": f"echo run >> {runs}; echo small > small.txt; "
-                                                  f"head -c {3 * MiB} /dev/urandom > big.bin"})
-        job = wait_for(lambda: (j := _job(daemon, "big")) and j["error"] and "no space" in j["error"] and j,
-                       what="the collect step to meet the full outbox")
+        drop_job(
+            daemon.inbox,
+            "big",
+            {"command": f"echo run >> {runs}; echo small > small.txt; head -c {3 * MiB} /dev/urandom > big.bin"},
+        )
+        job = wait_for(
+            lambda: (j := _job(daemon, "big")) and j["error"] and "no space" in j["error"] and j,
+            what="the collect step to meet the full outbox",
+        )
         assert job["state"] == "collecting", job
         assert str(outbox) in job["error"] and "free space" in job["error"], job["error"]
         assert http_get(http_port(daemon), "/healthz")[0] == 200
@@ -135,8 +143,10 @@ def test_state_database_on_a_full_disk_pauses_every_job_then_resumes_each_once(c
         wait_for(lambda: (j := _job(daemon, "a")) and j["state"] == "running", what="job a to run")
         filler = _fill(state)
         drop_job(daemon.inbox, "b", {"command": f"echo run >> {runs_b}; echo b > out.txt"})
-        status, body = wait_for(lambda: (r := http_get(port, "/readyz"))[0] == 503 and "state store" in r[1] and r,
-                                what="/readyz to report the state store")
+        status, body = wait_for(
+            lambda: (r := http_get(port, "/readyz"))[0] == 503 and "state store" in r[1] and r,
+            what="/readyz to report the state store",
+        )
         assert "free space" in body and str(state) in body, body
         wait_for(lambda: list(work.glob("local/*/ctrl/status.json")), what="job a's command to end")
         assert http_get(port, "/healthz")[0] == 200
@@ -166,10 +176,13 @@ def test_work_folder_full_during_staging_waits_then_runs_once(config_factory, ti
     data = os.urandom(3 * MiB)
     daemon = SyncdProcess(site).start()
     try:
-        drop_job(daemon.inbox, "staged", {"command": f"echo run >> {runs}; sha256sum data.bin > sum.txt"},
-                 {"data.bin": data})
-        job = wait_for(lambda: (j := _job(daemon, "staged")) and j["error"] and "no space" in j["error"] and j,
-                       what="staging to meet the full work folder")
+        drop_job(
+            daemon.inbox, "staged", {"command": f"echo run >> {runs}; sha256sum data.bin > sum.txt"}, {"data.bin": data}
+        )
+        job = wait_for(
+            lambda: (j := _job(daemon, "staged")) and j["error"] and "no space" in j["error"] and j,
+            what="staging to meet the full work folder",
+        )
         assert job["state"] == "staging", job
         assert str(work) in job["error"] and "free space" in job["error"], job["error"]
         assert _parts(work) == [], "a partial copy was left on the full disk"
@@ -179,8 +192,9 @@ def test_work_folder_full_during_staging_waits_then_runs_once(config_factory, ti
         _resize(work, "64m")
         result = daemon.result("staged")
         assert result["state"] == "succeeded" and result["attempts"] == 1
-        assert (daemon.outbox / "results" / "staged" / "sum.txt").read_text().split()[0] == \
-            hashlib.sha256(data).hexdigest()
+        assert (daemon.outbox / "results" / "staged" / "sum.txt").read_text().split()[0] == hashlib.sha256(
+            data
+        ).hexdigest()
         assert runs.read_text() == "run\n"
     finally:
         daemon.stop()
@@ -195,13 +209,18 @@ def unprivileged_site(tmp_path_factory):
     """A site owned by an unprivileged user (created if missing), for a daemon started as that user."""
     _need_root("running the daemon as another user")
     if subprocess.run(["id", "-u", UNPRIVILEGED], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED],
-                       check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED], check=True
+        )
     # pytest's own temporary folders are private to root: the site needs a parent the user can enter.
-    root = Path(subprocess.run(["mktemp", "-d", "/tmp/syncd-unprivileged-XXXXXX"], capture_output=True, text=True,
-                               check=True).stdout.strip())
+    root = Path(
+        subprocess.run(
+            ["mktemp", "-d", "/tmp/syncd-unprivileged-XXXXXX"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     try:
         from tests.support.harness import make_config
+
         site = make_config(root / "site")
         subprocess.run(["chown", "-R", f"{UNPRIVILEGED}:{UNPRIVILEGED}", str(root)], check=True)
         yield site
@@ -214,8 +233,12 @@ def test_unreadable_input_is_rejected_with_a_report_naming_it_and_nothing_lost(u
     whose report names the file and the fix; every file stays, byte for byte."""
     daemon = SyncdProcess(unprivileged_site, user=UNPRIVILEGED).start()
     try:
-        job = drop_job(daemon.inbox.parent, "locked", {"command": "cat data.txt secret.dat > out.txt"},
-                       {"data.txt": "hello\n", "secret.dat": b"\x00top secret\n", "sub/more.txt": "more\n"})
+        job = drop_job(
+            daemon.inbox.parent,
+            "locked",
+            {"command": "cat data.txt secret.dat > out.txt"},
+            {"data.txt": "hello\n", "secret.dat": b"\x00top secret\n", "sub/more.txt": "more\n"},
+        )
         subprocess.run(["chown", "-R", f"{UNPRIVILEGED}:{UNPRIVILEGED}", str(job)], check=True)
         os.chown(job / "secret.dat", 0, 0)
         os.chmod(job / "secret.dat", 0o600)
@@ -302,8 +325,7 @@ def test_claimed_folder_moved_back_into_the_inbox_is_returned_not_run_again(site
     assert runs.read_text() == "run\n"
 
 
-def test_claimed_folder_renamed_before_submission_holds_the_job_until_it_comes_back(config_factory, tiny_fs,
-                                                                                    tmp_path):
+def test_claimed_folder_renamed_before_submission_holds_the_job_until_it_comes_back(config_factory, tiny_fs, tmp_path):
     """Promises 1, 2: the claimed folder renamed while the job waits in staging (its work folder is full):
     the job is held with a reason naming the folder; dropped back into the inbox, it resumes and runs once."""
     site = config_factory()
@@ -311,10 +333,16 @@ def test_claimed_folder_renamed_before_submission_holds_the_job_until_it_comes_b
     runs = tmp_path / "runs.txt"
     daemon = SyncdProcess(site).start()
     try:
-        drop_job(daemon.inbox, "moved", {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
-                 {"data.bin": os.urandom(3 * MiB)})
-        job = wait_for(lambda: (j := _job(daemon, "moved")) and j["error"] and "no space" in j["error"] and j,
-                       what="the job to wait in staging")
+        drop_job(
+            daemon.inbox,
+            "moved",
+            {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
+            {"data.bin": os.urandom(3 * MiB)},
+        )
+        job = wait_for(
+            lambda: (j := _job(daemon, "moved")) and j["error"] and "no space" in j["error"] and j,
+            what="the job to wait in staging",
+        )
         claimed = daemon.inbox / ".syncd" / "claimed" / job["id"]
         aside = claimed.with_name("mine")
         os.rename(claimed, aside)
@@ -348,18 +376,25 @@ def test_inbox_share_unmounted_and_back_makes_jobs_wait_never_held_or_rejected(c
     daemon = SyncdProcess(site).start()
     try:
         # Built inside the mount and renamed in (a rename cannot cross into a bind mount).
-        built = make_job(inbox / ".incoming", "on-share",
-                         {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
-                         {"data.bin": os.urandom(3 * MiB)})
+        built = make_job(
+            inbox / ".incoming",
+            "on-share",
+            {"command": f"echo run >> {runs}; wc -c < data.bin > size.txt"},
+            {"data.bin": os.urandom(3 * MiB)},
+        )
         os.rename(built, inbox / "on-share")
         (inbox / ".incoming").rmdir()
-        job = wait_for(lambda: (j := _job(daemon, "on-share")) and j["error"] and "no space" in j["error"] and j,
-                       what="the job to wait in staging")
+        job = wait_for(
+            lambda: (j := _job(daemon, "on-share")) and j["error"] and "no space" in j["error"] and j,
+            what="the job to wait in staging",
+        )
         subprocess.run(["umount", str(inbox)], check=True)
         mounted = False
         assert not (inbox / ".syncd").exists(), "the mount point is empty: the share is away"
-        waiting = wait_for(lambda: (j := _job(daemon, "on-share")) and "not reachable" in (j["error"] or "") and j,
-                           what="the job to notice the share is away")
+        waiting = wait_for(
+            lambda: (j := _job(daemon, "on-share")) and "not reachable" in (j["error"] or "") and j,
+            what="the job to notice the share is away",
+        )
         assert waiting["state"] == "staging", waiting
         _resize(work, "64m")  # staging could go on now, but the inputs are on the share
         wait_for(lambda: daemon.log().count("not reachable") >= 2, what="a second attempt while the share is away")

@@ -59,14 +59,22 @@ def outbox_dir(corpus: Corpus, case: Case) -> Path:
 
 
 def _decided(corpus: Corpus, case: Case) -> bool:
-    return (os.path.exists(os.path.join(failed_dir(corpus, case), b"syncd-error.json"))
-            or (outbox_dir(corpus, case) / "syncd-result.json").exists())
+    return (
+        os.path.exists(os.path.join(failed_dir(corpus, case), b"syncd-error.json"))
+        or (outbox_dir(corpus, case) / "syncd-result.json").exists()
+    )
 
 
 def _site_config(root: Path, **overrides) -> Path:
-    return make_config(root, settle="0.3s", rescan="1s", extra={
-        "backends": {"local": {"type": "local", "max_parallel": 4, "keep_workdir": True}},
-    }, **overrides)
+    return make_config(
+        root,
+        settle="0.3s",
+        rescan="1s",
+        extra={
+            "backends": {"local": {"type": "local", "max_parallel": 4, "keep_workdir": True}},
+        },
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +91,9 @@ def corpus(tmp_path_factory):
         path = built[case.key]
         if os.path.isdir(path) and not os.path.islink(path):
             result.before[case.key] = fingerprint(path)
-        result.entry_before[case.key] = (os.readlink(path) if os.path.islink(path)
-                                         else open(path, "rb").read() if os.path.isfile(path) else None)
+        result.entry_before[case.key] = (
+            os.readlink(path) if os.path.islink(path) else open(path, "rb").read() if os.path.isfile(path) else None
+        )
     daemon = result.daemon.start()
     inbox = _bytes(daemon.inbox)
     started = time.monotonic()
@@ -103,8 +112,11 @@ def corpus(tmp_path_factory):
 
 
 def _is_report_name(rel: bytes) -> bool:
-    return rel in SYNCD_REPORTS or (rel.startswith(b"syncd-error-") and rel.endswith(b".json")) \
+    return (
+        rel in SYNCD_REPORTS
+        or (rel.startswith(b"syncd-error-") and rel.endswith(b".json"))
         or (rel.startswith(b"ERROR-syncd-") and rel.endswith(b".txt"))
+    )
 
 
 def _after_without_reports(path: bytes, before: dict) -> dict:
@@ -131,12 +143,16 @@ def _text_report_name(folder: bytes, before: dict) -> bytes:
 
 def _check_rejected(corpus: Corpus, case: Case) -> None:
     folder = failed_dir(corpus, case)
-    report_path = _report_path(folder, corpus.before[case.key]) if os.path.isdir(folder) else \
-        os.path.join(folder, b"syncd-error.json")
+    report_path = (
+        _report_path(folder, corpus.before[case.key])
+        if os.path.isdir(folder)
+        else os.path.join(folder, b"syncd-error.json")
+    )
     assert os.path.exists(report_path), (
         f"{case.key}: not rejected; result record: "
         f"{(outbox_dir(corpus, case) / 'syncd-result.json').exists()}; inbox still has it: "
-        f"{os.path.lexists(os.path.join(_bytes(corpus.daemon.inbox), case.fsname))}")
+        f"{os.path.lexists(os.path.join(_bytes(corpus.daemon.inbox), case.fsname))}"
+    )
     with open(report_path, "rb") as handle:
         report = json.loads(handle.read())
     assert report["state"] == "rejected" and report.get("id"), report
@@ -155,7 +171,8 @@ def _check_ran(corpus: Corpus, case: Case) -> None:
     folder = outbox_dir(corpus, case)
     assert (folder / "syncd-result.json").exists(), (
         f"{case.key}: no result record; rejected instead: "
-        f"{os.path.exists(os.path.join(failed_dir(corpus, case), b'syncd-error.json'))}")
+        f"{os.path.exists(os.path.join(failed_dir(corpus, case), b'syncd-error.json'))}"
+    )
     result = json.loads((folder / "syncd-result.json").read_text())
     assert result["state"] == case.outcome, result
     if case.check is not None:
@@ -180,8 +197,13 @@ def _check_ignored(corpus: Corpus, case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.key for c in CASES])
 def test_corpus_case_gets_its_documented_outcome(corpus, case):
-    {"rejected": _check_rejected, "succeeded": _check_ran, "failed": _check_ran, "validated": _check_ran,
-     "ignored": _check_ignored}[case.outcome](corpus, case)
+    {
+        "rejected": _check_rejected,
+        "succeeded": _check_ran,
+        "failed": _check_ran,
+        "validated": _check_ran,
+        "ignored": _check_ignored,
+    }[case.outcome](corpus, case)
 
 
 def test_corpus_has_at_least_forty_cases_with_unique_names():
@@ -242,8 +264,10 @@ def test_corpus_error_txt_has_one_line_per_problem(corpus):
         problems = [line for line in text.splitlines() if line.startswith("  - ")]
         assert len(problems) == len(report["problems"]), (case.key, text)
         assert not any(ch in text for ch in INVISIBLE), case.key
-    text = open(os.path.join(failed_dir(corpus, next(c for c in CASES if c.key == "problem-forged")),
-                             b"ERROR.txt"), encoding="utf-8").read()
+    text = open(
+        os.path.join(failed_dir(corpus, next(c for c in CASES if c.key == "problem-forged")), b"ERROR.txt"),
+        encoding="utf-8",
+    ).read()
     assert "\n  - forged" not in text and "p\\n  - forged" in text
 
 
@@ -262,8 +286,9 @@ def test_corpus_status_and_jobs_show_every_name_on_one_visible_line(corpus):
 def test_corpus_logs_no_unexpected_errors(corpus):
     log = corpus.daemon.log()
     for marker in ("Traceback", "unexpected error", "failed unexpectedly", "claiming '"):
-        assert marker not in log, f"{marker!r} in the daemon log:\n" + "\n".join(
-            line for line in log.splitlines() if marker in line)[:3000]
+        assert marker not in log, (
+            f"{marker!r} in the daemon log:\n" + "\n".join(line for line in log.splitlines() if marker in line)[:3000]
+        )
 
 
 @pytest.mark.slow
@@ -280,8 +305,11 @@ def test_many_files_job_is_rejected_by_max_input_files_and_kept_whole(tmp_path):
     try:
         os.rename(path, os.path.join(_bytes(daemon.inbox), MANY_FILES.fsname))
         failed = site / "failed" / "h-many-files"
-        wait_for(lambda: (failed / "syncd-error.json").exists() or daemon.proc.poll() is not None, timeout=120,
-                 what="the 100,000-file job to be rejected")
+        wait_for(
+            lambda: (failed / "syncd-error.json").exists() or daemon.proc.poll() is not None,
+            timeout=120,
+            what="the 100,000-file job to be rejected",
+        )
         report = json.loads((failed / "syncd-error.json").read_text())
         assert any("more than 10000 files" in p for p in report["problems"]), report
         assert _after_without_reports(_bytes(failed), before) == before

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.e2e
 
 def test_run_names_with_spaces_and_non_ascii_deliver_to_their_own_folder(daemon):
     name = "Messung Öl 2026 — été"
-    drop_job(daemon.inbox, name, {"command": "cat 'données brutes.txt' > 'résultat final.txt'"},
-             {"données brutes.txt": "ça marche\n"})
+    drop_job(
+        daemon.inbox,
+        name,
+        {"command": "cat 'données brutes.txt' > 'résultat final.txt'"},
+        {"données brutes.txt": "ça marche\n"},
+    )
     result = daemon.result(name)
     assert result["state"] == "succeeded", result
     assert (daemon.outbox / "results" / name / "résultat final.txt").read_text() == "ça marche\n"
@@ -26,7 +30,9 @@ def test_run_names_with_spaces_and_non_ascii_deliver_to_their_own_folder(daemon)
 def test_run_nested_inputs_and_outputs_keep_their_relative_paths(daemon):
     files = {f"data/level{i}/part{i}.txt": f"payload {i}\n" for i in range(3)}
     files["data/deep/er/still/file.csv"] = "a,b\n"
-    command = "mkdir -p out/x/y && cat data/*/part*.txt > out/x/y/all.txt && cp data/deep/er/still/file.csv out/copy.csv"
+    command = (
+        "mkdir -p out/x/y && cat data/*/part*.txt > out/x/y/all.txt && cp data/deep/er/still/file.csv out/copy.csv"
+    )
     drop_job(daemon.inbox, "nested", {"command": command}, files)
     result = daemon.result("nested")
     out = daemon.outbox / "results" / "nested"
@@ -37,11 +43,15 @@ def test_run_nested_inputs_and_outputs_keep_their_relative_paths(daemon):
 
 
 def test_run_binary_output_of_5_mib_arrives_byte_for_byte(daemon):
-    command = ["python3", "-c",
-               "import random; r = random.Random(7); open('blob.bin', 'wb').write(r.randbytes(5 * 1024 * 1024))"]
+    command = [
+        "python3",
+        "-c",
+        "import random; r = random.Random(7); open('blob.bin', 'wb').write(r.randbytes(5 * 1024 * 1024))",
+    ]
     drop_job(daemon.inbox, "binary", {"command": command})
     result = daemon.result("binary")
     import random
+
     expected = random.Random(7).randbytes(5 * 1024 * 1024)
     delivered = (daemon.outbox / "results" / "binary" / "blob.bin").read_bytes()
     assert result["state"] == "succeeded"
@@ -56,7 +66,7 @@ def test_run_slow_copy_straight_into_the_inbox_does_not_start_early(config_facto
     try:
         job = daemon.inbox / "slow"
         job.mkdir()
-        (job / "job.yaml").write_text("command: \"wc -l < data.txt > count.txt\"\n")
+        (job / "job.yaml").write_text('command: "wc -l < data.txt > count.txt"\n')
         with open(job / "data.txt", "w") as out:  # a copy that trickles in, like a slow network drive
             for line in range(8):
                 out.write(f"line {line}\n")
@@ -128,7 +138,7 @@ def test_run_symlink_to_a_file_outside_is_rejected_and_never_copied(daemon, tmp_
     secret.write_text("TOP-SECRET-CONTENT")
     staging = daemon.root / "staging-link"
     staging.mkdir()
-    (staging / "job.yaml").write_text("command: \"cat link.txt > leaked.txt\"\n")
+    (staging / "job.yaml").write_text('command: "cat link.txt > leaked.txt"\n')
     os.symlink(secret, staging / "link.txt")
     os.rename(staging, daemon.inbox / "link-job")
     failed = daemon.root / "failed" / "link-job"
@@ -163,8 +173,10 @@ def test_run_many_jobs_respect_max_parallel_and_all_finish(config_factory):
     try:
         marker_dir = daemon.root / "concurrency"
         marker_dir.mkdir()
-        command = (f"touch {marker_dir}/$SYNCD_JOB_ID; ls {marker_dir} | wc -l > seen.txt; sleep 0.5; "
-                   f"rm {marker_dir}/$SYNCD_JOB_ID")
+        command = (
+            f"touch {marker_dir}/$SYNCD_JOB_ID; ls {marker_dir} | wc -l > seen.txt; sleep 0.5; "
+            f"rm {marker_dir}/$SYNCD_JOB_ID"
+        )
         for i in range(6):
             drop_job(daemon.inbox, f"par{i}", {"command": command})
         results = [daemon.result(f"par{i}", timeout=60) for i in range(6)]

@@ -21,13 +21,23 @@ ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PY
 @pytest.fixture
 def kotta_site(tmp_path, kotta_service):
     """``build(**backend_overrides)`` → (config path, the Kotta user) for a site whose one inbox runs on Kotta."""
+
     def build(user=None, **overrides):
         user = user or kotta_service.add_user()
-        section = {"type": "kotta", "url": kotta_service.url, "access_token": {"token": user["access_token"]},
-                   "refresh_token": {"token": user["refresh_token"]}, "default_walltime": "1h",
-                   "connect_timeout": "1s", "request_timeout": "5s", **overrides}
-        return make_config(tmp_path / "site", backend="kotta", max_parallel=4,
-                           extra={"backends": {"kotta": section}}), user
+        section = {
+            "type": "kotta",
+            "url": kotta_service.url,
+            "access_token": {"token": user["access_token"]},
+            "refresh_token": {"token": user["refresh_token"]},
+            "default_walltime": "1h",
+            "connect_timeout": "1s",
+            "request_timeout": "5s",
+            **overrides,
+        }
+        return make_config(
+            tmp_path / "site", backend="kotta", max_parallel=4, extra={"backends": {"kotta": section}}
+        ), user
+
     return build
 
 
@@ -35,8 +45,12 @@ def test_run_jobs_on_kotta_succeed_fail_and_time_out_with_outputs_logs_and_recor
     site, _ = kotta_site()
     daemon = SyncdProcess(site, env=ENV).start()
     try:
-        drop_job(daemon.inbox, "sorts", {"command": "sort data/in.txt > out/sorted.txt; echo sorted", "env": {"X": "1"}},
-                 {"data/in.txt": "b\nc\na\n", "out/.keep": ""})
+        drop_job(
+            daemon.inbox,
+            "sorts",
+            {"command": "sort data/in.txt > out/sorted.txt; echo sorted", "env": {"X": "1"}},
+            {"data/in.txt": "b\nc\na\n", "out/.keep": ""},
+        )
         drop_job(daemon.inbox, "fails", {"command": "echo partial > partial.txt; echo oops >&2; exit 7"})
         drop_job(daemon.inbox, "too long", {"command": "echo begun; sleep 60", "timeout": "1s"})
         results = {name: daemon.result(name, timeout=60) for name in ("sorts", "fails", "too long")}
@@ -81,8 +95,9 @@ def test_run_cancel_is_refused_by_kotta_and_the_job_is_delivered_cancelled(kotta
     assert stopped["state"] == "cancelled", stopped
 
 
-def test_run_kill_9_at_each_kotta_phase_then_restart_runs_every_job_exactly_once(kotta_site, kotta_service,
-                                                                                 monkeypatch):
+def test_run_kill_9_at_each_kotta_phase_then_restart_runs_every_job_exactly_once(
+    kotta_site, kotta_service, monkeypatch
+):
     site, user = kotta_site()
     monkeypatch.setenv("PYTHONPATH", ENV["PYTHONPATH"])  # the chaos helper's daemons get the test's environment
     points = ["after:submitting", "submitted-unrecorded", "after:running"]
@@ -130,8 +145,10 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(kotta_site,
         wait_for(lambda: "backend kotta paused" in daemon.log(), timeout=30, what="the backend to pause")
         # staging needs Kotta too (upload_url): the job waits there, neither failed nor held
         assert json.loads(daemon.cli("status", "--json").stdout)[0]["state"] in ("staging", "staged", "submitting")
-        token.write_text(f"https://kotta.example.org/handle_login?access_token="
-                         f"{kotta_service.new_access_token(user['user_id']).replace('|', '%7C')}&expires_in=3600\n")
+        token.write_text(
+            f"https://kotta.example.org/handle_login?access_token="
+            f"{kotta_service.new_access_token(user['user_id']).replace('|', '%7C')}&expires_in=3600\n"
+        )
         result = daemon.result("waits", timeout=60)
     finally:
         daemon.stop()

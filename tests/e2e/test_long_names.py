@@ -38,8 +38,11 @@ def test_two_rejected_folders_with_the_same_255_byte_name_both_reach_failed_once
     try:
         for n in (1, 2):
             drop_job(daemon.inbox, name, {"command": "true"})
-            wait_for(lambda n=n: len(os.listdir(tmp_path / "site" / "failed")) == n, timeout=20,
-                     what=f"rejected folder {n} in failed/")
+            wait_for(
+                lambda n=n: len(os.listdir(tmp_path / "site" / "failed")) == n,
+                timeout=20,
+                what=f"rejected folder {n} in failed/",
+            )
         failed = sorted(os.listdir(tmp_path / "site" / "failed"))
         assert name in failed and all(len(f.encode()) <= NAME_MAX for f in failed), failed
         second = next(f for f in failed if f != name)

@@ -19,14 +19,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 def qarnot_site(tmp_path, qarnot, seaweedfs):
     """``build(same_s3=…, **backend options)`` → (config, bucket). With ``same_s3`` syncd's storage is the S3
     that Qarnot's buckets are on (outputs are copied there server-side), else a file storage."""
+
     def build(same_s3: bool = True, **backend):
         extra: dict = {"backends": {"qarnot": qarnot.backend_section(**backend)}}
         if not same_s3:
             return make_config(tmp_path / "site", backend="qarnot", extra=extra), "results"
         bucket = f"qe2e-{uuid.uuid4().hex[:10]}"
-        extra["storages"] = {"local": {"type": "file", "root": "buckets"},
-                             "s3": seaweedfs.storage_options(create_buckets=True)}
+        extra["storages"] = {
+            "local": {"type": "file", "root": "buckets"},
+            "s3": seaweedfs.storage_options(create_buckets=True),
+        }
         return make_config(tmp_path / "site", backend="qarnot", storage="s3", bucket=bucket, extra=extra), bucket
+
     return build
 
 
@@ -44,8 +48,12 @@ def test_run_drop_folder_through_qarnot_to_the_outbox(qarnot_site, qarnot, seawe
     config, bucket = qarnot_site()
     daemon = SyncdProcess(config).start()
     try:
-        drop_job(daemon.inbox, "on qarnot", {"command": "sort data/in.txt > sorted.txt; echo ran on $SYNCD_JOB_ID"},
-                 {"data/in.txt": "b\nc\na\n", "keep.txt": "unchanged\n"})
+        drop_job(
+            daemon.inbox,
+            "on qarnot",
+            {"command": "sort data/in.txt > sorted.txt; echo ran on $SYNCD_JOB_ID"},
+            {"data/in.txt": "b\nc\na\n", "keep.txt": "unchanged\n"},
+        )
         drop_job(daemon.inbox, "fails", {"command": "echo oops >&2; exit 7"})
         result = daemon.result("on qarnot", bucket=bucket, timeout=60)
         failed = daemon.result("fails", bucket=bucket, timeout=60)
@@ -143,8 +151,11 @@ def test_run_out_of_credits_pauses_the_backend_until_there_are_some(qarnot_site,
     daemon = SyncdProcess(config).start()
     try:
         drop_job(daemon.inbox, "needs credits", {"command": "echo paid"})
-        wait_for(lambda: "not enough credits" in daemon.log() and "may not run jobs now" in daemon.log(), timeout=30,
-                 what="the backend to pause for credits")
+        wait_for(
+            lambda: "not enough credits" in daemon.log() and "may not run jobs now" in daemon.log(),
+            timeout=30,
+            what="the backend to pause for credits",
+        )
         assert job_state(daemon, "needs credits") in ("staged", "submitting"), "it waits; it is not failed"
         qarnot.account(credits=None)
         result = daemon.result("needs credits", timeout=60)
@@ -171,8 +182,14 @@ def test_run_task_quota_reached_the_job_backs_off_until_a_task_ends(qarnot_site,
 
 @pytest.mark.parametrize(("status", "said"), [(429, "asks for fewer requests"), (503, "failed")])
 def test_run_rate_limit_and_unavailable_on_submit_back_off_then_submit_once(qarnot_site, qarnot, status, said):
-    qarnot.fail_next(status, "Too many requests" if status == 429 else "Service Unavailable", method="POST",
-                     path="/tasks", times=2, retry_after="1")
+    qarnot.fail_next(
+        status,
+        "Too many requests" if status == 429 else "Service Unavailable",
+        method="POST",
+        path="/tasks",
+        times=2,
+        retry_after="1",
+    )
     config, bucket = qarnot_site(same_s3=False)
     daemon = SyncdProcess(config).start()
     try:

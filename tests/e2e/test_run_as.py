@@ -36,8 +36,9 @@ def job_user() -> JobUser:
     try:
         pwd.getpwnam(JOB_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER],
-                       check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER], check=True
+        )
     return JobUser.lookup(JOB_USER)
 
 
@@ -53,8 +54,10 @@ def open_site(job_user):
 
 @pytest.fixture(scope="module")
 def runas_daemon(open_site):
-    config = make_config(open_site / "site", extra={"backends": {"local": {
-        "type": "local", "max_parallel": 4, "run_as": JOB_USER, "workdir_root": "work"}}})
+    config = make_config(
+        open_site / "site",
+        extra={"backends": {"local": {"type": "local", "max_parallel": 4, "run_as": JOB_USER, "workdir_root": "work"}}},
+    )
     os.chmod(config, 0o600)
     daemon = SyncdProcess(config).start()
     yield daemon
@@ -106,10 +109,15 @@ def test_job_runs_as_the_user_with_its_groups_and_cannot_touch_state_config_or_c
     daemon = runas_daemon
     state = daemon.root / ".state"
     data = os.urandom(300_000)
-    drop_job(daemon.inbox, "probe", {
-        "command": "sh probe.sh",
-        "env": {"DB_PATH": str(state / "syncd.db"), "CONFIG_PATH": str(daemon.config), "STATE_PATH": str(state)},
-    }, {"probe.sh": PROBE, "in.txt": "hello", "data.bin": data})
+    drop_job(
+        daemon.inbox,
+        "probe",
+        {
+            "command": "sh probe.sh",
+            "env": {"DB_PATH": str(state / "syncd.db"), "CONFIG_PATH": str(daemon.config), "STATE_PATH": str(state)},
+        },
+        {"probe.sh": PROBE, "in.txt": "hello", "data.bin": data},
+    )
     result = daemon.result("probe")
     out = daemon.outbox / "results" / "probe"
 
@@ -206,8 +214,14 @@ def test_timeout_and_cancel_kill_the_job_users_whole_process_group(runas_daemon,
     daemon = runas_daemon
     drop_job(daemon.inbox, "slow", {"command": "echo $$ > pgid.txt; sleep 300 & sleep 300", "timeout": "1s"})
     drop_job(daemon.inbox, "stopped", {"command": "echo $$ > pgid.txt; id -u > uid.txt; sleep 300 & sleep 300"})
-    wait_for(lambda: "running" in (daemon.inbox / "stopped.status.txt").read_text()
-             if (daemon.inbox / "stopped.status.txt").exists() else False, what="the job to run")
+    wait_for(
+        lambda: (
+            "running" in (daemon.inbox / "stopped.status.txt").read_text()
+            if (daemon.inbox / "stopped.status.txt").exists()
+            else False
+        ),
+        what="the job to run",
+    )
     daemon.cli("cancel", "stopped")
     for name, state in (("slow", "timed_out"), ("stopped", "cancelled")):
         result = daemon.result(name)
@@ -226,15 +240,18 @@ def test_unknown_user_or_missing_workdir_root_is_a_config_error_with_the_fix(tmp
     done = subprocess.run([*SYNCD, "validate", str(config)], capture_output=True, text=True)
     assert done.returncode == 1
     line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "run_as:" in text)
-    assert f"syncd.yaml:{line}: backends.local.run_as: no user named 'syncd-no-such-user' on this host; " \
-           f"create it (e.g. useradd --system --no-create-home syncd-no-such-user)" in done.stdout, done.stdout
+    assert (
+        f"syncd.yaml:{line}: backends.local.run_as: no user named 'syncd-no-such-user' on this host; "
+        f"create it (e.g. useradd --system --no-create-home syncd-no-such-user)" in done.stdout
+    ), done.stdout
 
     config = _write_config(tmp_path / "b", {"run_as": "root"})
     done = subprocess.run([*SYNCD, "validate", str(config)], capture_output=True, text=True)
     assert done.returncode == 1 and "run_as needs workdir_root" in done.stdout, done.stdout
 
-    config = _write_config(tmp_path / "c", {"run_as": "root", "run_as_group": "syncd-no-such-group",
-                                            "workdir_root": "work"})
+    config = _write_config(
+        tmp_path / "c", {"run_as": "root", "run_as_group": "syncd-no-such-group", "workdir_root": "work"}
+    )
     done = subprocess.run([*SYNCD, "run", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "no group named 'syncd-no-such-group'" in done.stderr, done.stderr
 
@@ -255,10 +272,13 @@ def preflight_answers(work_root: Path) -> list[str]:
 
 def _preflight(work_root: Path, *wrapper: str) -> list[str]:
     """preflight_answers in a fresh process, started through ``wrapper`` (which may drop capabilities)."""
-    code = ("import json, sys; from pathlib import Path; from tests.e2e.test_run_as import preflight_answers; "
-            "print(json.dumps(preflight_answers(Path(sys.argv[1]))))")
-    done = subprocess.run([*wrapper, sys.executable, "-c", code, str(work_root)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    code = (
+        "import json, sys; from pathlib import Path; from tests.e2e.test_run_as import preflight_answers; "
+        "print(json.dumps(preflight_answers(Path(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [*wrapper, sys.executable, "-c", code, str(work_root)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -298,15 +318,17 @@ def test_without_root_or_its_capabilities_jobs_never_start_and_the_error_says_wh
     without_setuid = open_site / "capless-work"
     probe, _, submit = _preflight(without_setuid, "setpriv", "--bounding-set", "-setuid,-kill")
     for answer in (probe, submit):
-        assert answer.startswith("TransientError: run_as: syncd-job needs the capabilities CAP_KILL, CAP_SETUID"), \
+        assert answer.startswith("TransientError: run_as: syncd-job needs the capabilities CAP_KILL, CAP_SETUID"), (
             answer
+        )
     assert not (without_setuid / "syncd-j1" / "ctrl" / "claim").exists()
 
     closed = open_site / "closed"
     closed.mkdir(mode=0o700)
     probe, *_ = _preflight(closed / "work")
-    assert probe.startswith(f"TransientError: run_as: syncd-job cannot reach the work folders under {closed}/work: "
-                            f"{closed} (mode 0700"), probe
+    assert probe.startswith(
+        f"TransientError: run_as: syncd-job cannot reach the work folders under {closed}/work: {closed} (mode 0700"
+    ), probe
 
 
 def test_units_for_run_as_run_as_root_with_only_the_capabilities_jobs_need(tmp_path, job_user):

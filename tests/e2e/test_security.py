@@ -45,17 +45,29 @@ def _grep_tree(root: Path, needles: list[bytes]) -> list[str]:
 def secret_site(tmp_path):
     """A site whose config holds S3 credentials through ${ENV} and whose daemon's environment holds AWS keys."""
     site = tmp_path / "site"
-    config = make_config(site, extra={
-        "storages": {
-            "local": {"type": "file", "root": "buckets"},
-            # configured but unused by the inbox: its keys come from the environment
-            "vault": {"type": "s3", "endpoint_url": "http://127.0.0.1:9", "access_key_id": "${VAULT_KEY_ID}",
-                      "secret_access_key": "${VAULT_SECRET}"},
+    config = make_config(
+        site,
+        extra={
+            "storages": {
+                "local": {"type": "file", "root": "buckets"},
+                # configured but unused by the inbox: its keys come from the environment
+                "vault": {
+                    "type": "s3",
+                    "endpoint_url": "http://127.0.0.1:9",
+                    "access_key_id": "${VAULT_KEY_ID}",
+                    "secret_access_key": "${VAULT_SECRET}",
+                },
+            },
         },
-    })
+    )
     assert CONFIG_SECRET not in config.read_text()
-    env = {"AWS_SECRET_ACCESS_KEY": DAEMON_SECRET, "AWS_ACCESS_KEY_ID": "AKIA" + DAEMON_SECRET[-8:],
-           "SYNCD_TEST_API_TOKEN": DAEMON_SECRET, "VAULT_SECRET": CONFIG_SECRET, "VAULT_KEY_ID": CONFIG_KEY_ID}
+    env = {
+        "AWS_SECRET_ACCESS_KEY": DAEMON_SECRET,
+        "AWS_ACCESS_KEY_ID": "AKIA" + DAEMON_SECRET[-8:],
+        "SYNCD_TEST_API_TOKEN": DAEMON_SECRET,
+        "VAULT_SECRET": CONFIG_SECRET,
+        "VAULT_KEY_ID": CONFIG_KEY_ID,
+    }
     daemon = SyncdProcess(config, "--log-level", "DEBUG", env=env).start()
     yield daemon
     daemon.stop()
@@ -70,16 +82,27 @@ def test_secrets_never_reach_jobs_logs_status_results_or_error_files(secret_site
     wait_for(lambda: (daemon.root / "failed" / "bad" / "syncd-error.json").exists(), timeout=20, what="rejection")
     assert envdump["state"] == "succeeded" and fails["state"] == "failed"
 
-    seen = dict(line.split("=", 1) for line in
-                (daemon.outbox / "results" / "envdump" / "env.txt").read_text().splitlines() if "=" in line)
+    seen = dict(
+        line.split("=", 1)
+        for line in (daemon.outbox / "results" / "envdump" / "env.txt").read_text().splitlines()
+        if "=" in line
+    )
     assert "AWS_SECRET_ACCESS_KEY" not in seen and "AWS_ACCESS_KEY_ID" not in seen
     assert "SYNCD_TEST_API_TOKEN" not in seen and "VAULT_SECRET" not in seen
     assert seen["SYNCD_JOB_NAME"] == "envdump" and "PATH" in seen, "the job still gets its minimal environment"
 
     outputs = []
-    for args in (("status",), ("status", "--all"), ("status", "--json", "--all"), ("status", "envdump"),
-                 ("status", "--json", "fails"), ("status", "bad"), ("logs", "envdump"), ("logs", "fails"),
-                 ("logs", "bad")):
+    for args in (
+        ("status",),
+        ("status", "--all"),
+        ("status", "--json", "--all"),
+        ("status", "envdump"),
+        ("status", "--json", "fails"),
+        ("status", "bad"),
+        ("logs", "envdump"),
+        ("logs", "fails"),
+        ("logs", "bad"),
+    ):
         done = daemon.cli(*args)
         outputs.append(done.stdout + done.stderr)
     outputs.append(daemon.cli("validate", str(daemon.config), check=False).stdout)
@@ -126,13 +149,27 @@ def _run_jobs_and_collect_modes(tmp_path: Path, umask: int) -> tuple[Path, list[
     finally:
         os.umask(old)
     try:
-        drop_job(daemon.inbox, "ok", {"command": "mkdir -p sub && echo hi > sub/out.txt && chmod 666 sub/out.txt"},
-                 {"in.txt": "x"})
+        drop_job(
+            daemon.inbox,
+            "ok",
+            {"command": "mkdir -p sub && echo hi > sub/out.txt && chmod 666 sub/out.txt"},
+            {"in.txt": "x"},
+        )
         drop_job(daemon.inbox, "bad", "command: [unclosed\n", {"data.txt": "x"})
         assert daemon.result("ok")["state"] == "succeeded"
         wait_for(lambda: (site / "failed" / "bad" / "syncd-error.json").exists(), timeout=20, what="rejection")
-        wait_for(lambda: "ok" not in [j["name"] for j in json.loads(daemon.cli("status", "--json").stdout)
-                                      if j["state"] not in ("succeeded", "rejected")], timeout=10, what="finish")
+        wait_for(
+            lambda: (
+                "ok"
+                not in [
+                    j["name"]
+                    for j in json.loads(daemon.cli("status", "--json").stdout)
+                    if j["state"] not in ("succeeded", "rejected")
+                ]
+            ),
+            timeout=10,
+            what="finish",
+        )
     finally:
         daemon.stop()
     return site, _created_by_syncd(site, before)

@@ -88,8 +88,9 @@ def test_notify_ready_status_watchdog_that_stops_when_wedged_and_stopping(site, 
 
 def test_units_render_for_a_config_and_pass_systemd_analyze_verify(site, tmp_path):
     out = tmp_path / "units"
-    done = subprocess.run([*SYNCD, "units", "-c", str(site), "--output", str(out), "--user", "root"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*SYNCD, "units", "-c", str(site), "--output", str(out), "--user", "root"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     service = (out / "syncd.service").read_text()
     assert f"-c {site}" in service and "Type=notify" in service and "WatchdogSec=" in service
@@ -122,8 +123,10 @@ def test_reload_adds_an_inbox_refuses_a_bad_config_and_leaves_running_jobs_alone
     drop_job(daemon.inbox, "in-flight", {"command": "sleep 3; echo done > done.txt"})
     wait_for(lambda: "submitted to backend" in daemon.log(), what="submission")
     (daemon.root / "inbox2").mkdir()
-    _edit_config(daemon.config, lambda c: c["inboxes"].append(
-        {**c["inboxes"][0], "name": "second", "path": "inbox2", "bucket": "second"}))
+    _edit_config(
+        daemon.config,
+        lambda c: c["inboxes"].append({**c["inboxes"][0], "name": "second", "path": "inbox2", "bucket": "second"}),
+    )
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "config reloaded: 2 inbox(es)" in daemon.log(), what="the reload")
     drop_job(daemon.root / "inbox2", "via-second", {"command": "echo 2 > two.txt"})

@@ -21,23 +21,26 @@ from tests.support.slurm import MIN_JOB_AGE
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 
-
 @pytest.fixture
 def slurm_site(tmp_path, slurm_cluster):
     def build(**backend_overrides):
         shared = tmp_path / "shared"
         shared.mkdir(exist_ok=True)
         section = slurm_cluster.backend_section(shared, **backend_overrides)
-        return make_config(tmp_path / "site", backend="slurm",
-                           extra={"backends": {"slurm": section}})
+        return make_config(tmp_path / "site", backend="slurm", extra={"backends": {"slurm": section}})
+
     return build
 
 
 def test_run_drop_folder_through_slurm_to_the_outbox(slurm_site):
     daemon = SyncdProcess(slurm_site()).start()
     try:
-        drop_job(daemon.inbox, "on slurm", {"command": "sort data/in.txt > sorted.txt; echo ran on $SLURM_JOB_ID"},
-                 {"data/in.txt": "b\nc\na\n"})
+        drop_job(
+            daemon.inbox,
+            "on slurm",
+            {"command": "sort data/in.txt > sorted.txt; echo ran on $SLURM_JOB_ID"},
+            {"data/in.txt": "b\nc\na\n"},
+        )
         drop_job(daemon.inbox, "fails", {"command": "echo oops >&2; exit 7"})
         result = daemon.result("on slurm", timeout=60)
         failed = daemon.result("fails", timeout=60)
@@ -83,8 +86,9 @@ def test_run_daemon_killed_until_slurm_forgot_the_jobs_still_gets_outcomes_right
     drop_job(daemon.inbox, "forgotten-bad", {"command": "sleep 2; exit 5"})
     wait_for(lambda: daemon.log().count("submitted to backend slurm") >= 2, timeout=60, what="submission")
     daemon.kill9()
-    job_ids = [line.rsplit(" as ", 1)[1].strip() for line in daemon.log().splitlines()
-               if "submitted to backend slurm" in line]
+    job_ids = [
+        line.rsplit(" as ", 1)[1].strip() for line in daemon.log().splitlines() if "submitted to backend slurm" in line
+    ]
     deadline = time.monotonic() + MIN_JOB_AGE + 150
     while slurm_cluster.run("squeue", "-h", "-t", "all", "-j", ",".join(job_ids)).strip():
         assert time.monotonic() < deadline, "slurmctld never forgot the jobs"
@@ -137,7 +141,13 @@ def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(slurm_site,
 @pytest.mark.slow
 def test_run_kill_9_at_every_slurm_phase_then_restart_runs_every_job_exactly_once(slurm_site):
     """The points where Slurm holds state syncd has not recorded yet, or the reverse."""
-    points = ["after:submitting", "submitted-unrecorded", "after:submitted", "after:running",
-              "delivered-unrecorded", "archived-unrecorded"]
+    points = [
+        "after:submitting",
+        "submitted-unrecorded",
+        "after:submitted",
+        "after:running",
+        "delivered-unrecorded",
+        "archived-unrecorded",
+    ]
     kills = kill_at_each_point_then_finish(slurm_site(), points, per_life=1)
     assert len(kills) == len(points) + 1, kills

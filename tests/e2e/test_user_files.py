@@ -37,8 +37,13 @@ def test_a_journal_the_user_overwrote_while_the_job_ran_is_not_removed(daemon):
     wait_for(lambda: journal.exists() and "state:      running" in journal.read_text(), what="a running journal")
     journal.write_text("mine now\n")
     assert daemon.result("j2")["state"] == "succeeded"
-    wait_for(lambda: (daemon.inbox / ".syncd" / "done").exists() and any(
-        p.name for p in (daemon.inbox / ".syncd" / "done").iterdir()), what="the folder to be archived")
+    wait_for(
+        lambda: (
+            (daemon.inbox / ".syncd" / "done").exists()
+            and any(p.name for p in (daemon.inbox / ".syncd" / "done").iterdir())
+        ),
+        what="the folder to be archived",
+    )
     assert journal.read_text() == "mine now\n"
 
 

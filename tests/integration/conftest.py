@@ -59,7 +59,8 @@ def proxy_for():
 def mirror_into(store: Store, storage, bucket: str, prefix: str, dest: Path, *, attempts: int = 4, **kwargs):
     """Run the mirror engine the way ``syncd sync`` does: ``bucket/prefix/rel`` → ``dest/rel``."""
     return Mirror(store, FAST_RETRY, attempts=attempts).run(
-        storage, bucket, prefix, dest, tmp_dir=dest / TMP_DIR, strip=prefix, check_key=check_outbox_key, **kwargs)
+        storage, bucket, prefix, dest, tmp_dir=dest / TMP_DIR, strip=prefix, check_key=check_outbox_key, **kwargs
+    )
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -73,5 +74,5 @@ def bucket_contents(server: S3Server, bucket: str, prefix: str = "") -> dict[str
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", ()):
             if not item["Key"].endswith("/"):
-                out[item["Key"][len(prefix):]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                out[item["Key"][len(prefix) :]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out

@@ -21,16 +21,18 @@ def harness(cybergis_service, tmp_path):
 
 
 @pytest.mark.parametrize("step", ["PUT", "POST submit"])
-def test_a_submission_interrupted_after_the_draft_is_finished_not_repeated(harness, cybergis_service, monkeypatch,
-                                                                           step):
+def test_a_submission_interrupted_after_the_draft_is_finished_not_repeated(
+    harness, cybergis_service, monkeypatch, step
+):
     spec = harness.spec("echo once >> ran.txt")
     harness.stage(spec)
     before = {j["id"] for j in cybergis_service.jobs()}
     real = CybergisBackend._request
 
     def crash_at_step(self, method, route, what, body=None, **kw):
-        if (method == "PUT" and step == "PUT" and route.startswith("/job/")) or \
-                (method == "POST" and step == "POST submit" and route.endswith("/submit")):
+        if (method == "PUT" and step == "PUT" and route.startswith("/job/")) or (
+            method == "POST" and step == "POST submit" and route.endswith("/submit")
+        ):
             raise TransientError("the daemon died here")
         return real(self, method, route, what, body, **kw)
 
@@ -57,17 +59,23 @@ def test_a_job_is_found_by_its_marker_when_syncd_lost_its_notes(harness):
 
 
 def test_resources_beyond_the_hpc_and_runner_rules_are_refused_with_the_allowed_range(harness):
-    problems = harness.backend.check(harness.spec("true", resources={"cpus": 8, "memory": 9 * 2**30, "gpus": 1},
-                                                  timeout=3 * 3600))
+    problems = harness.backend.check(
+        harness.spec("true", resources={"cpus": 8, "memory": 9 * 2**30, "gpus": 1}, timeout=3 * 3600)
+    )
     assert problems == [
         "resources.cpus: 8 is more than HPC 'emu_community' through CyberGIS-Compute at "
         f"{harness.backend.base} allows (at most 4); ask for less or use another inbox",
         f"resources.memory: 9 GiB is more than HPC 'emu_community' through CyberGIS-Compute at {harness.backend.base} "
         "allows (at most 8 GiB); ask for less or use another inbox",
         f"timeout: 03:00:00 is longer than HPC 'emu_community' through CyberGIS-Compute at {harness.backend.base} "
-        "allows (at most 02:00:00); shorten it or use another inbox"]
-    assert harness.backend.check(harness.spec("true", resources={"cpus": 4, "memory": 2**30, "walltime": 7200},
-                                              timeout=7200)) == []
+        "allows (at most 02:00:00); shorten it or use another inbox",
+    ]
+    assert (
+        harness.backend.check(
+            harness.spec("true", resources={"cpus": 4, "memory": 2**30, "walltime": 7200}, timeout=7200)
+        )
+        == []
+    )
 
 
 def test_resources_become_the_slurm_field_within_the_rules(harness, cybergis_service):
@@ -75,7 +83,9 @@ def test_resources_become_the_slurm_field_within_the_rules(harness, cybergis_ser
     ref = harness.run(spec)
     harness.wait(ref)
     job = next(j for j in cybergis_service.jobs() if j["id"] == ref.remote_id)
-    assert job["slurm"] == {"cpu_per_task": 2, "memory": "1536M", "time": "02:00:00"}, "the timeout's margin stops at the limit"
+    assert job["slurm"] == {"cpu_per_task": 2, "memory": "1536M", "time": "02:00:00"}, (
+        "the timeout's margin stops at the limit"
+    )
     assert job["param"] == {"syncd_key": spec.submit_key} and job["env"] == {}
 
 
@@ -98,9 +108,8 @@ def test_a_refused_token_is_an_auth_error_and_a_token_file_is_read_again(cybergi
 
 
 def test_env_values_reach_the_command_byte_for_byte(harness):
-    tricky = 'a "b" $(no) `no` \\ \'c\'\n'
-    spec = harness.spec('printf "%s" "$TRICKY" > env.txt; printf "%s" "$SYNCD_JOB_ID" > id.txt',
-                        env={"TRICKY": tricky})
+    tricky = "a \"b\" $(no) `no` \\ 'c'\n"
+    spec = harness.spec('printf "%s" "$TRICKY" > env.txt; printf "%s" "$SYNCD_JOB_ID" > id.txt', env={"TRICKY": tricky})
     ref = harness.run(spec)
     assert harness.wait(ref).state is RemoteState.SUCCEEDED
     outputs = {o.relpath: o for o in harness.backend.outputs(ref, spec)}

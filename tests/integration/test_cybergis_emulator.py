@@ -74,7 +74,10 @@ def test_the_token_travels_in_the_json_body_even_on_get(gateway):
 def test_the_token_is_base64_of_host_at_token_and_the_host_must_be_allowlisted(gateway, cybergis_service):
     assert base64.b64decode(gateway.token).decode() == f"hub.test@{cybergis_service.TOKEN}"
     wrong = Gateway(cybergis_service, token="not-a-token")
-    assert (wrong.call("GET", "/user").status_code, wrong.call("GET", "/user").json()) == (402, {"error": "invalid token"})
+    assert (wrong.call("GET", "/user").status_code, wrong.call("GET", "/user").json()) == (
+        402,
+        {"error": "invalid token"},
+    )
     for other in ("elsewhere.test@" + cybergis_service.TOKEN, "no-at-sign", "a@b@c"):
         answer = gateway.call("GET", "/user", jupyterhubApiToken=base64.b64encode(other.encode()).decode())
         assert (answer.status_code, answer.json()["error"]) == (404, "Cannot find jupyterhubHost in allowlist")
@@ -103,8 +106,9 @@ def test_a_draft_is_created_with_an_invalid_token_and_nobody_can_use_it(gateway,
     draft = wrong.call("POST", "/job").json()
     assert draft["userId"] is None and re.fullmatch(r"\d{10}[A-Za-z0-9]{5}", draft["id"])
     assert gateway.call("GET", f"/job/{draft['id']}").json()["error"] == "invalid access"
-    assert Gateway(cybergis_service, token=cybergis_service.OTHER_TOKEN).call(
-        "GET", "/user/job").json() == {"job": []}, "bob sees none of alice's jobs"
+    assert Gateway(cybergis_service, token=cybergis_service.OTHER_TOKEN).call("GET", "/user/job").json() == {
+        "job": []
+    }, "bob sees none of alice's jobs"
 
 
 def test_job_objects_have_every_key_as_the_entity_in_hand_has_it(gateway):
@@ -143,8 +147,16 @@ def test_slurm_values_beyond_the_hpc_rules_are_refused_at_submit(gateway):
 def test_a_job_runs_ends_with_its_logs_and_lists_its_result_directories(gateway):
     job_id = gateway.job(param={"message": "hi"})
     job = gateway.wait(job_id)
-    assert _types(job) == ["JOB_QUEUED", "JOB_REGISTERED", "SLURM_UPLOAD_EXECUTABLE", "SLURM_CREATE_RESULT",
-                           "SLURM_SUBMIT", "SLURM_SUBMIT_SUCCESS", "JOB_INIT", "JOB_ENDED"]
+    assert _types(job) == [
+        "JOB_QUEUED",
+        "JOB_REGISTERED",
+        "SLURM_UPLOAD_EXECUTABLE",
+        "SLURM_CREATE_RESULT",
+        "SLURM_SUBMIT",
+        "SLURM_SUBMIT_SUCCESS",
+        "JOB_INIT",
+        "JOB_ENDED",
+    ]
     assert job["isFailed"] is False and job["initializedAt"] and job["slurmId"]
     assert [log["message"] for log in job["logs"]] == ["demo says hi\n", "demo warns\n"]
     listing = gateway.call("GET", f"/job/{job_id}/result-folder-content").json()
@@ -186,7 +198,7 @@ def test_a_log_message_is_cut_at_500_characters(gateway):
 
 def test_param_values_are_spliced_into_the_batch_script(gateway):
     job = gateway.wait(gateway.job(param={"message": 'x"; echo INJECTED; echo "'}))
-    assert "INJECTED" in job["logs"][0]["message"], "the gateway puts param_<k>=\"<v>\" into a shell line"
+    assert "INJECTED" in job["logs"][0]["message"], 'the gateway puts param_<k>="<v>" into a shell line'
 
 
 def test_the_slurm_time_limit_kills_the_job_which_then_looks_ended(gateway):
@@ -250,11 +262,20 @@ def test_a_local_data_folder_is_zipped_beside_itself_and_the_zip_is_reused(gatew
 def test_globus_download_is_asynchronous_and_forgets_its_task_once_read(gateway, cybergis_service, tmp_path):
     job = gateway.wait(gateway.job())
     folder = job["remoteResultFolder"]["id"]
-    init = gateway.call("POST", f"/folder/{folder}/download/globus-init", jobId=job["id"],
-                        toEndpoint=cybergis_service.HOST_ENDPOINT, toPath=str(tmp_path / "copy"))
+    init = gateway.call(
+        "POST",
+        f"/folder/{folder}/download/globus-init",
+        jobId=job["id"],
+        toEndpoint=cybergis_service.HOST_ENDPOINT,
+        toPath=str(tmp_path / "copy"),
+    )
     assert re.fullmatch(r"[0-9a-f]{32}", init.json()["globus_task_id"])
-    busy = gateway.call("POST", f"/folder/{folder}/download/globus-init", toEndpoint=cybergis_service.HOST_ENDPOINT,
-                        toPath=str(tmp_path / "copy"))
+    busy = gateway.call(
+        "POST",
+        f"/folder/{folder}/download/globus-init",
+        toEndpoint=cybergis_service.HOST_ENDPOINT,
+        toPath=str(tmp_path / "copy"),
+    )
     assert busy.status_code == 403 and "currently running" in busy.json()["error"]
     seen = []
     while not seen or seen[-1] not in ("SUCCEEDED", "FAILED"):
@@ -268,13 +289,15 @@ def test_globus_download_is_asynchronous_and_forgets_its_task_once_read(gateway,
 
 
 def test_express_answers_html_to_a_broken_body_and_an_unknown_route(gateway):
-    broken = requests.post(gateway.url + "/job", data=b"{not json", headers={"Content-Type": "application/json"},
-                           timeout=5)
+    broken = requests.post(
+        gateway.url + "/job", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert broken.status_code == 400 and broken.headers["Content-Type"].startswith("text/html")
     unknown = requests.get(gateway.url + "/no/such/route", timeout=5)
     assert unknown.status_code == 404 and "Cannot GET /no/such/route" in unknown.text
-    assert requests.get(gateway.url.removesuffix("/v2") + "/user", json={"jupyterhubApiToken": gateway.token},
-                        timeout=5).json() == {"username": "alice@hub.test"}, "the core server without its proxy"
+    assert requests.get(
+        gateway.url.removesuffix("/v2") + "/user", json={"jupyterhubApiToken": gateway.token}, timeout=5
+    ).json() == {"username": "alice@hub.test"}, "the core server without its proxy"
 
 
 def test_pause_and_resume_never_answer(gateway):
@@ -287,6 +310,5 @@ def test_the_catalogue_hides_private_hpc_fields_and_normalises_git_manifests(gat
     assert "root_path" not in hpc and "community_login" not in hpc and hpc["slurm_input_rules"]["cpu_per_task"]
     runner = gateway.call("GET", "/git", auth=False).json()["git"]["syncd_runner"]
     assert runner["slurm_input_rules"]["cpu_per_task"]["unit"] == "None"
-    assert runner["slurm_input_rules"]["time"] == {"max": 10, "min": 1, "default_value": 1, "step": 1,
-                                                   "unit": "Hours"}
+    assert runner["slurm_input_rules"]["time"] == {"max": 10, "min": 1, "default_value": 1, "step": 1, "unit": "Hours"}
     assert gateway.call("GET", "/", auth=False).json() == {"message": "hello world"}

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.cybergis
 SDK = "cybergis-compute-client==0.2.6"
 VENV = REPO / ".venv-sdk" / "cybergis"
 
-FLOWS = r'''
+FLOWS = r"""
 import json, os, sys, time
 from cybergis_compute_client import CyberGISCompute
 
@@ -85,10 +85,10 @@ try:
 except Exception as exc:
     out["error"] = str(exc)
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
-SAME = r'''
+SAME = r"""
 import json, sys
 from cybergis_compute_client import CyberGISCompute
 
@@ -102,7 +102,7 @@ for job_id in sys.argv[3:]:
     out[job_id] = {"events": [e["type"] for e in status["events"]], "failed": status["isFailed"],
                    "param": status["param"], "result": job.result_folder_content(), "logs": job.logs(raw=True)}
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +112,12 @@ def sdk_python() -> Path:
     if not (python.exists() and marker.exists() and marker.read_text() == SDK):
         shutil.rmtree(VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=120)
-        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", SDK],
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", SDK],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode != 0:
             pytest.fail(f"pip install {SDK} failed:\n{done.stdout}\n{done.stderr}")
         marker.write_text(SDK)
@@ -121,19 +125,37 @@ def sdk_python() -> Path:
 
 
 def run_sdk(sdk_python: Path, service: CybergisService, cwd: Path, script: str, *args: str) -> dict:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "TERM": "dumb",
-           "JUPYTERHUB_API_TOKEN": service.TOKEN}
-    done = subprocess.run([str(sdk_python), "-c", script, str(service.port), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd),
+        "TERM": "dumb",
+        "JUPYTERHUB_API_TOKEN": service.TOKEN,
+    }
+    done = subprocess.run(
+        [str(sdk_python), "-c", script, str(service.port), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, f"the SDK failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_the_official_client_runs_its_own_flows_against_the_emulator(sdk_python, cybergis_service, tmp_path):
     service = cybergis_service
-    out = run_sdk(sdk_python, service, tmp_path, FLOWS, service.HUB, service.HPC, service.HOST_ENDPOINT,
-                  str(tmp_path / "download"))
+    out = run_sdk(
+        sdk_python,
+        service,
+        tmp_path,
+        FLOWS,
+        service.HUB,
+        service.HPC,
+        service.HOST_ENDPOINT,
+        str(tmp_path / "download"),
+    )
     assert out["username"] == "alice@hub.test"
     assert out["saved_token"] == service.encoded_token(), "login wrote the encoded token into the cwd"
     assert service.HPC in out["hpc"] and {"hello_world", service.RUNNER} <= set(out["git"])

@@ -27,8 +27,11 @@ def test_examples_s3_config_runs_a_job_and_the_standing_mirror(tmp_path, seaweed
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
     client.put_object(Bucket="instrument", Key="runs/2026-11-21/scan.dat", Body=b"scan data")
-    env = {"S3_ENDPOINT": seaweedfs.endpoint, "S3_ACCESS_KEY": seaweedfs.access_key,
-           "S3_SECRET_KEY": seaweedfs.secret_key}
+    env = {
+        "S3_ENDPOINT": seaweedfs.endpoint,
+        "S3_ACCESS_KEY": seaweedfs.access_key,
+        "S3_SECRET_KEY": seaweedfs.secret_key,
+    }
     daemon = SyncdProcess(config, env=env).start()
     try:
         drop_job(daemon.inbox, "via-s3", {"command": "echo through the bucket > out.txt"})

@@ -21,12 +21,28 @@ pytestmark = pytest.mark.s3
 
 def backend_for(service, tmp_path, user=None, **overrides) -> tuple[KottaBackend, Harness, dict]:
     user = user or service.add_user()
-    options = KottaOptions.model_validate({
-        "type": "kotta", "url": service.url, "access_token": {"token": user["access_token"]},
-        "refresh_token": {"token": user["refresh_token"]}, "default_walltime": "1h", **overrides})
+    options = KottaOptions.model_validate(
+        {
+            "type": "kotta",
+            "url": service.url,
+            "access_token": {"token": user["access_token"]},
+            "refresh_token": {"token": user["refresh_token"]},
+            "default_walltime": "1h",
+            **overrides,
+        }
+    )
     backend = KottaBackend("kotta", options, tmp_path / "work")
-    return backend, Harness(backend=backend, new_backend=lambda: KottaBackend("kotta", options, tmp_path / "work"),
-                            scratch=tmp_path, poll_interval=0.1, timeout=60), user
+    return (
+        backend,
+        Harness(
+            backend=backend,
+            new_backend=lambda: KottaBackend("kotta", options, tmp_path / "work"),
+            scratch=tmp_path,
+            poll_interval=0.1,
+            timeout=60,
+        ),
+        user,
+    )
 
 
 def delivered(backend, ref, spec) -> dict:
@@ -40,8 +56,10 @@ def test_poll_sends_one_list_per_cycle_and_reads_status_only_for_jobs_that_just_
         refs = [harness.run(harness.spec("true")) for _ in range(3)]
         lists, statuses = kotta_service.count("/rest/v1/list_tasks"), kotta_service.count("/rest/v1/status_task")
         assert {s.state for s in backend.poll(refs).values()} == {RemoteState.QUEUED}
-        assert (kotta_service.count("/rest/v1/list_tasks") - lists, kotta_service.count("/rest/v1/status_task")
-                - statuses) == (1, 0)
+        assert (
+            kotta_service.count("/rest/v1/list_tasks") - lists,
+            kotta_service.count("/rest/v1/status_task") - statuses,
+        ) == (1, 0)
     finally:
         kotta_service.hold(False)
     for ref in refs:
@@ -90,8 +108,11 @@ def test_inputs_come_from_the_inbox_storage_by_presigned_url(kotta_service, seaw
     assert harness.wait(ref).state is RemoteState.SUCCEEDED
     assert delivered(backend, ref, spec)["sorted.txt"].source.read_bytes() == b"1\n2\n3\n"
     assert [o.key for o in storage.list(bucket, "lab/_inputs/")] == [f"lab/_inputs/{spec.job_id}/data/numbers.txt"]
-    uploaded = [k["Key"] for k in seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix="uploads/").get(
-        "Contents", []) if spec.submit_key in k["Key"]]
+    uploaded = [
+        k["Key"]
+        for k in seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix="uploads/").get("Contents", [])
+        if spec.submit_key in k["Key"]
+    ]
     assert [k.rsplit("/", 1)[1] for k in uploaded] == ["syncd-control.tar"], "only the control archive"
 
 
@@ -113,8 +134,9 @@ def test_refused_tokens_are_auth_errors_and_a_token_file_is_read_afresh(kotta_se
     token = tmp_path / "credentials.json"
     token.write_text(json.dumps({"access_token": user["access_token"], "refresh_token": "Atzr|revoked"}))
     token.chmod(0o600)
-    backend, harness, _ = backend_for(kotta_service, tmp_path, user, access_token={"token_file": str(token)},
-                                      refresh_token={"token_file": str(token)})
+    backend, harness, _ = backend_for(
+        kotta_service, tmp_path, user, access_token={"token_file": str(token)}, refresh_token={"token_file": str(token)}
+    )
     with pytest.raises(AuthError, match="invalid_grant"):
         backend.probe()
     with pytest.raises(AuthError, match="refused the tokens"):
@@ -149,8 +171,9 @@ def test_outputs_with_names_that_leave_the_folder_are_reported_never_written(kot
             info = tarfile.TarInfo(name)
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
-    kotta_service.s3.client().put_object(Bucket=BUCKET, Key=f"outputs/{ref.remote_id}/syncd-outputs.tar",
-                                         Body=raw.getvalue())
+    kotta_service.s3.client().put_object(
+        Bucket=BUCKET, Key=f"outputs/{ref.remote_id}/syncd-outputs.tar", Body=raw.getvalue()
+    )
     found = delivered(backend, ref, spec)
     assert found["../../escaped.txt"].source is None and found["fine.txt"].source.read_bytes() == b"x"
     assert not list(tmp_path.rglob("escaped.txt"))

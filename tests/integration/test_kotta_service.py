@@ -20,8 +20,16 @@ from tests.support.kotta_service import BUCKET, MEMFILE_MAX, KottaService
 
 pytestmark = pytest.mark.s3
 
-CLIENT_STATES = {"unsubmitted", "pending", "staging_inputs", "cancelled", "completed", "failed", "processing",
-                 "staging_outputs"}  # KottaJob.set_status raises on any other word
+CLIENT_STATES = {
+    "unsubmitted",
+    "pending",
+    "staging_inputs",
+    "cancelled",
+    "completed",
+    "failed",
+    "processing",
+    "staging_outputs",
+}  # KottaJob.set_status raises on any other word
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +48,19 @@ def rest(kotta: KottaService, path: str) -> str:
 
 def submit(kotta, user, *, refresh: bool = False, **fields) -> dict:
     """``Kotta.submit_task``: the job's fields plus both tokens, form-encoded (None values are dropped)."""
-    form = {"jobtype": "script", "queue": "Test", "walltime": "300", "executable": "/bin/sh job.sh",
-            "script_name": "job.sh", "script": "echo hello", "output_file_stdout": "STDOUT.txt",
-            "output_file_stderr": "STDERR.txt", "access_token": user["access_token"],
-            "refresh_token": user["refresh_token"] if refresh else None, **fields}
+    form = {
+        "jobtype": "script",
+        "queue": "Test",
+        "walltime": "300",
+        "executable": "/bin/sh job.sh",
+        "script_name": "job.sh",
+        "script": "echo hello",
+        "output_file_stdout": "STDOUT.txt",
+        "output_file_stderr": "STDERR.txt",
+        "access_token": user["access_token"],
+        "refresh_token": user["refresh_token"] if refresh else None,
+        **fields,
+    }
     return requests.post(rest(kotta, "submit_task"), data=form, timeout=10).json()
 
 
@@ -61,7 +78,7 @@ def status(kotta, job_id: str) -> dict:
     results = answer.json()
     flat: dict = {"status": results["status"]}
     for index in results["items"]:
-        (key, value), = results["items"][index].items()
+        ((key, value),) = results["items"][index].items()
         if key in ("inputs", "outputs"):
             flat.setdefault(key, []).append(value)
         else:
@@ -84,9 +101,15 @@ def ran(kotta, job_id: str, timeout: float = 30) -> dict:
 
 
 def test_submit_runs_a_script_and_status_shows_outputs_as_links(kotta, user):
-    job = submit(kotta, user, jobname="first", walltime="2", inputs=an_input(kotta, b"b\na\n", "sort-me.txt"),
-                 script="echo to-out; echo to-err >&2; sort sort-me.txt > sorted.txt; echo $TURING_JOB_ID",
-                 outputs="sorted.txt, missing.txt")
+    job = submit(
+        kotta,
+        user,
+        jobname="first",
+        walltime="2",
+        inputs=an_input(kotta, b"b\na\n", "sort-me.txt"),
+        script="echo to-out; echo to-err >&2; sort sort-me.txt > sorted.txt; echo $TURING_JOB_ID",
+        outputs="sorted.txt, missing.txt",
+    )
     assert job["status"] == "Success" and re.fullmatch(r"[0-9a-f-]{36}", job["job_id"]), job
     info = ran(kotta, job["job_id"])
     assert info["status"] == "completed" and info["jobname"] == "first" and info["jobtype"] == "script"
@@ -137,7 +160,9 @@ def test_refusals_are_fail_objects_with_http_200(kotta, user):
     assert submit(kotta, user, walltime="1.5")["status"] == "Fail"
     assert submit(kotta, user, jobtype=None)["reason"] == "'NoneType' object has no attribute 'strip'"
     assert submit(kotta, {"access_token": None, "refresh_token": None}) == {
-        "status": "Fail", "reason": "access_token missing"}
+        "status": "Fail",
+        "reason": "access_token missing",
+    }
 
 
 def test_a_wrong_queue_leaves_a_record_that_never_runs(kotta):
@@ -153,8 +178,11 @@ def test_a_refresh_token_stands_in_for_an_expired_access_token_except_on_list(ko
     someone = kotta.add_user("Refreshing")
     kotta.expire(someone["access_token"])
     assert submit(kotta, someone, refresh=True, inputs=an_input(kotta))["status"] == "Success"
-    listed = requests.get(rest(kotta, "list_tasks"), data={"access_token": someone["access_token"],
-                                                         "refresh_token": someone["refresh_token"]}, timeout=10)
+    listed = requests.get(
+        rest(kotta, "list_tasks"),
+        data={"access_token": someone["access_token"], "refresh_token": someone["refresh_token"]},
+        timeout=10,
+    )
     assert listed.json()["reason"] == "Failed to authenticate", "list_tasks reads the access token only"
     bad = submit(kotta, {**someone, "refresh_token": "Atzr|revoked"}, refresh=True)
     assert bad["status"] == "Fail" and json.loads(bad["reason"])["error"] == "invalid_grant"
@@ -165,14 +193,36 @@ def test_a_session_cookie_outlives_a_refused_token(kotta):
     token the server refuses. The official client keeps none."""
     someone = kotta.add_user("Cookie Keeper")
     with requests.Session() as browser:
-        first = browser.post(rest(kotta, "submit_task"), data={
-            "access_token": someone["access_token"], "jobtype": "script", "queue": "Test", "walltime": "1",
-            "executable": "true", "script": "", "script_name": "x.sh", "inputs": an_input(kotta)}, timeout=10)
+        first = browser.post(
+            rest(kotta, "submit_task"),
+            data={
+                "access_token": someone["access_token"],
+                "jobtype": "script",
+                "queue": "Test",
+                "walltime": "1",
+                "executable": "true",
+                "script": "",
+                "script_name": "x.sh",
+                "inputs": an_input(kotta),
+            },
+            timeout=10,
+        )
         assert first.json()["status"] == "Success" and "beaker.session.id" in browser.cookies
         kotta.expire(someone["access_token"])
-        again = browser.post(rest(kotta, "submit_task"), data={
-            "access_token": someone["access_token"], "jobtype": "script", "queue": "Test", "walltime": "1",
-            "executable": "true", "script": "", "script_name": "x.sh", "inputs": an_input(kotta)}, timeout=10)
+        again = browser.post(
+            rest(kotta, "submit_task"),
+            data={
+                "access_token": someone["access_token"],
+                "jobtype": "script",
+                "queue": "Test",
+                "walltime": "1",
+                "executable": "true",
+                "script": "",
+                "script_name": "x.sh",
+                "inputs": an_input(kotta),
+            },
+            timeout=10,
+        )
         assert again.json()["status"] == "Success"
     assert submit(kotta, someone)["reason"] == "'user_id'", "without the cookie the token is refused"
 
@@ -199,22 +249,31 @@ def test_a_script_job_without_inputs_cannot_be_read_back(kotta, user):
 
 
 def test_there_is_no_rest_cancel_and_wrong_methods_are_405(kotta, user):
-    assert requests.post(rest(kotta, "cancel_task"), data={"access_token": user["access_token"]},
-                         timeout=10).status_code == 404
+    assert (
+        requests.post(rest(kotta, "cancel_task"), data={"access_token": user["access_token"]}, timeout=10).status_code
+        == 404
+    )
     assert requests.get(rest(kotta, "submit_task"), timeout=10).status_code == 405
     assert requests.post(f"{rest(kotta, 'status_task')}/x", timeout=10).status_code == 405
 
 
 def test_a_form_body_over_bottles_memfile_max_is_413(kotta, user):
-    answer = requests.post(rest(kotta, "submit_task"), data={"access_token": user["access_token"],
-                                                             "script": "x" * MEMFILE_MAX}, timeout=10)
+    answer = requests.post(
+        rest(kotta, "submit_task"), data={"access_token": user["access_token"], "script": "x" * MEMFILE_MAX}, timeout=10
+    )
     assert answer.status_code == 413 and "Request entity too large" in answer.text
 
 
 def test_upload_url_is_a_presigned_put_under_the_users_uploads(kotta, user, tmp_path):
-    answer = requests.post(rest(kotta, "upload_url"), data={"access_token": user["access_token"],
-                                                            "refresh_token": user["refresh_token"],
-                                                            "filepath": "data/blob.dat"}, timeout=10)
+    answer = requests.post(
+        rest(kotta, "upload_url"),
+        data={
+            "access_token": user["access_token"],
+            "refresh_token": user["refresh_token"],
+            "filepath": "data/blob.dat",
+        },
+        timeout=10,
+    )
     assert answer.status_code == 200 and answer.json()["status"] == "Success"
     url = answer.json()["upload_url"]
     assert requests.put(url, data=b"uploaded", timeout=10).status_code == 200  # curl --upload-file
@@ -224,8 +283,9 @@ def test_upload_url_is_a_presigned_put_under_the_users_uploads(kotta, user, tmp_
     info = ran(kotta, job["job_id"])
     url = dict(reversed(link(o)) for o in info["outputs"])["copy.txt"]
     assert requests.get(url, timeout=10).content == b"uploaded"
-    refused = requests.post(rest(kotta, "upload_url"), data={"access_token": "Atza|nobody", "filepath": "x"},
-                            timeout=10)
+    refused = requests.post(
+        rest(kotta, "upload_url"), data={"access_token": "Atza|nobody", "filepath": "x"}, timeout=10
+    )
     assert refused.json() == {"status": "Fail", "reason": "'user_id'"}
 
 
@@ -237,8 +297,13 @@ def test_s3_inputs_lose_trailing_s_3_colon_and_slash_characters(kotta, user):
 
 
 def test_an_input_url_of_another_kind_is_skipped_silently(kotta, user):
-    job = submit(kotta, user, inputs=f"ftp://example.org/data.txt,{an_input(kotta, b'x', 'here.txt')}",
-                 script="ls > listing.txt", outputs="listing.txt")
+    job = submit(
+        kotta,
+        user,
+        inputs=f"ftp://example.org/data.txt,{an_input(kotta, b'x', 'here.txt')}",
+        script="ls > listing.txt",
+        outputs="listing.txt",
+    )
     info = ran(kotta, job["job_id"])
     assert info["status"] == "completed" and info["inputs"] == ['<a href="ftp://example.org/data.txt">data.txt</a>']
     listing = dict(reversed(link(o)) for o in info["outputs"])["listing.txt"]
@@ -251,11 +316,12 @@ def test_an_http_input_lands_under_the_last_url_segment_query_included(kotta, us
     key = "inputs/short.txt"
     kotta.s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"x")
     v2 = kotta.s3.client().generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key})
-    job = submit(kotta, user, inputs=v2, script='ls short.txt?* > names.txt', outputs="names.txt")
+    job = submit(kotta, user, inputs=v2, script="ls short.txt?* > names.txt", outputs="names.txt")
     names = dict(reversed(link(o)) for o in ran(kotta, job["job_id"])["outputs"])["names.txt"]
     assert requests.get(names, timeout=10).text == v2.split("/")[-1] + "\n"
     v4 = kotta.s3.client(signature_version="s3v4").generate_presigned_url(
-        "get_object", Params={"Bucket": BUCKET, "Key": key})
+        "get_object", Params={"Bucket": BUCKET, "Key": key}
+    )
     info = ran(kotta, submit(kotta, user, inputs=v4)["job_id"])
     assert info["status"] == "failed" and "File name too long" in info["ERROR"], info
 
@@ -298,12 +364,18 @@ def test_a_nonzero_exit_is_failed_with_its_code_written_after_the_status(kotta, 
 
 def test_a_short_walltime_runs_the_executable_without_a_shell(kotta, user):
     """Up to 300 s the executable is split like a shell would and run directly; above, /bin/sh runs it."""
-    short = submit(kotta, user, walltime="5", inputs=an_input(kotta), executable="echo $HOME > home.txt",
-                   outputs="home.txt")
-    long = submit(kotta, user, walltime="6", inputs=an_input(kotta), executable="echo $HOME > home.txt",
-                  outputs="home.txt")
-    assert requests.get(dict(reversed(link(o)) for o in ran(kotta, short["job_id"])["outputs"])["STDOUT.txt"],
-                        timeout=10).text == "$HOME > home.txt\n"
+    short = submit(
+        kotta, user, walltime="5", inputs=an_input(kotta), executable="echo $HOME > home.txt", outputs="home.txt"
+    )
+    long = submit(
+        kotta, user, walltime="6", inputs=an_input(kotta), executable="echo $HOME > home.txt", outputs="home.txt"
+    )
+    assert (
+        requests.get(
+            dict(reversed(link(o)) for o in ran(kotta, short["job_id"])["outputs"])["STDOUT.txt"], timeout=10
+        ).text
+        == "$HOME > home.txt\n"
+    )
     home = dict(reversed(link(o)) for o in ran(kotta, long["job_id"])["outputs"])["home.txt"]
     assert requests.get(home, timeout=10).text == "/home/ubuntu\n"
 
@@ -311,9 +383,18 @@ def test_a_short_walltime_runs_the_executable_without_a_shell(kotta, user):
 def test_the_official_clients_flow_submit_wait_status_fetch(kotta, user):
     """``KottaJob(**desc).submit(conn)``, ``wait`` (every state in its whitelist), ``status`` (STDOUT/STDERR
     singled out), then each output fetched by its URL."""
-    desc = {"inputs": "", "outputs": "", "walltime": 300, "queue": "Test", "output_file_stdout": "STDOUT.txt",
-            "output_file_stderr": "STDERR.txt", "jobtype": "script", "executable": "/bin/bash numbers.sh",
-            "script_name": "numbers.sh", "script": "seq 3 > numbers.txt; echo made"}
+    desc = {
+        "inputs": "",
+        "outputs": "",
+        "walltime": 300,
+        "queue": "Test",
+        "output_file_stdout": "STDOUT.txt",
+        "output_file_stderr": "STDERR.txt",
+        "jobtype": "script",
+        "executable": "/bin/bash numbers.sh",
+        "script_name": "numbers.sh",
+        "script": "seq 3 > numbers.txt; echo made",
+    }
     desc["inputs"] = an_input(kotta, b"1\n")
     desc["outputs"] = "numbers.txt"
     answer = submit(kotta, user, refresh=True, **{k: str(v) for k, v in desc.items()})

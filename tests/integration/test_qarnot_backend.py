@@ -27,8 +27,15 @@ def backend(qarnot, tmp_path):
 
 def spec(command="true", staging=None, **extra) -> JobSpec:
     job_id = uuid.uuid4().hex[:10]
-    return JobSpec(job_id=job_id, name=f"it-{job_id}", submit_key=f"syncd-{job_id}", attempt=1, command=command,
-                   staging=staging, **extra)
+    return JobSpec(
+        job_id=job_id,
+        name=f"it-{job_id}",
+        submit_key=f"syncd-{job_id}",
+        attempt=1,
+        command=command,
+        staging=staging,
+        **extra,
+    )
 
 
 def wait(backend, ref):
@@ -102,8 +109,9 @@ def test_one_poll_pages_through_every_task_of_the_backend(backend, qarnot):
     qarnot.account(page_size=3)
     before = backend.requests_sent
     statuses = backend.poll(refs)
-    assert backend.requests_sent - before == 3 and all(statuses[r.remote_id].state is not RemoteState.UNKNOWN
-                                                        for r in refs)
+    assert backend.requests_sent - before == 3 and all(
+        statuses[r.remote_id].state is not RemoteState.UNKNOWN for r in refs
+    )
 
 
 def test_outputs_on_the_same_s3_are_objects_to_copy_and_cleanup_removes_everything(backend, qarnot, seaweedfs):
@@ -122,5 +130,8 @@ def test_outputs_on_the_same_s3_are_objects_to_copy_and_cleanup_removes_everythi
     assert backend.find(job) is None
     buckets = {b["Name"] for b in seaweedfs.client().list_buckets()["Buckets"]}
     assert ref.handle["results"] not in buckets
-    assert not list(seaweedfs.client().list_objects_v2(Bucket=backend.options.resource_bucket,
-                                                       Prefix=ref.handle["inputs"]).get("Contents", []))
+    assert not list(
+        seaweedfs.client()
+        .list_objects_v2(Bucket=backend.options.resource_bucket, Prefix=ref.handle["inputs"])
+        .get("Contents", [])
+    )

@@ -97,17 +97,38 @@ def qarnot_sdk() -> Path:
     """The SDK's folder, installed once (kept between runs: it is git-ignored)."""
     if not (SDK_DIR / "qarnot" / "__init__.py").exists() or not list(SDK_DIR.glob(f"qarnot-{SDK_VERSION}.dist-info")):
         SDK_DIR.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                               "--target", str(SDK_DIR), "--no-deps", "--upgrade", f"qarnot=={SDK_VERSION}",
-                               "deprecation", "simplejson"], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                str(SDK_DIR),
+                "--no-deps",
+                "--upgrade",
+                f"qarnot=={SDK_VERSION}",
+                "deprecation",
+                "simplejson",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot install the qarnot SDK from PyPI: {done.stderr[-500:]}")
     return SDK_DIR
 
 
 def run_flows(sdk: Path, emulator, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(sdk), "QARNOT_CLUSTER_URL": emulator.url,
-           "QARNOT_CLIENT_TOKEN": emulator.token}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(sdk),
+        "QARNOT_CLUSTER_URL": emulator.url,
+        "QARNOT_CLIENT_TOKEN": emulator.token,
+    }
     done = subprocess.run([sys.executable, "-c", FLOWS, *args], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,8 +172,13 @@ def test_the_sdk_sees_the_states_and_outputs_syncd_sees(qarnot, qarnot_sdk, tmp_
 
     backend = QarnotBackend("sdk-view", QarnotOptions.model_validate(qarnot.backend_section()), tmp_path)
     job_id = uuid.uuid4().hex[:10]
-    spec = JobSpec(job_id=job_id, name="seen", submit_key=f"syncd-{job_id}", attempt=1,
-                   command="echo made > made.txt; echo said; exit 4")
+    spec = JobSpec(
+        job_id=job_id,
+        name="seen",
+        submit_key=f"syncd-{job_id}",
+        attempt=1,
+        command="echo made > made.txt; echo said; exit 4",
+    )
     backend.stage(spec, [])
     ref = backend.submit(spec)
     deadline = time.monotonic() + 30
@@ -160,10 +186,19 @@ def test_the_sdk_sees_the_states_and_outputs_syncd_sees(qarnot, qarnot_sdk, tmp_
         assert time.monotonic() < deadline
         time.sleep(0.05)
     outputs = {o.relpath: o.source.read_text() for o in backend.outputs(ref, spec)}
-    env = {**os.environ, "PYTHONPATH": str(qarnot_sdk), "QARNOT_CLUSTER_URL": qarnot.url,
-           "QARNOT_CLIENT_TOKEN": qarnot.token}
-    done = subprocess.run([sys.executable, "-c", SEE_TASK, ref.handle["shortname"], ref.handle["results"]], capture_output=True, text=True,
-                          env=env, timeout=60)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(qarnot_sdk),
+        "QARNOT_CLUSTER_URL": qarnot.url,
+        "QARNOT_CLIENT_TOKEN": qarnot.token,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SEE_TASK, ref.handle["shortname"], ref.handle["results"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert (seen["uuid"], seen["state"]) == (ref.remote_id, status.native) == (ref.remote_id, "Failure")

@@ -26,8 +26,13 @@ class Api:
 
 
 def task_body(command, **extra):
-    return {"name": "t", "profile": "docker-batch", "instanceCount": 1,
-            "constants": [{"key": "DOCKER_CMD", "value": command}], **extra}
+    return {
+        "name": "t",
+        "profile": "docker-batch",
+        "instanceCount": 1,
+        "constants": [{"key": "DOCKER_CMD", "value": command}],
+        **extra,
+    }
 
 
 def wait_ended(api, task_id, timeout=20):
@@ -41,9 +46,14 @@ def wait_ended(api, task_id, timeout=20):
 
 
 def s3(emulator, secret=None):
-    return boto3.client("s3", endpoint_url=emulator.s3.endpoint, aws_access_key_id=emulator.email,
-                        aws_secret_access_key=secret or emulator.token, region_name="us-east-1",
-                        config=BotoConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+    return boto3.client(
+        "s3",
+        endpoint_url=emulator.s3.endpoint,
+        aws_access_key_id=emulator.email,
+        aws_secret_access_key=secret or emulator.token,
+        region_name="us-east-1",
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
 
 
 def bucket(emulator):
@@ -117,8 +127,11 @@ def test_paging_is_a_post_with_a_tag_filter_and_ends_with_a_null_next_token(qarn
     made = {api("POST", "/tasks", task_body("true", tags=[tag, "other"])).json()["uuid"] for _ in range(5)}
     seen, token, pages = set(), None, 0
     while True:
-        page = api("POST", "/tasks/paginate", {"filter": {"operator": "Equal", "field": "Tags", "value": tag},
-                                               "token": token, "maximumResults": 2}).json()
+        page = api(
+            "POST",
+            "/tasks/paginate",
+            {"filter": {"operator": "Equal", "field": "Tags", "value": tag}, "token": token, "maximumResults": 2},
+        ).json()
         seen |= {t["uuid"] for t in page["data"]}
         pages += 1
         if not page["isTruncated"] or page["nextToken"] is None:
@@ -170,10 +183,17 @@ def test_resources_in_filtered_and_stripped_results_out_to_the_result_bucket(qar
     client.put_object(Bucket=resources, Key="job1/in.txt", Body=b"data")
     client.put_object(Bucket=resources, Key="job2/other.txt", Body=b"not mine")
     api = Api(qarnot)
-    advanced = [{"bucketName": resources, "filtering": {"prefixFiltering": {"prefix": "job1/"}},
-                 "resourcesTransformation": {"stripPrefix": {"prefix": "job1/"}}, "cacheTTLSec": None}]
-    body = task_body("sh -c 'cat in.txt > out.txt; ls > ls.txt'", advancedResourceBuckets=advanced,
-                     resultBucket=results)
+    advanced = [
+        {
+            "bucketName": resources,
+            "filtering": {"prefixFiltering": {"prefix": "job1/"}},
+            "resourcesTransformation": {"stripPrefix": {"prefix": "job1/"}},
+            "cacheTTLSec": None,
+        }
+    ]
+    body = task_body(
+        "sh -c 'cat in.txt > out.txt; ls > ls.txt'", advancedResourceBuckets=advanced, resultBucket=results
+    )
     task = wait_ended(api, api("POST", "/tasks", body).json()["uuid"])
     assert task["state"] == "Success" and task["resultsCount"] >= 2
     assert client.get_object(Bucket=results, Key="out.txt")["Body"].read() == b"data"

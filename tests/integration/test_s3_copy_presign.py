@@ -41,6 +41,7 @@ def flip_last(hex_text: str) -> str:
 
 # -- presign ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", ["job/in.bin", *ODD_KEYS])
 def test_presigned_put_then_presigned_get_round_trip(storage, bucket, seaweedfs, tmp_path, key):
     data = os.urandom(70_000)
@@ -94,9 +95,19 @@ def test_presign_refuses_methods_other_than_get_and_put(storage, bucket, method)
 
 
 def test_presign_signs_locally_without_reaching_the_server():
-    offline = S3Storage("offline", S3StorageOptions.model_validate({
-        "type": "s3", "endpoint_url": "http://127.0.0.1:9", "region": "eu-west-3", "access_key_id": "AKEXAMPLE",
-        "secret_access_key": "not-in-the-url", "addressing_style": "path"}))
+    offline = S3Storage(
+        "offline",
+        S3StorageOptions.model_validate(
+            {
+                "type": "s3",
+                "endpoint_url": "http://127.0.0.1:9",
+                "region": "eu-west-3",
+                "access_key_id": "AKEXAMPLE",
+                "secret_access_key": "not-in-the-url",
+                "addressing_style": "path",
+            }
+        ),
+    )
     url = offline.presign("b", "a key", "GET", 60)
     assert url.startswith("http://127.0.0.1:9/b/a%20key?")
     assert "eu-west-3" in url and "AKEXAMPLE" in url and "not-in-the-url" not in url
@@ -104,16 +115,21 @@ def test_presign_signs_locally_without_reaching_the_server():
 
 # -- copy -------------------------------------------------------------------------------
 
+
 def no_transfer(storage: S3Storage, monkeypatch) -> None:
     """Fail the test if a copy moves the bytes through this process."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the copy went through the client, not the server")
+
     for name in ("get_file", "fetch", "fetch_many", "put_file"):
         monkeypatch.setattr(storage, name, refuse)
 
 
-@pytest.mark.parametrize("src_key, dst_key", [("job/a.bin", "copies/a.bin"), (ODD_KEYS[0], ODD_KEYS[1]),
-                                              (ODD_KEYS[1], "copies/ünï cødé with space ✓.bin")])
+@pytest.mark.parametrize(
+    "src_key, dst_key",
+    [("job/a.bin", "copies/a.bin"), (ODD_KEYS[0], ODD_KEYS[1]), (ODD_KEYS[1], "copies/ünï cødé with space ✓.bin")],
+)
 def test_copy_on_the_server(storage, bucket, seaweedfs, tmp_path, monkeypatch, src_key, dst_key):
     data = os.urandom(200_000)
     put = storage.put_file(bucket, src_key, write(tmp_path / "src", data))
@@ -157,7 +173,8 @@ def test_copy_over_the_threshold_goes_in_upload_part_copy_parts(request, tmp_pat
     no_transfer(storage, monkeypatch)
     info = storage.copy(bucket, "job/big ü.bin", bucket, "copy/big é.bin")
     assert sorted(call["CopySourceRange"] for call in calls) == sorted(
-        ["bytes=0-5242879", "bytes=5242880-10485759", f"bytes=10485760-{len(data) - 1}"])
+        ["bytes=0-5242879", "bytes=5242880-10485759", f"bytes=10485760-{len(data) - 1}"]
+    )
     assert info.size == len(data) and info.etag.endswith("-3")
     assert info.checksum == put.checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
     assert client.get_object(Bucket=bucket, Key="copy/big é.bin")["Body"].read() == data
@@ -176,6 +193,7 @@ def test_a_failed_part_aborts_the_multipart_copy(seaweedfs, tmp_path, monkeypatc
         if kwargs["PartNumber"] == 2:
             raise ConnectionResetError(104, "Connection reset by peer")
         return real(**kwargs)
+
     monkeypatch.setattr(client, "upload_part_copy", second_part_fails)
     with pytest.raises(TransientError, match=f"{bucket}/dst.bin"):
         storage.copy(bucket, "src.bin", bucket, "dst.bin")
@@ -192,6 +210,7 @@ def test_a_copy_of_the_wrong_size_is_transient(storage, bucket, tmp_path, monkey
 
     def copies_something_else(**kwargs):  # a server that answers 200 but leaves another object
         return real(Bucket=kwargs["Bucket"], Key=kwargs["Key"], CopySource={"Bucket": bucket, "Key": "short.bin"})
+
     monkeypatch.setattr(client, "copy_object", copies_something_else)
     with pytest.raises(TransientError, match="the copy has 5 bytes, the source 17"):
         storage.copy(bucket, "src.bin", bucket, "dst.bin")

@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.e2e]
 
 
 def s3_site(root, server, bucket: str, **extra):
-    storages = {"local": {"type": "file", "root": "buckets"},
-                "s3": server.storage_options(create_buckets=True)}
+    storages = {"local": {"type": "file", "root": "buckets"}, "s3": server.storage_options(create_buckets=True)}
     return make_config(root, storage="s3", bucket=bucket, extra={"storages": storages, **extra})
 
 
@@ -32,9 +31,15 @@ def test_dropped_job_delivers_through_s3_into_the_outbox(seaweedfs, tmp_path):
     config = s3_site(tmp_path / "site", seaweedfs, bucket)
     daemon = SyncdProcess(config).start()
     try:
-        drop_job(daemon.inbox, "analysis", {"command": "mkdir -p out/deep && tr a-z A-Z < in.txt > out/deep/up.txt"
-                                            " && printf '' > out/empty.txt && echo done"},
-                 {"in.txt": "hello s3\n"})
+        drop_job(
+            daemon.inbox,
+            "analysis",
+            {
+                "command": "mkdir -p out/deep && tr a-z A-Z < in.txt > out/deep/up.txt"
+                " && printf '' > out/empty.txt && echo done"
+            },
+            {"in.txt": "hello s3\n"},
+        )
         record = daemon.result("analysis", bucket=bucket, timeout=60)
     finally:
         daemon.stop()
@@ -53,8 +58,16 @@ def test_standing_mirror_keeps_a_prefix_mirrored(seaweedfs, tmp_path):
     bucket = seaweedfs.new_bucket("standing")
     client = seaweedfs.client()
     client.put_object(Bucket=bucket, Key="instrument/run1/data.csv", Body=b"1,2\n")
-    mirrors = [{"name": "instrument", "storage": "s3", "bucket": bucket, "prefix": "instrument/",
-                "outbox": "mirrored", "every": "1s"}]
+    mirrors = [
+        {
+            "name": "instrument",
+            "storage": "s3",
+            "bucket": bucket,
+            "prefix": "instrument/",
+            "outbox": "mirrored",
+            "every": "1s",
+        }
+    ]
     config = s3_site(tmp_path / "site", seaweedfs, bucket, mirrors=mirrors)
     daemon = SyncdProcess(config).start()
     target = daemon.root / "mirrored" / bucket / "instrument"
@@ -62,8 +75,11 @@ def test_standing_mirror_keeps_a_prefix_mirrored(seaweedfs, tmp_path):
         wait_for(lambda: (target / "run1" / "data.csv").exists(), timeout=30, what="the first mirror pass")
         client.put_object(Bucket=bucket, Key="instrument/run2/data.csv", Body=b"3,4\n")
         client.put_object(Bucket=bucket, Key="instrument/run1/data.csv", Body=b"9,9\n")
-        wait_for(lambda: (target / "run2" / "data.csv").exists()
-                 and (target / "run1" / "data.csv").read_bytes() == b"9,9\n", timeout=30, what="the next pass")
+        wait_for(
+            lambda: (target / "run2" / "data.csv").exists() and (target / "run1" / "data.csv").read_bytes() == b"9,9\n",
+            timeout=30,
+            what="the next pass",
+        )
         client.put_object(Bucket=bucket, Key="instrument/run3/COM1", Body=b"x")  # a device name on SMB
         wait_for(lambda: "refused remote object" in daemon.log(), timeout=30, what="the refusal to be logged")
     finally:
@@ -73,8 +89,10 @@ def test_standing_mirror_keeps_a_prefix_mirrored(seaweedfs, tmp_path):
 
 def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweedfs, tmp_path):
     bucket = seaweedfs.new_bucket("badcreds")
-    storages = {"local": {"type": "file", "root": "buckets"},
-                "bad": seaweedfs.storage_options(secret_access_key="wrong-secret-value-123")}
+    storages = {
+        "local": {"type": "file", "root": "buckets"},
+        "bad": seaweedfs.storage_options(secret_access_key="wrong-secret-value-123"),
+    }
     mirrors = [{"name": "m", "storage": "bad", "bucket": bucket, "outbox": "mirrored", "every": "1s"}]
     config = make_config(tmp_path / "site", extra={"storages": storages, "mirrors": mirrors})
     daemon = SyncdProcess(config).start()
@@ -86,18 +104,25 @@ def test_standing_mirror_with_wrong_credentials_logs_and_daemon_stays_up(seaweed
     assert "wrong-secret-value-123" not in daemon.log()
 
 
-
 @pytest.mark.parametrize("status", [503, 500])
 def test_failing_s3_endpoint_costs_one_probe_per_interval_and_jobs_resume_exactly_once(
-        seaweedfs, tmp_path, proxy_for, status):
+    seaweedfs, tmp_path, proxy_for, status
+):
     """A storage answering 503 SlowDown (with Retry-After) or 500 to everything: syncd stops calling it after
     `circuit_after` failures, probes once per backoff interval, and every job finishes once it answers again."""
     proxy = proxy_for(seaweedfs)
     bucket = seaweedfs.new_bucket(f"breaker{status}")
-    storages = {"local": {"type": "file", "root": "buckets"},
-                "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint)}
-    config = make_config(tmp_path / "site", storage="s3", bucket=bucket, max_parallel=6,
-                         extra={"storages": storages, "retry": {"initial": "0.5s", "max": "2s", "budget": "1h"}})
+    storages = {
+        "local": {"type": "file", "root": "buckets"},
+        "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint),
+    }
+    config = make_config(
+        tmp_path / "site",
+        storage="s3",
+        bucket=bucket,
+        max_parallel=6,
+        extra={"storages": storages, "retry": {"initial": "0.5s", "max": "2s", "budget": "1h"}},
+    )
     daemon = SyncdProcess(config).start()
     port = http_port(daemon)
     names = [f"job-{i:02d}" for i in range(10)]
@@ -136,8 +161,10 @@ def test_kill_9_mid_mirror_in_the_daemon_then_restart_delivers_once_and_complete
     proxy = proxy_for(seaweedfs)
     proxy.faults.delay_per_chunk = 0.3
     bucket = seaweedfs.new_bucket("midmirror")
-    storages = {"local": {"type": "file", "root": "buckets"},
-                "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint)}
+    storages = {
+        "local": {"type": "file", "root": "buckets"},
+        "s3": seaweedfs.storage_options(endpoint_url=proxy.endpoint),
+    }
     config = make_config(tmp_path / "site", storage="s3", bucket=bucket, extra={"storages": storages})
     ledger = tmp_path / "ledger.txt"
     daemon = SyncdProcess(config).start()

@@ -37,7 +37,7 @@ def test_mirror_round_trip_is_byte_identical(seaweedfs, storage, bucket, store, 
     seaweedfs.client().put_object(Bucket=bucket, Key="job/empty-folder/", Body=b"")
     report = mirror_into(store, storage, bucket, "job/", tmp_path / "out")
     assert report.failed == [] and report.refused == []
-    assert tree(tmp_path / "out") == {k[len("job/"):]: v for k, v in MIXED.items()}
+    assert tree(tmp_path / "out") == {k[len("job/") :]: v for k, v in MIXED.items()}
     assert (tmp_path / "out" / "empty-folder").is_dir()
 
 
@@ -45,13 +45,14 @@ def test_thousand_small_files_then_unchanged_resync_sends_no_get(seaweedfs, buck
     objects = {f"many/{i // 100:02d}/file-{i:04d}.dat": os.urandom(512 + i) for i in range(1000)}
     client = seaweedfs.client(max_pool_connections=32)
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects.items()))
     proxy = proxy_for(seaweedfs)
     storage = make_storage(seaweedfs, endpoint=proxy.endpoint)
     first = mirror_into(store, storage, bucket, "many/", tmp_path / "out")
     assert len(first.fetched) == 1000 and first.failed == []
-    assert tree(tmp_path / "out") == {k[len("many/"):]: v for k, v in objects.items()}
+    assert tree(tmp_path / "out") == {k[len("many/") :]: v for k, v in objects.items()}
     assert proxy.count("GET", object_only=True) == 1000
     # Small objects go through Storage.fetch_many: one thread, keep-alive connections reused.
     assert proxy.connections <= storage.options.max_connections + 1  # + the LIST's own connection
@@ -72,6 +73,7 @@ def test_small_object_batches_share_max_connections(seaweedfs, bucket, store, tm
     proxy = proxy_for(seaweedfs)
     storage = make_storage(seaweedfs, endpoint=proxy.endpoint, max_connections=6)
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda side: mirror_into(store, storage, bucket, f"{side}/", tmp_path / side), "ab"))
     assert [len(r.fetched) for r in reports] == [150, 150] and all(r.failed == [] for r in reports)
@@ -102,8 +104,9 @@ def test_file_already_in_place_is_adopted_without_download(seaweedfs, bucket, st
     assert report.skipped == ["job/a.txt"] and proxy.count("GET", object_only=True) == 0
 
 
-def test_object_deleted_then_put_back_unchanged_is_adopted_without_download(seaweedfs, bucket, store, tmp_path,
-                                                                             proxy_for):
+def test_object_deleted_then_put_back_unchanged_is_adopted_without_download(
+    seaweedfs, bucket, store, tmp_path, proxy_for
+):
     """The run that no longer lists an object forgets its index row; the file stays, and if the same
     content comes back it is recognised by its MD5, not downloaded again."""
     put_objects(seaweedfs, bucket, {"job/a.txt": b"kept", "job/b.txt": b"comes back"})
@@ -137,9 +140,13 @@ def test_local_file_edited_or_removed_is_restored(seaweedfs, storage, bucket, st
 
 
 def test_mirror_keeps_local_files_unless_delete_and_never_deletes_job_results(
-        seaweedfs, storage, bucket, store, tmp_path):
-    put_objects(seaweedfs, bucket, {"lab/keep.txt": b"k", "lab/gone.txt": b"g", "lab/job1/out.txt": b"o",
-                                    "lab/job1/syncd-result.json": b"{}"})
+    seaweedfs, storage, bucket, store, tmp_path
+):
+    put_objects(
+        seaweedfs,
+        bucket,
+        {"lab/keep.txt": b"k", "lab/gone.txt": b"g", "lab/job1/out.txt": b"o", "lab/job1/syncd-result.json": b"{}"},
+    )
     out = tmp_path / "out"
     mirror_into(store, storage, bucket, "lab/", out)
     (out / "mine.txt").write_bytes(b"a user's own file")
@@ -147,8 +154,13 @@ def test_mirror_keeps_local_files_unless_delete_and_never_deletes_job_results(
     for key in ("lab/gone.txt", "lab/job1/out.txt", "lab/job1/syncd-result.json"):
         client.delete_object(Bucket=bucket, Key=key)
     report = mirror_into(store, storage, bucket, "lab/", out)
-    assert report.deleted == [] and set(tree(out)) == {"keep.txt", "gone.txt", "mine.txt", "job1/out.txt",
-                                                       "job1/syncd-result.json"}
+    assert report.deleted == [] and set(tree(out)) == {
+        "keep.txt",
+        "gone.txt",
+        "mine.txt",
+        "job1/out.txt",
+        "job1/syncd-result.json",
+    }
     report = mirror_into(store, storage, bucket, "lab/", out, delete=True)
     assert sorted(report.deleted) == ["gone.txt", "mine.txt"]
     assert set(tree(out)) == {"keep.txt", "job1/out.txt", "job1/syncd-result.json"}
@@ -164,26 +176,42 @@ def test_outbox_layout_is_bucket_then_key(seaweedfs, storage, bucket, store, tmp
 
 
 HOSTILE = [
-    "job/../../escape.txt", "job/..", "job/./dot.txt", "job//double.txt", "/abs.txt", "job/back\\slash.txt",
-    "job/CON", "job/aux.txt", "job/a:b.txt", "job/q?.txt", "job/trailing.", "job/trailing ", "job/ctl\x01.txt",
-    f"job/{TMP_DIR}/sneaky.part", "job/README.md",
+    "job/../../escape.txt",
+    "job/..",
+    "job/./dot.txt",
+    "job//double.txt",
+    "/abs.txt",
+    "job/back\\slash.txt",
+    "job/CON",
+    "job/aux.txt",
+    "job/a:b.txt",
+    "job/q?.txt",
+    "job/trailing.",
+    "job/trailing ",
+    "job/ctl\x01.txt",
+    f"job/{TMP_DIR}/sneaky.part",
+    "job/README.md",
 ]
 
 
 def test_hostile_keys_are_refused_and_never_written_outside(moto_s3, store, tmp_path):
     bucket = moto_s3.new_bucket("hostile")
-    put_objects(moto_s3, bucket, {key: b"evil" for key in HOSTILE} | {"job/readme.md": b"case twin",
-                                                                      "job/fine.txt": b"fine"})
+    put_objects(
+        moto_s3, bucket, {key: b"evil" for key in HOSTILE} | {"job/readme.md": b"case twin", "job/fine.txt": b"fine"}
+    )
     listed = {o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
     assert set(HOSTILE) <= listed, "the server must keep the keys as given for this test to mean anything"
     storage = make_storage(moto_s3)
     outside_before = {p for p in tmp_path.rglob("*")}
     report = mirror_into(store, storage, bucket, "", tmp_path / "out")
     refused = {key for key, _ in report.refused}
-    assert refused == set(HOSTILE) - {"job/README.md"} | {"job/readme.md"} or \
-        refused == set(HOSTILE) - {"job/readme.md"}
-    assert tree(tmp_path / "out") in ({"job/fine.txt": b"fine", "job/README.md": b"evil"},
-                                      {"job/fine.txt": b"fine", "job/readme.md": b"case twin"})
+    assert refused == set(HOSTILE) - {"job/README.md"} | {"job/readme.md"} or refused == set(HOSTILE) - {
+        "job/readme.md"
+    }
+    assert tree(tmp_path / "out") in (
+        {"job/fine.txt": b"fine", "job/README.md": b"evil"},
+        {"job/fine.txt": b"fine", "job/readme.md": b"case twin"},
+    )
     created = {p for p in tmp_path.rglob("*")} - outside_before
     assert all(tmp_path / "out" in p.parents or p == tmp_path / "out" for p in created)
     assert not Path("/abs.txt").exists()
@@ -205,12 +233,13 @@ def test_mirror_with_moto_as_a_second_implementation(moto_s3, store, tmp_path):
     storage = make_storage(moto_s3)
     report = mirror_into(store, storage, bucket, "job/", tmp_path / "out")
     assert report.failed == []
-    assert tree(tmp_path / "out") == {k[len("job/"):]: v for k, v in MIXED.items()}
-    assert bucket_contents(moto_s3, bucket, "job/") == {k[len("job/"):]: v for k, v in MIXED.items()}
+    assert tree(tmp_path / "out") == {k[len("job/") :]: v for k, v in MIXED.items()}
+    assert bucket_contents(moto_s3, bucket, "job/") == {k[len("job/") :]: v for k, v in MIXED.items()}
 
 
-def test_parts_left_by_a_killed_run_are_removed_even_when_nothing_is_fetched(seaweedfs, storage, bucket, store,
-                                                                            tmp_path):
+def test_parts_left_by_a_killed_run_are_removed_even_when_nothing_is_fetched(
+    seaweedfs, storage, bucket, store, tmp_path
+):
     put_objects(seaweedfs, bucket, {"job/a.txt": b"a"})
     out = tmp_path / "out"
     mirror_into(store, storage, bucket, "job/", out)

@@ -29,8 +29,11 @@ def s3_world(seaweedfs, tmp_path):
 
 def test_inputs_by_presigned_url_and_outputs_copied_inside_the_bucket(s3_world, seaweedfs):
     w, bucket = s3_world(MemoryService(inputs_by_url=True, outputs_to="storage"))
-    job_id = w.drop("via-s3", {"command": "mkdir -p out && tr a-z A-Z < data/in.txt > out/up.txt"},
-                    files={"data/in.txt": "hello by url\n"})
+    job_id = w.drop(
+        "via-s3",
+        {"command": "mkdir -p out && tr a-z A-Z < data/in.txt > out/up.txt"},
+        files={"data/in.txt": "hello by url\n"},
+    )
     w.pump_until(lambda: w.job(job_id).state == "succeeded" and w.job(job_id).finished, timeout=60)
     assert w.outbox(job_id, "out/up.txt").read_text() == "HELLO BY URL\n"
     job = w.job(job_id)

@@ -22,14 +22,17 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("key, data", [
-    ("job/empty.txt", b""),
-    ("job/one-byte", b"x"),
-    ("job/données ✓/résumé final.txt", "çà et là".encode()),
-    ("job/with space/and  two.txt", b"spaces"),
-    ("job/odd +=&%#~@!$'(),;[]{}^`.txt", b"every character the signature must encode right"),
-    ("job/" + "/".join(f"d{i}" for i in range(30)) + "/deep.bin", os.urandom(1000)),
-])
+@pytest.mark.parametrize(
+    "key, data",
+    [
+        ("job/empty.txt", b""),
+        ("job/one-byte", b"x"),
+        ("job/données ✓/résumé final.txt", "çà et là".encode()),
+        ("job/with space/and  two.txt", b"spaces"),
+        ("job/odd +=&%#~@!$'(),;[]{}^`.txt", b"every character the signature must encode right"),
+        ("job/" + "/".join(f"d{i}" for i in range(30)) + "/deep.bin", os.urandom(1000)),
+    ],
+)
 def test_put_file_then_fetch_is_byte_identical(storage, bucket, tmp_path, key, data):
     source = write(tmp_path / "src", data)
     put = storage.put_file(bucket, key, source)
@@ -101,11 +104,12 @@ def test_ensure_bucket_creates_when_allowed(seaweedfs):
 
 def test_wrong_credentials_are_an_auth_error_without_the_secret(seaweedfs, bucket, tmp_path):
     secret = "not-the-right-secret-4242"
-    storage = S3Storage("s3", S3StorageOptions.model_validate(
-        seaweedfs.storage_options(secret_access_key=secret)))
-    for action in (lambda: list(storage.list(bucket, "")),
-                   lambda: storage.put_file(bucket, "k", write(tmp_path / "k", b"k")),
-                   lambda: storage.fetch(bucket, "k", tmp_path / "dest")):
+    storage = S3Storage("s3", S3StorageOptions.model_validate(seaweedfs.storage_options(secret_access_key=secret)))
+    for action in (
+        lambda: list(storage.list(bucket, "")),
+        lambda: storage.put_file(bucket, "k", write(tmp_path / "k", b"k")),
+        lambda: storage.fetch(bucket, "k", tmp_path / "dest"),
+    ):
         with pytest.raises(AuthError) as info:
             action()
         assert secret not in str(info.value) and "credentials" in str(info.value)
@@ -130,9 +134,11 @@ def test_options_reference_env_variables_for_keys(tmp_path, seaweedfs):
         "storages:\n  s3:\n    type: s3\n    endpoint_url: " + seaweedfs.endpoint + "\n"
         "    access_key_id: ${TEST_S3_KEY}\n    secret_access_key: ${TEST_S3_SECRET}\n"
         "backends:\n  local: {type: local}\n"
-        "inboxes:\n  - {name: a, path: in, outbox: out, failed: failed, backend: local, storage: s3, bucket: b}\n")
-    loaded = load_config(config, plugins.options_model,
-                         env={"TEST_S3_KEY": seaweedfs.access_key, "TEST_S3_SECRET": seaweedfs.secret_key})
+        "inboxes:\n  - {name: a, path: in, outbox: out, failed: failed, backend: local, storage: s3, bucket: b}\n"
+    )
+    loaded = load_config(
+        config, plugins.options_model, env={"TEST_S3_KEY": seaweedfs.access_key, "TEST_S3_SECRET": seaweedfs.secret_key}
+    )
     options = loaded.storage_options["s3"]
     assert options.secret_access_key.get_secret_value() == seaweedfs.secret_key
     assert seaweedfs.secret_key not in repr(loaded)

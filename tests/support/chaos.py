@@ -19,8 +19,9 @@ def _drop(inbox: Path, name: str, ledger: Path) -> None:
     drop_job(inbox, name, {"command": command}, {"in.txt": f"input of {name}\n"})
 
 
-def kill_at_each_point_then_finish(site: Path, points: list[str], *, per_life: int = 2,
-                                   timeout: float = 120) -> dict[str, int]:
+def kill_at_each_point_then_finish(
+    site: Path, points: list[str], *, per_life: int = 2, timeout: float = 120
+) -> dict[str, int]:
     """Drop ``per_life`` jobs and run a daemon until each crash point kills it, kill one more mid-settle,
     then let a clean daemon finish; check every promise. Returns the kills by point."""
     root = site.parent
@@ -56,8 +57,11 @@ def kill_at_each_point_then_finish(site: Path, points: list[str], *, per_life: i
     daemon = SyncdProcess(site).start()
     try:
         results = {name: daemon.result(name, timeout=timeout) for name in names}
-        wait_for(lambda: [p.name for p in (root / "inbox").iterdir()] == [".syncd"], timeout=60,
-                 what="every claimed folder archived")
+        wait_for(
+            lambda: [p.name for p in (root / "inbox").iterdir()] == [".syncd"],
+            timeout=60,
+            what="every claimed folder archived",
+        )
     finally:
         assert daemon.stop() == 0
 

@@ -64,27 +64,83 @@ from pathlib import Path
 from typing import Any
 
 CAPACITY_DEFAULT = 8
-DEFAULT_CEILING = {"num_of_node": 50, "num_of_task": 50, "cpu_per_task": 50, "memory_per_cpu": "10G",
-                   "memory_per_gpu": "10G", "memory": "50G", "gpus": 20, "gpus_per_node": 20,
-                   "gpus_per_socket": 20, "gpus_per_task": 20, "time": "10:00:00"}
+DEFAULT_CEILING = {
+    "num_of_node": 50,
+    "num_of_task": 50,
+    "cpu_per_task": 50,
+    "memory_per_cpu": "10G",
+    "memory_per_gpu": "10G",
+    "memory": "50G",
+    "gpus": 20,
+    "gpus_per_node": 20,
+    "gpus_per_socket": 20,
+    "gpus_per_task": 20,
+    "time": "10:00:00",
+}
 STORAGE_KEYS = ("memory_per_cpu", "memory_per_gpu", "memory")
-INTEGER_KEYS = ("num_of_node", "num_of_task", "time", "cpu_per_task", *STORAGE_KEYS, "gpus", "gpus_per_node",
-                "gpus_per_socket", "gpus_per_task")
+INTEGER_KEYS = (
+    "num_of_node",
+    "num_of_task",
+    "time",
+    "cpu_per_task",
+    *STORAGE_KEYS,
+    "gpus",
+    "gpus_per_node",
+    "gpus_per_socket",
+    "gpus_per_task",
+)
 SCHEMAS: dict[str, dict[str, str]] = {
     "user": {"jupyterhubApiToken": "string"},
-    "createJob": {"jupyterhubApiToken": "string", "maintainer": "string", "hpc": "string", "user": "string",
-                  "password": "string"},
-    "updateJob": {"jupyterhubApiToken": "string", "param": "object", "env": "object", "slurm": "object",
-                  "localExecutableFolder": "object", "localDataFolder": "object", "remoteDataFolder": "string",
-                  "remoteExecutableFolder": "string"},
-    "initGlobusDownload": {"jobId": "string", "jupyterhubApiToken": "string", "toEndpoint": "string",
-                           "toPath": "string", "fromPath": "string"},
+    "createJob": {
+        "jupyterhubApiToken": "string",
+        "maintainer": "string",
+        "hpc": "string",
+        "user": "string",
+        "password": "string",
+    },
+    "updateJob": {
+        "jupyterhubApiToken": "string",
+        "param": "object",
+        "env": "object",
+        "slurm": "object",
+        "localExecutableFolder": "object",
+        "localDataFolder": "object",
+        "remoteDataFolder": "string",
+        "remoteExecutableFolder": "string",
+    },
+    "initGlobusDownload": {
+        "jobId": "string",
+        "jupyterhubApiToken": "string",
+        "toEndpoint": "string",
+        "toPath": "string",
+        "fromPath": "string",
+    },
 }
 REQUIRED = {"initGlobusDownload": ("jupyterhubApiToken", "toEndpoint", "toPath")}
-JOB_KEYS = ("id", "userId", "secretToken", "slurmId", "maintainer", "hpc", "remoteExecutableFolder",
-            "remoteDataFolder", "remoteResultFolder", "localExecutableFolder", "localDataFolder", "param", "env",
-            "slurm", "createdAt", "updatedAt", "deletedAt", "initializedAt", "finishedAt", "isFailed", "events",
-            "logs")
+JOB_KEYS = (
+    "id",
+    "userId",
+    "secretToken",
+    "slurmId",
+    "maintainer",
+    "hpc",
+    "remoteExecutableFolder",
+    "remoteDataFolder",
+    "remoteResultFolder",
+    "localExecutableFolder",
+    "localDataFolder",
+    "param",
+    "env",
+    "slurm",
+    "createdAt",
+    "updatedAt",
+    "deletedAt",
+    "initializedAt",
+    "finishedAt",
+    "isFailed",
+    "events",
+    "logs",
+)
 LOG_LIMIT = 500
 
 
@@ -111,7 +167,7 @@ def generate_id() -> str:
 # -- the server's unit arithmetic (src/lib/JobUtil.ts), quirks included ------------------------------------------
 def storage_to_kb(value: Any) -> float | None:
     text = str(value).lower().replace("b", "")
-    for unit, factor in (("p", 1024 ** 3), ("g", 1024 ** 2), ("m", 1024)):
+    for unit, factor in (("p", 1024**3), ("g", 1024**2), ("m", 1024)):
         if unit in text:
             try:
                 return int(text.replace(unit, "").strip()) * factor
@@ -211,10 +267,22 @@ class Emulator:
         self.config = json.loads((root / "config.json").read_text())
         self.lock = threading.RLock()
         self.state_path = root / "state.json"
-        self.state: dict[str, Any] = (json.loads(self.state_path.read_text()) if self.state_path.exists() else
-                                      {"jobs": {}, "events": {}, "logs": {}, "folders": {}, "queues": {},
-                                       "results": {}, "globus_tasks": {}, "transfers": {}, "pids": {},
-                                       "next_id": 1})
+        self.state: dict[str, Any] = (
+            json.loads(self.state_path.read_text())
+            if self.state_path.exists()
+            else {
+                "jobs": {},
+                "events": {},
+                "logs": {},
+                "folders": {},
+                "queues": {},
+                "results": {},
+                "globus_tasks": {},
+                "transfers": {},
+                "pids": {},
+                "next_id": 1,
+            }
+        )
         # In memory only, like the supervisor's: lost in a restart.
         self.running: dict[str, dict[str, Any]] = {}
         self.cancel_requests: set[str] = set()
@@ -239,25 +307,32 @@ class Emulator:
         elif kind in ("JOB_ENDED", "JOB_FAILED"):
             job["finishedAt"], job["isFailed"] = stamp, kind == "JOB_FAILED"
         self.state["events"].setdefault(job_id, []).append(
-            {"id": self._new_id(), "jobId": job_id, "type": kind, "message": message, "createdAt": stamp})
+            {"id": self._new_id(), "jobId": job_id, "type": kind, "message": message, "createdAt": stamp}
+        )
         self.save()
 
     def log(self, job_id: str, message: str) -> None:
         if len(message) > LOG_LIMIT:
             message = message[:LOG_LIMIT] + "...[download for full log]"
         self.state["logs"].setdefault(job_id, []).append(
-            {"id": self._new_id(), "jobId": job_id, "message": message, "createdAt": now_ms()})
+            {"id": self._new_id(), "jobId": job_id, "message": message, "createdAt": now_ms()}
+        )
         self.save()
 
     def folder_object(self, folder_id: str | None) -> dict | None:
         folder = self.state["folders"].get(folder_id) if folder_id else None
         if folder is None:
             return None
-        return {**folder, "createdAt": iso(folder["createdAt"]), "updatedAt": iso(folder.get("updatedAt")),
-                "deletedAt": iso(folder.get("deletedAt"))}
+        return {
+            **folder,
+            "createdAt": iso(folder["createdAt"]),
+            "updatedAt": iso(folder.get("updatedAt")),
+            "deletedAt": iso(folder.get("deletedAt")),
+        }
 
-    def job_object(self, job: dict, *, fresh: bool = False, folders: bool = False, events: bool = False,
-                   logs: bool = False) -> dict:
+    def job_object(
+        self, job: dict, *, fresh: bool = False, folders: bool = False, events: bool = False, logs: bool = False
+    ) -> dict:
         """``Helper.job2object`` of the entity the server has in hand (``fresh``: built by POST /job, not loaded)."""
         out: dict[str, Any] = dict.fromkeys(JOB_KEYS)
         for key in ("id", "userId", "maintainer", "hpc", "param", "env", "slurm"):
@@ -272,8 +347,18 @@ class Emulator:
         if folders:
             for key in ("remoteExecutableFolder", "remoteDataFolder", "remoteResultFolder"):
                 out[key] = self.folder_object(job.get(key))
-        stamped = lambda items: [{**i, "createdAt": iso(i["createdAt"]), "updatedAt": iso(i["createdAt"]),  # noqa: E731
-                                  "deletedAt": None} for i in items]
+
+        def stamped(items):
+            return [
+                {
+                    **i,
+                    "createdAt": iso(i["createdAt"]),
+                    "updatedAt": iso(i["createdAt"]),  # noqa: E731
+                    "deletedAt": None,
+                }
+                for i in items
+            ]
+
         out["events"] = stamped(self.state["events"].get(job["id"], [])) if events else []
         out["logs"] = stamped(self.state["logs"].get(job["id"], [])) if logs else []
         return out
@@ -316,8 +401,11 @@ class Emulator:
             while queue and sum(1 for r in self.running.values() if r["hpc"] == hpc) < capacity:
                 job_id = queue.pop(0)
                 self.running[job_id] = {"job_id": job_id, "hpc": hpc, "init": False, "tries": 0, "proc": None}
-                self.event(job_id, "JOB_REGISTERED",
-                           f"job [{job_id}] is registered with the supervisor, waiting for initialization")
+                self.event(
+                    job_id,
+                    "JOB_REGISTERED",
+                    f"job [{job_id}] is registered with the supervisor, waiting for initialization",
+                )
 
     def _work(self, job_id: str) -> None:
         entry = self.running[job_id]
@@ -349,9 +437,15 @@ class Emulator:
         root = Path(hpc["root_path"])
         globus_root = hpc.get("globus", {}).get("root_path", "/")
         self.state["folders"][folder_id] = {
-            "id": folder_id, "name": None, "hpc": job["hpc"], "hpcPath": str(root / folder_id),
-            "globusPath": node_join(globus_root, folder_id), "userId": job["userId"], "isWritable": False,
-            "createdAt": now_ms()}
+            "id": folder_id,
+            "name": None,
+            "hpc": job["hpc"],
+            "hpcPath": str(root / folder_id),
+            "globusPath": node_join(globus_root, folder_id),
+            "userId": job["userId"],
+            "isWritable": False,
+            "createdAt": now_ms(),
+        }
         path = root / folder_id
         path.mkdir(parents=True)
         return folder_id, path
@@ -381,13 +475,19 @@ class Emulator:
             self._upload(job["localDataFolder"], data)
         self.event(job_id, "SLURM_CREATE_RESULT", "create result folder")
         result_id, result = self._hpc_folder(job)
-        job.update(remoteExecutableFolder=exe_id, remoteDataFolder=data_id, remoteResultFolder=result_id,
-                   updatedAt=now_ms())
+        job.update(
+            remoteExecutableFolder=exe_id, remoteDataFolder=data_id, remoteResultFolder=result_id, updatedAt=now_ms()
+        )
         (result / "slurm_log").mkdir()
         self.event(job_id, "SLURM_SUBMIT", "submitting slurm job")
-        entry.update(proc=self._sbatch(job, manifest, exe, self.state["folders"].get(data_id), result),
-                     result=result, downloadable=manifest.get("default_result_folder_downloadable_path"),
-                     started=time.time(), cancelled=False, ended_at=None)
+        entry.update(
+            proc=self._sbatch(job, manifest, exe, self.state["folders"].get(data_id), result),
+            result=result,
+            downloadable=manifest.get("default_result_folder_downloadable_path"),
+            started=time.time(),
+            cancelled=False,
+            ended_at=None,
+        )
         job["slurmId"] = str(entry["proc"].pid)
         self.state["pids"][job_id] = entry["proc"].pid
         self.event(job_id, "SLURM_SUBMIT_SUCCESS", f"slurm job submitted with slurm job id {job['slurmId']}")
@@ -417,24 +517,47 @@ class Emulator:
         job_env = [f'{k}="{v}"' for k, v in values.items()]
         job_env += [f'param_{k}="{v}"' for k, v in (job["param"] or {}).items()]
         job_env += [f'env_{k}="{v}"' for k, v in (job["env"] or {}).items()]
-        job_env += [f'executable_folder="{exe}"', f'data_folder="{data["hpcPath"] if data else None}"',
-                    f'result_folder="{result}"']
-        stages = [manifest.get("pre_processing_stage"), manifest["execution_stage"],
-                  manifest.get("post_processing_stage")]
+        job_env += [
+            f'executable_folder="{exe}"',
+            f'data_folder="{data["hpcPath"] if data else None}"',
+            f'result_folder="{result}"',
+        ]
+        stages = [
+            manifest.get("pre_processing_stage"),
+            manifest["execution_stage"],
+            manifest.get("post_processing_stage"),
+        ]
         lines = [f'{" ".join(job_env)} bash -c "cd {exe} && {stage}"' for stage in stages if stage]
         hpc = self.config["hpc"][job["hpc"]]
         script = "\n".join(["#!/bin/bash", *hpc.get("init_sbatch_script", []), *lines]) + "\n"
         (exe / "job.sbatch").write_text(script)
-        (exe / "job.json").write_text(json.dumps({
-            "job_id": job["id"], "user_id": job["userId"], "maintainer": job["maintainer"], "hpc": job["hpc"],
-            "param": job["param"], "env": job["env"], "executable_folder": str(exe),
-            "data_folder": data["hpcPath"] if data else None, "result_folder": str(result)}))
+        (exe / "job.json").write_text(
+            json.dumps(
+                {
+                    "job_id": job["id"],
+                    "user_id": job["userId"],
+                    "maintainer": job["maintainer"],
+                    "hpc": job["hpc"],
+                    "param": job["param"],
+                    "env": job["env"],
+                    "executable_folder": str(exe),
+                    "data_folder": data["hpcPath"] if data else None,
+                    "result_folder": str(result),
+                }
+            )
+        )
         env_cmd = "".join(f"export {k}={v};\n" for k, v in (job["env"] or {}).items())
         logs = result / "slurm_log"
         with open(logs / "job.stdout", "wb") as out, open(logs / "job.stderr", "wb") as err:
-            return subprocess.Popen(["/bin/bash", "-c", env_cmd + "exec /bin/bash job.sbatch"], cwd=exe,
-                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(exe)})
+            return subprocess.Popen(
+                ["/bin/bash", "-c", env_cmd + "exec /bin/bash job.sbatch"],
+                cwd=exe,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(exe)},
+            )
 
     def _squeue(self, entry: dict) -> str:
         proc: subprocess.Popen = entry["proc"]
@@ -527,8 +650,14 @@ class Emulator:
             self.save()
 
     # -- routes ------------------------------------------------------------------------------------------------
-    def _user(self, body: Any, schema: str = "user", *, missing: tuple[int, str] = (402, "invalid token"),
-              allowlist: bool = False) -> str:
+    def _user(
+        self,
+        body: Any,
+        schema: str = "user",
+        *,
+        missing: tuple[int, str] = (402, "invalid token"),
+        allowlist: bool = False,
+    ) -> str:
         if errors := _schema_errors(body, schema):
             raise Refusal(402, {"error": "invalid input", "messages": errors})
         username, host = self.who(body)
@@ -541,8 +670,10 @@ class Emulator:
     def _owned(self, job_id: str, username: str) -> dict:
         job = self.state["jobs"].get(job_id)
         if job is None or job["userId"] != username:
-            raise LookupError(f'EntityNotFound: Could not find any entity of type "Job" matching: '
-                              f'{{\n    "id": "{job_id}",\n    "userId": "{username}"\n}}')
+            raise LookupError(
+                f'EntityNotFound: Could not find any entity of type "Job" matching: '
+                f'{{\n    "id": "{job_id}",\n    "userId": "{username}"\n}}'
+            )
         return job
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any] | None:
@@ -571,27 +702,42 @@ class Emulator:
         if (method, path) == ("GET", "/user/jupyter-globus"):
             username = self._user(body, allowlist=True)
             hub = self.config["hubs"][username.rsplit("@", 1)[1]]["globus"]
-            return 200, {"endpoint": hub["endpoint"], "root_path": node_join(hub["root_path"],
-                                                                               username.rsplit("@", 1)[0]),
-                         "container_home_path": hub["container_home_path"]}
+            return 200, {
+                "endpoint": hub["endpoint"],
+                "root_path": node_join(hub["root_path"], username.rsplit("@", 1)[0]),
+                "container_home_path": hub["container_home_path"],
+            }
         if (method, path) == ("GET", "/user/slurm-usage"):
             self._user(body)  # the jobs' usage columns (seff's numbers) stay null here: all zero
             if "format=True" in query:
-                return 200, {"nodes": 0, "cpus": 0, "cpuTime": "00 days, 00 hours, 00 minutes, 00 seconds",
-                             "memory": "0kb", "memoryUsage": "0kb",
-                             "walltime": "00 days, 00 hours, 00 minutes, 00 seconds"}
+                return 200, {
+                    "nodes": 0,
+                    "cpus": 0,
+                    "cpuTime": "00 days, 00 hours, 00 minutes, 00 seconds",
+                    "memory": "0kb",
+                    "memoryUsage": "0kb",
+                    "walltime": "00 days, 00 hours, 00 minutes, 00 seconds",
+                }
             return 200, {"nodes": 0, "cpus": 0, "cpuTime": 0, "memory": 0, "memoryUsage": 0, "walltime": 0}
         if (method, path) == ("POST", "/job"):
             return self._create(body)
-        if method == "PUT" and path in ("/clean",) or (job_route and method == "PUT"
-                                                         and job_route.group(2) in ("/pause", "/resume")):
+        if (
+            method == "PUT"
+            and path in ("/clean",)
+            or (job_route and method == "PUT" and job_route.group(2) in ("/pause", "/resume"))
+        ):
             return None  # not implemented on the server: the request never gets an answer
         if job_route:
             job_id, action = job_route.groups()
-            handler = {("PUT", None): self._update, ("POST", "/submit"): self._submit,
-                       ("PUT", "/cancel"): self._cancel, ("GET", None): self._status,
-                       ("GET", "/events"): self._events, ("GET", "/logs"): self._logs,
-                       ("GET", "/result-folder-content"): self._result_folder}.get((method, action))
+            handler = {
+                ("PUT", None): self._update,
+                ("POST", "/submit"): self._submit,
+                ("PUT", "/cancel"): self._cancel,
+                ("GET", None): self._status,
+                ("GET", "/events"): self._events,
+                ("GET", "/logs"): self._logs,
+                ("GET", "/result-folder-content"): self._result_folder,
+            }.get((method, action))
             if handler is not None:
                 return handler(job_id, body)
         if folder_route:
@@ -615,17 +761,29 @@ class Emulator:
     @staticmethod
     def _git_manifest(gid: str, repo: Path) -> dict:
         """``GitUtil.getExecutableManifest``: defaults, invalid rules dropped, missing bounds filled in."""
-        manifest = {"name": None, "container": None, "description": "none", "estimated_runtime": "unknown",
-                    "supported_hpc": ["keeling_community"], "default_hpc": None, "repository": f"file://{repo}",
-                    "require_upload_data": False, "slurm_input_rules": {}, "param_rules": {},
-                    **json.loads((repo / "manifest.json").read_text())}
+        manifest = {
+            "name": None,
+            "container": None,
+            "description": "none",
+            "estimated_runtime": "unknown",
+            "supported_hpc": ["keeling_community"],
+            "default_hpc": None,
+            "repository": f"file://{repo}",
+            "require_upload_data": False,
+            "slurm_input_rules": {},
+            "param_rules": {},
+            **json.loads((repo / "manifest.json").read_text()),
+        }
         manifest["default_hpc"] = manifest["default_hpc"] or manifest["supported_hpc"][0]
         rules = manifest["slurm_input_rules"]
         for key in list(rules):
             rule = rules[key]
-            if (key not in (*INTEGER_KEYS, "partition") or not rule.get("default_value")
-                    or (key == "time" and rule.get("unit") not in ("Minutes", "Hours", "Days"))
-                    or (key in STORAGE_KEYS and rule.get("unit") not in ("GB", "MB"))):
+            if (
+                key not in (*INTEGER_KEYS, "partition")
+                or not rule.get("default_value")
+                or (key == "time" and rule.get("unit") not in ("Minutes", "Hours", "Days"))
+                or (key in STORAGE_KEYS and rule.get("unit") not in ("GB", "MB"))
+            ):
                 del rules[key]
                 continue
             if key in INTEGER_KEYS and key not in ("time", *STORAGE_KEYS):
@@ -657,11 +815,28 @@ class Emulator:
             return 401, {"error": "Not authorized for HPC", "message": None}
         if not hpc.get("is_community_account", True):
             return 401, {"error": "invalid SSH credentials", "messages": ["Error: not emulated"]}
-        job = {"id": generate_id(), "userId": username, "maintainer": name, "hpc": hpc_name, "param": {},
-               "env": {}, "slurm": {}, "slurmId": None, "localExecutableFolder": None, "localDataFolder": None,
-               "remoteExecutableFolder": None, "remoteDataFolder": None, "remoteResultFolder": None,
-               "createdAt": now_ms(), "updatedAt": None, "deletedAt": None, "initializedAt": None,
-               "finishedAt": None, "queuedAt": None, "isFailed": False}
+        job = {
+            "id": generate_id(),
+            "userId": username,
+            "maintainer": name,
+            "hpc": hpc_name,
+            "param": {},
+            "env": {},
+            "slurm": {},
+            "slurmId": None,
+            "localExecutableFolder": None,
+            "localDataFolder": None,
+            "remoteExecutableFolder": None,
+            "remoteDataFolder": None,
+            "remoteResultFolder": None,
+            "createdAt": now_ms(),
+            "updatedAt": None,
+            "deletedAt": None,
+            "initializedAt": None,
+            "finishedAt": None,
+            "queuedAt": None,
+            "isFailed": False,
+        }
         self.state["jobs"][job["id"]] = job
         self.save()
         return 200, self.job_object(job, fresh=True)
@@ -672,8 +847,9 @@ class Emulator:
             job = self._owned(job_id, username)
         except LookupError as exc:
             return 200, {"error": str(exc)}  # res.json() before res.status(): it goes out as 200
-        changes = {k: body[k] for k in ("param", "env", "slurm", "localExecutableFolder", "localDataFolder")
-                   if body.get(k)}
+        changes = {
+            k: body[k] for k in ("param", "env", "slurm", "localExecutableFolder", "localDataFolder") if body.get(k)
+        }
         if body.get("remoteDataFolder"):
             if body["remoteDataFolder"] not in self.state["folders"]:
                 return 403, {"error": "internal error", "messages": "Error: could not find remoteDataFolder"}
@@ -774,13 +950,18 @@ class Emulator:
             return 403, {"error": f"cannot find hpc {folder['hpc']}"}
         source = node_join(folder["globusPath"], body["fromPath"]) if body.get("fromPath") else folder["globusPath"]
         if body["toEndpoint"] not in self.config.get("globus_endpoints", {}):
-            return 403, {"error": "failed to init globus with error: Error: GlobusAPIError(404, "
-                                  f"'EndpointNotFound', 'No such endpoint {body['toEndpoint']}')"}
+            return 403, {
+                "error": "failed to init globus with error: Error: GlobusAPIError(404, "
+                f"'EndpointNotFound', 'No such endpoint {body['toEndpoint']}')"
+            }
         task_id = f"{random.getrandbits(128):032x}"
         self.state["transfers"][task_id] = {
             "from": {"endpoint": hpc["globus"]["endpoint"], "path": source},
-            "to": {"endpoint": body["toEndpoint"], "path": body["toPath"]}, "status": "ACTIVE",
-            "due": time.time() + self.config.get("globus_seconds", 0.3), "label": f"job-id-{body.get('jobId')}"}
+            "to": {"endpoint": body["toEndpoint"], "path": body["toPath"]},
+            "status": "ACTIVE",
+            "due": time.time() + self.config.get("globus_seconds", 0.3),
+            "label": f"job-id-{body.get('jobId')}",
+        }
         self.state["globus_tasks"][folder_id] = task_id
         self.save()
         return 200, {"globus_task_id": task_id}
@@ -791,8 +972,10 @@ class Emulator:
             return 403, {"error": f"cannot find folder with id {folder_id}"}
         task = self.state["transfers"].get(self.state["globus_tasks"].get(folder_id, ""))
         if task is None:
-            return 403, {"error": "failed to query globus with error: Error: Globus query status failed with "
-                                  "error: missing task id"}
+            return 403, {
+                "error": "failed to query globus with error: Error: Globus query status failed with "
+                "error: missing task id"
+            }
         if task["status"] in ("SUCCEEDED", "FAILED"):
             del self.state["globus_tasks"][folder_id]
             self.save()
@@ -829,8 +1012,9 @@ class Emulator:
             def _send(self, status: int, payload: Any, html: bool = False):
                 data = (f"<!DOCTYPE html><html><body>{payload}</body></html>" if html else json.dumps(payload)).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "text/html; charset=utf-8" if html else
-                                 "application/json; charset=utf-8")
+                self.send_header(
+                    "Content-Type", "text/html; charset=utf-8" if html else "application/json; charset=utf-8"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -842,6 +1026,7 @@ class Emulator:
         server.daemon_threads = True
         threading.Thread(target=self.supervise, daemon=True).start()
         return server
+
 
 # -- for tests: the emulator as a child process ------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[2]
@@ -881,38 +1066,88 @@ class CybergisService:
         hello = root / "git" / "hello_world"
         hello.mkdir(parents=True, exist_ok=True)
         (hello / "main.py").write_text(HELLO_MAIN)
-        (hello / "manifest.json").write_text(json.dumps({
-            "name": "hello world", "container": "python", "execution_stage": "python3 main.py",
-            "supported_hpc": [self.HPC], "param_rules": {"greeting": {"type": "string_input",
-                                                                      "default_value": "hi"}},
-            "default_result_folder_downloadable_path": "greetings"}))
+        (hello / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "name": "hello world",
+                    "container": "python",
+                    "execution_stage": "python3 main.py",
+                    "supported_hpc": [self.HPC],
+                    "param_rules": {"greeting": {"type": "string_input", "default_value": "hi"}},
+                    "default_result_folder_downloadable_path": "greetings",
+                }
+            )
+        )
         demo = root / "git" / "demo"
         demo.mkdir(parents=True, exist_ok=True)
         (demo / "demo.sh").write_text(DEMO_SCRIPT)
-        (demo / "manifest.json").write_text(json.dumps({
-            "name": "demo", "container": "python", "execution_stage": "bash ./demo.sh", "supported_hpc": [self.HPC]}))
+        (demo / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "name": "demo",
+                    "container": "python",
+                    "execution_stage": "bash ./demo.sh",
+                    "supported_hpc": [self.HPC],
+                }
+            )
+        )
         self.config: dict[str, Any] = {
-            "hubs": {self.HUB: {"tokens": {self.TOKEN: "alice", self.OTHER_TOKEN: "bob"},
-                                "globus": {"comment": "the test hub", "endpoint": self.HOST_ENDPOINT,
-                                           "root_path": str(root / "home"), "container_home_path": "/home/jovyan"}}},
-            "hpc": {self.HPC: {
-                "ip": "hpc.test", "port": 22, "is_community_account": True, "root_path": str(root / "hpc"),
-                "community_login": {"user": "cg", "use_local_key": True}, "job_pool_capacity": CAPACITY_DEFAULT,
-                "globus": {"identity": "cg@hpc.test", "endpoint": self.HPC_ENDPOINT, "root_path": "/"},
-                "slurm_input_rules": {"cpu_per_task": {"max": 4, "min": 1, "default_value": 1},
-                                      "memory": {"max": 8, "min": 1, "default_value": 1, "unit": "GB"},
-                                      "time": {"max": 2, "min": 1, "default_value": 1, "unit": "Hours"}},
-                "allowlist": [], "denylist": [], "mount": {}, "description": "the emulated cluster"}},
-            "maintainer": {"community_contribution": {
-                "hpc": [self.HPC], "default_hpc": self.HPC, "job_pool_capacity": CAPACITY_DEFAULT,
-                "executable_folder": {"from_user": False, "allowed_protocol": "git"},
-                "maintainer": "CommunityContributionMaintainer"}},
-            "container": {"python": {"dockerfile": "python.Dockerfile", "dockerhub": "python:3",
-                                     "hpc_path": {self.HPC: "/images/python.sif"}}},
-            "git": {self.RUNNER: str(REPO / "examples" / "cybergis" / "runner"), "hello_world": str(hello),
-                    "demo": str(demo)},
+            "hubs": {
+                self.HUB: {
+                    "tokens": {self.TOKEN: "alice", self.OTHER_TOKEN: "bob"},
+                    "globus": {
+                        "comment": "the test hub",
+                        "endpoint": self.HOST_ENDPOINT,
+                        "root_path": str(root / "home"),
+                        "container_home_path": "/home/jovyan",
+                    },
+                }
+            },
+            "hpc": {
+                self.HPC: {
+                    "ip": "hpc.test",
+                    "port": 22,
+                    "is_community_account": True,
+                    "root_path": str(root / "hpc"),
+                    "community_login": {"user": "cg", "use_local_key": True},
+                    "job_pool_capacity": CAPACITY_DEFAULT,
+                    "globus": {"identity": "cg@hpc.test", "endpoint": self.HPC_ENDPOINT, "root_path": "/"},
+                    "slurm_input_rules": {
+                        "cpu_per_task": {"max": 4, "min": 1, "default_value": 1},
+                        "memory": {"max": 8, "min": 1, "default_value": 1, "unit": "GB"},
+                        "time": {"max": 2, "min": 1, "default_value": 1, "unit": "Hours"},
+                    },
+                    "allowlist": [],
+                    "denylist": [],
+                    "mount": {},
+                    "description": "the emulated cluster",
+                }
+            },
+            "maintainer": {
+                "community_contribution": {
+                    "hpc": [self.HPC],
+                    "default_hpc": self.HPC,
+                    "job_pool_capacity": CAPACITY_DEFAULT,
+                    "executable_folder": {"from_user": False, "allowed_protocol": "git"},
+                    "maintainer": "CommunityContributionMaintainer",
+                }
+            },
+            "container": {
+                "python": {
+                    "dockerfile": "python.Dockerfile",
+                    "dockerhub": "python:3",
+                    "hpc_path": {self.HPC: "/images/python.sif"},
+                }
+            },
+            "git": {
+                self.RUNNER: str(REPO / "examples" / "cybergis" / "runner"),
+                "hello_world": str(hello),
+                "demo": str(demo),
+            },
             "globus_endpoints": {self.HPC_ENDPOINT: str(root / "hpc"), self.HOST_ENDPOINT: "/"},
-            "tick": 0.05, "min_job_age": 0.15, "globus_seconds": 0.2,
+            "tick": 0.05,
+            "min_job_age": 0.15,
+            "globus_seconds": 0.2,
         }
         self.config.update(overrides)
         (root / "config.json").write_text(json.dumps(self.config, indent=1))
@@ -928,9 +1163,13 @@ class CybergisService:
         port_file = self.root / "port"
         port_file.unlink(missing_ok=True)
         self.log = open(self.root / "emulator.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.cybergis_service", str(self.root),
-                                      "--port", str(self.port)], cwd=REPO, stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.cybergis_service", str(self.root), "--port", str(self.port)],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         deadline = time.monotonic() + 20
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -65,8 +65,11 @@ class FaultProxy:
         """Requests seen; ``object_only`` leaves out bucket-level requests such as LIST."""
         with self._lock:
             seen = list(self.requests)
-        return sum(1 for m, path in seen if (method is None or m == method)
-                   and (not object_only or "/" in path.split("?", 1)[0].strip("/")))
+        return sum(
+            1
+            for m, path in seen
+            if (method is None or m == method) and (not object_only or "/" in path.split("?", 1)[0].strip("/"))
+        )
 
     def clear(self) -> None:
         with self._lock:
@@ -82,8 +85,11 @@ class FaultProxy:
             with self._lock:
                 self.connections += 1
                 number = self.connections
-                doomed = (self.faults.reset_every and number % self.faults.reset_every == 0
-                          and self.resets < self.faults.max_resets)
+                doomed = (
+                    self.faults.reset_every
+                    and number % self.faults.reset_every == 0
+                    and self.resets < self.faults.max_resets
+                )
             if self.faults.answer:
                 threading.Thread(target=self._answer, args=(client,), daemon=True).start()
                 continue
@@ -115,7 +121,7 @@ class FaultProxy:
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0:
                     break
-                head, buffer = buffer[:end].decode("latin-1"), buffer[end + 4:]
+                head, buffer = buffer[:end].decode("latin-1"), buffer[end + 4 :]
                 lines = head.split("\r\n")
                 for line in lines[1:]:
                     name, _, value = line.partition(":")
@@ -142,12 +148,16 @@ class FaultProxy:
         """Answer every request on this connection with ``faults.answer``, as S3 does (an XML error body)."""
         status = self.faults.answer
         code = {429: "SlowDown", 503: "SlowDown", 500: "InternalError"}.get(status, "InternalError")
-        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>"
-                f"<Message>injected by the fault proxy</Message></Error>").encode()
-        head = (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n"
-                f"Content-Length: {len(body)}\r\n"
-                + (f"Retry-After: {self.faults.retry_after}\r\n" if status in (429, 503) else "")
-                + "\r\n").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>injected by the fault proxy</Message></Error>"
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            + (f"Retry-After: {self.faults.retry_after}\r\n" if status in (429, 503) else "")
+            + "\r\n"
+        ).encode()
         try:
             for _, request in self._requests_in(client):
                 if request is not None:

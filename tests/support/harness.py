@@ -21,13 +21,22 @@ import yaml
 SYNCD = [sys.executable, "-m", "syncd"]
 
 
-def make_config(root: Path, *, settle: str = "0.3s", max_parallel: int = 2, extra: dict | None = None,
-                **inbox_overrides) -> Path:
+def make_config(
+    root: Path, *, settle: str = "0.3s", max_parallel: int = 2, extra: dict | None = None, **inbox_overrides
+) -> Path:
     """Write ``root/syncd.yaml`` on the embedded default and create its folders."""
     root.mkdir(parents=True, exist_ok=True)
     inbox = {
-        "name": "default", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
-        "storage": "local", "bucket": "results", "settle": settle, "observer": "auto", "rescan": "2s",
+        "name": "default",
+        "path": "inbox",
+        "outbox": "outbox",
+        "failed": "failed",
+        "backend": "local",
+        "storage": "local",
+        "bucket": "results",
+        "settle": settle,
+        "observer": "auto",
+        "rescan": "2s",
     }
     inbox.update(inbox_overrides)
     config = {
@@ -83,8 +92,11 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
 
 def http_port(daemon: SyncdProcess) -> int:
     """The port a daemon started with ``http.listen: 127.0.0.1:0`` chose (read from its log)."""
-    match = wait_for(lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()), timeout=10,
-                     what="the http endpoint")
+    match = wait_for(
+        lambda: re.search(r"http endpoint on http://127\.0\.0\.1:(\d+)/", daemon.log()),
+        timeout=10,
+        what="the http endpoint",
+    )
     return int(match.group(1))
 
 
@@ -130,15 +142,22 @@ class SyncdProcess:
     def start(self, wait: bool = True) -> SyncdProcess:
         """Start ``syncd run``; with ``wait``, return once it logged that it is ready."""
         self._log = open(self.log_path, "ab")
-        as_user = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] \
-            if self.user else []
-        self.proc = subprocess.Popen([*as_user, *SYNCD, "run", "-c", str(self.config), "--log-format", "text",
-                                      *self.args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        as_user = (
+            ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] if self.user else []
+        )
+        self.proc = subprocess.Popen(
+            [*as_user, *SYNCD, "run", "-c", str(self.config), "--log-format", "text", *self.args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
         if not wait:
             return self
-        wait_for(lambda: b"syncd ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
-                 timeout=30, what="syncd to start")
+        wait_for(
+            lambda: b"syncd ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
+            timeout=30,
+            what="syncd to start",
+        )
         assert self.proc.poll() is None, f"syncd exited at start:\n{self.log()}"
         return self
 
@@ -165,14 +184,22 @@ class SyncdProcess:
 
     def result(self, folder: str, timeout: float = 30.0, bucket: str = "results") -> dict:
         path = self.outbox / bucket / folder
-        wait_for(lambda: (path / "syncd-result.json").exists() or (self.proc and self.proc.poll() is not None),
-                 timeout=timeout, what=f"result record of {folder}")
+        wait_for(
+            lambda: (path / "syncd-result.json").exists() or (self.proc and self.proc.poll() is not None),
+            timeout=timeout,
+            what=f"result record of {folder}",
+        )
         assert (path / "syncd-result.json").exists(), f"syncd died:\n{self.log()}"
         return read_result(path)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([*SYNCD, *args, "-c", str(self.config)] if args and args[0] != "validate"
-                              else [*SYNCD, *args], capture_output=True, text=True, env=self.env, timeout=60)
+        done = subprocess.run(
+            [*SYNCD, *args, "-c", str(self.config)] if args and args[0] != "validate" else [*SYNCD, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"syncd {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done

@@ -73,8 +73,9 @@ ACCESS_TOKEN_LIFE = 3600.0
 UPLOAD_URL_EXPIRY = 3600
 OUTPUT_URL_EXPIRY = 1500
 SESSION_COOKIE = "beaker.session.id"
-INVALID_GRANT = json.dumps({"error_description": "The request has an invalid grant parameter : refresh_token",
-                            "error": "invalid_grant"})
+INVALID_GRANT = json.dumps(
+    {"error_description": "The request has an invalid grant parameter : refresh_token", "error": "invalid_grant"}
+)
 JOBS = ("doc_to_vec", "generic", "script", "python", "experimental")  # the executor's table of job types
 
 
@@ -91,12 +92,16 @@ def bottle_page(status: int, reason: str, body: str, url: str, exc: BaseExceptio
     extra = ""
     if exc is not None:
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        extra = (f"<h2>Exception:</h2>\n<pre>{html.escape(repr(exc))}</pre>\n"
-                 f"<h2>Traceback:</h2>\n<pre>{html.escape(trace)}</pre>\n")
-    return (f'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html>\n<head>\n'
-            f"<title>Error: {status} {reason}</title>\n</head>\n<body>\n<h1>Error: {status} {reason}</h1>\n"
-            f"<p>Sorry, the requested URL <tt>{html.escape(repr(url))}</tt>\ncaused an error:</p>\n"
-            f"<pre>{html.escape(body)}</pre>\n{extra}</body>\n</html>\n").encode()
+        extra = (
+            f"<h2>Exception:</h2>\n<pre>{html.escape(repr(exc))}</pre>\n"
+            f"<h2>Traceback:</h2>\n<pre>{html.escape(trace)}</pre>\n"
+        )
+    return (
+        f'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html>\n<head>\n'
+        f"<title>Error: {status} {reason}</title>\n</head>\n<body>\n<h1>Error: {status} {reason}</h1>\n"
+        f"<p>Sorry, the requested URL <tt>{html.escape(repr(url))}</tt>\ncaused an error:</p>\n"
+        f"<pre>{html.escape(body)}</pre>\n{extra}</body>\n</html>\n"
+    ).encode()
 
 
 def parse_form(body: bytes) -> dict[str, list[str]]:
@@ -166,8 +171,15 @@ class KottaService:
         self._identity_path = state_dir / "identity.json"
         self._identity_lock = threading.Lock()
         if not self._identity_path.exists():
-            self._save_identity({"users": {}, "access": {}, "refresh": {},
-                                 "session_key": secrets.token_hex(16), "client_id": "amzn1.application-oa2-client.kotta"})
+            self._save_identity(
+                {
+                    "users": {},
+                    "access": {},
+                    "refresh": {},
+                    "session_key": secrets.token_hex(16),
+                    "client_id": "amzn1.application-oa2-client.kotta",
+                }
+            )
         self._client = s3.client()
         try:
             self._client.create_bucket(Bucket=BUCKET)
@@ -179,8 +191,9 @@ class KottaService:
         self._server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
         self._held = threading.Event()
-        self._workers = [threading.Thread(target=self._work, daemon=True, name=f"kotta-worker-{n}")
-                         for n in range(workers)]
+        self._workers = [
+            threading.Thread(target=self._work, daemon=True, name=f"kotta-worker-{n}") for n in range(workers)
+        ]
         self._running: dict[str, subprocess.Popen] = {}
         self._running_lock = threading.Lock()
 
@@ -297,8 +310,12 @@ class KottaService:
                 return False, INVALID_GRANT
             token = self._issue(data, user_id)
             self._save_identity(data)
-        return True, {"access_token": token, "refresh_token": refresh_token, "token_type": "bearer",
-                      "expires_in": int(ACCESS_TOKEN_LIFE)}
+        return True, {
+            "access_token": token,
+            "refresh_token": refresh_token,
+            "token_type": "bearer",
+            "expires_in": int(ACCESS_TOKEN_LIFE),
+        }
 
     # -- what tests look at ---------------------------------------------------------------------------------------
     def records(self) -> list[dict]:
@@ -316,17 +333,20 @@ class KottaService:
         """The web UI's ``GET /cancel/<job_id>``: the record says cancelled; a long job's runner kills it."""
         record = self.table.get(job_id)
         assert record is not None, job_id
-        record.update(status="cancelled", reason="User request cancel",
-                      cancel_time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        record.update(status="cancelled", reason="User request cancel", cancel_time=time.strftime("%Y-%m-%d %H:%M:%S"))
         self.table.put(record)
 
-    def wait_for(self, job_id: str, states: tuple[str, ...] = ("completed", "failed", "cancelled"),
-                 timeout: float = 30.0) -> dict:
+    def wait_for(
+        self, job_id: str, states: tuple[str, ...] = ("completed", "failed", "cancelled"), timeout: float = 30.0
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.table.get(job_id)
-            if record is not None and record["status"] in states and (
-                    record["status"] != "failed" or "ERROR" in record or "ERROR_CODE" in record):
+            if (
+                record is not None
+                and record["status"] in states
+                and (record["status"] != "failed" or "ERROR" in record or "ERROR_CODE" in record)
+            ):
                 return record
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} is {self.table.get(job_id)} after {timeout}s")
@@ -339,9 +359,13 @@ class KottaService:
         if not user_id or not name:
             return None
         user_info = self._find_user_role(user_id)
-        return {"user_id": user_id, "name": name, "username": name,
-                "email": user_info["email"],  # a login that is not a Kotta user: TypeError, HTML 500
-                "user_role": user_info["role"]}
+        return {
+            "user_id": user_id,
+            "name": name,
+            "username": name,
+            "email": user_info["email"],  # a login that is not a Kotta user: TypeError, HTML 500
+            "user_role": user_info["role"],
+        }
 
     def _validate_tokens(self, form: Form, session: dict):
         access_token = form.get("access_token")
@@ -379,26 +403,36 @@ class KottaService:
         uid = str(uuid.uuid4())
         queue = form.get("queue")
         data = {
-            "job_id": uid, "username": session["username"], "i_user_id": session["user_id"],
-            "i_wosuser": "None", "i_wospasswd": "None", "jobname": form.get("jobname", uid),
+            "job_id": uid,
+            "username": session["username"],
+            "i_user_id": session["user_id"],
+            "i_wosuser": "None",
+            "i_wospasswd": "None",
+            "jobname": form.get("jobname", uid),
             "i_user_role": f"arn:aws:iam::000000000000:role/{session['user_role']}",
-            "user_email": session["email"], "submit_time": int(time.time()),
+            "user_email": session["email"],
+            "submit_time": int(time.time()),
             "submit_stamp": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "walltime": int(form.get("walltime")) * 60, "queue": queue, "jobtype": jobtype, "status": "pending",
+            "walltime": int(form.get("walltime")) * 60,
+            "queue": queue,
+            "jobtype": jobtype,
+            "status": "pending",
         }
         if jobtype == "doc_to_vec":
             input_url = form.get("input_url")
             data["inputs"] = [{"type": "doc", "src": input_url, "dest": input_url.split("/")[-1]}]
-            data["outputs"] = [{"src": name, "dest": f"{BUCKET}/outputs/{uid}/{name}"}
-                               for name in ("doc_mat.pkl", "word_mat.pkl", "mdl.pkl", "STDOUT.txt", "STDERR.txt",
-                                            "pipeline.log")]
+            data["outputs"] = [
+                {"src": name, "dest": f"{BUCKET}/outputs/{uid}/{name}"}
+                for name in ("doc_mat.pkl", "word_mat.pkl", "mdl.pkl", "STDOUT.txt", "STDERR.txt", "pipeline.log")
+            ]
         elif jobtype == "script":
             data["executable"] = form.get("executable")
             data["args"] = form.get("args", "")
             data["i_script"] = form.get("script").rstrip("\r")
             data["i_script_name"] = form.get("script_name")
-            data["outputs"] = [{"src": data["i_script_name"],
-                                "dest": f"{BUCKET}/outputs/{uid}/{data['i_script_name']}"}]
+            data["outputs"] = [
+                {"src": data["i_script_name"], "dest": f"{BUCKET}/outputs/{uid}/{data['i_script_name']}"}
+            ]
             data["inputs"] = []
             for key in form.keys():
                 if key.startswith("input_url"):
@@ -407,8 +441,9 @@ class KottaService:
                 elif key == "inputs":
                     inputs = form.get(key)
                     if inputs:
-                        data["inputs"] += [{"src": x.strip(), "dest": x.strip().split("/")[-1]}
-                                           for x in inputs.split(",")]
+                        data["inputs"] += [
+                            {"src": x.strip(), "dest": x.strip().split("/")[-1]} for x in inputs.split(",")
+                        ]
                 elif key == "outputs":
                     if not outputs:
                         continue
@@ -438,8 +473,15 @@ class KottaService:
             return {"status": "Fail", "reason": "access_token missing"}
         mine = [r for r in self.table.scan() if r.get("i_user_id") == session["user_id"]]
         random.shuffle(mine)  # a full DynamoDB scan: no order
-        items = {str(i): {"job_id": str(r["job_id"]), "status": str(r["status"]), "jobtype": str(r["jobtype"]),
-                          "submit_stamp": str(r["submit_stamp"])} for i, r in enumerate(mine)}
+        items = {
+            str(i): {
+                "job_id": str(r["job_id"]),
+                "status": str(r["status"]),
+                "jobtype": str(r["jobtype"]),
+                "submit_stamp": str(r["submit_stamp"]),
+            }
+            for i, r in enumerate(mine)
+        }
         return {"items": items, "status": "Success"}
 
     def status_task(self, job_id: str) -> dict:
@@ -478,8 +520,9 @@ class KottaService:
             self._client.head_object(Bucket=bucket, Key=key)
         except Exception:  # noqa: BLE001 - boto's get_key answers None, and generate_url on None raises
             return None
-        return self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                   ExpiresIn=OUTPUT_URL_EXPIRY)
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=OUTPUT_URL_EXPIRY
+        )
 
     def upload_url(self, form: Form, session: dict) -> str | dict:
         res, res_long = self._validate_tokens(form, session)
@@ -488,8 +531,10 @@ class KottaService:
         fpath = form.get("filepath")
         try:
             url = self._client.generate_presigned_url(
-                "put_object", Params={"Bucket": BUCKET, "Key": f"uploads/{session['user_id']}/python/pkl/{fpath}"},
-                ExpiresIn=UPLOAD_URL_EXPIRY)
+                "put_object",
+                Params={"Bucket": BUCKET, "Key": f"uploads/{session['user_id']}/python/pkl/{fpath}"},
+                ExpiresIn=UPLOAD_URL_EXPIRY,
+            )
         except Exception as exc:  # noqa: BLE001
             return {"status": "Fail", "reason": str(exc)}
         return json.dumps({"status": "Success", "upload_url": url})  # a string: json.dumps'd by the route itself
@@ -563,8 +608,12 @@ class KottaService:
         self._save(record, status="staging_outputs")
         stageout_start = time.time()
         self._put_outputs(data.get("outputs"), tmpdir)
-        self._save(record, z_stagein_dur=stagein_total, z_stageout_dur=time.time() - stageout_start,
-                   z_processing_dur=process_total - 1)
+        self._save(
+            record,
+            z_stagein_dur=stagein_total,
+            z_stageout_dur=time.time() - stageout_start,
+            z_processing_dur=process_total - 1,
+        )
         if returncode != 0:
             self._save(record, status="failed")
             self._save(record, complete_time=time.time())
@@ -613,8 +662,9 @@ class KottaService:
         with open(tmpdir / "STDOUT.txt", "w") as out, open(tmpdir / "STDERR.txt", "w") as err:
             if walltime < 301:
                 try:
-                    process = subprocess.Popen(shlex.split(cmd), stdout=out, stderr=err, env=env, cwd=tmpdir,
-                                               start_new_session=True)
+                    process = subprocess.Popen(
+                        shlex.split(cmd), stdout=out, stderr=err, env=env, cwd=tmpdir, start_new_session=True
+                    )
                 except Exception:  # noqa: BLE001 - "Process exited with exception"
                     return -1
                 self._track(job_id, process)
@@ -625,8 +675,9 @@ class KottaService:
                     return WALLTIME_EXCEEDED
                 finally:
                     self._untrack(job_id)
-            process = subprocess.Popen(cmd, shell=True, stdout=out, stderr=err, env=env, cwd=tmpdir,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                cmd, shell=True, stdout=out, stderr=err, env=env, cwd=tmpdir, start_new_session=True
+            )
             self._track(job_id, process)
             try:
                 start = time.time()
@@ -707,8 +758,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def _answer(self, status: int, reason: str, body: bytes, content_type: str, cookie: str | None = None,
-                location: str | None = None) -> None:
+    def _answer(
+        self,
+        status: int,
+        reason: str,
+        body: bytes,
+        content_type: str,
+        cookie: str | None = None,
+        location: str | None = None,
+    ) -> None:
         self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -761,10 +819,12 @@ class _Handler(BaseHTTPRequestHandler):
             if name == "cancel":
                 self._web_cancel(argument, session)
                 return
-            result = {"submit": lambda: self.kotta.submit_task(form, session),
-                      "list": lambda: self.kotta.list_tasks(form, session),
-                      "upload": lambda: self.kotta.upload_url(form, session),
-                      "status": lambda: self.kotta.status_task(argument)}[name]()
+            result = {
+                "submit": lambda: self.kotta.submit_task(form, session),
+                "list": lambda: self.kotta.list_tasks(form, session),
+                "upload": lambda: self.kotta.upload_url(form, session),
+                "status": lambda: self.kotta.status_task(argument),
+            }[name]()
             body_out = (result if isinstance(result, str) else json.dumps(result)).encode()
             cookie = None
             if json.dumps(session, sort_keys=True) != before:  # session.auto: saved on change
@@ -775,13 +835,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, "OK", body_out, "application/json", cookie=cookie)
         except _Refused as exc:
             record["status"] = exc.status
-            self._answer(exc.status, exc.reason, bottle_page(exc.status, exc.reason, exc.body, url),
-                         "text/html; charset=UTF-8")
+            self._answer(
+                exc.status, exc.reason, bottle_page(exc.status, exc.reason, exc.body, url), "text/html; charset=UTF-8"
+            )
         except Exception as exc:  # noqa: BLE001 - an unhandled exception: Bottle's 500 page
             record["status"] = 500
-            self._answer(500, "Internal Server Error",
-                         bottle_page(500, "Internal Server Error", "Internal Server Error", url, exc),
-                         "text/html; charset=UTF-8")
+            self._answer(
+                500,
+                "Internal Server Error",
+                bottle_page(500, "Internal Server Error", "Internal Server Error", url, exc),
+                "text/html; charset=UTF-8",
+            )
         finally:
             with self.kotta._calls_lock:
                 self.kotta.calls.append(record)

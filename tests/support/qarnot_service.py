@@ -54,12 +54,25 @@ import requests
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-RUNNING = ("Submitted", "PartiallyDispatched", "FullyDispatched", "PartiallyExecuting", "FullyExecuting",
-           "DownloadingResults", "UploadingResults")
+RUNNING = (
+    "Submitted",
+    "PartiallyDispatched",
+    "FullyDispatched",
+    "PartiallyExecuting",
+    "FullyExecuting",
+    "DownloadingResults",
+    "UploadingResults",
+)
 ENDED = ("Success", "Failure", "Cancelled")
 SHORTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-FIELDS = {"Tags": "tags", "Name": "name", "Shortname": "shortname", "State": "state", "Uuid": "uuid",
-          "Profile": "profile"}
+FIELDS = {
+    "Tags": "tags",
+    "Name": "name",
+    "Shortname": "shortname",
+    "State": "state",
+    "Uuid": "uuid",
+    "Profile": "profile",
+}
 STDOUT_BUFFER = 1 << 20  # the service keeps a circular buffer of each output; this is its size here
 HARDWARE = {"cores": os.cpu_count() or 1, "memory_mb": 16384, "gpu": False}
 # Runs the split DOCKER_CMD with the task folder as $1 and records how it ended (never any user text in it).
@@ -97,10 +110,22 @@ class Emulator:
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen] = {}
         self.requests = 0
-        self.s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=email, aws_secret_access_key=token,
-                               region_name="us-east-1", config=BotoConfig(s3={"addressing_style": "path"}))
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            aws_access_key_id=email,
+            aws_secret_access_key=token,
+            region_name="us-east-1",
+            config=BotoConfig(s3={"addressing_style": "path"}),
+        )
         self.account = self._read(state / "account.json") or {
-            "credits": None, "max_task": 1000, "queue_seconds": 0.0, "page_size": 50, "faults": [], "runs": 0}
+            "credits": None,
+            "max_task": 1000,
+            "queue_seconds": 0.0,
+            "page_size": 50,
+            "faults": [],
+            "runs": 0,
+        }
         self.tasks: dict[str, dict] = {}
         for path in sorted((state / "tasks").glob("*/task.json")):
             task = self._read(path)
@@ -142,8 +167,12 @@ class Emulator:
     def set_state(self, task: dict, state: str) -> None:
         if task["state"] != state:
             now = time.time()
-            task.update(previousState=task["state"], previousStateTransitionTime=task["stateTransitionTime"],
-                        state=state, stateTransitionTime=iso(now))
+            task.update(
+                previousState=task["state"],
+                previousStateTransitionTime=task["stateTransitionTime"],
+                state=state,
+                stateTransitionTime=iso(now),
+            )
             if state in ENDED:
                 task["endDate"] = iso(now)
             self.save(task)
@@ -151,12 +180,23 @@ class Emulator:
     def view(self, task: dict, summary: bool = False) -> dict:
         body = {k: v for k, v in task.items() if not k.startswith("_")}
         running = task["state"] in ("FullyExecuting", "PartiallyExecuting")
-        body.update(runningInstanceCount=int(running), runningCoreCount=int(running), resourceBuckets=[
-            b["bucketName"] for b in task["advancedResourceBuckets"]])
-        body["status"] = {"executionProgress": 100.0 if task["state"] in ENDED else 0.0, "downloadProgress": 0.0,
-                          "uploadProgress": 0.0, "instanceCount": 1, "executionTimeByCpuModel": [],
-                          "executionTimeGhzByCpuModel": [], "succeededRange": "", "executedRange": "",
-                          "failedRange": "", "runningInstancesInfo": None}
+        body.update(
+            runningInstanceCount=int(running),
+            runningCoreCount=int(running),
+            resourceBuckets=[b["bucketName"] for b in task["advancedResourceBuckets"]],
+        )
+        body["status"] = {
+            "executionProgress": 100.0 if task["state"] in ENDED else 0.0,
+            "downloadProgress": 0.0,
+            "uploadProgress": 0.0,
+            "instanceCount": 1,
+            "executionTimeByCpuModel": [],
+            "executionTimeGhzByCpuModel": [],
+            "succeededRange": "",
+            "executedRange": "",
+            "failedRange": "",
+            "runningInstancesInfo": None,
+        }
         if summary:
             for heavy in ("constants", "constraints", "completedInstances", "status", "hardwareConstraints"):
                 body.pop(heavy, None)
@@ -193,8 +233,9 @@ class Emulator:
             raise ApiError(403, "Maximum number of tasks reached")
         for constraint in body.get("hardwareConstraints") or []:
             if not self._hardware_matches(constraint):
-                raise ApiError(402, "No hardware matches the requested hardware constraint "
-                                    f"{constraint.get('discriminator')}")
+                raise ApiError(
+                    402, f"No hardware matches the requested hardware constraint {constraint.get('discriminator')}"
+                )
         if self.account["credits"] is not None and self.account["credits"] <= 0:
             raise ApiError(402, "Not enough credits")
         buckets = [b.get("bucketName") for b in body.get("advancedResourceBuckets") or []]
@@ -208,20 +249,42 @@ class Emulator:
         now = time.time()
         task_id = str(uuid.uuid4())
         task = {
-            "uuid": task_id, "name": name, "shortname": shortname or task_id, "profile": body.get("profile"),
-            "poolUuid": body.get("poolUuid"), "jobUuid": body.get("jobUuid"), "instanceCount": 1,
-            "state": "Submitted", "previousState": None, "stateTransitionTime": iso(now),
-            "previousStateTransitionTime": None, "creationDate": iso(now, fraction=False), "endDate": None,
-            "tags": tags, "labels": body.get("labels") or {}, "constants": constants,
-            "constraints": body.get("constraints") or [], "hardwareConstraints": body.get("hardwareConstraints") or [],
+            "uuid": task_id,
+            "name": name,
+            "shortname": shortname or task_id,
+            "profile": body.get("profile"),
+            "poolUuid": body.get("poolUuid"),
+            "jobUuid": body.get("jobUuid"),
+            "instanceCount": 1,
+            "state": "Submitted",
+            "previousState": None,
+            "stateTransitionTime": iso(now),
+            "previousStateTransitionTime": None,
+            "creationDate": iso(now, fraction=False),
+            "endDate": None,
+            "tags": tags,
+            "labels": body.get("labels") or {},
+            "constants": constants,
+            "constraints": body.get("constraints") or [],
+            "hardwareConstraints": body.get("hardwareConstraints") or [],
             "advancedResourceBuckets": body.get("advancedResourceBuckets") or [],
-            "resultBucket": body.get("resultBucket"), "resultsCount": 0, "errors": [], "completedInstances": [],
+            "resultBucket": body.get("resultBucket"),
+            "resultsCount": 0,
+            "errors": [],
+            "completedInstances": [],
             "autoDeleteOnCompletion": bool(body.get("autoDeleteOnCompletion")),
             "completionTimeToLive": body.get("completionTimeToLive") or "00:00:00",
             "uploadResultsOnCancellation": body.get("uploadResultsOnCancellation"),
-            "dependencies": body.get("dependencies") or {"dependsOn": []}, "progress": 0.0,
-            "executionTime": "00:00:00", "wallTime": "00:00:00", "snapshotInterval": 0,
-            "_submitted": now, "_started": None, "_ended": None, "_pid": None, "_cursors": {},
+            "dependencies": body.get("dependencies") or {"dependsOn": []},
+            "progress": 0.0,
+            "executionTime": "00:00:00",
+            "wallTime": "00:00:00",
+            "snapshotInterval": 0,
+            "_submitted": now,
+            "_started": None,
+            "_ended": None,
+            "_pid": None,
+            "_cursors": {},
         }
         for key in ("privileges", "retrySettings", "forcedNetworkRules"):
             if body.get(key) is not None:
@@ -241,8 +304,12 @@ class Emulator:
             return float(constraint.get("minimumMemoryMB") or 0) <= HARDWARE["memory_mb"]
         if kind == "GpuHardwareConstraint":
             return bool(HARDWARE["gpu"])
-        if kind in ("MaximumCoreHardwareConstraint", "MaximumRamHardwareConstraint", "NoGpuHardwareConstraint",
-                    "NoSSDHardwareConstraint"):
+        if kind in (
+            "MaximumCoreHardwareConstraint",
+            "MaximumRamHardwareConstraint",
+            "NoGpuHardwareConstraint",
+            "NoSSDHardwareConstraint",
+        ):
             return True
         raise ApiError(400, f"Unknown hardware constraint '{kind}'")
 
@@ -265,8 +332,12 @@ class Emulator:
                     self._upload(task)
                 self._instance_ended(task, "Cancelled")
                 self.set_state(task, "Cancelled")
-            elif state in ENDED and task["autoDeleteOnCompletion"] and task["_ended"] \
-                    and now - task["_ended"] >= ttl_seconds(task["completionTimeToLive"]):
+            elif (
+                state in ENDED
+                and task["autoDeleteOnCompletion"]
+                and task["_ended"]
+                and now - task["_ended"] >= ttl_seconds(task["completionTimeToLive"])
+            ):
                 self.delete(task)
 
     def _start(self, task: dict) -> None:
@@ -283,17 +354,30 @@ class Emulator:
         constants = {c["key"]: str(c.get("value") or "") for c in task["constants"]}
         argv = shlex.split(constants.get("DOCKER_CMD", ""))
         if not argv:
-            task["errors"] = [{"code": "DOCKER_CMD", "message": "the profile needs the constant DOCKER_CMD",
-                               "debug": ""}]
+            task["errors"] = [
+                {"code": "DOCKER_CMD", "message": "the profile needs the constant DOCKER_CMD", "debug": ""}
+            ]
             self._instance_ended(task, "Failure")
             self.set_state(task, "Failure")
             return
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "INSTANCE_ID": "0",
-               "QARNOT_TASK_UUID": task["uuid"], **{k: v for k, v in constants.items() if re.match(r"^\w+$", k)}}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(work),
+            "INSTANCE_ID": "0",
+            "QARNOT_TASK_UUID": task["uuid"],
+            **{k: v for k, v in constants.items() if re.match(r"^\w+$", k)},
+        }
         folder = self.folder(task)
         with open(folder / "stdout", "ab") as out, open(folder / "stderr", "ab") as err:
-            process = subprocess.Popen(["/bin/sh", "-c", TRAMPOLINE, "sh", str(folder), *argv], cwd=work, env=env,
-                                       stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", TRAMPOLINE, "sh", str(folder), *argv],
+                cwd=work,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs[task["uuid"]] = process
         self.account["runs"] += 1
         self.save_account()
@@ -307,7 +391,7 @@ class Emulator:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                rel = key[len(strip):] if strip and key.startswith(strip) else key
+                rel = key[len(strip) :] if strip and key.startswith(strip) else key
                 if not rel or rel.endswith("/") or ".." in rel.split("/"):
                     continue
                 dest = work / rel
@@ -360,9 +444,19 @@ class Emulator:
         now = time.time()
         task["_ended"] = now
         wall = now - (task["_started"] or now)
-        task["completedInstances"] = [{
-            "instanceId": 0, "state": outcome, "wallTimeSec": wall, "execTimeSec": wall, "execTimeSecGHz": wall,
-            "peakMemoryMB": 0, "averageGHz": 0.0, "results": [], "executionAttemptCount": 1}]
+        task["completedInstances"] = [
+            {
+                "instanceId": 0,
+                "state": outcome,
+                "wallTimeSec": wall,
+                "execTimeSec": wall,
+                "execTimeSecGHz": wall,
+                "peakMemoryMB": 0,
+                "averageGHz": 0.0,
+                "results": [],
+                "executionAttemptCount": 1,
+            }
+        ]
         task["progress"] = 100.0
 
     # -- actions --------------------------------------------------------------------------
@@ -392,8 +486,11 @@ class Emulator:
     def page(self, body: Any, summary: bool) -> dict:
         if not isinstance(body, dict):
             raise ApiError(400, "The request must be {filter, token, maximumResults}")
-        selected = [t for t in sorted(self.tasks.values(), key=lambda t: t["_submitted"])
-                    if body.get("filter") is None or self._matches(body["filter"], t)]
+        selected = [
+            t
+            for t in sorted(self.tasks.values(), key=lambda t: t["_submitted"])
+            if body.get("filter") is None or self._matches(body["filter"], t)
+        ]
         token = body.get("token")
         try:
             offset = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
@@ -403,11 +500,15 @@ class Emulator:
         if not isinstance(size, int) or size <= 0:
             raise ApiError(400, "maximumResults must be a positive integer")
         size = min(size, self.account["page_size"])
-        chunk = selected[offset:offset + size]
+        chunk = selected[offset : offset + size]
         more = offset + size < len(selected)
         following = base64.urlsafe_b64encode(str(offset + size).encode()).decode() if more else None
-        return {"data": [self.view(t, summary) for t in chunk], "token": token, "nextToken": following,
-                "isTruncated": more}
+        return {
+            "data": [self.view(t, summary) for t in chunk],
+            "token": token,
+            "nextToken": following,
+            "isTruncated": more,
+        }
 
     def _matches(self, node: Any, task: dict) -> bool:
         if not isinstance(node, dict) or "operator" not in node:
@@ -421,10 +522,13 @@ class Emulator:
         have = task.get(FIELDS[node["field"]])
         values = have if isinstance(have, list) else [have]
         want = node.get("value")
-        tests = {"Equal": lambda: want in values, "NotEqual": lambda: want not in values,
-                 "In": lambda: any(v in (want or []) for v in values),
-                 "NotIn": lambda: not any(v in (want or []) for v in values),
-                 "Like": lambda: any(isinstance(v, str) and str(want).strip("%") in v for v in values)}
+        tests = {
+            "Equal": lambda: want in values,
+            "NotEqual": lambda: want not in values,
+            "In": lambda: any(v in (want or []) for v in values),
+            "NotIn": lambda: not any(v in (want or []) for v in values),
+            "Like": lambda: any(isinstance(v, str) and str(want).strip("%") in v for v in values),
+        }
         if op not in tests:
             raise ApiError(400, f"Unknown filter operator '{op}'")
         return tests[op]()
@@ -469,8 +573,14 @@ class Handler(BaseHTTPRequestHandler):
                 return
             with emu.lock:
                 emu.requests += 1
-                fault = next((f for f in emu.account["faults"] if f["method"] in (None, self.command)
-                              and re.fullmatch(f["path"], path)), None)
+                fault = next(
+                    (
+                        f
+                        for f in emu.account["faults"]
+                        if f["method"] in (None, self.command) and re.fullmatch(f["path"], path)
+                    ),
+                    None,
+                )
                 if fault is not None:
                     fault["times"] -= 1
                     if fault["times"] <= 0:
@@ -495,18 +605,40 @@ class Handler(BaseHTTPRequestHandler):
         if (method, path) == ("GET", "/settings"):
             return 200, {"storage": emu.s3_url}, False
         if (method, path) == ("GET", "/info"):
-            return 200, {"email": emu.email, "maxBucket": 100, "bucketCount": -1, "taskCount": len(emu.tasks),
-                         "maxTask": emu.account["max_task"], "runningTaskCount": sum(
-                             t["state"] in RUNNING for t in emu.tasks.values()), "maxRunningTask": 64,
-                         "maxInstances": 64, "maxPool": 10, "poolCount": 0, "projects": []}, False
+            return (
+                200,
+                {
+                    "email": emu.email,
+                    "maxBucket": 100,
+                    "bucketCount": -1,
+                    "taskCount": len(emu.tasks),
+                    "maxTask": emu.account["max_task"],
+                    "runningTaskCount": sum(t["state"] in RUNNING for t in emu.tasks.values()),
+                    "maxRunningTask": 64,
+                    "maxInstances": 64,
+                    "maxPool": 10,
+                    "poolCount": 0,
+                    "projects": [],
+                },
+                False,
+            )
         if (method, path) == ("GET", "/profiles"):
             return 200, ["docker-batch"], False
         if method == "GET" and parts[0] == "profiles" and len(parts) == 2:
             if parts[1] != "docker-batch":
                 raise ApiError(404, f"Profile {parts[1]} not found")
-            return 200, {"name": "docker-batch", "constants": [
-                {"name": "DOCKER_REPO", "value": "library/ubuntu"}, {"name": "DOCKER_TAG", "value": "latest"},
-                {"name": "DOCKER_CMD", "value": ""}]}, False
+            return (
+                200,
+                {
+                    "name": "docker-batch",
+                    "constants": [
+                        {"name": "DOCKER_REPO", "value": "library/ubuntu"},
+                        {"name": "DOCKER_TAG", "value": "latest"},
+                        {"name": "DOCKER_CMD", "value": ""},
+                    ],
+                },
+                False,
+            )
         if (method, path) == ("POST", "/tasks"):
             if isinstance(body, list):
                 return 200, [self._bulk_item(item) for item in body], False
@@ -541,16 +673,27 @@ class Handler(BaseHTTPRequestHandler):
         emu = self.emulator
         with emu.lock:
             if path == "/_emulator/faults":
-                emu.account["faults"].append({"method": body.get("method"), "path": body.get("path", ".*"),
-                                              "status": body["status"], "message": body.get("message", ""),
-                                              "times": body.get("times", 1), "retry_after": body.get("retry_after")})
+                emu.account["faults"].append(
+                    {
+                        "method": body.get("method"),
+                        "path": body.get("path", ".*"),
+                        "status": body["status"],
+                        "message": body.get("message", ""),
+                        "times": body.get("times", 1),
+                        "retry_after": body.get("retry_after"),
+                    }
+                )
             elif path == "/_emulator/account":
                 emu.account.update(body or {})
             elif path == "/_emulator/reset":
                 emu.account.update(faults=[], credits=None, max_task=1000, queue_seconds=0.0, page_size=50)
             emu.save_account()
-            return {"runs": emu.account["runs"], "requests": emu.requests, "tasks": len(emu.tasks),
-                    "shortnames": sorted(t["shortname"] for t in emu.tasks.values())}
+            return {
+                "runs": emu.account["runs"],
+                "requests": emu.requests,
+                "tasks": len(emu.tasks),
+                "shortnames": sorted(t["shortname"] for t in emu.tasks.values()),
+            }
 
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
 
@@ -593,9 +736,28 @@ class QarnotEmulator:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         log = open(self.state.parent / f"{self.state.name}.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.qarnot_service", "serve", "--state", str(self.state),
-             "--port", str(self.port), "--s3", self.s3.endpoint, "--email", self.email, "--token", self.token],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tests.support.qarnot_service",
+                "serve",
+                "--state",
+                str(self.state),
+                "--port",
+                str(self.port),
+                "--s3",
+                self.s3.endpoint,
+                "--email",
+                self.email,
+                "--token",
+                self.token,
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -623,10 +785,27 @@ class QarnotEmulator:
         response.raise_for_status()
         return response.json()
 
-    def fail_next(self, status: int, message: str = "", *, method: str | None = None, path: str = ".*",
-                  times: int = 1, retry_after: str | None = None) -> None:
-        self.control("faults", {"status": status, "message": message, "method": method, "path": path,
-                                "times": times, "retry_after": retry_after})
+    def fail_next(
+        self,
+        status: int,
+        message: str = "",
+        *,
+        method: str | None = None,
+        path: str = ".*",
+        times: int = 1,
+        retry_after: str | None = None,
+    ) -> None:
+        self.control(
+            "faults",
+            {
+                "status": status,
+                "message": message,
+                "method": method,
+                "path": path,
+                "times": times,
+                "retry_after": retry_after,
+            },
+        )
 
     def account(self, **settings: Any) -> dict:
         return self.control("account", settings)

@@ -74,9 +74,14 @@ class S3Server:
     secret_key: str = SECRET_KEY
 
     def client(self, **config):
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=REGION,
-                            config=BotoConfig(s3={"addressing_style": "path"}, **config))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+            config=BotoConfig(s3={"addressing_style": "path"}, **config),
+        )
 
     def new_bucket(self, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -84,8 +89,15 @@ class S3Server:
         return name
 
     def storage_options(self, **extra) -> dict:
-        return {"type": "s3", "endpoint_url": self.endpoint, "region": REGION, "access_key_id": self.access_key,
-                "secret_access_key": self.secret_key, "addressing_style": "path", **extra}
+        return {
+            "type": "s3",
+            "endpoint_url": self.endpoint,
+            "region": REGION,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            "addressing_style": "path",
+            **extra,
+        }
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -98,9 +110,14 @@ class S3Server:
 
 
 def wait_until_answers(endpoint: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET_KEY, region_name=REGION,
-                          config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+        config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5),
+    )
     deadline = time.monotonic() + timeout
     probe = f"probe-{uuid.uuid4().hex[:8]}"
     last: Exception | None = None
@@ -115,8 +132,9 @@ def wait_until_answers(endpoint: str, process: subprocess.Popen, log_path: Path,
         except Exception as exc:  # noqa: BLE001 - still starting
             last = exc
             time.sleep(0.3)
-    raise RuntimeError(f"the S3 server at {endpoint} did not answer within {timeout}s ({last}):\n"
-                       f"{log_path.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"the S3 server at {endpoint} did not answer within {timeout}s ({last}):\n{log_path.read_text()[-3000:]}"
+    )
 
 
 def _answering(endpoint: str, process: subprocess.Popen, log_path: Path) -> S3Server:
@@ -133,24 +151,43 @@ def _answering(endpoint: str, process: subprocess.Popen, log_path: Path) -> S3Se
 def start_seaweedfs(workdir: Path, volume_max: int = 1000) -> S3Server:
     """``weed server`` (master, volume, filer, S3 gateway in one process) with one admin identity."""
     workdir.mkdir(parents=True, exist_ok=True)
-    identities = {"identities": [{"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    identities = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
     (workdir / "s3.json").write_text(json.dumps(identities))
     taken: set[int] = set()
     ports = {name: free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "iceberg", "lance", "iam")}
     log_path = workdir / "weed.log"
     # Each -x.port also claims port+10000 for gRPC: make sure those are free too.
     command = [
-        weed_binary(), "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
-        f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}", f"-s3.config={workdir / 's3.json'}",
-        f"-volume.max={volume_max}", "-master.volumeSizeLimitMB=512", "-master.telemetry=false",
+        weed_binary(),
+        "server",
+        f"-dir={workdir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={workdir / 's3.json'}",
+        f"-volume.max={volume_max}",
+        "-master.volumeSizeLimitMB=512",
+        "-master.telemetry=false",
         # Side services get their own free ports so parallel servers never collide on their defaults.
-        f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}", f"-iam.port={ports['iam']}",
+        f"-s3.port.iceberg={ports['iceberg']}",
+        f"-s3.port.lance={ports['lance']}",
+        f"-iam.port={ports['iam']}",
     ]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     return _answering(endpoint, process, log_path)
 
@@ -161,8 +198,12 @@ def start_moto(workdir: Path) -> S3Server:
     port = free_port()
     log_path = workdir / "moto.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     endpoint = f"http://127.0.0.1:{port}"
     return _answering(endpoint, process, log_path)
 

@@ -23,19 +23,24 @@ class SlurmCluster:
     user: str = "root"  # jobs run as the token's user; the tests' daemon runs as root too
 
     def token_command(self, lifespan: int = 600) -> list[str]:
-        return ["env", f"SLURM_CONF={self.conf}", "scontrol", "token", f"username={self.user}",
-                f"lifespan={lifespan}"]
+        return ["env", f"SLURM_CONF={self.conf}", "scontrol", "token", f"username={self.user}", f"lifespan={lifespan}"]
 
     def backend_section(self, workdir_root: Path, **overrides) -> dict:
-        section = {"type": "slurm", "url": self.url, "user": self.user,
-                   "token": {"command": self.token_command()}, "workdir_root": str(workdir_root),
-                   "request_timeout": "20s"}
+        section = {
+            "type": "slurm",
+            "url": self.url,
+            "user": self.user,
+            "token": {"command": self.token_command()},
+            "workdir_root": str(workdir_root),
+            "request_timeout": "20s",
+        }
         section.update(overrides)
         return section
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(list(args), capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "SLURM_CONF": str(self.conf)})
+        done = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=60, env={**os.environ, "SLURM_CONF": str(self.conf)}
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -55,8 +60,7 @@ def slurm_cluster() -> SlurmCluster:
     directory = Path(tempfile.mkdtemp(prefix="syncd-slurm-"))
     os.chmod(directory, 0o755)
     env = {**os.environ, "SLURM_MIN_JOB_AGE": str(MIN_JOB_AGE)}
-    started = subprocess.run([str(SCRIPT), "up", str(directory)], capture_output=True, text=True, env=env,
-                             timeout=900)
+    started = subprocess.run([str(SCRIPT), "up", str(directory)], capture_output=True, text=True, env=env, timeout=900)
     try:
         assert started.returncode == 0, f"slurm-cluster up failed:\n{started.stdout}\n{started.stderr}"
         values = dict(line.split("=", 1) for line in (directory / "env").read_text().split())

@@ -25,8 +25,14 @@ SECRETS = (INLINE, FROM_ENV, BY_NAME)
 
 
 def slurm(**token) -> dict:
-    return {"type": "slurm", "url": "http://127.0.0.1:9", "user": "lab", "workdir_root": "work",
-            "api_version": "v0.0.38", **token}
+    return {
+        "type": "slurm",
+        "url": "http://127.0.0.1:9",
+        "user": "lab",
+        "workdir_root": "work",
+        "api_version": "v0.0.38",
+        **token,
+    }
 
 
 @pytest.fixture
@@ -38,8 +44,9 @@ def env(monkeypatch, tmp_path):
 
 
 def site(tmp_path: Path, backends: dict, **extra) -> Path:
-    return make_config(tmp_path / "site", extra={"backends": {"local": {"type": "local"}, **backends},
-                                                 **extra}).resolve()
+    return make_config(
+        tmp_path / "site", extra={"backends": {"local": {"type": "local"}, **backends}, **extra}
+    ).resolve()
 
 
 def assert_hidden(text: str) -> None:
@@ -48,11 +55,22 @@ def assert_hidden(text: str) -> None:
 
 
 def test_the_loaded_config_shows_backend_tokens_as_stars_and_keeps_them_usable(env, tmp_path):
-    path = site(tmp_path, {"inline": slurm(token=INLINE), "fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}"),
-                           "byname": slurm(token_env="SYNCD_BACKEND_TOKEN_BY_NAME")})
+    path = site(
+        tmp_path,
+        {
+            "inline": slurm(token=INLINE),
+            "fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}"),
+            "byname": slurm(token_env="SYNCD_BACKEND_TOKEN_BY_NAME"),
+        },
+    )
     config = load(path)
-    for shown in (repr(config), str(config), config.model_dump_json(), json.dumps(config.backends),
-                  repr(config.backend_options)):
+    for shown in (
+        repr(config),
+        str(config),
+        config.model_dump_json(),
+        json.dumps(config.backends),
+        repr(config.backend_options),
+    ):
         assert_hidden(shown)
     assert config.backends["inline"]["token"] == config.backends["fromenv"]["token"] == "**********"
     assert config.backends["byname"]["token_env"] == "SYNCD_BACKEND_TOKEN_BY_NAME"
@@ -63,21 +81,35 @@ def test_the_loaded_config_shows_backend_tokens_as_stars_and_keeps_them_usable(e
 
 
 def test_a_config_read_without_backend_plugins_hides_secret_named_keys_too(env, tmp_path):
-    path = site(tmp_path, {"inline": slurm(token=INLINE), "other": {"type": "someplugin", "api_key": INLINE,
-                                                                    "password": FROM_ENV, "url": "https://x"}})
+    path = site(
+        tmp_path,
+        {
+            "inline": slurm(token=INLINE),
+            "other": {"type": "someplugin", "api_key": INLINE, "password": FROM_ENV, "url": "https://x"},
+        },
+    )
     config, _ = cli._load_light(path)
     assert_hidden(repr(config) + json.dumps(config.backends))
-    assert config.backends["other"] == {"type": "someplugin", "max_parallel": 4, "results_deadline": 86400.0, "api_key": "**********",
-                                        "password": "**********", "url": "https://x"}
+    assert config.backends["other"] == {
+        "type": "someplugin",
+        "max_parallel": 4,
+        "results_deadline": 86400.0,
+        "api_key": "**********",
+        "password": "**********",
+        "url": "https://x",
+    }
 
 
-@pytest.mark.parametrize("backend", [
-    slurm(token=INLINE, token_env="SYNCD_BACKEND_TOKEN_BY_NAME"),
-    slurm(token="${SYNCD_BACKEND_TOKEN}", token_file="token"),
-    slurm(token_env=f"Bearer {INLINE}"),
-    slurm(token=INLINE, partition=["not", "a", "string"]),
-    slurm(token=INLINE, token_command=[]),
-])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        slurm(token=INLINE, token_env="SYNCD_BACKEND_TOKEN_BY_NAME"),
+        slurm(token="${SYNCD_BACKEND_TOKEN}", token_file="token"),
+        slurm(token_env=f"Bearer {INLINE}"),
+        slurm(token=INLINE, partition=["not", "a", "string"]),
+        slurm(token=INLINE, token_command=[]),
+    ],
+)
 def test_a_config_error_never_quotes_a_backend_token(env, tmp_path, backend):
     path = site(tmp_path, {"hpc": backend})
     with pytest.raises(ConfigError) as caught:
@@ -103,8 +135,10 @@ def save_snapshot(path: Path) -> None:
 
 
 def test_the_snapshot_holds_no_backend_token_nor_a_digest_of_one(env, tmp_path):
-    path = site(tmp_path, {"fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}"),
-                           "byname": slurm(token_env="SYNCD_BACKEND_TOKEN_BY_NAME")})
+    path = site(
+        tmp_path,
+        {"fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}"), "byname": slurm(token_env="SYNCD_BACKEND_TOKEN_BY_NAME")},
+    )
     save_snapshot(path)
     text = snapshot_text(path)
     assert text is not None
@@ -129,8 +163,11 @@ def test_an_inline_backend_token_leaves_no_snapshot(env, tmp_path):
 
 
 def test_a_backend_secrets_variable_used_elsewhere_leaves_no_snapshot(env, tmp_path):
-    path = site(tmp_path, {"fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}")},
-                storages={"local": {"type": "file", "root": "buckets-${SYNCD_BACKEND_TOKEN}"}})
+    path = site(
+        tmp_path,
+        {"fromenv": slurm(token="${SYNCD_BACKEND_TOKEN}")},
+        storages={"local": {"type": "file", "root": "buckets-${SYNCD_BACKEND_TOKEN}"}},
+    )
     save_snapshot(path)
     assert snapshot_text(path) is None
 
@@ -145,9 +182,15 @@ class EchoingSlurmrestd:
 
             def do_GET(self):
                 headers = ", ".join(f"{k}={v}" for k, v in self.headers.items())
-                body = json.dumps({"errors": [{"error": f"refused {headers}", "error_number": -1},
-                                              {"description": f"Authorization: {self.headers.get('X-SLURM-USER-TOKEN')}"}],
-                                   "message": f"token {self.headers.get('X-SLURM-USER-TOKEN')}"}).encode()
+                body = json.dumps(
+                    {
+                        "errors": [
+                            {"error": f"refused {headers}", "error_number": -1},
+                            {"description": f"Authorization: {self.headers.get('X-SLURM-USER-TOKEN')}"},
+                        ],
+                        "message": f"token {self.headers.get('X-SLURM-USER-TOKEN')}",
+                    }
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -167,8 +210,9 @@ def echoing(request) -> Iterator[EchoingSlurmrestd]:
     server.httpd.server_close()
 
 
-@pytest.mark.parametrize("echoing, kind", [(401, AuthError), (403, AuthError), (500, AuthError),
-                                           (400, PermanentError)], indirect=["echoing"])
+@pytest.mark.parametrize(
+    "echoing, kind", [(401, AuthError), (403, AuthError), (500, AuthError), (400, PermanentError)], indirect=["echoing"]
+)
 def test_errors_status_json_and_jobs_hold_no_token_even_when_the_server_echoes_it(env, tmp_path, echoing, kind):
     path = site(tmp_path, {"hpc": {**slurm(token=INLINE), "url": echoing.url}})
     config = load(path)
@@ -179,8 +223,17 @@ def test_errors_status_json_and_jobs_hold_no_token_even_when_the_server_echoes_i
     assert message.startswith(f"slurmrestd at {echoing.url}") and "**********" in message
     assert_hidden(message)
     store = Store(config.db_path)
-    store.create_job(id="j1", name="job", dir_name="job", inbox="default", backend="hpc", storage="local",
-                     bucket="results", spool_path=str(tmp_path / "spool"), error=message)
+    store.create_job(
+        id="j1",
+        name="job",
+        dir_name="job",
+        inbox="default",
+        backend="hpc",
+        storage="local",
+        bucket="results",
+        spool_path=str(tmp_path / "spool"),
+        error=message,
+    )
     store.close()
     result = CliRunner().invoke(cli.main, ["status", "--json", "-c", str(path)])
     assert result.exit_code == 0, result.output

@@ -38,8 +38,9 @@ class Service:
 
 def guarded(threshold=3, initial=10.0, max_wait=40.0):
     clock, service, changes = Clock(), Service(), []
-    breaker = CircuitBreaker("backend test", RetryPolicy(initial=initial, max=max_wait), threshold, clock,
-                             on_change=changes.append)
+    breaker = CircuitBreaker(
+        "backend test", RetryPolicy(initial=initial, max=max_wait), threshold, clock, on_change=changes.append
+    )
     return Guarded(service, breaker, frozenset({"submit"})), service, clock, changes
 
 
@@ -105,8 +106,14 @@ def test_breaker_a_refusal_is_an_answer_and_closes_the_circuit(answer):
 
 def test_breaker_failures_must_be_in_a_row_and_local_errors_are_neutral():
     proxy, service, clock, changes = guarded(threshold=3)
-    for error in [TransientError("a"), TransientError("b"), None, TransientError("c"), OSError("disk"),
-                  TransientError("d")]:
+    for error in [
+        TransientError("a"),
+        TransientError("b"),
+        None,
+        TransientError("c"),
+        OSError("disk"),
+        TransientError("d"),
+    ]:
         service.error = error
         try:
             proxy.submit(1)

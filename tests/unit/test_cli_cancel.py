@@ -24,8 +24,16 @@ class _QueuedOnly(LocalBackend):
 def _running_job(tmp_path, state: str) -> tuple[str, Store]:
     path = make_config(tmp_path / "site")
     store = Store(load(path).db_path)
-    store.create_job(id="j1", name="long", dir_name="long", inbox="default", backend="local", storage="local",
-                     bucket="results", spool_path=str(tmp_path / "spool" / "j1"))
+    store.create_job(
+        id="j1",
+        name="long",
+        dir_name="long",
+        inbox="default",
+        backend="local",
+        storage="local",
+        bucket="results",
+        spool_path=str(tmp_path / "spool" / "j1"),
+    )
     store.update("j1", state=state, remote_id="r1")
     return str(path), store
 

@@ -31,7 +31,17 @@ inboxes:
 """
 # line numbers in BASE
 L_STATE, L_STORAGES, L_STORAGE_LOCAL, L_BACKENDS, L_BACKEND_LOCAL, L_BACKEND_TYPE = 1, 2, 3, 4, 5, 6
-L_INBOXES, L_NAME, L_PATH, L_OUTBOX, L_FAILED, L_BACKEND, L_STORAGE, L_BUCKET, L_SETTLE = 8, 9, 10, 11, 12, 13, 14, 15, 16
+L_INBOXES, L_NAME, L_PATH, L_OUTBOX, L_FAILED, L_BACKEND, L_STORAGE, L_BUCKET, L_SETTLE = (
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -77,8 +87,9 @@ def test_load_init_template_loads(tmp_path):
 
 
 def test_load_paths_relative_to_config_file_not_cwd(tmp_path, monkeypatch):
-    path = write(tmp_path, BASE.replace("path: inbox", "path: ../shared/inbox")
-                 .replace("failed: failed", "failed: /abs/failed"))
+    path = write(
+        tmp_path, BASE.replace("path: inbox", "path: ../shared/inbox").replace("failed: failed", "failed: /abs/failed")
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -90,9 +101,11 @@ def test_load_paths_relative_to_config_file_not_cwd(tmp_path, monkeypatch):
 
 
 def test_load_interpolates_environment(tmp_path):
-    text = BASE.replace("bucket: results", "bucket: ${BUCKET}") \
-               .replace("settle: 2s", "settle: ${SETTLE:-7s}") \
-               .replace("path: inbox", "path: ${ROOT}/in")
+    text = (
+        BASE.replace("bucket: results", "bucket: ${BUCKET}")
+        .replace("settle: 2s", "settle: ${SETTLE:-7s}")
+        .replace("path: inbox", "path: ${ROOT}/in")
+    )
     config = load(write(tmp_path, text), env={"BUCKET": "lab-results", "ROOT": "/data"})
     inbox = config.inboxes[0]
     assert inbox.bucket == "lab-results"
@@ -141,14 +154,28 @@ def test_load_unknown_key_inside_storage_section(tmp_path):
 
 def test_load_unknown_backend_type_lists_valid_types(tmp_path):
     path = write(tmp_path, BASE.replace("type: local", "type: slurmm"))
-    one_problem(problems_of(path), path, L_BACKEND_TYPE, "backends.local.type",
-                "unknown backend type 'slurmm'", "valid types:", "local")
+    one_problem(
+        problems_of(path),
+        path,
+        L_BACKEND_TYPE,
+        "backends.local.type",
+        "unknown backend type 'slurmm'",
+        "valid types:",
+        "local",
+    )
 
 
 def test_load_unknown_storage_type_lists_valid_types(tmp_path):
     path = write(tmp_path, BASE.replace("type: file", "type: ftp"))
-    one_problem(problems_of(path), path, L_STORAGE_LOCAL, "storages.local.type",
-                "unknown storage type 'ftp'", "valid types:", "file")
+    one_problem(
+        problems_of(path),
+        path,
+        L_STORAGE_LOCAL,
+        "storages.local.type",
+        "unknown storage type 'ftp'",
+        "valid types:",
+        "file",
+    )
 
 
 def test_load_backend_section_without_type(tmp_path):
@@ -225,8 +252,11 @@ def test_load_bad_inbox_name_pattern(tmp_path):
 
 
 def test_load_reports_every_problem_at_once(tmp_path):
-    text = BASE.replace("backend: local", "backend: hpc").replace("storage: local", "storage: s3") \
-               .replace("max_parallel: 2", "max_paralel: 2")
+    text = (
+        BASE.replace("backend: local", "backend: hpc")
+        .replace("storage: local", "storage: s3")
+        .replace("max_parallel: 2", "max_paralel: 2")
+    )
     path = write(tmp_path, text)
     problems = problems_of(path)
     one_problem(problems, path, L_BACKEND, "inboxes.0.backend", "no backend named 'hpc'")
@@ -248,7 +278,7 @@ def test_load_invalid_yaml_names_file_and_line(tmp_path):
     assert len(problems) == 1
     assert problems[0].startswith(f"{path.resolve()}:")
     assert "not valid YAML" in problems[0]
-    line = int(problems[0][len(str(path.resolve())) + 1:].split(":", 1)[0])
+    line = int(problems[0][len(str(path.resolve())) + 1 :].split(":", 1)[0])
     assert line >= L_BUCKET
 
 

@@ -16,9 +16,17 @@ from syncd.config import load_config_and_source
 from tests.support.harness import make_config
 
 SECRET_KEY = "snapshot-test-secret-key-4711"
-S3 = {"type": "s3", "endpoint_url": "${SNAP_ENDPOINT}", "region": "eu-west-1", "addressing_style": "path",
-      "access_key_id": "${SNAP_KEY_ID}", "secret_access_key": "${SNAP_SECRET}", "ca_bundle": "certs/ca.pem",
-      "connect_timeout": "3s", "part_size": "8MiB"}
+S3 = {
+    "type": "s3",
+    "endpoint_url": "${SNAP_ENDPOINT}",
+    "region": "eu-west-1",
+    "addressing_style": "path",
+    "access_key_id": "${SNAP_KEY_ID}",
+    "secret_access_key": "${SNAP_SECRET}",
+    "ca_bundle": "certs/ca.pem",
+    "connect_timeout": "3s",
+    "part_size": "8MiB",
+}
 
 
 @pytest.fixture
@@ -38,6 +46,7 @@ def write_config(tmp_path: Path, s3: dict | None = None) -> Path:
 def validate(path: Path):
     def resolve(kind, type_name):
         return plugins.options_model(kind, type_name)
+
     return load_config_and_source(path, resolve)
 
 
@@ -66,11 +75,14 @@ def test_a_snapshot_gives_what_validating_the_config_gives(env, tmp_path):
 def test_a_snapshot_is_read_without_yaml_or_a_single_validator(env, tmp_path):
     path = write_config(tmp_path)
     config_snapshot.save(*validate(path))
-    probe = ("import sys; from pathlib import Path; from syncd import config_snapshot; "
-             f"c = config_snapshot.load(Path({str(path)!r})); "
-             "print(c is not None, 'yaml' in sys.modules, 'importlib.metadata' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
-                          timeout=60)
+    probe = (
+        "import sys; from pathlib import Path; from syncd import config_snapshot; "
+        f"c = config_snapshot.load(Path({str(path)!r})); "
+        "print(c is not None, 'yaml' in sys.modules, 'importlib.metadata' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ), timeout=60
+    )
     assert done.stdout.split() == ["True", "False", "False"], done.stderr
 
 
@@ -92,10 +104,13 @@ def test_a_secret_is_read_from_the_environment_at_every_run(env, tmp_path):
     assert config_snapshot.load(path) is None, "unset now: reading the config in full reports it"
 
 
-@pytest.mark.parametrize("written", [
-    {"secret_access_key": SECRET_KEY},  # the secret itself
-    {"region": "${SNAP_SECRET}"},  # its variable, also where a value is not secret (and so goes into a digest)
-])
+@pytest.mark.parametrize(
+    "written",
+    [
+        {"secret_access_key": SECRET_KEY},  # the secret itself
+        {"region": "${SNAP_SECRET}"},  # its variable, also where a value is not secret (and so goes into a digest)
+    ],
+)
 def test_a_secret_written_in_the_config_leaves_no_snapshot(env, tmp_path, written):
     path = write_config(tmp_path)
     assert snapshot_of(path)[1] is not None
@@ -119,8 +134,12 @@ def test_a_snapshot_that_no_longer_holds_is_not_used(env, tmp_path, change):
     else:
         document = json.loads(file.read_text())
         if change == "code":  # e.g. syncd upgraded or edited: a model's source file changed
-            assert {Path(source).name for source in document["code"]} == {"config.py", "units.py", "storage.py",
-                                                                          "file.py"}
+            assert {Path(source).name for source in document["code"]} == {
+                "config.py",
+                "units.py",
+                "storage.py",
+                "file.py",
+            }
             source = next(iter(document["code"]))
             document["code"][source] = [1, 2]
         else:
@@ -158,10 +177,13 @@ def test_sync_from_a_snapshot_and_from_the_config_alike(env, tmp_path):
     first = subprocess.run([*command, str(tmp_path / "one")], capture_output=True, text=True, timeout=60)
     assert first.returncode == 0 and "downloaded 1 file(s)" in first.stdout, first.stderr
     assert config_snapshot.snapshot_file(path.resolve()).exists()
-    second = subprocess.run([sys.executable, "-X", "importtime", *command[1:], str(tmp_path / "two")],
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[1:], str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 0 and "downloaded 1 file(s)" in second.stdout, second.stderr
     assert (tmp_path / "two" / "a.txt").read_bytes() == b"from the bucket"
-    loaded = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines()
-              if line.startswith("import time:")}
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
     assert loaded and "yaml" not in loaded and "importlib.metadata" not in loaded

@@ -59,8 +59,13 @@ def test_a_job_that_escapes_every_way_is_ended_whole_and_its_exit_status_kept(mo
     if mode == "cgroup" and not cgroup_available():
         pytest.skip("no writable cgroup v2 subtree here")
     marker = f"syncd-contain-unit-{uuid.uuid4().hex[:10]}"
-    done = subprocess.run([sys.executable, "-c", RUNNER, mode, f"syncd-test-{uuid.uuid4().hex[:8]}", marker],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, mode, f"syncd-test-{uuid.uuid4().hex[:8]}", marker],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     try:
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)

@@ -17,17 +17,35 @@ from syncd.names import check_output_path, job_key_check, reserved
 from syncd.storage.file import FileStorage
 
 
-@pytest.mark.parametrize("path", [
-    "syncd-result.json", "sub/syncd-result.json", "a/b/c/syncd-stdout.txt", "SYNCD-STDERR.TXT",
-    "x/Syncd-Validation.txt", "deep/syncd-error.json", "syncd-result.json/inside.txt", "d/.syncd-tmp/x",
-    "d/.SYNCD-TMP/x",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "syncd-result.json",
+        "sub/syncd-result.json",
+        "a/b/c/syncd-stdout.txt",
+        "SYNCD-STDERR.TXT",
+        "x/Syncd-Validation.txt",
+        "deep/syncd-error.json",
+        "syncd-result.json/inside.txt",
+        "d/.syncd-tmp/x",
+        "d/.SYNCD-TMP/x",
+    ],
+)
 def test_reserved_names_are_refused_as_outputs_at_any_depth_and_in_any_case(path):
     assert check_output_path(path) is not None
 
 
-@pytest.mark.parametrize("path", ["out.txt", "sub/result.json", "syncd-result.json.bak", "my-syncd-stdout.txt",
-                                  "syncd/notes.txt", "sub/syncd-result.jsonl"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "out.txt",
+        "sub/result.json",
+        "syncd-result.json.bak",
+        "my-syncd-stdout.txt",
+        "syncd/notes.txt",
+        "sub/syncd-result.jsonl",
+    ],
+)
 def test_names_that_only_look_like_reserved_ones_are_delivered(path):
     assert check_output_path(path) is None
     assert not any(reserved(part) for part in path.split("/"))
@@ -49,9 +67,18 @@ def site(tmp_path, store):
     storage = FileStorage("local", FileStorage.options_model.model_validate({"type": "file", "root": str(root)}))
     outbox = Outbox(tmp_path / "outbox", store)
     outbox.prepare()
-    job = store.create_job(id="20260101-000000-abcdef", name="j", dir_name="j", inbox="default", backend="local",
-                           storage="local", bucket="results", spool_path=str(tmp_path / "spool"), outcome="succeeded",
-                           exit_code=0)
+    job = store.create_job(
+        id="20260101-000000-abcdef",
+        name="j",
+        dir_name="j",
+        inbox="default",
+        backend="local",
+        storage="local",
+        bucket="results",
+        spool_path=str(tmp_path / "spool"),
+        outcome="succeeded",
+        exit_code=0,
+    )
     return SimpleNamespace(storage=storage, outbox=outbox, job=job, tmp=tmp_path)
 
 
@@ -67,9 +94,17 @@ def _outputs(tmp: Path, *paths: str) -> list[OutputFile]:
 
 
 def _deliver(site, outputs):
-    return deliver.deliver(site.job, inbox=SimpleNamespace(prefix=None), folder="j", storage=site.storage,
-                           outbox=site.outbox, outputs=outputs, logs=JobLogs(None, None), reports={},
-                           tmp_dir=site.tmp / "scratch")[0]
+    return deliver.deliver(
+        site.job,
+        inbox=SimpleNamespace(prefix=None),
+        folder="j",
+        storage=site.storage,
+        outbox=site.outbox,
+        outputs=outputs,
+        logs=JobLogs(None, None),
+        reports={},
+        tmp_dir=site.tmp / "scratch",
+    )[0]
 
 
 def test_an_object_a_service_left_under_a_reserved_name_is_never_mirrored_into_the_outbox(site):
@@ -84,9 +119,33 @@ def test_an_object_a_service_left_under_a_reserved_name_is_never_mirrored_into_t
 
 
 # -- class 3: the claim-time check is delivery's; refused files are no plain success ---------------------------
-TRICKY = ["CON", "con.txt", "Aux", "nul.tar.gz", "COM1", "lpt9.log", "run:42", "a<b", "a>b", 'say "hi"', "a|b",
-          "why?", "star*", "trailing.", "trailing ", "syncd-result.json", "SYNCD-STDOUT.TXT", ".syncd-tmp",
-          "ok", "run-42", "données", "CONFIG", "console", "a.b.c", "x" * 200]
+TRICKY = [
+    "CON",
+    "con.txt",
+    "Aux",
+    "nul.tar.gz",
+    "COM1",
+    "lpt9.log",
+    "run:42",
+    "a<b",
+    "a>b",
+    'say "hi"',
+    "a|b",
+    "why?",
+    "star*",
+    "trailing.",
+    "trailing ",
+    "syncd-result.json",
+    "SYNCD-STDOUT.TXT",
+    ".syncd-tmp",
+    "ok",
+    "run-42",
+    "données",
+    "CONFIG",
+    "console",
+    "a.b.c",
+    "x" * 200,
+]
 
 
 @pytest.mark.parametrize("name", TRICKY)
@@ -104,10 +163,17 @@ def test_a_job_name_accepted_at_claim_time_is_a_folder_delivery_accepts_also_wit
 def test_refused_outputs_make_the_job_failed_and_outputs_list_only_the_files_in_the_folder(site):
     settled = []
     record = deliver.deliver(
-        site.job, inbox=SimpleNamespace(prefix=None), folder="j", storage=site.storage, outbox=site.outbox,
+        site.job,
+        inbox=SimpleNamespace(prefix=None),
+        folder="j",
+        storage=site.storage,
+        outbox=site.outbox,
         outputs=_outputs(site.tmp, "good.txt", "a:b.txt", "Good.txt", "sub/CON", "sub/fine.txt"),
-        logs=JobLogs(None, None), reports={}, tmp_dir=site.tmp / "scratch",
-        on_settled=lambda outcome, message: settled.append((outcome, message)))[0]
+        logs=JobLogs(None, None),
+        reports={},
+        tmp_dir=site.tmp / "scratch",
+        on_settled=lambda outcome, message: settled.append((outcome, message)),
+    )[0]
     assert record["state"] == "failed" and record["exit_code"] == 0
     assert record["message"].startswith("the command succeeded, but 3 file(s) could not be delivered")
     assert settled == [("failed", record["message"])], "recorded before the record is written"

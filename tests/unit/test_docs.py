@@ -33,10 +33,27 @@ def _documented_keys() -> set[str]:
     return set(re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.MULTILINE))
 
 
-@pytest.mark.parametrize("model", [Config, InboxConfig, PollPolicy, RetryPolicy, LocalOptions,
-                                   FileStorageOptions, Manifest, SlurmOptions, TokenOptions, WebhookConfig,
-                                   HttpConfig, S3StorageOptions, MirrorConfig, KottaOptions, QarnotOptions,
-                                   CybergisOptions])
+@pytest.mark.parametrize(
+    "model",
+    [
+        Config,
+        InboxConfig,
+        PollPolicy,
+        RetryPolicy,
+        LocalOptions,
+        FileStorageOptions,
+        Manifest,
+        SlurmOptions,
+        TokenOptions,
+        WebhookConfig,
+        HttpConfig,
+        S3StorageOptions,
+        MirrorConfig,
+        KottaOptions,
+        QarnotOptions,
+        CybergisOptions,
+    ],
+)
 def test_readme_documents_every_option_of(model):
     fields = {name for name, field in model.model_fields.items() if not field.exclude}
     missing = fields - _documented_keys()

@@ -160,6 +160,7 @@ class _DeadStorage:
             if self.down:
                 raise TransientError(f"{name}: connection refused by the storage")
             return value(*args, **kwargs)
+
         return call
 
 
@@ -245,11 +246,12 @@ def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world)
     claimed = engine.spools["default"].claimed
     device = claimed.stat().st_dev
     common = dict(name="x", dir_name="x", inbox="default", backend="mem", storage="local", bucket="results")
-    away = engine.store.create_job(id="away", spool_path=str(claimed / "away"), dir_identity=f"{device + 1}:42",
-                                   **common)
-    engine.store.create_job(id="never", spool_path=str(claimed / "never"), dir_identity=f"{device}:43",
-                                    **common)
+    away = engine.store.create_job(
+        id="away", spool_path=str(claimed / "away"), dir_identity=f"{device + 1}:42", **common
+    )
+    engine.store.create_job(id="never", spool_path=str(claimed / "never"), dir_identity=f"{device}:43", **common)
     engine.prepare()
     assert engine.store.get(away.id).state == "claiming", "the share may come back with the folder"
-    assert [j.id for j in engine.store.jobs(["claiming"])] == ["away"], \
+    assert [j.id for j in engine.store.jobs(["claiming"])] == ["away"], (
         "on the mounted filesystem a missing folder means the rename never happened"
+    )

@@ -25,8 +25,14 @@ class Crash(BaseException):
 
 
 class World:
-    def __init__(self, root: Path, service: MemoryService, backend_options: dict | None = None,
-                 storages: dict | None = None, **inbox):
+    def __init__(
+        self,
+        root: Path,
+        service: MemoryService,
+        backend_options: dict | None = None,
+        storages: dict | None = None,
+        **inbox,
+    ):
         extra: dict = {"backends": {"mem": {"type": "memory", **(backend_options or {})}}}
         if storages:
             extra["storages"] = storages
@@ -97,6 +103,7 @@ def world(tmp_path):
 
 # -- 3. "not ready yet" is not a failure ---------------------------------------------------------
 
+
 def test_results_not_ready_wait_in_collecting_without_spending_retries(world):
     w = world(MemoryService(not_ready=4))
     job_id = w.drop("late-results", {"command": "echo done > out.txt"})
@@ -123,6 +130,7 @@ def test_results_never_ready_hold_the_job_at_the_deadline_and_retry_resumes(worl
 
 
 # -- 4. cancel is a capability ---------------------------------------------------------------------
+
 
 def test_cancel_on_a_service_that_cannot_cancel_marks_the_job_and_never_delivers_a_success(world):
     w = world(MemoryService(capabilities=Capabilities(cancel=CancelSupport.NEVER)))
@@ -160,11 +168,14 @@ def test_cancel_while_queued_on_a_started_job_says_it_cannot(world):
     assert any("stops only queued jobs" in m for m in w.events(job_id))
 
 
-@pytest.mark.parametrize("error, expect", [
-    (PermanentError("the service refuses: job is past its point of no return"), "refused to stop it"),
-    (AuthError("token expired"), None),
-    (TransientError("503"), None),
-])
+@pytest.mark.parametrize(
+    "error, expect",
+    [
+        (PermanentError("the service refuses: job is past its point of no return"), "refused to stop it"),
+        (AuthError("token expired"), None),
+        (TransientError("503"), None),
+    ],
+)
 def test_every_error_kind_from_cancel_is_caught_and_never_resent_on_every_pump(world, monkeypatch, error, expect):
     w = world()
     retry = w.engine.config.retry.model_copy(update={"initial": 0.5, "max": 1.0})
@@ -173,8 +184,11 @@ def test_every_error_kind_from_cancel_is_caught_and_never_resent_on_every_pump(w
     w.pump_until(lambda: w.job(job_id).state == "running")
     backend = w.engine.backends["mem"]
     calls = []
-    monkeypatch.setattr(backend.unwrapped if hasattr(backend, "unwrapped") else backend, "cancel",
-                        lambda ref: calls.append(ref) or (_ for _ in ()).throw(error))
+    monkeypatch.setattr(
+        backend.unwrapped if hasattr(backend, "unwrapped") else backend,
+        "cancel",
+        lambda ref: calls.append(ref) or (_ for _ in ()).throw(error),
+    )
     w.store.request(job_id, "cancel")
     pumps = 0
     deadline = time.monotonic() + 1.0
@@ -202,6 +216,7 @@ def test_a_timeout_on_a_service_that_cannot_cancel_is_said_once_and_reported_tim
 
 # -- 5. a submission can be unfinished --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("step", SUBMIT_STEPS)
 def test_kill_9_after_each_submission_step_gives_one_remote_job_that_runs_once(world, tmp_path, step):
     crashed = []
@@ -227,6 +242,7 @@ def test_kill_9_after_each_submission_step_gives_one_remote_job_that_runs_once(w
 
 # -- 6. no exit code from the service: the wrapper ------------------------------------------------
 
+
 def test_a_service_without_exit_codes_gets_them_from_the_wrapper(world):
     w = world(MemoryService(capabilities=Capabilities(exit_codes=False, logs=LogDelivery.AT_END)))
     job_id = w.drop("exit-three", {"command": "echo partial > out.txt; exit 3"})
@@ -246,7 +262,10 @@ def test_the_wrapper_never_splices_the_command_into_a_script(world, tmp_path):
     assert (w.job(job_id).state, w.job(job_id).exit_code) == ("succeeded", 0)
     assert w.outbox(job_id, "arg.txt").read_text() == hostile, "every byte of the argument, trailing newlines too"
     assert not w.outbox(job_id, "pwned").exists() and not w.outbox(job_id, "pwned2").exists()
+
+
 # -- 1 and 2. the backend reaches syncd's storage -----------------------------------------------
+
 
 def test_outputs_left_in_the_storage_are_copied_there_not_downloaded(world, monkeypatch):
     w = world(MemoryService(outputs_to="storage"))
@@ -256,8 +275,9 @@ def test_outputs_left_in_the_storage_are_copied_there_not_downloaded(world, monk
     assert sorted(o["path"] for o in w.result(job_id)["outputs"]) == ["d/one.txt", "two.txt"]
     storage = w.engine.storages["local"]
     staged = list(storage.list(w.job(job_id).bucket, ""))
-    assert not [o.key for o in staged if "/_outputs/" in f"/{o.key}" or "/_inputs/" in f"/{o.key}"], \
+    assert not [o.key for o in staged if "/_outputs/" in f"/{o.key}" or "/_inputs/" in f"/{o.key}"], (
         "the staging area is removed once the results are delivered"
+    )
 
 
 def test_outputs_already_in_the_results_folder_are_only_recorded(world, monkeypatch):

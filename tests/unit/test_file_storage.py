@@ -17,8 +17,7 @@ from syncd.storage.file import FileStorage
 
 
 def make_storage(tmp_path: Path, **extra) -> FileStorage:
-    options = FileStorage.options_model.model_validate(
-        {"type": "file", "root": str(tmp_path / "buckets"), **extra})
+    options = FileStorage.options_model.model_validate({"type": "file", "root": str(tmp_path / "buckets"), **extra})
     return FileStorage("local", options)
 
 
@@ -34,6 +33,7 @@ def src(tmp_path):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
         return path
+
     return make
 
 
@@ -42,8 +42,9 @@ def keys(storage: FileStorage, bucket: str = "b", prefix: str = "") -> list[str]
 
 
 def test_options_root_relative_to_config_dir(tmp_path):
-    options = FileStorage.options_model.model_validate({"type": "file", "root": "buckets"},
-                                                       context={"base_dir": tmp_path})
+    options = FileStorage.options_model.model_validate(
+        {"type": "file", "root": "buckets"}, context={"base_dir": tmp_path}
+    )
     assert options.root == tmp_path / "buckets"
     assert options.create_buckets is True
 
@@ -86,8 +87,8 @@ def test_head_existing_missing_and_folder(storage, src):
     assert (info.key, info.size) == ("dir/file.txt", 3)
     assert info.modified is not None
     assert storage.head("b", "dir/missing.txt") is None
-    assert storage.head("b", "dir") is None            # a folder is not an object
-    assert storage.head("b", "dir/").etag == "dir"     # but it is a directory marker
+    assert storage.head("b", "dir") is None  # a folder is not an object
+    assert storage.head("b", "dir/").etag == "dir"  # but it is a directory marker
     assert storage.head("b", "other/") is None
 
 
@@ -158,10 +159,22 @@ def test_bucket_names_refused(storage, src, bucket):
         storage.put_file(bucket, "k.txt", src(b"x"))
 
 
-@pytest.mark.parametrize("key", [
-    "", "/abs.txt", "../escape.txt", "a/../../b", "a//b", "./a", "a/./b", "a\\b", "a\x00b", "..",
-    f"{TMP_DIR}/x.part",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/abs.txt",
+        "../escape.txt",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "a/./b",
+        "a\\b",
+        "a\x00b",
+        "..",
+        f"{TMP_DIR}/x.part",
+    ],
+)
 @pytest.mark.parametrize("operation", ["put", "get", "head", "delete"])
 def test_check_key_refusals_raise_permanent_error(storage, src, tmp_path, key, operation):
     source = src(b"x")
@@ -190,6 +203,7 @@ def test_fetch_many_by_default_fetches_each_and_yields_a_failure_instead_of_rais
 
 # -- no second copy on one disk: reflink, hard link, verified copy ------------------------------
 
+
 @pytest.fixture
 def placed(monkeypatch) -> list[str]:
     """How each file was placed by the storage ("reflink", "link" or "copy"), in order."""
@@ -201,6 +215,7 @@ def placed(monkeypatch) -> list[str]:
     def spy(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
+
     monkeypatch.setattr(file_module, "place_file", spy)
     return seen
 
@@ -215,6 +230,7 @@ def fake_reflink_calls(monkeypatch) -> list[int]:
     def ioctl(fd, request, arg=0, *rest):
         calls.append(request)
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
     monkeypatch.setattr(fcntl, "ioctl", ioctl)
     return calls
 
@@ -249,8 +265,9 @@ def test_a_filesystem_without_reflinks_is_asked_once(storage, src, fake_reflink_
 
 
 @pytest.mark.parametrize("code", [errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP])
-def test_put_file_copies_and_verifies_when_a_link_is_refused(storage, src, tmp_path, monkeypatch, fake_reflink_calls,
-                                                            placed, code):
+def test_put_file_copies_and_verifies_when_a_link_is_refused(
+    storage, src, tmp_path, monkeypatch, fake_reflink_calls, placed, code
+):
     verified = []
     real_copy = fsutil.copy_verified
 
@@ -260,6 +277,7 @@ def test_put_file_copies_and_verifies_when_a_link_is_refused(storage, src, tmp_p
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
+
     monkeypatch.setattr(fsutil, "copy_verified", spy)
     monkeypatch.setattr(os, "link", refuse)
     data = os.urandom(300_000)
@@ -290,6 +308,7 @@ def test_put_file_from_another_filesystem_is_copied(storage, tmp_path, placed):
 def test_a_link_error_other_than_cannot_is_reported(storage, src, monkeypatch, fake_reflink_calls):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "link", full)
     with pytest.raises(TransientError, match="no space left"):
         storage.put_file("b", "k", src(b"x"))
@@ -321,8 +340,9 @@ def test_hard_links_false_copies(tmp_path, src, fake_reflink_calls, placed):
     assert object_path(tmp_path, "k").stat().st_ino != source.stat().st_ino
 
 
-def test_a_name_swapped_for_another_file_before_the_link_is_copied_not_linked(storage, src, tmp_path, monkeypatch,
-                                                                             fake_reflink_calls):
+def test_a_name_swapped_for_another_file_before_the_link_is_copied_not_linked(
+    storage, src, tmp_path, monkeypatch, fake_reflink_calls
+):
     source = src(b"what was opened")
     other = src(b"someone else's", "other")
     real_link = os.link
@@ -344,6 +364,7 @@ def test_a_reflink_is_tried_first_and_then_nothing_else(storage, src, tmp_path, 
 
     def no_link(*args, **kwargs):
         raise AssertionError("a hard link after a reflink")
+
     monkeypatch.setattr(fcntl, "ioctl", clone)
     monkeypatch.setattr(os, "link", no_link)
     source = src(b"cloned")
@@ -390,6 +411,7 @@ def test_get_file_copies_an_object_of_another_user(storage, src, tmp_path, monke
 
 # -- copy -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dst_bucket", ["b", "other"])
 def test_copy_shares_the_file_and_returns_the_copys_info(storage, src, tmp_path, placed, dst_bucket):
     storage.put_file("b", "job/in.txt", src(b"payload"))
@@ -432,8 +454,12 @@ class Plain(FileStorage):
 
 
 def test_base_copy_streams_through_a_temporary_file(tmp_path, src):
-    storage = Plain("plain", FileStorage.options_model.model_validate(
-        {"type": "file", "root": str(tmp_path / "buckets"), "hard_links": False}))
+    storage = Plain(
+        "plain",
+        FileStorage.options_model.model_validate(
+            {"type": "file", "root": str(tmp_path / "buckets"), "hard_links": False}
+        ),
+    )
     data = os.urandom(100_000)
     storage.put_file("b", "a/src.bin", src(data))
     info = storage.copy("b", "a/src.bin", "c", "dst é.bin")
@@ -446,6 +472,7 @@ def test_base_copy_streams_through_a_temporary_file(tmp_path, src):
 
 # -- presign ----------------------------------------------------------------------------
 
+
 def test_file_storage_has_no_urls(storage):
     with pytest.raises(PermanentError) as caught:
         storage.presign("b", "job/in.txt")
@@ -455,6 +482,9 @@ def test_file_storage_has_no_urls(storage):
 
 def test_base_presign_refuses_naming_the_storage_and_what_to_do(tmp_path):
     storage = Plain("scratch", FileStorage.options_model.model_validate({"type": "file", "root": str(tmp_path)}))
-    with pytest.raises(PermanentError, match=r"storage 'scratch' \(type: file\) cannot make a URL for b/k; "
-                                             r"a backend whose service fetches inputs by URL needs an s3 storage"):
+    with pytest.raises(
+        PermanentError,
+        match=r"storage 'scratch' \(type: file\) cannot make a URL for b/k; "
+        r"a backend whose service fetches inputs by URL needs an s3 storage",
+    ):
         storage.presign("b", "k", "PUT", 60)

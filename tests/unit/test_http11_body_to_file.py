@@ -21,8 +21,9 @@ from tests.support.tls import self_signed
 BODY = os.urandom(3 * 1024 * 1024 + 12345)  # several pipe-fulls, not a multiple of any buffer
 
 
-def serve_once(body: bytes, *, send: int | None = None, stall: float = 0.0,
-               tls: ssl.SSLContext | None = None) -> tuple[int, threading.Thread]:
+def serve_once(
+    body: bytes, *, send: int | None = None, stall: float = 0.0, tls: ssl.SSLContext | None = None
+) -> tuple[int, threading.Thread]:
     """Answer one GET with ``body`` (Content-Length says all of it); send only ``send`` bytes, then close."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

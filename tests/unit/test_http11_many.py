@@ -64,36 +64,48 @@ class ScriptedServer:
                 how = self.behaviour.get(path, "ok")
                 if how == "missing":
                     answer = b"<Error><Code>NoSuchKey</Code></Error>"
-                    connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+                    connection.sendall(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                    )
                 elif how == "chunked":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
-                                       % (len(body), body))
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                        % (len(body), body)
+                    )
                 elif how == "cut":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:len(body) // 2]))
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2])
+                    )
                     return
                 elif how == "stall":
                     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
                     time.sleep(2)
                     return
                 elif how == "close":
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                                       % (len(body), body))
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
                     return
                 else:  # head and body in separate writes, the body in two pieces
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: \"%s\"\r\n\r\n"
-                                       % (len(body), hashlib.md5(body).hexdigest().encode()))
-                    connection.sendall(body[:len(body) // 3])
-                    connection.sendall(body[len(body) // 3:])
+                    connection.sendall(
+                        b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: "%s"\r\n\r\n'
+                        % (len(body), hashlib.md5(body).hexdigest().encode())
+                    )
+                    connection.sendall(body[: len(body) // 3])
+                    connection.sendall(body[len(body) // 3 :])
 
     def close(self) -> None:
         self.listener.close()
 
 
 def fetch_all(server: ScriptedServer, paths, tmp_path, *, connections=4, read_timeout=5.0, tls=None):
-    many = ManyGets("127.0.0.1", server.port, tls=tls, connect_timeout=2, read_timeout=read_timeout,
-                    connections=connections)
-    gets = (Get(path, path, lambda: {"Host": "test"}, str(tmp_path / path.strip("/")),
-                lambda headers: hashlib.md5()) for path in paths)
+    many = ManyGets(
+        "127.0.0.1", server.port, tls=tls, connect_timeout=2, read_timeout=read_timeout, connections=connections
+    )
+    gets = (
+        Get(path, path, lambda: {"Host": "test"}, str(tmp_path / path.strip("/")), lambda headers: hashlib.md5())
+        for path in paths
+    )
     return {get.item: outcome for get, outcome in many.run(gets)}
 
 

@@ -20,8 +20,15 @@ SERVICE = "Example at http://127.0.0.1"
 
 
 class Answer:
-    def __init__(self, status: int, body: bytes | str = b"", headers: dict[str, str] | None = None,
-                 delay: float = 0.0, broken: bool = False, echo_auth: bool = False):
+    def __init__(
+        self,
+        status: int,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        broken: bool = False,
+        echo_auth: bool = False,
+    ):
         self.status, self.delay, self.broken, self.echo_auth = status, delay, broken, echo_auth
         self.body = body.encode() if isinstance(body, str) else body
         self.headers = headers or {}
@@ -109,13 +116,30 @@ def test_a_2xx_answer_is_no_error_and_request_returns_the_response(server, sessi
     assert get(session, url).status_code == status
 
 
-@pytest.mark.parametrize("status, kind", [
-    (401, AuthError), (403, AuthError), (404, NotFoundError), (410, NotFoundError),
-    (408, TransientError), (425, TransientError), (429, TransientError), (500, TransientError),
-    (502, TransientError), (503, TransientError), (504, TransientError), (507, TransientError),
-    (400, PermanentError), (405, PermanentError), (409, PermanentError), (413, PermanentError),
-    (422, PermanentError), (501, PermanentError), (505, PermanentError),
-])
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (401, AuthError),
+        (403, AuthError),
+        (404, NotFoundError),
+        (410, NotFoundError),
+        (408, TransientError),
+        (425, TransientError),
+        (429, TransientError),
+        (500, TransientError),
+        (502, TransientError),
+        (503, TransientError),
+        (504, TransientError),
+        (507, TransientError),
+        (400, PermanentError),
+        (405, PermanentError),
+        (409, PermanentError),
+        (413, PermanentError),
+        (422, PermanentError),
+        (501, PermanentError),
+        (505, PermanentError),
+    ],
+)
 def test_each_status_is_classified(server, session, status, kind):
     error = classified(session, server.answer("/s", status, "nope"))
     assert type(error) is kind
@@ -131,23 +155,28 @@ def test_auth_and_not_found_are_permanent_errors_of_their_own_kind():
 
 def test_a_message_names_service_action_status_reason_elapsed_and_the_json_message(server, session):
     body = {"message": "no job 7 here", "trace": "x" * 5000}
-    error = classified(session, server.answer("/gone", 404, json.dumps(body), {"Content-Type": "application/json"},
-                                              delay=0.3))
+    error = classified(
+        session, server.answer("/gone", 404, json.dumps(body), {"Content-Type": "application/json"}, delay=0.3)
+    )
     assert isinstance(error, NotFoundError)
     text = str(error)
-    assert text.startswith("Example at http://127.0.0.1 does not know what was asked for while reading job 7 "
-                           "(HTTP 404 Not Found after 0.")
+    assert text.startswith(
+        "Example at http://127.0.0.1 does not know what was asked for while reading job 7 (HTTP 404 Not Found after 0."
+    )
     assert float(text.split(" after ")[1].split("s)")[0]) >= 0.3, "the elapsed time of the request"
     assert text.endswith('the service said "no job 7 here"') and "xxx" not in text
 
 
-@pytest.mark.parametrize("body, expected", [
-    ({"detail": "quota exceeded"}, "quota exceeded"),
-    ({"error": "invalid_request", "code": 12}, "invalid_request"),
-    ({"error": {"message": "nested reason"}}, "nested reason"),
-    ({"errors": [{"description": "first"}, {"title": "second"}]}, "first; second"),
-    ({"message": "", "detail": "empty message skipped"}, "empty message skipped"),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"detail": "quota exceeded"}, "quota exceeded"),
+        ({"error": "invalid_request", "code": 12}, "invalid_request"),
+        ({"error": {"message": "nested reason"}}, "nested reason"),
+        ({"errors": [{"description": "first"}, {"title": "second"}]}, "first; second"),
+        ({"message": "", "detail": "empty message skipped"}, "empty message skipped"),
+    ],
+)
 def test_the_excerpt_prefers_a_json_message_field(server, session, body, expected):
     error = classified(session, server.answer("/bad", 400, json.dumps(body)))
     assert str(error).endswith(f'the service said "{expected}"')
@@ -157,8 +186,10 @@ def test_the_excerpt_is_short_and_html_is_reduced_to_its_text(server, session):
     long = classified(session, server.answer("/long", 400, "word " * 1000))
     excerpt = str(long).split('the service said "')[1].rstrip('"')
     assert len(excerpt) <= http.EXCERPT_CHARS and excerpt.endswith("…")
-    page = "<html><head><title>502 Bad Gateway</title><style>h1{x:y}</style></head><body><h1>Bad&nbsp;Gateway</h1>" \
-           "</body></html>"
+    page = (
+        "<html><head><title>502 Bad Gateway</title><style>h1{x:y}</style></head><body><h1>Bad&nbsp;Gateway</h1>"
+        "</body></html>"
+    )
     error = classified(session, server.answer("/html", 502, page, {"Content-Type": "text/html"}))
     assert str(error).endswith('the service said "502 Bad Gateway Bad Gateway"'), str(error)
 
@@ -176,8 +207,10 @@ def test_retry_after_in_seconds(server, session):
 
 def test_retry_after_as_an_http_date_counts_from_the_servers_clock(server, session):
     server_now = time.time() - 1000  # a server whose clock is far behind ours
-    headers = {"Date": email.utils.formatdate(server_now, usegmt=True),
-               "Retry-After": email.utils.formatdate(server_now + 120, usegmt=True)}
+    headers = {
+        "Date": email.utils.formatdate(server_now, usegmt=True),
+        "Retry-After": email.utils.formatdate(server_now + 120, usegmt=True),
+    }
     error = classified(session, server.answer("/slowdown", 429, "", headers))
     assert isinstance(error, TransientError) and error.retry_after == pytest.approx(120, abs=1)
 
@@ -191,10 +224,19 @@ def test_retry_after_is_capped_and_bad_values_are_ignored(server, session):
     assert classified(session, server.answer("/none", 502)).retry_after is None
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("0", 0.0), (" 42 ", 42.0), ("-5", None), ("1.5", None), ("", None), (None, None),
-    ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0), ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("0", 0.0),
+        (" 42 ", 42.0),
+        ("-5", None),
+        ("1.5", None),
+        ("", None),
+        (None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),
+        ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
+    ],
+)
 def test_parse_retry_after(value, expected):
     now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:27:00 GMT").timestamp()
     assert http.parse_retry_after(value, now=now) == expected
@@ -215,7 +257,9 @@ def test_a_timeout_is_transient_and_names_the_limit(server, session):
     started = time.monotonic()
     error = classified(session, url, timeout=(5, 0.3))
     assert time.monotonic() - started < 1.5
-    assert isinstance(error, TransientError) and f"{SERVICE} did not answer within 0.30s while reading job 7 after 0.3" in str(error)
+    assert isinstance(
+        error, TransientError
+    ) and f"{SERVICE} did not answer within 0.30s while reading job 7 after 0.3" in str(error)
 
 
 def test_a_body_that_breaks_off_is_transient(server, session):
@@ -227,6 +271,7 @@ def test_a_body_that_breaks_off_is_transient(server, session):
 def test_a_connect_timeout_and_other_failures_without_a_server():
     def classify(exc):
         return http.classify_exception(exc, service=SERVICE, what="pinging", timeout=(1.5, 60))
+
     assert isinstance(timeout := classify(requests.ConnectTimeout()), TransientError)
     assert "no connection within 1.50s" in str(timeout)
     assert isinstance(classify(requests.exceptions.ChunkedEncodingError()), TransientError)
@@ -247,6 +292,7 @@ def test_a_credential_echoed_by_the_server_is_blanked(server, session):
 
 def test_other_methods_and_arguments_pass_through(server, session):
     server.answer("/submit", 201, b'{"id": "j1"}')
-    response = http.request(session, "POST", server.url + "/submit", service=SERVICE, what="submitting",
-                            timeout=5, json={"a": 1})
+    response = http.request(
+        session, "POST", server.url + "/submit", service=SERVICE, what="submitting", timeout=5, json={"a": 1}
+    )
     assert response.json() == {"id": "j1"}

@@ -57,7 +57,8 @@ def test_skipped_timer_runs_are_not_warnings_but_other_library_warnings_are(caps
     setup_logging("INFO", "text")
     try:
         logging.getLogger("apscheduler.scheduler").warning(
-            'Execution of job "Daemon._guard" skipped: maximum number of running instances reached (1)')
+            'Execution of job "Daemon._guard" skipped: maximum number of running instances reached (1)'
+        )
         logging.getLogger("apscheduler.scheduler").warning("Run time of job was missed by 0:00:05")
         logging.getLogger("watchdog.observers.inotify").warning("Inotify queue overflowed")
     finally:

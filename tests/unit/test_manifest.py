@@ -19,8 +19,12 @@ from syncd.intake.manifest import (
 )
 
 
-def make_job(tmp_path: Path, manifest: str | None = "command: python run.py\n",
-             files: dict[str, bytes | str] | None = None, name: str = "job1") -> Path:
+def make_job(
+    tmp_path: Path,
+    manifest: str | None = "command: python run.py\n",
+    files: dict[str, bytes | str] | None = None,
+    name: str = "job1",
+) -> Path:
     job = tmp_path / name
     job.mkdir()
     if manifest is not None:
@@ -52,6 +56,7 @@ def relpaths(directory) -> list[str]:
 
 # -- manifest rejections ------------------------------------------------------------
 
+
 def test_parse_manifest_invalid_yaml_names_line(tmp_path):
     job = make_job(tmp_path, "command: run\ninputs: [a, b\nretries: 1\n")
     problems = manifest_problems(job)
@@ -63,7 +68,7 @@ def test_parse_manifest_invalid_yaml_names_line(tmp_path):
 @pytest.mark.parametrize("text", ["", "- a\n- b\n", "just text\n", "42\n"])
 def test_parse_manifest_not_a_mapping(tmp_path, text):
     problems = manifest_problems(make_job(tmp_path, text))
-    assert problems == ['job.yaml: must be a mapping with at least a \'command\' key, e.g. command: "python run.py"']
+    assert problems == ["job.yaml: must be a mapping with at least a 'command' key, e.g. command: \"python run.py\""]
 
 
 def test_parse_manifest_missing_command(tmp_path):
@@ -71,12 +76,15 @@ def test_parse_manifest_missing_command(tmp_path):
     assert problems == ['job.yaml:1: command: required but missing; add it, e.g. command: "python run.py"']
 
 
-@pytest.mark.parametrize("text, message", [
-    ("command: ''\n", "command is empty; write the shell command to run"),
-    ("command: '   '\n", "command is empty; write the shell command to run"),
-    ("command: []\n", "command list is empty; write e.g. [python, run.py]"),
-    ("command: ['']\n", "command list is empty; write e.g. [python, run.py]"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("command: ''\n", "command is empty; write the shell command to run"),
+        ("command: '   '\n", "command is empty; write the shell command to run"),
+        ("command: []\n", "command list is empty; write e.g. [python, run.py]"),
+        ("command: ['']\n", "command list is empty; write e.g. [python, run.py]"),
+    ],
+)
 def test_parse_manifest_empty_command(tmp_path, text, message):
     problems = manifest_problems(make_job(tmp_path, text))
     assert problems == [f"job.yaml:1: command: {message}"]
@@ -98,22 +106,25 @@ def test_parse_manifest_unknown_key_in_resources_lists_resources_keys(tmp_path):
 
 
 def test_parse_manifest_wrong_type_names_field_and_line(tmp_path):
-    problems = manifest_problems(make_job(tmp_path, "command: run\nretries: \"x\"\n"))
+    problems = manifest_problems(make_job(tmp_path, 'command: run\nretries: "x"\n'))
     assert len(problems) == 1
     assert problems[0].startswith("job.yaml:2: retries: ")
     assert "integer" in problems[0]
 
 
-@pytest.mark.parametrize("text, line, field, fragments", [
-    # Either pydantic's wording or a friendlier rewording; the bound must be named.
-    ("command: run\nretries: 11\n", 2, "retries", ("less than or equal to 10", "at most 10")),
-    ("command: run\npriority: 500\n", 2, "priority", ("less than or equal to 100", "at most 100")),
-    ("command: run\ntimeout: never\n", 2, "timeout", ("'never' is not a duration",)),
-    ("command: run\ntimeout: 0\n", 2, "timeout", ("greater than 0", "more than 0")),
-    ("command: run\nresources:\n  memory: lots\n", 3, "resources.memory", ("'lots' is not a size",)),
-    ("command: run\nresources:\n  cpus: 0\n", 3, "resources.cpus", ("greater than 0", "more than 0")),
-    ("command: run\ntags: nope\n", 2, "tags", ("valid list", "list")),
-])
+@pytest.mark.parametrize(
+    "text, line, field, fragments",
+    [
+        # Either pydantic's wording or a friendlier rewording; the bound must be named.
+        ("command: run\nretries: 11\n", 2, "retries", ("less than or equal to 10", "at most 10")),
+        ("command: run\npriority: 500\n", 2, "priority", ("less than or equal to 100", "at most 100")),
+        ("command: run\ntimeout: never\n", 2, "timeout", ("'never' is not a duration",)),
+        ("command: run\ntimeout: 0\n", 2, "timeout", ("greater than 0", "more than 0")),
+        ("command: run\nresources:\n  memory: lots\n", 3, "resources.memory", ("'lots' is not a size",)),
+        ("command: run\nresources:\n  cpus: 0\n", 3, "resources.cpus", ("greater than 0", "more than 0")),
+        ("command: run\ntags: nope\n", 2, "tags", ("valid list", "list")),
+    ],
+)
 def test_parse_manifest_bad_values_name_field_and_line(tmp_path, text, line, field, fragments):
     problems = manifest_problems(make_job(tmp_path, text))
     assert len(problems) == 1, problems
@@ -121,15 +132,18 @@ def test_parse_manifest_bad_values_name_field_and_line(tmp_path, text, line, fie
     assert any(fragment in problems[0] for fragment in fragments), problems
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ("A: [1, 2]", "env.A must be text or a number, not list"),
-    ("A: {b: 1}", "env.A must be text or a number, not dict"),
-    ("A: true", "env.A must be text or a number, not bool"),
-    ("A: null", "env.A must be text or a number, not NoneType"),
-    ("1A: x", "env key '1A' is not a valid variable name"),
-    ("'A-B': x", "env key 'A-B' is not a valid variable name"),
-    ("'A B': x", "env key 'A B' is not a valid variable name"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ("A: [1, 2]", "env.A must be text or a number, not list"),
+        ("A: {b: 1}", "env.A must be text or a number, not dict"),
+        ("A: true", "env.A must be text or a number, not bool"),
+        ("A: null", "env.A must be text or a number, not NoneType"),
+        ("1A: x", "env key '1A' is not a valid variable name"),
+        ("'A-B': x", "env key 'A-B' is not a valid variable name"),
+        ("'A B': x", "env key 'A B' is not a valid variable name"),
+    ],
+)
 def test_parse_manifest_env_refuses_bad_names_and_values(tmp_path, env, fragment):
     problems = manifest_problems(make_job(tmp_path, f"command: run\nenv:\n  {env}\n"))
     assert len(problems) == 1
@@ -142,16 +156,19 @@ def test_parse_manifest_env_numbers_become_text(tmp_path):
     assert manifest.env == {"N": "4", "F": "1.5", "S": "hi"}
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("a/b", "must not contain '/'"),
-    ("a\\\\b", "must not contain '/' or '\\'"),
-    ("..", "must not be empty, '.' or '..'"),
-    (".hidden", "must not start with '.'"),
-    ("-rf", "must not start with '-'"),
-    ("a\\nb", "control characters"),
-    ("a\\tb", "control characters"),
-    (" padded", "spaces"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("a/b", "must not contain '/'"),
+        ("a\\\\b", "must not contain '/' or '\\'"),
+        ("..", "must not be empty, '.' or '..'"),
+        (".hidden", "must not start with '.'"),
+        ("-rf", "must not start with '-'"),
+        ("a\\nb", "control characters"),
+        ("a\\tb", "control characters"),
+        (" padded", "spaces"),
+    ],
+)
 def test_parse_manifest_refuses_unsafe_name(tmp_path, name, fragment):
     problems = manifest_problems(make_job(tmp_path, f'command: run\nname: "{name}"\n'))
     assert len(problems) == 1
@@ -159,14 +176,17 @@ def test_parse_manifest_refuses_unsafe_name(tmp_path, name, fragment):
     assert fragment in problems[0]
 
 
-@pytest.mark.parametrize("pattern, fragment", [
-    ("../secret", "'..' would leave the job directory"),
-    ("data/../../x", "'..' would leave the job directory"),
-    ("/etc/passwd", "absolute paths are not allowed"),
-    ("C:/data", "absolute paths are not allowed"),
-    ("data\\\\x", "backslashes"),
-    ("", "non-empty"),
-])
+@pytest.mark.parametrize(
+    "pattern, fragment",
+    [
+        ("../secret", "'..' would leave the job directory"),
+        ("data/../../x", "'..' would leave the job directory"),
+        ("/etc/passwd", "absolute paths are not allowed"),
+        ("C:/data", "absolute paths are not allowed"),
+        ("data\\\\x", "backslashes"),
+        ("", "non-empty"),
+    ],
+)
 @pytest.mark.parametrize("field", ["inputs", "outputs"])
 def test_parse_manifest_refuses_escaping_globs(tmp_path, pattern, fragment, field):
     problems = manifest_problems(make_job(tmp_path, f'command: run\n{field}: ["ok.txt", "{pattern}"]\n'))
@@ -244,6 +264,7 @@ priority: -5
 
 # -- the job directory: names, inputs, links, special files, limits ------------------------
 
+
 def test_load_job_directory_reports_every_problem(tmp_path):
     job = make_job(tmp_path, "name: x\n", files={"a.txt": "a"})
     os.symlink("/etc/hostname", job / "link")
@@ -274,10 +295,18 @@ def test_load_job_directory_name_key_overrides_directory_name(tmp_path):
 
 
 def test_load_job_directory_default_inputs_are_every_file_but_control_files(tmp_path):
-    job = make_job(tmp_path, files={
-        ".ready": "", "run.py": "print(1)", "data/a.csv": "1,2", "data/deep/b.bin": b"\x00\x01",
-        "data/job.yaml": "nested copy", ".hidden": "h", "empty": "",
-    })
+    job = make_job(
+        tmp_path,
+        files={
+            ".ready": "",
+            "run.py": "print(1)",
+            "data/a.csv": "1,2",
+            "data/deep/b.bin": b"\x00\x01",
+            "data/job.yaml": "nested copy",
+            ".hidden": "h",
+            "empty": "",
+        },
+    )
     directory = load_job_directory(job)
     assert relpaths(directory) == [".hidden", "data/a.csv", "data/deep/b.bin", "data/job.yaml", "empty", "run.py"]
     by_path = {f.relpath: f for f in directory.inputs}
@@ -287,16 +316,31 @@ def test_load_job_directory_default_inputs_are_every_file_but_control_files(tmp_
 
 
 def test_load_job_directory_inputs_globs_select_files(tmp_path):
-    job = make_job(tmp_path, 'command: run\ninputs: ["data/**", "*.py"]\n', files={
-        "run.py": "", "lib/util.py": "", "data/a.csv": "", "data/x/y/b.csv": "", "notes.txt": "",
-    })
+    job = make_job(
+        tmp_path,
+        'command: run\ninputs: ["data/**", "*.py"]\n',
+        files={
+            "run.py": "",
+            "lib/util.py": "",
+            "data/a.csv": "",
+            "data/x/y/b.csv": "",
+            "notes.txt": "",
+        },
+    )
     assert relpaths(load_job_directory(job)) == ["data/a.csv", "data/x/y/b.csv", "run.py"]
 
 
 def test_load_job_directory_double_star_slash_matches_any_depth(tmp_path):
-    job = make_job(tmp_path, 'command: run\ninputs: ["**/*.csv", "**/*.csv"]\n', files={
-        "top.csv": "", "a/mid.csv": "", "a/b/c/low.csv": "", "a/b/c/low.txt": "",
-    })
+    job = make_job(
+        tmp_path,
+        'command: run\ninputs: ["**/*.csv", "**/*.csv"]\n',
+        files={
+            "top.csv": "",
+            "a/mid.csv": "",
+            "a/b/c/low.csv": "",
+            "a/b/c/low.txt": "",
+        },
+    )
     assert relpaths(load_job_directory(job)) == ["a/b/c/low.csv", "a/mid.csv", "top.csv"]
 
 
@@ -321,8 +365,10 @@ def test_load_job_directory_relative_symlink_escaping_refused(tmp_path):
     job = make_job(tmp_path, files={"sub/a.txt": "a"})
     os.symlink("../../secret.txt", job / "sub" / "s.txt")
     problems = job_problems(job)
-    assert problems == ["sub/s.txt: symbolic link to '../../secret.txt' leads outside the job directory; "
-                        "copy the file into the job directory instead"]
+    assert problems == [
+        "sub/s.txt: symbolic link to '../../secret.txt' leads outside the job directory; "
+        "copy the file into the job directory instead"
+    ]
 
 
 def test_load_job_directory_dangling_symlink_refused(tmp_path):
@@ -400,6 +446,7 @@ def test_scan_inputs_returns_sorted_tuple(tmp_path):
 
 # -- names and globs ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["sample-1", "Run 7", "données", "a.b_c"])
 def test_check_job_name_accepts_ordinary_names(name):
     assert check_job_name(name) is None
@@ -410,22 +457,25 @@ def test_check_job_name_refuses_overlong_name():
     assert check_job_name("é" * 100) is None
 
 
-@pytest.mark.parametrize("pattern, matches, misses", [
-    ("*.csv", ["a.csv", ".x.csv"], ["d/a.csv", "a.csvx", "a.tsv"]),
-    ("data/*", ["data/a", "data/.h"], ["data", "data/a/b", "other/a"]),
-    ("data/**", ["data/a", "data/a/b/c"], ["data", "datax/a"]),
-    ("**/*.txt", ["a.txt", "d/a.txt", "d/e/f/a.txt"], ["a.txt.bak", "d/a.csv"]),
-    ("**", ["a", "a/b/c"], []),
-    ("a/**/z", ["a/z", "a/b/z", "a/b/c/z"], ["a/bz", "b/z"]),
-    ("file?.txt", ["file1.txt", "fileA.txt"], ["file10.txt", "file/.txt", "file.txt"]),
-    ("[ab].txt", ["a.txt", "b.txt"], ["c.txt", "ab.txt"]),
-    ("[!ab].txt", ["c.txt"], ["a.txt", "b.txt"]),
-    ("[a-c]x", ["ax", "bx", "cx"], ["dx"]),
-    ("[]]x", ["]x"], ["ax"]),
-    ("a+b(1).txt", ["a+b(1).txt"], ["aab1.txt"]),
-    ("[unclosed", ["[unclosed"], ["u"]),
-    ("exact/name.txt", ["exact/name.txt"], ["exact/name.txt/x", "exact/nameXtxt"]),
-])
+@pytest.mark.parametrize(
+    "pattern, matches, misses",
+    [
+        ("*.csv", ["a.csv", ".x.csv"], ["d/a.csv", "a.csvx", "a.tsv"]),
+        ("data/*", ["data/a", "data/.h"], ["data", "data/a/b", "other/a"]),
+        ("data/**", ["data/a", "data/a/b/c"], ["data", "datax/a"]),
+        ("**/*.txt", ["a.txt", "d/a.txt", "d/e/f/a.txt"], ["a.txt.bak", "d/a.csv"]),
+        ("**", ["a", "a/b/c"], []),
+        ("a/**/z", ["a/z", "a/b/z", "a/b/c/z"], ["a/bz", "b/z"]),
+        ("file?.txt", ["file1.txt", "fileA.txt"], ["file10.txt", "file/.txt", "file.txt"]),
+        ("[ab].txt", ["a.txt", "b.txt"], ["c.txt", "ab.txt"]),
+        ("[!ab].txt", ["c.txt"], ["a.txt", "b.txt"]),
+        ("[a-c]x", ["ax", "bx", "cx"], ["dx"]),
+        ("[]]x", ["]x"], ["ax"]),
+        ("a+b(1).txt", ["a+b(1).txt"], ["aab1.txt"]),
+        ("[unclosed", ["[unclosed"], ["u"]),
+        ("exact/name.txt", ["exact/name.txt"], ["exact/name.txt/x", "exact/nameXtxt"]),
+    ],
+)
 def test_glob_to_regex_semantics(pattern, matches, misses):
     regex = glob_to_regex(pattern)
     for path in matches:

@@ -27,38 +27,55 @@ from tests.support.harness import wait_for
 
 # -- check_outbox_key -----------------------------------------------------------------
 
-@pytest.mark.parametrize("key", [
-    "job/out.csv", "job/sub/deep/file.bin", "job/ünï cødé.txt", "job/with space.txt", "job/dir/",
-    "job/.hidden", "job/a..b", "job/CONFIG.txt", "job/console", "job/auxiliary.txt", "job/COM", "job/LPT",
-])
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "job/out.csv",
+        "job/sub/deep/file.bin",
+        "job/ünï cødé.txt",
+        "job/with space.txt",
+        "job/dir/",
+        "job/.hidden",
+        "job/a..b",
+        "job/CONFIG.txt",
+        "job/console",
+        "job/auxiliary.txt",
+        "job/COM",
+        "job/LPT",
+    ],
+)
 def test_check_outbox_key_accepts_safe_keys(key):
     assert check_outbox_key(key) is None
 
 
-@pytest.mark.parametrize("key, fragment", [
-    ("", "empty"),
-    ("/etc/passwd", "absolute"),
-    ("job\\..\\x", "backslash"),
-    ("job/a\x00b", "NUL"),
-    ("../escape", "'..' path segment"),
-    ("job/../../escape", "'..' path segment"),
-    ("job/./x", "'.' path segment"),
-    ("job//x", "'//' path segment"),
-    ("job/line\nbreak", "control characters"),
-    ("job/tab\there", "control characters"),
-    ("job/bell\x07", "control characters"),
-    ("job/CON", "reserved device name"),
-    ("job/con", "reserved device name"),
-    ("job/aux.txt", "reserved device name"),
-    ("job/LPT1", "reserved device name"),
-    ("job/com3.log", "reserved device name"),
-    ("NUL/x", "reserved device name"),
-    ("job/name.", "cannot be stored on a Windows/SMB share"),
-    ("job/name ", "cannot be stored on a Windows/SMB share"),
-    ("job/dir./x", "cannot be stored on a Windows/SMB share"),
-    *[(f"job/a{ch}b", "cannot be stored on a Windows/SMB share") for ch in '<>:"|?*'],
-    ("job/.syncd-tmp/x", "reserved for syncd"),
-])
+@pytest.mark.parametrize(
+    "key, fragment",
+    [
+        ("", "empty"),
+        ("/etc/passwd", "absolute"),
+        ("job\\..\\x", "backslash"),
+        ("job/a\x00b", "NUL"),
+        ("../escape", "'..' path segment"),
+        ("job/../../escape", "'..' path segment"),
+        ("job/./x", "'.' path segment"),
+        ("job//x", "'//' path segment"),
+        ("job/line\nbreak", "control characters"),
+        ("job/tab\there", "control characters"),
+        ("job/bell\x07", "control characters"),
+        ("job/CON", "reserved device name"),
+        ("job/con", "reserved device name"),
+        ("job/aux.txt", "reserved device name"),
+        ("job/LPT1", "reserved device name"),
+        ("job/com3.log", "reserved device name"),
+        ("NUL/x", "reserved device name"),
+        ("job/name.", "cannot be stored on a Windows/SMB share"),
+        ("job/name ", "cannot be stored on a Windows/SMB share"),
+        ("job/dir./x", "cannot be stored on a Windows/SMB share"),
+        *[(f"job/a{ch}b", "cannot be stored on a Windows/SMB share") for ch in '<>:"|?*'],
+        ("job/.syncd-tmp/x", "reserved for syncd"),
+    ],
+)
 def test_check_outbox_key_refuses_unsafe_keys(key, fragment):
     problem = check_outbox_key(key)
     assert problem is not None
@@ -66,6 +83,7 @@ def test_check_outbox_key_refuses_unsafe_keys(key, fragment):
 
 
 # -- mirror ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def storage(tmp_path) -> FileStorage:
@@ -182,9 +200,9 @@ def no_reflinks(monkeypatch):
     import errno
     import fcntl
 
-
     def ioctl(fd, request, arg=0, *rest):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
     monkeypatch.setattr(fcntl, "ioctl", ioctl)
 
 
@@ -202,8 +220,9 @@ def test_mirrored_outbox_files_are_not_a_second_copy_of_the_bucket_objects(stora
     assert tmp_leftovers(outbox) == []
 
 
-def test_linked_outbox_file_replaced_is_refetched_but_edited_in_place_is_the_bucket_object(storage, outbox,
-                                                                                          tmp_path, no_reflinks):
+def test_linked_outbox_file_replaced_is_refetched_but_edited_in_place_is_the_bucket_object(
+    storage, outbox, tmp_path, no_reflinks
+):
     """The cost of sharing an inode: an in-place write reaches the bucket object (README: hard_links)."""
     put_all(storage, tmp_path, {"job1/a.txt": b"original", "job1/b.txt": b"original"})
     outbox.mirror(storage, "results", "job1/")
@@ -255,8 +274,16 @@ def test_mirror_refuses_case_colliding_key(storage, outbox, tmp_path):
 
 
 def test_mirror_refuses_smb_hostile_names_from_file_storage(storage, outbox, tmp_path):
-    hostile = ["job1/aux.txt", "job1/CON", "job1/a:b", "job1/trailing.", "job1/trailing ", "job1/back\\slash",
-               "job1/ctl\x01", "job1/q?.txt"]
+    hostile = [
+        "job1/aux.txt",
+        "job1/CON",
+        "job1/a:b",
+        "job1/trailing.",
+        "job1/trailing ",
+        "job1/back\\slash",
+        "job1/ctl\x01",
+        "job1/q?.txt",
+    ]
     bucket = storage.options.root / "results"
     (bucket / "job1").mkdir(parents=True)
     for key in hostile:  # files a remote bucket can hold but an SMB share cannot
@@ -311,8 +338,7 @@ def test_mirror_forgets_the_index_rows_of_objects_gone_from_the_bucket_and_keeps
     report = outbox.mirror(remote, "results", "job1/")
     assert report.skipped == ["job1/a.txt"] and report.fetched == [] and report.deleted == []
     assert index_rows(outbox) == ["job1/a.txt"]
-    assert files_under(outbox.root / "results") == {"job1/a.txt": b"a", "job1/b.txt": b"bb",
-                                                    "job1/sub/c.txt": b"ccc"}
+    assert files_under(outbox.root / "results") == {"job1/a.txt": b"a", "job1/b.txt": b"bb", "job1/sub/c.txt": b"ccc"}
 
 
 def test_a_mirror_of_job1_leaves_the_index_rows_of_job10_alone(outbox):
@@ -352,8 +378,18 @@ def test_a_listing_that_fails_part_way_forgets_nothing(outbox):
 
 
 def test_mirror_never_writes_hostile_keys_outside_outbox(outbox, tmp_path):
-    hostile = ["../../escape.txt", "job1/../../../escape2.txt", "/tmp/abs.txt", "job1//x", "job1/./y",
-               "job1/..", f"job1/{TMP_DIR}/z", "job1/nul\x00.txt", "..\\..\\win.txt", "../up/"]
+    hostile = [
+        "../../escape.txt",
+        "job1/../../../escape2.txt",
+        "/tmp/abs.txt",
+        "job1//x",
+        "job1/./y",
+        "job1/..",
+        f"job1/{TMP_DIR}/z",
+        "job1/nul\x00.txt",
+        "..\\..\\win.txt",
+        "../up/",
+    ]
     remote = KeyListStorage({k: b"evil" for k in hostile} | {"job1/fine.txt": b"fine"})
     before = {p for p in tmp_path.rglob("*") if outbox.root not in p.parents}
     report = outbox.mirror(remote, "results", "")
@@ -365,10 +401,13 @@ def test_mirror_never_writes_hostile_keys_outside_outbox(outbox, tmp_path):
     assert not Path("/tmp/abs.txt").exists() or Path("/tmp/abs.txt").read_bytes() != b"evil"
 
 
-@pytest.mark.parametrize("objects", [
-    {"job1/a": b"file", "job1/a/b": b"nested"},      # the file arrives first
-    {"job1/a/b": b"nested", "job1/a": b"file"},      # the folder arrives first
-])
+@pytest.mark.parametrize(
+    "objects",
+    [
+        {"job1/a": b"file", "job1/a/b": b"nested"},  # the file arrives first
+        {"job1/a/b": b"nested", "job1/a": b"file"},  # the folder arrives first
+    ],
+)
 def test_mirror_file_folder_clash_is_permanent_error(outbox, objects):
     remote = KeyListStorage(objects)
     with pytest.raises(PermanentError, match="a file and a folder would share this path"):
@@ -407,6 +446,7 @@ def test_dead_writers_parts_are_removed_even_when_their_pid_is_taken_again(tmp_p
 
 # -- write_json -----------------------------------------------------------------------
 
+
 def test_write_json_writes_record(outbox):
     data = {"job": "données", "state": "succeeded", "files": ["a", "b"], "exit_code": 0}
     dest = outbox.write_json("results", "job1/syncd-result.json", data)
@@ -422,7 +462,7 @@ def test_write_json_replaces_atomically(outbox):
     old_inode = dest.stat().st_ino
     with open(dest, encoding="utf-8") as reader:  # a reader holding the old record
         outbox.write_json("results", "job1/syncd-result.json", {"v": 2, "pad": "x" * 10000})
-        assert json.loads(reader.read()) == {"v": 1}   # never truncated or half-written under the reader
+        assert json.loads(reader.read()) == {"v": 1}  # never truncated or half-written under the reader
     assert dest.stat().st_ino != old_inode
     assert json.loads(dest.read_text()) == {"v": 2, "pad": "x" * 10000}
     assert tmp_leftovers(outbox) == []
@@ -456,12 +496,26 @@ def test_mirror_reports_each_object_and_records_the_index_in_batches(storage, st
     put_all(storage, tmp_path, content)
     done: list[tuple[str, int]] = []
     report = Mirror(store, fsync=True).run(
-        storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/",
-        check_key=check_outbox_key, on_done=lambda key, size: done.append((key, size)))
+        storage,
+        "results",
+        "job1/",
+        tmp_path / "out",
+        tmp_dir=tmp_path / "out" / TMP_DIR,
+        strip="job1/",
+        check_key=check_outbox_key,
+        on_done=lambda key, size: done.append((key, size)),
+    )
     assert sorted(done) == sorted((key, len(data)) for key, data in content.items())
     assert sorted(report.fetched) == sorted(content) and report.bytes == sum(map(len, content.values()))
-    again = Mirror(store).run(storage, "results", "job1/", tmp_path / "out", tmp_dir=tmp_path / "out" / TMP_DIR,
-                              strip="job1/", check_key=check_outbox_key)
+    again = Mirror(store).run(
+        storage,
+        "results",
+        "job1/",
+        tmp_path / "out",
+        tmp_dir=tmp_path / "out" / TMP_DIR,
+        strip="job1/",
+        check_key=check_outbox_key,
+    )
     assert again.fetched == [] and len(again.skipped) == len(content), "every file was in the index"
 
 
@@ -475,8 +529,18 @@ def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store):
             return super().get_file(bucket, key, dest)
 
     engine = Mirror(store, attempts=1)
-    run = lambda remote: engine.run(remote, "results", "job1/", tmp_path / "out",  # noqa: E731
-                                    tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key)
+
+    def run(remote):
+        return engine.run(
+            remote,
+            "results",
+            "job1/",
+            tmp_path / "out",  # noqa: E731
+            tmp_dir=tmp_path / "out" / TMP_DIR,
+            strip="job1/",
+            check_key=check_outbox_key,
+        )
+
     report = run(Failing({"job1/ok": b"ok", "job1/bad": b"x"}))
     assert report.fetched == ["job1/ok"] and [key for key, _ in report.failed] == ["job1/bad"]
     with pytest.raises(ZeroDivisionError):
@@ -499,14 +563,22 @@ def test_mirror_that_fails_itself_returns_only_after_its_workers_stop(store, tmp
         raise RuntimeError("the progress display broke")
 
     with pytest.raises(RuntimeError, match="progress display"):
-        Mirror(store).run(Slow({f"job1/f{i:03d}": b"x" for i in range(40)}), "results", "job1/", tmp_path / "out",
-                          tmp_dir=tmp_path / "out" / TMP_DIR, strip="job1/", check_key=check_outbox_key,
-                          on_done=progress_fails)
+        Mirror(store).run(
+            Slow({f"job1/f{i:03d}": b"x" for i in range(40)}),
+            "results",
+            "job1/",
+            tmp_path / "out",
+            tmp_dir=tmp_path / "out" / TMP_DIR,
+            strip="job1/",
+            check_key=check_outbox_key,
+            on_done=progress_fails,
+        )
     assert not [t for t in threading.enumerate() if t.name.startswith("syncd-mirror")], "no worker left writing"
     assert len(list((tmp_path / "out").glob("f*"))) < 40, "workers stopped taking objects"
 
 
 # -- small objects fetched together (Storage.fetch_many) --------------------------------------
+
 
 class BatchStorage(KeyListStorage):
     """Fetches in batches: fails the objects in ``fail``, and gives up altogether after ``give_up_after``."""
@@ -556,25 +628,33 @@ def test_a_file_folder_clash_in_a_batch_is_still_a_permanent_error(outbox):
     assert remote.alone == []
     assert tmp_leftovers(outbox) == []
 
+
 @pytest.mark.parametrize("prefix, strip", [("job07/", ""), ("data/job07/", "data/")])
 def test_mirror_reads_only_the_index_rows_under_its_prefix(storage, store, tmp_path, monkeypatch, prefix, strip):
     """A collect that read the delivery index of every file ever delivered to the bucket made memory and time
     grow per finished job (issue 5)."""
-    top = prefix[:-len("job07/")]
-    put_all(storage, tmp_path, {f"{top}job{n:02d}/{name}": f"{n}{name}".encode()
-                                for n in range(12) for name in ("out.txt", "stdout.txt", "stderr.txt")})
+    top = prefix[: -len("job07/")]
+    put_all(
+        storage,
+        tmp_path,
+        {
+            f"{top}job{n:02d}/{name}": f"{n}{name}".encode()
+            for n in range(12)
+            for name in ("out.txt", "stdout.txt", "stderr.txt")
+        },
+    )
     dest = tmp_path / "out"
 
     def mirror(job_prefix: str):
-        return Mirror(store).run(storage, "results", job_prefix, dest, tmp_dir=dest / TMP_DIR, strip=strip,
-                                 check_key=check_outbox_key)
+        return Mirror(store).run(
+            storage, "results", job_prefix, dest, tmp_dir=dest / TMP_DIR, strip=strip, check_key=check_outbox_key
+        )
 
     for n in range(12):
         assert len(mirror(f"{top}job{n:02d}/").fetched) == 3
     rows_read: list[int] = []
     under = DeliveryIndex.under
-    monkeypatch.setattr(DeliveryIndex, "under",
-                        lambda self, p: rows_read.append(len(found := under(self, p))) or found)
+    monkeypatch.setattr(DeliveryIndex, "under", lambda self, p: rows_read.append(len(found := under(self, p))) or found)
     again = mirror(prefix)
     assert again.fetched == [] and len(again.skipped) == 3, "the rows it needs were read"
     assert rows_read == [3], "only this prefix's rows, not the 36 of the whole bucket"
@@ -594,7 +674,8 @@ def test_mirror_into_a_folder_that_is_a_file_reports_each_object(storage, store,
     (tmp_path / "buckets" / "b" / "job").mkdir(parents=True)
     (tmp_path / "buckets" / "b" / "job" / "a.txt").write_text("A")
     (tmp_path / "out").write_text("a file where the outbox folder should be")
-    report = Mirror(store).run(storage, "b", "job/", tmp_path / "out", tmp_dir=tmp_path / "tmp", strip="job/",
-                               check_key=check_outbox_key)
+    report = Mirror(store).run(
+        storage, "b", "job/", tmp_path / "out", tmp_dir=tmp_path / "tmp", strip="job/", check_key=check_outbox_key
+    )
     assert [key for key, _ in report.failed] == ["job/a.txt"] and report.fetched == []
     assert (tmp_path / "out").read_text() == "a file where the outbox folder should be"

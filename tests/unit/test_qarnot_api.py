@@ -27,11 +27,21 @@ def test_parse_date_gives_none_for_anything_else(text):
     assert api.parse_date(text) is None
 
 
-@pytest.mark.parametrize(("native", "state"), [
-    ("Submitted", RemoteState.QUEUED), ("FullyDispatched", RemoteState.QUEUED),
-    ("FullyExecuting", RemoteState.RUNNING), ("UploadingResults", RemoteState.RUNNING),
-    ("PendingCancel", RemoteState.RUNNING), ("Success", RemoteState.SUCCEEDED), ("Failure", RemoteState.FAILED),
-    ("Cancelled", RemoteState.CANCELLED), ("PendingDelete", RemoteState.UNKNOWN), (None, RemoteState.UNKNOWN)])
+@pytest.mark.parametrize(
+    ("native", "state"),
+    [
+        ("Submitted", RemoteState.QUEUED),
+        ("FullyDispatched", RemoteState.QUEUED),
+        ("FullyExecuting", RemoteState.RUNNING),
+        ("UploadingResults", RemoteState.RUNNING),
+        ("PendingCancel", RemoteState.RUNNING),
+        ("Success", RemoteState.SUCCEEDED),
+        ("Failure", RemoteState.FAILED),
+        ("Cancelled", RemoteState.CANCELLED),
+        ("PendingDelete", RemoteState.UNKNOWN),
+        (None, RemoteState.UNKNOWN),
+    ],
+)
 def test_state_of_every_task_state(native, state):
     assert api.state_of(native) is state
 
@@ -40,7 +50,8 @@ def test_resources_become_hardware_constraints():
     assert api.hardware_constraints(4, 3 * 2**30 + 1, 1) == [
         {"discriminator": "MinimumCoreHardwareConstraint", "coreCount": 4},
         {"discriminator": "MinimumRamHardwareConstraint", "minimumMemoryMB": 3073},
-        {"discriminator": "GpuHardwareConstraint"}]
+        {"discriminator": "GpuHardwareConstraint"},
+    ]
     assert api.hardware_constraints(None, None, 0) == []
 
 
@@ -51,9 +62,19 @@ def test_docker_image_splits_repo_and_tag_but_not_a_registry_port():
 
 
 def test_task_body_keeps_user_text_out_of_docker_cmd():
-    body = api.task_body(name="n", short="s", profile="docker-batch", argv=["/bin/sh", ".syncd/run.sh"],
-                         constants={"X": "$(rm -rf /)"}, tags=["syncd"], labels={}, result_bucket="r",
-                         resources=api.resource_bucket("in", "job/"), constraints={}, hardware=[])
+    body = api.task_body(
+        name="n",
+        short="s",
+        profile="docker-batch",
+        argv=["/bin/sh", ".syncd/run.sh"],
+        constants={"X": "$(rm -rf /)"},
+        tags=["syncd"],
+        labels={},
+        result_bucket="r",
+        resources=api.resource_bucket("in", "job/"),
+        constraints={},
+        hardware=[],
+    )
     assert body["constants"][0] == {"key": "DOCKER_CMD", "value": "/bin/sh .syncd/run.sh"}
     assert body["autoDeleteOnCompletion"] is False and body["instanceCount"] == 1
     assert body["advancedResourceBuckets"][0]["resourcesTransformation"] == {"stripPrefix": {"prefix": "job/"}}

@@ -21,7 +21,7 @@ def samples(policy: RetryPolicy, failures: int, n: int = 200, retry_after: float
 def test_backoff_delay_jitter_within_half_ceiling_and_ceiling(failures, ceiling):
     values = samples(POLICY, failures)
     assert all(ceiling / 2 <= v <= ceiling for v in values)
-    assert max(values) - min(values) > ceiling / 10      # it is actually jittered
+    assert max(values) - min(values) > ceiling / 10  # it is actually jittered
 
 
 def test_backoff_delay_grows_with_failures():

@@ -22,16 +22,19 @@ from syncd.storage.s3.storage import (
 from syncd.storage.s3.wire import Endpoint, parse_list_page
 
 
-@pytest.mark.parametrize("status, code, kind, fragment", [
-    (403, "InvalidAccessKeyId", AuthError, "refused the credentials"),
-    (403, "SignatureDoesNotMatch", AuthError, "access_key_id"),
-    (404, "NoSuchBucket", PermanentError, "bucket 'b' does not exist"),
-    (404, "NoSuchKey", PermanentError, "does not exist"),
-    (503, "SlowDown", TransientError, "retries"),
-    (500, "InternalError", TransientError, "retries"),
-    (412, "PreconditionFailed", TransientError, "retries"),
-    (400, "InvalidArgument", PermanentError, "refused the request"),
-])
+@pytest.mark.parametrize(
+    "status, code, kind, fragment",
+    [
+        (403, "InvalidAccessKeyId", AuthError, "refused the credentials"),
+        (403, "SignatureDoesNotMatch", AuthError, "access_key_id"),
+        (404, "NoSuchBucket", PermanentError, "bucket 'b' does not exist"),
+        (404, "NoSuchKey", PermanentError, "does not exist"),
+        (503, "SlowDown", TransientError, "retries"),
+        (500, "InternalError", TransientError, "retries"),
+        (412, "PreconditionFailed", TransientError, "retries"),
+        (400, "InvalidArgument", PermanentError, "refused the request"),
+    ],
+)
 def test_classify_status_names_the_object_and_the_fix(status, code, kind, fragment):
     error = classify_status(status, code, "b/k", "http://127.0.0.1:9000")
     assert type(error) is kind
@@ -97,8 +100,7 @@ def test_s3_example_config_is_valid():
     from syncd.config import load_config
 
     example = Path(__file__).parents[2] / "examples" / "s3" / "syncd.yaml"
-    config = load_config(example, plugins.options_model,
-                         env={"S3_ACCESS_KEY": "key", "S3_SECRET_KEY": "secret-value"})
+    config = load_config(example, plugins.options_model, env={"S3_ACCESS_KEY": "key", "S3_SECRET_KEY": "secret-value"})
     assert config.storage_options["lab-s3"].type == "s3"
     assert [m.name for m in config.mirrors] == ["instrument"]
     assert "secret-value" not in repr(config)
@@ -147,8 +149,14 @@ class _PartsHttp:
 def test_a_failed_part_ends_the_fetch_only_after_the_other_parts_stopped_writing(tmp_path):
     # A part still writing after fetch() raised would write into whatever file next got its
     # descriptor number: another object's temporary file, or the state database.
-    options = S3StorageOptions(type="s3", endpoint_url="http://127.0.0.1:9", access_key_id="k", secret_access_key="s",
-                               part_size="5MiB", part_workers=3)
+    options = S3StorageOptions(
+        type="s3",
+        endpoint_url="http://127.0.0.1:9",
+        access_key_id="k",
+        secret_access_key="s",
+        part_size="5MiB",
+        part_workers=3,
+    )
     storage = S3Storage("s3", options)
     storage._ready()  # builds the part workers; no connection is made
     storage._http = http = _PartsHttp()
@@ -185,14 +193,26 @@ LISTING = """<?xml version="1.0" encoding="UTF-8"?>
 </ListBucketResult>"""
 
 
-def _page(ns: str = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', *, key: str = "a%20b%2Bc.txt",
-          encoding: str = "<EncodingType>url</EncodingType>", truncated: str = "false", token: str = "") -> bytes:
+def _page(
+    ns: str = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"',
+    *,
+    key: str = "a%20b%2Bc.txt",
+    encoding: str = "<EncodingType>url</EncodingType>",
+    truncated: str = "false",
+    token: str = "",
+) -> bytes:
     return LISTING.format(ns=ns, key=key, encoding=encoding, truncated=truncated, token=token).encode()
 
 
-@pytest.mark.parametrize("ns", [' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"',
-                                ' xmlns="http://doc.s3.amazonaws.com/2006-03-01"',  # Google Cloud Storage's XML API
-                                ""], ids=["aws", "gcs", "none"])
+@pytest.mark.parametrize(
+    "ns",
+    [
+        ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"',
+        ' xmlns="http://doc.s3.amazonaws.com/2006-03-01"',  # Google Cloud Storage's XML API
+        "",
+    ],
+    ids=["aws", "gcs", "none"],
+)
 def test_a_listing_in_any_namespace_is_read_whole(ns):
     listed, token = parse_list_page(_page(ns), "b")
     assert [(o.key, o.size, o.etag) for o in listed] == [("a b+c.txt", 3, "abc"), ("two.txt", 5, "def")]
@@ -204,8 +224,15 @@ def test_keys_are_decoded_only_when_the_server_says_it_encoded_them():
     assert listed[0].key == "100%+sure.txt", "a server that ignores encoding-type sends keys as they are"
 
 
-@pytest.mark.parametrize("body", [b"<Error><Code>AccessDenied</Code></Error>", b"<html><body>proxy</body></html>",
-                                  b"<ListBucketResult><Contents><Key>cut", b""])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<Error><Code>AccessDenied</Code></Error>",
+        b"<html><body>proxy</body></html>",
+        b"<ListBucketResult><Contents><Key>cut",
+        b"",
+    ],
+)
 def test_an_answer_that_is_not_a_listing_is_an_error_never_an_empty_bucket(body):
     with pytest.raises(TransientError) as caught:
         parse_list_page(body, "b")

@@ -17,15 +17,18 @@ BIDI = "report\u202etxt.exe"
 HIDDEN = "a\u200bb\ufeffc\u2066d\u2028e\x9b31m\x1b[2J\r\t"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("plain name", "plain name"),
-    ("données ✓ 日本", "données ✓ 日本"),
-    (FORGE, FORGE.replace("\n", "\\n")),
-    (BIDI, "report\\u202etxt.exe"),
-    (HIDDEN, "a\\u200bb\\ufeffc\\u2066d\\u2028e\\x9b31m\\x1b[2J\\r\\t"),
-    ("bad\udcffname", "bad\\xffname"),
-    ("tag\U000e0041", "tag\\U000e0041"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("plain name", "plain name"),
+        ("données ✓ 日本", "données ✓ 日本"),
+        (FORGE, FORGE.replace("\n", "\\n")),
+        (BIDI, "report\\u202etxt.exe"),
+        (HIDDEN, "a\\u200bb\\ufeffc\\u2066d\\u2028e\\x9b31m\\x1b[2J\\r\\t"),
+        ("bad\udcffname", "bad\\xffname"),
+        ("tag\U000e0041", "tag\\U000e0041"),
+    ],
+)
 def test_shown_writes_controls_and_invisible_characters_as_escapes(text, expected):
     assert shown(text) == expected
     assert shown(text).isprintable()
@@ -75,8 +78,10 @@ def test_no_user_string_forges_a_log_line_or_hides_characters_in_any_format(monk
         assert all("\n" not in r["record"]["message"] for r in records)
         assert records[0]["record"]["extra"]["job_name"].startswith("evil\\n2026")
         return
-    start = {"text": re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) "),
-             "journal": re.compile(r"^<\d>\[")}[fmt]
+    start = {
+        "text": re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) "),
+        "journal": re.compile(r"^<\d>\["),
+    }[fmt]
     heads = [line for line in lines if start.match(line)]
     assert len(heads) == 2, lines
     assert not any(line.startswith("2026-01-01 00:00:00 INFO") for line in lines), "a forged line"
@@ -88,8 +93,16 @@ def test_a_webhook_body_shows_a_hostile_name_escaped_and_parses_back_to_it(store
     from syncd.config import RetryPolicy
     from syncd.service.webhook import WebhookSender
 
-    job = store.create_job(id="20260101-000000-cccccc", name=BIDI + "\n", dir_name="d", inbox="default",
-                           backend="local", storage="local", bucket="results", spool_path="/x")
+    job = store.create_job(
+        id="20260101-000000-cccccc",
+        name=BIDI + "\n",
+        dir_name="d",
+        inbox="default",
+        backend="local",
+        storage="local",
+        bucket="results",
+        spool_path="/x",
+    )
     store.update(job.id, state="failed")  # a terminal state: the store's trigger queues the notification
     sent = []
 

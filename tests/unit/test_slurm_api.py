@@ -17,38 +17,85 @@ from syncd.backends.tokens import TokenOptions, TokenSource
 from syncd.errors import AuthError
 
 
-@pytest.mark.parametrize("raw, expected", [(0, (0, None)), (768, (3, None)), (256 * 255, (255, None)),
-                                           (15, (143, 15)), (9, (137, 9)), (None, (None, None)),
-                                           ({"return_code": 2, "signal": {"signal_id": None}}, (2, None))])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (0, (0, None)),
+        (768, (3, None)),
+        (256 * 255, (255, None)),
+        (15, (143, 15)),
+        (9, (137, 9)),
+        (None, (None, None)),
+        ({"return_code": 2, "signal": {"signal_id": None}}, (2, None)),
+    ],
+)
 def test_decode_wait_status_splits_exit_code_and_signal(raw, expected):
     assert decode_wait_status(raw) == expected
 
 
-@pytest.mark.parametrize("state, exit_code, expected", [
-    ("PENDING", 0, RemoteState.QUEUED), ("RUNNING", 0, RemoteState.RUNNING),
-    ("COMPLETING", 0, RemoteState.RUNNING), ("COMPLETED", 0, RemoteState.SUCCEEDED),
-    ("COMPLETED", 256, RemoteState.FAILED), ("FAILED", 768, RemoteState.FAILED),
-    ("OUT_OF_MEMORY", 0, RemoteState.FAILED), ("NODE_FAIL", 0, RemoteState.FAILED),
-    ("PREEMPTED", 0, RemoteState.FAILED), ("CANCELLED", 15, RemoteState.CANCELLED),
-    ("TIMEOUT", 0, RemoteState.TIMED_OUT), ("SOMETHING_NEW", 0, RemoteState.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "state, exit_code, expected",
+    [
+        ("PENDING", 0, RemoteState.QUEUED),
+        ("RUNNING", 0, RemoteState.RUNNING),
+        ("COMPLETING", 0, RemoteState.RUNNING),
+        ("COMPLETED", 0, RemoteState.SUCCEEDED),
+        ("COMPLETED", 256, RemoteState.FAILED),
+        ("FAILED", 768, RemoteState.FAILED),
+        ("OUT_OF_MEMORY", 0, RemoteState.FAILED),
+        ("NODE_FAIL", 0, RemoteState.FAILED),
+        ("PREEMPTED", 0, RemoteState.FAILED),
+        ("CANCELLED", 15, RemoteState.CANCELLED),
+        ("TIMEOUT", 0, RemoteState.TIMED_OUT),
+        ("SOMETHING_NEW", 0, RemoteState.UNKNOWN),
+    ],
+)
 def test_parse_job_maps_slurm_states_and_keeps_slurms_word(state, exit_code, expected):
-    job = parse_job({"job_id": 5, "name": "syncd-x", "comment": "syncd-x", "job_state": state,
-                     "exit_code": exit_code, "start_time": 100, "end_time": 0})
+    job = parse_job(
+        {
+            "job_id": 5,
+            "name": "syncd-x",
+            "comment": "syncd-x",
+            "job_state": state,
+            "exit_code": exit_code,
+            "start_time": 100,
+            "end_time": 0,
+        }
+    )
     assert job.normalised is expected and job.state == state
     assert job.start_time == 100 and job.end_time is None
 
 
 def test_parse_job_reads_newer_list_and_number_shapes():
-    job = parse_job({"job_id": 7, "job_state": ["COMPLETED"], "exit_code": {"return_code": {"number": 0}},
-                     "start_time": {"set": True, "number": 50}, "end_time": {"set": False, "number": 0}})
+    job = parse_job(
+        {
+            "job_id": 7,
+            "job_state": ["COMPLETED"],
+            "exit_code": {"return_code": {"number": 0}},
+            "start_time": {"set": True, "number": 50},
+            "end_time": {"set": False, "number": 0},
+        }
+    )
     assert (job.state, job.exit_status, job.start_time, job.end_time) == ("COMPLETED", 0, 50.0, None)
 
 
 def test_submit_body_maps_resources_in_slurm_units():
-    body = submit_body(script="#!/bin/bash\n", name="k", comment="k", workdir="/w", environment={"A": "1"},
-                       stdout="/o", stderr="/e", time_limit_seconds=61, partition="p", account=None, qos="q",
-                       cpus=4, memory_bytes=3 * 1024 * 1024 + 1, gpus=2)
+    body = submit_body(
+        script="#!/bin/bash\n",
+        name="k",
+        comment="k",
+        workdir="/w",
+        environment={"A": "1"},
+        stdout="/o",
+        stderr="/e",
+        time_limit_seconds=61,
+        partition="p",
+        account=None,
+        qos="q",
+        cpus=4,
+        memory_bytes=3 * 1024 * 1024 + 1,
+        gpus=2,
+    )
     job = body["job"]
     assert (job["time_limit"], job["cpus_per_task"], job["memory_per_node"], job["gres"]) == (2, 4, 4, "gpu:2")
     assert job["partition"] == "p" and job["qos"] == "q" and "account" not in job
@@ -58,6 +105,7 @@ def test_submit_body_maps_resources_in_slurm_units():
 def _jwt(exp: float) -> str:
     def part(data):
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
     return f"{part({'alg': 'HS256'})}.{part({'exp': int(exp), 'sun': 'x'})}.sig"
 
 
@@ -93,8 +141,9 @@ def test_token_options_need_exactly_one_source():
 
 def test_slurms_token_section_keeps_its_keys():
     base = {"type": "slurm", "url": "http://127.0.0.1:6820", "user": "u", "workdir_root": "/w"}
-    minted = SlurmOptions.model_validate({**base, "token": {"command": "scontrol token lifespan=60",
-                                                            "refresh_before": "2m"}})
+    minted = SlurmOptions.model_validate(
+        {**base, "token": {"command": "scontrol token lifespan=60", "refresh_before": "2m"}}
+    )
     assert minted.token_command == ["scontrol", "token", "lifespan=60"] and minted.token_ttl == 120
     assert SlurmOptions.model_validate({**base, "token": {"file": "/t"}}).token_file == Path("/t")
     assert SlurmOptions.model_validate({**base, "token": {"env": "JWT"}}).token_env == "JWT"

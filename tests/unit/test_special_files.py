@@ -21,8 +21,10 @@ from syncd.yamlfile import YamlProblem, load_file
 @pytest.fixture(autouse=True)
 def never_hang():
     """A call that blocks (the bug) fails the test after 5 s instead of hanging the run."""
+
     def expired(signum, frame):
         raise TimeoutError("blocked on a special file")
+
     previous = signal.signal(signal.SIGALRM, expired)
     signal.alarm(5)
     yield

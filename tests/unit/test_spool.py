@@ -16,8 +16,15 @@ from syncd.intake.spool import Spool, SpoolError, unique_path
 
 
 def inbox_config(tmp_path: Path, **overrides) -> InboxConfig:
-    values = {"name": "lab", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
-              "storage": "local", "bucket": "results"}
+    values = {
+        "name": "lab",
+        "path": "inbox",
+        "outbox": "outbox",
+        "failed": "failed",
+        "backend": "local",
+        "storage": "local",
+        "bucket": "results",
+    }
     values.update(overrides)
     return InboxConfig.model_validate(values, context={"base_dir": tmp_path})
 
@@ -72,8 +79,12 @@ def other_filesystem_dir(than: Path) -> Path:
 def test_prepare_creates_folders(tmp_path):
     s = Spool(inbox_config(tmp_path))
     s.prepare()
-    for path in (tmp_path / "inbox", tmp_path / "inbox" / ".syncd" / "claimed",
-                 tmp_path / "inbox" / ".syncd" / "done", tmp_path / "failed"):
+    for path in (
+        tmp_path / "inbox",
+        tmp_path / "inbox" / ".syncd" / "claimed",
+        tmp_path / "inbox" / ".syncd" / "done",
+        tmp_path / "failed",
+    ):
         assert path.is_dir()
     s.prepare()  # idempotent
 
@@ -172,7 +183,7 @@ def test_reject_into_failed_on_other_filesystem_copies_then_removes(tmp_path):
         assert not job.exists()
         after = tree(dest)
         assert {k: v for k, v in after.items() if k in before} == before
-        assert [p.name for p in dest.parent.iterdir()] == ["job1"]   # no .syncd-part left
+        assert [p.name for p in dest.parent.iterdir()] == ["job1"]  # no .syncd-part left
     finally:
         shutil.rmtree(elsewhere)
 
@@ -184,8 +195,8 @@ def test_archive_moves_into_done(spool):
     assert dest == spool.done / "id-1"
     assert not job.exists()
     assert tree(dest) == before
-    assert spool.archive(dest, "id-1") == dest                      # already archived
-    assert spool.archive(spool.claimed / "gone", "id-9") == spool.done / "id-9"   # nothing to move
+    assert spool.archive(dest, "id-1") == dest  # already archived
+    assert spool.archive(spool.claimed / "gone", "id-9") == spool.done / "id-9"  # nothing to move
     assert not (spool.done / "id-9").exists()
 
 

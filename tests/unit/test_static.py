@@ -21,3 +21,8 @@ def test_ruff_finds_nothing():
 def test_mypy_finds_nothing():
     done = _run("mypy")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_leaves_everything_as_it_is():
+    done = _run("ruff", "format", "--check", "--no-cache", ".")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -24,8 +24,16 @@ from syncd.state.store import (
 
 
 def new_job(store: Store, job_id: str = "j1", **values):
-    defaults = dict(id=job_id, name=f"name-{job_id}", dir_name=f"dir-{job_id}", inbox="lab", backend="local",
-                    storage="local", bucket="results", spool_path=f"/spool/{job_id}")
+    defaults = dict(
+        id=job_id,
+        name=f"name-{job_id}",
+        dir_name=f"dir-{job_id}",
+        inbox="lab",
+        backend="local",
+        storage="local",
+        bucket="results",
+        spool_path=f"/spool/{job_id}",
+    )
     defaults.update(values)
     return store.create_job(**defaults)
 
@@ -104,7 +112,7 @@ def test_transition_rolls_back_on_error(store):
         store.transition("j1", CLAIMING, CLAIMED, "bad column", no_such_column=1)
     assert store.get("j1").state == CLAIMING
     assert len(store.events("j1")) == 1
-    assert store.transition("j1", CLAIMING, CLAIMED, "ok") is True   # the store is still usable
+    assert store.transition("j1", CLAIMING, CLAIMED, "ok") is True  # the store is still usable
 
 
 def test_update_sets_fields_without_state_change(store):
@@ -220,7 +228,9 @@ def test_handle_and_manifest_data_decode_json(store):
 def test_delivered_index_round_trip(store):
     assert DeliveryIndex(store).under("b/k") == {}
     DeliveryIndex(store).record_many([("b/k", 10, "e1", 123)])
-    DeliveryIndex(store).record_many([("b/k", 11, "e2", 456), ("b/kz", 1, "x", 1), ("b/j", 1, "y", 1), ("c/k", 1, "z", 1)])
+    DeliveryIndex(store).record_many(
+        [("b/k", 11, "e2", 456), ("b/kz", 1, "x", 1), ("b/j", 1, "y", 1), ("c/k", 1, "z", 1)]
+    )
     assert DeliveryIndex(store).under("b/k") == {"b/k": (11, "e2", 456), "b/kz": (1, "x", 1)}
     assert set(DeliveryIndex(store).under("b/")) == {"b/k", "b/kz", "b/j"}
     assert len(DeliveryIndex(store).under("")) == 4
@@ -322,6 +332,7 @@ def test_commits_wait_for_the_disk_unless_the_store_is_told_they_need_not(tmp_pa
     assert DeliveryIndex(Store(tmp_path / "b.db")).under("/x/") == {"/x/a": (1, "etag", 5)}
     durable.close()
 
+
 def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table(tmp_path, monkeypatch):
     """Reading every job ever run on each pump or claim made time and memory grow per finished job (issue 5)."""
     connect = sqlite3.connect
@@ -342,7 +353,8 @@ def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table
         new_job(store, "ended", state=SUCCEEDED)
         store.request("active", "cancel")
         asked = {
-            "requests": store.requests, "unfinished": store.unfinished,
+            "requests": store.requests,
+            "unfinished": store.unfinished,
             "unfinished_with_folder": lambda: store.unfinished_with_folder("1:2"),
             "folder_in_use": lambda: store.folder_in_use("local", "results", "name-j3"),
         }
@@ -353,8 +365,9 @@ def test_questions_asked_for_every_job_or_pump_read_an_index_not_the_whole_table
             assert queries, name
             for sql in queries:
                 plan = [row[3] for row in plain.execute("EXPLAIN QUERY PLAN " + sql)]
-                assert not [step for step in plan if step.startswith("SCAN jobs") and "INDEX" not in step], \
+                assert not [step for step in plan if step.startswith("SCAN jobs") and "INDEX" not in step], (
                     f"{name}: {sql} → {plan}"
+                )
                 assert any("INDEX" in step for step in plan), f"{name}: {plan}"
         assert [j.id for j in store.requests()] == ["active"]
         assert [j.id for j in store.unfinished()] == ["ended"]

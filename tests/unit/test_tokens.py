@@ -29,17 +29,22 @@ def script(tmp_path: Path, body: str, name: str = "mint") -> Path:
 def counting(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
     """A command printing token-N, N counting its runs."""
     counter = tmp_path / "runs"
-    return script(tmp_path, f"{extra}\necho x >> {counter}\necho \"  token-$(wc -l < {counter})  \""), counter
+    return script(tmp_path, f'{extra}\necho x >> {counter}\necho "  token-$(wc -l < {counter})  "'), counter
 
 
 def runs(counter: Path) -> int:
     return len(counter.read_text().splitlines()) if counter.exists() else 0
 
 
-@pytest.mark.parametrize("given", [
-    {}, {"token": TOKEN, "token_env": "X"}, {"token_file": "/a", "token_command": ["b"]},
-    {"token": TOKEN, "token_file": "/a", "token_env": "X", "token_command": ["b"]},
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"token": TOKEN, "token_env": "X"},
+        {"token_file": "/a", "token_command": ["b"]},
+        {"token": TOKEN, "token_file": "/a", "token_env": "X", "token_command": ["b"]},
+    ],
+)
 def test_exactly_one_source_and_the_message_holds_no_token(given):
     with pytest.raises(ValidationError, match="exactly one of token, token_file, token_env or token_command") as caught:
         TokenOptions.model_validate(given)
@@ -120,6 +125,7 @@ def test_a_jwt_is_minted_again_once_it_expires_within_token_ttl(tmp_path):
     def jwt(exp: float) -> str:
         part = base64.urlsafe_b64encode(json.dumps({"exp": int(exp)}).encode()).decode().rstrip("=")
         return f"e30.{part}.sig"
+
     soon, later = jwt(time.time() + 60), jwt(time.time() + 3600)
     assert jwt_expiry(soon) == pytest.approx(time.time() + 60, abs=2) and jwt_expiry("opaque") is None
     for token, ttl, reused in ((soon, 120, False), (soon, 30, True), (later, 300, True)):

@@ -7,24 +7,27 @@ import pytest
 from syncd.units import parse_duration, parse_size
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("90", 90.0),
-    ("2.5", 2.5),
-    ("2s", 2.0),
-    ("500ms", 0.5),
-    ("5m", 300.0),
-    ("2h", 7200.0),
-    ("1d", 86400.0),
-    ("1h30m", 5400.0),
-    ("1h 30m", 5400.0),
-    ("1m30s", 90.0),
-    ("1.5h", 5400.0),
-    (" 2s ", 2.0),
-    ("5 s", 5.0),
-    ("2S", 2.0),
-    ("1:30", 5400.0),       # H:MM
-    ("1:30:15", 5415.0),    # H:MM:SS
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90", 90.0),
+        ("2.5", 2.5),
+        ("2s", 2.0),
+        ("500ms", 0.5),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1h30m", 5400.0),
+        ("1h 30m", 5400.0),
+        ("1m30s", 90.0),
+        ("1.5h", 5400.0),
+        (" 2s ", 2.0),
+        ("5 s", 5.0),
+        ("2S", 2.0),
+        ("1:30", 5400.0),  # H:MM
+        ("1:30:15", 5415.0),  # H:MM:SS
+    ],
+)
 def test_parse_duration_accepts_text_forms(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -56,24 +59,27 @@ def test_parse_duration_rejects_non_text_values(value):
         parse_duration(value)
 
 
-@pytest.mark.parametrize("text, size", [
-    ("512", 512),
-    ("512B", 512),
-    ("1k", 1000),
-    ("1KB", 1000),
-    ("5MB", 5_000_000),
-    ("5 mb", 5_000_000),
-    ("2G", 2_000_000_000),
-    ("1T", 1000**4),
-    ("1P", 1000**5),
-    ("1Ki", 1024),
-    ("1KiB", 1024),
-    ("1.5KiB", 1536),
-    ("5MiB", 5 * 1024**2),
-    ("4gib", 4 * 1024**3),
-    ("1TiB", 1024**4),
-    (" 3 MiB ", 3 * 1024**2),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("512", 512),
+        ("512B", 512),
+        ("1k", 1000),
+        ("1KB", 1000),
+        ("5MB", 5_000_000),
+        ("5 mb", 5_000_000),
+        ("2G", 2_000_000_000),
+        ("1T", 1000**4),
+        ("1P", 1000**5),
+        ("1Ki", 1024),
+        ("1KiB", 1024),
+        ("1.5KiB", 1536),
+        ("5MiB", 5 * 1024**2),
+        ("4gib", 4 * 1024**3),
+        ("1TiB", 1024**4),
+        (" 3 MiB ", 3 * 1024**2),
+    ],
+)
 def test_parse_size_accepts_text_forms(text, size):
     assert parse_size(text) == size
 

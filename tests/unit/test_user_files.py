@@ -20,8 +20,15 @@ from syncd.state.store import Job
 @pytest.fixture
 def job(tmp_path) -> Job:
     fields = {name: None for name in Job.__dataclass_fields__}
-    fields.update(id="20260101-000000-abcdef", name="j", dir_name="j", state="running", backend="local",
-                  updated=0.0, spool_path=str(tmp_path / "inbox" / ".syncd" / "claimed" / "x"))
+    fields.update(
+        id="20260101-000000-abcdef",
+        name="j",
+        dir_name="j",
+        state="running",
+        backend="local",
+        updated=0.0,
+        spool_path=str(tmp_path / "inbox" / ".syncd" / "claimed" / "x"),
+    )
     return Job(**fields)
 
 
@@ -46,11 +53,14 @@ def test_the_journal_is_written_rewritten_and_removed_when_it_is_syncds(inbox, j
     assert list((inbox / ".syncd" / "tmp").iterdir()) == [], "no scratch file is left"
 
 
-@pytest.mark.parametrize("content", [
-    b"my own notes on job j\n",
-    b"job:        j\nid:         20260101-000000-abcdef\n",  # looks like a journal, but is not whole
-    b"# syncd status of job 20991231-235959-ffffff; written by syncd and removed when the job has finished\n",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"my own notes on job j\n",
+        b"job:        j\nid:         20260101-000000-abcdef\n",  # looks like a journal, but is not whole
+        b"# syncd status of job 20991231-235959-ffffff; written by syncd and removed when the job has finished\n",
+    ],
+)
 def test_a_users_file_at_the_journal_path_is_never_written_nor_removed(inbox, job, content):
     path = inbox / "j.status.txt"
     path.write_bytes(content)
@@ -93,8 +103,10 @@ def test_a_journal_of_an_older_syncd_is_still_recognised_and_removed(inbox, job)
 def test_start_up_removes_only_syncds_own_half_written_journals(inbox):
     scratch = inbox / ".syncd" / "tmp" / f"{'a' * 32}.syncd-journal.tmp"
     scratch.write_text("# syncd status of job x")
-    users = {inbox / f".notes.{'b' * 32}.syncd-journal.tmp": "my notes, not a journal",
-             inbox / ".x.syncd-journal.tmp": "job: looks like one, but not named like syncd's"}
+    users = {
+        inbox / f".notes.{'b' * 32}.syncd-journal.tmp": "my notes, not a journal",
+        inbox / ".x.syncd-journal.tmp": "job: looks like one, but not named like syncd's",
+    }
     for path, text in users.items():
         path.write_text(text)
     journal.remove_leftovers(inbox, inbox / ".syncd" / "tmp")
@@ -105,8 +117,9 @@ def test_start_up_removes_only_syncds_own_half_written_journals(inbox):
 # -- failed/ -----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def spool(tmp_path) -> Spool:
-    inbox = SimpleNamespace(path=tmp_path / "inbox", spool_dir=tmp_path / "inbox" / ".syncd", failed=tmp_path / "failed",
-                            name="default")
+    inbox = SimpleNamespace(
+        path=tmp_path / "inbox", spool_dir=tmp_path / "inbox" / ".syncd", failed=tmp_path / "failed", name="default"
+    )
     made = Spool(inbox)
     made.prepare()
     return made
@@ -124,8 +137,13 @@ REPORT = {"state": "rejected", "id": "20260101-000000-abcdef", "problems": ["x"]
 
 
 def test_a_rejection_never_overwrites_any_of_the_users_report_names(spool):
-    users = {"job.yaml": "command: [\n", "ERROR.txt": "mine 1", "ERROR-syncd.txt": "mine 2", "syncd-error.json": "{}",
-             "syncd-error-20260101-000000-abcdef.json": '{"mine": 3}'}
+    users = {
+        "job.yaml": "command: [\n",
+        "ERROR.txt": "mine 1",
+        "ERROR-syncd.txt": "mine 2",
+        "syncd-error.json": "{}",
+        "syncd-error-20260101-000000-abcdef.json": '{"mine": 3}',
+    }
     dest = spool.reject(_claimed(spool, users), "j", "syncd could not accept the job 'j' (id x).\n", REPORT)
     assert {name: (dest / name).read_text() for name in users} == users
     assert (dest / "ERROR-syncd-20260101-000000-abcdef.txt").read_text().startswith("syncd could not accept")
@@ -133,11 +151,16 @@ def test_a_rejection_never_overwrites_any_of_the_users_report_names(spool):
 
 
 def test_a_folder_rejected_again_gets_its_old_reports_replaced_not_a_second_set(spool):
-    first = spool.reject(_claimed(spool, {"job.yaml": "command: [\n"}), "j", "syncd could not accept the job 'j'\n",
-                         REPORT)
+    first = spool.reject(
+        _claimed(spool, {"job.yaml": "command: [\n"}), "j", "syncd could not accept the job 'j'\n", REPORT
+    )
     os.rename(first, spool.claimed / "20260101-000000-abcdef")
-    second = spool.reject(spool.claimed / "20260101-000000-abcdef", "j", "syncd could not accept the job 'j' (2)\n",
-                          dict(REPORT, problems=["y"]))
+    second = spool.reject(
+        spool.claimed / "20260101-000000-abcdef",
+        "j",
+        "syncd could not accept the job 'j' (2)\n",
+        dict(REPORT, problems=["y"]),
+    )
     assert sorted(os.listdir(second)) == ["ERROR.txt", "job.yaml", "syncd-error.json"]
     assert json.loads((second / "syncd-error.json").read_text())["problems"] == ["y"]
 

@@ -23,6 +23,7 @@ B = (("f", 0o100000, 2, 2),)
 
 # -- SettleTracker ------------------------------------------------------------------
 
+
 def test_observe_settles_after_two_identical_snapshots_settle_apart():
     tracker = SettleTracker(settle=2.0)
     assert tracker.observe("job", A, 10.0) is False
@@ -39,9 +40,9 @@ def test_observe_single_snapshot_never_settles_even_late():
 def test_observe_change_restarts_quiet_period():
     tracker = SettleTracker(settle=2.0)
     tracker.observe("job", A, 0.0)
-    assert tracker.observe("job", B, 1.5) is False      # changed: quiet period starts at 1.5
+    assert tracker.observe("job", B, 1.5) is False  # changed: quiet period starts at 1.5
     assert tracker.observe("job", B, 3.0) is False
-    assert tracker.observe("job", A, 3.4) is False      # changed back: restarts again
+    assert tracker.observe("job", A, 3.4) is False  # changed back: restarts again
     assert tracker.observe("job", A, 5.3) is False
     assert tracker.observe("job", A, 5.4) is True
 
@@ -55,7 +56,7 @@ def test_touch_restarts_quiet_period():
     tracker = SettleTracker(settle=2.0)
     tracker.observe("job", A, 0.0)
     tracker.touch("job")
-    assert tracker.observe("job", A, 2.0) is False      # first snapshot after the touch
+    assert tracker.observe("job", A, 2.0) is False  # first snapshot after the touch
     assert tracker.observe("job", A, 3.9) is False
     assert tracker.observe("job", A, 4.0) is True
 
@@ -65,7 +66,7 @@ def test_tracker_names_add_and_forget():
     tracker.add("b")
     tracker.add("a")
     tracker.observe("a", A, 0.0)
-    tracker.add("a")                                      # add keeps existing state
+    tracker.add("a")  # add keeps existing state
     assert tracker.names() == ["a", "b"]
     assert tracker.observe("a", A, 1.0) is True
     tracker.forget("a")
@@ -81,6 +82,7 @@ def test_hint_once_is_true_only_the_first_time():
 
 
 # -- snapshot ---------------------------------------------------------------------------
+
 
 def test_snapshot_changes_when_a_file_grows(tmp_path):
     (tmp_path / "data.bin").write_bytes(b"x" * 10)
@@ -115,6 +117,7 @@ def test_snapshot_does_not_follow_symlinks(tmp_path):
 
 # -- filesystem type ----------------------------------------------------------------------
 
+
 def fake_mounts(tmp_path: Path, lines: list[str]) -> str:
     path = tmp_path / "mounts"
     path.write_text("".join(line + "\n" for line in lines))
@@ -122,19 +125,22 @@ def fake_mounts(tmp_path: Path, lines: list[str]) -> str:
 
 
 def test_filesystem_type_longest_mount_point_wins(tmp_path):
-    mounts = fake_mounts(tmp_path, [
-        "/dev/vda / ext4 rw 0 0",
-        "server:/export /mnt/lab nfs4 rw 0 0",
-        "/dev/vdb /mnt/lab/scratch ext4 rw 0 0",
-        "//nas/share /mnt/labshare cifs rw 0 0",
-        "user@host: /mnt/my\\040drive fuse.sshfs rw 0 0",
-        "bad line",
-    ])
+    mounts = fake_mounts(
+        tmp_path,
+        [
+            "/dev/vda / ext4 rw 0 0",
+            "server:/export /mnt/lab nfs4 rw 0 0",
+            "/dev/vdb /mnt/lab/scratch ext4 rw 0 0",
+            "//nas/share /mnt/labshare cifs rw 0 0",
+            "user@host: /mnt/my\\040drive fuse.sshfs rw 0 0",
+            "bad line",
+        ],
+    )
     assert filesystem_type(Path("/mnt/lab/inbox"), mounts) == "nfs4"
     assert filesystem_type(Path("/mnt/lab"), mounts) == "nfs4"
     assert filesystem_type(Path("/mnt/lab/scratch/inbox"), mounts) == "ext4"
     assert filesystem_type(Path("/mnt/labshare/x"), mounts) == "cifs"
-    assert filesystem_type(Path("/mnt/lab2/x"), mounts) == "ext4"   # not under /mnt/lab
+    assert filesystem_type(Path("/mnt/lab2/x"), mounts) == "ext4"  # not under /mnt/lab
     assert filesystem_type(Path("/mnt/my drive/inbox"), mounts) == "fuse.sshfs"
     assert filesystem_type(Path("/srv/inbox"), mounts) == "ext4"
 
@@ -147,10 +153,23 @@ def test_filesystem_type_real_mount_table_knows_tmp_path(tmp_path):
     assert isinstance(filesystem_type(tmp_path), str)
 
 
-@pytest.mark.parametrize("fstype, polling", [
-    ("nfs4", True), ("nfs", True), ("cifs", True), ("smb3", True), ("fuse.sshfs", True), ("fuse", True),
-    ("ext4", False), ("xfs", False), ("btrfs", False), ("tmpfs", False), ("overlay", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "fstype, polling",
+    [
+        ("nfs4", True),
+        ("nfs", True),
+        ("cifs", True),
+        ("smb3", True),
+        ("fuse.sshfs", True),
+        ("fuse", True),
+        ("ext4", False),
+        ("xfs", False),
+        ("btrfs", False),
+        ("tmpfs", False),
+        ("overlay", False),
+        (None, False),
+    ],
+)
 def test_wants_polling_for_network_filesystems(fstype, polling):
     assert wants_polling(fstype) is polling
 
@@ -162,6 +181,7 @@ def test_wants_polling_from_fake_mount_table(tmp_path):
 
 
 # -- InboxWatcher ---------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self) -> None:
@@ -189,12 +209,23 @@ class Recorder:
 
 @pytest.fixture
 def inbox(tmp_path) -> InboxConfig:
-    config = InboxConfig.model_validate({
-        "name": "lab", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
-        "storage": "local", "bucket": "results", "settle": "2s", "observer": "polling",
-        # The polling observer must not interfere: the test drives rescan/check itself.
-        "poll_interval": "1h", "rescan": "1h",
-    }, context={"base_dir": tmp_path})
+    config = InboxConfig.model_validate(
+        {
+            "name": "lab",
+            "path": "inbox",
+            "outbox": "outbox",
+            "failed": "failed",
+            "backend": "local",
+            "storage": "local",
+            "bucket": "results",
+            "settle": "2s",
+            "observer": "polling",
+            # The polling observer must not interfere: the test drives rescan/check itself.
+            "poll_interval": "1h",
+            "rescan": "1h",
+        },
+        context={"base_dir": tmp_path},
+    )
     config.path.mkdir()
     return config
 
@@ -247,7 +278,7 @@ def test_check_hands_over_job_after_quiet_period(inbox, clock, make_watcher):
     assert recorder.calls == [("lab", job)]
     clock.now = 10.0
     watcher.check()
-    assert len(recorder.calls) == 1               # handed over once, then forgotten
+    assert len(recorder.calls) == 1  # handed over once, then forgotten
     assert "job1" not in watcher.tracker.names()
 
 
@@ -259,10 +290,10 @@ def test_check_never_hands_over_folder_without_manifest(inbox, clock, make_watch
     for clock.now in (0.0, 5.0, 100.0, 1000.0):
         watcher.check()
     assert recorder.calls == []
-    assert "nomanifest" in watcher.tracker.names()   # still watched: a job.yaml may arrive
+    assert "nomanifest" in watcher.tracker.names()  # still watched: a job.yaml may arrive
     (job / "job.yaml").write_text("command: run\n")
     watcher.check()
-    assert recorder.calls == []                       # the folder just changed
+    assert recorder.calls == []  # the folder just changed
     clock.now = 1002.0
     watcher.check()
     assert recorder.names == ["nomanifest"]
@@ -301,7 +332,7 @@ def test_check_waits_while_folder_is_being_written(inbox, clock, make_watcher):
     watcher = make_watcher(recorder)
     watcher.rescan()
     watcher.check()
-    for step in range(1, 6):                          # a new file every 1.5 s: never quiet for 2 s
+    for step in range(1, 6):  # a new file every 1.5 s: never quiet for 2 s
         clock.now = step * 1.5
         (job / f"part{step + 1}.bin").write_text("y" * step)
         watcher.check()
@@ -358,7 +389,7 @@ def test_check_event_restarts_quiet_period(inbox, clock, make_watcher):
     watcher.rescan()
     watcher.check()
     clock.now = 1.9
-    watcher.note_path(str(job / "sub" / "new.txt"))   # an event somewhere inside the folder
+    watcher.note_path(str(job / "sub" / "new.txt"))  # an event somewhere inside the folder
     watcher.check()
     clock.now = 2.5
     watcher.check()
@@ -480,10 +511,20 @@ def _inotify_watches(pid: int = os.getpid()) -> int:
 def test_native_watcher_watches_the_top_level_only_never_the_spool(tmp_path):
     """A claimed or archived folder per job lives in <inbox>/.syncd: with thousands of jobs a recursive
     watch overflowed the inotify queue and re-walked the whole tree after each overflow."""
-    config = InboxConfig.model_validate({
-        "name": "lab", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
-        "storage": "local", "bucket": "results", "settle": "2s", "observer": "native",
-    }, context={"base_dir": tmp_path})
+    config = InboxConfig.model_validate(
+        {
+            "name": "lab",
+            "path": "inbox",
+            "outbox": "outbox",
+            "failed": "failed",
+            "backend": "local",
+            "storage": "local",
+            "bucket": "results",
+            "settle": "2s",
+            "observer": "native",
+        },
+        context={"base_dir": tmp_path},
+    )
     for i in range(300):
         (config.path / ".syncd" / "done" / f"job-{i}" / "deep").mkdir(parents=True)
     job_dir(config, "pending", files={"a/b/c.txt": "x"})

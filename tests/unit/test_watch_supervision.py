@@ -12,8 +12,18 @@ from tests.support.harness import make_job, wait_for
 def _watcher(tmp_path, claimed, observer="native"):
     (tmp_path / "inbox").mkdir(exist_ok=True)
     inbox = InboxConfig.model_validate(
-        {"name": "t", "path": "inbox", "outbox": "outbox", "failed": "failed", "backend": "local",
-         "storage": "local", "bucket": "results", "settle": 0, "observer": observer, "poll_interval": 0.1},
+        {
+            "name": "t",
+            "path": "inbox",
+            "outbox": "outbox",
+            "failed": "failed",
+            "backend": "local",
+            "storage": "local",
+            "bucket": "results",
+            "settle": 0,
+            "observer": observer,
+            "poll_interval": 0.1,
+        },
         context={"base_dir": tmp_path},
     )
 

@@ -69,8 +69,11 @@ def refusal(data: Mapping[str, Any], *, service: str, what: str, status: int, ho
     lowered = said.lower()
     how = f'while {what} (HTTP {status}): "{said}"'
     if any(word in lowered for word in TOKEN_REFUSALS):
-        return RefusedToken(f"{service} refused the JupyterHub token of {host} {how}; check jupyterhub_host and "
-                            f"the token (a JupyterHub API token of a user the gateway admits)", said)
+        return RefusedToken(
+            f"{service} refused the JupyterHub token of {host} {how}; check jupyterhub_host and "
+            f"the token (a JupyterHub API token of a user the gateway admits)",
+            said,
+        )
     if any(word in lowered for word in NOT_FOUND_REFUSALS):
         return RefusedUnknown(f"{service} does not know what was asked for {how}", said)
     return Refused(f"{service} refused the request {how}", said)
@@ -112,11 +115,15 @@ def parse_job(data: Any) -> GatewayJob | None:
     folder = data.get("remoteResultFolder")
     events: list[Any] = data["events"] if isinstance(data.get("events"), list) else []
     return GatewayJob(
-        id=data["id"], key=param.get(MARKER) if isinstance(param.get(MARKER), str) else None,
-        initialized=timestamp(data.get("initializedAt")), finished=timestamp(data.get("finishedAt")),
+        id=data["id"],
+        key=param.get(MARKER) if isinstance(param.get(MARKER), str) else None,
+        initialized=timestamp(data.get("initializedAt")),
+        finished=timestamp(data.get("finishedAt")),
         failed=data.get("isFailed") is True,
         result_folder=folder if isinstance(folder, Mapping) and isinstance(folder.get("id"), str) else None,
-        events=tuple(str(e.get("type")) for e in events if isinstance(e, Mapping)), data=data)
+        events=tuple(str(e.get("type")) for e in events if isinstance(e, Mapping)),
+        data=data,
+    )
 
 
 def job_list(data: Any) -> list[GatewayJob]:
@@ -140,7 +147,7 @@ def slurm_memory(size: int) -> str:
 def memory_kib(value: Any) -> int | None:
     """``8GB``, ``512M``, ``1p`` in KiB, read as the gateway reads them; None if it cannot."""
     text = str(value).lower().replace("b", "").strip()
-    for unit, factor in (("p", KIB ** 3), ("g", KIB ** 2), ("m", KIB)):
+    for unit, factor in (("p", KIB**3), ("g", KIB**2), ("m", KIB)):
         if text.endswith(unit) and text[:-1].strip().isdigit():
             return int(text[:-1]) * factor
     return None
@@ -157,8 +164,9 @@ def time_seconds(value: str) -> int | None:
     if days:
         parts += [0] * (3 - len(parts))
         return base + parts[0] * 3600 + parts[1] * 60 + parts[2]
-    return {1: lambda p: p[0] * 60, 2: lambda p: p[0] * 60 + p[1],
-            3: lambda p: p[0] * 3600 + p[1] * 60 + p[2]}.get(len(parts), lambda p: None)(parts)
+    return {1: lambda p: p[0] * 60, 2: lambda p: p[0] * 60 + p[1], 3: lambda p: p[0] * 3600 + p[1] * 60 + p[2]}.get(
+        len(parts), lambda p: None
+    )(parts)
 
 
 def _rule_max(field: str, rule: Any) -> float | None:
@@ -186,16 +194,19 @@ def ceilings(hpc: Mapping[str, Any], git: Mapping[str, Any]) -> dict[str, float]
     the HPC's global cap and the server's defaults, whichever is smallest."""
     found: dict[str, float] = {}
     for field, default in DEFAULT_CEILING.items():
-        candidates = [_rule_max(field, (hpc.get("slurm_input_rules") or {}).get(field)),
-                      _rule_max(field, (git.get("slurm_input_rules") or {}).get(field)),
-                      _value(field, (hpc.get("slurm_global_cap") or {}).get(field)), _value(field, default)]
+        candidates = [
+            _rule_max(field, (hpc.get("slurm_input_rules") or {}).get(field)),
+            _rule_max(field, (git.get("slurm_input_rules") or {}).get(field)),
+            _value(field, (hpc.get("slurm_global_cap") or {}).get(field)),
+            _value(field, default),
+        ]
         found[field] = min(c for c in candidates if c is not None)
     return found
 
 
 def describe(field: str, value: float) -> str:
     if field == "memory":
-        return f"{value / KIB ** 2:g} GiB" if value >= KIB ** 2 else f"{value / KIB:g} MiB"
+        return f"{value / KIB**2:g} GiB" if value >= KIB**2 else f"{value / KIB:g} MiB"
     if field == "time":
         return slurm_time(value)
     return f"{value:g}"
@@ -228,11 +239,15 @@ def resource_problems(spec: JobSpec, limits: Mapping[str, float], where: str) ->
     names = {"cpu_per_task": "resources.cpus", "memory": "resources.memory", "gpus": "resources.gpus"}
     for field, name in names.items():
         if field in slurm and (value := _value(field, slurm[field])) is not None and value > limits[field]:
-            problems.append(f"{name}: {describe(field, value)} is more than {where} allows "
-                            f"(at most {describe(field, limits[field])}); ask for less or use another inbox")
+            problems.append(
+                f"{name}: {describe(field, value)} is more than {where} allows "
+                f"(at most {describe(field, limits[field])}); ask for less or use another inbox"
+            )
     walltime = spec.resources.get("walltime")
     for name, seconds in (("resources.walltime", walltime), ("timeout", spec.timeout)):
         if seconds and math.ceil(seconds / 60) * 60 > limits["time"]:
-            problems.append(f"{name}: {slurm_time(seconds)} is longer than {where} allows "
-                            f"(at most {describe('time', limits['time'])}); shorten it or use another inbox")
+            problems.append(
+                f"{name}: {slurm_time(seconds)} is longer than {where} allows "
+                f"(at most {describe('time', limits['time'])}); shorten it or use another inbox"
+            )
     return problems

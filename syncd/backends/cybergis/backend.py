@@ -47,17 +47,26 @@ from syncd.intake.manifest import InputFile
 
 CATALOGUE_SECONDS = 300
 ENV_FOLDER = f"{wrapper.FOLDER}/env"
-CANNOT_STOP = ("the gateway can stop only the jobs its supervisor holds in memory: not one still waiting in its "
-               "queue, nor one it forgot when it restarted")
+CANNOT_STOP = (
+    "the gateway can stop only the jobs its supervisor holds in memory: not one still waiting in its "
+    "queue, nor one it forgot when it restarted"
+)
 
 
 class CybergisBackend(Backend):
     options_model = CybergisOptions
     options: CybergisOptions
     capabilities = Capabilities(
-        batched_poll=True, native_timeout=False, cancel=CancelSupport.ALWAYS, exit_codes=False,
-        logs=LogDelivery.AT_END, separate_stderr=True, resources=frozenset({"cpus", "memory", "walltime", "gpus"}),
-        stages_to_storage=False, multi_step_submit=True)
+        batched_poll=True,
+        native_timeout=False,
+        cancel=CancelSupport.ALWAYS,
+        exit_codes=False,
+        logs=LogDelivery.AT_END,
+        separate_stderr=True,
+        resources=frozenset({"cpus", "memory", "walltime", "gpus"}),
+        stages_to_storage=False,
+        multi_step_submit=True,
+    )
 
     def __init__(self, name: str, options: CybergisOptions, work_root: Path):
         super().__init__(name, options, work_root)
@@ -70,8 +79,16 @@ class CybergisBackend(Backend):
         self.requests_sent = 0  # for tests and metrics
 
     # -- HTTP ------------------------------------------------------------------------------------------------------
-    def _request(self, method: str, route: str, what: str, body: dict[str, Any] | None = None, *,
-                 auth: bool = True, retry_auth: bool = True) -> Any:
+    def _request(
+        self,
+        method: str,
+        route: str,
+        what: str,
+        body: dict[str, Any] | None = None,
+        *,
+        auth: bool = True,
+        retry_auth: bool = True,
+    ) -> Any:
         """The JSON the gateway answers. Its token rides in the JSON body of every method, GET included; a refusal
         is read from the body's ``error`` key, whatever the status code; the rest goes to the one classifier."""
         payload = dict(body or {})
@@ -84,8 +101,9 @@ class CybergisBackend(Backend):
         try:
             response = self._session.request(method, self.base + route, json=payload, timeout=timeout)
         except requests.RequestException as exc:
-            raise http.classify_exception(exc, service=self.service, what=what, timeout=timeout,
-                                          elapsed=time.monotonic() - started) from None
+            raise http.classify_exception(
+                exc, service=self.service, what=what, timeout=timeout, elapsed=time.monotonic() - started
+            ) from None
         try:
             data = response.json()
         except ValueError:
@@ -95,16 +113,17 @@ class CybergisBackend(Backend):
         if status >= 500 or status in http.TRANSIENT_4XX or not (isinstance(data, dict) and "error" in data):
             error = http.classify_response(response, service=self.service, what=what)
         else:
-            error = api.refusal(data, service=self.service, what=what, status=status,
-                                host=self.options.jupyterhub_host)
+            error = api.refusal(data, service=self.service, what=what, status=status, host=self.options.jupyterhub_host)
         if isinstance(error, AuthError) and retry_auth and self.tokens.can_refresh:
             self.tokens.invalidate()  # a file or command may hold a new token by now: one more try with it
             return self._request(method, route, what, body, auth=auth, retry_auth=False)
         if error is not None:
             raise error
         if data is None:
-            raise TransientError(f"{self.service} answered {what} with something other than JSON "
-                                 f"({http.status_text(response)}): {http.body_excerpt(response)!r}")
+            raise TransientError(
+                f"{self.service} answered {what} with something other than JSON "
+                f"({http.status_text(response)}): {http.body_excerpt(response)!r}"
+            )
         return data
 
     def _job(self, job_id: str) -> api.GatewayJob:
@@ -124,20 +143,28 @@ class CybergisBackend(Backend):
         """(the HPC, the largest slurm values it takes), from GET /hpc, /git and /maintainer, cached a while."""
         now = time.monotonic()
         if self._catalogue is None or now - self._catalogue[0] > CATALOGUE_SECONDS:
-            found = {name: self._request("GET", f"/{name}", f"reading its {name} list", auth=False).get(name) or {}
-                     for name in ("hpc", "git", "maintainer")}
+            found = {
+                name: self._request("GET", f"/{name}", f"reading its {name} list", auth=False).get(name) or {}
+                for name in ("hpc", "git", "maintainer")
+            }
             self._catalogue = (now, found)
         catalogue = self._catalogue[1]
         hpc = self.options.hpc or (catalogue["maintainer"].get(self.options.maintainer) or {}).get("default_hpc")
         if self.options.maintainer not in catalogue["maintainer"]:
-            raise PermanentError(f"backend '{self.name}': {self.service} has no maintainer "
-                                 f"'{self.options.maintainer}' (it has: {', '.join(sorted(catalogue['maintainer']))})")
+            raise PermanentError(
+                f"backend '{self.name}': {self.service} has no maintainer "
+                f"'{self.options.maintainer}' (it has: {', '.join(sorted(catalogue['maintainer']))})"
+            )
         if hpc not in catalogue["hpc"]:
-            raise PermanentError(f"backend '{self.name}': {self.service} has no HPC '{hpc}' "
-                                 f"(it has: {', '.join(sorted(catalogue['hpc']))}); fix hpc in the config")
+            raise PermanentError(
+                f"backend '{self.name}': {self.service} has no HPC '{hpc}' "
+                f"(it has: {', '.join(sorted(catalogue['hpc']))}); fix hpc in the config"
+            )
         if self.options.runner not in catalogue["git"]:
-            raise PermanentError(f"backend '{self.name}': {self.service} lists no git runner '{self.options.runner}'; "
-                                 f"register examples/cybergis/runner with the gateway, or fix runner in the config")
+            raise PermanentError(
+                f"backend '{self.name}': {self.service} lists no git runner '{self.options.runner}'; "
+                f"register examples/cybergis/runner with the gateway, or fix runner in the config"
+            )
         return hpc, api.ceilings(catalogue["hpc"][hpc], catalogue["git"][self.options.runner])
 
     def check(self, spec: JobSpec) -> list[str]:
@@ -151,8 +178,13 @@ class CybergisBackend(Backend):
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         folder = self._folder(spec.submit_key)
         folder.stage(inputs)
-        env = {**spec.env, "SYNCD_JOB_ID": spec.job_id, "SYNCD_JOB_NAME": spec.name, "SYNCD_ATTEMPT": str(spec.attempt),
-               "SYNCD_SUBMIT_KEY": spec.submit_key}
+        env = {
+            **spec.env,
+            "SYNCD_JOB_ID": spec.job_id,
+            "SYNCD_JOB_NAME": spec.name,
+            "SYNCD_ATTEMPT": str(spec.attempt),
+            "SYNCD_SUBMIT_KEY": spec.submit_key,
+        }
         try:
             wrapper.write(folder.work, spec.command)
             for name, value in env.items():  # one file per variable: the runner reads them, never evaluates them
@@ -169,8 +201,11 @@ class CybergisBackend(Backend):
         if self.options.server_data_path is not None:
             return {"type": "local", "localPath": posixpath.join(self.options.server_data_path, key, "work")}
         assert self.options.globus_endpoint is not None and self.options.globus_path is not None
-        return {"type": "globus", "endpoint": self.options.globus_endpoint,
-                "path": posixpath.join(self.options.globus_path, key, "work")}
+        return {
+            "type": "globus",
+            "endpoint": self.options.globus_endpoint,
+            "path": posixpath.join(self.options.globus_path, key, "work"),
+        }
 
     def submit(self, spec: JobSpec) -> RemoteRef:
         key = safe_key(spec.submit_key)
@@ -192,9 +227,12 @@ class CybergisBackend(Backend):
         if job.submitted:
             return RemoteRef(job.id, {"key": key})
         _, limits = self._limits()
-        fields = {"localExecutableFolder": {"type": "git", "gitId": self.options.runner},
-                  "localDataFolder": self._data_folder(key), "param": {api.MARKER: key},
-                  "slurm": api.slurm_request(spec, limits["time"])}
+        fields = {
+            "localExecutableFolder": {"type": "git", "gitId": self.options.runner},
+            "localDataFolder": self._data_folder(key),
+            "param": {api.MARKER: key},
+            "slurm": api.slurm_request(spec, limits["time"]),
+        }
         self._request("PUT", f"/job/{job.id}", f"filling in job {job.id} ({key})", fields)
         try:
             self._request("POST", f"/job/{job.id}/submit", f"submitting job {job.id} ({key})")
@@ -240,7 +278,9 @@ class CybergisBackend(Backend):
 
     def _status(self, ref: RemoteRef, job: api.GatewayJob | None) -> RemoteStatus:
         if job is None:
-            return RemoteStatus(RemoteState.UNKNOWN, "MISSING", message=f"the gateway does not list job {ref.remote_id}")
+            return RemoteStatus(
+                RemoteState.UNKNOWN, "MISSING", message=f"the gateway does not list job {ref.remote_id}"
+            )
         state, native, message = self._state(ref, job)
         return RemoteStatus(state, native, message=message, started=job.initialized, ended=job.finished)
 
@@ -275,8 +315,9 @@ class CybergisBackend(Backend):
         if folder.ctrl.is_dir():
             folder.write_text("cancel", "requested")  # first: a crash after the gateway took it still counts
         try:
-            self._request("PUT", f"/job/{ref.remote_id}/cancel", f"cancelling job {ref.remote_id}",
-                          {"jobId": ref.remote_id})
+            self._request(
+                "PUT", f"/job/{ref.remote_id}/cancel", f"cancelling job {ref.remote_id}", {"jobId": ref.remote_id}
+            )
         except api.Refused as exc:
             if api.NOT_HELD not in exc.said:
                 raise
@@ -300,8 +341,12 @@ class CybergisBackend(Backend):
         local = self._results(ref, job, folder)
         folder.write_text("results", str(local))
         found = results.listing(local, spec.outputs, folder)
-        if (self.options.globus_results and "JOB_ENDED" in job.events and folder.log("cancel") is None
-                and not any(item.relpath == wrapper.EXIT_FILE for item in found)):
+        if (
+            self.options.globus_results
+            and "JOB_ENDED" in job.events
+            and folder.log("cancel") is None
+            and not any(item.relpath == wrapper.EXIT_FILE for item in found)
+        ):
             raise PermanentError(f"job {ref.remote_id}: {NO_EXIT_CODE}; its results are in {local}")
         return found
 
@@ -311,8 +356,10 @@ class CybergisBackend(Backend):
         mounted = self._mounted_result(job)
         if mounted is not None:
             if not mounted.is_dir():
-                raise NotReady(f"job {job.id}: its result folder {mounted} is not visible under results_path yet",
-                               retry_after=self.options.globus_poll)
+                raise NotReady(
+                    f"job {job.id}: its result folder {mounted} is not visible under results_path yet",
+                    retry_after=self.options.globus_poll,
+                )
             return mounted
         local = folder.path / "result"
         state = json.loads(path.read_text()) if (path := folder.log("globus.json")) else {}
@@ -320,26 +367,36 @@ class CybergisBackend(Backend):
             return local
         folder_id = str(job.result_folder["id"])
         if "JOB_ENDED" in job.events and not self._request(
-                "GET", f"/job/{job.id}/result-folder-content", f"listing the results of job {job.id}"):
+            "GET", f"/job/{job.id}/result-folder-content", f"listing the results of job {job.id}"
+        ):
             raise NotReady(f"job {job.id}: the gateway is still collecting its results", retry_after=1.0)
         if not state.get("task"):
             assert self.options.globus_endpoint is not None and self.options.globus_path is not None
             try:
                 answer = self._request(
-                    "POST", f"/folder/{folder_id}/download/globus-init", f"starting the Globus transfer of job {job.id}",
-                    {"jobId": job.id, "fromPath": "/", "toEndpoint": self.options.globus_endpoint,
-                     "toPath": posixpath.join(self.options.globus_path, folder.path.name, "result")})
+                    "POST",
+                    f"/folder/{folder_id}/download/globus-init",
+                    f"starting the Globus transfer of job {job.id}",
+                    {
+                        "jobId": job.id,
+                        "fromPath": "/",
+                        "toEndpoint": self.options.globus_endpoint,
+                        "toPath": posixpath.join(self.options.globus_path, folder.path.name, "result"),
+                    },
+                )
                 task = str(answer.get("globus_task_id"))
             except api.Refused as exc:
                 if api.GLOBUS_BUSY not in exc.said:
                     raise
                 task = "unknown"  # started before a crash: follow it
             folder.write_json("globus.json", {"task": task})
-            raise NotReady(f"job {job.id}: Globus transfer {task} of its results started",
-                           retry_after=self.options.globus_poll)
+            raise NotReady(
+                f"job {job.id}: Globus transfer {task} of its results started", retry_after=self.options.globus_poll
+            )
         try:
-            status = self._request("GET", f"/folder/{folder_id}/download/globus-status",
-                                   f"following the Globus transfer of job {job.id}").get("status")
+            status = self._request(
+                "GET", f"/folder/{folder_id}/download/globus-status", f"following the Globus transfer of job {job.id}"
+            ).get("status")
         except api.Refused as exc:
             if api.GLOBUS_FORGOTTEN not in exc.said:
                 raise
@@ -351,8 +408,10 @@ class CybergisBackend(Backend):
             folder.write_json("globus.json", {})
             if status == "FAILED":
                 raise TransientError(f"job {job.id}: the Globus transfer of its results failed; starting it again")
-        raise NotReady(f"job {job.id}: Globus transfer {state['task']} of its results is {status}",
-                       retry_after=self.options.globus_poll if status != "FORGOTTEN" else 0.0)
+        raise NotReady(
+            f"job {job.id}: Globus transfer {state['task']} of its results is {status}",
+            retry_after=self.options.globus_poll if status != "FORGOTTEN" else 0.0,
+        )
 
     def logs(self, ref: RemoteRef) -> JobLogs:
         """Slurm's stdout and stderr files from the result folder; without them (the job never ran, or its results
@@ -371,7 +430,9 @@ class CybergisBackend(Backend):
         if not folder.ctrl.is_dir():
             return JobLogs(None, None)
         pieces = "".join(str(log.get("message", "")) for log in data.get("logs") or [])
-        events = "".join(f"{e.get('createdAt')} {e.get('type')}: {e.get('message')}\n" for e in data.get("events") or [])
+        events = "".join(
+            f"{e.get('createdAt')} {e.get('type')}: {e.get('message')}\n" for e in data.get("events") or []
+        )
         return JobLogs(folder.write_text("gateway-logs.txt", pieces), folder.write_text("gateway-events.txt", events))
 
     def cleanup(self, ref: RemoteRef) -> None:
@@ -383,8 +444,10 @@ class CybergisBackend(Backend):
         self._session.close()
 
 
-NO_EXIT_CODE = ("the gateway reports the job ended, but syncd's wrapper recorded no exit code: Slurm stopped the "
-                "command (time or memory limit) or its node failed")
+NO_EXIT_CODE = (
+    "the gateway reports the job ended, but syncd's wrapper recorded no exit code: Slurm stopped the "
+    "command (time or memory limit) or its node failed"
+)
 
 
 def safe_key(submit_key: str) -> str:

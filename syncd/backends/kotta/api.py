@@ -15,8 +15,10 @@ from syncd.backends.base import RemoteState, RemoteStatus
 #: the words ``list_tasks`` may show, and what they mean while a job is not over
 LISTED: dict[str, RemoteState] = {
     "pending": RemoteState.QUEUED,
-    "staging_inputs": RemoteState.RUNNING, "processing": RemoteState.RUNNING,
-    "staging_outputs": RemoteState.RUNNING, "active": RemoteState.RUNNING,
+    "staging_inputs": RemoteState.RUNNING,
+    "processing": RemoteState.RUNNING,
+    "staging_outputs": RemoteState.RUNNING,
+    "active": RemoteState.RUNNING,
     # the executor's word for an exception in the application; it goes on to stage outputs and ends later
     "Failed": RemoteState.RUNNING,
 }
@@ -57,8 +59,11 @@ def listed(data: dict) -> dict[str, str]:
 def stamps(data: dict) -> dict[str, str]:
     """``list_tasks``: job id → submit stamp (``YYYY-MM-DD HH:MM:SS`` in the server's time: sorts, but is no clock)."""
     items = data.get("items") or {}
-    return {str(i["job_id"]): str(i.get("submit_stamp", "")) for i in items.values() if isinstance(i, dict)
-            and "job_id" in i}
+    return {
+        str(i["job_id"]): str(i.get("submit_stamp", ""))
+        for i in items.values()
+        if isinstance(i, dict) and "job_id" in i
+    }
 
 
 _LINK = re.compile(r'^<a href="(.*)">(.*)</a>$', re.DOTALL)
@@ -102,10 +107,16 @@ def job_record(data: dict) -> JobRecord:
     code = fields.get("ERROR_CODE")
     walltime = fields.get("walltime")
     return JobRecord(
-        status=str(data.get("status", fields.get("status", ""))), jobname=_text(fields.get("jobname")),
-        error=_text(fields.get("ERROR")), reason=_text(fields.get("reason")),
-        error_code=int(code) if isinstance(code, (int, float)) or (isinstance(code, str) and code.lstrip("-").isdigit())
-        else None, walltime=int(walltime) if isinstance(walltime, (int, float)) else None, outputs=outputs)
+        status=str(data.get("status", fields.get("status", ""))),
+        jobname=_text(fields.get("jobname")),
+        error=_text(fields.get("ERROR")),
+        reason=_text(fields.get("reason")),
+        error_code=int(code)
+        if isinstance(code, (int, float)) or (isinstance(code, str) and code.lstrip("-").isdigit())
+        else None,
+        walltime=int(walltime) if isinstance(walltime, (int, float)) else None,
+        outputs=outputs,
+    )
 
 
 def _text(value: Any) -> str | None:
@@ -138,7 +149,9 @@ def state_of(record: JobRecord) -> RemoteStatus:
         if record.error_code is None and not record.error:
             # status is written before ERROR_CODE: the outcome is not all there yet
             return RemoteStatus(RemoteState.RUNNING, word, message="Kotta is still writing the job's outcome")
-        return RemoteStatus(RemoteState.FAILED, word, message=record.error or f"the job's script exited {record.error_code}")
+        return RemoteStatus(
+            RemoteState.FAILED, word, message=record.error or f"the job's script exited {record.error_code}"
+        )
     if word == "cancelled":
         why = record.reason or "cancelled"
         return RemoteStatus(RemoteState.CANCELLED, word, message=f"cancelled in Kotta ({why})")
@@ -175,12 +188,32 @@ def token_in(text: str, name: str) -> str:
     return text
 
 
-def submit_form(*, jobname: str, queue: str, walltime_minutes: int, executable: str, script: str, script_name: str,
-                outputs: list[str], stdout: str, stderr: str, input_urls: list[str]) -> dict[str, str]:
+def submit_form(
+    *,
+    jobname: str,
+    queue: str,
+    walltime_minutes: int,
+    executable: str,
+    script: str,
+    script_name: str,
+    outputs: list[str],
+    stdout: str,
+    stderr: str,
+    input_urls: list[str],
+) -> dict[str, str]:
     """``submit_task`` for a ``script`` job. Every input is its own ``input_url<n>`` field (a URL holds no comma
     to split on), and outputs are declared by name: Kotta uploads nothing else."""
-    form = {"jobtype": "script", "queue": queue, "walltime": str(walltime_minutes), "jobname": jobname,
-            "executable": executable, "script": script, "script_name": script_name, "outputs": ",".join(outputs),
-            "output_file_stdout": stdout, "output_file_stderr": stderr}
+    form = {
+        "jobtype": "script",
+        "queue": queue,
+        "walltime": str(walltime_minutes),
+        "jobname": jobname,
+        "executable": executable,
+        "script": script,
+        "script_name": script_name,
+        "outputs": ",".join(outputs),
+        "output_file_stdout": stdout,
+        "output_file_stderr": stderr,
+    }
     form.update({f"input_url_{n:04d}": url for n, url in enumerate(input_urls)})
     return form

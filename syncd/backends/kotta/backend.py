@@ -66,18 +66,32 @@ class _NoCookies(cookiejar.DefaultCookiePolicy):
 class KottaBackend(Backend):
     options_model = KottaOptions
     options: KottaOptions
-    capabilities = Capabilities(native_timeout=True, cancel=CancelSupport.NEVER, exit_codes=False,
-                                logs=LogDelivery.AT_END, resources=frozenset({"walltime"}))
+    capabilities = Capabilities(
+        native_timeout=True,
+        cancel=CancelSupport.NEVER,
+        exit_codes=False,
+        logs=LogDelivery.AT_END,
+        resources=frozenset({"walltime"}),
+    )
 
     def __init__(self, name: str, options: KottaOptions, work_root: Path):
         super().__init__(name, options, work_root)
         self.service = f"Kotta at {options.url}"
         self.store = f"the object store of {self.service}"
-        self.access = TokenSource(options.access_token, owner=f"backend '{name}' access_token",
-                                  extract=lambda text: api.token_in(text, "access_token"))
-        self.refresh = None if options.refresh_token is None else TokenSource(
-            options.refresh_token, owner=f"backend '{name}' refresh_token",
-            extract=lambda text: api.token_in(text, "refresh_token"))
+        self.access = TokenSource(
+            options.access_token,
+            owner=f"backend '{name}' access_token",
+            extract=lambda text: api.token_in(text, "access_token"),
+        )
+        self.refresh = (
+            None
+            if options.refresh_token is None
+            else TokenSource(
+                options.refresh_token,
+                owner=f"backend '{name}' refresh_token",
+                extract=lambda text: api.token_in(text, "refresh_token"),
+            )
+        )
         if options.inputs != "upload":
             self.capabilities = replace(self.capabilities, stages_to_storage=True)
         self._session = requests.Session()
@@ -93,8 +107,16 @@ class KottaBackend(Backend):
     def _timeout(self) -> tuple[float, float]:
         return self.options.connect_timeout, self.options.request_timeout
 
-    def _call(self, method: str, route: str, what: str, form: dict[str, str] | None = None, *,
-              auth: bool = True, retry_auth: bool = True) -> dict:
+    def _call(
+        self,
+        method: str,
+        route: str,
+        what: str,
+        form: dict[str, str] | None = None,
+        *,
+        auth: bool = True,
+        retry_auth: bool = True,
+    ) -> dict:
         """One request to Kotta's API: its answer, or the classified error (a Fail answer comes with HTTP 200)."""
         fields = dict(form or {})
         if auth:
@@ -104,21 +126,32 @@ class KottaBackend(Backend):
         with self._lock:
             self.requests_sent += 1
         try:
-            response = http.request(self._session, method, f"{self.options.url.rstrip('/')}/rest/v1/{route}",
-                                    service=self.service, what=what, timeout=self._timeout, data=fields or None)
+            response = http.request(
+                self._session,
+                method,
+                f"{self.options.url.rstrip('/')}/rest/v1/{route}",
+                service=self.service,
+                what=what,
+                timeout=self._timeout,
+                data=fields or None,
+            )
             try:
                 data = response.json()
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                raise TransientError(f"{self.service} answered with something other than a JSON object while {what} "
-                                     f"({http.status_text(response)}); asking again later")
+                raise TransientError(
+                    f"{self.service} answered with something other than a JSON object while {what} "
+                    f"({http.status_text(response)}); asking again later"
+                )
             reason = api.fail_reason(data)
             if reason is None:
                 return data
             if api.is_auth_reason(reason):
-                raise TokensRefused(f"{self.service} refused the tokens while {what} ({reason}); check "
-                                    f"access_token and refresh_token in the config")
+                raise TokensRefused(
+                    f"{self.service} refused the tokens while {what} ({reason}); check "
+                    f"access_token and refresh_token in the config"
+                )
             raise PermanentError(f"{self.service} refused {what}: {reason}")
         except AuthError:
             if not (retry_auth and (self.access.can_refresh or (self.refresh and self.refresh.can_refresh))):
@@ -132,8 +165,7 @@ class KottaBackend(Backend):
         """A request to a presigned URL of an object store. A refused signature is not a refused login: a new URL
         is asked for next time."""
         try:
-            return http.request(self._session, method, url, service=self.store, what=what, timeout=self._timeout,
-                                **kw)
+            return http.request(self._session, method, url, service=self.store, what=what, timeout=self._timeout, **kw)
         except AuthError as exc:
             raise TransientError(f"{exc} (a presigned URL; a new one is made on the next try)") from None
 
@@ -207,11 +239,23 @@ class KottaBackend(Backend):
         folder.mkdir(parents=True, exist_ok=True)
         staging = spec.staging if self._from_storage(spec) else None
         plan = stagein.plan(inputs, staging, self.options.input_url_expiry)
-        env = {**{k: str(v) for k, v in spec.env.items()}, "SYNCD_JOB_ID": spec.job_id, "SYNCD_JOB_NAME": spec.name,
-               "SYNCD_ATTEMPT": str(spec.attempt)}
+        env = {
+            **{k: str(v) for k, v in spec.env.items()},
+            "SYNCD_JOB_ID": spec.job_id,
+            "SYNCD_JOB_NAME": spec.name,
+            "SYNCD_ATTEMPT": str(spec.attempt),
+        }
         control = folder / bundle.CONTROL
-        stagein.as_input_error(inputs, bundle.control_archive, control, command=spec.command, env=env,
-                               links=plan.links, carried=plan.carried, fetch=plan.fetch)
+        stagein.as_input_error(
+            inputs,
+            bundle.control_archive,
+            control,
+            command=spec.command,
+            env=env,
+            links=plan.links,
+            carried=plan.carried,
+            fetch=plan.fetch,
+        )
         uploaded = self._read(folder / "uploads.json") or {}
         urls = [self._upload(spec, uploaded, bundle.CONTROL, control)]
         for item, blob in plan.alone:
@@ -235,14 +279,20 @@ class KottaBackend(Backend):
             done["stamp"] = stamp
             self._write(self._folder(spec.submit_key) / "uploads.json", uploaded)
             return done["url"]
-        answer = self._call("POST", "upload_url", f"asking where to upload {name} of job {spec.submit_key}",
-                            {"filepath": filepath})
+        answer = self._call(
+            "POST", "upload_url", f"asking where to upload {name} of job {spec.submit_key}", {"filepath": filepath}
+        )
         target = answer.get("upload_url")
         if not isinstance(target, str):
             raise TransientError(f"{self.service} gave no upload_url for {name} of job {spec.submit_key}")
         with open(source, "rb") as body:
-            self._transfer("PUT", target, f"uploading {name} of job {spec.submit_key}", data=body,
-                           headers={"Content-Length": str(os.fstat(body.fileno()).st_size)})
+            self._transfer(
+                "PUT",
+                target,
+                f"uploading {name} of job {spec.submit_key}",
+                data=body,
+                headers={"Content-Length": str(os.fstat(body.fileno()).st_size)},
+            )
         uploaded[filepath] = {"stamp": stamp, "sha256": digest, "url": api.s3_uri(target)}
         self._write(self._folder(spec.submit_key) / "uploads.json", uploaded)
         return uploaded[filepath]["url"]
@@ -256,9 +306,17 @@ class KottaBackend(Backend):
         if staged is None:
             raise PermanentError(f"job {spec.name} ({spec.job_id}): submit before staging finished")
         form = api.submit_form(
-            jobname=spec.submit_key, queue=self.options.queue, walltime_minutes=self._walltime_minutes(spec),
-            executable=bundle.EXECUTABLE, script=bundle.SCRIPT, script_name=bundle.SCRIPT_NAME,
-            outputs=[bundle.OUTPUTS], stdout=bundle.STDOUT, stderr=bundle.STDERR, input_urls=staged["input_urls"])
+            jobname=spec.submit_key,
+            queue=self.options.queue,
+            walltime_minutes=self._walltime_minutes(spec),
+            executable=bundle.EXECUTABLE,
+            script=bundle.SCRIPT,
+            script_name=bundle.SCRIPT_NAME,
+            outputs=[bundle.OUTPUTS],
+            stdout=bundle.STDOUT,
+            stderr=bundle.STDERR,
+            input_urls=staged["input_urls"],
+        )
         self._write(folder / "submitted.json", {"asked": time.time()})  # from here on, find() looks by name
         answer = self._call("POST", "submit_task", f"submitting job {spec.submit_key}", form)
         job_id = answer.get("job_id")
@@ -300,8 +358,9 @@ class KottaBackend(Backend):
         for ref in refs:
             word = words.get(ref.remote_id)
             if word is None:
-                statuses[ref.remote_id] = RemoteStatus(RemoteState.UNKNOWN, "not listed",
-                                                       message=f"Kotta does not list job {ref.remote_id}")
+                statuses[ref.remote_id] = RemoteStatus(
+                    RemoteState.UNKNOWN, "not listed", message=f"Kotta does not list job {ref.remote_id}"
+                )
             elif word in api.ENDED:
                 statuses[ref.remote_id] = self._ended_status(ref.remote_id, word)
             else:
@@ -313,8 +372,11 @@ class KottaBackend(Backend):
         token) is read instead, until the access token is fresh again."""
         if not self._one_by_one_said:
             self._one_by_one_said = True
-            logger.warning("backend {}: Kotta refuses the access token; polling job by job until it is fresh "
-                           "(submissions go on with the refresh token)", self.name)
+            logger.warning(
+                "backend {}: Kotta refuses the access token; polling job by job until it is fresh "
+                "(submissions go on with the refresh token)",
+                self.name,
+            )
         statuses = {}
         for ref in refs:
             status = api.state_of(self._record(ref.remote_id, fresh=True))
@@ -336,9 +398,10 @@ class KottaBackend(Backend):
 
     def cancel(self, ref: RemoteRef) -> None:
         minutes = ref.handle.get("walltime")
-        raise PermanentError(f"Cloud Kotta cannot cancel jobs through its API (only its web UI can): job "
-                             f"{ref.remote_id} runs until it ends or reaches its walltime"
-                             + (f" ({minutes} min)" if minutes else ""))
+        raise PermanentError(
+            f"Cloud Kotta cannot cancel jobs through its API (only its web UI can): job "
+            f"{ref.remote_id} runs until it ends or reaches its walltime" + (f" ({minutes} min)" if minutes else "")
+        )
 
     def logs(self, ref: RemoteRef) -> JobLogs:
         folder = self._folder(ref.handle.get("key", ref.remote_id)) / "logs"
@@ -362,8 +425,10 @@ class KottaBackend(Backend):
             url = record.outputs.get(bundle.OUTPUTS)
             if url is None:
                 if api.state_of(record).state is RemoteState.SUCCEEDED:
-                    raise PermanentError(f"Kotta reports job {ref.remote_id} completed, but the archive of its "
-                                         f"outputs is not in Kotta's bucket (its upload on the worker failed)")
+                    raise PermanentError(
+                        f"Kotta reports job {ref.remote_id} completed, but the archive of its "
+                        f"outputs is not in Kotta's bucket (its upload on the worker failed)"
+                    )
                 unpacked = []  # stopped before the script packed anything: the logs are all there is
             else:
                 archive = folder / bundle.OUTPUTS

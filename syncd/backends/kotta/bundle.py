@@ -81,8 +81,15 @@ exit "$code"
 """
 
 
-def control_archive(dest: Path, *, command: str | tuple[str, ...], env: Mapping[str, str],
-                    links: Mapping[str, str], carried: Mapping[str, Path], fetch: Mapping[str, str]) -> None:
+def control_archive(
+    dest: Path,
+    *,
+    command: str | tuple[str, ...],
+    env: Mapping[str, str],
+    links: Mapping[str, str],
+    carried: Mapping[str, Path],
+    fetch: Mapping[str, str],
+) -> None:
     """Write the control archive to ``dest``: the same bytes for the same job, so an unchanged one is not sent again.
 
     ``links``: input path → the file holding it, relative to the job's folder; ``carried``: such a file (under

@@ -47,8 +47,10 @@ def plan(inputs: Sequence[InputFile], staging: StagingArea | None, url_expiry: f
     return found
 
 
-NO_URLS = ("backend '{name}' takes inputs from the inbox's storage (inputs: storage), but that storage cannot make "
-            "URLs; use an s3 storage there, or inputs: upload")
+NO_URLS = (
+    "backend '{name}' takes inputs from the inbox's storage (inputs: storage), but that storage cannot make "
+    "URLs; use an s3 storage there, or inputs: upload"
+)
 
 
 def sha256(path: Path) -> str:
@@ -77,8 +79,10 @@ def as_input_error(inputs: Sequence[InputFile], action: Callable[..., Any], *arg
     except (FileNotFoundError, PermissionError) as exc:
         for item in inputs:
             if exc.filename == str(item.source):
-                why = ("disappeared from the job folder while it was being staged; put it back"
-                       if isinstance(exc, FileNotFoundError) else
-                       "cannot be read by the user syncd runs as; make it readable")
+                why = (
+                    "disappeared from the job folder while it was being staged; put it back"
+                    if isinstance(exc, FileNotFoundError)
+                    else "cannot be read by the user syncd runs as; make it readable"
+                )
                 raise InputError([f"{item.relpath}: {why}"]) from exc
         raise

@@ -77,8 +77,12 @@ def page_request(filter_: dict | None, token: str | None, maximum: int | None) -
 
 def resource_bucket(bucket: str, prefix: str) -> dict:
     """A resource bucket of which the task sees only ``prefix``, with the prefix stripped from the paths."""
-    return {"bucketName": bucket, "filtering": {"prefixFiltering": {"prefix": prefix}},
-            "resourcesTransformation": {"stripPrefix": {"prefix": prefix}}, "cacheTTLSec": None}
+    return {
+        "bucketName": bucket,
+        "filtering": {"prefixFiltering": {"prefix": prefix}},
+        "resourcesTransformation": {"stripPrefix": {"prefix": prefix}},
+        "cacheTTLSec": None,
+    }
 
 
 def hardware_constraints(cpus: int | None, memory_bytes: int | None, gpus: int | None) -> list[dict]:
@@ -86,8 +90,9 @@ def hardware_constraints(cpus: int | None, memory_bytes: int | None, gpus: int |
     if cpus:
         found.append({"discriminator": "MinimumCoreHardwareConstraint", "coreCount": int(cpus)})
     if memory_bytes:
-        found.append({"discriminator": "MinimumRamHardwareConstraint",
-                      "minimumMemoryMB": -(-int(memory_bytes) // 2**20)})
+        found.append(
+            {"discriminator": "MinimumRamHardwareConstraint", "minimumMemoryMB": -(-int(memory_bytes) // 2**20)}
+        )
     if gpus:
         found.append({"discriminator": "GpuHardwareConstraint"})
     return found
@@ -103,20 +108,43 @@ def docker_image(image: str | None) -> list[tuple[str, str]]:
     return [("DOCKER_REPO", repo), ("DOCKER_TAG", tag)]
 
 
-def task_body(*, name: str, short: str, profile: str, argv: Sequence[str], constants: Mapping[str, str],
-              tags: Sequence[str], labels: Mapping[str, str], resources: dict, result_bucket: str,
-              constraints: Mapping[str, str], hardware: Sequence[dict]) -> dict:
+def task_body(
+    *,
+    name: str,
+    short: str,
+    profile: str,
+    argv: Sequence[str],
+    constants: Mapping[str, str],
+    tags: Sequence[str],
+    labels: Mapping[str, str],
+    resources: dict,
+    result_bucket: str,
+    constraints: Mapping[str, str],
+    hardware: Sequence[dict],
+) -> dict:
     """The JSON of ``POST /tasks`` for one instance. ``DOCKER_CMD`` is syncd's constant wrapper command; user text
     travels only as data (constants, files in the resource bucket)."""
     return {
-        "name": name, "shortname": short, "profile": profile, "poolUuid": None, "jobUuid": None,
+        "name": name,
+        "shortname": short,
+        "profile": profile,
+        "poolUuid": None,
+        "jobUuid": None,
         "instanceCount": 1,
-        "constants": [{"key": "DOCKER_CMD", "value": shlex.join(argv)},
-                      *({"key": k, "value": v} for k, v in constants.items())],
+        "constants": [
+            {"key": "DOCKER_CMD", "value": shlex.join(argv)},
+            *({"key": k, "value": v} for k, v in constants.items()),
+        ],
         "constraints": [{"key": k, "value": v} for k, v in constraints.items()],
-        "forcedConstants": [], "labels": dict(labels), "tags": list(tags),
-        "dependencies": {"dependsOn": []}, "advancedResourceBuckets": [resources], "resultBucket": result_bucket,
-        "hardwareConstraints": list(hardware), "uploadResultsOnCancellation": True,
+        "forcedConstants": [],
+        "labels": dict(labels),
+        "tags": list(tags),
+        "dependencies": {"dependsOn": []},
+        "advancedResourceBuckets": [resources],
+        "resultBucket": result_bucket,
+        "hardwareConstraints": list(hardware),
+        "uploadResultsOnCancellation": True,
         # Kept until syncd has delivered the results, then deleted by syncd (never by the service first).
-        "autoDeleteOnCompletion": False, "completionTimeToLive": "00:00:00",
+        "autoDeleteOnCompletion": False,
+        "completionTimeToLive": "00:00:00",
     }

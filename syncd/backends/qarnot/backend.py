@@ -55,22 +55,34 @@ QUOTA_WAIT = 60.0
 class QarnotOptions(BackendOptions, TokenOptions):
     """A Qarnot account; its API token from :class:`~syncd.backends.tokens.TokenOptions`."""
 
-    cluster_url: str = Field("https://api.qarnot.com", pattern=r"^https?://",
-                             description="Qarnot's compute API (no version in the path)")
-    storage_url: str | None = Field(None, pattern=r"^https?://",
-                                    description="Qarnot's S3 storage (default: the one the API names in /settings)")
-    profile: str = Field("docker-batch", min_length=1, description="the task profile; it runs DOCKER_CMD in a container")
-    docker_image: str | None = Field(None, description="container image, repo[:tag] (the profile's DOCKER_REPO and "
-                                                       "DOCKER_TAG; default: the profile's own)")
+    cluster_url: str = Field(
+        "https://api.qarnot.com", pattern=r"^https?://", description="Qarnot's compute API (no version in the path)"
+    )
+    storage_url: str | None = Field(
+        None, pattern=r"^https?://", description="Qarnot's S3 storage (default: the one the API names in /settings)"
+    )
+    profile: str = Field(
+        "docker-batch", min_length=1, description="the task profile; it runs DOCKER_CMD in a container"
+    )
+    docker_image: str | None = Field(
+        None,
+        description="container image, repo[:tag] (the profile's DOCKER_REPO and "
+        "DOCKER_TAG; default: the profile's own)",
+    )
     constraints: dict[str, str] = Field(default_factory=dict, description="task constraints (key: value) of every job")
     hardware_constraints: list[dict[str, Any]] = Field(
-        default_factory=list, description="hardware constraints of every job, as the API spells them, e.g. "
-                                          "{discriminator: SpecificHardwareConstraint, specificationKey: …}")
-    tags: list[str] = Field(default_factory=list, description="tags of every task (syncd adds 'syncd' and "
-                                                              "'syncd-<backend name>')")
-    resource_bucket: str = Field("syncd-inputs", pattern=BUCKET,
-                                 description="bucket that takes every job's inputs (a folder per job); created if "
-                                             "missing")
+        default_factory=list,
+        description="hardware constraints of every job, as the API spells them, e.g. "
+        "{discriminator: SpecificHardwareConstraint, specificationKey: …}",
+    )
+    tags: list[str] = Field(
+        default_factory=list, description="tags of every task (syncd adds 'syncd' and 'syncd-<backend name>')"
+    )
+    resource_bucket: str = Field(
+        "syncd-inputs",
+        pattern=BUCKET,
+        description="bucket that takes every job's inputs (a folder per job); created if missing",
+    )
     poll_page_size: int = Field(100, gt=0, le=1000, description="tasks asked for per page when polling")
     connect_timeout: Duration = Field(5.0, gt=0, description="seconds to wait for a connection")
     request_timeout: Duration = Field(60.0, gt=0, description="seconds to wait for an answer")
@@ -81,9 +93,16 @@ class QarnotBackend(Backend):
     options_model = QarnotOptions
     options: QarnotOptions
     capabilities = Capabilities(
-        batched_poll=True, native_timeout=False, cancel=CancelSupport.ALWAYS, exit_codes=False,
-        logs=LogDelivery.STREAMED, separate_stderr=True, resources=frozenset({"cpus", "memory", "gpus"}),
-        stages_to_storage=False, multi_step_submit=False)
+        batched_poll=True,
+        native_timeout=False,
+        cancel=CancelSupport.ALWAYS,
+        exit_codes=False,
+        logs=LogDelivery.STREAMED,
+        separate_stderr=True,
+        resources=frozenset({"cpus", "memory", "gpus"}),
+        stages_to_storage=False,
+        multi_step_submit=False,
+    )
 
     def __init__(self, name: str, options: QarnotOptions, work_root: Path):
         super().__init__(name, options, work_root)
@@ -97,8 +116,9 @@ class QarnotBackend(Backend):
         self.requests_sent = 0  # for tests and metrics: HTTP requests to the compute API
 
     # -- the compute API ------------------------------------------------------------------
-    def _call(self, method: str, path: str, what: str, body: Any = None, *, raw: bool = False,
-              retry_auth: bool = True) -> Any:
+    def _call(
+        self, method: str, path: str, what: str, body: Any = None, *, raw: bool = False, retry_auth: bool = True
+    ) -> Any:
         """The JSON (or, with ``raw``, the bytes) Qarnot answers; refusals classified by :mod:`syncd.backends.http`
         and by what Qarnot's message says (quota, credits, hardware)."""
         timeout = (self.options.connect_timeout, self.options.request_timeout)
@@ -107,25 +127,37 @@ class QarnotBackend(Backend):
             self.requests_sent += 1
         started = time.monotonic()
         try:
-            response = self._session.request(method, url, json=body, timeout=timeout,
-                                             headers={"Authorization": self.tokens.get(), "Accept": "application/json"})
+            response = self._session.request(
+                method,
+                url,
+                json=body,
+                timeout=timeout,
+                headers={"Authorization": self.tokens.get(), "Accept": "application/json"},
+            )
         except requests.RequestException as exc:
-            raise http.classify_exception(exc, service=self.service, what=what, timeout=timeout,
-                                          elapsed=time.monotonic() - started) from None
+            raise http.classify_exception(
+                exc, service=self.service, what=what, timeout=timeout, elapsed=time.monotonic() - started
+            ) from None
         error = http.classify_response(response, service=self.service, what=what)
         if error is not None:
             said = http.body_excerpt(response).lower()
             how = f"while {what} ({http.status_text(response)})"
             if response.status_code == 403 and api.MAX_TASKS in said:
-                raise TransientError(f"{self.service} has as many tasks as the account may have {how}; the job "
-                                     f"waits until tasks end (syncd deletes each one it has delivered)",
-                                     retry_after=QUOTA_WAIT)
+                raise TransientError(
+                    f"{self.service} has as many tasks as the account may have {how}; the job "
+                    f"waits until tasks end (syncd deletes each one it has delivered)",
+                    retry_after=QUOTA_WAIT,
+                )
             if response.status_code == 402 and api.HARDWARE in said:
-                raise PermanentError(f"no machine of {self.service} matches the job's hardware constraints {how}: "
-                                     f"{http.body_excerpt(response)}; ask for fewer cpus, less memory or no GPU")
+                raise PermanentError(
+                    f"no machine of {self.service} matches the job's hardware constraints {how}: "
+                    f"{http.body_excerpt(response)}; ask for fewer cpus, less memory or no GPU"
+                )
             if response.status_code == 402:
-                raise AccountError(f"{self.service} refused to start tasks: the account has not enough credits {how}; "
-                                f"add credits to the account. Jobs wait, and syncd tries again")
+                raise AccountError(
+                    f"{self.service} refused to start tasks: the account has not enough credits {how}; "
+                    f"add credits to the account. Jobs wait, and syncd tries again"
+                )
             if isinstance(error, AuthError) and retry_auth and self.tokens.can_refresh:
                 self.tokens.invalidate()  # a new token may work: one more try
                 return self._call(method, path, what, body, raw=raw, retry_auth=False)
@@ -135,8 +167,9 @@ class QarnotBackend(Backend):
                 return response.content
             return response.json()
         except (ValueError, requests.RequestException):
-            raise TransientError(f"{self.service} answered with something other than JSON while {what} "
-                                 f"({http.status_text(response)})") from None
+            raise TransientError(
+                f"{self.service} answered with something other than JSON while {what} ({http.status_text(response)})"
+            ) from None
 
     def _task(self, key: str, what: str) -> dict | None:
         """The task whose uuid or shortname is ``key``; None if Qarnot does not know it."""
@@ -157,8 +190,9 @@ class QarnotBackend(Backend):
                 settings = self._call("GET", "/settings", "reading its settings")
                 url = settings.get("storage", DEFAULT_STORAGE) if isinstance(settings, dict) else DEFAULT_STORAGE
                 if not isinstance(url, str) or not url:
-                    raise PermanentError(f"{self.service} names no storage in its settings; set storage_url for "
-                                         f"backend '{self.name}'")
+                    raise PermanentError(
+                        f"{self.service} names no storage in its settings; set storage_url for backend '{self.name}'"
+                    )
             self._buckets = Buckets(url, (self.options.connect_timeout, self.options.request_timeout))
         if self._email is None:
             self.probe()
@@ -179,13 +213,17 @@ class QarnotBackend(Backend):
             if value is None or key in self.capabilities.resources:
                 continue
             if key == "walltime":
-                problems.append("resources.walltime: Qarnot tasks have no time limit of their own; remove it and set "
-                                "'timeout:' in job.yaml instead (syncd aborts the task when it passes)")
+                problems.append(
+                    "resources.walltime: Qarnot tasks have no time limit of their own; remove it and set "
+                    "'timeout:' in job.yaml instead (syncd aborts the task when it passes)"
+                )
             else:
                 problems.append(f"resources.{key}: the '{self.name}' backend cannot honour this; remove it")
         if (spec.resources.get("gpus") or 0) > 1:
-            problems.append("resources.gpus: Qarnot's hardware constraint asks for a machine with a GPU, not for a "
-                            "number of them; ask for 1")
+            problems.append(
+                "resources.gpus: Qarnot's hardware constraint asks for a machine with a GPU, not for a "
+                "number of them; ask for 1"
+            )
         return problems
 
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
@@ -208,16 +246,31 @@ class QarnotBackend(Backend):
         s3, buckets = self._s3()
         results = api.bucket_name(short)
         buckets.ensure(s3, results)
-        constants = {**dict(api.docker_image(self.options.docker_image)), **spec.env, "SYNCD_JOB_ID": spec.job_id,
-                     "SYNCD_JOB_NAME": spec.name, "SYNCD_ATTEMPT": str(spec.attempt)}
+        constants = {
+            **dict(api.docker_image(self.options.docker_image)),
+            **spec.env,
+            "SYNCD_JOB_ID": spec.job_id,
+            "SYNCD_JOB_NAME": spec.name,
+            "SYNCD_ATTEMPT": str(spec.attempt),
+        }
         body = api.task_body(
-            name=spec.name, short=short, profile=self.options.profile, argv=wrapper.argv(), constants=constants,
+            name=spec.name,
+            short=short,
+            profile=self.options.profile,
+            argv=wrapper.argv(),
+            constants=constants,
             tags=["syncd", self.tag, *self.options.tags],
             labels={"syncd-job-id": spec.job_id, "syncd-submit-key": spec.submit_key},
-            resources=api.resource_bucket(self.options.resource_bucket, f"{spec.job_id}/"), result_bucket=results,
+            resources=api.resource_bucket(self.options.resource_bucket, f"{spec.job_id}/"),
+            result_bucket=results,
             constraints=self.options.constraints,
-            hardware=[*self.options.hardware_constraints, *api.hardware_constraints(
-                spec.resources.get("cpus"), spec.resources.get("memory"), spec.resources.get("gpus"))])
+            hardware=[
+                *self.options.hardware_constraints,
+                *api.hardware_constraints(
+                    spec.resources.get("cpus"), spec.resources.get("memory"), spec.resources.get("gpus")
+                ),
+            ],
+        )
         try:
             data = self._call("POST", "/tasks", f"submitting task {short}", body)
         except PermanentError as exc:
@@ -245,8 +298,12 @@ class QarnotBackend(Backend):
         tasks: dict[str, dict] = {}
         token: str | None = None
         while True:  # one page for most daemons; the pages stop as soon as every job is seen
-            page = self._call("POST", "/tasks/paginate", f"listing the tasks tagged {self.tag}",
-                              api.page_request(api.tag_filter(self.tag), token, self.options.poll_page_size))
+            page = self._call(
+                "POST",
+                "/tasks/paginate",
+                f"listing the tasks tagged {self.tag}",
+                api.page_request(api.tag_filter(self.tag), token, self.options.poll_page_size),
+            )
             if not isinstance(page, dict) or not isinstance(page.get("data"), list):
                 raise TransientError(f"{self.service} answered a task listing without its 'data'")
             tasks.update((t["uuid"], t) for t in page["data"] if isinstance(t, dict) and t.get("uuid"))
@@ -257,12 +314,20 @@ class QarnotBackend(Backend):
 
     def _status(self, ref: RemoteRef, task: dict | None) -> RemoteStatus:
         if task is None:
-            return RemoteStatus(RemoteState.UNKNOWN, "MISSING",
-                                message=f"{self.service} lists no task {ref.remote_id} tagged {self.tag}")
+            return RemoteStatus(
+                RemoteState.UNKNOWN,
+                "MISSING",
+                message=f"{self.service} lists no task {ref.remote_id} tagged {self.tag}",
+            )
         native = str(task.get("state"))
         state = api.state_of(native)
-        return RemoteStatus(state, native, exit_code=None, message=api.errors_of(task),
-                            ended=api.parse_date(task.get("endDate")) if state.terminal else None)
+        return RemoteStatus(
+            state,
+            native,
+            exit_code=None,
+            message=api.errors_of(task),
+            ended=api.parse_date(task.get("endDate")) if state.terminal else None,
+        )
 
     def cancel(self, ref: RemoteRef) -> None:
         try:
@@ -284,8 +349,9 @@ class QarnotBackend(Backend):
         folder.mkdir(parents=True, exist_ok=True)
         found: dict[str, Path] = {}
         for stream in ("stdout", "stderr"):
-            data = self._call("GET", f"/tasks/{ref.remote_id}/{stream}", f"reading the {stream} of task "
-                                                                         f"{ref.remote_id}", raw=True)
+            data = self._call(
+                "GET", f"/tasks/{ref.remote_id}/{stream}", f"reading the {stream} of task {ref.remote_id}", raw=True
+            )
             path = folder / f"{stream}.txt"
             part = folder / f"{stream}.txt.part"
             part.write_bytes(data)
@@ -297,7 +363,7 @@ class QarnotBackend(Backend):
         s3, buckets = self._s3()
         results = ref.handle.get("results") or api.bucket_name(api.shortname(spec.submit_key))
         prefix = ref.handle.get("inputs") or f"{spec.job_id}/"
-        staged = {i.key[len(prefix):]: i for i in buckets.listing(s3, self.options.resource_bucket, prefix)}
+        staged = {i.key[len(prefix) :]: i for i in buckets.listing(s3, self.options.resource_bucket, prefix)}
         regexes = [glob_to_regex(p) for p in spec.outputs] if spec.outputs is not None else None
         chosen: list[Stored] = []
         for item in buckets.listing(s3, results):

@@ -63,19 +63,29 @@ class Buckets:
         with self._lock:
             if self._client is None or self._credentials != (email, token):
                 self._client = boto3.session.Session().client(
-                    "s3", endpoint_url=self.endpoint, aws_access_key_id=email, aws_secret_access_key=token,
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    aws_access_key_id=email,
+                    aws_secret_access_key=token,
                     region_name="us-east-1",
-                    config=BotoConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
-                                      connect_timeout=self._timeout[0], read_timeout=self._timeout[1],
-                                      request_checksum_calculation="when_required"))
+                    config=BotoConfig(
+                        s3={"addressing_style": "path"},
+                        retries={"total_max_attempts": 1},
+                        connect_timeout=self._timeout[0],
+                        read_timeout=self._timeout[1],
+                        request_checksum_calculation="when_required",
+                    ),
+                )
                 self._credentials = (email, token)
             return self._client
 
     def _error(self, exc: BaseException, where: str) -> BaseException:
         error = s3_errors.classify(exc, where, f"Qarnot's storage at {self.endpoint}")
         if isinstance(error, AuthError):
-            return AuthError(f"{where}: Qarnot's storage at {self.endpoint} refused the account's e-mail and API "
-                             f"token; check the token configured for the backend")
+            return AuthError(
+                f"{where}: Qarnot's storage at {self.endpoint} refused the account's e-mail and API "
+                f"token; check the token configured for the backend"
+            )
         return error
 
     def ensure(self, s3: Any, bucket: str) -> None:
@@ -103,8 +113,9 @@ class Buckets:
                 return
             raise self._error(exc, f"{bucket}/{prefix}") from None
 
-    def put_if_changed(self, s3: Any, bucket: str, key: str, source: Path | bytes, known: Stored | None,
-                       relpath: str) -> None:
+    def put_if_changed(
+        self, s3: Any, bucket: str, key: str, source: Path | bytes, known: Stored | None, relpath: str
+    ) -> None:
         """Upload unless ``known`` (the object there now) has the same content."""
         try:
             if isinstance(source, bytes):
@@ -112,8 +123,9 @@ class Buckets:
             else:
                 size, md5 = source.stat().st_size, file_md5(source)
         except OSError as exc:
-            raise InputError([f"{relpath}: cannot be read ({exc.strerror}); make it readable or remove it "
-                              f"from the job"]) from None
+            raise InputError(
+                [f"{relpath}: cannot be read ({exc.strerror}); make it readable or remove it from the job"]
+            ) from None
         if known is not None and known.size == size and known.md5 == md5:
             return
         try:
@@ -143,8 +155,9 @@ class Buckets:
         keys = [item.key for item in self.listing(s3, bucket, prefix)]
         try:
             for start in range(0, len(keys), 1000):
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
-                                                         "Quiet": True})
+                s3.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
+                )
             if bucket_too:
                 s3.delete_bucket(Bucket=bucket)
         except Exception as exc:  # noqa: BLE001

@@ -14,14 +14,34 @@ import ssl
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.fsutil import os_error
 
-AUTH_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId", "AllAccessDisabled",
-})
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "ThrottlingException",
-    "RequestTimeTooSkewed", "PreconditionFailed", "BadDigest", "IncompleteBody", "OperationAborted",
-})
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AuthorizationHeaderMalformed",
+        "InvalidClientTokenId",
+        "AllAccessDisabled",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "PreconditionFailed",
+        "BadDigest",
+        "IncompleteBody",
+        "OperationAborted",
+    }
+)
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
@@ -31,22 +51,26 @@ def code_from_body(body: bytes) -> str:
     return match.group(1).decode("ascii", "replace") if match else ""
 
 
-def classify_status(status: int, code: str, where: str, endpoint: str,
-                    retry_after: str | None = None) -> SyncdError:
+def classify_status(status: int, code: str, where: str, endpoint: str, retry_after: str | None = None) -> SyncdError:
     """An error for an HTTP status and S3 error code at ``where`` (``bucket/key``)."""
     if code in AUTH_CODES or status in (401, 403):
-        return AuthError(f"{where}: the S3 server at {endpoint} refused the credentials ({code or status}); "
-                         f"check access_key_id/secret_access_key (or the AWS profile) and the bucket policy")
+        return AuthError(
+            f"{where}: the S3 server at {endpoint} refused the credentials ({code or status}); "
+            f"check access_key_id/secret_access_key (or the AWS profile) and the bucket policy"
+        )
     if code == "NoSuchBucket":
         bucket = where.split("/", 1)[0]
-        return PermanentError(f"{where}: bucket '{bucket}' does not exist at {endpoint}; create it "
-                              f"(or set create_buckets: true) or fix the bucket name")
+        return PermanentError(
+            f"{where}: bucket '{bucket}' does not exist at {endpoint}; create it "
+            f"(or set create_buckets: true) or fix the bucket name"
+        )
     if code == "NoSuchKey" or status == 404:
         return PermanentError(f"{where}: the object does not exist at {endpoint}")
     if code in TRANSIENT_CODES or status in (408, 412, 429) or status >= 500:
         hint = float(retry_after) if retry_after and retry_after.isdigit() else None
-        return TransientError(f"{where}: the S3 server at {endpoint} answered {status} {code}; "
-                              f"syncd retries", retry_after=hint)
+        return TransientError(
+            f"{where}: the S3 server at {endpoint} answered {status} {code}; syncd retries", retry_after=hint
+        )
     return PermanentError(f"{where}: the S3 server at {endpoint} refused the request ({status} {code})")
 
 
@@ -58,15 +82,21 @@ def classify(exc: BaseException, where: str, endpoint: str) -> BaseException:
         # Only the rare boto3 calls (bucket creation, multipart uploads) raise these: import on demand.
         return _classify_boto(exc, where, endpoint)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return PermanentError(f"{where}: the TLS certificate of {endpoint} is not trusted ({exc.verify_message}); "
-                              f"set ca_bundle to the CA's PEM file (or verify_tls: false on a test server)")
+        return PermanentError(
+            f"{where}: the TLS certificate of {endpoint} is not trusted ({exc.verify_message}); "
+            f"set ca_bundle to the CA's PEM file (or verify_tls: false on a test server)"
+        )
     if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
-        return TransientError(f"{where}: the connection to the S3 server at {endpoint} failed "
-                              f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
-                              f"and that the server is up")
+        return TransientError(
+            f"{where}: the connection to the S3 server at {endpoint} failed "
+            f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
+            f"and that the server is up"
+        )
     if isinstance(exc, socket.gaierror):
-        return TransientError(f"{where}: cannot resolve the host of {endpoint} ({exc.strerror}); syncd retries; "
-                              f"check endpoint_url if this persists")
+        return TransientError(
+            f"{where}: cannot resolve the host of {endpoint} ({exc.strerror}); syncd retries; "
+            f"check endpoint_url if this persists"
+        )
     if isinstance(exc, OSError):
         if exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE, errno.ETIMEDOUT):
             return TransientError(f"{where}: connection to {endpoint} failed ({exc.strerror}); syncd retries")
@@ -91,8 +121,10 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return AuthError(f"{where}: no usable S3 credentials were found; set access_key_id and "
-                         f"secret_access_key (e.g. from ${{ENV}} variables) or a profile, or the AWS_* variables")
+        return AuthError(
+            f"{where}: no usable S3 credentials were found; set access_key_id and "
+            f"secret_access_key (e.g. from ${{ENV}} variables) or a profile, or the AWS_* variables"
+        )
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         meta = exc.response.get("ResponseMetadata", {})
@@ -100,9 +132,11 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
         retry_after = (meta.get("HTTPHeaders") or {}).get("retry-after")
         return classify_status(status, str(error.get("Code", "")), where, endpoint, retry_after)
     if isinstance(exc, (BotoConnectionError, BotoReadTimeout, ResponseStreamingError, Urllib3Error)):
-        return TransientError(f"{where}: the connection to the S3 server at {endpoint} failed "
-                              f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
-                              f"and that the server is up")
+        return TransientError(
+            f"{where}: the connection to the S3 server at {endpoint} failed "
+            f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
+            f"and that the server is up"
+        )
     if isinstance(exc, BotoCoreError):
         return PermanentError(f"{where}: {exc}")
     return exc

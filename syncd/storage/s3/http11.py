@@ -134,8 +134,13 @@ class Response:
         """
         guard = lock or contextlib.nullcontext()
         connection = self._connection
-        if SPLICE and connection is not None and not self._chunked and self._left is not None \
-                and not isinstance(connection.sock, ssl.SSLSocket):
+        if (
+            SPLICE
+            and connection is not None
+            and not self._chunked
+            and self._left is not None
+            and not isinstance(connection.sock, ssl.SSLSocket)
+        ):
             return self._splice_to(connection, fd, offset, guard)
         buffer = memoryview(bytearray(COPY_BUFFER))
         start = offset
@@ -237,8 +242,9 @@ def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) 
             with lock:
                 while moved:
                     try:
-                        written = os.splice(pipe_out, fd, min(moved, FILE_WRITE_UNIT), offset_dst=offset,
-                                            flags=os.SPLICE_F_MOVE)
+                        written = os.splice(
+                            pipe_out, fd, min(moved, FILE_WRITE_UNIT), offset_dst=offset, flags=os.SPLICE_F_MOVE
+                        )
                     except OSError as exc:
                         if exc.errno != errno.EINVAL:
                             raise
@@ -252,8 +258,7 @@ def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) 
 
 
 class Connection:
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float,
-                 read_timeout: float):
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float, read_timeout: float):
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
@@ -284,8 +289,16 @@ class Connection:
 class Pool:
     """Keep-alive connections to one host. Thread-safe."""
 
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None, connect_timeout: float,
-                 read_timeout: float, maxsize: int):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        maxsize: int,
+    ):
         self.host, self.port, self.tls = host, port, tls
         self.connect_timeout, self.read_timeout, self.maxsize = connect_timeout, read_timeout, maxsize
         self._idle: list[Connection] = []

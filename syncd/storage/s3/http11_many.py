@@ -83,8 +83,16 @@ class _Connection:
 class ManyGets:
     """Runs GETs to one host over up to ``connections`` connections; see the module docstring."""
 
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None, connect_timeout: float,
-                 read_timeout: float, connections: int):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        connections: int,
+    ):
         self.host, self.port, self.tls = host, port, tls
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.connections = max(1, connections)
@@ -155,8 +163,10 @@ class ManyGets:
                         yield finished, done
                 now = time.monotonic()
                 for connection in [c for c in busy if c.deadline <= now]:
-                    outcome = (busy.pop(connection), TimeoutError(
-                        f"no answer from {self.host}:{self.port} for {self.read_timeout:g}s"))
+                    outcome = (
+                        busy.pop(connection),
+                        TimeoutError(f"no answer from {self.host}:{self.port} for {self.read_timeout:g}s"),
+                    )
                     self._drop(connection, selector)
                     yield outcome
         finally:
@@ -181,8 +191,9 @@ class ManyGets:
             selector.modify(connection.sock, wanted, connection)
             connection.events = wanted
 
-    def _advance(self, connection: _Connection, get: Get, mask: int,
-                 selector: selectors.BaseSelector) -> Fetched | None:
+    def _advance(
+        self, connection: _Connection, get: Get, mask: int, selector: selectors.BaseSelector
+    ) -> Fetched | None:
         if connection.outgoing and mask & selectors.EVENT_WRITE:
             self._write(connection, selector)
         if not mask & selectors.EVENT_READ:
@@ -209,12 +220,13 @@ class ManyGets:
                 if len(connection.head) > MAX_LINE:
                     raise ProtocolError("response headers too long")
                 return None
-            data = memoryview(bytes(connection.head[end + 4:]))
+            data = memoryview(bytes(connection.head[end + 4 :]))
             headers = self._parse_head(bytes(connection.head[:end]))
             connection.left = int(headers["content-length"])
             digest = get.digest(headers)
             body = connection.body = _Body(
-                headers, os.open(get.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), digest)
+                headers, os.open(get.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), digest
+            )
         if len(data) > connection.left:
             raise ProtocolError(f"{self.host}:{self.port} sent more than the announced Content-Length")
         if data:

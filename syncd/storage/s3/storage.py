@@ -55,15 +55,19 @@ _SINGLE_PART_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 class S3StorageOptions(StorageOptions):
     endpoint_url: str | None = Field(
-        None, description="S3 endpoint, e.g. http://127.0.0.1:8333 or https://minio.lab:9000 (default: AWS)")
-    region: str | None = Field(None, description="region used to sign requests (default: from the AWS config, "
-                                                 "else us-east-1)")
+        None, description="S3 endpoint, e.g. http://127.0.0.1:8333 or https://minio.lab:9000 (default: AWS)"
+    )
+    region: str | None = Field(
+        None, description="region used to sign requests (default: from the AWS config, else us-east-1)"
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
-        "auto", description="bucket in the path or in the host name; auto: path with endpoint_url, else virtual")
+        "auto", description="bucket in the path or in the host name; auto: path with endpoint_url, else virtual"
+    )
     verify_tls: bool = Field(True, description="verify the server's TLS certificate")
     ca_bundle: ConfigPath | None = Field(None, description="PEM file of CA certificates to trust for TLS")
     access_key_id: SecretStr | None = Field(
-        None, description="access key; write ${ENV_VAR}. Unset: the standard AWS credential chain")
+        None, description="access key; write ${ENV_VAR}. Unset: the standard AWS credential chain"
+    )
     secret_access_key: SecretStr | None = Field(None, description="secret key; write ${ENV_VAR}")
     session_token: SecretStr | None = Field(None, description="session token for temporary credentials")
     profile: str | None = Field(None, description="named profile from ~/.aws/credentials and ~/.aws/config")
@@ -71,18 +75,29 @@ class S3StorageOptions(StorageOptions):
     connect_timeout: Duration = Field(10.0, description="how long to wait for a connection")
     read_timeout: Duration = Field(60.0, description="how long a response may stall before it is abandoned")
     max_connections: PositiveInt = Field(
-        64, description="size of the HTTP connection pool; also the connections that small objects (up to "
-                        "1 MiB) of all mirrors at once are fetched over, from one thread each")
+        64,
+        description="size of the HTTP connection pool; also the connections that small objects (up to "
+        "1 MiB) of all mirrors at once are fetched over, from one thread each",
+    )
     transfer_workers: PositiveInt = Field(
-        16, description="threads transferring objects at once in a mirror or sync (uploads, objects over 1 MiB)")
-    part_size: Size = Field(32 * 1024 * 1024, gt=5 * 1024 * 1024 - 1,
-                            description="objects larger than this move in parallel parts of this size")
+        16, description="threads transferring objects at once in a mirror or sync (uploads, objects over 1 MiB)"
+    )
+    part_size: Size = Field(
+        32 * 1024 * 1024,
+        gt=5 * 1024 * 1024 - 1,
+        description="objects larger than this move in parallel parts of this size",
+    )
     part_workers: PositiveInt = Field(8, description="parts of one large object transferred at once")
     copy_part_threshold: Size = Field(
-        5 * GiB, gt=0, le=5 * GiB, description="objects larger than this are copied on the server in parts "
-                                               "(UploadPartCopy) rather than by one CopyObject; at most 5GiB")
-    copy_part_size: Size = Field(512 * MiB, ge=5 * MiB, le=5 * GiB,
-                                 description="size of the parts of a copy in parts (between 5MiB and 5GiB)")
+        5 * GiB,
+        gt=0,
+        le=5 * GiB,
+        description="objects larger than this are copied on the server in parts "
+        "(UploadPartCopy) rather than by one CopyObject; at most 5GiB",
+    )
+    copy_part_size: Size = Field(
+        512 * MiB, ge=5 * MiB, le=5 * GiB, description="size of the parts of a copy in parts (between 5MiB and 5GiB)"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,11 +179,15 @@ class S3Storage(Storage):
         region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if opts.access_key_id is not None:
             if opts.secret_access_key is None:
-                raise AuthError(f"storage '{self.name}': access_key_id is set but secret_access_key is not; "
-                                f"set both (e.g. from ${{ENV}} variables)")
-            credentials = StaticCredentials(opts.access_key_id.get_secret_value(),
-                                            opts.secret_access_key.get_secret_value(),
-                                            opts.session_token.get_secret_value() if opts.session_token else None)
+                raise AuthError(
+                    f"storage '{self.name}': access_key_id is set but secret_access_key is not; "
+                    f"set both (e.g. from ${{ENV}} variables)"
+                )
+            credentials = StaticCredentials(
+                opts.access_key_id.get_secret_value(),
+                opts.secret_access_key.get_secret_value(),
+                opts.session_token.get_secret_value() if opts.session_token else None,
+            )
         else:  # the standard chain: environment, profile files, SSO, instance metadata, …
             import botocore.session
 
@@ -179,16 +198,24 @@ class S3Storage(Storage):
             except Exception as exc:
                 raise classify(exc, f"storage '{self.name}'", self.endpoint) from None
             if credentials is None:
-                raise AuthError(f"storage '{self.name}': no S3 credentials found; set access_key_id and "
-                                f"secret_access_key (e.g. ${{S3_KEY}}), a profile, or the AWS_* variables")
+                raise AuthError(
+                    f"storage '{self.name}': no S3 credentials found; set access_key_id and "
+                    f"secret_access_key (e.g. ${{S3_KEY}}), a profile, or the AWS_* variables"
+                )
         self._region = region or "us-east-1"
         self._virtual = opts.addressing_style == "virtual" or (
-            opts.addressing_style == "auto" and not opts.endpoint_url)
+            opts.addressing_style == "auto" and not opts.endpoint_url
+        )
         base = opts.endpoint_url.rstrip("/") if opts.endpoint_url else f"https://s3.{self._region}.amazonaws.com"
-        return SignedHttp(Endpoint(base, self._region, self._virtual), credentials,
-                          max_connections=opts.max_connections, verify=opts.verify_tls,
-                          ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
-                          connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout)
+        return SignedHttp(
+            Endpoint(base, self._region, self._virtual),
+            credentials,
+            max_connections=opts.max_connections,
+            verify=opts.verify_tls,
+            ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
+            connect_timeout=opts.connect_timeout,
+            read_timeout=opts.read_timeout,
+        )
 
     def _ready(self) -> SignedHttp:
         with self._lock:
@@ -208,17 +235,25 @@ class S3Storage(Storage):
                 frozen = http.credentials.get_frozen_credentials()
                 verify: bool | str = str(opts.ca_bundle) if opts.ca_bundle else opts.verify_tls
                 self._client = boto3.session.Session(
-                    aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+                    aws_access_key_id=frozen.access_key,
+                    aws_secret_access_key=frozen.secret_key,
                     aws_session_token=frozen.token,
-                ).client("s3", endpoint_url=http.endpoint.base if opts.endpoint_url else None, verify=verify,
-                         config=BotoConfig(
-                             region_name=self._region, signature_version="s3v4",
-                             s3={"addressing_style": "virtual" if self._virtual else "path"},
-                             retries={"total_max_attempts": 1, "mode": "standard"},  # the engine retries
-                             connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
-                             max_pool_connections=opts.max_connections,
-                             request_checksum_calculation="when_required",
-                             response_checksum_validation="when_required"))
+                ).client(
+                    "s3",
+                    endpoint_url=http.endpoint.base if opts.endpoint_url else None,
+                    verify=verify,
+                    config=BotoConfig(
+                        region_name=self._region,
+                        signature_version="s3v4",
+                        s3={"addressing_style": "virtual" if self._virtual else "path"},
+                        retries={"total_max_attempts": 1, "mode": "standard"},  # the engine retries
+                        connect_timeout=opts.connect_timeout,
+                        read_timeout=opts.read_timeout,
+                        max_pool_connections=opts.max_connections,
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required",
+                    ),
+                )
         return self._client
 
     def _fail(self, exc: BaseException, bucket: str, key: str = "") -> BaseException:
@@ -232,10 +267,15 @@ class S3Storage(Storage):
             if response.status != 404:
                 return
             if not self.options.create_buckets:
-                raise PermanentError(f"bucket '{bucket}' does not exist at {self.endpoint}; create it, set "
-                                     f"create_buckets: true on storage '{self.name}', or fix the bucket name")
-            extra = {} if self._region == "us-east-1" else {
-                "CreateBucketConfiguration": {"LocationConstraint": self._region}}
+                raise PermanentError(
+                    f"bucket '{bucket}' does not exist at {self.endpoint}; create it, set "
+                    f"create_buckets: true on storage '{self.name}', or fix the bucket name"
+                )
+            extra = (
+                {}
+                if self._region == "us-east-1"
+                else {"CreateBucketConfiguration": {"LocationConstraint": self._region}}
+            )
             self._boto().create_bucket(Bucket=bucket, **extra)
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
@@ -265,9 +305,13 @@ class S3Storage(Storage):
         headers = response.headers
         sha = headers.get(f"x-amz-meta-{SHA256_META}")
         modified = headers.get("Last-Modified")
-        return ObjectInfo(key, int(headers.get("Content-Length") or 0), _etag(headers.get("ETag")),
-                          parsedate_to_datetime(modified).timestamp() if modified else None,
-                          f"sha256:{sha}" if sha else None)
+        return ObjectInfo(
+            key,
+            int(headers.get("Content-Length") or 0),
+            _etag(headers.get("ETag")),
+            parsedate_to_datetime(modified).timestamp() if modified else None,
+            f"sha256:{sha}" if sha else None,
+        )
 
     def delete(self, bucket: str, key: str) -> None:
         http = self._ready()
@@ -288,18 +332,25 @@ class S3Storage(Storage):
             if size <= self.options.part_size:
                 data = source.read_bytes()
                 sha = hashlib.sha256(data).hexdigest()
-                headers = {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
-                           "x-amz-meta-sha256": sha, "Content-Type": "application/octet-stream"}
+                headers = {
+                    "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                    "x-amz-meta-sha256": sha,
+                    "Content-Type": "application/octet-stream",
+                }
                 response = http.request("PUT", bucket, key, headers=headers, body=data)
                 return ObjectInfo(key, len(data), _etag(response.headers.get("ETag")), checksum=f"sha256:{sha}")
             from boto3.s3.transfer import TransferConfig
 
             sha = _hash_file(source, "sha256")
-            config = TransferConfig(multipart_threshold=self.options.part_size,
-                                    multipart_chunksize=self.options.part_size,
-                                    max_concurrency=self.options.part_workers, use_threads=True)
-            self._boto().upload_file(str(source), bucket, key, Config=config,
-                                     ExtraArgs={"Metadata": {SHA256_META: sha}})
+            config = TransferConfig(
+                multipart_threshold=self.options.part_size,
+                multipart_chunksize=self.options.part_size,
+                max_concurrency=self.options.part_workers,
+                use_threads=True,
+            )
+            self._boto().upload_file(
+                str(source), bucket, key, Config=config, ExtraArgs={"Metadata": {SHA256_META: sha}}
+            )
         except FileNotFoundError as exc:
             raise PermanentError(f"uploading {source} to {bucket}/{key}: the file does not exist") from exc
         except SyncdError:
@@ -327,8 +378,10 @@ class S3Storage(Storage):
         source = self.head(src_bucket, src_key)
         where = f"{dst_bucket}/{dst_key} (a copy of {src_bucket}/{src_key})"
         if source is None:
-            raise PermanentError(f"copying {src_bucket}/{src_key} to {dst_bucket}/{dst_key}: the source object "
-                                 f"{src_bucket}/{src_key} does not exist at {self.endpoint}")
+            raise PermanentError(
+                f"copying {src_bucket}/{src_key} to {dst_bucket}/{dst_key}: the source object "
+                f"{src_bucket}/{src_key} does not exist at {self.endpoint}"
+            )
         client = self._boto()
         copy_source = {"Bucket": src_bucket, "Key": src_key}  # a dict: botocore encodes the key
         if_match = {"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}
@@ -341,28 +394,44 @@ class S3Storage(Storage):
             raise classify(exc, where, self.endpoint) from None
         copied = self.head(dst_bucket, dst_key)
         if copied is None or copied.size != source.size:
-            raise TransientError(f"{where}: the copy has {copied.size if copied else 'no'} bytes, the source "
-                                 f"{source.size}; syncd copies it again")
+            raise TransientError(
+                f"{where}: the copy has {copied.size if copied else 'no'} bytes, the source "
+                f"{source.size}; syncd copies it again"
+            )
         return copied
 
-    def _copy_parts(self, client, copy_source: dict[str, str], source: ObjectInfo, bucket: str, key: str,
-                    if_match: dict[str, str]) -> None:
+    def _copy_parts(
+        self, client, copy_source: dict[str, str], source: ObjectInfo, bucket: str, key: str, if_match: dict[str, str]
+    ) -> None:
         """A multipart upload of UploadPartCopy parts (in parallel, ``part_workers`` at once), completed,
         or aborted on any failure so no parts are left on the server."""
         from concurrent import futures
 
-        head = client.head_object(Bucket=copy_source["Bucket"], Key=copy_source["Key"],
-                                  **({"IfMatch": if_match["CopySourceIfMatch"]} if if_match else {}))
+        head = client.head_object(
+            Bucket=copy_source["Bucket"],
+            Key=copy_source["Key"],
+            **({"IfMatch": if_match["CopySourceIfMatch"]} if if_match else {}),
+        )
         part = max(self.options.copy_part_size, -(-source.size // MAX_PARTS))
         spans = [(start, min(start + part, source.size) - 1) for start in range(0, source.size, part)]
         upload_id = client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=head.get("Metadata") or {},
-            ContentType=head.get("ContentType") or "application/octet-stream")["UploadId"]
+            Bucket=bucket,
+            Key=key,
+            Metadata=head.get("Metadata") or {},
+            ContentType=head.get("ContentType") or "application/octet-stream",
+        )["UploadId"]
         try:
+
             def one(number: int, first: int, last: int) -> dict:
-                answer = client.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                                 CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}",
-                                                 **if_match)
+                answer = client.upload_part_copy(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=copy_source,
+                    CopySourceRange=f"bytes={first}-{last}",
+                    **if_match,
+                )
                 return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
             pool = self._part_pool()
@@ -373,8 +442,9 @@ class S3Storage(Storage):
                 for future in parts:
                     future.cancel()
                 futures.wait(parts)  # no part still running when the upload is aborted
-            client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                             MultipartUpload={"Parts": done})
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+            )
         except BaseException:
             try:
                 client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
@@ -393,12 +463,17 @@ class S3Storage(Storage):
         if verb not in ("GET", "PUT"):
             raise PermanentError(f"storage '{self.name}': a presigned URL is for GET or PUT, not {method!r}")
         if not 0 < expires <= PRESIGN_MAX:
-            raise PermanentError(f"storage '{self.name}': a presigned URL lasts more than 0 seconds and at most "
-                                 f"7 days ({PRESIGN_MAX} s), not {expires} s")
+            raise PermanentError(
+                f"storage '{self.name}': a presigned URL lasts more than 0 seconds and at most "
+                f"7 days ({PRESIGN_MAX} s), not {expires} s"
+            )
         try:
             return self._boto().generate_presigned_url(
-                "get_object" if verb == "GET" else "put_object", Params={"Bucket": bucket, "Key": key},
-                ExpiresIn=max(1, int(expires)), HttpMethod=verb)
+                "get_object" if verb == "GET" else "put_object",
+                Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=max(1, int(expires)),
+                HttpMethod=verb,
+            )
         except Exception as exc:
             raise self._fail(exc, bucket, key) from None
 
@@ -419,12 +494,12 @@ class S3Storage(Storage):
         except Exception as exc:
             raise self._fail(exc, bucket, key) from None
 
-    def fetch_many(self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
-                   ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
+    def fetch_many(
+        self, bucket: str, items: Sequence[tuple[ObjectInfo, Path]]
+    ) -> Iterator[tuple[ObjectInfo, Path, ObjectInfo | BaseException]]:
         """Small objects from one thread over non-blocking connections, verified as :meth:`fetch` does."""
         http = self._ready()
-        requests = ((item, item[0].key, _if_match(item[0]), str(item[1]), self._digest_for)
-                    for item in items)
+        requests = ((item, item[0].key, _if_match(item[0]), str(item[1]), self._digest_for) for item in items)
         taken = self._batch_slots.take(len(items))  # no more connections than objects
         try:
             for get, outcome in http.get_many(bucket, requests, connections=max(1, taken)):
@@ -434,8 +509,9 @@ class S3Storage(Storage):
                     result = outcome
                 else:
                     try:
-                        result = self._fetched(bucket, info.key, outcome.headers, outcome.size, info.size,
-                                               outcome.digest)
+                        result = self._fetched(
+                            bucket, info.key, outcome.headers, outcome.size, info.size, outcome.digest
+                        )
                     except TransientError as exc:
                         result = exc
                 yield info, dest, result
@@ -484,8 +560,7 @@ class S3Storage(Storage):
             if self._parts is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._parts = ThreadPoolExecutor(self.options.part_workers,
-                                                 thread_name_prefix=f"s3-{self.name}-part")
+                self._parts = ThreadPoolExecutor(self.options.part_workers, thread_name_prefix=f"s3-{self.name}-part")
             return self._parts
 
     def _fetch_parts(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
@@ -501,8 +576,13 @@ class S3Storage(Storage):
 
             def one(span: tuple[int, int]) -> int:
                 first, last = span
-                response = http.request("GET", bucket, key, stream=True, headers={
-                    "Range": f"bytes={first}-{last}", "If-Match": f'"{expected.etag}"'})
+                response = http.request(
+                    "GET",
+                    bucket,
+                    key,
+                    stream=True,
+                    headers={"Range": f"bytes={first}-{last}", "If-Match": f'"{expected.etag}"'},
+                )
                 try:
                     if first == 0:
                         headers_seen.append(response.headers)
@@ -537,16 +617,21 @@ class S3Storage(Storage):
     @staticmethod
     def _md5_etag(etag: str, headers: Headers) -> bool:
         """A single-part ETag is the MD5 of the content, except under KMS/customer-key encryption."""
-        return bool(_SINGLE_PART_ETAG.match(etag)) and headers.get("x-amz-server-side-encryption") != "aws:kms" \
+        return (
+            bool(_SINGLE_PART_ETAG.match(etag))
+            and headers.get("x-amz-server-side-encryption") != "aws:kms"
             and "x-amz-server-side-encryption-customer-algorithm" not in headers
+        )
 
     def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest, expected_digest: str) -> None:
         if size != expected_size:
-            raise TransientError(f"{bucket}/{key}: received {size} bytes, the object has {expected_size}; "
-                                 f"syncd retries")
+            raise TransientError(
+                f"{bucket}/{key}: received {size} bytes, the object has {expected_size}; syncd retries"
+            )
         if digest is not None and digest.hexdigest() != expected_digest:
-            raise TransientError(f"{bucket}/{key}: the content does not match its {digest.name} checksum; "
-                                 f"syncd fetches it again")
+            raise TransientError(
+                f"{bucket}/{key}: the content does not match its {digest.name} checksum; syncd fetches it again"
+            )
 
     def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
         if not _SINGLE_PART_ETAG.match(info.etag):

@@ -96,20 +96,31 @@ class SigV4:
         lowered = sorted((k.lower(), " ".join(str(v).split())) for k, v in headers.items())
         signed = ";".join(k for k, _ in lowered)
         canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
-        canonical = "\n".join([method, path, canonical_query, "".join(f"{k}:{v}\n" for k, v in lowered), signed,
-                               UNSIGNED_PAYLOAD])
+        canonical = "\n".join(
+            [method, path, canonical_query, "".join(f"{k}:{v}\n" for k, v in lowered), signed, UNSIGNED_PAYLOAD]
+        )
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.digest(self._signing_key(day, creds.secret_key), to_sign.encode(), "sha256").hex()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-                                    f"SignedHeaders={signed}, Signature={signature}")
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
+        )
 
 
 class SignedHttp:
     """Signed S3 requests over keep-alive connection pools (one per host). Thread-safe; never retries."""
 
-    def __init__(self, endpoint: Endpoint, credentials: CredentialSource, *, max_connections: int,
-                 verify: bool, ca_bundle: str | None, connect_timeout: float, read_timeout: float):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: CredentialSource,
+        *,
+        max_connections: int,
+        verify: bool,
+        ca_bundle: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+    ):
         self.endpoint = endpoint
         self.credentials = credentials
         self._scheme = urlsplit(endpoint.base).scheme
@@ -125,15 +136,29 @@ class SignedHttp:
             pool = self._pools.get(host)
             if pool is None:
                 name, _, port = host.rpartition(":") if host.rsplit(":", 1)[-1].isdigit() else (host, "", "")
-                pool = Pool(name, int(port) if port else (443 if self._tls else 80), tls=self._tls,
-                            connect_timeout=self._timeouts[0], read_timeout=self._timeouts[1],
-                            maxsize=self._max_connections)
+                pool = Pool(
+                    name,
+                    int(port) if port else (443 if self._tls else 80),
+                    tls=self._tls,
+                    connect_timeout=self._timeouts[0],
+                    read_timeout=self._timeouts[1],
+                    maxsize=self._max_connections,
+                )
                 self._pools[host] = pool
             return pool
 
-    def request(self, method: str, bucket: str, key: str = "", *, query: Mapping[str, str] | None = None,
-                headers: Mapping[str, str] | None = None, body: bytes | None = None, stream: bool = False,
-                missing_ok: bool = False) -> Response:
+    def request(
+        self,
+        method: str,
+        bucket: str,
+        key: str = "",
+        *,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        stream: bool = False,
+        missing_ok: bool = False,
+    ) -> Response:
         """Send one signed request; raise the classified error for any status ≥ 300.
 
         With ``missing_ok`` a 404 is returned to the caller instead (HEAD of a missing object).
@@ -152,14 +177,24 @@ class SignedHttp:
         response = self._pool_for(host).request(method, target, all_headers, body)
         if response.status >= 300 and not (missing_ok and response.status == 404):
             data = response.read()
-            raise classify_status(response.status, code_from_body(data), f"{bucket}/{key}" if key else bucket,
-                                  self.endpoint.base, response.headers.get("Retry-After"))
+            raise classify_status(
+                response.status,
+                code_from_body(data),
+                f"{bucket}/{key}" if key else bucket,
+                self.endpoint.base,
+                response.headers.get("Retry-After"),
+            )
         if not stream:
             response.body = response.read()
         return response
 
-    def get_many(self, bucket: str, requests: Iterable[tuple[Any, str, dict[str, str], str, Callable[[Headers], Any]]],
-                 *, connections: int) -> Iterator[tuple[Get, Fetched | BaseException]]:
+    def get_many(
+        self,
+        bucket: str,
+        requests: Iterable[tuple[Any, str, dict[str, str], str, Callable[[Headers], Any]]],
+        *,
+        connections: int,
+    ) -> Iterator[tuple[Get, Fetched | BaseException]]:
         """GET objects of ``bucket`` into files from this one thread (:mod:`~syncd.storage.s3.http11_many`).
 
         Each request is ``(item, key, headers, file path, digest chooser)``; each is signed when sent.
@@ -172,6 +207,7 @@ class SignedHttp:
                 all_headers = dict(extra)
                 self._signer.sign("GET", host, path, {}, all_headers)
                 return all_headers
+
             return headers
 
         def gets() -> Iterator[Get]:
@@ -179,8 +215,14 @@ class SignedHttp:
                 path = self.endpoint.target(bucket, key)[1]
                 yield Get(item, path, signed(path, extra), dest, digest)
 
-        many = ManyGets(pool.host, pool.port, tls=self._tls, connect_timeout=self._timeouts[0],
-                        read_timeout=self._timeouts[1], connections=connections)
+        many = ManyGets(
+            pool.host,
+            pool.port,
+            tls=self._tls,
+            connect_timeout=self._timeouts[0],
+            read_timeout=self._timeouts[1],
+            connections=connections,
+        )
         return many.run(gets())
 
     def list_objects(self, bucket: str, prefix: str) -> Iterator[Listed]:
@@ -226,9 +268,11 @@ def parse_list_page(body: bytes, bucket: str) -> tuple[list[Listed], str | None]
     except ET.ParseError as exc:
         raise TransientError(f"listing bucket {bucket}: the answer is not XML ({exc}); syncd tries again") from None
     if _local(root.tag) != "ListBucketResult":
-        raise TransientError(f"listing bucket {bucket}: the server answered <{_local(root.tag)}>, not a "
-                             f"ListBucketResult; is endpoint_url an S3 server? syncd tries again and never "
-                             f"takes this for an empty bucket")
+        raise TransientError(
+            f"listing bucket {bucket}: the server answered <{_local(root.tag)}>, not a "
+            f"ListBucketResult; is endpoint_url an S3 server? syncd tries again and never "
+            f"takes this for an empty bucket"
+        )
     # Keys were asked for URL-encoded; a server that ignores encoding-type sends them as they are.
     encoded = (_child(root, "EncodingType") or "").lower() == "url"
     listed = []
@@ -236,14 +280,21 @@ def parse_list_page(body: bytes, bucket: str) -> tuple[list[Listed], str | None]
         if _local(item.tag) != "Contents":
             continue
         key = _child(item, "Key") or ""
-        listed.append(Listed(key=unquote_plus(key) if encoded else key, size=int(_child(item, "Size") or 0),
-                             etag=(_child(item, "ETag") or "").strip('"'),
-                             modified=_timestamp(_child(item, "LastModified"))))
+        listed.append(
+            Listed(
+                key=unquote_plus(key) if encoded else key,
+                size=int(_child(item, "Size") or 0),
+                etag=(_child(item, "ETag") or "").strip('"'),
+                modified=_timestamp(_child(item, "LastModified")),
+            )
+        )
     token = _child(root, "NextContinuationToken")
     truncated = (_child(root, "IsTruncated") or "").lower() == "true"
     if truncated and not token:
-        raise TransientError(f"listing bucket {bucket}: the server says the listing goes on but gives no "
-                             f"continuation token; syncd tries again rather than act on part of it")
+        raise TransientError(
+            f"listing bucket {bucket}: the server says the listing goes on but gives no "
+            f"continuation token; syncd tries again rather than act on part of it"
+        )
     return listed, token if truncated else None
 
 

@@ -7,7 +7,6 @@ working directory) and ``.../ctrl`` (syncd's files: spec, logs, exit status).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -49,6 +48,14 @@ def _check_input(item: InputFile, func, *args):
         raise InputError([f"{item.relpath}: {why}"]) from exc
 
 
+def _copy_input(source: Path, dest: Path) -> str:
+    """Copy one input; a link put in its place since it was checked is refused (copy_verified itself
+    refuses a FIFO, socket or device, at once)."""
+    if stat.S_ISLNK(os.lstat(source).st_mode):
+        raise NotRegularFile(source, "a symbolic link")
+    return copy_verified(source, dest)
+
+
 class WorkFolder:
     def __init__(self, root: Path, submit_key: str):
         self.path = root / submit_key
@@ -73,8 +80,7 @@ class WorkFolder:
                 if not done:
                     tmp = dest.with_name(f".syncd-part-{uuid.uuid4().hex[:16]}")  # fits beside a 255-byte name
                     try:
-                        # follow=False: a link put in the input's place since it was checked is refused
-                        _check_input(item, functools.partial(copy_verified, follow=False), item.source, tmp)
+                        _check_input(item, _copy_input, item.source, tmp)
                         os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
                         os.replace(tmp, dest)
                     finally:

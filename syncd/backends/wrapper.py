@@ -68,4 +68,7 @@ def is_wrapper_path(relpath: str) -> bool:
 def parse_exit_code(text: str) -> int | None:
     """The code in an exit file; None if it holds anything else (then the outcome alone decides)."""
     value = text.strip()
-    return int(value) if value.isdigit() and int(value) < 256 else None
+    # The file sits in the job's folder, so the job can write anything there: only 0-255 in ASCII digits counts.
+    if not (value.isascii() and value.isdigit() and len(value) <= 3):
+        return None
+    return int(value) if int(value) < 256 else None

@@ -20,6 +20,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "cybergis": "syncd.backends.cybergis:CybergisBackend",
         "memory": "syncd.backends.memory:MemoryBackend",
         "kotta": "syncd.backends.kotta:KottaBackend",
+        "chime-swarm": "syncd.backends.chime_swarm:ChimeSwarmBackend",
         "qarnot": "syncd.backends.qarnot:QarnotBackend",
     },
     "storage": {

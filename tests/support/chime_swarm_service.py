@@ -544,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         length = int(self.headers.get("Content-Length") or 0)
         token = self.headers.get("authorization")
-        record = {"method": self.command, "path": path, "token": token is not None, "status": 500}
+        record: dict = {"method": self.command, "path": path, "token": token is not None}
         swarm = self.swarm
         try:
             raw = self.rfile.read(length) if length else b""
@@ -576,14 +576,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "kill": lambda: swarm.kill(argument),
                 "prune": lambda: swarm.prune(argument),
             }[name]()
-            record["status"] = 200
-            self._answer(200, result)
+            status, answer = 200, result
         except _Refused as exc:
-            record["status"] = exc.status
-            self._answer(exc.status, {"error": str(exc)})
-        finally:
-            with swarm._lock:
-                swarm.calls.append(record)
+            status, answer = exc.status, {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - an unhandled error: the framework's 500
+            status, answer = 500, {"error": f"Internal Server Error: {type(exc).__name__}"}
+        record["status"] = status
+        with swarm._lock:
+            swarm.calls.append(record)  # before answering: a client that has its answer finds its call counted
+        self._answer(status, answer)
 
     do_GET = do_POST = do_PUT = do_DELETE = _handle
 

@@ -20,7 +20,8 @@ def test_examples_chime_swarm_config_and_job_run_on_the_swarm(tmp_path, chime_sw
     site = tmp_path / "chime-swarm-example"
     shutil.copytree(EXAMPLE, site)
     (site / "syncd.yaml").write_text(
-        (site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s") + "http: {listen: '127.0.0.1:0'}\n"
+        (site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s")
+        + "http: {listen: '127.0.0.1:0'}\npoll: {first: 0.2s, max: 1s}\n"
     )
     user = chime_swarm_service.add_user()
     env = {

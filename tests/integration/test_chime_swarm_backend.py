@@ -10,7 +10,7 @@ import pytest
 from syncd.backends import wrapper
 from syncd.backends.base import JobSpec, RemoteState
 from syncd.backends.chime_swarm import ChimeSwarmBackend, ChimeSwarmOptions
-from syncd.errors import AccountError, AuthError
+from syncd.errors import AccountError, AuthError, NotReady
 from tests.conformance.harness import Harness
 
 
@@ -174,3 +174,16 @@ def test_cleanup_kills_then_prunes_and_removes_the_folder(chime_swarm_service, t
     assert not (tmp_path / "site" / spec.submit_key).exists()
     backend.cleanup(ref)  # again: harmless
     assert backend.poll([ref])[ref.remote_id].state is RemoteState.UNKNOWN
+
+
+def test_a_completed_job_whose_exit_file_is_not_visible_yet_is_not_ready(chime_swarm_service, tmp_path):
+    backend, harness, _ = backend_for(chime_swarm_service, tmp_path)
+    spec = harness.spec("echo made > made.txt")
+    ref = harness.run(spec)
+    assert harness.wait(ref).state is RemoteState.SUCCEEDED
+    exit_file = tmp_path / "site" / spec.submit_key / "work" / wrapper.EXIT_FILE
+    exit_file.rename(exit_file.with_name("later"))  # as a network filesystem shows another host's write late
+    with pytest.raises(NotReady):
+        backend.outputs(ref, spec)
+    exit_file.with_name("later").rename(exit_file)
+    assert sorted(o.relpath for o in backend.outputs(ref, spec)) == [wrapper.EXIT_FILE, "made.txt"]

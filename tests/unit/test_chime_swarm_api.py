@@ -191,3 +191,10 @@ def test_options_take_tokens_and_the_site_folder():
     assert options.memory == 8 * 1024**3 and options.cpus == 1.0 and options.refresh_before == 300
     with pytest.raises(ValueError):
         ChimeSwarmOptions.model_validate({**section, "job_work_folder": "relative/path"})
+
+
+def test_without_a_refresh_token_a_refused_token_is_sent_again_for_the_service_to_decide():
+    token = jwt(time.time() + 3600)
+    tokens = SwarmTokens(source(token), None, refresh_before=300, exchange=lambda r, a: "", owner="b")
+    assert tokens.refused(token) is False, "an inline token cannot change: the request is not repeated"
+    assert tokens.current() == token, "a passing refusal does not lock the backend out for good"

@@ -54,16 +54,18 @@ class SwarmTokens:
                 return token
             if self.refresh is not None:
                 return self._renew(token)
-            if token == self._refused or (expires is not None and expires <= time.time()):
+            if expires is not None and expires <= time.time():
                 raise AuthError(
-                    f"{self._owner}: the access token "
-                    + ("was refused" if token == self._refused else f"expired at {time.ctime(expires or 0)}")
-                    + "; configure refresh_token, or a token_file or token_command that is kept fresh"
+                    f"{self._owner}: the access token expired at {time.ctime(expires)}; configure "
+                    f"refresh_token, or a token_file or token_command that is kept fresh"
                 )
-            return token  # expires soon, but nothing can renew it: used while it lasts
+            # Nothing can renew it: sent while it lasts (a refusal may have been a passing fault; the service
+            # decides again).
+            return token
 
     def refused(self, token: str) -> bool:
-        """The service refused ``token``: whether another one may be had (then the request is worth repeating)."""
+        """The service refused ``token``: whether another one may be had (then the request is worth repeating).
+        With a refresh token, a refused token is refreshed before it is sent again."""
         with self._lock:
             self._refused = token
             if self._minted == token:

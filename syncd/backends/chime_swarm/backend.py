@@ -39,7 +39,7 @@ from syncd.backends.chime_swarm.auth import SwarmTokens
 from syncd.backends.chime_swarm.options import ChimeSwarmOptions
 from syncd.backends.tokens import TokenSource
 from syncd.backends.workdir import WorkFolder
-from syncd.errors import AuthError, NotFoundError, PermanentError, SyncdError, TransientError
+from syncd.errors import AuthError, NotFoundError, NotReady, PermanentError, SyncdError, TransientError
 from syncd.intake.manifest import InputFile
 
 MARKER = "spawned.json"  # ctrl/: the spawn was asked for (and, once answered, the service's ID)
@@ -159,18 +159,21 @@ class ChimeSwarmBackend(Backend):
         return problems
 
     def probe(self) -> None:
-        token = self.tokens.current()
-        data = self._send("GET", api.VERIFY, "verifying the access token", token)
-        if isinstance(data, dict) and data.get("valid") is True:
-            return
-        if not self.tokens.refused(token):
-            raise AuthError(
-                f"{self.service} says the access token of backend '{self.name}' is not valid; "
-                f"put a fresh one where access_token reads it, or configure refresh_token"
-            )
-        data = self._send("GET", api.VERIFY, "verifying the refreshed access token", self.tokens.current())
-        if not (isinstance(data, dict) and data.get("valid") is True):
-            raise AuthError(f"{self.service} refuses the refreshed access token of backend '{self.name}'; log in again")
+        for last in (False, True):
+            token = self.tokens.current()
+            try:
+                data = self._send("GET", api.VERIFY, "verifying the access token", token)
+            except NotFoundError:  # a deployment without /auth/verify: an authenticated call tells as much
+                self._call("GET", api.JOBS, "listing jobs")
+                return
+            if isinstance(data, dict) and data.get("valid") is True:
+                return
+            if last or not self.tokens.refused(token):
+                break
+        raise AuthError(
+            f"{self.service} says the access token of backend '{self.name}' is not valid; log in again and put "
+            f"the new tokens where access_token and refresh_token read them"
+        )
 
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         self._folder(spec.submit_key).stage(inputs)
@@ -286,8 +289,18 @@ class ChimeSwarmBackend(Backend):
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         folder = self._folder(ref.handle.get("key", spec.submit_key))
-        found = [o for o in folder.outputs(spec.outputs) if not wrapper.is_wrapper_path(o.relpath)]
         exit_file = folder.work / wrapper.EXIT_FILE
+        if not exit_file.is_file() and (folder.ctrl / "stdout.txt").exists():
+            # The wrapper started. If its container ended well, it wrote the exit file, which this host does not
+            # see yet: a network filesystem shows another host's writes late.
+            word = self._states([ref.remote_id]).get(ref.remote_id, "")
+            if api.state_of(word).state is RemoteState.SUCCEEDED:
+                raise NotReady(
+                    f"job {ref.remote_id} completed on the swarm, but its exit file is not visible here yet "
+                    f"({folder.work}); waiting for the site storage",
+                    retry_after=5.0,
+                )
+        found = [o for o in folder.outputs(spec.outputs) if not wrapper.is_wrapper_path(o.relpath)]
         if exit_file.is_file():
             found.append(OutputFile(wrapper.EXIT_FILE, exit_file, exit_file.stat().st_size))
         return found

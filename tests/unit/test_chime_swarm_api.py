@@ -26,20 +26,22 @@ def jwt(exp: float) -> str:
 
 def test_status_pattern_is_anchored_so_the_first_attempt_does_not_match_later_ones():
     keys = ["syncd-20261203-101500-abcdef", "syncd-20261203-101500-abcdef-2", "syncd-20261203-101500-abcdef-10"]
-    [pattern] = api.status_patterns(keys[:2])
+    pattern = api.status_pattern(keys[:2])
     assert re.search(pattern, keys[0]) and re.search(pattern, keys[1])
     assert not re.search(pattern, keys[2]), "an attempt not asked for is not matched"
     assert not re.search(api.exact(keys[0]), keys[1])
 
 
-def test_status_patterns_escape_dots_and_split_only_when_the_path_would_be_too_long():
-    [pattern] = api.status_patterns(["a.b"])
+def test_status_pattern_escapes_dots_and_stays_one_request_however_many_jobs():
+    pattern = api.status_pattern(["a.b"])
     assert re.search(pattern, "a.b") and not re.search(pattern, "axb")
-    many = [f"syncd-20261203-101500-{n:06x}" for n in range(600)]
-    patterns = api.status_patterns(many)
-    assert len(patterns) > 1 and all(len(quote(p, safe="")) <= api.MAX_PATTERN for p in patterns)
-    assert sorted(n for n in many if any(re.search(p, n) for p in patterns)) == sorted(many)
-    assert len(api.status_patterns(many[:100])) == 1, "a hundred jobs fit one request"
+    few = [f"syncd-20261203-101500-{n:06x}" for n in range(100)]
+    assert all(re.search(api.status_pattern(few), n) for n in few)
+    assert not re.search(api.status_pattern(few), "syncd-20261203-101500-ffffff"), "a hundred jobs: exactly them"
+    many = [f"syncd-202612{n % 28 + 1:02d}-101500-{n:06x}" for n in range(600)]
+    pattern = api.status_pattern(many)
+    assert len(quote(pattern, safe="")) <= api.MAX_PATTERN and pattern == "^syncd\\-202612"
+    assert all(re.search(pattern, n) for n in many) and not re.search(pattern, "other-syncd-20261201")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ REFRESH = "/auth/refresh"
 
 #: Docker's rule for a service name, which the job name becomes
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?$")
-#: a status request's path stays below this many characters (front ends refuse request lines over 8 KiB)
+#: a status request's regex stays below this many characters, encoded (front ends refuse request lines over 8 KiB)
 MAX_PATTERN = 6000
 
 #: Docker Swarm's task states (lowercase on the wire) while a job has not ended
@@ -54,27 +55,17 @@ def exact(name: str) -> str:
     return f"^{re.escape(name)}$"
 
 
-def status_patterns(names: Sequence[str]) -> list[str]:
-    """Anchored regexes matching exactly ``names``: one for all of them unless its path would be too long.
+def status_pattern(names: Sequence[str]) -> str:
+    """One anchored regex for the ``job-status`` of all ``names``: exactly them, or, when that would make the
+    request line too long, every name that starts with their common prefix (the caller compares names exactly).
 
-    Anchored at both ends because the service searches: ``syncd-x`` alone would also match ``syncd-x-2``,
-    the same job's second attempt."""
-    patterns: list[str] = []
-    group: list[str] = []
-    for name in sorted(set(names)):
-        candidate = _alternation([*group, name])
-        if group and len(quote(candidate, safe="")) > MAX_PATTERN:
-            patterns.append(_alternation(group))
-            group = [name]
-        else:
-            group.append(name)
-    if group:
-        patterns.append(_alternation(group))
-    return patterns
-
-
-def _alternation(names: Sequence[str]) -> str:
-    return f"^(?:{'|'.join(re.escape(n) for n in names)})$"
+    Anchored because the service searches: ``syncd-x`` alone would also match ``syncd-x-2``, the same job's
+    second attempt."""
+    unique = sorted(set(names))
+    exact_names = f"^(?:{'|'.join(re.escape(n) for n in unique)})$"
+    if len(quote(exact_names, safe="")) <= MAX_PATTERN:
+        return exact_names
+    return f"^{re.escape(os.path.commonprefix(unique))}"
 
 
 def states(data: Any) -> dict[str, str]:

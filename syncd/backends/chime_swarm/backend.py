@@ -120,10 +120,9 @@ class ChimeSwarmBackend(Backend):
         return token if isinstance(token, str) else ""
 
     def _states(self, names: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for pattern in api.status_patterns(names):
-            found.update(api.states(self._call("GET", api.named("job-status", pattern), "reading job states")))
-        return found
+        data = self._call("GET", api.named("job-status", api.status_pattern(names)), "reading job states")
+        wanted = set(names)
+        return {name: word for name, word in api.states(data).items() if name in wanted}
 
     # -- the job's folder on the site storage --------------------------------------------------------------
     def _folder(self, key: str) -> WorkFolder:

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from syncd.state.store import Store
+from tests.support.chime_workflow_service import chime_workflow_service  # noqa: F401  (one buckets service per session)
 from tests.support.cybergis_service import cybergis_service  # noqa: F401  (one gateway emulator per session)
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
     SyncdProcess,

@@ -21,6 +21,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "memory": "syncd.backends.memory:MemoryBackend",
         "kotta": "syncd.backends.kotta:KottaBackend",
         "qarnot": "syncd.backends.qarnot:QarnotBackend",
+        "chime-workflow": "syncd.backends.chime_workflow:ChimeWorkflowBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

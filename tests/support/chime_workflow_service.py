@@ -184,11 +184,13 @@ class ChimeWorkflowService:
         self.runner_count, self.audit_every, self.port = runners, audit_every, port
         self.lock = threading.RLock()
         self.calls: list[dict] = []
+        self.runner_errors: list[str] = []
         self.held = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, subprocess.Popen] = {}
         self.server: _Server | None = None
+        self._process, self._counter = secrets.token_hex(5), secrets.randbelow(1 << 23)
 
     # -- process ---------------------------------------------------------------------------------------------
     @property
@@ -272,9 +274,10 @@ class ChimeWorkflowService:
     def tagged(self, tag: str) -> list[dict]:
         return [d for d in self.works() if tag in (d.get("tags") or [])]
 
-    @staticmethod
-    def _new_id() -> str:
-        return f"{int(time.time()):08x}{secrets.token_hex(8)}"  # an ObjectId: 4 bytes of time, 8 of randomness
+    def _new_id(self) -> str:
+        """An ObjectId: 4 bytes of time, 5 random bytes of this process, a 3-byte counter (so ids sort by age)."""
+        self._counter = (self._counter + 1) % (1 << 24)
+        return f"{int(time.time()):08x}{self._process}{self._counter:06x}"
 
     def deposit(self, works: Any, return_ids: bool) -> Any:
         if not isinstance(works, list):
@@ -368,35 +371,46 @@ class ChimeWorkflowService:
 
     # -- the site runner -------------------------------------------------------------------------------------
     def _runner(self) -> None:
-        """``workflow run``: withdraw, execute, archive, update, over HTTP like a runner on another host."""
+        """``workflow run``: withdraw, execute, archive, update, over HTTP like a runner on another host. Like the
+        real runner's loop, an error in one attempt is recorded and the loop goes on."""
         session = requests.Session()
         session.headers.update({"x-access-token": self.token})
-        query = {"pipeline": {"$in": list(self.pipelines)}, "site": self.site}
         while not self._stopping.is_set():
-            if self.held.is_set():
-                self._stopping.wait(0.05)
-                continue
             try:
-                answer = session.post(f"{self.url}/work/withdraw", json=query, timeout=5)
+                self._attempt(session)
+            except Exception as exc:  # noqa: BLE001 - recorded for the tests to see
+                with self.lock:
+                    self.runner_errors.append(repr(exc))
+                self._stopping.wait(0.2)
+
+    def _attempt(self, session: requests.Session) -> None:
+        query = {"pipeline": {"$in": list(self.pipelines)}, "site": self.site}
+        if self._stopping.is_set():
+            return
+        if self.held.is_set():
+            self._stopping.wait(0.05)
+            return
+        try:
+            answer = session.post(f"{self.url}/work/withdraw", json=query, timeout=30)
+            answer.raise_for_status()
+            work = answer.json()
+        except (requests.RequestException, ValueError):
+            self._stopping.wait(0.2)  # the front end is down: try again, as the runner's loop does
+            return
+        if not work:
+            self._stopping.wait(0.05)
+            return
+        work = self._execute(work)
+        self._archive(work)
+        while not self._stopping.is_set():
+            try:
+                answer = session.put(f"{self.url}/work", json=[work], timeout=5)
+                if 400 <= answer.status_code < 500:
+                    break  # e.g. deleted while it ran (404): the update has nowhere to go
                 answer.raise_for_status()
-                work = answer.json()
-            except (requests.RequestException, ValueError):
-                self._stopping.wait(0.2)  # the front end is down: try again, as the runner's loop does
-                continue
-            if not work:
-                self._stopping.wait(0.05)
-                continue
-            work = self._execute(work)
-            self._archive(work)
-            while not self._stopping.is_set():
-                try:
-                    answer = session.put(f"{self.url}/work", json=[work], timeout=5)
-                    if answer.status_code == 404:
-                        break  # deleted while it ran: the update has nowhere to go
-                    answer.raise_for_status()
-                    break
-                except requests.RequestException:
-                    self._stopping.wait(0.2)
+                break
+            except requests.RequestException:
+                self._stopping.wait(0.2)
 
     def _execute(self, work: dict) -> dict:
         start = time.time()

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ def sdk_env(sdk: Path, service, home: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(sdk), "HOME": str(home), "WORKFLOW_TOKEN": service.token}
 
 
-def run(script: str, env: dict[str, str], *args: str) -> dict:
+def run(script: str, env: dict[str, str], *args: str) -> Any:
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -136,3 +137,33 @@ def test_the_official_client_flows_run_unmodified_against_the_emulator(chime_wor
     assert seen["deleted"] is True and seen["left"] == []
     deposits = [c for c in chime_workflow_service.calls if c["method"] == "POST" and c["path"] == "/work"]
     assert all(c["token"] for c in deposits) and deposits[-1]["query"]["return_ids"] == ["False", "False"]
+
+
+SEE_WORK = textwrap.dedent("""
+    import json, sys
+    from workflow.definitions.work import Work
+    from workflow.http.buckets import Buckets
+
+    buckets = Buckets(baseurl=sys.argv[2])
+    # the client's own model takes the Work syncd deposited
+    works = [Work.from_dict(doc) for doc in buckets.view({"tags": {"$in": [sys.argv[1]]}}, {})]
+    print(json.dumps([{"id": w.id, "status": w.status, "retries": w.retries, "tags": w.tags, "command": w.command,
+                       "parameters": w.parameters, "pipeline": w.pipeline} for w in works]))
+""")
+
+
+def test_the_client_sees_the_work_and_state_syncd_sees(chime_workflow_service, workflow_sdk, tmp_path):
+    from tests.conformance.test_chime_workflow import chime_workflow_harness
+
+    harness = chime_workflow_harness(chime_workflow_service, tmp_path)
+    spec = harness.spec("echo said; exit 4")
+    ref = harness.run(spec)
+    status = harness.wait(ref)
+    env = sdk_env(workflow_sdk, chime_workflow_service, tmp_path / "home")
+    (seen,) = run(SEE_WORK, env, spec.submit_key, chime_workflow_service.url)
+    assert (seen["id"], seen["status"]) == (ref.remote_id, status.native) == (ref.remote_id, "failure")
+    assert seen["retries"] == 0 and seen["tags"] == [spec.submit_key] and seen["pipeline"] == "syncd-jobs"
+    assert seen["parameters"]["syncd_submit_key"] == spec.submit_key and seen["command"][0] == "/bin/sh"
+    assert harness.backend.logs(ref).stdout.read_text() == "said\n"
+    harness.backend.cleanup(ref)
+    assert run(SEE_WORK, env, spec.submit_key, chime_workflow_service.url) == [], "cleanup deleted the Work"

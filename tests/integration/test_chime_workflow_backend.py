@@ -57,19 +57,25 @@ def test_a_queued_job_is_cancelled_by_deleting_its_work(chime_workflow_service, 
 def test_results_and_products_of_a_pipeline_function_are_delivered(tmp_path):
     product = tmp_path / "site" / "candidates.h5"
 
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not for the outbox\n")
+
     def pipeline(syncd_job_name, **_):
         product.parent.mkdir(exist_ok=True)
         product.write_text(f"made for {syncd_job_name}\n")
-        return {"candidates": 3}, [str(product)], []
+        return {"candidates": 3}, [str(product), str(secret), "relative.h5"], []
 
     service = ChimeWorkflowService(tmp_path / "service", runners=1, function=pipeline).start()
     try:
-        harness = chime_workflow_harness(service, tmp_path)
+        harness = chime_workflow_harness(service, tmp_path, products_dirs=[str(product.parent)])
         spec = harness.spec("true")
         ref = harness.run(spec)
         assert harness.wait(ref).state is RemoteState.SUCCEEDED
         outputs = {o.relpath: o for o in harness.backend.outputs(ref, spec)}
-        assert sorted(outputs) == ["_workflow/products/candidates.h5", "_workflow/results.json"]
+        assert sorted(outputs) == ["_workflow/products/candidates.h5", "_workflow/results.json"], (
+            "only products under work_dir or products_dirs are read"
+        )
         assert '"candidates": 3' in outputs["_workflow/results.json"].source.read_text()
         delivered = outputs["_workflow/products/candidates.h5"].source
         assert delivered == product, "products: bypass, so the runner leaves them where the pipeline made them"

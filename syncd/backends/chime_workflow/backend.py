@@ -288,13 +288,28 @@ class ChimeWorkflowBackend(Backend):
                 local = str(self.options.work_dir) + item[len(runner_root) :]
             path = Path(local)
             name = path.name
-            if not path.is_absolute() or name in names or not path.is_file() or path.is_symlink():
-                logger.warning("backend {}: job {}: {} {} cannot be read on this host; not delivered", self.name, key,
-                               kind[:-1], item)  # fmt: skip
+            if not self._deliverable(path) or name in names:
+                logger.warning(
+                    "backend {}: job {}: {} {} is not a file under work_dir or products_dirs on this host; "
+                    "not delivered",
+                    self.name,
+                    key,
+                    kind[:-1],
+                    item,
+                )
                 continue
             names.add(name)
             found.append(OutputFile(f"{DELIVERED}/{kind}/{name}", path, path.stat().st_size))
         return found
+
+    def _deliverable(self, path: Path) -> bool:
+        """A regular file, no link, inside work_dir or a products_dirs folder: the service names the paths, and
+        must not make syncd deliver any file this host can read."""
+        if not path.is_absolute() or path.is_symlink() or not path.is_file():
+            return False
+        real = path.resolve()
+        roots = [self.options.work_dir, *self.options.products_dirs]
+        return any(real.is_relative_to(root.resolve()) for root in roots)
 
     def cleanup(self, ref: RemoteRef) -> None:
         key = ref.handle.get("key", "")

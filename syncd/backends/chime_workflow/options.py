@@ -28,6 +28,11 @@ class ChimeWorkflowOptions(BackendOptions, TokenOptions):
     runner_work_dir: str | None = Field(
         None, description="work_dir as the site runner sees it (default: the same path)"
     )
+    products_dirs: list[ConfigPath] = Field(
+        default_factory=list,
+        description="folders on this host from which a Work's products and plots are delivered (besides work_dir); "
+        "a path the service names anywhere else is not read",
+    )
     priority: int = Field(3, ge=1, le=5, description="the Works' priority, 1 (lowest) to 5")
     default_timeout: Duration = Field(
         3600.0,

@@ -186,6 +186,7 @@ class ChimeWorkflowService:
         self.calls: list[dict] = []
         self.runner_errors: list[str] = []
         self.held = threading.Event()
+        self._taking = threading.Lock()  # held by a runner from its look at ``held`` to the withdraw's answer
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, subprocess.Popen] = {}
@@ -241,9 +242,12 @@ class ChimeWorkflowService:
             thread.join(timeout=10)
 
     def hold(self, held: bool = True) -> None:
-        """The runner takes no work while held (works stay queued)."""
+        """The runner takes no work while held (works stay queued). Returns once no runner is between its look at
+        the flag and the answer to its withdraw, so a Work deposited after this call stays queued."""
         if held:
             self.held.set()
+            with self._taking:
+                pass
         else:
             self.held.clear()
 
@@ -387,15 +391,18 @@ class ChimeWorkflowService:
         query = {"pipeline": {"$in": list(self.pipelines)}, "site": self.site}
         if self._stopping.is_set():
             return
-        if self.held.is_set():
-            self._stopping.wait(0.05)
-            return
-        try:
-            answer = session.post(f"{self.url}/work/withdraw", json=query, timeout=30)
-            answer.raise_for_status()
-            work = answer.json()
-        except (requests.RequestException, ValueError):
-            self._stopping.wait(0.2)  # the front end is down: try again, as the runner's loop does
+        with self._taking:
+            if self.held.is_set():
+                work = None
+            else:
+                try:
+                    answer = session.post(f"{self.url}/work/withdraw", json=query, timeout=30)
+                    answer.raise_for_status()
+                    work = answer.json()
+                except (requests.RequestException, ValueError):
+                    work = False  # the front end is down: try again, as the runner's loop does
+        if work is False:
+            self._stopping.wait(0.2)
             return
         if not work:
             self._stopping.wait(0.05)

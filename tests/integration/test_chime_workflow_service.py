@@ -50,8 +50,8 @@ def test_deposit_runs_on_the_site_runner_with_runner_results(client, chime_workf
     assert len(ids) == 1 and len(ids[0]) == 24
     doc = _wait_done(client, url, ids[0])
     assert doc["status"] == "success" and doc["attempt"] == 1 and doc["start"] <= doc["stop"]
-    assert doc["results"] == {"args": ["sh", "-c", "echo out; echo err >&2"], "stdout": ["out"], "stderr": ["err"],
-                              "returncode": 0}  # fmt: skip
+    command = ["sh", "-c", "echo out; echo err >&2"]
+    assert doc["results"] == {"args": command, "stdout": ["out"], "stderr": ["err"], "returncode": 0}
 
 
 def test_a_failing_command_fails_without_results_and_is_not_retried_with_retries_zero(client, chime_workflow_service):

@@ -41,10 +41,8 @@ def test_a_failure_after_a_cancel_claimed_the_job_is_cancelled():
 
 
 def test_the_work_has_one_tag_no_retries_and_leaves_products_in_place():
-    payload = api.work(
-        pipeline="p", site="s", user="u", command=["/bin/sh", "/x/launch.sh"], parameters={"a": 1}, tag="syncd-k",
-        timeout=60, priority=3,
-    )  # fmt: skip
+    fields = {"pipeline": "p", "site": "s", "user": "u", "parameters": {"a": 1}, "timeout": 60, "priority": 3}
+    payload = api.work(command=["/bin/sh", "/x/launch.sh"], tag="syncd-k", **fields)
     assert payload["tags"] == ["syncd-k"] and payload["retries"] == 0 and payload["function"] is None
     assert payload["config"]["archive"]["products"] == "bypass" and payload["status"] == "created"
     assert payload["id"] is None and isinstance(payload["creation"], float)

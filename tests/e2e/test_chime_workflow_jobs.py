@@ -123,6 +123,7 @@ def test_run_kill_9_at_each_phase_then_restart_runs_every_job_exactly_once(
 
 def test_run_service_down_for_a_while_then_every_job_finishes_once(workflow_site, chime_workflow_service, tmp_path):
     ledger = tmp_path / "ledger.txt"
+    first_call = len(chime_workflow_service.calls)
     daemon = SyncdProcess(workflow_site(), env=ENV).start()
     names = [f"outage-{i}" for i in range(4)]
     try:
@@ -141,6 +142,9 @@ def test_run_service_down_for_a_while_then_every_job_finishes_once(workflow_site
         daemon.stop()
     assert {r["state"] for r in results.values()} == {"succeeded"}, results
     assert sorted(ledger.read_text().split()) == sorted(names), "every job ran exactly once"
+    calls = chime_workflow_service.calls[first_call:]
+    deposited = [c["body"][0]["tags"][0] for c in calls if c["path"] == "/work" and c["method"] == "POST"]
+    assert sorted(deposited) == sorted(r["submit_key"] for r in results.values()), "none deposited twice"
     assert "backend chime-workflow answers again" in daemon.log()
 
 

@@ -22,6 +22,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "kotta": "syncd.backends.kotta:KottaBackend",
         "chime-swarm": "syncd.backends.chime_swarm:ChimeSwarmBackend",
         "qarnot": "syncd.backends.qarnot:QarnotBackend",
+        "chime-workflow": "syncd.backends.chime_workflow:ChimeWorkflowBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

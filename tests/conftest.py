@@ -12,6 +12,7 @@ import pytest
 
 from syncd.state.store import Store
 from tests.support.chime_swarm_service import chime_swarm_service  # noqa: F401  (one frb-master emulator per session)
+from tests.support.chime_workflow_service import chime_workflow_service  # noqa: F401  (one buckets service per session)
 from tests.support.cybergis_service import cybergis_service  # noqa: F401  (one gateway emulator per session)
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
     SyncdProcess,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from syncd.backends.chime_swarm import ChimeSwarmOptions
+from syncd.backends.chime_workflow import ChimeWorkflowOptions
 from syncd.backends.cybergis import CybergisOptions
 from syncd.backends.kotta import KottaOptions
 from syncd.backends.local import LocalOptions
@@ -54,6 +55,7 @@ def _documented_keys() -> set[str]:
         QarnotOptions,
         CybergisOptions,
         ChimeSwarmOptions,
+        ChimeWorkflowOptions,
     ],
 )
 def test_readme_documents_every_option_of(model):

@@ -286,6 +286,15 @@ def cancel(config_path: Path, job: str) -> None:
     config = _load(config_path)
     store = _store(config)
     record = _one_job(store, job)
+    from syncd.state.states import TERMINAL
+
+    if record.state in TERMINAL:  # a request would sit unread: nothing is left to stop
+        click.echo(
+            f"syncd: {shown(record.name)} ({record.id}) has already ended ({record.state}); nothing to cancel. "
+            f"'syncd status -c {config.source} {record.id}' shows how it ended",
+            err=True,
+        )
+        sys.exit(EXIT_INVALID)
     store.request(record.id, "cancel")
     click.echo(
         f"cancel requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it shortly"

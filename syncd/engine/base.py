@@ -175,6 +175,11 @@ class EngineBase:
         if self.metrics is not None:
             self.metrics.circuit_open.labels(circuit.service).set(0 if circuit.state == "closed" else 1)
 
+    def command(self, verb: str, job: Job) -> str:
+        """The ``syncd VERB`` line a person can paste to act on ``job`` (with this daemon's config)."""
+        where = f" -c {self.config.source}" if self.config.source is not None else ""
+        return f"syncd {verb}{where} {job.id}"
+
     def on_transition(self, job: Job) -> None:
         """Called by the store after every committed transition."""
         self.crash_points.reached(f"after:{job.state}")
@@ -183,7 +188,7 @@ class EngineBase:
         inbox = self._inbox(job.inbox)
         if inbox.journal:
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
-            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp)
+            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp, self.config.source)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

@@ -417,6 +417,14 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     except (ValueError, SyncdError) as exc:
         click.echo(f"syncd: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    if delete and target is not None:
+        click.echo(
+            "syncd: --delete removes local files the bucket no longer has, so it works only from "
+            "STORAGE:BUCKET to a folder; a folder to STORAGE:BUCKET never deletes remote objects. "
+            "Leave out --delete",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
     if (source is None) == (target is None):
         names = ", ".join(sorted(config.storages)) or "none"
         click.echo(
@@ -444,6 +452,11 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
         f"in {time.monotonic() - started:.2f}s"
     )
     if report.failed:
+        click.echo(
+            f"syncd: {len(report.failed)} file(s) failed after syncd's retries; fix the cause above, then run "
+            f"the same command again (what arrived is skipped)",
+            err=True,
+        )
         sys.exit(EXIT_INVALID)
 
 
@@ -482,18 +495,22 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
             if source is not None:
                 local = Path(dest).resolve()
                 local.mkdir(parents=True, exist_ok=True)
-                return Mirror(store, config.retry, fsync=fsync).run(
-                    storage,
-                    source.bucket,
-                    source.prefix,
-                    local,
-                    tmp_dir=local / TMP_DIR,
-                    strip=source.prefix,
-                    delete=delete,
-                    check_key=check_outbox_key,
-                    on_plan=on_plan,
-                    on_done=on_done,
-                )
+                try:
+                    return Mirror(store, config.retry, fsync=fsync).run(
+                        storage,
+                        source.bucket,
+                        source.prefix,
+                        local,
+                        tmp_dir=local / TMP_DIR,
+                        strip=source.prefix,
+                        delete=delete,
+                        check_key=check_outbox_key,
+                        on_plan=on_plan,
+                        on_done=on_done,
+                    )
+                finally:
+                    with contextlib.suppress(OSError):  # only when empty: a sync running beside may use it
+                        (local / TMP_DIR).rmdir()
             local = Path(src).resolve()
             if not local.is_dir():
                 raise click.ClickException(f"{src} is not a folder")

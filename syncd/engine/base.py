@@ -159,7 +159,13 @@ class EngineBase:
         if circuit.state == "closed":
             self.store.circuit_closed(circuit.service)
             woken = self.store.wake_waiting(self.clock(), **{kind: name})
-            logger.info("{} answers again; calling it again ({} waiting job(s) resumed)", circuit.service, woken)
+            # The call that found it answering belongs to a job too: ``woken`` counts only the others.
+            if woken:
+                logger.info(
+                    "{} answers again; its jobs carry on ({} more waiting job(s) resumed)", circuit.service, woken
+                )
+            else:
+                logger.info("{} answers again; its jobs carry on", circuit.service)
         else:
             first = circuit.service not in self.store.open_circuits()
             self.store.circuit_opened(

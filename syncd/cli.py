@@ -541,13 +541,17 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
 )
 def units(config_path: Path, user: str | None, output: Path | None) -> None:
     """Print (or write) systemd unit files tailored to CONFIG: its paths, this syncd, a service user."""
-    from syncd.service.unit_files import render_units
+    from syncd.service.unit_files import render_units, unit_warnings
 
     config = _load(config_path)
+    syncd_path = _syncd_executable()
     try:
-        rendered = render_units(config, user=user, syncd_path=_syncd_executable())
+        rendered = render_units(config, user=user, syncd_path=syncd_path)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    service_user = rendered["syncd.service"].split("\nUser=", 1)[1].split("\n", 1)[0]
+    for warning in unit_warnings(config, user=user, rendered_user=service_user, syncd_path=syncd_path):
+        click.echo(f"syncd: warning: {warning}", err=True)
     if output is None:
         click.echo(rendered["syncd.service"], nl=False)
         return

@@ -83,6 +83,7 @@ class Daemon:
         self._last_tick = time.monotonic()
         self._probe_problems: dict[str, str] = {}
         self._announced: set[str] = set()  # standing mirrors whose outcome has been logged since (re)start
+        self._probe_storages: dict[str, Storage] = {}
         self._lock_file: Any = None
         # Made by start(), after the state_dir lock is held; the properties below refuse use before that.
         self._store: Store | None = None
@@ -167,17 +168,28 @@ class Daemon:
             (m.storage, m.bucket) for m in self.config.mirrors
         }
         for name, bucket in sorted(used):
-            storage = self.engine.storages.get(name)
-            if storage is None or not storage.remote_service or f"storage {name}" in problems:
+            storage = self._probe_storages.get(name)
+            if storage is None or f"storage {name}" in problems:
                 continue
             try:  # a HEAD of a key nobody writes: any answer, even "no such key", is an answer
-                getattr(storage, "unwrapped", storage).head(bucket, PROBE_KEY)
+                storage.head(bucket, PROBE_KEY)
             except Exception as exc:
                 problems[f"storage {name}"] = str(exc)
         if problems != self._probe_problems:
             for what, why in problems.items():
                 logger.warning("{} did not answer: {}; its jobs wait until it does", what, why)
         self._probe_problems = problems
+
+    def _renew_probe_storages(self) -> None:
+        """Storages of its own for the readiness probe: its connections are never the jobs' (a probe's
+        kept-alive connection must neither stand in for the jobs' calls nor be spoilt by them)."""
+        for storage in self._probe_storages.values():
+            storage.close()
+        built = build_storages(self.config)
+        self._probe_storages = {name: st for name, st in built.items() if st.remote_service}
+        for storage in built.values():
+            if not storage.remote_service:
+                storage.close()
 
     def ready_problems(self) -> dict[str, str]:
         problems = dict(self._probe_problems)
@@ -231,6 +243,7 @@ class Daemon:
         store.on_transition = engine.on_transition
         engine.prepare()
         self.metrics.watch_store(store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
+        self._renew_probe_storages()
         self.probe_backends()
         if self.config.webhook is not None:
             self.webhook = WebhookSender(
@@ -377,6 +390,7 @@ class Daemon:
         for name in backends:
             self._schedule_poll(name)
         self.config = new
+        self._renew_probe_storages()
         for name in {m.name for m in old_mirrors} - {m.name for m in new.mirrors}:
             if self.scheduler.get_job(f"mirror:{name}"):
                 self.scheduler.remove_job(f"mirror:{name}")
@@ -401,6 +415,8 @@ class Daemon:
             self._scheduler.shutdown(wait=True)
         for watcher in self.watchers:
             watcher.stop()
+        for storage in self._probe_storages.values():
+            storage.close()
         drained = self._engine.stop(DRAIN_SECONDS) if self._engine is not None else True
         if not drained:
             logger.warning("some steps were still running after {}s; they resume at next start", DRAIN_SECONDS)

@@ -381,6 +381,10 @@ class SlurmBackend(Backend):
             pass  # already gone: cancelling is harmless
 
     def logs(self, ref: RemoteRef) -> JobLogs:
+        # The folder the job was given, as stored in its handle: `syncd logs` may run in a shell
+        # without the variables the config's workdir_root was read from.
+        if where := ref.handle.get("dir"):
+            return WorkFolder(Path(where).parent, Path(where).name).logs()
         return WorkFolder(self.options.workdir_root, ref.handle.get("key", "")).logs()
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:

@@ -69,15 +69,3 @@ def test_cancel_of_an_ended_job_says_it_has_ended_and_exits_non_zero(tmp_path):
     assert "has already ended (succeeded); nothing to cancel" in result.output
     assert "acts on it shortly" not in result.output
     assert store.get("j1").cancel_requested == 0, "no request is left for the daemon"
-
-
-def test_sync_delete_from_a_folder_to_a_bucket_is_refused_with_the_reason(tmp_path):
-    storage = {"type": "s3", "endpoint_url": "http://127.0.0.1:9", "access_key_id": "k", "secret_access_key": "s"}
-    path = make_config(
-        tmp_path / "site", extra={"storages": {"local": {"type": "file", "root": "buckets"}, "s3": storage}}
-    )
-    (tmp_path / "data").mkdir()
-    result = CliRunner().invoke(main, ["sync", "-c", str(path), str(tmp_path / "data"), "s3:bucket/p", "--delete"])
-    assert result.exit_code == 2, result.output
-    assert "--delete removes local files the bucket no longer has" in result.output
-    assert "never deletes remote objects" in result.output

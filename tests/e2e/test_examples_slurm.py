@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from syncd.backends.base import RemoteRef
-from syncd.backends.slurm import SlurmBackend, SlurmOptions, unwritable_by
 from tests.support.harness import wait_for
 from tests.support.readme import Shell, shell_blocks
 from tests.support.slurm import syncd_for_every_user
@@ -98,27 +96,3 @@ def test_examples_slurm_readme_walkthrough_as_written(tmp_path):
         subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "down", str(demo)], timeout=120)  # had it failed
         shutil.rmtree(demo, ignore_errors=True)
         shutil.rmtree(tools, ignore_errors=True)
-
-
-def test_slurm_stage_refuses_a_work_folder_the_slurm_user_cannot_write(tmp_path):
-    folder = tmp_path / "ctrl"
-    folder.mkdir(mode=0o755)
-    why = unwritable_by(folder, "nobody")
-    assert why is not None and "mode 0755" in why and "the daemon runs as" in why
-    folder.chmod(0o777)
-    assert unwritable_by(folder, "nobody") is None
-    assert unwritable_by(folder, "no-such-user-on-this-host") is None, "a cluster-only account is not judged here"
-
-
-def test_slurm_logs_read_the_folder_the_job_was_given_whatever_workdir_root_says_now(tmp_path):
-    """`syncd logs` in a shell without SLURM_WORKDIR_ROOT reads the config's default: the job's own
-    folder, stored with it, still finds what it has written so far."""
-    given = tmp_path / "shared" / "syncd-job-1"
-    (given / "ctrl").mkdir(parents=True)
-    (given / "ctrl" / "stdout.txt").write_text("tick 1\n")
-    options = SlurmOptions(
-        type="slurm", url="http://127.0.0.1:9", user="nobody", token={"env": "NO_TOKEN"}, workdir_root="/nowhere"
-    )
-    backend = SlurmBackend("cluster", options, tmp_path / "state")
-    found = backend.logs(RemoteRef("1", {"dir": str(given), "key": "syncd-job-1"}))
-    assert found.stdout == given / "ctrl" / "stdout.txt" and found.stderr is None

@@ -82,10 +82,10 @@ def test_examples_s3_readme_walkthrough_as_written(tmp_path):
         assert "demo-secret" not in daemon_log.read_text()
     finally:
         first.stop_background()
-        for line in ours(stop_block):
-            code, output = first.run(line)
-            assert code == 0, f"{line}\n{output}"
+        stopped = [(line, *first.run(line)) for line in ours(stop_block)]
         first.close()
         second.close()
         wait_for(lambda: not _answers(8333), timeout=10, what="SeaweedFS to stop")
         shutil.rmtree(scratch, ignore_errors=True)
+    for line, code, output in stopped:  # reached only when the walk went well: its last step must too
+        assert code == 0, f"{line}\n{output}"

@@ -11,7 +11,6 @@ before anything is submitted again.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import re
@@ -112,7 +111,7 @@ def unwritable_by(path: Path, user: str) -> str | None:
     if account.pw_uid == 0:
         return None
     info = path.stat()
-    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    groups = set(os.getgrouplist(user, account.pw_gid))
     if info.st_uid == account.pw_uid:
         allowed = info.st_mode & stat.S_IWUSR and info.st_mode & stat.S_IXUSR
     elif info.st_gid in groups:

@@ -286,6 +286,15 @@ def cancel(config_path: Path, job: str) -> None:
     config = _load(config_path)
     store = _store(config)
     record = _one_job(store, job)
+    from syncd.state.states import TERMINAL
+
+    if record.state in TERMINAL:  # a request would sit unread: nothing is left to stop
+        click.echo(
+            f"syncd: {shown(record.name)} ({record.id}) has already ended ({record.state}); nothing to cancel. "
+            f"'syncd status -c {config.source} {record.id}' shows how it ended",
+            err=True,
+        )
+        sys.exit(EXIT_INVALID)
     store.request(record.id, "cancel")
     click.echo(
         f"cancel requested for {shown(record.name)} ({record.id}, {record.state}); the daemon acts on it shortly"
@@ -408,6 +417,14 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
     except (ValueError, SyncdError) as exc:
         click.echo(f"syncd: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    if delete and target is not None:
+        click.echo(
+            "syncd: --delete removes local files the bucket no longer has, so it works only from "
+            "STORAGE:BUCKET to a folder; a folder to STORAGE:BUCKET never deletes remote objects. "
+            "Leave out --delete",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
     if (source is None) == (target is None):
         names = ", ".join(sorted(config.storages)) or "none"
         click.echo(
@@ -435,6 +452,11 @@ def sync(config_path: Path, src: str, dest: str, delete: bool, progress: bool | 
         f"in {time.monotonic() - started:.2f}s"
     )
     if report.failed:
+        click.echo(
+            f"syncd: {len(report.failed)} file(s) failed after syncd's retries; fix the cause above, then run "
+            f"the same command again (what arrived is skipped)",
+            err=True,
+        )
         sys.exit(EXIT_INVALID)
 
 
@@ -473,18 +495,22 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
             if source is not None:
                 local = Path(dest).resolve()
                 local.mkdir(parents=True, exist_ok=True)
-                return Mirror(store, config.retry, fsync=fsync).run(
-                    storage,
-                    source.bucket,
-                    source.prefix,
-                    local,
-                    tmp_dir=local / TMP_DIR,
-                    strip=source.prefix,
-                    delete=delete,
-                    check_key=check_outbox_key,
-                    on_plan=on_plan,
-                    on_done=on_done,
-                )
+                try:
+                    return Mirror(store, config.retry, fsync=fsync).run(
+                        storage,
+                        source.bucket,
+                        source.prefix,
+                        local,
+                        tmp_dir=local / TMP_DIR,
+                        strip=source.prefix,
+                        delete=delete,
+                        check_key=check_outbox_key,
+                        on_plan=on_plan,
+                        on_done=on_done,
+                    )
+                finally:
+                    with contextlib.suppress(OSError):  # only when empty: a sync running beside may use it
+                        (local / TMP_DIR).rmdir()
             local = Path(src).resolve()
             if not local.is_dir():
                 raise click.ClickException(f"{src} is not a folder")
@@ -515,13 +541,17 @@ def _run_sync(config, source, target, src: str, dest: str, delete: bool, show: b
 )
 def units(config_path: Path, user: str | None, output: Path | None) -> None:
     """Print (or write) systemd unit files tailored to CONFIG: its paths, this syncd, a service user."""
-    from syncd.service.unit_files import render_units
+    from syncd.service.unit_files import render_units, unit_warnings
 
     config = _load(config_path)
+    syncd_path = _syncd_executable()
     try:
-        rendered = render_units(config, user=user, syncd_path=_syncd_executable())
+        rendered = render_units(config, user=user, syncd_path=syncd_path)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    service_user = rendered["syncd.service"].split("\nUser=", 1)[1].split("\n", 1)[0]
+    for warning in unit_warnings(config, user=user, rendered_user=service_user, syncd_path=syncd_path):
+        click.echo(f"syncd: warning: {warning}", err=True)
     if output is None:
         click.echo(rendered["syncd.service"], nl=False)
         return

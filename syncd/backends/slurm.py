@@ -11,7 +11,10 @@ before anything is submitted again.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -96,6 +99,36 @@ def slurm_jwt(text: str) -> str:
     """The token in what ``scontrol token`` prints (``SLURM_JWT=<token>``), or the text itself."""
     match = re.search(r"SLURM_JWT=(\S+)", text)
     return match.group(1) if match else text.strip()
+
+
+def unwritable_by(path: Path, user: str) -> str | None:
+    """Why ``user`` (a local account) cannot create files in the folder ``path``, or None when it can or
+    when the account is not known on this host (the cluster's directory may be its own)."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if account.pw_uid == 0:
+        return None
+    info = path.stat()
+    groups = set(os.getgrouplist(user, account.pw_gid))
+    if info.st_uid == account.pw_uid:
+        allowed = info.st_mode & stat.S_IWUSR and info.st_mode & stat.S_IXUSR
+    elif info.st_gid in groups:
+        allowed = info.st_mode & stat.S_IWGRP and info.st_mode & stat.S_IXGRP
+    else:
+        allowed = info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_IXOTH
+    if allowed:
+        return None
+    owner = _name(pwd.getpwuid, info.st_uid)
+    return f"it belongs to {owner}, mode {stat.S_IMODE(info.st_mode):04o}; the daemon runs as {_name(pwd.getpwuid, os.geteuid())}"
+
+
+def _name(lookup, number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
 
 
 class SlurmBackend(Backend):
@@ -233,7 +266,17 @@ class SlurmBackend(Backend):
         return nodes
 
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
-        WorkFolder(self.options.workdir_root, spec.submit_key).stage(inputs)
+        folder = WorkFolder(self.options.workdir_root, spec.submit_key)
+        folder.stage(inputs)
+        # slurmd opens ctrl/stdout.txt as the job's user; a folder it cannot write fails the job with
+        # an empty log and "JobLaunchFailure" (the cause only in slurmd's own log), so say it here.
+        for path in (folder.ctrl, folder.work):
+            if (why := unwritable_by(path, self.options.user)) is not None:
+                raise PermanentError(
+                    f"job {spec.name} ({spec.job_id}): the Slurm user '{self.options.user}' cannot write {path} "
+                    f"({why}), so Slurm could not start the job; run the daemon as '{self.options.user}' "
+                    f"(the user jobs run as), or make workdir_root {self.options.workdir_root} its own"
+                )
 
     def submit(self, spec: JobSpec) -> RemoteRef:
         folder = WorkFolder(self.options.workdir_root, spec.submit_key)
@@ -337,6 +380,10 @@ class SlurmBackend(Backend):
             pass  # already gone: cancelling is harmless
 
     def logs(self, ref: RemoteRef) -> JobLogs:
+        # The folder the job was given, as stored in its handle: `syncd logs` may run in a shell
+        # without the variables the config's workdir_root was read from.
+        if where := ref.handle.get("dir"):
+            return WorkFolder(Path(where).parent, Path(where).name).logs()
         return WorkFolder(self.options.workdir_root, ref.handle.get("key", "")).logs()
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:

@@ -107,9 +107,10 @@ class Outbox:
 
 
 def run_standing_mirror(
-    mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy
+    mirror: MirrorConfig, storage: Storage, store: Store, retry: RetryPolicy, *, announce: bool = False
 ) -> MirrorReport | None:
-    """One pass of a ``mirrors:`` entry; logs the outcome and never raises a classified error.
+    """One pass of a ``mirrors:`` entry; logs the outcome and never raises a classified error. With
+    ``announce`` (a first pass) the outcome is logged even when nothing changed.
 
     A failed pass is simply tried again at the next interval (the daemon's timer).
     """
@@ -143,15 +144,21 @@ def run_standing_mirror(
         return None
     for key, error in report.failed:
         log.error("mirror {}: {}/{} not fetched: {}", mirror.name, mirror.bucket, key, error)
-    if report.fetched or report.deleted or report.failed:
+    if announce or report.fetched or report.deleted or report.failed:
         log.info(
-            "mirror {}: fetched {} ({} bytes), unchanged {}, refused {}, deleted {}, failed {}",
+            "mirror {} ({}:{}/{} → {}): fetched {} ({} bytes), unchanged {}, refused {}, deleted {}, failed {}; "
+            "next pass in {:.0f}s",
             mirror.name,
+            mirror.storage,
+            mirror.bucket,
+            mirror.prefix,
+            root / mirror.bucket,
             len(report.fetched),
             report.bytes,
             len(report.skipped),
             len(report.refused),
             len(report.deleted),
             len(report.failed),
+            mirror.every,
         )
     return report

@@ -159,7 +159,13 @@ class EngineBase:
         if circuit.state == "closed":
             self.store.circuit_closed(circuit.service)
             woken = self.store.wake_waiting(self.clock(), **{kind: name})
-            logger.info("{} answers again; calling it again ({} waiting job(s) resumed)", circuit.service, woken)
+            # The call that found it answering belongs to a job too: ``woken`` counts only the others.
+            if woken:
+                logger.info(
+                    "{} answers again; its jobs carry on ({} more waiting job(s) resumed)", circuit.service, woken
+                )
+            else:
+                logger.info("{} answers again; its jobs carry on", circuit.service)
         else:
             first = circuit.service not in self.store.open_circuits()
             self.store.circuit_opened(
@@ -175,6 +181,11 @@ class EngineBase:
         if self.metrics is not None:
             self.metrics.circuit_open.labels(circuit.service).set(0 if circuit.state == "closed" else 1)
 
+    def command(self, verb: str, job: Job) -> str:
+        """The ``syncd VERB`` line a person can paste to act on ``job`` (with this daemon's config)."""
+        where = f" -c {self.config.source}" if self.config.source is not None else ""
+        return f"syncd {verb}{where} {job.id}"
+
     def on_transition(self, job: Job) -> None:
         """Called by the store after every committed transition."""
         self.crash_points.reached(f"after:{job.state}")
@@ -183,7 +194,7 @@ class EngineBase:
         inbox = self._inbox(job.inbox)
         if inbox.journal:
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
-            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp)
+            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp, self.config.source)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

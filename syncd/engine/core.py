@@ -210,7 +210,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
                 job,
                 f"its claimed folder {job.spool_path} was moved or removed before the job was "
                 f"submitted. Move it into the inbox (syncd recognises it and resumes the job), or back to "
-                f"{job.spool_path} and run 'syncd retry {job.id}'; or 'syncd cancel {job.id}'",
+                f"{job.spool_path} and run '{self.command('retry', job)}'; or '{self.command('cancel', job)}'",
             )
             return False
         if (paused := self._paused_until(job.backend)) is not None:

@@ -134,7 +134,7 @@ class Polling(FailurePolicy):
                     job,
                     f"backend {job.backend} no longer knows {job.remote_id} ({status.message or status.native}); "
                     f"a vanished job is not a finished one. Check the service, then "
-                    f"'syncd retry {job.id}' or 'syncd cancel {job.id}'",
+                    f"'{self.command('retry', job)}' or '{self.command('cancel', job)}'",
                 )
                 return
             self.store.update(

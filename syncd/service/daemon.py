@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import stat
 import sys
@@ -23,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd import plugins
 from syncd.backends.base import Backend
-from syncd.config import Config, InboxConfig, load_config
+from syncd.config import Config, InboxConfig, MirrorConfig, load_config
 from syncd.delivery.outbox import run_standing_mirror
 from syncd.engine.core import Engine
 from syncd.engine.crashpoints import CrashPoints
@@ -46,6 +47,8 @@ EXIT_HARD_STOP = 130
 DRAIN_SECONDS = 5.0
 STALL_SECONDS = 30.0  # no pump for this long: not alive (no watchdog ping, /healthz 503)
 JOBS_SHOWN = 500  # /jobs: the jobs created last
+PROBE_KEY = ".syncd-readiness-probe"  # /readyz asks a storage for this key; it need not exist
+_UNSET = re.compile(r"environment variable (\w+) is not set; export it or write \$\{\1:-default\}$")
 
 
 def load(config_path: Path | str, env: dict[str, str] | None = None) -> Config:
@@ -79,6 +82,8 @@ class Daemon:
         self.webhook: WebhookSender | None = None
         self._last_tick = time.monotonic()
         self._probe_problems: dict[str, str] = {}
+        self._announced: set[str] = set()  # standing mirrors whose outcome has been logged since (re)start
+        self._probe_storages: dict[str, Storage] = {}
         self._lock_file: Any = None
         # Made by start(), after the state_dir lock is held; the properties below refuse use before that.
         self._store: Store | None = None
@@ -152,16 +157,39 @@ class Daemon:
         return time.monotonic() - self._last_tick < self.stall_seconds
 
     def probe_backends(self) -> None:
+        """Ask every backend, and every remote storage an inbox or a mirror uses, whether it answers."""
         problems = {}
         for name, backend in self.engine.backends.items():
             try:
                 backend.probe()
             except Exception as exc:  # any failure means "not ready", never a crash
                 problems[f"backend {name}"] = str(exc)
+        used = {(i.storage, i.bucket) for i in self.config.inboxes} | {
+            (m.storage, m.bucket) for m in self.config.mirrors
+        }
+        for name, bucket in sorted(used):
+            storage = self._probe_storages.get(name)
+            if storage is None or f"storage {name}" in problems:
+                continue
+            try:  # a HEAD of a key nobody writes: any answer, even "no such key", is an answer
+                storage.head(bucket, PROBE_KEY)
+            except Exception as exc:
+                problems[f"storage {name}"] = str(exc)
         if problems != self._probe_problems:
             for what, why in problems.items():
                 logger.warning("{} did not answer: {}; its jobs wait until it does", what, why)
         self._probe_problems = problems
+
+    def _renew_probe_storages(self) -> None:
+        """Storages of its own for the readiness probe: its connections are never the jobs' (a probe's
+        kept-alive connection must neither stand in for the jobs' calls nor be spoilt by them)."""
+        for storage in self._probe_storages.values():
+            storage.close()
+        built = build_storages(self.config)
+        self._probe_storages = {name: st for name, st in built.items() if st.remote_service}
+        for storage in built.values():
+            if not storage.remote_service:
+                storage.close()
 
     def ready_problems(self) -> dict[str, str]:
         problems = dict(self._probe_problems)
@@ -215,6 +243,7 @@ class Daemon:
         store.on_transition = engine.on_transition
         engine.prepare()
         self.metrics.watch_store(store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
+        self._renew_probe_storages()
         self.probe_backends()
         if self.config.webhook is not None:
             self.webhook = WebhookSender(
@@ -239,22 +268,7 @@ class Daemon:
         if self.webhook is not None:
             scheduler.add_job(self._guard, "interval", seconds=1, args=("webhook", self.webhook.send_due), id="webhook")
         for mirror in self.config.mirrors:
-            # The first pass runs at once; coalesce + max_instances=1 keep a slow pass from piling up.
-            scheduler.add_job(
-                self._guard,
-                "interval",
-                seconds=mirror.every,
-                next_run_time=datetime.now(),
-                args=(
-                    f"mirror {mirror.name}",
-                    run_standing_mirror,
-                    mirror,
-                    storages[mirror.storage],
-                    store,
-                    self.config.retry,
-                ),
-                id=f"mirror:{mirror.name}",
-            )
+            self._schedule_mirror(mirror)
         scheduler.start()
         self._tick()
         if self.config.http.listen:
@@ -278,6 +292,26 @@ class Daemon:
                 )
         logger.info("syncd ready: {} inbox(es), state in {}", len(self.config.inboxes), self.config.state_dir)
         self.notifier.ready(self.status_line())
+
+    def _schedule_mirror(self, mirror: MirrorConfig) -> None:
+        """A standing mirror's timer; its pass runs at once (at start, and after a reload), and
+        coalesce + max_instances=1 keep a slow pass from piling up."""
+        storage = self.engine.storages[mirror.storage]
+        self._announced.discard(mirror.name)  # a first pass (or the first after a reload) logs its outcome
+        self.scheduler.add_job(
+            self._guard,
+            "interval",
+            seconds=mirror.every,
+            next_run_time=datetime.now(),
+            args=(f"mirror {mirror.name}", self._mirror_pass, mirror, getattr(storage, "unwrapped", storage)),
+            id=f"mirror:{mirror.name}",
+            replace_existing=True,
+        )
+
+    def _mirror_pass(self, mirror: MirrorConfig, storage: Storage) -> None:
+        announce = mirror.name not in self._announced
+        self._announced.add(mirror.name)
+        run_standing_mirror(mirror, storage, self.store, self.config.retry, announce=announce)
 
     def _watch(self, inbox: InboxConfig) -> None:
         watcher = InboxWatcher(inbox, self.engine.claim)
@@ -332,13 +366,14 @@ class Daemon:
             for inbox in new.inboxes:
                 Spool(inbox).prepare()
         except (ConfigError, SpoolError, OSError) as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            problems = [_for_a_running_daemon(p) for p in exc.problems] if isinstance(exc, ConfigError) else [str(exc)]
             logger.error("reload refused, keeping the running config; fix these and send SIGHUP again:")
             for problem in problems:
                 logger.error("  {}", problem)
             self.notifier.ready(self.status_line())
             return
         old_inboxes = {inbox.name: inbox for inbox in self.config.inboxes}
+        old_mirrors = self.config.mirrors
         new_inboxes = {inbox.name: inbox for inbox in new.inboxes}
         changed_backends = {n for n, o in new.backend_options.items() if self.config.backend_options.get(n) != o}
         changed_storages = {n for n, o in new.storage_options.items() if self.config.storage_options.get(n) != o}
@@ -347,6 +382,7 @@ class Daemon:
         self.engine.reconfigure(new, backends, storages)
         for name in old_inboxes.keys() - new_inboxes.keys():
             self._unwatch(name)
+            logger.info("inbox {}: stopped watching {} (no longer in the config)", name, old_inboxes[name].path)
         for name, inbox in new_inboxes.items():
             if old_inboxes.get(name) != inbox:
                 self._unwatch(name)
@@ -354,6 +390,13 @@ class Daemon:
         for name in backends:
             self._schedule_poll(name)
         self.config = new
+        self._renew_probe_storages()
+        for name in {m.name for m in old_mirrors} - {m.name for m in new.mirrors}:
+            if self.scheduler.get_job(f"mirror:{name}"):
+                self.scheduler.remove_job(f"mirror:{name}")
+            logger.info("mirror {}: stopped (no longer in the config)", name)
+        for mirror in new.mirrors:
+            self._schedule_mirror(mirror)  # a pass now, with the new config
         logger.info(
             "config reloaded: {} inbox(es), {} backend(s) changed, {} storage(s) changed",
             len(new_inboxes),
@@ -372,6 +415,8 @@ class Daemon:
             self._scheduler.shutdown(wait=True)
         for watcher in self.watchers:
             watcher.stop()
+        for storage in self._probe_storages.values():
+            storage.close()
         drained = self._engine.stop(DRAIN_SECONDS) if self._engine is not None else True
         if not drained:
             logger.warning("some steps were still running after {}s; they resume at next start", DRAIN_SECONDS)
@@ -400,6 +445,19 @@ class Daemon:
                 self.notifier.watchdog()  # only while the loop makes progress: a wedged one gets restarted
         self.stop()
         return EXIT_OK
+
+
+def _for_a_running_daemon(problem: str) -> str:
+    """A config problem as advice a running daemon can take: its environment was fixed when it started."""
+    match = _UNSET.search(problem)
+    if match is None:
+        return problem
+    name = match.group(1)
+    return problem[: match.start()] + (
+        f"environment variable {name} is not set in the running daemon's environment, and a reload cannot "
+        f"change it; write ${{{name}:-default}} in the config, or set {name} where the daemon is started "
+        f"(the unit's Environment= or EnvironmentFile=) and restart it"
+    )
 
 
 def run_daemon(config: Config) -> None:

@@ -38,7 +38,7 @@ def journal_path(inbox: Path, job: Job) -> Path:
     return inbox / fit_name(job.dir_name, SUFFIX, tag=job.id)
 
 
-def render(job: Job, outbox_folder: Path | None) -> str:
+def render(job: Job, outbox_folder: Path | None, config: Path | None = None) -> str:
     since = datetime.fromtimestamp(job.updated).astimezone().isoformat(timespec="seconds")
     lines = [
         HEADER.format(id=job.id),
@@ -57,7 +57,7 @@ def render(job: Job, outbox_folder: Path | None) -> str:
     lines += [
         "",
         f"To cancel it, create a file named CANCEL in {shown(job.spool_path)}",
-        f"or run: syncd cancel {job.id}",
+        f"or run: syncd cancel {f'-c {shown(str(config))} ' if config else ''}{job.id}",
         "This file disappears when the job has finished.",
     ]
     return "\n".join(lines) + "\n"
@@ -97,7 +97,7 @@ def _begins_like_a_journal(path: Path) -> bool:
         return False
 
 
-def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path) -> None:
+def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, config: Path | None = None) -> None:
     """Write or remove the journal of ``job``. Never raises: the journal is a courtesy, not state.
     ``tmp_dir`` (on the inbox's filesystem, syncd's own) holds the rewrite until it is renamed into place."""
     try:
@@ -118,7 +118,7 @@ def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path) -> 
         tmp_dir.mkdir(exist_ok=True)
         tmp = tmp_dir / f"{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
-            tmp.write_text(render(job, outbox_folder), encoding="utf-8")
+            tmp.write_text(render(job, outbox_folder, config), encoding="utf-8")
             os.chmod(tmp, 0o644)
             if present:
                 os.replace(tmp, path)  # over this job's own journal, just proven

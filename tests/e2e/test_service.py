@@ -119,6 +119,23 @@ def test_http_endpoint_serves_health_readiness_metrics_and_jobs(daemon):
     assert _get(port, "/nope")[0] == 404
 
 
+def test_readyz_reports_a_storage_of_an_inbox_that_does_not_answer(config_factory):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    storage = {"type": "s3", "endpoint_url": f"http://127.0.0.1:{port}", "addressing_style": "path"}
+    storage |= {"access_key_id": "k", "secret_access_key": "s", "connect_timeout": "1s"}
+    config = config_factory(storage="down", extra={"storages": {"down": storage}})
+    daemon = SyncdProcess(config).start()
+    try:
+        status, body = _get(_http_port(daemon), "/readyz")
+    finally:
+        daemon.stop()
+        closed.close()
+    assert status == 503, body
+    assert f"127.0.0.1:{port}" in json.loads(body)["problems"]["storage down"]
+
+
 def test_reload_adds_an_inbox_refuses_a_bad_config_and_leaves_running_jobs_alone(daemon):
     drop_job(daemon.inbox, "in-flight", {"command": "sleep 3; echo done > done.txt"})
     wait_for(lambda: "submitted to backend" in daemon.log(), what="submission")
@@ -136,10 +153,19 @@ def test_reload_adds_an_inbox_refuses_a_bad_config_and_leaves_running_jobs_alone
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload refused" in daemon.log(), what="the refusal")
     assert "unknown key 'setle'" in daemon.log()
+    daemon.config.write_text(good.replace("path: inbox2", "path: ${SYNCD_TEST_UNSET_VARIABLE}", 1))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SYNCD_TEST_UNSET_VARIABLE is not set in the running daemon" in daemon.log(), what="the advice")
+    assert "export it" not in daemon.log(), "an export in a shell cannot reach a running daemon"
+    assert "Environment=" in daemon.log()
     daemon.config.write_text(good)
     assert daemon.result("in-flight")["state"] == "succeeded"
     drop_job(daemon.inbox, "after-refusal", {"command": "true"})
     assert daemon.result("after-refusal")["state"] == "succeeded", "the old config keeps working"
+    _edit_config(daemon.config, lambda c: c["inboxes"].pop())
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded: 1 inbox(es)" in daemon.log(), what="the second reload")
+    assert f"inbox second: stopped watching {daemon.root / 'inbox2'}" in daemon.log()
 
 
 def test_journal_file_shows_an_in_flight_job_and_goes_away_when_it_ends(daemon):

@@ -60,3 +60,12 @@ def test_cancel_of_a_started_job_on_a_queued_only_backend_says_so_but_not_of_a_q
 
 def test_cancel_on_a_backend_that_can_cancel_adds_no_note(monkeypatch, tmp_path):
     assert "note:" not in _cancel(monkeypatch, tmp_path, LocalBackend)
+
+
+def test_cancel_of_an_ended_job_says_it_has_ended_and_exits_non_zero(tmp_path):
+    path, store = _running_job(tmp_path, "succeeded")
+    result = CliRunner().invoke(main, ["cancel", "-c", path, "j1"])
+    assert result.exit_code == 1, result.output
+    assert "has already ended (succeeded); nothing to cancel" in result.output
+    assert "acts on it shortly" not in result.output
+    assert store.get("j1").cancel_requested == 0, "no request is left for the daemon"

@@ -75,3 +75,18 @@ def test_readme_names_the_scripts_that_exist_and_ci_runs_the_test_command():
         assert f"\n{script}\n" in README
         assert (root / script).is_file()
     assert "./scripts/test" in (root / ".ci" / "run").read_text()
+
+
+def test_readme_command_table_lists_every_command_and_its_options():
+    from syncd.cli import main
+
+    table = README.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `syncd (\w+).*$", table, re.MULTILINE)}
+    assert set(main.commands) <= set(rows), (
+        f"commands missing from the README's table: {set(main.commands) - set(rows)}"
+    )
+    for name, command in main.commands.items():
+        for param in command.params:
+            longest = max(param.opts, key=len)
+            if longest.startswith("--") and longest not in ("--help", "--config"):
+                assert longest in rows[name], f"syncd {name} {longest} is missing from the README's table"

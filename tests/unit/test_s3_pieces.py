@@ -29,9 +29,9 @@ from syncd.storage.s3.wire import Endpoint, parse_list_page
         (403, "SignatureDoesNotMatch", AuthError, "access_key_id"),
         (404, "NoSuchBucket", PermanentError, "bucket 'b' does not exist"),
         (404, "NoSuchKey", PermanentError, "does not exist"),
-        (503, "SlowDown", TransientError, "retries"),
-        (500, "InternalError", TransientError, "retries"),
-        (412, "PreconditionFailed", TransientError, "retries"),
+        (503, "SlowDown", TransientError, "answered 503 SlowDown"),
+        (500, "InternalError", TransientError, "answered 500 InternalError"),
+        (412, "PreconditionFailed", TransientError, "answered 412 PreconditionFailed"),
         (400, "InvalidArgument", PermanentError, "refused the request"),
     ],
 )
@@ -244,3 +244,10 @@ def test_a_truncated_listing_without_a_continuation_token_is_an_error_not_the_en
         parse_list_page(_page(truncated="true"), "b")
     _, token = parse_list_page(_page(truncated="true", token="<NextContinuationToken>t2</NextContinuationToken>"), "b")
     assert token == "t2"
+
+
+def test_classify_status_without_an_s3_code_shows_the_status_alone_and_promises_nothing():
+    error = classify_status(500, "", "b/k", "http://127.0.0.1:9000")
+    assert isinstance(error, TransientError)
+    assert str(error) == "b/k: the S3 server at http://127.0.0.1:9000 answered 500"
+    assert "syncd retries" not in str(classify_status(503, "SlowDown", "b/k", "http://h"))  # true only while it does

@@ -171,3 +171,8 @@ def test_a_users_empty_folder_in_failed_is_never_replaced_by_a_rejected_one(tmp_
     with pytest.raises(FileExistsError):
         rename_noreplace(tmp_path / "theirs", tmp_path / "mine")
     assert (tmp_path / "mine").is_dir() and (tmp_path / "theirs").is_dir()
+
+
+def test_the_journal_names_the_config_in_its_cancel_command(job):
+    text = journal.render(replace(job, state="running"), None, Path("/etc/syncd/lab.yaml"))
+    assert f"or run: syncd cancel -c /etc/syncd/lab.yaml {job.id}\n" in text

@@ -69,9 +69,12 @@ def classify_status(status: int, code: str, where: str, endpoint: str, retry_aft
     if code in TRANSIENT_CODES or status in (408, 412, 429) or status >= 500:
         hint = float(retry_after) if retry_after and retry_after.isdigit() else None
         return TransientError(
-            f"{where}: the S3 server at {endpoint} answered {status} {code}; syncd retries", retry_after=hint
+            f"{where}: the S3 server at {endpoint} answered {' '.join(filter(None, (str(status), code)))}",
+            retry_after=hint,
         )
-    return PermanentError(f"{where}: the S3 server at {endpoint} refused the request ({status} {code})")
+    return PermanentError(
+        f"{where}: the S3 server at {endpoint} refused the request ({' '.join(filter(None, (str(status), code)))})"
+    )
 
 
 def classify(exc: BaseException, where: str, endpoint: str) -> BaseException:
@@ -89,17 +92,16 @@ def classify(exc: BaseException, where: str, endpoint: str) -> BaseException:
     if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
         return TransientError(
             f"{where}: the connection to the S3 server at {endpoint} failed "
-            f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
+            f"({type(exc).__name__}); if this persists, check endpoint_url "
             f"and that the server is up"
         )
     if isinstance(exc, socket.gaierror):
         return TransientError(
-            f"{where}: cannot resolve the host of {endpoint} ({exc.strerror}); syncd retries; "
-            f"check endpoint_url if this persists"
+            f"{where}: cannot resolve the host of {endpoint} ({exc.strerror}); check endpoint_url if this persists"
         )
     if isinstance(exc, OSError):
         if exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE, errno.ETIMEDOUT):
-            return TransientError(f"{where}: connection to {endpoint} failed ({exc.strerror}); syncd retries")
+            return TransientError(f"{where}: connection to {endpoint} failed ({exc.strerror})")
         return os_error(exc, where)
     return exc
 
@@ -134,7 +136,7 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
     if isinstance(exc, (BotoConnectionError, BotoReadTimeout, ResponseStreamingError, Urllib3Error)):
         return TransientError(
             f"{where}: the connection to the S3 server at {endpoint} failed "
-            f"({type(exc).__name__}); syncd retries; if this persists, check endpoint_url "
+            f"({type(exc).__name__}); if this persists, check endpoint_url "
             f"and that the server is up"
         )
     if isinstance(exc, BotoCoreError):

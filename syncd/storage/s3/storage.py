@@ -362,7 +362,7 @@ class S3Storage(Storage):
             raise self._fail(failure, bucket, key) from None
         info = self.head(bucket, key)
         if info is None or info.size != size:
-            raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object; syncd retries")
+            raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object")
         return info
 
     # -- copy and presigned URLs ---------------------------------------------------------------
@@ -590,7 +590,7 @@ class S3Storage(Storage):
                 finally:
                     response.release_conn()
                 if offset != last + 1:
-                    raise TransientError(f"{bucket}/{key}: bytes {first}-{last} arrived incomplete; syncd retries")
+                    raise TransientError(f"{bucket}/{key}: bytes {first}-{last} arrived incomplete")
                 return offset - first
 
             pool = self._part_pool()
@@ -625,9 +625,7 @@ class S3Storage(Storage):
 
     def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest, expected_digest: str) -> None:
         if size != expected_size:
-            raise TransientError(
-                f"{bucket}/{key}: received {size} bytes, the object has {expected_size}; syncd retries"
-            )
+            raise TransientError(f"{bucket}/{key}: received {size} bytes, the object has {expected_size}")
         if digest is not None and digest.hexdigest() != expected_digest:
             raise TransientError(
                 f"{bucket}/{key}: the content does not match its {digest.name} checksum; syncd fetches it again"

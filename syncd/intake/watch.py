@@ -171,6 +171,16 @@ class InboxWatcher:
         fstype = filesystem_type(self.inbox.path)
         return "polling" if wants_polling(fstype) else "native"
 
+    @property
+    def paused(self) -> bool:
+        """True while the inbox folder is not reachable (intake waits for it)."""
+        return self._paused
+
+    @property
+    def pending(self) -> int:
+        """Folders seen that have not settled yet."""
+        return len(self.tracker.names())
+
     # -- observer lifecycle ------------------------------------------------------
     def start(self) -> None:
         self._start_observer()

@@ -17,7 +17,7 @@ from syncd.service.daemon import load
 from syncd.service.web import model
 from syncd.service.web.app import PageSources, StatusPage, parse_request
 from syncd.service.web.auth import AuthFileError, Credentials
-from syncd.state.store import TERMINAL
+from syncd.state.store import TERMINAL, Store
 from tests.support.harness import make_config
 from tests.support.statuspage import hostile_names, populate, serve
 
@@ -26,6 +26,14 @@ from tests.support.statuspage import hostile_names, populate, serve
 def site(tmp_path):
     config = load(make_config(tmp_path / "site"))
     return config
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Without an fsync per write: the fixtures write dozens of jobs, and a power cut is not under test."""
+    s = Store(tmp_path / "state" / "syncd.db", durable=False)
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -186,6 +194,7 @@ def test_health_shows_paused_backend_open_circuit_and_disk(filled):
     assert "paused until" in html and "token &lt;refused&gt;" in html
     assert "not answering; next probe" in html and "connection refused" in html
     assert "free of" in html and "writable" in html
+    assert 'data-kind="storage" data-name="local"' in html and "file: answering, 1 waiting" not in html
 
 
 def test_credentials_token_and_basic(tmp_path):

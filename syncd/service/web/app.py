@@ -28,7 +28,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chromium send "Origin: null" with our own forms
     "Cache-Control": "no-store",
 }
 
@@ -261,7 +261,7 @@ class StatusPage:
                 elif service in problems:
                     rows.append(Row(kind, name, "warn", "did not answer the last probe", problems[service]))
                 else:
-                    waiting = f", {staged[name]} waiting for a slot" if staged.get(name) else ""
+                    waiting = f", {staged[name]} waiting for a slot" if kind == "backend" and staged.get(name) else ""
                     rows.append(Row(kind, name, "ok", f"{options.type}: answering{waiting}"))
         for outbox in sorted({inbox.outbox for inbox in config.inboxes}):
             try:

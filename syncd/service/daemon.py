@@ -281,6 +281,7 @@ class Daemon:
                 inboxes=self.inbox_views,
                 probe_problems=lambda: dict(self._probe_problems),
                 alive=self.alive,
+                transfers=lambda: dict(self.engine.transfers),
             ),
             credentials,
             actions=http.actions,

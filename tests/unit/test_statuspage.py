@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 import urllib.error
@@ -288,3 +289,20 @@ def test_actions_are_off_by_default_and_need_confirmation(filled, tmp_path):
         assert _fetch(port, f"/job/{ids['succeeded']}/cancel", f"csrf={csrf}&confirm=yes".encode(), auth)[0] == 409
     finally:
         on.stop()
+
+
+def test_deliveries_show_files_and_bytes_and_move_the_version(filled):
+    config, store, ids = filled
+    transfers: dict[str, tuple[int, int, int, int]] = {}
+    page = StatusPage(PageSources(store, lambda: config, transfers=lambda: dict(transfers)))
+    before = page.version()
+    transfers[ids["collecting"]] = (1, 3, 500, 1500)
+    assert page.version() != before
+    row = re.search(rf'<tr data-job="{ids["collecting"]}".*?</tr>', get(page, "/").body.decode()).group()
+    assert "delivering: 1 of 3 file(s), 500 B of 1.5 KB" in row
+    transfers[ids["collecting"]] = (2, 3, 1000, 1500)
+    assert "2 of 3 file(s), 1.0 KB of 1.5 KB" in get(page, f"/job/{ids['collecting']}").body.decode()
+    folder = config.inboxes[0].outbox / "results" / "analysis-succeeded"
+    record = {"outputs": [{"path": "a.txt", "size": 1200}, {"path": "b.txt", "size": 34}]}
+    (folder / "syncd-result.json").write_text(json.dumps(record))
+    assert "2 file(s), 1.2 KB" in get(page, f"/job/{ids['succeeded']}").body.decode()

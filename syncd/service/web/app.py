@@ -15,13 +15,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
 from syncd.config import Config
-from syncd.fsutil import open_regular
+from syncd.fsutil import open_regular, read_regular
+from syncd.names import RESULT_RECORD
 from syncd.service.web import model, render
 from syncd.service.web.auth import REALM, Credentials
 from syncd.state.store import HELD, TERMINAL, Job, Store
 from syncd.state.summary import local_iso
 
 STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
+MAX_RECORD = 16 * 1024 * 1024
 LOG_TAIL = 2 * 1024 * 1024  # the end of a long stdout/stderr is what a person looks for
 LOW_DISK = 0.05
 SECURITY_HEADERS = {
@@ -50,6 +52,8 @@ class PageSources:
     inboxes: Callable[[], list[InboxView]] = list
     probe_problems: Callable[[], dict[str, str]] = dict
     alive: Callable[[], bool] = lambda: True
+    #: job id → (files done, files, bytes done, bytes) of the deliveries under way
+    transfers: Callable[[], dict[str, tuple[int, int, int, int]]] = dict
 
 
 @dataclass
@@ -98,7 +102,7 @@ class StatusPage:
         if not parts:
             return self._index(request)
         if parts == ["api", "version"]:
-            body = json.dumps({"version": model.version(self.sources.store)}).encode()
+            body = json.dumps({"version": self.version()}).encode()
             return self._with_headers(Response(200, body, "application/json"))
         if len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC:
             data = resources.files("syncd.service.web").joinpath("static", parts[1]).read_bytes()
@@ -113,8 +117,14 @@ class StatusPage:
         response.headers = {**SECURITY_HEADERS, **response.headers}
         return response
 
+    def version(self) -> str:
+        """Changes whenever anything the page shows may have: the database, or a delivery's progress."""
+        transfers = self.sources.transfers()
+        moved = sum(done[0] + done[2] for done in transfers.values())
+        return f"{model.version(self.sources.store)}.{len(transfers)}.{moved}"
+
     def _html(self, title: str, body: str, request: Request, code: int = 200) -> Response:
-        version = model.version(self.sources.store)
+        version = self.version()
         fragment = (request.query.get("fragment") or [""])[0] == "1"
         if fragment:
             html = body
@@ -136,7 +146,7 @@ class StatusPage:
             [
                 render.health(self.health_rows()),
                 render.counts(store.count_by_state(), wanted),
-                render.jobs_table(model.list_jobs(store, wanted), now),
+                render.jobs_table(model.list_jobs(store, wanted), now, self.sources.transfers()),
                 render.charts(model.chart_data(store, range_name, now), range_name, wanted),
             ]
         )
@@ -169,6 +179,8 @@ class StatusPage:
             model.timeline(self.sources.store.events(job.id)),
             outbox_folder=str(folder) if folder else None,
             streams=streams,
+            progress=self.sources.transfers().get(job.id),
+            delivered=delivered_files(folder),
             actions=render.action_buttons(job, self.csrf, self.allowed_actions(job)),
             now=time.time(),
         )
@@ -279,6 +291,18 @@ class StatusPage:
         if not self.sources.alive():
             rows.append(Row("main loop", "pump", "bad", "stalled: no progress lately"))
         return rows
+
+
+def delivered_files(folder: Path | None) -> tuple[int, int] | None:
+    """Files and bytes a job's result record lists as delivered (None before there is one)."""
+    if folder is None:
+        return None
+    try:
+        record = json.loads(read_regular(folder / RESULT_RECORD, MAX_RECORD, follow=False))
+        outputs = record.get("outputs") or []
+        return len(outputs), sum(int(entry.get("size") or 0) for entry in outputs)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def _size(n: float) -> str:

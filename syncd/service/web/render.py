@@ -123,7 +123,23 @@ def filter_form(wanted: JobFilter, inboxes: list[str], backends: list[str], rang
 </form>"""
 
 
-def jobs_table(jobs: list[Job], now: float) -> str:
+def size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def transfer(done: tuple[int, int, int, int]) -> str:
+    files_done, files, bytes_done, total = done
+    return (
+        f'<span class="transfer">delivering: {files_done} of {files} file(s), '
+        f"{size(bytes_done)} of {size(total)}</span>"
+    )
+
+
+def jobs_table(jobs: list[Job], now: float, transfers: dict[str, tuple[int, int, int, int]] | None = None) -> str:
     if not jobs:
         return '<p class="empty">no jobs match</p>'
     rows = []
@@ -141,7 +157,8 @@ def jobs_table(jobs: list[Job], now: float) -> str:
             f'<td class="num">{job.attempts}</td>'
             f"<td>{when(job.created)}</td>"
             f'<td class="num">{duration(wait_seconds(job))}</td><td class="num">{duration(run)}</td>'
-            f'<td class="reason" title="{text(why)}">{text(why[:160])}</td></tr>'
+            f'<td class="reason" title="{text(why)}">{text(why[:160])}'
+            f"{transfer(transfers[job.id]) if transfers and job.id in transfers else ''}</td></tr>"
         )
     head = (
         "<tr><th>name</th><th>state</th><th>inbox</th><th>backend</th><th>remote id</th><th>attempts</th>"
@@ -180,6 +197,8 @@ def job_detail(
     streams: dict[str, bool],
     actions: str,
     now: float,
+    progress: tuple[int, int, int, int] | None = None,
+    delivered: tuple[int, int] | None = None,
 ) -> str:
     run = run_seconds(job)
     if run is None and job.started_at and job.state in ACTIVE:
@@ -204,6 +223,8 @@ def job_detail(
             _field("created", when(job.created)),
             _field("queue wait", duration(wait_seconds(job))),
             _field("run time", duration(run)),
+            _field("transfer", transfer(progress) if progress else ""),
+            _field("delivered", f"{delivered[0]} file(s), {size(delivered[1])}" if delivered else ""),
             _field("results folder", f'<span class="mono path">{text(outbox_folder)}</span>' if outbox_folder else ""),
             _field("logs", links),
         ]

@@ -306,3 +306,12 @@ def test_deliveries_show_files_and_bytes_and_move_the_version(filled):
     record = {"outputs": [{"path": "a.txt", "size": 1200}, {"path": "b.txt", "size": 34}]}
     (folder / "syncd-result.json").write_text(json.dumps(record))
     assert "2 file(s), 1.2 KB" in get(page, f"/job/{ids['succeeded']}").body.decode()
+
+
+def test_live_address_stays_on_this_site(filled):
+    config, store, _ids = filled
+    page = StatusPage(PageSources(store, lambda: config))
+    assert page.handle(parse_request("GET", "//evil.example/", {})) is None
+    html = get(page, "//?state=held").body.decode()
+    assert 'data-url="/?state=held"' in html
+    assert get(page, "/job/%2F%2Fevil.example").code == 404

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from syncd.config import Config
 from syncd.fsutil import open_regular, read_regular
@@ -129,7 +129,9 @@ class StatusPage:
         if fragment:
             html = body
         else:
-            live_url = request.path + ("?" + urlencode(request.query, doseq=True) if request.query else "")
+            # rebuilt from its parts: a path like "//host" must not become a URL the script fetches elsewhere
+            path = "/" + "/".join(quote(part) for part in request.path.split("/") if part)
+            live_url = path + ("?" + urlencode(request.query, doseq=True) if request.query else "")
             html = render.page(title, f'<main id="content">{body}</main>', version=version, live_url=live_url)
         return self._with_headers(Response(code, html.encode("utf-8"), headers={"X-Syncd-Version": version}))
 
@@ -318,7 +320,7 @@ def parse_request(method: str, raw_path: str, headers: dict[str, str | None], bo
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
     return Request(
         method,
-        path,
+        unquote(path),
         parse_qs(query),
         authorization=headers.get("authorization"),
         origin=headers.get("origin"),

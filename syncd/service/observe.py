@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +29,8 @@ from syncd.state.store import Store
 from syncd.text import visible_json
 
 MAX_FORM = 16 * 1024
+HTTP_WORKERS = 8
+REQUEST_TIMEOUT = 10.0
 OPEN_PATHS = ("/healthz", "/readyz")  # probes answer without credentials: they carry no job data
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -96,6 +99,34 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _PooledHTTPServer(HTTPServer):
+    """Requests are handled by a fixed pool of threads, not a new thread each. The state store keeps one
+    database connection per thread: with a thread per request, a status page polled a few times a second
+    opened (and kept) a connection per poll until the daemon ran out of file descriptors."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int):
+        super().__init__(address, handler)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="syncd-http")
+
+    def process_request(self, request, client_address) -> None:
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that went away mid-answer is not the daemon's problem
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class HttpEndpoint:
     """A small threaded HTTP server; handlers get their data from callables of the daemon."""
 
@@ -113,6 +144,8 @@ class HttpEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # a client that sends nothing does not hold a worker for long
+
             def log_message(self, *args):
                 pass
 
@@ -183,8 +216,7 @@ class HttpEndpoint:
                     self._send(500, f"error: {type(exc).__name__}\n".encode(), "text/plain")
 
         self.metrics, self.alive, self.ready, self.jobs, self.page = metrics, alive, ready, jobs, page
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _PooledHTTPServer((host, port), Handler, HTTP_WORKERS)
         self.address = self.server.server_address
         self._thread = threading.Thread(target=self.server.serve_forever, name="syncd-http", daemon=True)
 

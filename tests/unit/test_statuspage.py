@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 import urllib.error
@@ -315,3 +316,17 @@ def test_live_address_stays_on_this_site(filled):
     html = get(page, "//?state=held").body.decode()
     assert 'data-url="/?state=held"' in html
     assert get(page, "/job/%2F%2Fevil.example").code == 404
+
+
+def test_polling_does_not_open_a_database_connection_per_request(filled):
+    config, store, _ids = filled
+    endpoint = serve(store, config)
+    try:
+        port = endpoint.address[1]
+        _fetch(port, "/api/version")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(60):  # half a minute of one open page
+            assert _fetch(port, "/api/version")[0] == 200
+        assert len(os.listdir("/proc/self/fd")) - before < 20
+    finally:
+        endpoint.stop()

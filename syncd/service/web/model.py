@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from syncd.state.store import ACTIVE, TERMINAL, Event, Job, Store, _job
+from syncd.state.store import ACTIVE, TERMINAL, Event, Job, Store
 
 JOBS_LISTED = 200
 ORDER = (
@@ -73,13 +73,7 @@ def list_jobs(store: Store, wanted: JobFilter, limit: int = JOBS_LISTED) -> list
     if wanted.name:
         clauses.append("(name LIKE ? ESCAPE '\\' OR dir_name LIKE ? ESCAPE '\\' OR id = ?)")
         params += [_like(wanted.name), _like(wanted.name), wanted.name]
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = (
-        store.reader()
-        .execute(f"SELECT * FROM jobs {where} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit))
-        .fetchall()
-    )
-    return [_job(r) for r in rows]
+    return store.newest(" AND ".join(clauses) or "1", params, limit)
 
 
 def distinct(store: Store, column: str) -> list[str]:

@@ -105,6 +105,9 @@ class SettleTracker:
     def names(self) -> list[str]:
         return sorted(self._candidates)
 
+    def count(self) -> int:
+        return len(self._candidates)  # one call, safe from another thread (sorting the keys would not be)
+
     def add(self, name: str) -> None:
         self._candidates.setdefault(name, _Candidate())
 
@@ -178,8 +181,8 @@ class InboxWatcher:
 
     @property
     def pending(self) -> int:
-        """Folders seen that have not settled yet."""
-        return len(self.tracker.names())
+        """Folders seen that have not settled yet (read by the status page's threads)."""
+        return self.tracker.count()
 
     # -- observer lifecycle ------------------------------------------------------
     def start(self) -> None:

@@ -151,3 +151,13 @@ def test_every_state_on_one_page_and_its_screenshot(chromium, tmp_path):  # noqa
         context.close()
         endpoint.stop()
         store.close()
+
+
+def test_endpoint_stays_off_when_its_auth_file_cannot_be_read(tmp_path):
+    http = {"listen": "127.0.0.1:0", "auth_file": str(tmp_path / "missing-token")}
+    daemon = SyncdProcess(make_config(tmp_path / "site", extra={"http": http})).start()
+    try:
+        assert "cannot read http.auth_file" in daemon.log()
+        assert "http endpoint on" not in daemon.log()  # fail closed: no page without its credentials
+    finally:
+        daemon.stop()

@@ -17,7 +17,7 @@ import pytest
 from syncd.config import HttpConfig
 from syncd.service.daemon import load
 from syncd.service.web import model
-from syncd.service.web.app import PageSources, StatusPage, parse_request
+from syncd.service.web.app import InboxView, PageSources, StatusPage, parse_request
 from syncd.service.web.auth import AuthFileError, Credentials
 from syncd.state.store import TERMINAL, Store
 from tests.support.harness import make_config
@@ -330,3 +330,14 @@ def test_polling_does_not_open_a_database_connection_per_request(filled):
         assert len(os.listdir("/proc/self/fd")) - before < 20
     finally:
         endpoint.stop()
+
+
+def test_health_shows_a_paused_inbox_and_a_stalled_loop(filled):
+    config, store, _ids = filled
+    views = [InboxView("default", "polling", True, 0)]
+    page = StatusPage(PageSources(store, lambda: config, inboxes=lambda: views, alive=lambda: False))
+    html = get(page, "/").body.decode()
+    assert 'class="card lvl-bad" data-kind="inbox" data-name="default"' in html
+    assert "paused: folder not reachable" in html and "stalled" in html
+    views[0] = InboxView("default", "polling", False, 3)
+    assert "polling observer, 3 pending" in get(page, "/").body.decode()

@@ -10,7 +10,7 @@ from html import escape
 from urllib.parse import urlencode
 
 from syncd.service.web.charts import histogram, outcomes_chart
-from syncd.service.web.model import ORDER, ChartData, JobFilter, Step, run_seconds, wait_seconds
+from syncd.service.web.model import JOBS_LISTED, ORDER, ChartData, JobFilter, Step, run_seconds, wait_seconds
 from syncd.state.store import ACTIVE, Job
 from syncd.text import shown
 
@@ -164,7 +164,12 @@ def jobs_table(jobs: list[Job], now: float, transfers: dict[str, tuple[int, int,
         "<tr><th>name</th><th>state</th><th>inbox</th><th>backend</th><th>remote id</th><th>attempts</th>"
         "<th>created</th><th>queue wait</th><th>run time</th><th>reason</th></tr>"
     )
-    return f'<table class="jobs"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    more = (
+        f'<p class="muted">the {len(jobs)} newest shown; narrow the filters to find older jobs</p>'
+        if len(jobs) >= JOBS_LISTED
+        else ""
+    )
+    return f'<table class="jobs"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{more}'
 
 
 def charts(data: ChartData, range_name: str, wanted: JobFilter) -> str:

@@ -142,8 +142,6 @@ class StatusPage:
         range_name = (request.query.get("range") or ["day"])[0]
         range_name = range_name if range_name in model.RANGES else "day"
         now = time.time()
-        inboxes = sorted({i.name for i in config.inboxes} | set(model.distinct(store, "inbox")))
-        backends = sorted(set(config.backend_options) | set(model.distinct(store, "backend")))
         live = "".join(
             [
                 render.health(self.health_rows()),
@@ -154,6 +152,9 @@ class StatusPage:
         )
         if (request.query.get("fragment") or [""])[0] == "1":
             return self._html("jobs", live, request)
+        # the choices of the filters: asked once per page load, not at every live update
+        inboxes = sorted({i.name for i in config.inboxes} | set(model.distinct(store, "inbox")))
+        backends = sorted(set(config.backend_options) | set(model.distinct(store, "backend")))
         body = render.filter_form(wanted, inboxes, backends, range_name) + f'<div id="live-region">{live}</div>'
         return self._html("jobs", body, request)
 

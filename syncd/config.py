@@ -11,6 +11,7 @@ bottom of the import graph.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from syncd.errors import ConfigError
@@ -105,12 +107,40 @@ class WebhookConfig(StrictModel):
     timeout: Duration = Field(10.0, gt=0, description="seconds to wait for the receiver")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (of a ``host:port``) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False
+
+
 class HttpConfig(StrictModel):
     listen: str | None = Field(
         "127.0.0.1:9847",
         pattern=r"^[^:]+:\d+$",
-        description="host:port of /healthz, /readyz, /metrics and /jobs (null: off)",
+        description="host:port of the status page, /healthz, /readyz, /metrics and /jobs (null: off)",
     )
+    auth_file: ConfigPath | None = Field(
+        None,
+        description="a file holding one line: a token, or user:password; every page but /healthz and /readyz "
+        "then asks for it (required when listen is not a loopback address or actions are on)",
+    )
+    actions: bool = Field(False, description="let the status page cancel and retry jobs (needs auth_file)")
+
+    @model_validator(mode="after")
+    def _authorised_when_exposed(self) -> HttpConfig:
+        if self.auth_file is None:
+            if self.actions:
+                raise ValueError("actions: true needs auth_file (a file with a token or user:password)")
+            if self.listen is not None and not is_loopback(self.listen.rsplit(":", 1)[0]):
+                raise ValueError(
+                    f"listen: {self.listen} is reachable from other machines; set auth_file (a file with a "
+                    f"token or user:password) or listen on 127.0.0.1"
+                )
+        return self
 
 
 class InboxConfig(StrictModel):

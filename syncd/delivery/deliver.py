@@ -64,13 +64,15 @@ def deliver(
     reports: dict[str, str],
     tmp_dir: Path,
     on_settled: Callable[[str | None, str | None], None] | None = None,
+    on_progress: Callable[[int, int, int, int], None] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Put outputs, logs and reports into ``<bucket>/<folder>/``, mirror it, write the record last.
 
     A file that cannot be delivered (a name the outbox's rules refuse) is listed under ``refused`` and
     makes the job's outcome no plain success (:func:`settled_outcome`); ``on_settled(outcome, message)``
     records that before the record is written. ``outputs`` of the record are exactly the files in the
-    folder; every path of the record is relative to the folder, written one way.
+    folder; every path of the record is relative to the folder, written one way. ``on_progress(files done,
+    files, bytes done, bytes)`` is called after each output is put (for the status page).
 
     Returns the result record and the bytes mirrored into the outbox.
     """
@@ -80,10 +82,14 @@ def deliver(
     refused: dict[str, str] = {}  # path → reason
     seen_folded: dict[str, str] = {}
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    total_bytes, done_files, done_bytes = sum(item.size for item in outputs), 0, 0
     with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
         empty = Path(scratch) / "empty"
         empty.touch()
         for item in outputs:
+            if on_progress is not None:
+                on_progress(done_files, len(outputs), done_bytes, total_bytes)
+            done_files, done_bytes = done_files + 1, done_bytes + item.size
             shown = os.fsencode(item.relpath).decode("utf-8", "backslashreplace")
             if problem := output_problem(item.relpath, shown, seen_folded):
                 refused.setdefault(shown, problem)

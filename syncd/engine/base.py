@@ -118,6 +118,8 @@ class EngineBase:
         self.spools = {inbox.name: Spool(inbox) for inbox in config.inboxes}
         self.outboxes = {inbox.name: Outbox(inbox.outbox, store) for inbox in config.inboxes}
         self.tmp_dir = config.state_dir / "tmp"
+        #: job id → (files done, files, bytes done, bytes) of deliveries under way (the status page shows them)
+        self.transfers: dict[str, tuple[int, int, int, int]] = {}
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()

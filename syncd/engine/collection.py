@@ -65,18 +65,25 @@ class Collection(FailurePolicy):
                 event=f"delivered with refused files: {message}",
             )
 
-        _, mirrored = deliver.deliver(
-            self.store.get(job.id),
-            inbox=inbox,
-            folder=folder,
-            storage=self.storages[job.storage],
-            outbox=outbox,
-            outputs=outputs,
-            logs=logs,
-            reports=reports,
-            tmp_dir=self.tmp_dir,
-            on_settled=settled,
-        )
+        def progress(files_done: int, files: int, bytes_done: int, size: int) -> None:
+            self.transfers[job.id] = (files_done, files, bytes_done, size)
+
+        try:
+            _, mirrored = deliver.deliver(
+                self.store.get(job.id),
+                inbox=inbox,
+                folder=folder,
+                storage=self.storages[job.storage],
+                outbox=outbox,
+                outputs=outputs,
+                logs=logs,
+                reports=reports,
+                tmp_dir=self.tmp_dir,
+                on_settled=settled,
+                on_progress=progress,
+            )
+        finally:
+            self.transfers.pop(job.id, None)
         self.crash_points.reached("delivered-unrecorded")
         if self.metrics is not None:
             self.metrics.bytes_delivered.labels(job.inbox).inc(mirrored)

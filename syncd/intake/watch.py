@@ -105,6 +105,9 @@ class SettleTracker:
     def names(self) -> list[str]:
         return sorted(self._candidates)
 
+    def count(self) -> int:
+        return len(self._candidates)  # one call, safe from another thread (sorting the keys would not be)
+
     def add(self, name: str) -> None:
         self._candidates.setdefault(name, _Candidate())
 
@@ -170,6 +173,16 @@ class InboxWatcher:
             return self.inbox.observer
         fstype = filesystem_type(self.inbox.path)
         return "polling" if wants_polling(fstype) else "native"
+
+    @property
+    def paused(self) -> bool:
+        """True while the inbox folder is not reachable (intake waits for it)."""
+        return self._paused
+
+    @property
+    def pending(self) -> int:
+        """Folders seen that have not settled yet (read by the status page's threads)."""
+        return self.tracker.count()
 
     # -- observer lifecycle ------------------------------------------------------
     def start(self) -> None:

@@ -34,6 +34,8 @@ from syncd.intake.watch import InboxWatcher
 from syncd.log import logger
 from syncd.service.notify import Notifier
 from syncd.service.observe import HttpEndpoint, Metrics
+from syncd.service.web.app import InboxView, PageSources, StatusPage
+from syncd.service.web.auth import AuthFileError, Credentials
 from syncd.service.webhook import WebhookSender
 from syncd.state.store import ACTIVE, Store, StoreUnwritable, make_private_dir
 from syncd.state.summary import job_summary, local_iso
@@ -272,24 +274,7 @@ class Daemon:
         scheduler.start()
         self._tick()
         if self.config.http.listen:
-            host, port = self.config.http.listen.rsplit(":", 1)
-            try:
-                self.http = HttpEndpoint(
-                    host,
-                    int(port),
-                    metrics=self.metrics,
-                    alive=self.alive,
-                    ready=self.ready_problems,
-                    jobs=self.jobs_json,
-                )
-                self.http.start()
-                logger.info("http endpoint on http://{}:{}/ (healthz, readyz, metrics, jobs)", *self.http.address)
-            except OSError as exc:
-                logger.error(
-                    "cannot listen on {} ({}); running without the http endpoint; set http.listen to a free port",
-                    self.config.http.listen,
-                    exc.strerror,
-                )
+            self._serve_http()
         logger.info("syncd ready: {} inbox(es), state in {}", len(self.config.inboxes), self.config.state_dir)
         self.notifier.ready(self.status_line())
 
@@ -312,6 +297,54 @@ class Daemon:
         announce = mirror.name not in self._announced
         self._announced.add(mirror.name)
         run_standing_mirror(mirror, storage, self.store, self.config.retry, announce=announce)
+
+    def _serve_http(self) -> None:
+        http = self.config.http
+        assert http.listen is not None
+        host, port = http.listen.rsplit(":", 1)
+        try:
+            credentials = Credentials.load(http.auth_file) if http.auth_file is not None else None
+        except AuthFileError as exc:
+            # Fail closed: without its credentials the endpoint would show jobs to anyone who can reach it.
+            logger.error("{}; running without the http endpoint until the file is fixed and syncd restarted", exc)
+            return
+        page = StatusPage(
+            PageSources(
+                self.store,
+                lambda: self.config,
+                inboxes=self.inbox_views,
+                probe_problems=lambda: dict(self._probe_problems),
+                alive=self.alive,
+                transfers=lambda: dict(self.engine.transfers),
+            ),
+            credentials,
+            actions=http.actions,
+        )
+        try:
+            self.http = HttpEndpoint(
+                host,
+                int(port),
+                metrics=self.metrics,
+                alive=self.alive,
+                ready=self.ready_problems,
+                jobs=self.jobs_json,
+                page=page,
+            )
+            self.http.start()
+            logger.info(
+                "http endpoint on http://{}:{}/ (status page, healthz, readyz, metrics, jobs{})",
+                *self.http.address,
+                "; actions on" if page.actions else "",
+            )
+        except OSError as exc:
+            logger.error(
+                "cannot listen on {} ({}); running without the http endpoint; set http.listen to a free port",
+                http.listen,
+                exc.strerror,
+            )
+
+    def inbox_views(self) -> list[InboxView]:
+        return [InboxView(w.inbox.name, w.mode, w.paused, w.pending) for w in list(self.watchers)]
 
     def _watch(self, inbox: InboxConfig) -> None:
         watcher = InboxWatcher(inbox, self.engine.claim)

@@ -2,7 +2,9 @@
 
 ``/healthz`` says the process is alive and its main loop is ticking; ``/readyz``
 that every backend and storage answered its last probe; ``/metrics`` is the
-Prometheus text format; ``/jobs`` is the JSON that ``syncd status --json`` prints.
+Prometheus text format; ``/jobs`` is the JSON that ``syncd status --json`` prints;
+``/`` and the paths below it are the status page (:mod:`syncd.service.web`). With an
+``http.auth_file`` every path but the two probes asks for its credentials.
 Each daemon has its own registry (no module-level state).
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,8 +24,14 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from syncd.service.web.app import Response, StatusPage, parse_request
 from syncd.state.store import Store
 from syncd.text import visible_json
+
+MAX_FORM = 16 * 1024
+HTTP_WORKERS = 8
+REQUEST_TIMEOUT = 10.0
+OPEN_PATHS = ("/healthz", "/readyz")  # probes answer without credentials: they carry no job data
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -90,6 +99,34 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _PooledHTTPServer(HTTPServer):
+    """Requests are handled by a fixed pool of threads, not a new thread each. The state store keeps one
+    database connection per thread: with a thread per request, a status page polled a few times a second
+    opened (and kept) a connection per poll until the daemon ran out of file descriptors."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int):
+        super().__init__(address, handler)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="syncd-http")
+
+    def process_request(self, request, client_address) -> None:
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that went away mid-answer is not the daemon's problem
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class HttpEndpoint:
     """A small threaded HTTP server; handlers get their data from callables of the daemon."""
 
@@ -102,23 +139,53 @@ class HttpEndpoint:
         alive: Callable[[], bool],
         ready: Callable[[], dict[str, str]],
         jobs: Callable[[], list[dict]],
+        page: StatusPage | None = None,
     ):
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # a client that sends nothing does not hold a worker for long
+
             def log_message(self, *args):
                 pass
 
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
+            def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _reply(self, response: Response) -> None:
+                self._send(response.code, response.body, response.content_type, response.headers)
+
+            def _allowed(self, path: str) -> bool:
+                if (
+                    path in OPEN_PATHS
+                    or endpoint.page is None
+                    or endpoint.page.authorised(self.headers["Authorization"])
+                ):
+                    return True
+                self._reply(endpoint.page.unauthorised())
+                return False
+
+            def _page(self, method: str, body: bytes = b"") -> bool:
+                if endpoint.page is None:
+                    return False
+                headers = {k: self.headers[k] for k in ("authorization", "origin", "host")}
+                response = endpoint.page.handle(parse_request(method, self.path, headers, body))
+                if response is None:
+                    return False
+                self._reply(response)
+                return True
 
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
                 try:
+                    if not self._allowed(path):
+                        return
                     if path == "/healthz":
                         ok = endpoint.alive()
                         self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n", "text/plain")
@@ -130,14 +197,26 @@ class HttpEndpoint:
                         self._send(200, endpoint.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
                     elif path == "/jobs":
                         self._send(200, visible_json(endpoint.jobs()).encode(), "application/json")
-                    else:
-                        self._send(404, b"not found: try /healthz /readyz /metrics /jobs\n", "text/plain")
+                    elif not self._page("GET"):
+                        self._send(404, b"not found: try / /healthz /readyz /metrics /jobs\n", "text/plain")
                 except Exception as exc:  # a scrape must never take the daemon down
                     self._send(500, f"error: {type(exc).__name__}\n".encode(), "text/plain")
 
-        self.metrics, self.alive, self.ready, self.jobs = metrics, alive, ready, jobs
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+            def do_POST(self):
+                try:
+                    if not self._allowed(self.path.split("?", 1)[0]):
+                        return
+                    length = int(self.headers["Content-Length"] or 0)
+                    if length > MAX_FORM:
+                        self._send(413, b"form too large\n", "text/plain")
+                        return
+                    if not self._page("POST", self.rfile.read(length)):
+                        self._send(404, b"not found\n", "text/plain")
+                except Exception as exc:  # a bad request must never take the daemon down
+                    self._send(500, f"error: {type(exc).__name__}\n".encode(), "text/plain")
+
+        self.metrics, self.alive, self.ready, self.jobs, self.page = metrics, alive, ready, jobs, page
+        self.server = _PooledHTTPServer((host, port), Handler, HTTP_WORKERS)
         self.address = self.server.server_address
         self._thread = threading.Thread(target=self.server.serve_forever, name="syncd-http", daemon=True)
 

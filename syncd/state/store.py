@@ -342,6 +342,15 @@ class Store:
         )
         return [_job(r) for r in rows]
 
+    def newest(self, where: str, params: Iterable[Any], limit: int) -> list[Job]:
+        """The ``limit`` jobs created last among those matching ``where`` (SQL with ``?`` marks), newest first."""
+        rows = (
+            self._conn()
+            .execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit))
+            .fetchall()
+        )
+        return [_job(r) for r in rows]
+
     def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
         """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
         resources and deliver results), then by priority and age."""

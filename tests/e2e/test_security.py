@@ -108,7 +108,7 @@ def test_secrets_never_reach_jobs_logs_status_results_or_error_files(secret_site
     outputs.append(daemon.cli("validate", str(daemon.config), check=False).stdout)
     endpoint = re.search(r"http endpoint on (http://\S+/)", daemon.log())
     if endpoint:  # the daemon's own status endpoint, when it has one
-        for path in ("healthz", "readyz", "metrics", "jobs"):
+        for path in ("healthz", "readyz", "metrics", "", "jobs"):  # "": the status page
             try:
                 with urllib.request.urlopen(endpoint.group(1) + path, timeout=5) as response:
                     outputs.append(response.read().decode(errors="replace"))

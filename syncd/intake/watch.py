@@ -10,6 +10,7 @@ apart are identical — or at once when it holds a ``.ready`` marker.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 import time
@@ -163,13 +164,19 @@ class InboxWatcher:
         self._observer: BaseObserver | None = None
         self._paused = False
         self.restarts = 0
+        self.fstype = filesystem_type(self.inbox.path)
         self.mode = self._choose_mode()
+        # A network client caches directory listings (sshfs: 20 s by default; NFS and SMB: actimeo), and
+        # only a change made through the same mount drops that cache: a listing of our own, preceded by
+        # creating and removing a hidden file in the inbox, sees another host's new folder at once.
+        self.probe = self.mode == "polling" and wants_polling(self.fstype)
+        self._probe_name = f".syncd-probe-{socket.gethostname()}-{os.getpid()}"
+        self._last_probe = float("-inf")
 
     def _choose_mode(self) -> str:
         if self.inbox.observer != "auto":
             return self.inbox.observer
-        fstype = filesystem_type(self.inbox.path)
-        return "polling" if wants_polling(fstype) else "native"
+        return "polling" if wants_polling(self.fstype) else "native"
 
     # -- observer lifecycle ------------------------------------------------------
     def start(self) -> None:
@@ -243,6 +250,21 @@ class InboxWatcher:
         with self._lock:
             self._dirty.add(top)
 
+    def refresh(self) -> None:
+        """Drop the network client's cached listing of the inbox, then rescan it."""
+        probe = self.inbox.path / self._probe_name
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a read-only or hung share: the plain listing below still works, later
+            logger.debug("inbox {}: cannot create {}: {}", self.inbox.name, probe, exc)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+        self.rescan()
+
     def rescan(self) -> None:
         try:
             entries = list(os.scandir(self.inbox.path))
@@ -258,6 +280,9 @@ class InboxWatcher:
         """Evaluate every candidate folder once; hand over the settled ones."""
         if not self._supervise():
             return
+        if self.probe and self.clock() - self._last_probe >= self.inbox.poll_interval:
+            self._last_probe = self.clock()
+            self.refresh()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             found, self._found = self._found, set()

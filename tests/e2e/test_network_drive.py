@@ -49,8 +49,8 @@ def test_jobs_from_other_hosts_are_detected_settled_claimed_rejected_and_deliver
     folder = _layout(share)
     host_a = share.mount(tmp_path / "host-a") / folder.name
     host_b = share.mount(tmp_path / "host-b") / folder.name
-    # Longer than the client's attribute caches (sshfs's and the kernel's, 1 s each here) together.
-    daemon = SyncdProcess(_site(tmp_path / "site", host_a, settle="3s")).start()
+    # Longer than the client's attribute cache (the kernel's 1 s here; sshfs's own is off).
+    daemon = SyncdProcess(_site(tmp_path / "site", host_a, settle="2s")).start()
     try:
         assert "(polling observer)" in daemon.log(), daemon.log()
 
@@ -61,7 +61,7 @@ def test_jobs_from_other_hosts_are_detected_settled_claimed_rejected_and_deliver
         slow = host_b / "inbox" / "slow-copy"
         slow.mkdir()
         (slow / "job.yaml").write_text("command: cat in.txt > out.txt\n")
-        pieces = [f"piece {n}\n" for n in range(12)]
+        pieces = [f"piece {n}\n" for n in range(15)]
         with open(slow / "in.txt", "w") as out:
             for piece in pieces:
                 out.write(piece)

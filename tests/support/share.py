@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "share"
-#: What the README tells admins to set on an sshfs inbox: attributes and listings cached for 1 s at most.
-TUNED = "cache_timeout=1"
+#: What the README tells admins to set on an sshfs inbox: no cache in sshfs, the kernel's 1 s attribute cache only.
+TUNED = "dir_cache=no"
 #: sshfs's own defaults (names and attributes cached for 20 s).
 DEFAULT = ""
 

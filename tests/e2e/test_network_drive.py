@@ -128,8 +128,8 @@ def test_a_hung_then_dropped_mount_pauses_intake_and_everything_resumes(share, t
     runs.mkdir()
     daemon = SyncdProcess(_site(tmp_path / "site", point / folder.name)).start()
 
-    def job(name: str) -> None:
-        command = f"echo ran >> {runs / name} && cat in.txt > out.txt"
+    def job(name: str, seconds: float = 0) -> None:
+        command = f"echo ran >> {runs / name} && sleep {seconds} && cat in.txt > out.txt"
         drop_job(folder / "inbox", name, {"command": command}, {"in.txt": f"{name}\n"})
 
     try:
@@ -147,7 +147,10 @@ def test_a_hung_then_dropped_mount_pauses_intake_and_everything_resumes(share, t
         share.resume(point)
         assert _result(folder, "while-hung")["state"] == "succeeded"
 
-        # The connection is lost: the mount goes away, intake pauses, and resumes once it is mounted again.
+        # The connection is lost while a job runs: the mount goes away, intake pauses, and everything resumes
+        # once it is mounted again (a new mount, on a new device number).
+        job("running", seconds=3)
+        wait_for((runs / "running").exists, timeout=20, what="the job to start")
         share.drop(point)
         wait_for(lambda: "is not reachable; pausing intake" in daemon.log(), timeout=20, what="intake to pause")
         job("while-dropped")
@@ -155,13 +158,15 @@ def test_a_hung_then_dropped_mount_pauses_intake_and_everything_resumes(share, t
         share.mount(point)
         wait_for(lambda: "is back; resuming" in daemon.log(), timeout=20, what="intake to resume")
         assert _result(folder, "while-dropped")["state"] == "succeeded"
+        assert _result(folder, "running")["state"] == "succeeded"
+        assert (folder / "outbox" / "results" / "running" / "out.txt").read_text() == "running\n"
 
-        names = ["before", "while-hung", "while-dropped"]
+        names = ["before", "while-hung", "running", "while-dropped"]
         assert {name: (runs / name).read_text() for name in names} == {name: "ran\n" for name in names}
         assert sorted(p.name for p in (folder / "outbox" / "results").iterdir()) == sorted(names)
         assert list((folder / "failed").iterdir()) == []
         done = folder / "inbox" / ".syncd" / "done"
-        assert len(list(done.iterdir())) == 3, "every claimed folder is archived, none lost"
+        assert len(list(done.iterdir())) == len(names), "every claimed folder is archived, none lost"
     finally:
         share.resume(point)
         daemon.stop()

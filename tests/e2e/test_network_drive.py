@@ -8,6 +8,7 @@ changes, renames done by the server, and a mount that can hang or drop.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def test_two_daemons_on_two_mounts_share_one_inbox_and_run_each_job_once(share, 
         assert {name: (runs / name).read_text() for name in names} == {name: "ran\n" for name in names}
         assert sorted(p.name for p in (folder / "outbox" / "results").iterdir()) == sorted(names)
         assert list((folder / "failed").iterdir()) == []
+        claims = [re.findall(r"claimed job directory .*/inbox/(\S+)", daemon.log()) for daemon in daemons]
+        assert sorted(claims[0] + claims[1]) == sorted(names), claims
     finally:
         for daemon in daemons:
             daemon.stop()

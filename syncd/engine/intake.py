@@ -62,8 +62,11 @@ class Intake(FailurePolicy):
         try:
             spool.claim(path, job_id)
         except FileNotFoundError:
-            self.store.delete_unclaimed(job_id)
-            return True
+            # Another daemon won the rename, unless the rename did happen: an NFSv3 client that retries a
+            # request whose reply was lost reports "not found" for a rename the server already did.
+            if not os.path.lexists(spool.claimed / job_id):
+                self.store.delete_unclaimed(job_id)
+                return True
         except OSError:
             self.store.delete_unclaimed(job_id)
             raise

@@ -10,6 +10,7 @@ apart are identical — or at once when it holds a ``.ready`` marker.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 import time
@@ -52,10 +53,10 @@ NETWORK_FILESYSTEMS = frozenset(
 Snapshot = tuple[tuple[str, int, int, int], ...]
 
 
-def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
-    """The type of the filesystem holding ``path``, from the mount table (longest mount point wins)."""
+def mount_entry(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
+    """Type and options of the filesystem holding ``path``, from the mount table (longest mount point wins)."""
     target = os.path.realpath(path)
-    best, best_type = "", None
+    best, entry = "", None
     try:
         with open(mounts_file) as mounts:
             for line in mounts:
@@ -64,10 +65,48 @@ def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str |
                     continue
                 point = parts[1].replace("\\040", " ")
                 if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                    best, best_type = point, parts[2]
+                    best, entry = point, (parts[2], parts[3] if len(parts) > 3 else "")
     except OSError:
         return None
-    return best_type
+    return entry
+
+
+def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
+    """The type of the filesystem holding ``path``, from the mount table (longest mount point wins)."""
+    entry = mount_entry(path, mounts_file)
+    return entry[0] if entry else None
+
+
+# Mount options (as the kernel lists them for NFS and SMB) that bound how long another host's change can
+# stay unseen in the client's attribute cache.
+_ATTRIBUTE_CACHE_OPTIONS = ("acregmax", "acdirmax", "actimeo")
+
+
+def attribute_cache_seconds(options: str) -> int | None:
+    """The longest attribute cache the mount options state, in seconds; None when they state none."""
+    values = []
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key == "noac":
+            values.append(0)
+        elif key in _ATTRIBUTE_CACHE_OPTIONS and value.isdigit():
+            values.append(int(value))
+    return max(values) if values else None
+
+
+def cache_warning(inbox: InboxConfig, entry: tuple[str, str] | None) -> str | None:
+    """Why ``settle`` is too short for the client's attribute cache of the inbox's mount, if it is."""
+    if entry is None or not wants_polling(entry[0]):
+        return None
+    seconds = attribute_cache_seconds(entry[1])
+    if seconds is None or inbox.settle > seconds:
+        return None
+    return (
+        f"inbox {inbox.name}: {inbox.path} is on {entry[0]} with attributes cached up to {seconds} s, longer than "
+        f"settle ({inbox.settle:g} s): a copy still running on another host can look finished and be claimed "
+        f"early. Mount it with actimeo=1 (see the README, 'Network drives'), raise settle above {seconds} s, "
+        f"or have copies end with a .ready file"
+    )
 
 
 def wants_polling(fstype: str | None) -> bool:
@@ -166,13 +205,22 @@ class InboxWatcher:
         self._observer: BaseObserver | None = None
         self._paused = False
         self.restarts = 0
+        entry = mount_entry(self.inbox.path)
+        self.fstype = entry[0] if entry else None
         self.mode = self._choose_mode()
+        if warning := cache_warning(inbox, entry):
+            logger.warning("{}", warning)
+        # A network client caches directory listings (sshfs: 20 s by default; NFS and SMB: actimeo), and
+        # only a change made through the same mount drops that cache: a listing of our own, preceded by
+        # creating and removing a hidden file in the inbox, sees another host's new folder at once.
+        self.probe = self.mode == "polling" and wants_polling(self.fstype)
+        self._probe_name = f".syncd-probe-{socket.gethostname()}-{os.getpid()}"
+        self._last_probe = float("-inf")
 
     def _choose_mode(self) -> str:
         if self.inbox.observer != "auto":
             return self.inbox.observer
-        fstype = filesystem_type(self.inbox.path)
-        return "polling" if wants_polling(fstype) else "native"
+        return "polling" if wants_polling(self.fstype) else "native"
 
     @property
     def paused(self) -> bool:
@@ -256,6 +304,21 @@ class InboxWatcher:
         with self._lock:
             self._dirty.add(top)
 
+    def refresh(self) -> None:
+        """Drop the network client's cached listing of the inbox, then rescan it."""
+        probe = self.inbox.path / self._probe_name
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a read-only or hung share: the plain listing below still works, later
+            logger.debug("inbox {}: cannot create {}: {}", self.inbox.name, probe, exc)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+        self.rescan()
+
     def rescan(self) -> None:
         try:
             entries = list(os.scandir(self.inbox.path))
@@ -271,6 +334,9 @@ class InboxWatcher:
         """Evaluate every candidate folder once; hand over the settled ones."""
         if not self._supervise():
             return
+        if self.probe and self.clock() - self._last_probe >= self.inbox.poll_interval:
+            self._last_probe = self.clock()
+            self.refresh()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             found, self._found = self._found, set()

@@ -12,6 +12,8 @@ from syncd.config import InboxConfig
 from syncd.intake.watch import (
     InboxWatcher,
     SettleTracker,
+    attribute_cache_seconds,
+    cache_warning,
     filesystem_type,
     snapshot,
     wants_polling,
@@ -543,3 +545,23 @@ def test_native_watcher_watches_the_top_level_only_never_the_spool(tmp_path):
         assert "arrives-later" in watcher._dirty, new
     finally:
         watcher.stop()
+
+
+def test_attribute_cache_seconds_reads_nfs_and_smb_options():
+    nfs_defaults = "rw,relatime,vers=4.2,rsize=1048576,acregmin=3,acregmax=60,acdirmin=30,acdirmax=60,hard,proto=tcp"
+    assert attribute_cache_seconds(nfs_defaults) == 60
+    assert attribute_cache_seconds("rw,acregmin=1,acregmax=1,acdirmin=1,acdirmax=1") == 1
+    assert attribute_cache_seconds("rw,vers=3.1.1,cache=strict,actimeo=1") == 1
+    assert attribute_cache_seconds("rw,noac,hard") == 0
+    assert attribute_cache_seconds("rw,nosuid,nodev,user_id=0,group_id=0") is None
+
+
+def test_cache_warning_when_settle_is_within_the_mounts_attribute_cache(inbox):
+    warning = cache_warning(inbox, ("nfs4", "rw,acregmin=3,acregmax=60,acdirmin=30,acdirmax=60"))
+    assert warning is not None
+    assert "inbox lab" in warning and "60 s" in warning and "actimeo=1" in warning
+    assert cache_warning(inbox, ("cifs", "rw,actimeo=1")) is None  # settle outlasts the cache
+    assert cache_warning(inbox.model_copy(update={"settle": 90.0}), ("nfs", "acregmax=60")) is None
+    assert cache_warning(inbox, ("ext4", "rw,relatime")) is None  # a local disk has no client cache
+    assert cache_warning(inbox, ("fuse.sshfs", "rw,nosuid")) is None  # sshfs does not list its cache options
+    assert cache_warning(inbox, None) is None

@@ -224,6 +224,7 @@ def test_kill_9_after_each_submission_step_gives_one_remote_job_that_runs_once(w
     def crash_once(at: str, key: str) -> None:
         if at == step and not crashed:
             crashed.append(key)
+            w.engine.stop(0)  # as after kill -9, no later pump may resume the submission before the restart
             raise Crash(at)
 
     counter = tmp_path / f"runs-{step}.txt"

@@ -21,6 +21,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "memory": "syncd.backends.memory:MemoryBackend",
         "kotta": "syncd.backends.kotta:KottaBackend",
         "qarnot": "syncd.backends.qarnot:QarnotBackend",
+        "arc": "syncd.backends.arc:ArcBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

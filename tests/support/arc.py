@@ -40,6 +40,10 @@ class ArcSite:
         section.update(overrides)
         return section
 
+    def web_service(self, action: str) -> None:
+        """``stop`` or ``start`` A-REX's web service alone (the job manager runs on): an outage as clients see it."""
+        subprocess.run([str(SCRIPT), f"ws-{action}", str(self.dir)], check=True, timeout=120)
+
     def scratch(self, name: str) -> Path:
         """A folder the jobs (run as the site's mapped user) can write to, unlike pytest's 0700 folders."""
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.dir / "scratch"))

@@ -100,6 +100,10 @@ class ArcBackend(Backend):
                 **call,
                 **kw,
             )
+        except AuthError:
+            # The TLS connection carries the credential: a renewed certificate only counts on a new connection.
+            self._session.close()
+            raise
         except TransientError as exc:
             if UNMAPPED in str(exc):
                 raise AuthError(

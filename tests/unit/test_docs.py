@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.backends.arc import ArcOptions
 from syncd.backends.cybergis import CybergisOptions
 from syncd.backends.kotta import KottaOptions
 from syncd.backends.local import LocalOptions
@@ -52,6 +53,7 @@ def _documented_keys() -> set[str]:
         KottaOptions,
         QarnotOptions,
         CybergisOptions,
+        ArcOptions,
     ],
 )
 def test_readme_documents_every_option_of(model):

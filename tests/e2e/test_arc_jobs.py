@@ -34,7 +34,7 @@ def arc_config(arc_site):
     return build
 
 
-def test_run_jobs_on_arc_succeed_fail_and_time_out_with_outputs_and_logs(arc_config):
+def test_run_jobs_on_arc_succeed_fail_time_out_and_cancel_with_outputs_and_logs(arc_config):
     daemon = SyncdProcess(arc_config(), env=ENV).start()
     try:
         drop_job(
@@ -45,7 +45,10 @@ def test_run_jobs_on_arc_succeed_fail_and_time_out_with_outputs_and_logs(arc_con
         )
         drop_job(daemon.inbox, "fails", {"command": "echo partial > partial.txt; echo oops >&2; exit 7"})
         drop_job(daemon.inbox, "too long", {"command": "echo begun; sleep 60", "timeout": "2s"})
-        results = {name: daemon.result(name, timeout=60) for name in ("sorts", "fails", "too long")}
+        drop_job(daemon.inbox, "stopped", {"command": "sleep 60; echo never > never.txt"})
+        wait_for(lambda: daemon.log().count("submitted to backend arc") >= 4, timeout=30, what="submission")
+        daemon.cli("cancel", "stopped")
+        results = {name: daemon.result(name, timeout=60) for name in ("sorts", "fails", "too long", "stopped")}
     finally:
         daemon.stop()
     out = daemon.outbox / "results"
@@ -61,19 +64,8 @@ def test_run_jobs_on_arc_succeed_fail_and_time_out_with_outputs_and_logs(arc_con
     late = results["too long"]
     assert late["state"] == "timed_out", late
     assert (out / "too long" / "syncd-stdout.txt").read_text() == "begun\n"
-
-
-def test_run_cancel_kills_the_job_on_the_ce(arc_config):
-    daemon = SyncdProcess(arc_config(), env=ENV).start()
-    try:
-        drop_job(daemon.inbox, "stopped", {"command": "echo begun; sleep 60; echo never > never.txt"})
-        wait_for(lambda: "submitted to backend arc" in daemon.log(), timeout=30, what="submission")
-        daemon.cli("cancel", "stopped")
-        result = daemon.result("stopped", timeout=60)
-    finally:
-        daemon.stop()
-    assert result["state"] == "cancelled", result
-    assert not (daemon.outbox / "results" / "stopped" / "never.txt").exists()
+    assert results["stopped"]["state"] == "cancelled", results["stopped"]
+    assert not (out / "stopped" / "never.txt").exists()
 
 
 def test_run_kill_9_at_each_arc_phase_then_restart_runs_every_job_exactly_once(arc_config, monkeypatch):

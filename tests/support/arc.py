@@ -100,3 +100,13 @@ def start_site(lrms: str = "fork", **env: str):
 def arc_site():
     """Installs (if needed) and starts A-REX with the fork LRMS on loopback; stops it at the end."""
     yield from start_site("fork")
+
+
+@pytest.fixture(scope="session")
+def arc_slurm_site(slurm_cluster):
+    """A second A-REX whose LRMS is the session's Slurm cluster (the shape of a grid CE in front of a batch farm)."""
+    # sbatch runs as the CE's mapped user: it must reach the cluster's munge socket, in a folder only munge may enter.
+    for line in slurm_cluster.conf.read_text().splitlines():
+        if line.startswith("AuthInfo=socket="):
+            Path(line.split("=", 2)[2]).parent.chmod(0o711)
+    yield from start_site("slurm", SLURM_CONF=str(slurm_cluster.conf))

@@ -20,7 +20,7 @@ def arc_harness(site: ArcSite, tmp_path, url: str | None = None, **overrides) ->
         backend=backend,
         new_backend=lambda: ArcBackend("arc", options, tmp_path / "work"),
         scratch=site.scratch("conformance"),  # jobs run as the site's mapped user
-        poll_interval=0.5,
+        poll_interval=0.3,
         timeout=90,
         request_count=lambda: backend.requests_sent,
         # an id of the right shape that no job has

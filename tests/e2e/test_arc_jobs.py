@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,6 @@ def test_run_arex_web_service_down_for_a_while_then_every_job_finishes_once(arc_
         for name in names[1:]:  # arrive while the CE is down: submission waits, it does not fail
             drop_job(daemon.inbox, name, {"command": f"echo {name} >> {ledger}; echo x > out.txt"})
         wait_for(lambda: "backend arc is not answering" in daemon.log(), timeout=30, what="the breaker")
-        time.sleep(2)
         arc_site.web_service("start")
         stopped = False
         results = {name: daemon.result(name, timeout=60) for name in names}

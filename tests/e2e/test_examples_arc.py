@@ -20,7 +20,8 @@ def test_examples_arc_config_and_job_run_on_the_ce(tmp_path, arc_site):
     site = tmp_path / "arc-example"
     shutil.copytree(EXAMPLE, site)
     (site / "syncd.yaml").write_text(
-        (site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s") + "http: {listen: '127.0.0.1:0'}\n"
+        (site / "syncd.yaml").read_text().replace("settle: 5s", "settle: 0.3s")
+        + "http: {listen: '127.0.0.1:0'}\npoll: {first: 0.5s, max: 1s}\n"
     )
     env = {
         "ARC_URL": arc_site.url,

@@ -23,7 +23,7 @@ def backend_for(site: ArcSite, tmp_path, **overrides) -> tuple[ArcBackend, Harne
         backend=backend,
         new_backend=lambda: ArcBackend("arc", options, tmp_path / "work"),
         scratch=site.scratch("integration"),
-        poll_interval=0.5,
+        poll_interval=0.3,
         timeout=90,
     )
     return backend, harness

@@ -19,7 +19,7 @@ def harness(arc_slurm_site, tmp_path):
         backend=backend,
         new_backend=lambda: ArcBackend("arc", options, tmp_path / "work"),
         scratch=arc_slurm_site.scratch("slurm"),
-        poll_interval=0.5,
+        poll_interval=0.3,
         timeout=120,
     )
 

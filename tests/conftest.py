@@ -11,7 +11,12 @@ import os
 import pytest
 
 from syncd.state.store import Store
-from tests.support.arc import arc_site, arc_slurm_site  # noqa: F401  (one A-REX of each LRMS per session)
+from tests.support.arc import (  # noqa: F401  (one A-REX of each LRMS, stopped after its last test)
+    arc_site,
+    arc_slurm_site,
+    pytest_collection_modifyitems,
+    pytest_runtest_teardown,
+)
 from tests.support.cybergis_service import cybergis_service  # noqa: F401  (one gateway emulator per session)
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
     SyncdProcess,

@@ -7,6 +7,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,17 +97,50 @@ def start_site(lrms: str = "fork", **env: str):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def arc_site():
-    """Installs (if needed) and starts A-REX with the fork LRMS on loopback; stops it at the end."""
-    yield from start_site("fork")
+#: per session: how many collected tests still need each site, and how to stop a site that is up
+REMAINING = pytest.StashKey[dict[str, int]]()
+STOPS = pytest.StashKey[dict[str, Callable[[], None]]]()
+SITES = ("arc_site", "arc_slurm_site")
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(config, items):
+    config.stash[REMAINING] = {name: sum(name in getattr(i, "fixturenames", ()) for i in items) for name in SITES}
+    config.stash[STOPS] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop a site once the last test that needs it is done: an idle A-REX costs CPU the rest of the suite needs."""
+    remaining = item.config.stash.get(REMAINING, {})
+    for name in SITES:
+        if name in getattr(item, "fixturenames", ()) and name in remaining:
+            remaining[name] -= 1
+            if remaining[name] <= 0 and (stop := item.config.stash.get(STOPS, {}).pop(name, None)) is not None:
+                stop()
+
+
+def _site_fixture(request, name: str, lrms: str, **env: str):
+    sites = start_site(lrms, **env)
+    site = next(sites)
+    request.config.stash.setdefault(STOPS, {})[name] = sites.close
+    try:
+        yield site
+    finally:
+        sites.close()
 
 
 @pytest.fixture(scope="session")
-def arc_slurm_site(slurm_cluster):
+def arc_site(request):
+    """Installs (if needed) and starts A-REX with the fork LRMS on loopback; stops it after the last test using it."""
+    yield from _site_fixture(request, "arc_site", "fork")
+
+
+@pytest.fixture(scope="session")
+def arc_slurm_site(request, slurm_cluster):
     """A second A-REX whose LRMS is the session's Slurm cluster (the shape of a grid CE in front of a batch farm)."""
     # sbatch runs as the CE's mapped user: it must reach the cluster's munge socket, in a folder only munge may enter.
     for line in slurm_cluster.conf.read_text().splitlines():
         if line.startswith("AuthInfo=socket="):
             Path(line.split("=", 2)[2]).parent.chmod(0o711)
-    yield from start_site("slurm", SLURM_CONF=str(slurm_cluster.conf))
+    yield from _site_fixture(request, "arc_slurm_site", "slurm", SLURM_CONF=str(slurm_cluster.conf))

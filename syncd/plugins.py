@@ -23,6 +23,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "chime-swarm": "syncd.backends.chime_swarm:ChimeSwarmBackend",
         "qarnot": "syncd.backends.qarnot:QarnotBackend",
         "chime-workflow": "syncd.backends.chime_workflow:ChimeWorkflowBackend",
+        "arc": "syncd.backends.arc:ArcBackend",
     },
     "storage": {
         "file": "syncd.storage.file:FileStorage",

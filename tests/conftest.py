@@ -11,6 +11,12 @@ import os
 import pytest
 
 from syncd.state.store import Store
+from tests.support.arc import (  # noqa: F401  (one A-REX of each LRMS, stopped after its last test)
+    arc_site,
+    arc_slurm_site,
+    pytest_collection_modifyitems,
+    pytest_runtest_teardown,
+)
 from tests.support.chime_swarm_service import chime_swarm_service  # noqa: F401  (one frb-master emulator per session)
 from tests.support.chime_workflow_service import chime_workflow_service  # noqa: F401  (one buckets service per session)
 from tests.support.cybergis_service import cybergis_service  # noqa: F401  (one gateway emulator per session)

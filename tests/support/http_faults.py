@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -20,7 +21,12 @@ from urllib.parse import urlsplit
 
 
 class FaultProxy:
-    def __init__(self, upstream: str):
+    """``server_ssl`` makes the proxy speak HTTPS to its clients; ``upstream_ssl`` makes it speak HTTPS upstream
+    (e.g. with a client certificate the upstream requires)."""
+
+    def __init__(
+        self, upstream: str, server_ssl: ssl.SSLContext | None = None, upstream_ssl: ssl.SSLContext | None = None
+    ):
         target = urlsplit(upstream)
         self.upstream_host, self.upstream_port = target.hostname, target.port
         self.faults: list = []
@@ -53,7 +59,13 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                conn: http.client.HTTPConnection = (
+                    http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                    if upstream_ssl is None
+                    else http.client.HTTPSConnection(
+                        proxy.upstream_host, proxy.upstream_port, timeout=60, context=upstream_ssl
+                    )
+                )
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 upstream = conn.getresponse()
@@ -81,6 +93,8 @@ class FaultProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if server_ssl is not None:
+            self.server.socket = server_ssl.wrap_socket(self.server.socket, server_side=True)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

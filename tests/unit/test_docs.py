@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.backends.arc import ArcOptions
 from syncd.backends.chime_swarm import ChimeSwarmOptions
 from syncd.backends.chime_workflow import ChimeWorkflowOptions
 from syncd.backends.cybergis import CybergisOptions
@@ -56,6 +57,7 @@ def _documented_keys() -> set[str]:
         CybergisOptions,
         ChimeSwarmOptions,
         ChimeWorkflowOptions,
+        ArcOptions,
     ],
 )
 def test_readme_documents_every_option_of(model):

@@ -154,6 +154,9 @@ class Collection(FailurePolicy):
         job = self.store.get(job_id)
         if job.state not in TERMINAL or job.finished:
             return
+        # An ended job is never cancelled again: its cancel backoff would otherwise stay until a restart.
+        self._cancel_tries.pop(job_id, None)
+        self._cancel_retry_at.pop(job_id, None)
         if self.clock() < self._finish_retry.get(job_id, (0, 0.0))[1]:
             return  # backing off after a failure
         spool = self.spools[job.inbox]

@@ -41,16 +41,17 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+
+from tests.support.emulator_server import CuttableServer
 
 VERSION = "2024.01.1-emulator"
 MAX_REQUEST_LINE = 8190
@@ -144,7 +145,7 @@ class ChimeSwarmService:
             self._save_identity({"secret": secrets.token_hex(32), "users": {}, "refresh": {}})
         self.calls: list[dict] = []  # every request answered: method, path, status, whether a token came with it
         self._port = port
-        self._server: _Server | None = None
+        self._server: CuttableServer | None = None
         self._stop = threading.Event()
         self._held = threading.Event()
         self._processes: dict[str, subprocess.Popen] = {}
@@ -166,7 +167,7 @@ class ChimeSwarmService:
         class Handler(_Handler):
             swarm = service
 
-        self._server = _Server(("127.0.0.1", self._port), Handler)
+        self._server = CuttableServer(("127.0.0.1", self._port), Handler)
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True, name="frb-master").start()
 
@@ -457,32 +458,6 @@ class ChimeSwarmService:
                 ended=time.time(),
                 message="" if code == 0 else f"task: non-zero exit ({code})",
             )
-
-
-class _Server(ThreadingHTTPServer):
-    """Keeps its connections, so that going down cuts the kept-alive ones too."""
-
-    daemon_threads = True
-
-    def __init__(self, *args, **kw):
-        self.connections: set[socket.socket] = set()
-        super().__init__(*args, **kw)
-
-    def process_request(self, request, client_address):
-        self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def cut_connections(self) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
 
 
 def _stop_group(process: subprocess.Popen, grace: float) -> None:

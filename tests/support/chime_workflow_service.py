@@ -36,20 +36,20 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+
+from tests.support.emulator_server import CuttableServer, kill_group
 
 STATUSES = ("created", "queued", "running", "success", "failure")
 PIPELINE = re.compile(r"^[A-Za-z0-9-]{1,128}$")
@@ -190,7 +190,7 @@ class ChimeWorkflowService:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, subprocess.Popen] = {}
-        self.server: _Server | None = None
+        self.server: CuttableServer | None = None
         self._process, self._counter = secrets.token_hex(5), secrets.randbelow(1 << 23)
 
     # -- process ---------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class ChimeWorkflowService:
         class Handler(_Handler):
             buckets = service
 
-        self.server = _Server(("127.0.0.1", self.port), Handler)
+        self.server = CuttableServer(("127.0.0.1", self.port), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -237,7 +237,7 @@ class ChimeWorkflowService:
         with self.lock:
             running = list(self._running.values())
         for process in running:
-            _kill_group(process)
+            kill_group(process)
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -457,7 +457,7 @@ class ChimeWorkflowService:
         try:
             out, err = process.communicate(timeout=work["timeout"])
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            kill_group(process)
             return "failure"
         finally:
             with self.lock:
@@ -486,40 +486,6 @@ class ChimeWorkflowService:
                 if os.path.isfile(item):
                     shutil.copy(item, target)
                     work[kind][n] = str(target / item.split("/")[-1])
-
-
-class _Server(ThreadingHTTPServer):
-    """Keeps its connections, so that going down cuts the kept-alive ones too."""
-
-    daemon_threads = True
-
-    def __init__(self, *args, **kw):
-        self.connections: set[socket.socket] = set()
-        super().__init__(*args, **kw)
-
-    def process_request(self, request, client_address):
-        self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def cut_connections(self) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
 
 
 def _flag(values: list[str]) -> bool:

@@ -47,8 +47,6 @@ import random
 import re
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -62,6 +60,7 @@ from urllib.parse import unquote
 import pytest
 import requests
 
+from tests.support.emulator_server import CuttableServer, kill_group
 from tests.support.s3server import S3Server
 
 BUCKET = "klab-jobs"
@@ -210,7 +209,7 @@ class KottaService:
         class Handler(_Handler):
             kotta = service
 
-        self._server = _Server(("127.0.0.1", self._port), Handler)
+        self._server = CuttableServer(("127.0.0.1", self._port), Handler)
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True, name="kotta-web").start()
 
@@ -227,7 +226,7 @@ class KottaService:
         self._stop.set()
         with self._running_lock:
             for process in self._running.values():
-                _kill_group(process)
+                kill_group(process)
         for worker in self._workers:
             if worker.is_alive():
                 worker.join(timeout=10)
@@ -671,7 +670,7 @@ class KottaService:
                 try:
                     return process.wait(timeout=walltime * scale)
                 except subprocess.TimeoutExpired:
-                    _kill_group(process)
+                    kill_group(process)
                     return WALLTIME_EXCEEDED
                 finally:
                     self._untrack(job_id)
@@ -686,13 +685,13 @@ class KottaService:
                     if status is not None:
                         return status
                     if int((time.time() - start) / scale) > walltime:
-                        _kill_group(process)
+                        kill_group(process)
                         return WALLTIME_EXCEEDED
                     if (self.table.get(job_id) or {}).get("status") == "cancelled":
-                        _kill_group(process)
+                        kill_group(process)
                         return KILLED_BY_REQUEST
                     if self._stop.wait(SLEEP_TIME * scale):
-                        _kill_group(process)
+                        kill_group(process)
                         return -9
             finally:
                 self._untrack(job_id)
@@ -704,40 +703,6 @@ class KottaService:
     def _untrack(self, job_id: str) -> None:
         with self._running_lock:
             self._running.pop(job_id, None)
-
-
-class _Server(ThreadingHTTPServer):
-    """Keeps its connections, so that going down cuts the kept-alive ones too."""
-
-    daemon_threads = True
-
-    def __init__(self, *args, **kw):
-        self.connections: set[socket.socket] = set()
-        super().__init__(*args, **kw)
-
-    def process_request(self, request, client_address):
-        self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def cut_connections(self) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
 
 
 class _Handler(BaseHTTPRequestHandler):

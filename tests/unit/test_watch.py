@@ -365,6 +365,39 @@ def test_check_growing_file_restarts_quiet_period(inbox, clock, make_watcher):
     assert recorder.names == ["growing"]
 
 
+def _rewrite_in_place_same_size(path: Path, text: str) -> None:
+    """What a copy tool does when it fills a preallocated file: same size, new content, a later mtime."""
+    before = path.stat()
+    assert len(text.encode()) == before.st_size
+    with open(path, "r+") as out:
+        out.write(text)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # coarse-mtime filesystems too
+
+
+def test_snapshot_changes_when_a_file_is_rewritten_in_place_at_the_same_size(tmp_path):
+    (tmp_path / "data.bin").write_text("\0" * 8)
+    first = snapshot(tmp_path)
+    _rewrite_in_place_same_size(tmp_path / "data.bin", "filled!!")
+    assert snapshot(tmp_path) != first, "an mtime change alone must count as a change"
+
+
+def test_check_same_size_rewrite_restarts_quiet_period(inbox, clock, make_watcher):
+    job = job_dir(inbox, "prealloc", files={"data.bin": "\0" * 8})
+    recorder = Recorder()
+    watcher = make_watcher(recorder)
+    watcher.rescan()
+    watcher.check()
+    clock.now = 1.5
+    _rewrite_in_place_same_size(job / "data.bin", "filled!!")
+    watcher.check()
+    clock.now = 2.5
+    watcher.check()
+    assert recorder.calls == [], "claimed while its file was still being written (same size, new mtime)"
+    clock.now = 3.5
+    watcher.check()
+    assert recorder.names == ["prealloc"]
+
+
 def test_check_ready_marker_hands_over_at_once(inbox, clock, make_watcher):
     job_dir(inbox, "quick", files={".ready": ""})
     recorder = Recorder()

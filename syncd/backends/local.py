@@ -189,6 +189,17 @@ class LocalBackend(Backend):
         tmp = ctrl / "spec.json.tmp"
         tmp.write_text(json.dumps(runner_spec))
         os.replace(tmp, ctrl / "spec.json")
+        self._start_runner(spec, attempt)
+        # Wait briefly for the claim so that find() right after submit sees the job.
+        for _ in range(100):
+            if (ctrl / "claim").exists():
+                break
+            time.sleep(0.02)
+        return self._ref(spec.submit_key)
+
+    def _start_runner(self, spec: JobSpec, attempt: Path) -> None:
+        """Launch the detached runner of ``attempt``; it claims the job itself (``ctrl/claim``)."""
+        ctrl = attempt / "ctrl"
         try:
             with open(ctrl / "runner.log", "ab") as runner_log:
                 launcher = subprocess.run(
@@ -203,12 +214,6 @@ class LocalBackend(Backend):
             raise TransientError(f"starting the runner for {spec.name}: {exc}") from exc
         if launcher.returncode != 0:
             raise TransientError(f"the runner for {spec.name} exited with {launcher.returncode}; see {ctrl}/runner.log")
-        # Wait briefly for the claim so that find() right after submit sees the job.
-        for _ in range(100):
-            if (ctrl / "claim").exists():
-                break
-            time.sleep(0.02)
-        return self._ref(spec.submit_key)
 
     def _ref(self, key: str) -> RemoteRef:
         return RemoteRef(remote_id=key, handle={"dir": str(self._dir(key))})

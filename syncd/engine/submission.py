@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 
+from syncd.backends.base import Backend, JobSpec, RemoteRef
 from syncd.engine.base import (
     PROBE_INTERVAL,
     job_logger,
@@ -26,6 +27,19 @@ from syncd.state.store import (
     SUBMITTING,
     Job,
 )
+
+
+def submit_once(backend: Backend, spec: JobSpec) -> tuple[RemoteRef, str]:
+    """The remote job of ``spec``'s attempt and how it was reached: asked for only if the service does not
+    already hold it. The lookup comes first because a daemon may have died after the service accepted the
+    job and before anything was recorded, on either side of the backend; a backend's own ``submit`` only
+    knows what it recorded."""
+    ref = backend.find(spec)
+    if ref is not None and ref.complete:
+        return ref, "found after a restart"
+    # An interrupted multi-step submission is finished by the same idempotent call.
+    how = "submitted" if ref is None else "submission finished after a restart"
+    return backend.submit(spec), how
 
 
 class Submission(FailurePolicy):
@@ -90,14 +104,8 @@ class Submission(FailurePolicy):
         backend = self.backends[job.backend]
         spec = self.spec(job)
         started = time.monotonic()
-        ref = backend.find(spec)
-        if ref is None or not ref.complete:
-            # An interrupted multi-step submission is finished by the same idempotent call.
-            how = "submitted" if ref is None else "submission finished after a restart"
-            ref = backend.submit(spec)
-            self.crash_points.reached("submitted-unrecorded")
-        else:
-            how = "found after a restart"
+        ref, how = submit_once(backend, spec)
+        self.crash_points.reached("submitted-unrecorded")
         if self.metrics is not None:
             self.metrics.submit_seconds.labels(job.backend).observe(time.monotonic() - started)
         now = self.clock()

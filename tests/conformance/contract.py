@@ -15,7 +15,13 @@ import pytest
 
 from syncd.backends import wrapper
 from syncd.backends.base import CancelSupport, Capabilities, LogDelivery, RemoteRef, RemoteState
+from syncd.engine.submission import submit_once
 from syncd.errors import AuthError, PermanentError, TransientError
+
+
+class Crash(BaseException):
+    """Stands for kill -9: no handler of the backend sees it, nothing after it runs."""
+
 
 TREE_SCRIPT = r"""
 import os, random
@@ -99,6 +105,29 @@ class BackendContract:
         again = fresh.submit(spec)  # a retried submit of the same key is idempotent
         assert again.remote_id == ref.remote_id
         assert harness.wait(found, backend=fresh).state is RemoteState.SUCCEEDED
+        assert counter.read_text() == "run\n", "the job ran more than once"
+
+    def test_killed_after_the_service_accepted_before_anything_was_recorded_the_job_runs_once(
+        self, harness, monkeypatch
+    ):
+        counter = harness.scratch / f"runs-{random.getrandbits(32)}.txt"
+        spec = harness.spec(f"echo run >> {counter}")
+        harness.stage(spec)
+        name, is_accept = harness.accepts
+        accepted = getattr(harness.backend, name)
+
+        def accept_then_die(*args, **kwargs):
+            answer = accepted(*args, **kwargs)
+            if is_accept(*args, **kwargs):
+                raise Crash
+            return answer
+
+        monkeypatch.setattr(harness.backend, name, accept_then_die)
+        with pytest.raises(Crash):
+            submit_once(harness.backend, spec)
+        fresh = harness.new_backend()  # the restarted daemon: the engine's step again, on what survived
+        ref, _ = submit_once(fresh, spec)
+        assert harness.wait(ref, backend=fresh).state is RemoteState.SUCCEEDED
         assert counter.read_text() == "run\n", "the job ran more than once"
 
     def test_find_before_submit_reports_nothing(self, harness):

@@ -22,6 +22,9 @@ class Harness:
     request_count: Callable[[], int] | None = None  # how many requests the backend sent, if it sends any
     #: a ref the service does not know, built through the backend (each backend's test file says how)
     ghost_ref: Callable[[Harness], RemoteRef] = field(default=lambda harness: _no_ghost())
+    #: the backend method through which the service takes a job, and which of its calls are that request
+    #: (given the call's arguments): the contract kills the daemon right after one returns
+    accepts: tuple[str, Callable[..., bool]] = ("", lambda *args, **kwargs: _no_accepts())
     specs: list[JobSpec] = field(default_factory=list)
 
     def spec(self, command, *, timeout: float | None = None, outputs=None, env=None, resources=None) -> JobSpec:
@@ -75,6 +78,10 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {ref.remote_id} still {status} after {self.timeout}s")
             time.sleep(self.poll_interval)
+
+
+def _no_accepts() -> bool:
+    raise AssertionError("this backend's conformance file must pass accepts to its Harness")
 
 
 def _no_ghost() -> RemoteRef:

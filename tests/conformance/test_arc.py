@@ -25,6 +25,7 @@ def arc_harness(site: ArcSite, tmp_path, url: str | None = None, **overrides) ->
         request_count=lambda: backend.requests_sent,
         # an id of the right shape that no job has
         ghost_ref=lambda h: RemoteRef("0" * 56, {"key": "ghost"}),
+        accepts=("_json", lambda method, path, *args, **kw: method == "POST" and path == "jobs?action=new"),
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from syncd.backends.base import RemoteRef
 from syncd.backends.chime_swarm import ChimeSwarmBackend, ChimeSwarmOptions
+from syncd.backends.chime_swarm.api import SPAWN
 from tests.conformance.contract import TransportFaultContract, suites
 from tests.conformance.harness import Harness
 from tests.support.http_faults import FaultProxy
@@ -42,6 +43,7 @@ def chime_swarm_harness(service, tmp_path, url: str | None = None, **overrides) 
         timeout=60,
         request_count=lambda: backend.requests_sent,
         ghost_ref=ghost,
+        accepts=("_call", lambda method, path, *args, **kw: method == "POST" and path == SPAWN),
     )
 
 

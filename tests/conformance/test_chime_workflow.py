@@ -37,6 +37,7 @@ def chime_workflow_harness(service, tmp_path, url: str | None = None, **override
         request_count=lambda: backend.requests_sent,
         # a Work of nobody's: an id the bucket never gave, under a tag no job carries
         ghost_ref=lambda h: RemoteRef("0" * 24, {"key": f"syncd-ghost-{uuid.uuid4().hex[:8]}"}),
+        accepts=("_call", lambda method, route, *args, **kw: method == "POST" and route == "/work"),
     )
 
 

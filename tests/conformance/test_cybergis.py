@@ -56,6 +56,7 @@ def cybergis_harness(service, tmp_path, url=None, globus=False, **overrides) -> 
         timeout=30,
         request_count=lambda: backend.requests_sent,
         ghost_ref=lambda harness: RemoteRef("1700000000AbCdE", {"key": "syncd-never-submitted"}),
+        accepts=("_request", lambda method, route, *args, **kw: method == "POST" and route == "/job"),
     )
 
 

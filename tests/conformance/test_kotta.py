@@ -35,6 +35,7 @@ def kotta_harness(service, tmp_path, url: str | None = None, **overrides) -> Har
         timeout=60,
         request_count=lambda: backend.requests_sent,
         ghost_ref=ghost,
+        accepts=("_call", lambda method, route, *args, **kw: route == "submit_task"),
     )
 
 

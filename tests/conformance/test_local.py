@@ -30,6 +30,7 @@ def harness(tmp_path):
         scratch=tmp_path,
         timeout=30,
         ghost_ref=_ghost,
+        accepts=("_start_runner", lambda *args: True),
     )
 
 

@@ -43,6 +43,7 @@ def harness(request, tmp_path) -> Harness:
         timeout=30,
         request_count=lambda: service.requests,
         ghost_ref=ghost,
+        accepts=("_stepped", lambda step, job: step == "created"),
     )
 
 

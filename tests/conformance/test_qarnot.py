@@ -30,6 +30,7 @@ def qarnot_harness(emulator, tmp_path, url: str | None = None, **overrides) -> H
         timeout=30,
         request_count=lambda: backend.requests_sent,
         ghost_ref=lambda harness: RemoteRef(str(uuid.uuid4()), {}),
+        accepts=("_call", lambda method, path, *args, **kw: method == "POST" and path == "/tasks"),
     )
 
 

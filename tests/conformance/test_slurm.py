@@ -36,6 +36,7 @@ def slurm_harness(cluster, tmp_path: Path, url: str | None = None, **overrides) 
         timeout=90,
         request_count=lambda: backend.requests_sent,
         ghost_ref=_ghost,
+        accepts=("_request", lambda method, url, *args, **kw: method == "POST" and url.endswith("/job/submit")),
     )
 
 

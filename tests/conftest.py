@@ -1,7 +1,7 @@
 """Shared fixtures: config files, job folders, and a real ``syncd run`` process.
 
-Under ``CI=true`` a skipped test counts as a failure: a test that needs a
-service must start it, not skip.
+Under ``CI=true`` a skip counts as a failure (tests/support/ci_rules.py): a test that
+needs a service must start it, not skip.
 """
 
 from __future__ import annotations
@@ -34,17 +34,7 @@ from tests.support.s3server import moto_s3, seaweedfs  # noqa: F401  (one S3 ser
 from tests.support.share import network_share, share  # noqa: F401,E402  (one sshd per session; sshfs mounts)
 from tests.support.slurm import slurm_cluster  # noqa: F401,E402  (one cluster per session)
 
-pytest_plugins: list[str] = []
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.longrepr = f"skipped under CI=true (skips are failures in CI): {reason}"
+pytest_plugins = ["tests.support.ci_rules"]  # under CI=true every skip, at collection too, fails
 
 
 @pytest.fixture(scope="session", autouse=True)

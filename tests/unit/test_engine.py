@@ -8,13 +8,15 @@ import time
 import pytest
 import yaml
 
+from syncd.backends.local import LocalBackend
 from syncd.backends.memory import MemoryBackend, MemoryService
+from syncd.engine.base import remote_ref
 from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
 from syncd.service.daemon import build_storages, load
 from syncd.state.store import Store
 from syncd.storage.file import FileStorage
-from tests.support.harness import make_config, make_job
+from tests.support.harness import make_config, make_job, wait_for
 
 
 @pytest.fixture
@@ -255,3 +257,45 @@ def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world)
     assert [j.id for j in engine.store.jobs(["claiming"])] == ["away"], (
         "on the mounted filesystem a missing folder means the rename never happened"
     )
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_engine_polls_every_due_job_of_a_backend_in_one_call(tmp_path, kind):
+    """One status call per backend and tick, whatever the number of jobs: the engine batches for every backend,
+    not only where a request counter could show it."""
+    backends = {"b": {"type": kind, "max_parallel": 4}}
+    path = make_config(tmp_path / "site", backend="b", extra={"backends": backends})
+    config = load(path)
+    store = Store(config.db_path)
+    service = MemoryService()
+    backend = (
+        MemoryBackend("b", config.backend_options["b"], config.state_dir / "b", service)
+        if kind == "memory"
+        else LocalBackend("b", config.backend_options["b"], config.state_dir / "b")
+    )
+    calls: list[int] = []
+    poll = backend.poll
+    backend.poll = lambda refs: calls.append(len(refs)) or poll(refs)  # type: ignore[method-assign]
+    engine = Engine(config, store, {"b": backend}, build_storages(config))
+    engine.prepare()
+    inbox = config.inboxes[0]
+    try:
+        ids: list[str] = []
+        for n in range(4):
+            assert engine.claim(inbox, make_job(inbox.path, f"batch-{n}", {"command": "sleep 30"}))
+            ids.append(store.find(f"batch-{n}")[0].id)
+        _pump_until(engine, lambda: all(store.get(i).state == "running" for i in ids), timeout=20)
+        wait_for(lambda: all(store.get(i).next_at <= engine.clock() for i in ids), timeout=10, what="all jobs due")
+        calls.clear()
+        requests = service.requests
+        engine.poll_backend("b")
+        assert calls == [4], "one call carried every due job"
+        if kind == "memory":
+            assert service.requests - requests == 1, "and one request reached the service"
+        assert all(store.get(i).next_at > engine.clock() for i in ids), "each job's next poll was scheduled"
+    finally:
+        for i in ids:
+            if (job := store.get(i)).remote_id:
+                backend.cancel(remote_ref(job))
+        engine.stop(5)
+        store.close()

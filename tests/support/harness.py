@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 SYNCD = [sys.executable, "-m", "syncd"]
+TRACEBACK = "Traceback (most recent call last)"
 
 
 def make_config(
@@ -130,6 +131,7 @@ class SyncdProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_path = self.root / f"syncd-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
+        self.killed = False  # by the test itself: how it ended is then the test's to judge
 
     @property
     def inbox(self) -> Path:
@@ -142,6 +144,8 @@ class SyncdProcess:
     def start(self, wait: bool = True) -> SyncdProcess:
         """Start ``syncd run``; with ``wait``, return once it logged that it is ready."""
         self._log = open(self.log_path, "ab")
+        started_at = self._log.tell()
+        self.killed = False
         as_user = (
             ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--"] if self.user else []
         )
@@ -153,8 +157,8 @@ class SyncdProcess:
         )
         if not wait:
             return self
-        wait_for(
-            lambda: b"syncd ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
+        wait_for(  # this run's line: a restarted daemon's log already holds the one of the run before
+            lambda: b"syncd ready" in self.log_path.read_bytes()[started_at:] or self.proc.poll() is not None,
             timeout=30,
             what="syncd to start",
         )
@@ -164,22 +168,33 @@ class SyncdProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM:\n{self.log()}") from None
-        finally:
-            self._log.close()
+    def stop(self, timeout: float = 15.0, *, expect: int = 0) -> int:
+        """SIGTERM, then check how the daemon ended: exit code ``expect`` and no traceback in its log. A daemon
+        that had already died is checked the same way, so a crash during the test cannot pass unseen; only
+        one the test killed itself (``kill9``) is not."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM:\n{self.log()}") from None
+            finally:
+                self._log.close()
+        code = self.proc.returncode
+        if not self.killed:
+            assert code == expect, f"syncd exited with {code}, not {expect}:\n{self.log()}"
+            assert TRACEBACK not in self.log(), f"syncd logged a traceback:\n{self.log()}"
+        return code
 
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        self.killed = True
         self._log.close()
 
     def result(self, folder: str, timeout: float = 30.0, bucket: str = "results") -> dict:

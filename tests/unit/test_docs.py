@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,11 @@ def test_readme_command_table_lists_every_command_and_its_options():
             longest = max(param.opts, key=len)
             if longest.startswith("--") and longest not in ("--help", "--config"):
                 assert longest in rows[name], f"syncd {name} {longest} is missing from the README's table"
+
+
+def test_the_readme_lists_every_mutant_as_the_script_does():
+    root = Path(__file__).parents[2]
+    listed = subprocess.run(
+        [sys.executable, str(root / "scripts" / "mutants.py"), "--list"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert listed in (root / "README.md").read_text(), "update the README's table: scripts/mutants.py --list"

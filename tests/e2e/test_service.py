@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+from syncd.state.store import Store
 from tests.support.harness import SYNCD, SyncdProcess, drop_job, wait_for
 from tests.support.harness import http_get as _get
 from tests.support.harness import http_port as _http_port
@@ -207,7 +208,13 @@ def test_dry_run_returns_a_validation_report_and_runs_nothing(daemon, tmp_path):
     report = (daemon.outbox / "results" / "just-check" / "syncd-validation.txt").read_text()
     assert result["state"] == "validated" and result["remote_id"] is None
     assert "in/a.txt" in report and "Nothing was run" in report
-    time.sleep(0.5)
+    store = Store(daemon.root / ".state" / "syncd.db")
+    try:
+        (job,) = store.find("just-check")
+        steps = [e.message for e in store.events(job.id)]
+    finally:
+        store.close()
+    assert not [m for m in steps if "submit" in m or "stag" in m], steps
     assert not marker.exists()
 
 

@@ -20,6 +20,7 @@ from syncd.storage.s3.storage import (
     _Slots,
 )
 from syncd.storage.s3.wire import Endpoint, parse_list_page
+from tests.support.harness import wait_for
 
 
 @pytest.mark.parametrize(
@@ -125,6 +126,8 @@ class _PartsHttp:
     def __init__(self):
         self.fetch_returned = threading.Event()
         self.late_writes = 0
+        self.writing = 0  # parts inside write_to right now
+        self.lock = threading.Lock()
 
     def request(self, method, bucket, key, *, stream=False, headers=None):
         if headers["Range"].startswith("bytes=0-"):
@@ -134,10 +137,16 @@ class _PartsHttp:
     headers = Headers()
 
     def write_to(self, fd, offset, lock):
-        time.sleep(0.3)
-        if self.fetch_returned.is_set():
-            self.late_writes += 1
-        return os.pwrite(fd, b"x" * 4, offset)
+        with self.lock:
+            self.writing += 1
+        try:
+            time.sleep(0.3)
+            if self.fetch_returned.is_set():
+                self.late_writes += 1
+            return os.pwrite(fd, b"x" * 4, offset)
+        finally:
+            with self.lock:
+                self.writing -= 1
 
     def release_conn(self):
         pass
@@ -163,8 +172,8 @@ def test_a_failed_part_ends_the_fetch_only_after_the_other_parts_stopped_writing
     with pytest.raises(TransientError, match="b/big"):
         storage.fetch("b", "big", tmp_path / "big.part", ObjectInfo("big", 15 * 1024 * 1024, "e-3"))
     http.fetch_returned.set()
-    time.sleep(0.5)
-    storage.close()
+    storage.close()  # no part starts from here on; one that was still writing is counted when it ends
+    wait_for(lambda: http.writing == 0, timeout=10, what="the parts to stop writing")
     assert http.late_writes == 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from syncd.intake.watch import (
     snapshot,
     wants_polling,
 )
+from tests.support.harness import wait_for
 
 A = (("f", 0o100000, 1, 1),)
 B = (("f", 0o100000, 2, 2),)
@@ -570,12 +570,14 @@ def test_native_watcher_watches_the_top_level_only_never_the_spool(tmp_path):
         watcher.start()
         assert watcher.mode == "native"
         assert _inotify_watches() - before == 1, "one watch: the inbox itself"
-        new = job_dir(config, "arrives-later")
-        wait = 0
-        while "arrives-later" not in watcher._dirty and wait < 50:  # the top-level event still arrives
-            time.sleep(0.05)
-            wait += 1
-        assert "arrives-later" in watcher._dirty, new
+        job_dir(config, "arrives-later")
+        # the top-level event still arrives: check() takes it up (it lists the inbox only on a rescan)
+        wait_for(
+            lambda: watcher.check() or "arrives-later" in watcher.tracker.names(),
+            timeout=2.5,
+            interval=0.05,
+            what="the new folder's event",
+        )
     finally:
         watcher.stop()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,27 @@ def test_run_refused_credential_pauses_the_backend_and_resumes_when_fixed(arc_co
         daemon.stop()
     assert result["state"] == "succeeded", result
     assert "accepts the credentials again" in daemon.log()
+
+
+@pytest.mark.s3
+def test_run_inputs_through_the_inbox_s3_storage_reach_the_job_and_are_removed_after_delivery(arc_site, seaweedfs):
+    root = arc_site.scratch("e2e-s3") / "site"
+    bucket = f"arce2e-{uuid.uuid4().hex[:10]}"
+    section = arc_site.backend_section(inputs="storage", connect_timeout="1s", request_timeout="5s")
+    storages = {"local": {"type": "file", "root": "buckets"}, "s3": seaweedfs.storage_options(create_buckets=True)}
+    config = make_config(
+        root, backend="arc", storage="s3", bucket=bucket, extra={"backends": {"arc": section}, "storages": storages}
+    )
+    root.chmod(0o777)
+    daemon = SyncdProcess(config, env=ENV).start()
+    try:
+        drop_job(
+            daemon.inbox, "fetched", {"command": "sort 'data/in put.txt' > sorted.txt"}, {"data/in put.txt": "b\na\n"}
+        )
+        result = daemon.result("fetched", timeout=90, bucket=bucket)
+    finally:
+        daemon.stop()
+    assert (result["state"], result["exit_code"]) == ("succeeded", 0), result
+    assert (daemon.outbox / bucket / "fetched" / "sorted.txt").read_text() == "a\nb\n"
+    left = seaweedfs.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert not [o["Key"] for o in left if "_inputs/" in o["Key"]], "the staged inputs are removed once delivered"

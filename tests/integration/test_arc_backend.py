@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from urllib.parse import unquote
 
 import pytest
+import requests
 
 from syncd.backends.arc import ArcBackend, ArcOptions, api
-from syncd.backends.base import RemoteState
+from syncd.backends.base import RemoteRef, RemoteState, StagingArea
 from syncd.errors import AuthError, TransientError
 from tests.conformance.harness import Harness
+from tests.integration.conftest import make_storage
 from tests.support.arc import ArcSite
 
 pytestmark = pytest.mark.arc
@@ -120,3 +125,93 @@ def test_a_subject_the_ce_does_not_map_is_an_auth_error(arc_site, tmp_path):
     )
     with pytest.raises(AuthError):
         backend.probe()
+
+
+class RecordingUploads(ArcBackend):
+    """Remembers the session paths it PUT through the CE."""
+
+    def _send(self, method, url, what, **kw):
+        if method == "PUT":
+            self.put_paths = [*getattr(self, "put_paths", []), unquote(url.split("/session/", 1)[1])]
+        return super()._send(method, url, what, **kw)
+
+
+def storage_backend(site: ArcSite, server, tmp_path, spec_of):
+    """A backend with ``inputs: storage``, a harness, and a spec whose staging area is in a new bucket."""
+    backend, harness = backend_for(site, tmp_path, inputs="storage")
+    recording = RecordingUploads("arc", backend.options, tmp_path / "work")
+    harness = replace(harness, backend=recording)
+    storage = make_storage(server)
+    bucket = server.new_bucket("arc-in")
+    spec = spec_of(harness)
+    return recording, harness, replace(spec, staging=StagingArea.for_job(storage, bucket, "lab", spec.job_id))
+
+
+@pytest.mark.s3
+def test_inputs_from_the_inbox_storage_are_fetched_by_the_job_not_uploaded_through_the_ce(
+    arc_site, seaweedfs, tmp_path
+):
+    command = 'cat "in dir/ä b.txt" ./-n.txt > joined.txt; echo changed >> ./-n.txt'
+    backend, harness, spec = storage_backend(arc_site, seaweedfs, tmp_path, lambda h: h.spec(command))
+    assert backend.capabilities.stages_to_storage and backend.check(spec) == []
+    files = {"in dir/ä b.txt": b"first\n", "-n.txt": b"second\n", "same.txt": b"left alone\n"}
+    ref = harness.run(spec, files)
+    assert harness.wait(ref).state is RemoteState.SUCCEEDED
+    assert not set(backend.put_paths) & set(files), f"inputs went through the CE: {backend.put_paths}"
+    assert all(p.startswith(".syncd/") for p in backend.put_paths)
+    staged = {o.key for o in spec.staging.storage.list(spec.staging.bucket, spec.staging.inputs)}
+    assert staged == {spec.staging.input_key(name) for name in files}
+    outputs = {o.relpath: o.source.read_bytes() for o in backend.outputs(ref, spec)}
+    assert outputs == {"joined.txt": b"first\nsecond\n", "-n.txt": b"second\nchanged\n"}, "same.txt is unchanged"
+
+
+@pytest.mark.s3
+def test_an_input_gone_from_the_storage_fails_the_job_with_its_name(arc_site, seaweedfs, tmp_path):
+    backend, harness, spec = storage_backend(arc_site, seaweedfs, tmp_path, lambda h: h.spec("cat data.txt"))
+    harness.stage(spec, {"data.txt": b"soon gone\n"})
+    spec.staging.storage.delete(spec.staging.bucket, spec.staging.input_key("data.txt"))
+    ref = backend.submit(spec)
+    status = harness.wait(ref)
+    assert (status.state, status.exit_code) == (RemoteState.FAILED, 121)
+    logs = backend.logs(ref)
+    assert logs.stderr is not None and "cannot fetch input data.txt" in logs.stderr.read_text()
+
+
+@pytest.mark.s3
+def test_arex_own_data_staging_cannot_fetch_an_s3_url_presigned_for_get(arc_site, seaweedfs, tmp_path):
+    """Why ``inputs: storage`` has the job fetch its inputs: A-REX's data staging asks a source with PROPFIND, then
+    HEAD, before it GETs it, and a signature made for GET refuses both. If this starts passing, the CE could fetch
+    the inputs itself (a delegation, ``arc_site.delegate()``, and a source URL per input in the description)."""
+    storage = make_storage(seaweedfs)
+    bucket = seaweedfs.new_bucket("arc-dtr")
+    storage.put_file(bucket, "in.txt", _file(tmp_path / "in.txt", b"from s3\n"))
+    url = storage.presign(bucket, "in.txt", method="GET", expires=600)
+    assert requests.get(url, timeout=10).content == b"from s3\n", "the URL itself works"
+    delegation = arc_site.delegate()
+    description = api.adl(
+        name="dtr-probe", executable="/bin/cat", arguments=["in.txt"], stdout="out", stderr="err", env={}, inputs=[]
+    )
+    tree = ET.fromstring(description)
+    staging = tree.find(f"{{{api.ADL_NS}}}DataStaging")
+    assert staging is not None
+    wanted = ET.SubElement(staging, f"{{{api.ADL_NS}}}InputFile")
+    ET.SubElement(wanted, f"{{{api.ADL_NS}}}Name").text = "in.txt"
+    source = ET.SubElement(wanted, f"{{{api.ADL_NS}}}Source")
+    ET.SubElement(source, f"{{{api.ADL_NS}}}URI").text = url
+    ET.SubElement(source, f"{{{api.ADL_NS}}}DelegationID").text = delegation
+    backend, harness = backend_for(arc_site, tmp_path)
+    created = api.entries(
+        backend._json(
+            "POST", "jobs?action=new", "submitting", data=ET.tostring(tree), headers={"Content-Type": "application/xml"}
+        )
+    )
+    ref = RemoteRef(created[0].id, {"key": "dtr-probe"})
+    status = harness.wait(ref)
+    assert status.state is RemoteState.FAILED
+    assert "Failed checking source replica" in status.message, status.message
+    assert "Failed to obtain information about file" in status.message, status.message
+
+
+def _file(path, content: bytes):
+    path.write_bytes(content)
+    return path

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import os
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -12,10 +15,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.http_faults import FaultProxy
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "arc-site"
+#: RFC 3820's ProxyCertInfo extension, and its value for a proxy that inherits all of the user's rights
+PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
+INHERIT_ALL_POLICY = bytes.fromhex("300c300a06082b06010505071501")
+
+
+def _cn(value: str) -> x509.NameAttribute:
+    return x509.NameAttribute(x509.NameOID.COMMON_NAME, value)
+
+
+def _requested_key(pem: bytes):
+    """The public key of a PEM certificate request. A-REX 6.17 writes version 2 into its requests, which
+    ``cryptography`` refuses to load as a request, so the key is read from the DER structure itself."""
+    der = base64.b64decode(b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----")))
+
+    def element(at: int) -> tuple[int, int]:  # (start of content, end) of the DER element at ``at``
+        length, start = der[at + 1], at + 2
+        if length & 0x80:
+            size = length & 0x7F
+            length, start = int.from_bytes(der[start : start + size], "big"), start + size
+        return start, start + length
+
+    request, _ = element(0)
+    info, _ = element(request)
+    _, version_end = element(info)
+    _, subject_end = element(version_end)
+    _, key_end = element(subject_end)
+    return serialization.load_der_public_key(der[subject_end:key_end])
 
 
 @dataclass
@@ -40,6 +74,40 @@ class ArcSite:
         }
         section.update(overrides)
         return section
+
+    def delegate(self) -> str:
+        """A delegation of the user's credential to the CE (what server-side data staging needs), made the REST
+        1.0 way: the CE hands a certificate request, the user signs a proxy certificate (RFC 3820) for its key."""
+        call = {"cert": (str(self.cert), str(self.key)), "verify": str(self.ca_file), "timeout": 20}
+        asked = requests.post(f"{self.url}/rest/1.0/delegations?action=new", **call)
+        assert asked.status_code == 201, asked.text
+        # A-REX 6.17 writes the location as ".../delegations?action=new/<id>"
+        delegation = asked.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+        user = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        key = serialization.load_pem_private_key(self.key.read_bytes(), None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        serial = secrets.randbits(31)
+        now = datetime.datetime.now(datetime.UTC)
+        proxy = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([*user.subject.rdns, x509.RelativeDistinguishedName([_cn(str(serial))])]))
+            .issuer_name(user.subject)
+            .public_key(_requested_key(asked.content))
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.UnrecognizedExtension(PROXY_CERT_INFO, INHERIT_ALL_POLICY), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        chain = proxy.public_bytes(serialization.Encoding.PEM) + user.public_bytes(serialization.Encoding.PEM)
+        put = requests.put(
+            f"{self.url}/rest/1.0/delegations/{delegation}",
+            data=chain,
+            headers={"Content-Type": "application/x-pem-file"},
+            **call,
+        )
+        assert put.status_code == 200, put.text
+        return delegation
 
     def web_service(self, action: str) -> None:
         """``stop`` or ``start`` A-REX's web service alone (the job manager runs on): an outage as clients see it."""

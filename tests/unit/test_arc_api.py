@@ -6,8 +6,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from syncd.backends.arc import api
-from syncd.backends.base import RemoteState
+from syncd.backends.arc import ArcBackend, ArcOptions, api, runner
+from syncd.backends.base import JobSpec, RemoteState, StagingArea
+from syncd.errors import PermanentError
+from syncd.intake.manifest import InputFile
+from syncd.storage.file import FileStorage
 
 
 def test_items_reads_every_rendering_of_a_collection():
@@ -94,3 +97,40 @@ def test_adl_escapes_every_value_and_refuses_what_xml_cannot_carry():
     assert root.find("a:Resources/a:WallTime", ns).text == "60"
     with pytest.raises(ValueError):
         api.adl(name="k", executable="/bin/sh", arguments=[], stdout="o", stderr="e", env={"V": "a\x01b"}, inputs=[])
+
+
+@pytest.mark.parametrize("choice", ["storage", "auto"])
+def test_inputs_from_a_folder_storage_are_refused_with_what_to_do_or_uploaded(tmp_path, choice):
+    section = {"type": "arc", "url": "https://ce.example.org/arex", "proxy": str(tmp_path / "proxy.pem")}
+    backend = ArcBackend("arc", ArcOptions.model_validate({**section, "inputs": choice}), tmp_path / "work")
+    folder = FileStorage("local", FileStorage.options_model.model_validate({"type": "file", "root": str(tmp_path)}))
+    spec = JobSpec(
+        job_id="j1",
+        name="job one",
+        submit_key="syncd-j1",
+        attempt=1,
+        command="cat data.txt",
+        staging=StagingArea.for_job(folder, "results", "", "j1"),
+    )
+    source = tmp_path / "data.txt"
+    source.write_text("x")
+    if choice == "storage":
+        (problem,) = backend.check(spec)
+        assert "cannot make URLs" in problem and "inputs: upload" in problem
+        with pytest.raises(PermanentError, match="use an s3 storage there"):
+            backend.stage(spec, [InputFile("data.txt", source, 1)])
+    else:
+        assert backend.check(spec) == []
+        backend.stage(spec, [InputFile("data.txt", source, 1)])
+        assert (tmp_path / "work" / "syncd-j1" / "work" / "data.txt").read_text() == "x", "uploaded from there"
+        assert not list((tmp_path / "work" / "syncd-j1" / "work" / ".syncd").glob("fetch/*"))
+
+
+def test_the_runner_learns_each_input_to_fetch_as_data():
+    files = runner.fetch_files([("a dir/$(x) b.txt", "http://s3/k?X-Amz-Signature=1&b=2", 7)])
+    assert files == {
+        ".syncd/fetch/000000.url": b"http://s3/k?X-Amz-Signature=1&b=2",
+        ".syncd/fetch/000000.name": b"a dir/$(x) b.txt",
+        ".syncd/fetch/000000.size": b"7",
+    }
+    assert all(runner.is_own(path) for path in files)

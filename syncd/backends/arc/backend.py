@@ -2,7 +2,10 @@
 
 Each attempt is one ADL job named by the submit key. Its inputs, and syncd's constant runner with the command as
 data (:mod:`~syncd.backends.arc.runner`), are declared as client uploads: the CE creates the job, then syncd PUTs
-each file into its session folder, and the job starts once the last one is there. That is a multi-step submission:
+each file into its session folder, and the job starts once the last one is there. With ``inputs: storage`` the
+inputs go into the inbox's S3 storage instead and the runner fetches them on the worker node by presigned URL:
+A-REX's own data staging cannot take such a URL (it asks the source with PROPFIND and HEAD first, which a
+signature made for GET refuses), so only the runner's small files travel through the CE. That is a multi-step submission:
 the job's id is written down as soon as the CE gives it, each finished upload too, so after a crash ``find`` hands
 back an unfinished ref and ``submit`` uploads what is missing, never creating a second job. If the crash came before
 the id was written, the job is looked for by name among the user's jobs (one ``info`` request for all of them).
@@ -18,13 +21,14 @@ import os
 import shutil
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from syncd.backends import http
+from syncd.backends import http, storage_inputs, workdir
 from syncd.backends.arc import api, runner
 from syncd.backends.arc.options import ArcOptions
 from syncd.backends.base import (
@@ -67,6 +71,8 @@ class ArcBackend(Backend):
         self._lock = threading.Lock()
         self._version: str | None = None
         self.requests_sent = 0  # for tests and metrics
+        if options.inputs != "upload":
+            self.capabilities = replace(self.capabilities, stages_to_storage=True)
 
     # -- HTTP --------------------------------------------------------------------------------------------------
     def _credentials(self) -> dict[str, Any]:
@@ -182,10 +188,27 @@ class ArcBackend(Backend):
     def probe(self) -> None:
         self._json("GET", "jobs", "listing the user's jobs")
 
+    def check(self, spec: JobSpec) -> list[str]:
+        problems = super().check(spec)
+        if self.options.inputs == "storage" and not storage_inputs.presigns(spec):
+            problems.append(storage_inputs.NO_URLS.format(name=self.name))
+        return problems
+
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         folder = self._folder(spec.submit_key)
-        folder.stage(inputs)
-        for relpath, content in runner.files(spec.command).items():
+        own = runner.files(spec.command)
+        if spec.staging is not None and storage_inputs.wanted(self.options.inputs, spec, self.name):
+            folder.stage([])
+            folder.write_json(workdir.INPUTS_SNAPSHOT, {item.relpath: [item.size, 0] for item in inputs})
+            fetched = []
+            for item in sorted(inputs, key=lambda i: i.relpath):
+                info = storage_inputs.as_input_error(inputs, spec.staging.put_input, item)
+                url = spec.staging.url(info.key, expires=self.options.input_url_expiry)
+                fetched.append((item.relpath, url, info.size))
+            own |= runner.fetch_files(fetched)
+        else:
+            folder.stage(inputs)
+        for relpath, content in own.items():
             path = folder.work / relpath
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -35,6 +36,19 @@ class ArcOptions(BackendOptions):
     queue: str | None = Field(None, description="the CE's queue (default: the CE's default queue)")
     connect_timeout: Duration = Field(5.0, gt=0, description="seconds to wait for a connection")
     request_timeout: Duration = Field(60.0, gt=0, description="seconds to wait for an answer")
+    inputs: Literal["upload", "storage", "auto"] = Field(
+        "upload",
+        description="upload: syncd PUTs each input into the job's session folder on the CE; storage: inputs are "
+        "put into the inbox's S3 storage and the job fetches them by presigned URL on the worker node (which must "
+        "reach that storage); auto: storage when the inbox's storage is S3",
+    )
+    input_url_expiry: Duration = Field(
+        7 * 86400.0,
+        gt=0,
+        le=7 * 86400.0,
+        description="how long presigned input URLs live (inputs: storage); a job still queued after that cannot "
+        "fetch its inputs",
+    )
     keep_on_ce: bool = Field(False, description="leave each job's session folder on the CE after delivery")
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from syncd.backends import http, wrapper
+from syncd.backends import http, storage_inputs, wrapper
 from syncd.backends.base import (
     Backend,
     CancelSupport,
@@ -211,8 +211,8 @@ class KottaBackend(Backend):
     # -- contract ------------------------------------------------------------------------------------------
     def check(self, spec: JobSpec) -> list[str]:
         problems = super().check(spec)
-        if self.options.inputs == "storage" and not stagein.presigns(spec):
-            problems.append(stagein.NO_URLS.format(name=self.name))
+        if self.options.inputs == "storage" and not storage_inputs.presigns(spec):
+            problems.append(storage_inputs.NO_URLS.format(name=self.name))
         return problems
 
     def probe(self) -> None:
@@ -224,20 +224,10 @@ class KottaBackend(Backend):
             # The access token has expired (it lives an hour); the refresh token still lets jobs be submitted.
             self._call("POST", "upload_url", "checking the refresh token", {"filepath": "syncd/probe"})
 
-    def _from_storage(self, spec: JobSpec) -> bool:
-        """Whether this job's inputs go through the inbox's storage (else through Kotta's upload_url)."""
-        if self.options.inputs == "upload":
-            return False
-        if stagein.presigns(spec):
-            return True
-        if self.options.inputs == "storage":
-            raise PermanentError(stagein.NO_URLS.format(name=self.name))
-        return False
-
     def stage(self, spec: JobSpec, inputs: Sequence[InputFile]) -> None:
         folder = self._folder(spec.submit_key)
         folder.mkdir(parents=True, exist_ok=True)
-        staging = spec.staging if self._from_storage(spec) else None
+        staging = spec.staging if storage_inputs.wanted(self.options.inputs, spec, self.name) else None
         plan = stagein.plan(inputs, staging, self.options.input_url_expiry)
         env = {
             **{k: str(v) for k, v in spec.env.items()},
@@ -246,7 +236,7 @@ class KottaBackend(Backend):
             "SYNCD_ATTEMPT": str(spec.attempt),
         }
         control = folder / bundle.CONTROL
-        stagein.as_input_error(
+        storage_inputs.as_input_error(
             inputs,
             bundle.control_archive,
             control,
@@ -259,7 +249,7 @@ class KottaBackend(Backend):
         uploaded = self._read(folder / "uploads.json") or {}
         urls = [self._upload(spec, uploaded, bundle.CONTROL, control)]
         for item, blob in plan.alone:
-            urls.append(stagein.as_input_error(inputs, self._upload, spec, uploaded, blob, item.source))
+            urls.append(storage_inputs.as_input_error(inputs, self._upload, spec, uploaded, blob, item.source))
         control.unlink(missing_ok=True)
         self._write(folder / "staged.json", {"input_urls": urls})
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from syncd.backends import wrapper
+from syncd.backends.storage_inputs import FETCH_FUNCTION
 from syncd.errors import PermanentError
 from syncd.storage.base import check_key
 
@@ -42,12 +43,7 @@ SCRIPT = """#!/bin/sh
 # never shell text. Cloud Kotta runs this in the job's folder, beside the inputs it fetched.
 top=$(pwd)
 fail() { printf 'syncd: %s\\n' "$1" >&2; exit "$2"; }
-fetch() {
-    if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 3 -o "$2" "$1"
-    elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
-    else python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$1" "$2"
-    fi
-}
+{FETCH}
 tar -xf syncd-control.tar || fail "cannot unpack syncd-control.tar" 120
 for f in control/fetch/*; do
     [ -f "$f" ] || continue
@@ -78,7 +74,7 @@ find work -type f -exec sh -c '
     done' sh {} + > control/outputs.list
 tar -C work --null -T control/outputs.list -cf syncd-outputs.tar || fail "cannot pack the outputs" 124
 exit "$code"
-"""
+""".replace("{FETCH}", FETCH_FUNCTION)
 
 
 def control_archive(

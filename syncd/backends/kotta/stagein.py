@@ -4,13 +4,12 @@ presigned URL from the inbox's storage."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from syncd.backends.base import JobSpec, StagingArea
-from syncd.errors import InputError, PermanentError
+from syncd.backends.base import StagingArea
+from syncd.backends.storage_inputs import as_input_error
 from syncd.intake.manifest import InputFile
 
 #: inputs at least this big are uploaded on their own (and not again while unchanged); smaller ones ride in
@@ -47,42 +46,9 @@ def plan(inputs: Sequence[InputFile], staging: StagingArea | None, url_expiry: f
     return found
 
 
-NO_URLS = (
-    "backend '{name}' takes inputs from the inbox's storage (inputs: storage), but that storage cannot make "
-    "URLs; use an s3 storage there, or inputs: upload"
-)
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def presigns(spec: JobSpec) -> bool:
-    """Whether the job's staging area can hand out URLs (an s3 storage; a file storage cannot)."""
-    if spec.staging is None:
-        return False
-    try:
-        spec.staging.url(spec.staging.input_key(".probe"), expires=60)
-    except PermanentError:
-        return False
-    return True
-
-
-def as_input_error(inputs: Sequence[InputFile], action: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    """``action(*args, **kw)``; an input that vanished or cannot be read is the user's to fix (InputError)."""
-    try:
-        return action(*args, **kw)
-    except (FileNotFoundError, PermissionError) as exc:
-        for item in inputs:
-            if exc.filename == str(item.source):
-                why = (
-                    "disappeared from the job folder while it was being staged; put it back"
-                    if isinstance(exc, FileNotFoundError)
-                    else "cannot be read by the user syncd runs as; make it readable"
-                )
-                raise InputError([f"{item.relpath}: {why}"]) from exc
-        raise

@@ -45,9 +45,9 @@ def proxy_for():
     """``proxy_for(server)`` → a FaultProxy in front of it; all are stopped at the end."""
     started: list[FaultProxy] = []
 
-    def factory(server: S3Server) -> FaultProxy:
+    def factory(server: S3Server, listen: str = "127.0.0.1") -> FaultProxy:
         host, port = server.endpoint.rsplit("//", 1)[1].split(":")
-        proxy = FaultProxy((host, int(port))).start()
+        proxy = FaultProxy((host, int(port)), listen=listen).start()
         started.append(proxy)
         return proxy
 

@@ -142,3 +142,20 @@ def test_options_reference_env_variables_for_keys(tmp_path, seaweedfs):
     options = loaded.storage_options["s3"]
     assert options.secret_access_key.get_secret_value() == seaweedfs.secret_key
     assert seaweedfs.secret_key not in repr(loaded)
+
+
+def test_an_ipv6_literal_endpoint_carries_small_and_multipart_objects_both_ways(seaweedfs, bucket, proxy_for, tmp_path):
+    proxy = proxy_for(seaweedfs, listen="::1")
+    assert proxy.endpoint.startswith("http://[::1]:")
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint, part_size="5MiB")
+    small, large = b"small over IPv6\n", os.urandom(12 * 1024 * 1024)
+    storage.put_file(bucket, "v6/small.txt", write(tmp_path / "small.txt", small))
+    put = storage.put_file(bucket, "v6/large.bin", write(tmp_path / "large.bin", large))
+    assert put.etag.endswith("-3"), "the multipart half (boto3) went over IPv6 too"
+    listed = {o.key: o for o in storage.list(bucket, "v6/")}
+    assert sorted(listed) == ["v6/large.bin", "v6/small.txt"]
+    for key, data in (("v6/small.txt", small), ("v6/large.bin", large)):
+        storage.fetch(bucket, key, tmp_path / "back", listed[key])
+        assert (tmp_path / "back").read_bytes() == data
+    assert proxy.count("GET") >= 2 and proxy.count("PUT") >= 2
+    storage.close()

@@ -33,20 +33,22 @@ class FaultProxy:
     requests: list[tuple[str, str]] = field(default_factory=list)
     resets: int = 0
     connections: int = 0
+    listen: str = "127.0.0.1"  # or "::1", to reach a server over IPv6 loopback
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._listener = socket.socket()
+        self._listener = socket.socket(socket.AF_INET6 if ":" in self.listen else socket.AF_INET)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind((self.listen, 0))
         self._listener.listen(128)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        return f"http://{host}:{self.port}"
 
     def start(self) -> FaultProxy:
         thread = threading.Thread(target=self._accept, daemon=True, name="faultproxy-accept")

@@ -50,12 +50,14 @@ class Endpoint:
     virtual_hosted: bool
 
     def target(self, bucket: str, key: str) -> tuple[str, str]:
-        """(host, canonical path) of an object or, with key '', of the bucket."""
+        """(host, canonical path) of an object or, with key '', of the bucket. A path in the endpoint (a server
+        behind a prefix) comes first, as botocore puts it."""
         parts = urlsplit(self.base)
+        prefix = parts.path.rstrip("/")
         quoted = quote(key, safe="/~")
         if self.virtual_hosted:
-            return f"{bucket}.{parts.netloc}", f"/{quoted}"
-        return parts.netloc, f"/{bucket}/{quoted}" if key else f"/{bucket}"
+            return f"{bucket}.{parts.netloc}", f"{prefix}/{quoted}"
+        return parts.netloc, f"{prefix}/{bucket}/{quoted}" if key else f"{prefix}/{bucket}"
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,10 @@ class SignedHttp:
         with self._lock:
             pool = self._pools.get(host)
             if pool is None:
-                name, _, port = host.rpartition(":") if host.rsplit(":", 1)[-1].isdigit() else (host, "", "")
+                address = urlsplit(f"//{host}")  # an IPv6 literal comes bracketed: [::1]:9000
                 pool = Pool(
-                    name,
-                    int(port) if port else (443 if self._tls else 80),
+                    address.hostname or host,
+                    address.port or (443 if self._tls else 80),
                     tls=self._tls,
                     connect_timeout=self._timeouts[0],
                     read_timeout=self._timeouts[1],
@@ -229,9 +231,7 @@ class SignedHttp:
         """ListObjectsV2, every page; keys come URL-encoded (form style, as botocore decodes them) so any byte survives the XML."""
         token: str | None = None
         while True:
-            query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
-            if token:
-                query["continuation-token"] = token
+            query = list_query(prefix, token)
             listed, token = parse_list_page(self.request("GET", bucket, query=query).body, bucket)
             yield from listed
             if not token:
@@ -242,6 +242,14 @@ class SignedHttp:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def list_query(prefix: str, token: str | None) -> dict[str, str]:
+    """The query of one ListObjectsV2 page."""
+    query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
+    if token:
+        query["continuation-token"] = token
+    return query
 
 
 def _local(tag: str) -> str:

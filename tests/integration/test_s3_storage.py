@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
+from syncd.storage.s3 import wire
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.integration.conftest import make_storage
 from tests.support.s3server import free_port
@@ -159,3 +161,14 @@ def test_an_ipv6_literal_endpoint_carries_small_and_multipart_objects_both_ways(
         assert (tmp_path / "back").read_bytes() == data
     assert proxy.count("GET") >= 2 and proxy.count("PUT") >= 2
     storage.close()
+
+
+def test_a_skewed_clock_is_reported_as_the_clock_not_the_credentials(storage, bucket, monkeypatch):
+    """SeaweedFS, like AWS, answers a request signed an hour off with 403 RequestTimeTooSkewed."""
+    real = time.gmtime
+    monkeypatch.setattr(wire.time, "gmtime", lambda *args: real(time.time() - 3600))
+    with pytest.raises(TransientError) as refused:
+        list(storage.list(bucket, ""))
+    assert "fix the clock" in str(refused.value) and "access_key_id" not in str(refused.value)
+    monkeypatch.setattr(wire.time, "gmtime", real)
+    assert list(storage.list(bucket, "")) == [], "with the clock right again, the same storage works"

@@ -11,7 +11,7 @@ import pytest
 
 from syncd.errors import AuthError, PermanentError, TransientError
 from syncd.storage.base import ObjectInfo, inputs_prefix
-from syncd.storage.s3.errors import classify, classify_status, code_from_body
+from syncd.storage.s3.errors import classify, classify_status, code_from_body, region_from
 from syncd.storage.s3.http11 import Headers
 from syncd.storage.s3.storage import (
     S3Storage,
@@ -40,6 +40,31 @@ def test_classify_status_names_the_object_and_the_fix(status, code, kind, fragme
     error = classify_status(status, code, "b/k", "http://127.0.0.1:9000")
     assert type(error) is kind
     assert fragment in str(error) and ("b/k" in str(error) or "'b'" in str(error))
+
+
+@pytest.mark.parametrize(
+    "status, code, region, kind, fragments",
+    [
+        (403, "RequestTimeTooSkewed", None, TransientError, ["fix the clock", "RequestTimeTooSkewed"]),
+        (301, "PermanentRedirect", "eu-west-1", PermanentError, ["is in region eu-west-1", "set region: eu-west-1"]),
+        (307, "", "ap-south-1", PermanentError, ["is in region ap-south-1", "set region: ap-south-1"]),
+        (400, "AuthorizationHeaderMalformed", "us-west-2", PermanentError, ["set region: us-west-2"]),
+        (400, "AuthorizationHeaderMalformed", None, PermanentError, ["in another region", "set region"]),
+    ],
+)
+def test_the_s3_code_decides_before_the_status_clock_and_region_are_not_credentials(
+    status, code, region, kind, fragments
+):
+    error = classify_status(status, code, "b/k", "https://s3.example", region=region)
+    assert type(error) is kind, error
+    assert all(f in str(error) for f in fragments) and "access_key_id" not in str(error), str(error)
+
+
+def test_the_region_comes_from_the_header_else_the_error_body():
+    body = b"<Error><Code>AuthorizationHeaderMalformed</Code><Region>eu-central-1</Region></Error>"
+    assert region_from(body, None) == "eu-central-1"
+    assert region_from(body, "us-east-2") == "us-east-2"
+    assert region_from(b"<Error><Code>AccessDenied</Code></Error>", None) is None
 
 
 def test_classify_status_keeps_retry_after():

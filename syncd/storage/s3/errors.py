@@ -22,7 +22,6 @@ AUTH_CODES = frozenset(
         "ExpiredToken",
         "InvalidToken",
         "TokenRefreshRequired",
-        "AuthorizationHeaderMalformed",
         "InvalidClientTokenId",
         "AllAccessDisabled",
     }
@@ -43,6 +42,9 @@ TRANSIENT_CODES = frozenset(
     }
 )
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>")
+#: codes a region mismatch comes with: a redirect to the bucket's region, or a signature for the wrong one
+REGION_CODES = frozenset({"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"})
 
 
 def code_from_body(body: bytes) -> str:
@@ -51,8 +53,38 @@ def code_from_body(body: bytes) -> str:
     return match.group(1).decode("ascii", "replace") if match else ""
 
 
-def classify_status(status: int, code: str, where: str, endpoint: str, retry_after: str | None = None) -> SyncdError:
-    """An error for an HTTP status and S3 error code at ``where`` (``bucket/key``)."""
+def region_from(body: bytes, bucket_region: str | None) -> str | None:
+    """The region a refusal names: the ``x-amz-bucket-region`` header, else ``<Region>`` in the error body."""
+    if bucket_region:
+        return bucket_region
+    match = _REGION.search(body or b"")
+    return match.group(1).decode("ascii") if match else None
+
+
+def classify_status(
+    status: int,
+    code: str,
+    where: str,
+    endpoint: str,
+    retry_after: str | None = None,
+    region: str | None = None,
+) -> SyncdError:
+    """An error for an HTTP status and S3 error code at ``where`` (``bucket/key``). The code decides before the
+    status: S3 answers 403 for a skewed clock and 400 or 301 for a wrong region, neither of them a credential
+    problem. ``region`` is the region the server named, if it named one."""
+    if code == "RequestTimeTooSkewed":
+        return TransientError(
+            f"{where}: the S3 server at {endpoint} refused the request because this host's clock differs from "
+            f"its own by too much (RequestTimeTooSkewed); fix the clock (e.g. timedatectl set-ntp true); "
+            f"syncd tries again"
+        )
+    if code in REGION_CODES or (status in (301, 307) and region):
+        bucket = where.split("/", 1)[0]
+        named = f"bucket '{bucket}' is in region {region}" if region else f"bucket '{bucket}' is in another region"
+        return PermanentError(
+            f"{where}: the S3 server at {endpoint} says {named} ({code or status}); "
+            f"set region: {region or '<the bucket region>'} in this storage's config"
+        )
     if code in AUTH_CODES or status in (401, 403):
         return AuthError(
             f"{where}: the S3 server at {endpoint} refused the credentials ({code or status}); "
@@ -131,8 +163,9 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
         error = exc.response.get("Error", {})
         meta = exc.response.get("ResponseMetadata", {})
         status = int(meta.get("HTTPStatusCode") or 0)
-        retry_after = (meta.get("HTTPHeaders") or {}).get("retry-after")
-        return classify_status(status, str(error.get("Code", "")), where, endpoint, retry_after)
+        headers = meta.get("HTTPHeaders") or {}
+        region = headers.get("x-amz-bucket-region") or error.get("Region")
+        return classify_status(status, str(error.get("Code", "")), where, endpoint, headers.get("retry-after"), region)
     if isinstance(exc, (BotoConnectionError, BotoReadTimeout, ResponseStreamingError, Urllib3Error)):
         return TransientError(
             f"{where}: the connection to the S3 server at {endpoint} failed "

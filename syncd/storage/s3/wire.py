@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from syncd.errors import TransientError
-from syncd.storage.s3.errors import classify_status, code_from_body
+from syncd.storage.s3.errors import classify_status, code_from_body, region_from
 from syncd.storage.s3.http11 import Headers, Pool, Response, tls_context
 from syncd.storage.s3.http11_many import Fetched, Get, ManyGets
 
@@ -185,6 +185,7 @@ class SignedHttp:
                 f"{bucket}/{key}" if key else bucket,
                 self.endpoint.base,
                 response.headers.get("Retry-After"),
+                region_from(data, response.headers.get("x-amz-bucket-region")),
             )
         if not stream:
             response.body = response.read()

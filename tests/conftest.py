@@ -20,6 +20,7 @@ from tests.support.arc import (  # noqa: F401  (one A-REX of each LRMS, stopped 
 from tests.support.chime_swarm_service import chime_swarm_service  # noqa: F401  (one frb-master emulator per session)
 from tests.support.chime_workflow_service import chime_workflow_service  # noqa: F401  (one buckets service per session)
 from tests.support.cybergis_service import cybergis_service  # noqa: F401  (one gateway emulator per session)
+from tests.support.forward_proxy import forward_proxy  # noqa: F401  (one tinyproxy per session)
 from tests.support.harness import (  # noqa: F401  (helpers re-exported for every test module)
     SyncdProcess,
     drop_job,

@@ -13,7 +13,9 @@ from syncd.errors import AuthError, PermanentError, TransientError
 from syncd.storage.s3 import wire
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.integration.conftest import make_storage
+from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import free_port
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.s3
 
@@ -172,3 +174,36 @@ def test_a_skewed_clock_is_reported_as_the_clock_not_the_credentials(storage, bu
     assert "fix the clock" in str(refused.value) and "access_key_id" not in str(refused.value)
     monkeypatch.setattr(wire.time, "gmtime", real)
     assert list(storage.list(bucket, "")) == [], "with the clock right again, the same storage works"
+
+
+@pytest.fixture
+def tls_front(seaweedfs, tmp_path):
+    """SeaweedFS behind HTTPS with a private certificate: (endpoint, the CA's PEM file)."""
+    server_context, _ = self_signed(tmp_path)
+    host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
+    proxy = FaultProxy((host, int(port)), tls=server_context).start()
+    yield proxy.endpoint, tmp_path / "cert.pem"
+    proxy.stop()
+
+
+@pytest.mark.parametrize("given", ["AWS_CA_BUNDLE", "ca_bundle"])
+def test_a_private_ca_is_trusted_by_both_halves_or_by_neither(
+    seaweedfs, bucket, tls_front, tmp_path, monkeypatch, given
+):
+    endpoint, ca = tls_front
+    small, large = write(tmp_path / "small.txt", b"over TLS\n"), write(tmp_path / "large.bin", os.urandom(11 << 20))
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    untrusting = make_storage(seaweedfs, endpoint=endpoint, part_size="5MiB")
+    for source in (small, large):  # the fast path, then boto3's multipart upload
+        with pytest.raises(PermanentError, match="is not trusted"):
+            untrusting.put_file(bucket, f"tls/{source.name}", source)
+    untrusting.close()
+    if given == "AWS_CA_BUNDLE":
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
+        trusting = make_storage(seaweedfs, endpoint=endpoint, part_size="5MiB")
+    else:
+        trusting = make_storage(seaweedfs, endpoint=endpoint, part_size="5MiB", ca_bundle=str(ca))
+    assert trusting.put_file(bucket, "tls/small.txt", small).size == small.stat().st_size
+    assert trusting.put_file(bucket, "tls/large.bin", large).etag.endswith("-3")
+    assert sorted(o.key for o in trusting.list(bucket, "tls/")) == ["tls/large.bin", "tls/small.txt"]
+    trusting.close()

@@ -10,6 +10,7 @@ loopback S3 server.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -34,6 +35,7 @@ class FaultProxy:
     resets: int = 0
     connections: int = 0
     listen: str = "127.0.0.1"  # or "::1", to reach a server over IPv6 loopback
+    tls: ssl.SSLContext | None = None  # speak HTTPS to clients (a TLS front for a plain-HTTP server)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,7 +50,7 @@ class FaultProxy:
     @property
     def endpoint(self) -> str:
         host = f"[{self.listen}]" if ":" in self.listen else self.listen
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> FaultProxy:
         thread = threading.Thread(target=self._accept, daemon=True, name="faultproxy-accept")
@@ -84,6 +86,12 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    client = self.tls.wrap_socket(client, server_side=True)
+                except OSError:  # the client refused the certificate: that is its answer
+                    _close(client)
+                    continue
             with self._lock:
                 self.connections += 1
                 number = self.connections

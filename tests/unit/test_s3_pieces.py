@@ -90,7 +90,8 @@ def test_endpoint_addressing_styles():
     assert path.target("b", "a b/ü+x.txt") == ("127.0.0.1:8333", "/b/a%20b/%C3%BC%2Bx.txt")
     assert path.target("b", "") == ("127.0.0.1:8333", "/b")
     virtual = Endpoint("https://s3.eu-west-1.amazonaws.com", "eu-west-1", virtual_hosted=True)
-    assert virtual.target("b", "k") == ("b.s3.eu-west-1.amazonaws.com", "/k")
+    assert virtual.target("bkt", "k") == ("bkt.s3.eu-west-1.amazonaws.com", "/k")
+    assert virtual.target("dotted.bkt", "k") == ("s3.eu-west-1.amazonaws.com", "/dotted.bkt/k"), "TLS-safe"
 
 
 def test_static_credentials_never_print_the_secret():

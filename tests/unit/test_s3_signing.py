@@ -4,6 +4,7 @@ header for the same operation must equal botocore's."""
 
 from __future__ import annotations
 
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ import pytest
 from botocore.config import Config
 
 from syncd.storage.s3 import wire
+from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 
 ODD_KEYS = [
     "plain.txt",
@@ -40,15 +42,19 @@ class Caught(Exception):
         self.request = request
 
 
-def botocore_sends(operation: str, endpoint: str = ENDPOINT, **params):
-    """The request botocore would send for ``operation`` (never sent)."""
+def botocore_sends(operation: str, endpoint: str | None = ENDPOINT, region: str = REGION, s3=None, **params):
+    """The request botocore would send for ``operation`` (never sent); path-style, payload unsigned unless ``s3``
+    (botocore's s3 config) says otherwise."""
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id=ACCESS,
         aws_secret_access_key=SECRET,
-        config=Config(s3={"addressing_style": "path", "payload_signing_enabled": False}, retries={"max_attempts": 0}),
+        config=Config(
+            s3=s3 if s3 is not None else {"addressing_style": "path", "payload_signing_enabled": False},
+            retries={"max_attempts": 0},
+        ),
     )
 
     def catch(request, **kwargs):
@@ -120,3 +126,84 @@ def test_an_ipv6_literal_or_a_path_in_the_endpoint_is_kept_as_botocore_keeps_it(
     assert (host, path) == (urlsplit(sent.url).netloc, urlsplit(sent.url).path)
     signed = fast_path_authorization(monkeypatch, sent, "GET", path, {}, base)
     assert signed == _text(sent.headers["Authorization"])
+
+
+def storage_target(monkeypatch, bucket: str, env: dict[str, str] | None = None, **options) -> tuple[str, str]:
+    """(host, path) of ``bucket/k`` as an S3 storage with these options addresses it (no request is sent)."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    section = {"type": "s3", "access_key_id": ACCESS, "secret_access_key": SECRET, **options}
+    storage = S3Storage("s3", S3StorageOptions.model_validate(section))
+    return storage._connect().endpoint.target(bucket, "k")
+
+
+def botocore_target(bucket: str, region: str, endpoint: str | None, style: str | None) -> tuple[str, str]:
+    sent = botocore_sends(
+        "get_object", endpoint, region, {"addressing_style": style} if style else {}, Bucket=bucket, Key="k"
+    )
+    url = urlsplit(sent.url)
+    return url.netloc, url.path
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-2", "cn-north-1", "cn-northwest-1", "us-gov-west-1"])
+@pytest.mark.parametrize("bucket", ["plain-bucket", "dotted.bucket.name", "Upper_Case"])
+def test_aws_endpoints_and_addressing_match_botocore_in_every_partition(monkeypatch, region, bucket):
+    ours = storage_target(monkeypatch, bucket, region=region)
+    assert ours == botocore_target(bucket, region, None, None)
+
+
+@pytest.mark.parametrize(
+    "endpoint, bucket, style",
+    [
+        ("http://127.0.0.1:9000", "plain", "virtual"),  # an IP address has no bucket subdomains
+        ("https://minio.lab:9000", "dotted.b", "virtual"),  # a dotted name would break TLS: path-style
+        ("https://minio.lab:9000", "plain", "virtual"),
+        ("https://minio.lab:9000", "plain", "path"),
+    ],
+)
+def test_a_configured_endpoint_is_addressed_as_botocore_addresses_it(monkeypatch, endpoint, bucket, style):
+    ours = storage_target(monkeypatch, bucket, endpoint_url=endpoint, addressing_style=style, region="eu-west-2")
+    assert ours == botocore_target(bucket, "eu-west-2", endpoint, style)
+
+
+def test_the_endpoint_in_the_environment_is_the_one_both_halves_use(monkeypatch):
+    env = {"AWS_ENDPOINT_URL_S3": "http://env.example:1234/"}
+    assert storage_target(monkeypatch, "plain", env, region="eu-west-2") == ("env.example:1234", "/plain/k")
+    env["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"] = "true"
+    host, _ = storage_target(monkeypatch, "plain", env, region="eu-west-2")
+    assert host == "plain.s3.eu-west-2.amazonaws.com"
+    configured = storage_target(monkeypatch, "plain", env, endpoint_url="http://cfg.example", region="eu-west-2")
+    assert configured == ("cfg.example", "/plain/k"), "the config wins over the environment"
+
+
+def test_the_boto3_half_signs_with_the_credentials_the_chain_keeps_fresh(tmp_path, monkeypatch):
+    """Credentials from a profile's credential_process that expire within minutes are fetched again for each
+    signature, by the fast path and by boto3 alike: a key rotated meanwhile is the one boto3 signs with."""
+    counter = tmp_path / "issued"
+    process = tmp_path / "issue.py"
+    process.write_text(
+        "import datetime, json, pathlib\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "n = int(counter.read_text() if counter.exists() else 0) + 1\n"
+        "counter.write_text(str(n))\n"
+        "ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': f'AKROTATED{n:04d}', 'SecretAccessKey': 's',\n"
+        "                  'SessionToken': 't', 'Expiration': ends.isoformat()}))\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(f"[profile rotating]\ncredential_process = {sys.executable} {process}\nregion = eu-west-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    section = {"type": "s3", "endpoint_url": "http://127.0.0.1:9", "profile": "rotating"}
+    storage = S3Storage("s3", S3StorageOptions.model_validate(section))
+    client = storage._boto()
+    for _ in range(2):
+        storage._ready().credentials.get_frozen_credentials()  # the fast path signs: the key is issued again
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+        issued = int(counter.read_text())
+        assert f"AKROTATED{issued:04d}" in url, (issued, url)
+    assert issued >= 2

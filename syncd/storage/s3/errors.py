@@ -13,6 +13,7 @@ import ssl
 
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.fsutil import os_error
+from syncd.storage.s3.http11 import ProxyError
 
 AUTH_CODES = frozenset(
     {
@@ -116,6 +117,13 @@ def classify(exc: BaseException, where: str, endpoint: str) -> BaseException:
     if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer", "urllib3")):
         # Only the rare boto3 calls (bucket creation, multipart uploads) raise these: import on demand.
         return _classify_boto(exc, where, endpoint)
+    if isinstance(exc, ProxyError):
+        if exc.status == 407:
+            return AuthError(
+                f"{where}: {exc}; the proxy wants credentials: give them in its URL "
+                f"(HTTPS_PROXY=http://user:password@host:port)"
+            )
+        return TransientError(f"{where}: {exc}; if this persists, check HTTP_PROXY, HTTPS_PROXY and NO_PROXY")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return PermanentError(
             f"{where}: the TLS certificate of {endpoint} is not trusted ({exc.verify_message}); "
@@ -144,6 +152,7 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
         ClientError,
         NoCredentialsError,
         PartialCredentialsError,
+        ProxyConnectionError,
         ResponseStreamingError,
     )
     from botocore.exceptions import (
@@ -151,6 +160,9 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
     )
     from botocore.exceptions import (
         ReadTimeoutError as BotoReadTimeout,
+    )
+    from botocore.exceptions import (
+        SSLError as BotoSSLError,
     )
     from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -166,6 +178,16 @@ def _classify_boto(exc: BaseException, where: str, endpoint: str) -> BaseExcepti
         headers = meta.get("HTTPHeaders") or {}
         region = headers.get("x-amz-bucket-region") or error.get("Region")
         return classify_status(status, str(error.get("Code", "")), where, endpoint, headers.get("retry-after"), region)
+    if isinstance(exc, ProxyConnectionError):
+        return TransientError(
+            f"{where}: the proxy for {endpoint} failed ({exc}); if this persists, check HTTP_PROXY, HTTPS_PROXY "
+            f"and NO_PROXY"
+        )
+    if isinstance(exc, BotoSSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return PermanentError(
+            f"{where}: the TLS certificate of {endpoint} is not trusted; "
+            f"set ca_bundle to the CA's PEM file (or verify_tls: false on a test server)"
+        )
     if isinstance(exc, (BotoConnectionError, BotoReadTimeout, ResponseStreamingError, Urllib3Error)):
         return TransientError(
             f"{where}: the connection to the S3 server at {endpoint} failed "

@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import cast
 
 MAX_LINE = 65536
@@ -39,6 +40,69 @@ SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 class ProtocolError(ConnectionError):
     """The server's answer was not valid HTTP/1.1, or the connection ended mid-answer."""
+
+
+class ProxyError(ConnectionError):
+    """The forward proxy could not be reached, or refused to open a tunnel to the server."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A forward proxy (``HTTP_PROXY``/``HTTPS_PROXY``): TLS traffic goes through a CONNECT tunnel, plain HTTP
+    requests are sent to it with absolute URLs."""
+
+    host: str
+    port: int
+    authorization: str | None = None  # a Proxy-Authorization value, from user:password in the proxy's URL
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def open_socket(
+    host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float, proxy: Proxy | None
+) -> socket.socket:
+    """A connected socket to ``host:port`` (through ``proxy`` if given), TLS wrapped when ``tls``."""
+    try:
+        sock = socket.create_connection((proxy.host, proxy.port) if proxy else (host, port), timeout=connect_timeout)
+    except OSError as exc:
+        if proxy is None:
+            raise
+        raise ProxyError(f"cannot connect to the proxy {proxy.name} ({exc})") from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            if proxy is not None:
+                _tunnel(sock, host, port, proxy)
+            sock = tls.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy) -> None:
+    authority = _authority(host, port)
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if proxy.authorization:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # the proxy sends nothing after its head until the TLS handshake starts
+        chunk = sock.recv(4096)
+        if not chunk or len(answer) > MAX_LINE:
+            raise ProxyError(f"the proxy {proxy.name} closed the tunnel to {authority} before answering")
+        answer += chunk
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    if status != 200:
+        raise ProxyError(f"the proxy {proxy.name} refused a tunnel to {authority}: {status_line[:120]!r}", status)
 
 
 class Headers(dict):
@@ -258,11 +322,16 @@ def _splice_socket(sock: socket.socket, fd: int, offset: int, count: int, lock) 
 
 
 class Connection:
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float, read_timeout: float):
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            sock = tls.wrap_socket(sock, server_hostname=host)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        proxy: Proxy | None = None,
+    ):
+        sock = open_socket(host, port, tls, connect_timeout, proxy)
         sock.settimeout(read_timeout)
         self.sock = sock
         # A binary makefile with a buffer size is a BufferedReader; typeshed types any size but -1, 0, 1 as IOBase.
@@ -298,8 +367,11 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         maxsize: int,
+        proxy: Proxy | None = None,
     ):
-        self.host, self.port, self.tls = host, port, tls
+        self.host, self.port, self.tls, self.proxy = host, port, tls, proxy
+        # through a proxy, plain HTTP requests name the whole URL (TLS ones go through a tunnel as they are)
+        self.target_prefix = f"http://{_authority(host, port)}" if proxy is not None and tls is None else ""
         self.connect_timeout, self.read_timeout, self.maxsize = connect_timeout, read_timeout, maxsize
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
@@ -309,7 +381,7 @@ class Pool:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
-                return Connection(self.host, self.port, self.tls, self.connect_timeout, self.read_timeout)
+                return Connection(self.host, self.port, self.tls, self.connect_timeout, self.read_timeout, self.proxy)
             if not connection.dropped():
                 return connection
             connection.close()
@@ -327,8 +399,10 @@ class Pool:
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> Response:
         connection = self._get()
         try:
-            head = [f"{method} {target} HTTP/1.1"]
+            head = [f"{method} {self.target_prefix}{target} HTTP/1.1"]
             head += [f"{name}: {value}" for name, value in headers.items()]
+            if self.target_prefix and self.proxy is not None and self.proxy.authorization:
+                head.append(f"Proxy-Authorization: {self.proxy.authorization}")
             if body is not None and not any(k.lower() == "content-length" for k in headers):
                 head.append(f"Content-Length: {len(body)}")
             payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
@@ -371,6 +445,10 @@ class Pool:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tls_context(verify: bool, ca_bundle: str | None) -> ssl.SSLContext:

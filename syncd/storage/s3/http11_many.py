@@ -29,6 +29,8 @@ from syncd.storage.s3.http11 import (
     MAX_LINE,
     Headers,
     ProtocolError,
+    Proxy,
+    open_socket,
     pwrite_all,
 )
 
@@ -92,17 +94,18 @@ class ManyGets:
         connect_timeout: float,
         read_timeout: float,
         connections: int,
+        proxy: Proxy | None = None,
+        target_prefix: str = "",
     ):
-        self.host, self.port, self.tls = host, port, tls
+        self.host, self.port, self.tls, self.proxy = host, port, tls, proxy
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.connections = max(1, connections)
+        self.target_prefix = target_prefix  # the scheme and authority, for plain HTTP through a proxy
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        # the TLS handshake (and a proxy's tunnel) block, bounded by the connect timeout; the rest doesn't
+        sock = open_socket(self.host, self.port, self.tls, self.connect_timeout, self.proxy)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.tls is not None:  # the handshake blocks (bounded by the connect timeout); the rest doesn't
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -175,7 +178,10 @@ class ManyGets:
             selector.close()
 
     def _send(self, connection: _Connection, get: Get, selector: selectors.BaseSelector) -> None:
-        lines = [f"GET {get.target} HTTP/1.1"] + [f"{name}: {value}" for name, value in get.headers().items()]
+        lines = [f"GET {self.target_prefix}{get.target} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in get.headers().items()]
+        if self.target_prefix and self.proxy is not None and self.proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
         connection.outgoing = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         connection.deadline = time.monotonic() + self.read_timeout
         self._write(connection, selector)

@@ -23,18 +23,20 @@ import base64
 import hashlib
 import os
 import re
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt, SecretStr
 
 from syncd.config import ConfigPath, Duration, Size, StorageOptions
 from syncd.errors import AuthError, PermanentError, SyncdError, TransientError
 from syncd.storage.base import ObjectInfo, Storage, check_key
+from syncd.storage.s3 import endpoints
 from syncd.storage.s3.errors import classify
 from syncd.storage.s3.http11 import Headers, pwrite_all
 from syncd.storage.s3.wire import Endpoint, SignedHttp
@@ -169,6 +171,8 @@ class S3Storage(Storage):
         self._region = "us-east-1"
         self._virtual = False
         self._http: SignedHttp | None = None
+        self._session: Any = None  # botocore's session, when credentials come from its chain
+        self._trust: str | None = None  # the CA file both halves trust (None: the system's store)
         self._parts: ThreadPoolExecutor | None = None
         # Small-object batches run on their own sockets; together they stay within max_connections.
         self._batch_slots = _Slots(options.max_connections)
@@ -188,6 +192,7 @@ class S3Storage(Storage):
                 opts.secret_access_key.get_secret_value(),
                 opts.session_token.get_secret_value() if opts.session_token else None,
             )
+            session = None
         else:  # the standard chain: environment, profile files, SSO, instance metadata, …
             import botocore.session
 
@@ -203,16 +208,24 @@ class S3Storage(Storage):
                     f"secret_access_key (e.g. ${{S3_KEY}}), a profile, or the AWS_* variables"
                 )
         self._region = region or "us-east-1"
-        self._virtual = opts.addressing_style == "virtual" or (
-            opts.addressing_style == "auto" and not opts.endpoint_url
+        custom = endpoints.configured(opts.endpoint_url, os.environ)
+        self._virtual = opts.addressing_style == "virtual" or (opts.addressing_style == "auto" and not custom)
+        base = custom or endpoints.aws(self._region)
+        self.endpoint = custom or f"AWS S3 ({base})"
+        # One trust decision for both halves: the config's CA file, else AWS_CA_BUNDLE or the profile's
+        # ca_bundle (as boto3 reads them), else the system's store (not the CA file boto3 ships with).
+        self._session = session
+        self._trust = (
+            str(opts.ca_bundle)
+            if opts.ca_bundle
+            else os.environ.get("AWS_CA_BUNDLE") or (session.get_config_variable("ca_bundle") if session else None)
         )
-        base = opts.endpoint_url.rstrip("/") if opts.endpoint_url else f"https://s3.{self._region}.amazonaws.com"
         return SignedHttp(
             Endpoint(base, self._region, self._virtual),
             credentials,
             max_connections=opts.max_connections,
             verify=opts.verify_tls,
-            ca_bundle=str(opts.ca_bundle) if opts.ca_bundle else None,
+            ca_bundle=self._trust,
             connect_timeout=opts.connect_timeout,
             read_timeout=opts.read_timeout,
         )
@@ -232,15 +245,22 @@ class S3Storage(Storage):
                 from botocore.config import Config as BotoConfig
 
                 opts = self.options
-                frozen = http.credentials.get_frozen_credentials()
-                verify: bool | str = str(opts.ca_bundle) if opts.ca_bundle else opts.verify_tls
-                self._client = boto3.session.Session(
-                    aws_access_key_id=frozen.access_key,
-                    aws_secret_access_key=frozen.secret_key,
-                    aws_session_token=frozen.token,
-                ).client(
+                verify: bool | str = (
+                    (self._trust or ssl.get_default_verify_paths().cafile or True) if opts.verify_tls else False
+                )
+                if self._session is not None:
+                    # the same session, so the same credentials: refreshed as they expire (STS, SSO, instances)
+                    session = boto3.session.Session(botocore_session=self._session)
+                else:
+                    frozen = http.credentials.get_frozen_credentials()
+                    session = boto3.session.Session(
+                        aws_access_key_id=frozen.access_key,
+                        aws_secret_access_key=frozen.secret_key,
+                        aws_session_token=frozen.token,
+                    )
+                self._client = session.client(
                     "s3",
-                    endpoint_url=http.endpoint.base if opts.endpoint_url else None,
+                    endpoint_url=http.endpoint.base,  # the one the fast path resolved, never another
                     verify=verify,
                     config=BotoConfig(
                         region_name=self._region,

@@ -10,8 +10,10 @@ config does not give keys. Bucket creation and multipart uploads use boto3.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import os
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -19,11 +21,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
-from syncd.errors import TransientError
+from syncd.errors import PermanentError, TransientError
+from syncd.storage.s3 import endpoints
 from syncd.storage.s3.errors import classify_status, code_from_body, region_from
-from syncd.storage.s3.http11 import Headers, Pool, Response, tls_context
+from syncd.storage.s3.http11 import Headers, Pool, Proxy, Response, tls_context
 from syncd.storage.s3.http11_many import Fetched, Get, ManyGets
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -55,7 +58,7 @@ class Endpoint:
         parts = urlsplit(self.base)
         prefix = parts.path.rstrip("/")
         quoted = quote(key, safe="/~")
-        if self.virtual_hosted:
+        if self.virtual_hosted and endpoints.virtual_hosted(bucket, self.base):
             return f"{bucket}.{parts.netloc}", f"{prefix}/{quoted}"
         return parts.netloc, f"{prefix}/{bucket}/{quoted}" if key else f"{prefix}/{bucket}"
 
@@ -145,6 +148,7 @@ class SignedHttp:
                     connect_timeout=self._timeouts[0],
                     read_timeout=self._timeouts[1],
                     maxsize=self._max_connections,
+                    proxy=proxy_for(self._scheme, host),
                 )
                 self._pools[host] = pool
             return pool
@@ -225,6 +229,8 @@ class SignedHttp:
             connect_timeout=self._timeouts[0],
             read_timeout=self._timeouts[1],
             connections=connections,
+            proxy=pool.proxy,
+            target_prefix=pool.target_prefix,
         )
         return many.run(gets())
 
@@ -243,6 +249,30 @@ class SignedHttp:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def proxy_for(scheme: str, host: str) -> Proxy | None:
+    """The forward proxy for ``scheme://host``, chosen exactly as boto3 chooses it for the other half: the
+    environment's ``HTTP_PROXY`` or ``HTTPS_PROXY`` by scheme, unless ``NO_PROXY`` names the host (host names and
+    domain suffixes; like boto3, not address blocks)."""
+    if not (os.environ.get(f"{scheme}_proxy") or os.environ.get(f"{scheme.upper()}_PROXY")):
+        return None  # the common case, without importing botocore's helpers
+    from botocore.utils import get_environ_proxies
+
+    found = get_environ_proxies(f"{scheme}://{host}/").get(scheme)
+    if not found:
+        return None
+    parts = urlsplit(found if "://" in found else f"http://{found}")
+    if parts.scheme != "http":
+        raise PermanentError(
+            f"the proxy {parts.scheme}://{parts.hostname}:{parts.port} for {scheme}:// is not an http:// proxy; "
+            f"syncd reaches S3 through http:// proxies only (HTTPS through their CONNECT tunnel)"
+        )
+    authorization = None
+    if parts.username:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode()
+    return Proxy(parts.hostname or "", parts.port or 80, authorization)
 
 
 def list_query(prefix: str, token: str | None) -> dict[str, str]:

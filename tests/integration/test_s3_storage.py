@@ -207,3 +207,31 @@ def test_a_private_ca_is_trusted_by_both_halves_or_by_neither(
     assert trusting.put_file(bucket, "tls/large.bin", large).etag.endswith("-3")
     assert sorted(o.key for o in trusting.list(bucket, "tls/")) == ["tls/large.bin", "tls/small.txt"]
     trusting.close()
+
+
+def test_a_large_upload_refused_before_its_body_reports_the_servers_answer(seaweedfs, bucket, proxy_for, tmp_path):
+    """A server that refuses an upload answers after the head and closes, as AWS does: the fast path asks with
+    ``Expect: 100-continue`` first, so the refusal is read (an auth error), not a reset retried blind."""
+    proxy = proxy_for(seaweedfs)
+    proxy.faults.answer, proxy.faults.close_after_answer = 403, True
+    storage = make_storage(seaweedfs, endpoint=proxy.endpoint, part_size="64MiB")
+    source = write(tmp_path / "big.bin", os.urandom(16 << 20))
+    with pytest.raises(AuthError, match="SignatureDoesNotMatch"):
+        storage.put_file(bucket, "big.bin", source)
+    proxy.faults.answer = 0
+    assert storage.put_file(bucket, "big.bin", source).size == 16 << 20, "accepted once the server takes it"
+    assert storage.head(bucket, "big.bin").size == 16 << 20
+    storage.close()
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "moto_s3"])
+def test_uploads_that_wait_for_100_continue_arrive_whole_on_every_server(server, request, tmp_path):
+    s3 = request.getfixturevalue(server)
+    storage = make_storage(s3, part_size="64MiB", create_buckets=True)
+    bucket = s3.new_bucket()
+    data = os.urandom(3 << 20)
+    put = storage.put_file(bucket, "expect/3mib.bin", write(tmp_path / "3mib.bin", data))
+    assert put.size == len(data)
+    storage.fetch(bucket, "expect/3mib.bin", tmp_path / "back.bin", storage.head(bucket, "expect/3mib.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == data
+    storage.close()

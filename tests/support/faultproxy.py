@@ -25,6 +25,7 @@ class Faults:
     delay_per_chunk: float = 0.0  # seconds to sleep per response chunk (throttling)
     answer: int = 0  # answer every request with this HTTP status instead of forwarding it (0: forward)
     retry_after: int = 1  # the Retry-After header sent with an answered 429/503
+    close_after_answer: bool = False  # close at once after answering, never reading a request body (as AWS does)
 
 
 @dataclass
@@ -157,7 +158,9 @@ class FaultProxy:
     def _answer(self, client: socket.socket) -> None:
         """Answer every request on this connection with ``faults.answer``, as S3 does (an XML error body)."""
         status = self.faults.answer
-        code = {429: "SlowDown", 503: "SlowDown", 500: "InternalError"}.get(status, "InternalError")
+        code = {429: "SlowDown", 503: "SlowDown", 500: "InternalError", 403: "SignatureDoesNotMatch"}.get(
+            status, "InternalError"
+        )
         body = (
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
             f"<Message>injected by the fault proxy</Message></Error>"
@@ -174,6 +177,9 @@ class FaultProxy:
                     if not self.faults.answer:
                         return  # healed: close, so the client's next connection is forwarded
                     client.sendall(head + (b"" if request[0] == "HEAD" else body))
+                    if self.faults.close_after_answer:
+                        _reset(client)
+                        return
         except OSError:
             pass
         finally:

@@ -36,6 +36,9 @@ PIPE_SIZE = 1024 * 1024
 # without, in 16 KiB writes 0.4–0.5 s either way (bench/page_cache.py, BENCHMARKS.md).
 FILE_WRITE_UNIT = 16 * 1024
 SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+#: bodies at least this big are sent after the server's ``100 Continue`` (or after CONTINUE_WAIT seconds of silence)
+EXPECT_CONTINUE_FROM = 1024 * 1024
+CONTINUE_WAIT = 1.0
 
 
 class ProtocolError(ConnectionError):
@@ -405,16 +408,30 @@ class Pool:
                 head.append(f"Proxy-Authorization: {self.proxy.authorization}")
             if body is not None and not any(k.lower() == "content-length" for k in headers):
                 head.append(f"Content-Length: {len(body)}")
+            # A server that refuses a large upload (credentials, a policy) answers before the body and may close at
+            # once: asking first lets its answer be read, instead of a reset while the body was still going out.
+            expect = body is not None and len(body) >= EXPECT_CONTINUE_FROM
+            if expect:
+                head.append("Expect: 100-continue")
             payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-            if body:
+            if body and not expect:
                 payload += body
             connection.sock.sendall(payload)
+            if expect and body is not None:
+                answered, _, _ = select.select([connection.sock], [], [], CONTINUE_WAIT)
+                if answered:
+                    response = self._read_head(connection, method, interim=True)
+                    if response.status != 100:
+                        connection.reusable = False  # the body was never sent: nothing else may follow here
+                        return response
+                connection.sock.sendall(body)  # a server that ignores Expect gets the body after the wait
             return self._read_head(connection, method)
         except BaseException:
             connection.close()
             raise
 
-    def _read_head(self, connection: Connection, method: str) -> Response:
+    def _read_head(self, connection: Connection, method: str, interim: bool = False) -> Response:
+        """The next answer's head; an interim ``100 Continue`` is returned only when ``interim``."""
         reader = connection.reader
         while True:
             line = reader.readline(MAX_LINE)
@@ -435,6 +452,8 @@ class Pool:
             else:
                 raise ProtocolError("too many response headers")
             if status == 100:
+                if interim:
+                    return Response(connection, self, status, headers, method)
                 continue  # an interim answer; the real one follows
             if headers.get("connection", "").lower() == "close" or parts[0] == b"HTTP/1.0":
                 connection.reusable = False

@@ -31,7 +31,7 @@ from tests.support.harness import (  # noqa: F401  (helpers re-exported for ever
 )
 from tests.support.kotta_service import kotta_service  # noqa: F401  (one Cloud Kotta emulator per session)
 from tests.support.qarnot_service import qarnot, qarnot_service  # noqa: F401  (one Qarnot emulator per session)
-from tests.support.s3server import moto_s3, seaweedfs  # noqa: F401  (one S3 server of each per session)
+from tests.support.s3server import moto_s3, s3rver, seaweedfs  # noqa: F401  (one S3 server of each per session)
 from tests.support.share import network_share, share  # noqa: F401,E402  (one sshd per session; sshfs mounts)
 from tests.support.slurm import slurm_cluster  # noqa: F401,E402  (one cluster per session)
 

@@ -109,12 +109,18 @@ class S3Server:
                 self.process.wait()
 
 
-def wait_until_answers(endpoint: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+def wait_until_answers(
+    endpoint: str,
+    process: subprocess.Popen,
+    log_path: Path,
+    timeout: float = 60.0,
+    keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY),
+) -> None:
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
+        aws_access_key_id=keys[0],
+        aws_secret_access_key=keys[1],
         region_name=REGION,
         config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5),
     )
@@ -137,15 +143,17 @@ def wait_until_answers(endpoint: str, process: subprocess.Popen, log_path: Path,
     )
 
 
-def _answering(endpoint: str, process: subprocess.Popen, log_path: Path) -> S3Server:
+def _answering(
+    endpoint: str, process: subprocess.Popen, log_path: Path, keys: tuple[str, str] = (ACCESS_KEY, SECRET_KEY)
+) -> S3Server:
     """The server once it answers; killed (and the error raised) if it never does."""
     try:
-        wait_until_answers(endpoint, process, log_path)
+        wait_until_answers(endpoint, process, log_path, keys=keys)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    return S3Server(endpoint, process.pid, process, log_path)
+    return S3Server(endpoint, process.pid, process, log_path, access_key=keys[0], secret_key=keys[1])
 
 
 def start_seaweedfs(workdir: Path, volume_max: int = 1000) -> S3Server:
@@ -206,6 +214,38 @@ def start_moto(workdir: Path) -> S3Server:
         )
     endpoint = f"http://127.0.0.1:{port}"
     return _answering(endpoint, process, log_path)
+
+
+#: where ./scripts/test installs s3rver (an S3 server in Node.js, from the npm registry) for the compatibility suite
+S3RVER = Path(__file__).parents[2] / ".venv" / "node" / "node_modules" / ".bin" / "s3rver"
+S3RVER_KEYS = ("S3RVER", "S3RVER")  # the one identity s3rver knows
+
+
+def start_s3rver(workdir: Path) -> S3Server:
+    """s3rver (Node.js): a third S3 implementation, for the compatibility suite."""
+    if not S3RVER.exists():
+        raise RuntimeError(
+            f"s3rver is missing at {S3RVER}; ./scripts/test installs it "
+            f"(npm install --prefix .venv/node s3rver@3.7.1, with Node.js and npm from Debian)"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / "s3rver.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(S3RVER), "-d", str(workdir / "data"), "-a", "127.0.0.1", "-p", str(port), "--no-vhost-buckets"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return _answering(f"http://127.0.0.1:{port}", process, log_path, keys=S3RVER_KEYS)
+
+
+@pytest.fixture(scope="session")
+def s3rver(tmp_path_factory) -> Iterator[S3Server]:
+    server = start_s3rver(tmp_path_factory.mktemp("s3rver"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

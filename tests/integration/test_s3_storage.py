@@ -14,6 +14,7 @@ from syncd.storage.s3 import wire
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.integration.conftest import make_storage
 from tests.support.faultproxy import FaultProxy
+from tests.support.region_router import RegionRouter
 from tests.support.s3server import free_port
 from tests.support.tls import self_signed
 
@@ -235,3 +236,24 @@ def test_uploads_that_wait_for_100_continue_arrive_whole_on_every_server(server,
     storage.fetch(bucket, "expect/3mib.bin", tmp_path / "back.bin", storage.head(bucket, "expect/3mib.bin"))
     assert (tmp_path / "back.bin").read_bytes() == data
     storage.close()
+
+
+def test_a_bucket_in_another_region_is_followed_there_once_and_remembered(seaweedfs, bucket, tmp_path):
+    """A server that redirects (301 PermanentRedirect, x-amz-bucket-region) a request signed for the configured
+    region: the fast path asks again in the bucket's region, and keeps using it for that bucket."""
+    host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
+    with RegionRouter((host, int(port)), home="eu-west-3") as router:
+        storage = make_storage(seaweedfs, endpoint=router.endpoint, region="us-east-1", part_size="5MiB")
+        storage.put_file(bucket, "r/small.txt", write(tmp_path / "small.txt", b"in eu-west-3\n"))
+        assert router.redirected == ["us-east-1"]
+        large = write(tmp_path / "large.bin", os.urandom(11 << 20))
+        assert storage.put_file(bucket, "r/large.bin", large).etag.endswith("-3"), "boto3 follows its redirect too"
+        listed = {o.key: o for o in storage.list(bucket, "r/")}
+        assert sorted(listed) == ["r/large.bin", "r/small.txt"]
+        storage.fetch(bucket, "r/small.txt", tmp_path / "back", listed["r/small.txt"])
+        ((_, _, outcome),) = storage.fetch_many(bucket, [(listed["r/small.txt"], tmp_path / "many")])
+        assert not isinstance(outcome, BaseException), outcome
+        assert (tmp_path / "back").read_bytes() == (tmp_path / "many").read_bytes() == b"in eu-west-3\n"
+        assert router.redirected == ["us-east-1"] * 2, "once per half, then the bucket's region is remembered"
+        assert set(router.passed) == {"eu-west-3"} and len(router.passed) >= 4
+        storage.close()

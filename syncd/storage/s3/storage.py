@@ -221,7 +221,7 @@ class S3Storage(Storage):
             else os.environ.get("AWS_CA_BUNDLE") or (session.get_config_variable("ca_bundle") if session else None)
         )
         return SignedHttp(
-            Endpoint(base, self._region, self._virtual),
+            Endpoint(base, self._region, self._virtual, aws=custom is None),
             credentials,
             max_connections=opts.max_connections,
             verify=opts.verify_tls,

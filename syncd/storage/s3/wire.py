@@ -18,14 +18,14 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 from syncd.errors import PermanentError, TransientError
 from syncd.storage.s3 import endpoints
-from syncd.storage.s3.errors import classify_status, code_from_body, region_from
+from syncd.storage.s3.errors import REGION_CODES, classify_status, code_from_body, region_from
 from syncd.storage.s3.http11 import Headers, Pool, Proxy, Response, tls_context
 from syncd.storage.s3.http11_many import Fetched, Get, ManyGets
 
@@ -51,6 +51,11 @@ class Endpoint:
     base: str  # scheme://host[:port]
     region: str
     virtual_hosted: bool
+    aws: bool = False  # AWS itself: the host name follows the region
+
+    def in_region(self, region: str) -> Endpoint:
+        """The same endpoint for a bucket in ``region`` (on AWS, another host; elsewhere, another signature)."""
+        return replace(self, region=region, base=endpoints.aws(region) if self.aws else self.base)
 
     def target(self, bucket: str, key: str) -> tuple[str, str]:
         """(host, canonical path) of an object or, with key '', of the bucket. A path in the endpoint (a server
@@ -78,20 +83,28 @@ class SigV4:
         self._credentials = credentials
         self._region = region
         self._lock = threading.Lock()
-        self._key_cache: tuple[str, str, bytes] | None = None  # (day, secret, derived key)
+        self._key_cache: dict[str, tuple[str, str, bytes]] = {}  # region → (day, secret, derived key)
 
-    def _signing_key(self, day: str, secret: str) -> bytes:
+    def _signing_key(self, day: str, secret: str, region: str) -> bytes:
         with self._lock:
-            cached = self._key_cache
+            cached = self._key_cache.get(region)
             if cached and cached[0] == day and cached[1] == secret:
                 return cached[2]
             key = ("AWS4" + secret).encode()
-            for part in (day, self._region, "s3", "aws4_request"):
+            for part in (day, region, "s3", "aws4_request"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._key_cache = (day, secret, key)
+            self._key_cache[region] = (day, secret, key)
             return key
 
-    def sign(self, method: str, host: str, path: str, query: Mapping[str, str], headers: dict[str, str]) -> None:
+    def sign(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: dict[str, str],
+        region: str | None = None,
+    ) -> None:
         creds = self._credentials.get_frozen_credentials()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = stamp[:8]
@@ -104,9 +117,10 @@ class SigV4:
         canonical = "\n".join(
             [method, path, canonical_query, "".join(f"{k}:{v}\n" for k, v in lowered), signed, UNSIGNED_PAYLOAD]
         )
-        scope = f"{day}/{self._region}/s3/aws4_request"
+        region = region or self._region
+        scope = f"{day}/{region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.digest(self._signing_key(day, creds.secret_key), to_sign.encode(), "sha256").hex()
+        signature = hmac.digest(self._signing_key(day, creds.secret_key, region), to_sign.encode(), "sha256").hex()
         headers["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
         )
@@ -135,6 +149,7 @@ class SignedHttp:
         self._max_connections = max_connections
         self._pools: dict[str, Pool] = {}
         self._lock = threading.Lock()
+        self._bucket_regions: dict[str, str] = {}  # buckets the server said are in another region than configured
 
     def _pool_for(self, host: str) -> Pool:
         with self._lock:
@@ -171,29 +186,43 @@ class SignedHttp:
         Unless ``stream``, the body is read at once (``response.body``); a streamed response
         must be read to the end or given back with ``release_conn()``.
         """
-        host, path = self.endpoint.target(bucket, key)
-        query = dict(query or {})
-        all_headers = dict(headers or {})
-        if body is not None:
-            all_headers["Content-Length"] = str(len(body))
-        self._signer.sign(method, host, path, query, all_headers)
-        target = path
-        if query:
-            target += "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in query.items())
-        response = self._pool_for(host).request(method, target, all_headers, body)
-        if response.status >= 300 and not (missing_ok and response.status == 404):
+        for redirected in (False, True):
+            endpoint = self.endpoint_for(bucket)
+            host, path = endpoint.target(bucket, key)
+            all_headers = dict(headers or {})
+            if body is not None:
+                all_headers["Content-Length"] = str(len(body))
+            self._signer.sign(method, host, path, dict(query or {}), all_headers, endpoint.region)
+            target = path
+            if query:
+                target += "?" + "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in query.items())
+            response = self._pool_for(host).request(method, target, all_headers, body)
+            if response.status < 300 or (missing_ok and response.status == 404):
+                break
             data = response.read()
+            code = code_from_body(data)
+            region = region_from(data, response.headers.get("x-amz-bucket-region"))
+            if not redirected and region and region != endpoint.region and code in ("", *REGION_CODES):
+                with self._lock:
+                    self._bucket_regions[bucket] = region  # then once more, in the bucket's region
+                continue
             raise classify_status(
                 response.status,
-                code_from_body(data),
+                code,
                 f"{bucket}/{key}" if key else bucket,
-                self.endpoint.base,
+                endpoint.base,
                 response.headers.get("Retry-After"),
-                region_from(data, response.headers.get("x-amz-bucket-region")),
+                region,
             )
         if not stream:
             response.body = response.read()
         return response
+
+    def endpoint_for(self, bucket: str) -> Endpoint:
+        """The endpoint of ``bucket``: the configured one, or its region's if the server redirected there."""
+        with self._lock:
+            region = self._bucket_regions.get(bucket)
+        return self.endpoint if region is None else self.endpoint.in_region(region)
 
     def get_many(
         self,
@@ -206,20 +235,21 @@ class SignedHttp:
 
         Each request is ``(item, key, headers, file path, digest chooser)``; each is signed when sent.
         """
-        host, _ = self.endpoint.target(bucket, "")
+        endpoint = self.endpoint_for(bucket)
+        host, _ = endpoint.target(bucket, "")
         pool = self._pool_for(host)
 
         def signed(path: str, extra: dict[str, str]) -> Callable[[], dict[str, str]]:
             def headers() -> dict[str, str]:
                 all_headers = dict(extra)
-                self._signer.sign("GET", host, path, {}, all_headers)
+                self._signer.sign("GET", host, path, {}, all_headers, endpoint.region)
                 return all_headers
 
             return headers
 
         def gets() -> Iterator[Get]:
             for item, key, extra, dest, digest in requests:
-                path = self.endpoint.target(bucket, key)[1]
+                path = endpoint.target(bucket, key)[1]
                 yield Get(item, path, signed(path, extra), dest, digest)
 
         many = ManyGets(

@@ -1,0 +1,84 @@
+"""An S3 front that answers as AWS does for a bucket in another region: a request signed for any region but
+``home`` gets ``301 PermanentRedirect`` with ``x-amz-bucket-region``; one signed for ``home`` is passed to the real
+server behind, byte for byte (its Host and signature unchanged)."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_SCOPE_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/aws4_request")
+
+
+class RegionRouter:
+    def __init__(self, upstream: tuple[str, int], home: str):
+        self.home = home
+        self.redirected: list[str] = []  # the region of each request it redirected
+        self.passed: list[str] = []
+        router = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                found = _SCOPE_REGION.search(self.headers.get("Authorization", ""))
+                region = found.group(1) if found else ""
+                if region != router.home:
+                    router.redirected.append(region)
+                    payload = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>The "
+                        f"bucket you are attempting to access must be addressed using the specified endpoint."
+                        f"</Message><Region>{router.home}</Region></Error>"
+                    ).encode()
+                    self.send_response(301)
+                    self.send_header("x-amz-bucket-region", router.home)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                router.passed.append(region)
+                connection = http.client.HTTPConnection(*upstream, timeout=30)
+                connection.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    if name.lower() != "expect":
+                        connection.putheader(name, value)
+                connection.endheaders(body)
+                answer = connection.getresponse()
+                data = answer.read()
+                self.send_response(answer.status, answer.reason)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                # a HEAD answer has no body but tells the object's length
+                self.send_header(
+                    "Content-Length",
+                    answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)),
+                )
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RegionRouter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

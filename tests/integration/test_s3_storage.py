@@ -14,7 +14,7 @@ from syncd.storage.s3 import wire
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 from tests.integration.conftest import make_storage
 from tests.support.faultproxy import FaultProxy
-from tests.support.region_router import RegionRouter
+from tests.support.s3_front import S3Front
 from tests.support.s3server import free_port
 from tests.support.tls import self_signed
 
@@ -242,7 +242,7 @@ def test_a_bucket_in_another_region_is_followed_there_once_and_remembered(seawee
     """A server that redirects (301 PermanentRedirect, x-amz-bucket-region) a request signed for the configured
     region: the fast path asks again in the bucket's region, and keeps using it for that bucket."""
     host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
-    with RegionRouter((host, int(port)), home="eu-west-3") as router:
+    with S3Front((host, int(port)), home="eu-west-3") as router:
         storage = make_storage(seaweedfs, endpoint=router.endpoint, region="us-east-1", part_size="5MiB")
         storage.put_file(bucket, "r/small.txt", write(tmp_path / "small.txt", b"in eu-west-3\n"))
         assert router.redirected == ["us-east-1"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import os
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -286,3 +289,29 @@ def test_classify_status_without_an_s3_code_shows_the_status_alone_and_promises_
     assert isinstance(error, TransientError)
     assert str(error) == "b/k: the S3 server at http://127.0.0.1:9000 answered 500"
     assert "syncd retries" not in str(classify_status(503, "SlowDown", "b/k", "http://h"))  # true only while it does
+
+
+def test_the_content_is_checked_against_the_best_checksum_the_headers_offer():
+    from syncd.storage.s3.storage import _check_for
+
+    data = b"the object's content"
+    md5 = hashlib.md5(data).hexdigest()
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    own = Headers({"x-amz-meta-sha256": hashlib.sha256(data).hexdigest(), "x-amz-checksum-crc32": crc})
+    cases = [
+        (own, md5, True, "sha256"),  # syncd's own SHA-256 first
+        (Headers({"x-amz-checksum-crc32": crc, "x-amz-checksum-sha256": sha}), md5, True, "sha256"),
+        (Headers({"x-amz-checksum-crc32": crc}), md5, True, "crc32"),  # the server's before the ETag's MD5
+        (Headers({"x-amz-checksum-sha256": sha + "-3"}), md5, True, "md5"),  # composite: needs the part sizes
+        (Headers({"x-amz-checksum-crc32c": "AAAAAA=="}), md5, True, "md5"),  # CRC32C: not checked
+    ]
+    for headers, etag, single_part, name in cases:
+        check = _check_for(headers, etag, single_part)
+        assert check is not None and check.name == name, (headers, check and check.name)
+        check.update(data)
+        assert check.hexdigest() == check.expected
+    assert _check_for(Headers(), "abc-2", False) is None, "a multipart object with no checksum: by size"
+    wrong = _check_for(Headers({"x-amz-checksum-crc32": crc}), md5, True)
+    wrong.update(data + b"!")
+    assert wrong.hexdigest() != wrong.expected

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from syncd.errors import PermanentError
 from syncd.storage.s3 import wire
 from syncd.storage.s3.storage import S3Storage, S3StorageOptions
 
@@ -207,3 +208,17 @@ def test_the_boto3_half_signs_with_the_credentials_the_chain_keeps_fresh(tmp_pat
         issued = int(counter.read_text())
         assert f"AKROTATED{issued:04d}" in url, (issued, url)
     assert issued >= 2
+
+
+@pytest.mark.parametrize(
+    "bucket, fragment",
+    [
+        ("arn:aws:s3:eu-west-2:123456789012:accesspoint/lab", "an ARN"),
+        ("lab-data--euw2-az1--x-s3", "S3 Express One Zone directory bucket"),
+    ],
+)
+def test_access_points_and_directory_buckets_are_refused_with_what_to_use(bucket, fragment):
+    section = {"type": "s3", "access_key_id": ACCESS, "secret_access_key": SECRET, "region": "eu-west-2"}
+    storage = S3Storage("s3", S3StorageOptions.model_validate(section))
+    with pytest.raises(PermanentError, match=fragment):
+        list(storage.list(bucket, ""))

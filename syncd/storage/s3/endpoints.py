@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from syncd.errors import PermanentError
+
 #: a bucket name that can be a DNS label of its own: virtual-hosted style works for it (and over TLS the
 #: wildcard certificate covers it); any other (dots, capitals, underscores) goes path-style, as botocore sends it
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -54,3 +56,18 @@ def virtual_hosted(bucket: str, base: str) -> bool:
         return False
     except ValueError:
         return bool(_DNS_BUCKET.match(bucket))
+
+
+def check_bucket(bucket: str) -> None:
+    """Refuse what the fast path cannot address: access point and Outposts ARNs, S3 Express directory buckets
+    (their own endpoints and session authentication)."""
+    if bucket.startswith("arn:"):
+        raise PermanentError(
+            f"bucket '{bucket}' is an ARN (an access point or Outposts bucket), which syncd does not support; "
+            f"give the bucket's name instead"
+        )
+    if bucket.endswith("--x-s3"):
+        raise PermanentError(
+            f"bucket '{bucket}' is an S3 Express One Zone directory bucket, which syncd does not support; "
+            f"use a general purpose bucket"
+        )

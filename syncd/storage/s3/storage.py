@@ -25,6 +25,7 @@ import os
 import re
 import ssl
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -53,6 +54,7 @@ PRESIGN_MAX = 7 * 24 * 3600
 #: the most parts one multipart upload may have
 MAX_PARTS = 10_000
 _SINGLE_PART_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d{1,5})$")
 
 
 class S3StorageOptions(StorageOptions):
@@ -119,8 +121,80 @@ def _etag(raw: str | None) -> str:
 
 
 def _if_match(expected: ObjectInfo) -> dict[str, str]:
-    """Refuse any version but the listed one (a changed object is fetched again on the next pass)."""
-    return {"If-Match": f'"{expected.etag}"'} if expected.etag else {}
+    """Refuse any version but the listed one (a changed object is fetched again on the next pass), and ask for
+    the checksum the server keeps for it, if it keeps one."""
+    return {**({"If-Match": f'"{expected.etag}"'} if expected.etag else {}), **CHECKSUM_MODE}
+
+
+#: asks S3 for the full-object checksum it keeps of an object uploaded with one
+CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
+#: the server's checksums syncd can verify, by preference (CRC32C and CRC64NVME need libraries syncd does not
+#: depend on: such objects, like a multipart object with none, are checked by size)
+SERVER_CHECKSUMS = (
+    ("sha256", "x-amz-checksum-sha256"),
+    ("sha1", "x-amz-checksum-sha1"),
+    ("crc32", "x-amz-checksum-crc32"),
+)
+#: part sizes other tools use by default (boto3 and the AWS CLI 8 MiB, rclone 5 MiB, ...), tried after syncd's own
+#: when a local file is compared with a multipart ETag
+COMMON_PART_SIZES = (8 << 20, 5 << 20, 16 << 20, 64 << 20)
+
+
+class _Crc32:
+    name = "crc32"
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+class Check:
+    """A running digest of the content and the value it must reach (its name says which checksum it is)."""
+
+    def __init__(self, digest, expected: str):
+        self.digest, self.expected, self.name = digest, expected, digest.name
+
+    def update(self, data) -> None:
+        self.digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def _check_for(headers: Headers, etag: str, md5_etag: bool) -> Check | None:
+    """How to check an object's content: syncd's stored SHA-256, else the server's full-object checksum (a
+    composite one, ``…-N``, would need the part sizes), else a single-part ETag's MD5, else nothing (size only)."""
+    sha = headers.get(f"x-amz-meta-{SHA256_META}")
+    if sha:
+        return Check(hashlib.sha256(), sha)
+    for name, header in SERVER_CHECKSUMS:
+        value = headers.get(header)
+        if value and "-" not in value:
+            try:
+                expected = base64.b64decode(value, validate=True).hex()
+            except ValueError:
+                continue
+            return Check(_Crc32() if name == "crc32" else hashlib.new(name), expected)
+    return Check(hashlib.md5(), etag) if md5_etag else None
+
+
+def multipart_etag(path: Path, part_size: int, parts: int) -> str:
+    """The ETag S3 gives a multipart upload of ``path`` in parts of ``part_size``: the MD5 of the parts' MD5s."""
+    digests = b""
+    with open(path, "rb") as handle:
+        for _ in range(parts):
+            digest = hashlib.md5()
+            left = part_size
+            while left and (chunk := handle.read(min(left, 1 << 20))):
+                digest.update(chunk)
+                left -= len(chunk)
+            digests += digest.digest()
+    return f"{hashlib.md5(digests).hexdigest()}-{parts}"
 
 
 def _chunks(response, size: int) -> Iterator[memoryview]:
@@ -540,19 +614,16 @@ class S3Storage(Storage):
         finally:
             self._batch_slots.give(taken)
 
-    def _digest_for(self, headers: Headers, etag: str | None = None):
-        """The hash to check an object's content with: its stored SHA-256, else a single-part ETag's MD5.
-
-        ``etag`` is the object's, when the caller knows it better than ``headers`` do.
-        """
-        if headers.get(f"x-amz-meta-{SHA256_META}"):
-            return hashlib.sha256()
-        return hashlib.md5() if self._md5_etag(etag or _etag(headers.get("ETag")), headers) else None
+    def _digest_for(self, headers: Headers, etag: str | None = None) -> Check | None:
+        """How to check an object's content (:func:`_check_for`). ``etag`` is the object's, when the caller knows
+        it better than ``headers`` do."""
+        etag = etag or _etag(headers.get("ETag"))
+        return _check_for(headers, etag, self._md5_etag(etag, headers))
 
     def _fetched(self, bucket: str, key: str, headers: Headers, size: int, expected_size: int, digest) -> ObjectInfo:
         etag = _etag(headers.get("ETag"))
         expect_sha = headers.get(f"x-amz-meta-{SHA256_META}")
-        self._verify(bucket, key, size, expected_size, digest, expect_sha or etag)
+        self._verify(bucket, key, size, expected_size, digest)
         return ObjectInfo(key, size, etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
 
     def _fetch_whole(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
@@ -627,11 +698,14 @@ class S3Storage(Storage):
             os.close(fd)
         headers = headers_seen[0] if headers_seen else Headers()
         expect_sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        if not expect_sha and not _SINGLE_PART_ETAG.match(expected.etag):
+            # a multipart object of another tool's: a ranged answer carries no full-object checksum, a HEAD does
+            headers = http.request("HEAD", bucket, key, headers=_if_match(expected)).headers
         digest = self._digest_for(headers, expected.etag)
         if digest is not None:  # a second pass, from the page cache: ranges arrive out of order
             with open(dest, "rb") as handle:
-                digest = hashlib.file_digest(handle, lambda: digest)
-        self._verify(bucket, key, size, expected.size, digest, expect_sha or expected.etag)
+                hashlib.file_digest(handle, lambda: digest)  # type: ignore[arg-type,return-value]
+        self._verify(bucket, key, size, expected.size, digest)
         return ObjectInfo(key, size, expected.etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
 
     @staticmethod
@@ -643,19 +717,30 @@ class S3Storage(Storage):
             and "x-amz-server-side-encryption-customer-algorithm" not in headers
         )
 
-    def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest, expected_digest: str) -> None:
+    def _verify(self, bucket: str, key: str, size: int, expected_size: int, digest: Check | None) -> None:
         if size != expected_size:
             raise TransientError(f"{bucket}/{key}: received {size} bytes, the object has {expected_size}")
-        if digest is not None and digest.hexdigest() != expected_digest:
+        if digest is not None and digest.hexdigest() != digest.expected:
             raise TransientError(
                 f"{bucket}/{key}: the content does not match its {digest.name} checksum; syncd fetches it again"
             )
 
     def same_content(self, info: ObjectInfo, local: Path) -> bool | None:
-        if not _SINGLE_PART_ETAG.match(info.etag):
-            return None
+        """By the ETag: a single-part one is the content's MD5; a multipart one (``…-N``) is recomputed for syncd's
+        part size, then for other tools' common ones, each tried only if it gives N parts."""
         try:
-            return local.stat().st_size == info.size and _hash_file(local, "md5") == info.etag
+            if local.stat().st_size != info.size:
+                return False
+            if _SINGLE_PART_ETAG.match(info.etag):
+                return _hash_file(local, "md5") == info.etag
+            found = _MULTIPART_ETAG.match(info.etag)
+            if not found:
+                return None
+            parts = int(found.group(1))
+            for part_size in dict.fromkeys((self.options.part_size, *COMMON_PART_SIZES)):
+                if -(-info.size // part_size) == parts and multipart_etag(local, part_size, parts) == info.etag:
+                    return True
+            return None
         except OSError:
             return False
 

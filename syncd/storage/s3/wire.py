@@ -220,6 +220,7 @@ class SignedHttp:
 
     def endpoint_for(self, bucket: str) -> Endpoint:
         """The endpoint of ``bucket``: the configured one, or its region's if the server redirected there."""
+        endpoints.check_bucket(bucket)
         with self._lock:
             region = self._bucket_regions.get(bucket)
         return self.endpoint if region is None else self.endpoint.in_region(region)

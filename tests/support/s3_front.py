@@ -1,20 +1,27 @@
-"""An S3 front that answers as AWS does for a bucket in another region: a request signed for any region but
-``home`` gets ``301 PermanentRedirect`` with ``x-amz-bucket-region``; one signed for ``home`` is passed to the real
-server behind, byte for byte (its Host and signature unchanged)."""
+"""A front for a real S3 server that passes each request on byte for byte (its Host and signature unchanged) and can
+act as AWS does for a bucket in another region (``home``: a request signed for any other region gets
+``301 PermanentRedirect`` with ``x-amz-bucket-region``) or damage the bodies of answers (``alter``)."""
 
 from __future__ import annotations
 
 import http.client
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _SCOPE_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/s3/aws4_request")
 
 
-class RegionRouter:
-    def __init__(self, upstream: tuple[str, int], home: str):
+class S3Front:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        home: str | None = None,
+        alter: Callable[[str, str, bytes], bytes] | None = None,  # (method, path, body) → the body sent on
+    ):
         self.home = home
+        self.alter = alter
         self.redirected: list[str] = []  # the region of each request it redirected
         self.passed: list[str] = []
         router = self
@@ -30,7 +37,7 @@ class RegionRouter:
                 body = self.rfile.read(length) if length else None
                 found = _SCOPE_REGION.search(self.headers.get("Authorization", ""))
                 region = found.group(1) if found else ""
-                if region != router.home:
+                if router.home is not None and region != router.home:
                     router.redirected.append(region)
                     payload = (
                         f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>The "
@@ -54,6 +61,8 @@ class RegionRouter:
                 connection.endheaders(body)
                 answer = connection.getresponse()
                 data = answer.read()
+                if router.alter is not None and self.command != "HEAD":
+                    data = router.alter(self.command, self.path, data)
                 self.send_response(answer.status, answer.reason)
                 for name, value in answer.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -75,7 +84,7 @@ class RegionRouter:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> RegionRouter:
+    def __enter__(self) -> S3Front:
         self._thread.start()
         return self
 

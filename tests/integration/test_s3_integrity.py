@@ -1,0 +1,112 @@
+"""What the S3 storage checks a download against, on real servers (SeaweedFS and moto): syncd's own SHA-256, else
+the full-object checksum the server keeps for an object another tool uploaded with one, else a single-part ETag's
+MD5, else the size; and how it recognises a local file as an object's content without downloading it, multipart
+ETags included."""
+
+from __future__ import annotations
+
+import base64
+import os
+import zlib
+
+import pytest
+
+from syncd.errors import TransientError
+from tests.integration.conftest import make_storage
+from tests.support.s3_front import S3Front
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture(params=["seaweedfs", "moto_s3"])
+def server(request):
+    return request.getfixturevalue(request.param)
+
+
+def upload_with_crc32(client, bucket: str, key: str, parts: list[bytes]) -> None:
+    """A multipart upload as another tool makes it: no metadata of syncd's, a full-object CRC32."""
+    started = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT"
+    )
+    done = []
+    for number, data in enumerate(parts, 1):
+        answer = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=started["UploadId"],
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32",
+        )
+        done.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32": answer["ChecksumCRC32"]})
+    whole = base64.b64encode(zlib.crc32(b"".join(parts)).to_bytes(4, "big")).decode()
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=started["UploadId"],
+        MultipartUpload={"Parts": done},
+        ChecksumCRC32=whole,
+        ChecksumType="FULL_OBJECT",
+    )
+
+
+def flip_one_byte(method: str, path: str, body: bytes) -> bytes:
+    """Damage every object body on the way, keeping its length (so only a checksum can tell)."""
+    if method == "GET" and "list-type" not in path and len(body) > 100:
+        return body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
+    return body
+
+
+@pytest.mark.parametrize("size", [(5 << 20) + 1000, 3000], ids=["ranged", "whole"])
+def test_another_tools_object_is_checked_against_the_servers_full_object_crc32(server, tmp_path, size):
+    bucket = server.new_bucket("crc")
+    data = os.urandom(size)
+    parts = [data[: 5 << 20], data[5 << 20 :]] if size > 5 << 20 else [data]  # parts but the last ≥ 5 MiB
+    upload_with_crc32(server.client(), bucket, "other/tool.bin", parts)
+    host, port = server.endpoint.rsplit("//", 1)[1].split(":")
+    with S3Front((host, int(port)), alter=flip_one_byte) as damaging:
+        storage = make_storage(server, endpoint=damaging.endpoint, part_size="5MiB")
+        (listed,) = storage.list(bucket, "other/")
+        assert listed.etag.endswith(f"-{len(parts)}"), "a multipart ETag: no MD5 to check against"
+        with pytest.raises(TransientError, match="does not match its crc32 checksum"):
+            storage.fetch(bucket, "other/tool.bin", tmp_path / "damaged", listed)
+        storage.close()
+    storage = make_storage(server, part_size="5MiB")
+    storage.fetch(bucket, "other/tool.bin", tmp_path / "whole", listed)
+    assert (tmp_path / "whole").read_bytes() == data
+    ((_, _, outcome),) = storage.fetch_many(bucket, [(listed, tmp_path / "batch")])
+    assert not isinstance(outcome, BaseException) and (tmp_path / "batch").read_bytes() == data
+    storage.close()
+
+
+def test_a_local_file_is_recognised_by_a_multipart_etag_of_syncd_or_of_another_tool(server, tmp_path):
+    bucket = server.new_bucket("etag")
+    storage = make_storage(server, part_size="5MiB")
+    data = os.urandom(18 << 20)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    storage.put_file(bucket, "own.bin", local)  # syncd's own: parts of 5 MiB
+    client = server.client()
+    started = client.create_multipart_upload(Bucket=bucket, Key="cli.bin")  # as the AWS CLI: parts of 8 MiB
+    parts = [data[i : i + (8 << 20)] for i in range(0, len(data), 8 << 20)]
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": client.upload_part(
+                Bucket=bucket, Key="cli.bin", UploadId=started["UploadId"], PartNumber=n, Body=p
+            )["ETag"],
+        }
+        for n, p in enumerate(parts, 1)
+    ]
+    client.complete_multipart_upload(
+        Bucket=bucket, Key="cli.bin", UploadId=started["UploadId"], MultipartUpload={"Parts": done}
+    )
+    listed = {o.key: o for o in storage.list(bucket, "")}
+    assert listed["own.bin"].etag.endswith("-4") and listed["cli.bin"].etag.endswith("-3")
+    assert storage.same_content(listed["own.bin"], local) is True
+    assert storage.same_content(listed["cli.bin"], local) is True
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert not storage.same_content(listed["own.bin"], changed), "one byte differs: download it"
+    assert not storage.same_content(listed["cli.bin"], tmp_path / "local.bin.missing")
+    storage.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from syncd.backends.arc import ArcBackend, ArcOptions
-from syncd.backends.base import RemoteState
+from syncd.backends.base import RemoteState, StagingArea
 from tests.conformance.harness import Harness
+from tests.integration.conftest import make_storage
 
 pytestmark = [pytest.mark.arc, pytest.mark.slurm]
 
@@ -41,3 +44,26 @@ def test_jobs_run_on_slurm_with_outputs_exit_codes_and_cancel(harness, slurm_clu
     assert "input" in harness.backend.logs(refs[0]).stdout.read_text()
     assert second.state is RemoteState.FAILED and second.exit_code == 3, second
     assert third.state is RemoteState.CANCELLED, third
+
+
+@pytest.mark.s3
+def test_inputs_from_the_inbox_storage_are_fetched_on_the_slurm_node(
+    arc_slurm_site, slurm_cluster, seaweedfs, tmp_path
+):
+    options = ArcOptions.model_validate(arc_slurm_site.backend_section(inputs="storage"))
+    backend = ArcBackend("arc", options, tmp_path / "work")
+    harness = Harness(
+        backend=backend,
+        new_backend=lambda: ArcBackend("arc", options, tmp_path / "work"),
+        scratch=arc_slurm_site.scratch("slurm-s3"),
+        poll_interval=0.3,
+        timeout=120,
+    )
+    spec = harness.spec('echo "$SLURM_JOB_ID" > slurm-id.txt; sort "data/in put.txt" > sorted.txt')
+    bucket = seaweedfs.new_bucket("arc-slurm-in")
+    spec = replace(spec, staging=StagingArea.for_job(make_storage(seaweedfs), bucket, "lab", spec.job_id))
+    ref = harness.run(spec, {"data/in put.txt": b"b\na\n"})
+    assert harness.wait(ref).state is RemoteState.SUCCEEDED
+    outputs = {o.relpath: o.source.read_bytes() for o in backend.outputs(ref, spec)}
+    assert outputs["sorted.txt"] == b"a\nb\n" and outputs["slurm-id.txt"].strip().isdigit(), outputs
+    assert "data/in put.txt" not in outputs, "an unchanged fetched input is not an output"

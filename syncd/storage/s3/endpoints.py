@@ -48,14 +48,18 @@ def dns_suffix(region: str) -> str:
     return "amazonaws.com"
 
 
-def virtual_hosted(bucket: str, base: str) -> bool:
+def virtual_hosted(bucket: str, host_is_ip: bool) -> bool:
     """Whether ``bucket`` can be addressed as ``bucket.host``: a DNS-label name on a host name (not an IP)."""
-    host = urlsplit(base).hostname or ""
+    return not host_is_ip and bool(_DNS_BUCKET.match(bucket))
+
+
+def is_ip(base: str) -> bool:
+    """Whether the host of ``base`` is an IP address (no bucket subdomains there)."""
     try:
-        ipaddress.ip_address(host)
-        return False
+        ipaddress.ip_address(urlsplit(base).hostname or "")
     except ValueError:
-        return bool(_DNS_BUCKET.match(bucket))
+        return False
+    return True
 
 
 def check_bucket(bucket: str) -> None:

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
@@ -57,13 +58,17 @@ class Endpoint:
         """The same endpoint for a bucket in ``region`` (on AWS, another host; elsewhere, another signature)."""
         return replace(self, region=region, base=endpoints.aws(region) if self.aws else self.base)
 
+    @cached_property
+    def _host_is_ip(self) -> bool:  # once per endpoint, not per request
+        return endpoints.is_ip(self.base)
+
     def target(self, bucket: str, key: str) -> tuple[str, str]:
         """(host, canonical path) of an object or, with key '', of the bucket. A path in the endpoint (a server
         behind a prefix) comes first, as botocore puts it."""
         parts = urlsplit(self.base)
         prefix = parts.path.rstrip("/")
         quoted = quote(key, safe="/~")
-        if self.virtual_hosted and endpoints.virtual_hosted(bucket, self.base):
+        if self.virtual_hosted and endpoints.virtual_hosted(bucket, self._host_is_ip):
             return f"{bucket}.{parts.netloc}", f"{prefix}/{quoted}"
         return parts.netloc, f"{prefix}/{bucket}/{quoted}" if key else f"{prefix}/{bucket}"
 

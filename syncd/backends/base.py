@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -272,6 +272,11 @@ class Backend(ABC):
 
     def cleanup(self, ref: RemoteRef) -> None:
         """Remove what the job left on the service once its results are delivered. Idempotent."""
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        """From now on, call ``changed(remote_id)`` (from any thread) as soon as a job's status may have
+        changed, so that it is polled then instead of at its next turn. A hint, never a status: ``poll``
+        still says what happened. Optional; a service that cannot tell is polled on its schedule."""
 
     def close(self) -> None:
         """Release connections. Optional."""

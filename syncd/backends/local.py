@@ -19,10 +19,11 @@ import grp
 import json
 import os
 import pwd
+import select
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,7 @@ from syncd.backends.base import (
     RemoteStatus,
 )
 from syncd.backends.containment import kill_leftover_cgroup
+from syncd.backends.exits import ExitWatcher
 from syncd.backends.job_user import (
     JobUser,
     hand_over,
@@ -53,8 +55,28 @@ from syncd.errors import PermanentError, TransientError
 from syncd.fsutil import os_error
 from syncd.intake.manifest import InputFile
 
+LAUNCH_TIMEOUT = 30.0  # seconds for the runner to start and claim its attempt
+RUNNER_SCRIPT = str(Path(__file__).with_name("local_runner.py"))
+
 # Variables passed through from the daemon; everything else (credentials!) stays out.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
+
+
+def wait_exit(process: subprocess.Popen, timeout: float) -> int:
+    """Wait for a child as ``Popen.wait(timeout)`` does, but woken by its end (a pidfd) rather than by
+    polling with sleeps that grow to 50 ms; the launch of a runner is on every job's path."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        return process.wait(timeout)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            process.kill()
+            process.wait()
+            raise subprocess.TimeoutExpired(process.args, timeout)
+    finally:
+        os.close(pidfd)
+    return process.wait()
 
 
 class LocalOptions(BackendOptions):
@@ -124,6 +146,7 @@ class LocalBackend(Backend):
     def __init__(self, name: str, options: LocalOptions, work_root: Path):
         super().__init__(name, options, options.workdir_root or work_root)
         self.job_user: JobUser | None = None
+        self._exits: ExitWatcher | None = None
         if options.run_as is not None:
             user = JobUser.lookup(options.run_as, options.run_as_group)
             if (user.uid, user.gid) != (os.geteuid(), os.getegid()):
@@ -190,11 +213,7 @@ class LocalBackend(Backend):
         tmp.write_text(json.dumps(runner_spec))
         os.replace(tmp, ctrl / "spec.json")
         self._start_runner(spec, attempt)
-        # Wait briefly for the claim so that find() right after submit sees the job.
-        for _ in range(100):
-            if (ctrl / "claim").exists():
-                break
-            time.sleep(0.02)
+        self._watch_runner(spec.submit_key)
         return self._ref(spec.submit_key)
 
     def _start_runner(self, spec: JobSpec, attempt: Path) -> None:
@@ -202,18 +221,44 @@ class LocalBackend(Backend):
         ctrl = attempt / "ctrl"
         try:
             with open(ctrl / "runner.log", "ab") as runner_log:
-                launcher = subprocess.run(
-                    [sys.executable, "-m", "syncd.backends.local_runner", str(attempt)],
+                launcher = subprocess.Popen(
+                    [sys.executable, "-I", "-S", RUNNER_SCRIPT, str(attempt)],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=runner_log,
-                    timeout=30,
                     start_new_session=True,
                 )
+            code = wait_exit(launcher, LAUNCH_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TransientError(f"starting the runner for {spec.name}: {exc}") from exc
-        if launcher.returncode != 0:
-            raise TransientError(f"the runner for {spec.name} exited with {launcher.returncode}; see {ctrl}/runner.log")
+        if code != 0:
+            raise TransientError(f"the runner for {spec.name} exited with {code}; see {ctrl}/runner.log")
+        # The launcher returns once the runner has claimed the attempt (or found it claimed), so find()
+        # right after submit sees the job; an older runner that returns at once is waited for here.
+        for _ in range(100):
+            if (ctrl / "claim").exists():
+                return
+            time.sleep(0.02)
+
+    def watch(self, changed: Callable[[str], None]) -> None:
+        if self._exits is not None:
+            self._exits.close()
+        self._exits = ExitWatcher(changed, name=f"syncd-exits-{self.name}")
+
+    def _watch_runner(self, key: str) -> None:
+        """Have the end of this attempt's runner heard at once (its status file is written by then)."""
+        if self._exits is None or self._exits.watching(key):
+            return
+        ctrl = self._dir(key) / "ctrl"
+        try:
+            pid = int((ctrl / "claim").read_text())
+        except (OSError, ValueError):
+            return
+        self._exits.add(key, pid, lambda: self._runner_alive(ctrl))
+
+    def close(self) -> None:
+        if self._exits is not None:
+            self._exits.close()
 
     def _ref(self, key: str) -> RemoteRef:
         return RemoteRef(remote_id=key, handle={"dir": str(self._dir(key))})
@@ -247,6 +292,7 @@ class LocalBackend(Backend):
             if not (ctrl / "claim").exists():
                 return RemoteStatus(RemoteState.QUEUED, "starting")
             if self._runner_alive(ctrl):
+                self._watch_runner(ref.remote_id)  # e.g. a job started before the daemon was
                 return RemoteStatus(RemoteState.RUNNING, "running")
             if not status_file.exists():  # the runner may have finished between the two checks
                 return RemoteStatus(

@@ -222,6 +222,7 @@ class Mirror:
         take = threading.Lock()
         outcomes: list[tuple[Target, tuple | None, BaseException | None]] = []
         arrived = threading.Condition()
+        ended = [0]  # targets the workers are done with (under ``arrived``)
         # Workers wait for all to be started: Thread.start() waits until the new thread runs, and with
         # the first workers already busy, each start cost up to a GIL switch interval (5 ms).
         go = threading.Event()
@@ -241,7 +242,8 @@ class Mirror:
                     outcome = (target, None, exc)
                 with arrived:
                     outcomes.append(outcome)
-                    if len(outcomes) >= INDEX_BATCH:
+                    ended[0] += 1
+                    if len(outcomes) >= INDEX_BATCH or ended[0] == len(todo):
                         arrived.notify()
 
         workers = [

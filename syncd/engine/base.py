@@ -35,6 +35,7 @@ from syncd.state.store import (
     STAGING,
     SUBMITTING,
     SUCCEEDED,
+    TERMINAL,
     TIMED_OUT,
     Job,
     Store,
@@ -49,6 +50,7 @@ CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
 STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
+JOURNAL_DELAY = 1.0  # seconds from a job's change of state to its journal's rewrite
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
 OUTCOME = {
     RemoteState.SUCCEEDED: SUCCEEDED,
@@ -132,6 +134,26 @@ class EngineBase:
         self._markers_checked = 0.0
         self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)
         self._store_checked = 0.0
+        #: set by the daemon: called whenever there is work for the pump (a claim, a transition, a status
+        #: hint), so that it runs now rather than at its next tick
+        self.wake: Callable[[], None] = lambda: None
+        self._journals_due: dict[str, float] = {}  # job id → when its journal is to be written
+        self._status_hints: dict[str, dict[str, float]] = {}  # backend → remote id → when it was heard
+        self._poll_locks: dict[str, threading.Lock] = {}
+        self._poll_again: set[str] = set()
+        for name, backend in self.backends.items():
+            backend.watch(functools.partial(self.status_changed, name))
+
+    def status_changed(self, backend: str, remote_id: str) -> None:
+        """A backend's hint that a job's status may have changed: poll it at once (see Backend.watch)."""
+        with self._lock:
+            self._status_hints.setdefault(backend, {})[remote_id] = time.monotonic()
+        self.wake()
+
+    def hinted_backends(self) -> list[str]:
+        """Backends with jobs to poll at once."""
+        with self._lock:
+            return [name for name, hints in self._status_hints.items() if hints]
 
     def _inbox(self, name: str) -> InboxConfig:
         """An inbox's config, also for inboxes a reload removed while their jobs are still in flight."""
@@ -193,10 +215,32 @@ class EngineBase:
         self.crash_points.reached(f"after:{job.state}")
         if self.metrics is not None:
             self.metrics.transitions.labels(job.state).inc()
-        inbox = self._inbox(job.inbox)
-        if inbox.journal:
+        self.wake()
+        if self._inbox(job.inbox).journal and job.state not in TERMINAL:
+            with self._lock:
+                self._journals_due.setdefault(job.id, time.monotonic() + JOURNAL_DELAY)
+
+    def write_journals(self) -> None:
+        """Write the journals whose jobs changed state at least JOURNAL_DELAY ago (called by the pump).
+
+        A person reads a journal in seconds, not milliseconds: a job that changes state several times
+        in that while has its journal written once, with its state then, and a job that ends before
+        that has none to write (``finish`` removes one that was written)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [job_id for job_id, at in self._journals_due.items() if at <= now]
+            for job_id in due:
+                del self._journals_due[job_id]
+        for job_id in due:
+            job = self.store.get(job_id)
+            if job.state in TERMINAL:
+                continue
+            inbox = self._inbox(job.inbox)
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
             journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp, self.config.source)
+            ended = self.store.get(job_id)
+            if ended.state in TERMINAL:  # it ended while this was written, perhaps after finish() looked
+                journal.update(inbox.path, ended, None, self.spools[job.inbox].tmp)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

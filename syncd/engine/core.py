@@ -10,6 +10,7 @@ storages; the retry policy lives in engine.failures and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +68,8 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             self.outboxes[inbox.name].root.mkdir(parents=True, exist_ok=True)
         self._inboxes.update({inbox.name: inbox for inbox in config.inboxes})
         self.backends.update({name: self._guard("backend", name, b) for name, b in backends.items()})
+        for name, backend in backends.items():
+            backend.watch(functools.partial(self.status_changed, name))
         self.storages.update({name: self._guard("storage", name, s) for name, s in storages.items()})
         self._probed.clear()
         self.config = config
@@ -125,6 +128,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             finally:
                 with self._lock:
                     self._in_flight.discard(job_id)
+                self.wake()  # a worker is free: jobs the last pump had no room for can go
 
         try:
             self._executor.submit(run)
@@ -137,6 +141,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
         if self._stopping.is_set() or not self._store_writable():
             return
         self._complete_claims()
+        self.write_journals()
         now = self.clock()
         if now - self._markers_checked >= CANCEL_MARKER_INTERVAL:
             self._markers_checked = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from syncd.backends.base import RemoteState, RemoteStatus
@@ -36,19 +37,52 @@ from syncd.state.store import (
     StoreUnwritable,
 )
 
+HINT_KEPT = 10.0  # seconds a status hint waits for its job's submission to be recorded
 DEADLINE_CANCELLED = 1  # the job passed its timeout and syncd cancelled it
 DEADLINE_UNSTOPPABLE = 2  # it passed its timeout, but the service cannot stop it
 
 
 class Polling(FailurePolicy):
     def poll_backend(self, name: str) -> None:
-        """One batched status request for every due job of backend ``name``."""
+        """One batched status request for every due job of backend ``name``, and for every job it hinted at.
+
+        Called on the backend's timer and, after a hint, by the pump: never two at once for one backend;
+        a call that finds one under way has it go round once more instead."""
+        with self._lock:
+            lock = self._poll_locks.setdefault(name, threading.Lock())
+        while lock.acquire(blocking=False):
+            try:
+                with self._lock:
+                    self._poll_again.discard(name)
+                self._poll_once(name)
+            finally:
+                lock.release()
+            with self._lock:
+                if name not in self._poll_again:
+                    return
+        with self._lock:
+            self._poll_again.add(name)
+
+    def _take_hints(self, name: str, remote_ids: set[str]) -> set[str]:
+        """The hinted remote ids among ``remote_ids``; hints for jobs not in a remote state yet (a hint can
+        come before the submission is recorded) are kept a little while."""
+        now = time.monotonic()
+        with self._lock:
+            hints = self._status_hints.pop(name, {})
+            early = {rid: at for rid, at in hints.items() if rid not in remote_ids and now - at < HINT_KEPT}
+            if early:
+                self._status_hints.setdefault(name, {}).update(early)
+        return hints.keys() & remote_ids
+
+    def _poll_once(self, name: str) -> None:
         if self._stopping.is_set() or not self._store_writable():
             return
         now = self.clock()
         if self._paused_until(name) is not None:
             return
-        due = [j for j in self.store.jobs(REMOTE, backend=name) if j.next_at <= now]
+        remote = self.store.jobs(REMOTE, backend=name)
+        hinted = self._take_hints(name, {j.remote_id for j in remote if j.remote_id})
+        due = [j for j in remote if j.next_at <= now or j.remote_id in hinted]
         if not due:
             return
         backend = self.backends[name]

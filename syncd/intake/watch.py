@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import InboxConfig
+from syncd.intake.inotify import FolderEvents
 from syncd.intake.manifest import MANIFEST_NAME, READY_MARKER
 from syncd.log import logger
 
@@ -202,8 +201,10 @@ class InboxWatcher:
         self._dirty: set[str] = set()  # changed, per events: quiet period restarts
         self._found: set[str] = set()  # seen by a rescan: tracked if new
         self._lock = threading.Lock()
-        self._observer: BaseObserver | None = None
+        self._observer: PollingObserver | FolderEvents | None = None
         self._paused = False
+        self._changed = threading.Event()
+        self._closed = False
         self.restarts = 0
         entry = mount_entry(self.inbox.path)
         self.fstype = entry[0] if entry else None
@@ -238,13 +239,17 @@ class InboxWatcher:
         self.rescan()
 
     def _start_observer(self) -> None:
-        observer = PollingObserver(timeout=self.inbox.poll_interval) if self.mode == "polling" else Observer()
-        observer.daemon = True
         # Top level only: a folder appearing, going or being renamed is all an event has to say, since
         # settling compares snapshots of each candidate's whole tree anyway. A recursive watch would also
         # cover the spool (.syncd/claimed, .syncd/done: a folder per job); with thousands of jobs its
         # moves overflowed the inotify queue and every overflow re-walked the whole tree.
-        observer.schedule(_Handler(self), str(self.inbox.path), recursive=False)
+        observer: PollingObserver | FolderEvents
+        if self.mode == "polling":
+            observer = PollingObserver(timeout=self.inbox.poll_interval)
+            observer.daemon = True
+            observer.schedule(_Handler(self), str(self.inbox.path), recursive=False)
+        else:
+            observer = FolderEvents(self.inbox.path, self._note_event, self.rescan)
         observer.start()
         self._observer = observer
         logger.info("inbox {}: watching {} ({} observer)", self.inbox.name, self.inbox.path, self.mode)
@@ -293,6 +298,12 @@ class InboxWatcher:
         return True
 
     # -- detection -----------------------------------------------------------------
+    def _note_event(self, raw: str) -> None:
+        try:
+            self.note_path(raw)
+        except Exception:  # the reading thread must never die of one event
+            logger.opt(exception=True).warning("inbox {}: ignoring a malformed event", self.inbox.name)
+
     def note_path(self, raw: str) -> None:
         """Mark the top-level folder containing ``raw`` as changed."""
         rel = os.path.relpath(raw, self.inbox.path)
@@ -303,6 +314,19 @@ class InboxWatcher:
             return
         with self._lock:
             self._dirty.add(top)
+        self._changed.set()
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait for an event (or ``timeout``); False once the watcher is closed."""
+        self._changed.wait(timeout)
+        self._changed.clear()
+        return not self._closed
+
+    def close(self) -> None:
+        """Stop watching for good (``stop`` alone is a pause the next check may undo)."""
+        self._closed = True
+        self._changed.set()
+        self.stop()
 
     def refresh(self) -> None:
         """Drop the network client's cached listing of the inbox, then rescan it."""

@@ -15,6 +15,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ EXIT_CONFIG = 2
 EXIT_LOCKED = 3
 EXIT_HARD_STOP = 130
 DRAIN_SECONDS = 5.0
+PUMP_TICK = 0.5  # the pump runs at least this often, work or not (retries and polls fall due on their own)
+PUMP_GAP = 0.01  # and at most this often: wakes in between are taken together
+CHECK_GAP = 0.02  # an inbox is checked at most this often, however many events arrive
 STALL_SECONDS = 30.0  # no pump for this long: not alive (no watchdog ping, /healthz 503)
 JOBS_SHOWN = 500  # /jobs: the jobs created last
 PROBE_KEY = ".syncd-readiness-probe"  # /readyz asks a storage for this key; it need not exist
@@ -92,6 +96,9 @@ class Daemon:
         self._engine: Engine | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.watchers: list[InboxWatcher] = []
+        self._work = threading.Event()  # set by the engine and the watchers: there is something to do now
+        self._halt = threading.Event()  # ends the pump's and the inboxes' loops
+        self._loops: list[threading.Thread] = []
 
     @property
     def store(self) -> Store:
@@ -243,6 +250,7 @@ class Daemon:
             self.config, store, backends, storages, metrics=self.metrics, crash_points=CrashPoints.from_env()
         )
         store.on_transition = engine.on_transition
+        engine.wake = self._work.set
         engine.prepare()
         self.metrics.watch_store(store, lambda: {w.inbox.name: w.restarts for w in self.watchers})
         self._renew_probe_storages()
@@ -262,7 +270,7 @@ class Daemon:
         self._scheduler = scheduler
         for inbox in self.config.inboxes:
             self._watch(inbox)
-        scheduler.add_job(self._guard, "interval", seconds=0.5, args=("pump", self._tick), id="pump")
+        self._start_loop(self._pump_loop, "syncd-pump")
         for name in backends:
             self._schedule_poll(name)
         scheduler.add_job(self._guard, "interval", seconds=30, args=("backend probes", self.probe_backends), id="probe")
@@ -277,6 +285,29 @@ class Daemon:
             self._serve_http()
         logger.info("syncd ready: {} inbox(es), state in {}", len(self.config.inboxes), self.config.state_dir)
         self.notifier.ready(self.status_line())
+
+    def _start_loop(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._loops = [t for t in self._loops if t.is_alive()] + [thread]
+
+    def _pump_loop(self) -> None:
+        """The pump runs when there is work (and at least every PUMP_TICK): a claim, a transition, a free
+        worker, a backend's status hint. Wakes that come while it runs are taken together."""
+        while not self._halt.is_set():
+            self._work.wait(PUMP_TICK)
+            self._work.clear()
+            self._guard("pump", self._tick)
+            for name in self.engine.hinted_backends():
+                self._guard(f"poll of backend {name}", self.engine.poll_backend, name)
+            self._halt.wait(PUMP_GAP)
+
+    def _check_loop(self, watcher: InboxWatcher, tick: float) -> None:
+        """An inbox's settle checks: at once on an event (a folder moved in with its .ready marker is
+        claimed without waiting for a tick), and every ``tick`` seconds."""
+        while not self._halt.is_set() and watcher.wait_for_change(tick):
+            self._guard(f"inbox {watcher.inbox.name}", watcher.check)
+            self._halt.wait(CHECK_GAP)
 
     def _schedule_mirror(self, mirror: MirrorConfig) -> None:
         """A standing mirror's timer; its pass runs at once (at start, and after a reload), and
@@ -351,14 +382,7 @@ class Daemon:
         watcher.start()
         self.watchers.append(watcher)
         tick = min(1.0, max(0.2, inbox.settle / 4))
-        self.scheduler.add_job(
-            self._guard,
-            "interval",
-            seconds=tick,
-            args=(f"inbox {inbox.name}", watcher.check),
-            id=f"settle:{inbox.name}",
-            replace_existing=True,
-        )
+        self._start_loop(self._check_loop, f"syncd-inbox-{inbox.name}", watcher, tick)
         self.scheduler.add_job(
             self._guard,
             "interval",
@@ -370,11 +394,10 @@ class Daemon:
 
     def _unwatch(self, name: str) -> None:
         for watcher in [w for w in self.watchers if w.inbox.name == name]:
-            watcher.stop()
+            watcher.close()
             self.watchers.remove(watcher)
-        for job_id in (f"settle:{name}", f"rescan:{name}"):
-            if self.scheduler.get_job(job_id):
-                self.scheduler.remove_job(job_id)
+        if self.scheduler.get_job(f"rescan:{name}"):
+            self.scheduler.remove_job(f"rescan:{name}")
 
     def _schedule_poll(self, name: str) -> None:
         self.scheduler.add_job(
@@ -443,11 +466,14 @@ class Daemon:
         logger.info("stopping: no new jobs are taken; running jobs keep running and are re-attached at next start")
         if self.http is not None:
             self.http.stop()
-        if self._scheduler is not None:
-            # Timers first, so no settle tick can restart a watcher or claim a job during shutdown.
-            self._scheduler.shutdown(wait=True)
+        # Timers and loops first, so no settle check can restart a watcher or claim a job during shutdown.
+        self._halt.set()
         for watcher in self.watchers:
-            watcher.stop()
+            watcher.close()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        for thread in self._loops:
+            thread.join(timeout=DRAIN_SECONDS)
         for storage in self._probe_storages.values():
             storage.close()
         drained = self._engine.stop(DRAIN_SECONDS) if self._engine is not None else True

@@ -1,0 +1,117 @@
+"""The native observer of an inbox: names that appear, change or go in one folder, as inotify reports them.
+
+Why not watchdog's inotify observer: it holds every unpaired IN_MOVED_FROM for half a second, to pair it
+with an IN_MOVED_TO, and the events behind it wait in the same queue. In an inbox every claim is such a
+move (the folder goes into ``.syncd/claimed``, which is not watched), so a folder dropped within half a
+second of a claim was seen up to half a second late. An inbox needs no pairing: an event only says
+which top-level name to look at again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_UNMOUNT = 0x2000
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
+
+WATCHED = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF
+GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT  # the folder itself went: this watch is over
+HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+
+
+class FolderEvents(threading.Thread):
+    """Calls ``on_name(path)`` for each name an event concerns in ``folder`` (not below it), and
+    ``on_overflow()`` when the kernel dropped events (look at everything again). The thread ends when
+    stopped or when the folder itself is removed, moved or unmounted; ``is_alive()`` then says so.
+
+    Raises OSError when the watch cannot be made (no inotify, the watch limit reached)."""
+
+    def __init__(self, folder: Path, on_name: Callable[[str], None], on_overflow: Callable[[], None]):
+        super().__init__(name=f"syncd-inotify-{folder.name}", daemon=True)
+        self.folder = str(folder)
+        self._on_name = on_name
+        self._on_overflow = on_overflow
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
+        if libc.inotify_add_watch(fd, os.fsencode(folder), WATCHED | IN_ONLYDIR) < 0:
+            code = ctypes.get_errno()
+            os.close(fd)
+            hint = "; raise fs.inotify.max_user_watches" if code == errno.ENOSPC else ""
+            raise OSError(code, f"inotify_add_watch {folder}: {os.strerror(code)}{hint}")
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+
+    def run(self) -> None:
+        try:
+            while True:
+                ready = select.select([self._fd, self._stop_r], [], [])[0]
+                if self._stop_r in ready:
+                    return
+                try:
+                    data = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not self._dispatch(data):
+                    return
+        finally:
+            os.close(self._fd)
+            os.close(self._stop_r)
+
+    def _dispatch(self, data: bytes) -> bool:
+        """Hand over one read's events; False once the folder itself is gone."""
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            _wd, mask, _cookie, length = HEADER.unpack_from(data, offset)
+            raw = data[offset + HEADER.size : offset + HEADER.size + length].rstrip(b"\0")
+            offset += HEADER.size + length
+            if mask & IN_Q_OVERFLOW:
+                self._on_overflow()
+            if mask & GONE:
+                return False
+            if raw:
+                self._on_name(os.path.join(self.folder, os.fsdecode(raw)))
+        return True
+
+    def stop(self) -> None:
+        if self.ident is None:  # never started: nobody else closes its descriptors
+            os.close(self._fd)
+            os.close(self._stop_r)
+            self._close_stop()
+            return
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+        finally:
+            if not self.is_alive():
+                self._close_stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if not self.is_alive():
+            self._close_stop()
+
+    def _close_stop(self) -> None:
+        if self._stop_w >= 0:
+            os.close(self._stop_w)
+            self._stop_w = -1

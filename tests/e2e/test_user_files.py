@@ -24,7 +24,8 @@ def test_the_users_status_txt_beside_a_job_is_kept_byte_for_byte(daemon):
     mine = daemon.inbox / "j1.status.txt"
     mine.write_bytes(b"my own status notes\n")
     inode = mine.stat().st_ino
-    drop_job(daemon.inbox, "j1", {"command": "echo ok > ok.txt"})
+    # Long enough for its journal to fall due (a job that ends sooner has none to write).
+    drop_job(daemon.inbox, "j1", {"command": "sleep 2; echo ok > ok.txt"})
     assert daemon.result("j1")["state"] == "succeeded"
     wait_for(lambda: daemon.cli("status", "--json", "j1").stdout.count('"state": "succeeded"'), what="finished")
     assert mine.read_bytes() == b"my own status notes\n" and mine.stat().st_ino == inode

@@ -1,0 +1,151 @@
+"""What wakes the daemon: inotify events of an inbox folder, and the end of a process that is not its child."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from syncd.backends.exits import ExitWatcher
+from syncd.intake.inotify import FolderEvents
+from tests.support.harness import wait_for
+
+
+class Names:
+    def __init__(self):
+        self.seen: list[str] = []
+        self.overflows = 0
+        self.changed = threading.Event()
+
+    def name(self, path: str) -> None:
+        self.seen.append(os.path.basename(path))
+        self.changed.set()
+
+    def overflow(self) -> None:
+        self.overflows += 1
+
+
+@pytest.fixture
+def watched(tmp_path):
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    names = Names()
+    events = FolderEvents(folder, names.name, names.overflow)
+    events.start()
+    yield folder, names, events
+    events.stop()
+    events.join(5)
+
+
+def test_names_moved_in_created_and_removed_are_reported_top_level_only(watched, tmp_path):
+    folder, names, _ = watched
+    outside = tmp_path / "built"
+    (outside / "deep").mkdir(parents=True)
+    os.rename(outside, folder / "moved in")
+    (folder / "made").mkdir()
+    (folder / "made" / "inner.txt").write_text("not reported: below the top level")
+    (folder / "moved in" / "deep" / "x").write_text("nor this")
+    os.rename(folder / "made", tmp_path / "moved out")
+    wait_for(lambda: names.seen.count("made") >= 2, timeout=10, what="the move out")
+    assert "moved in" in names.seen
+    assert "inner.txt" not in names.seen and "x" not in names.seen and "deep" not in names.seen
+
+
+def test_a_move_out_whose_other_half_is_not_watched_is_reported_in_order_with_what_follows(watched, tmp_path):
+    """A claim is such a move (into the spool); the folder dropped next is reported after it, from the
+    same queue, with no pairing step in between (bench/latency.py shows what that step cost)."""
+    folder, names, _ = watched
+    (folder / "claimed").mkdir()
+    (tmp_path / "next").mkdir()
+    wait_for(lambda: "claimed" in names.seen, timeout=10, what="the first folder")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.rename(folder / "claimed", spool / "claimed")
+    os.rename(tmp_path / "next", folder / "next")
+    wait_for(lambda: "next" in names.seen, timeout=10, what="the second folder")
+    assert names.seen == ["claimed", "claimed", "next"]
+
+
+def test_the_watch_ends_when_its_folder_is_removed(watched):
+    folder, _, events = watched
+    folder.rmdir()
+    events.join(10)
+    assert not events.is_alive()
+
+
+def test_a_folder_that_cannot_be_watched_raises_with_its_path(tmp_path):
+    with pytest.raises(OSError, match="inotify_add_watch"):
+        FolderEvents(tmp_path / "missing", lambda _: None, lambda: None)
+
+
+def test_a_stopped_watch_that_never_started_closes_its_descriptors(tmp_path):
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        FolderEvents(tmp_path, lambda _: None, lambda: None).stop()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _detached_sleeper(seconds: float) -> int:
+    """A process that is not our child (its parent exits at once, as a runner's launcher does): its pid."""
+    code = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid:\n"
+        "    print(pid, flush=True)\n"
+        "    os._exit(0)\n"
+        "os.close(1)\n"
+        "os.close(2)\n"
+        f"time.sleep({seconds})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+    return int(out.stdout)
+
+
+def test_the_end_of_a_process_that_is_not_our_child_is_heard():
+    ended: list[str] = []
+    heard = threading.Event()
+    watcher = ExitWatcher(lambda key: (ended.append(key), heard.set()))
+    try:
+        pid = _detached_sleeper(1.0)
+        started = time.monotonic()
+        assert watcher.add("job-1", pid, lambda: True)
+        assert watcher.watching("job-1")
+        assert heard.wait(30), "the process ended but nothing was heard"
+        assert ended == ["job-1"] and time.monotonic() - started > 0.5  # heard at its end, not before
+        assert not watcher.watching("job-1")
+    finally:
+        watcher.close()
+
+
+def test_a_process_already_gone_or_replaced_is_reported_at_once():
+    ended: list[str] = []
+    watcher = ExitWatcher(ended.append)
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert watcher.add("gone", gone.pid, lambda: True)
+        # A live pid that is no longer the runner (its lock is free): as good as ended.
+        assert watcher.add("reused", os.getpid(), lambda: False)
+        assert ended == ["gone", "reused"]
+    finally:
+        watcher.close()
+
+
+def test_a_closed_watcher_closes_every_descriptor_and_accepts_nothing():
+    before = len(os.listdir("/proc/self/fd"))
+    watcher = ExitWatcher(lambda key: None)
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        for n, proc in enumerate(sleepers):
+            assert watcher.add(f"j{n}", proc.pid, lambda: True)
+        watcher.close()
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert not watcher.add("late", sleepers[0].pid, lambda: True)
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()

@@ -58,6 +58,24 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` (None once it has exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by every process of the machine (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / TICKS
+
+
 def count_results(results: Path) -> int:
     try:
         names = os.listdir(results)
@@ -109,6 +127,7 @@ def main() -> int:
 
     log_path = site / "syncd.log"
     log = open(log_path, "ab")
+    busy_at_start = machine_busy_seconds()
     start = time.monotonic()
     proc = subprocess.Popen(
         [*SYNCD, "run", "-c", str(config), "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
@@ -154,10 +173,13 @@ def main() -> int:
                 print(f"no job finished for {args.stall:.0f}s ({done} of {args.jobs} done); giving up", flush=True)
                 break
             time.sleep(0.5)
-        time.sleep(1.5)  # one more sample after the last job
+        if finished_at is not None:
+            time.sleep(1.5)  # one more sample after the last job
     finally:
         stop_sampling.set()
         end_status = proc_status(proc.pid)
+        daemon_cpu = cpu_seconds(proc.pid)
+        machine_cpu = machine_busy_seconds() - busy_at_start
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -204,6 +226,10 @@ def main() -> int:
         "first_claim_seconds": round(marks.get("first_claim", float("nan")), 2),
         "total_seconds": round(finished_at, 1) if finished_at else None,
         "jobs_per_second": round(args.jobs / finished_at, 2) if finished_at else None,
+        # both from start to the end (syncd's start-up and the last samples included)
+        "daemon_cpu_seconds": daemon_cpu,
+        "daemon_cpu_ms_per_job": round(daemon_cpu * 1000 / args.jobs, 1) if daemon_cpu is not None else None,
+        "machine_cpu_ms_per_job": round(machine_cpu * 1000 / args.jobs, 1),
         "finished": sum(states.values()),
         "states": states,
         "store_states": store_states,

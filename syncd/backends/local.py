@@ -22,6 +22,7 @@ import pwd
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
 from syncd.fsutil import os_error
 from syncd.intake.manifest import InputFile
+from syncd.log import logger
 
 LAUNCH_TIMEOUT = 30.0  # seconds for the runner to start and claim its attempt
 RUNNER_SCRIPT = str(Path(__file__).with_name("local_runner.py"))
@@ -77,6 +79,65 @@ def wait_exit(process: subprocess.Popen, timeout: float) -> int:
     finally:
         os.close(pidfd)
     return process.wait()
+
+
+class Launcher:
+    """The runner launcher: ``local_runner.py --serve``, started on first use and again after it died.
+    One request at a time (NUL-terminated attempt folder out, a NUL back once the runner has claimed)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+
+    def _running(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", RUNNER_SCRIPT, "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C meant for a daemon in a terminal is not for it
+            )
+        return self._process
+
+    def start(self, attempt: Path, timeout: float) -> None:
+        """Have the runner of ``attempt`` started; OSError when the launcher does not do it in time."""
+        with self._lock:
+            process = self._running()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(os.fsencode(attempt) + b"\0")
+                process.stdin.flush()
+                if not select.select([process.stdout], [], [], timeout)[0]:
+                    raise TimeoutError(f"no answer within {timeout:.0f}s")
+                if os.read(process.stdout.fileno(), 1) != b"\0":
+                    raise ConnectionError("it ended")
+            except OSError:
+                self._stop(process)
+                raise
+
+    def _stop(self, process: subprocess.Popen) -> None:
+        process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
+        self._process = None
+
+    def close(self) -> None:
+        with self._lock:
+            process = self._process
+            if process is None:
+                return
+            self._process = None
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.close()  # its end of input: it exits (runners it started live on)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
 
 
 class LocalOptions(BackendOptions):
@@ -147,6 +208,7 @@ class LocalBackend(Backend):
         super().__init__(name, options, options.workdir_root or work_root)
         self.job_user: JobUser | None = None
         self._exits: ExitWatcher | None = None
+        self._launcher = Launcher(f"syncd-launcher-{name}")
         if options.run_as is not None:
             user = JobUser.lookup(options.run_as, options.run_as_group)
             if (user.uid, user.gid) != (os.geteuid(), os.getegid()):
@@ -217,22 +279,31 @@ class LocalBackend(Backend):
         return self._ref(spec.submit_key)
 
     def _start_runner(self, spec: JobSpec, attempt: Path) -> None:
-        """Launch the detached runner of ``attempt``; it claims the job itself (``ctrl/claim``)."""
+        """Start the detached runner of ``attempt``; it claims the job itself (``ctrl/claim``).
+
+        Through the launcher (one process started once, whose forks become the runners); if that does
+        not answer, by starting a Python of its own for this runner."""
         ctrl = attempt / "ctrl"
         try:
-            with open(ctrl / "runner.log", "ab") as runner_log:
-                launcher = subprocess.Popen(
-                    [sys.executable, "-I", "-S", RUNNER_SCRIPT, str(attempt)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=runner_log,
-                    start_new_session=True,
-                )
-            code = wait_exit(launcher, LAUNCH_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TransientError(f"starting the runner for {spec.name}: {exc}") from exc
-        if code != 0:
-            raise TransientError(f"the runner for {spec.name} exited with {code}; see {ctrl}/runner.log")
+            self._launcher.start(attempt, LAUNCH_TIMEOUT)
+        except OSError as exc:
+            logger.debug(
+                "the runner launcher of backend {} failed ({}); starting the runner on its own", self.name, exc
+            )
+            try:
+                with open(ctrl / "runner.log", "ab") as runner_log:
+                    launch = subprocess.Popen(
+                        [sys.executable, "-I", "-S", RUNNER_SCRIPT, str(attempt)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=runner_log,
+                        start_new_session=True,
+                    )
+                code = wait_exit(launch, LAUNCH_TIMEOUT)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TransientError(f"starting the runner for {spec.name}: {exc}") from exc
+            if code != 0:
+                raise TransientError(f"the runner for {spec.name} exited with {code}; see {ctrl}/runner.log") from None
         # The launcher returns once the runner has claimed the attempt (or found it claimed), so find()
         # right after submit sees the job; an older runner that returns at once is waited for here.
         for _ in range(100):
@@ -257,6 +328,7 @@ class LocalBackend(Backend):
         self._exits.add(key, pid, lambda: self._runner_alive(ctrl))
 
     def close(self) -> None:
+        self._launcher.close()
         if self._exits is not None:
             self._exits.close()
 

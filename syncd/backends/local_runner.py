@@ -178,18 +178,64 @@ def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None) -> int:
     return 0
 
 
-def main() -> None:
-    attempt_dir = Path(sys.argv[1])
+def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
+    """Start the runner of ``attempt_dir`` as a process of its own session that is nobody's child, and
+    return once it has claimed the attempt (or found it claimed, or died). With ``log_path``, the
+    runner's own stderr goes there."""
     claim_read, claim_write = os.pipe()
-    if os.fork() > 0:
-        # The daemon reaps this parent; it waits until the runner has claimed the attempt (or died), so
-        # the job can be found as soon as the launch returns.
-        os.close(claim_write)
-        os.read(claim_read, 1)
-        os._exit(0)
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(claim_read)
+            os.setsid()
+            if os.fork() > 0:
+                os._exit(0)  # the runner is orphaned at once: nobody has to reap it
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            if log_path is not None:
+                log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                os.dup2(log, 2)
+                os.close(log)
+            os.close(null)
+            code = run(attempt_dir, claimed=lambda: os.close(claim_write))
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+        os._exit(code)
+    os.close(claim_write)
+    os.waitpid(middle, 0)
+    os.read(claim_read, 1)
     os.close(claim_read)
-    os.setsid()
-    sys.exit(run(attempt_dir, claimed=lambda: os.close(claim_write)))
+
+
+def serve() -> None:
+    """Start runners on request, for as long as standard input is open: each request is an attempt
+    folder followed by NUL, each answer a NUL once its runner has claimed the attempt. Forking this
+    process, whose imports are done, costs a fraction of starting a Python for every job."""
+    requests = sys.stdin.buffer
+    while True:
+        raw = bytearray()
+        while not raw.endswith(b"\0"):
+            byte = requests.read(1)
+            if not byte:
+                return  # the daemon is gone (or closed us): runners live on without us
+            raw += byte
+        attempt_dir = Path(os.fsdecode(bytes(raw[:-1])))
+        start_detached(attempt_dir, attempt_dir / "ctrl" / "runner.log")
+        sys.stdout.buffer.write(b"\0")
+        sys.stdout.buffer.flush()
+
+
+def main() -> None:
+    if sys.argv[1] == "--serve":
+        serve()
+        return
+    start_detached(Path(sys.argv[1]))
 
 
 if __name__ == "__main__":

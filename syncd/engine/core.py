@@ -149,18 +149,18 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
                 if (Path(job.spool_path) / CANCEL_MARKER).exists():
                     self.store.request(job.id, "cancel")
                     job_logger(job).info("found a {} file; cancelling", CANCEL_MARKER)
-        for job in self.store.requests():
-            self._dispatch(job.id, self.handle_requests)
+        for job_id in self.store.request_ids():
+            self._dispatch(job_id, self.handle_requests)
         # Bounded: with thousands of jobs waiting, one pass hands out only what the workers can take.
-        for job in self.store.due(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER):
-            self._dispatch(job.id, self.advance)
+        for job_id in self.store.due_ids(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER):
+            self._dispatch(job_id, self.advance)
         for name, backend in self.backends.items():
             room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
             if room > 0:
-                for job in self.store.due([STAGED], now, limit=room, backend=name):
-                    self._dispatch(job.id, self.advance)
-        for job in self.store.unfinished():
-            self._dispatch(job.id, self.finish)
+                for job_id in self.store.due_ids([STAGED], now, limit=room, backend=name):
+                    self._dispatch(job_id, self.advance)
+        for job_id in self.store.unfinished_ids():
+            self._dispatch(job_id, self.finish)
 
     def run_until_idle(self, timeout: float = 60.0) -> None:
         """Pump and poll until nothing is due or in flight (used by ``syncd`` tests and tools)."""
@@ -173,7 +173,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             if (
                 not self.busy
                 and not self.store.jobs([*STEP_STATES, STAGED, SUBMITTING, *REMOTE])
-                and not self.store.unfinished()
+                and not self.store.unfinished_ids()
             ):
                 return
 

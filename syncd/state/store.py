@@ -351,9 +351,10 @@ class Store:
         )
         return [_job(r) for r in rows]
 
-    def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Job]:
-        """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free
-        resources and deliver results), then by priority and age."""
+    def due_ids(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[str]:
+        """The ids of up to ``limit`` jobs in ``states`` whose next step is due: collections first (they
+        free resources and deliver results), then by priority and age. Ids only: the pump asks this
+        whenever there is work, and most of what it finds is in a worker's hands already."""
         states = list(states)
         where = f"state IN ({', '.join('?' for _ in states)}) AND next_at <= ?"
         params: list[Any] = [*states, now]
@@ -363,21 +364,33 @@ class Store:
         rows = (
             self._conn()
             .execute(
-                f"SELECT * FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
+                f"SELECT id FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
                 (*params, COLLECTING, limit),
             )
             .fetchall()
         )
-        return [_job(r) for r in rows]
+        return [r[0] for r in rows]
+
+    _REQUESTED = "cancel_requested = 1 OR retry_requested = 1"
+    _UNFINISHED = f"finished = 0 AND state IN ({', '.join('?' for _ in TERMINAL)})"
 
     def requests(self) -> list[Job]:
         """Jobs with a pending cancel or retry request (set by the CLI or a folder verb)."""
-        return self._select("cancel_requested = 1 OR retry_requested = 1")
+        return self._select(self._REQUESTED)
+
+    def request_ids(self) -> list[str]:
+        return self._ids(self._REQUESTED)
 
     def unfinished(self) -> list[Job]:
         """Jobs in a terminal state whose claimed directory has not been archived yet."""
-        marks = ", ".join("?" for _ in TERMINAL)
-        return self._select(f"finished = 0 AND state IN ({marks})", tuple(TERMINAL))
+        return self._select(self._UNFINISHED, tuple(TERMINAL))
+
+    def unfinished_ids(self) -> list[str]:
+        return self._ids(self._UNFINISHED, tuple(TERMINAL))
+
+    def _ids(self, where: str, params: tuple = ()) -> list[str]:
+        rows = self._conn().execute(f"SELECT id FROM jobs WHERE {where} ORDER BY priority DESC, created, id", params)
+        return [r[0] for r in rows.fetchall()]
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()

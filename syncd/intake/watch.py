@@ -18,12 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers.polling import PollingObserver
-
 from syncd.config import InboxConfig
-from syncd.intake.inotify import FolderEvents
 from syncd.intake.manifest import MANIFEST_NAME, READY_MARKER
+from syncd.intake.observers import FolderEvents, FolderPoller
 from syncd.log import logger
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -172,19 +169,6 @@ class SettleTracker:
         return first
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: InboxWatcher):
-        self.watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        try:
-            for raw in (event.src_path, getattr(event, "dest_path", "")):
-                if raw:
-                    self.watcher.note_path(os.fsdecode(raw))
-        except Exception:  # a handler must never take the observer down
-            logger.opt(exception=True).warning("inbox {}: ignoring a malformed event", self.watcher.inbox.name)
-
-
 class InboxWatcher:
     """Watches one inbox; ``check()`` is called on a timer and hands settled folders to ``on_settled``."""
 
@@ -201,7 +185,7 @@ class InboxWatcher:
         self._dirty: set[str] = set()  # changed, per events: quiet period restarts
         self._found: set[str] = set()  # seen by a rescan: tracked if new
         self._lock = threading.Lock()
-        self._observer: PollingObserver | FolderEvents | None = None
+        self._observer: FolderPoller | FolderEvents | None = None
         self._paused = False
         self._changed = threading.Event()
         self._closed = False
@@ -243,11 +227,9 @@ class InboxWatcher:
         # settling compares snapshots of each candidate's whole tree anyway. A recursive watch would also
         # cover the spool (.syncd/claimed, .syncd/done: a folder per job); with thousands of jobs its
         # moves overflowed the inotify queue and every overflow re-walked the whole tree.
-        observer: PollingObserver | FolderEvents
+        observer: FolderPoller | FolderEvents
         if self.mode == "polling":
-            observer = PollingObserver(timeout=self.inbox.poll_interval)
-            observer.daemon = True
-            observer.schedule(_Handler(self), str(self.inbox.path), recursive=False)
+            observer = FolderPoller(self.inbox.path, self._note_event, self.inbox.poll_interval)
         else:
             observer = FolderEvents(self.inbox.path, self._note_event, self.rescan)
         observer.start()
@@ -351,7 +333,11 @@ class InboxWatcher:
             return
         with self._lock:
             for entry in entries:
-                if not entry.name.startswith("."):
+                try:  # a file is never a job: only folders become candidates (d_type, no stat)
+                    candidate = entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+                except OSError:
+                    continue
+                if candidate:
                     self._found.add(entry.name)
 
     def check(self) -> None:

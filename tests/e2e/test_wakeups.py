@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from syncd.intake.inotify import FolderEvents
+from syncd.intake.observers import FolderEvents
 from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
 
 pytestmark = pytest.mark.e2e

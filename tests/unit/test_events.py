@@ -11,7 +11,7 @@ import time
 import pytest
 
 from syncd.backends.exits import ExitWatcher
-from syncd.intake.inotify import FolderEvents
+from syncd.intake.observers import FolderEvents, FolderPoller
 from tests.support.harness import wait_for
 
 
@@ -149,3 +149,52 @@ def test_a_closed_watcher_closes_every_descriptor_and_accepts_nothing():
         for proc in sleepers:
             proc.kill()
             proc.wait()
+
+
+def test_the_poller_reports_folders_that_appear_go_are_replaced_or_change_inside_and_files_that_come_and_go(
+    tmp_path,
+):
+    folder = tmp_path / "share"
+    (folder / "kept").mkdir(parents=True)
+    (folder / "swapped").mkdir()
+    (folder / "becomes a folder").write_text("a")
+    (folder / "notes.txt").write_text("a")
+    names = Names()
+    poller = FolderPoller(folder, names.name, 0.05)
+    poller.start()
+    try:
+        (folder / "new").mkdir()
+        wait_for(lambda: "new" in names.seen, timeout=10, what="a new folder")
+        (folder / "kept" / "job.yaml").write_text("command: true\n")  # changes the folder's mtime
+        (tmp_path / "other").mkdir()
+        (folder / "swapped").rmdir()
+        os.rename(tmp_path / "other", folder / "swapped")  # same name, another folder
+        (folder / "becomes a folder").unlink()
+        (folder / "becomes a folder").mkdir()
+        (folder / "gone.txt").write_text("a")
+        wait_for(
+            lambda: {"kept", "swapped", "becomes a folder", "gone.txt"} <= set(names.seen),
+            timeout=10,
+            what="the changes",
+        )
+        seen = len(names.seen)
+        (folder / "kept" / "job.yaml").write_text("command: false\n")  # a file's content: not the folder's
+        (folder / "notes.txt").write_text("longer now")  # a file is never a job: its changes are not looked for
+        time.sleep(0.3)  # several polls: none may report them
+        assert len(names.seen) == seen, names.seen
+    finally:
+        poller.stop()
+        poller.join(5)
+    assert not poller.is_alive()
+
+
+def test_the_poller_ends_when_its_folder_goes_and_cannot_start_without_it(tmp_path):
+    folder = tmp_path / "share"
+    folder.mkdir()
+    poller = FolderPoller(folder, lambda _: None, 0.05)
+    poller.start()
+    folder.rmdir()
+    poller.join(10)
+    assert not poller.is_alive()
+    with pytest.raises(OSError):
+        FolderPoller(folder, lambda _: None, 0.05)

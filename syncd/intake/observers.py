@@ -1,10 +1,17 @@
-"""The native observer of an inbox: names that appear, change or go in one folder, as inotify reports them.
+"""The observers of an inbox: names that appear, change or go in one folder (not below it).
+
+``FolderEvents`` reads inotify; ``FolderPoller`` lists the folder every few seconds, for network shares
+where inotify does not see other hosts' changes. Neither needs more than a name: settling compares
+snapshots of each candidate's whole tree anyway.
 
 Why not watchdog's inotify observer: it holds every unpaired IN_MOVED_FROM for half a second, to pair it
 with an IN_MOVED_TO, and the events behind it wait in the same queue. In an inbox every claim is such a
 move (the folder goes into ``.syncd/claimed``, which is not watched), so a folder dropped within half a
 second of a claim was seen up to half a second late. An inbox needs no pairing: an event only says
-which top-level name to look at again.
+which top-level name to look at again. Why not its polling observer: it stats every entry of the
+folder at every poll, and an inbox that also holds ten thousand files of the users' cost an idle daemon
+several per cent of a core; a listing (``getdents``) already says each entry's inode and type, so only
+folders are stat'ed here, for their mtime.
 """
 
 from __future__ import annotations
@@ -115,3 +122,51 @@ class FolderEvents(threading.Thread):
         if self._stop_w >= 0:
             os.close(self._stop_w)
             self._stop_w = -1
+
+
+Listing = dict[str, tuple[int, int] | None]  # name → a folder's (inode, mtime in ns); None for anything else
+
+
+class FolderPoller(threading.Thread):
+    """Lists ``folder`` every ``interval`` seconds and calls ``on_name(path)`` for each entry that
+    appeared, went, became or stopped being a folder, or is a folder that was replaced (another inode)
+    or changed (its mtime: an entry made or removed inside it). Files are never jobs, so a file's own
+    changes are not looked for. The thread ends when stopped, or when the folder cannot be listed
+    (gone, unmounted), which ``is_alive()`` then says."""
+
+    def __init__(self, folder: Path, on_name: Callable[[str], None], interval: float):
+        super().__init__(name=f"syncd-poll-{folder.name}", daemon=True)
+        self.folder = str(folder)
+        self._on_name = on_name
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._previous = self._list()  # OSError here: the folder cannot be watched
+
+    def _list(self) -> Listing:
+        listing: Listing = {}
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):  # the listing's d_type: no stat
+                    listing[entry.name] = None
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # went while being listed: the next listing says so
+                listing[entry.name] = (st.st_ino, st.st_mtime_ns)
+        return listing
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                current = self._list()
+            except OSError:
+                return
+            if current != self._previous:  # compared in C; most polls of a quiet share stop here
+                for name in current.keys() | self._previous.keys():
+                    if current.get(name, 0) != self._previous.get(name, 0):
+                        self._on_name(os.path.join(self.folder, name))
+            self._previous = current
+
+    def stop(self) -> None:
+        self._stopped.set()

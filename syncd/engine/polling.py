@@ -63,16 +63,15 @@ class Polling(FailurePolicy):
         with self._lock:
             self._poll_again.add(name)
 
-    def _take_hints(self, name: str, remote_ids: set[str]) -> set[str]:
-        """The hinted remote ids among ``remote_ids``; hints for jobs not in a remote state yet (a hint can
-        come before the submission is recorded) are kept a little while."""
+    def _take_hints(self, name: str, remote_ids: set[str]) -> None:
+        """Drop the hints about ``remote_ids`` (polled now); hints for jobs not in a remote state yet (a
+        hint can come before the submission is recorded) are kept a little while."""
         now = time.monotonic()
         with self._lock:
             hints = self._status_hints.pop(name, {})
             early = {rid: at for rid, at in hints.items() if rid not in remote_ids and now - at < HINT_KEPT}
             if early:
                 self._status_hints.setdefault(name, {}).update(early)
-        return hints.keys() & remote_ids
 
     def _poll_once(self, name: str) -> None:
         if self._stopping.is_set() or not self._store_writable():
@@ -80,9 +79,10 @@ class Polling(FailurePolicy):
         now = self.clock()
         if self._paused_until(name) is not None:
             return
-        remote = self.store.jobs(REMOTE, backend=name)
-        hinted = self._take_hints(name, {j.remote_id for j in remote if j.remote_id})
-        due = [j for j in remote if j.next_at <= now or j.remote_id in hinted]
+        with self._lock:
+            hinted = set(self._status_hints.get(name, ()))
+        due = self.store.to_poll(REMOTE, name, now, hinted)
+        self._take_hints(name, {j.remote_id for j in due if j.remote_id})
         if not due:
             return
         backend = self.backends[name]
@@ -99,16 +99,25 @@ class Polling(FailurePolicy):
                 self._transient(job, exc, getattr(exc, "retry_after", None))
             return
         self._backend_answered(name)
+        unchanged: list[tuple[str, str, float, float]] = []
         for job in due:
             status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
             try:
-                self._apply(job, status, now)
+                self._apply(job, status, now, unchanged)
             except StoreUnwritable:
                 return
             except Exception:
                 job_logger(job).opt(exception=True).error("applying status {} failed", status)
+        try:
+            self.store.reschedule(unchanged)
+        except StoreUnwritable:
+            return
 
-    def _apply(self, job: Job, status: RemoteStatus, now: float) -> None:
+    def _apply(
+        self, job: Job, status: RemoteStatus, now: float, unchanged: list[tuple[str, str, float, float]] | None = None
+    ) -> None:
+        """Act on one job's status. A job whose state did not change is only polled later: with
+        ``unchanged``, that is added to it (and written with the others in one transaction)."""
         log = job_logger(job)
         first, poll = self.config.poll.first, self.config.poll
         if status.state.terminal:
@@ -199,9 +208,10 @@ class Polling(FailurePolicy):
             log.info("{}", new_state)
         else:
             interval = min(poll.max, (job.poll_interval or first) * poll.factor)
-            self.store.update(
-                job.id, expect=job.state, next_at=now + interval, poll_interval=interval, failures=0, failing_since=None
-            )
+            if unchanged is not None:
+                unchanged.append((job.id, job.state, now + interval, interval))
+            else:
+                self.store.reschedule([(job.id, job.state, now + interval, interval)])
 
     def _stop_at_timeout(self, job: Job, status: RemoteStatus, now: float) -> None:
         """Cancel a job past the manifest's timeout; where the service cannot stop it, say so and let the

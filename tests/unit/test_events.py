@@ -82,11 +82,31 @@ def test_a_folder_that_cannot_be_watched_raises_with_its_path(tmp_path):
         FolderEvents(tmp_path / "missing", lambda _: None, lambda: None)
 
 
+def _targets(fds) -> dict[int, str]:
+    """What each descriptor is (a pipe's inode, an inotify or pidfd instance)."""
+    return {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
+
+
+def _still_open(recorded: dict[int, str]) -> dict[int, str]:
+    """Those of ``recorded`` still open as what they were (counting all of the process's descriptors
+    would also count what other tests' threads open and close meanwhile)."""
+    still = {}
+    for fd, target in recorded.items():
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                still[fd] = target
+        except OSError:
+            pass
+    return still
+
+
 def test_a_stopped_watch_that_never_started_closes_its_descriptors(tmp_path):
-    before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
-        FolderEvents(tmp_path, lambda _: None, lambda: None).stop()
-    assert len(os.listdir("/proc/self/fd")) == before
+        events = FolderEvents(tmp_path, lambda _: None, lambda: None)
+        recorded = _targets([events._fd, events._stop_r, events._stop_w])
+        assert "anon_inode:inotify" in recorded.values()
+        events.stop()
+        assert _still_open(recorded) == {}
 
 
 def _detached_sleeper(seconds: float) -> int:
@@ -136,14 +156,18 @@ def test_a_process_already_gone_or_replaced_is_reported_at_once():
 
 
 def test_a_closed_watcher_closes_every_descriptor_and_accepts_nothing():
-    before = len(os.listdir("/proc/self/fd"))
     watcher = ExitWatcher(lambda key: None)
     sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
     try:
         for n, proc in enumerate(sleepers):
             assert watcher.add(f"j{n}", proc.pid, lambda: True)
+        selector = watcher._selector
+        assert selector is not None
+        wait_for(lambda: len(selector.get_map()) == 4, timeout=10, what="three pidfds and the wake pipe")
+        recorded = _targets([key.fd for key in selector.get_map().values()] + [watcher._wake_w])
+        assert list(recorded.values()).count("anon_inode:[pidfd]") == 3
         watcher.close()
-        assert len(os.listdir("/proc/self/fd")) == before
+        assert _still_open(recorded) == {}
         assert not watcher.add("late", sleepers[0].pid, lambda: True)
     finally:
         for proc in sleepers:

@@ -773,7 +773,11 @@ class QarnotEmulator:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a handler still serving a kept-alive connection: down is down
+                self.process.kill()
+                self.process.wait()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

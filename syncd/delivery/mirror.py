@@ -388,6 +388,8 @@ class Mirror:
                     raise
                 os.makedirs(parent, exist_ok=True)  # the folder went away since this run made it
                 os.replace(tmp, dest)
+            if os.path.lexists(tmp):  # dest was already a link to the same inode: rename() left both names
+                os.unlink(tmp)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
         return (dest, target.info.size, target.info.etag, os.stat(dest).st_mtime_ns)

@@ -89,4 +89,5 @@ def assert_each_ran_once(root: Path, names: list[str], results: dict[str, dict],
         assert result["state"] == "succeeded", result
         assert (outbox / name / "out.txt").read_text() == f"{name}\n"
         assert read_result(outbox / name)["id"] == result["id"]
-    assert not list((root / "outbox" / ".syncd-tmp").glob("*")), "no partial file left behind"
+    left = sorted(str(p.relative_to(root)) for p in (root / "outbox" / ".syncd-tmp").rglob("*"))
+    assert not left, f"no partial file left behind: {left}"

@@ -21,6 +21,7 @@ from syncd.delivery.mirror import (
 from syncd.delivery.outbox import Outbox, check_outbox_key
 from syncd.errors import PermanentError, TransientError
 from syncd.fsutil import TMP_DIR
+from syncd.state.store import Store
 from syncd.storage.base import ObjectInfo, Storage
 from syncd.storage.file import FileStorage
 from tests.support.harness import wait_for
@@ -236,6 +237,21 @@ def test_linked_outbox_file_replaced_is_refetched_but_edited_in_place_is_the_buc
     assert sorted(report.fetched) == ["job1/a.txt", "job1/b.txt"]
     assert (here / "a.txt").read_bytes() == b"original" and (bucket / "a.txt").read_bytes() == b"original"
     assert (here / "b.txt").read_bytes() == b"edited in place" == (bucket / "b.txt").read_bytes()
+    assert tmp_leftovers(outbox) == [], "a fetch that is already the outbox file's inode leaves no part behind"
+
+
+def test_a_delivery_repeated_after_a_crash_leaves_no_part_behind(storage, tmp_path, no_reflinks):
+    """A crash after the outbox files were linked and before they were indexed: the next run fetches each
+    object again as another link to the same inode, and rename() between two links of one inode does
+    nothing, so the part must be removed by hand."""
+    put_all(storage, tmp_path, CONTENT)
+    first = Outbox(tmp_path / "outbox", Store(tmp_path / "first.db"))
+    first.mirror(storage, "results", "job1/")
+    again = Outbox(tmp_path / "outbox", Store(tmp_path / "after-crash.db"))  # an index that never saw them
+    report = again.mirror(storage, "results", "job1/")
+    assert report.fetched, "the new index knows none of the files: each is fetched again"
+    assert files_under(again.root / "results") == CONTENT
+    assert tmp_leftovers(again) == []
 
 
 def test_mirror_copies_objects_the_daemon_does_not_own(storage, outbox, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,7 +184,8 @@ def run(config_path: Path, log_format: str, log_level: str) -> None:
 @click.argument("job", required=False)
 def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) -> None:
     """Show jobs (or one JOB, by id or name, with its events)."""
-    store = _store(_load(config_path))
+    config = _load(config_path)
+    store = _store(config)
     if job:
         record = _one_job(store, job)
         if as_json:
@@ -211,7 +213,8 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
     if as_json:
         click.echo(visible_json([job_summary(j) for j in jobs], indent=2))
         return
-    table = _table("id", "name", "state", "backend", "remote id", "updated", "error")
+    shared = config.takeover.enabled
+    table = _table("id", "name", "state", "backend", "remote id", "updated", *(["owner"] if shared else []), "error")
     for j in jobs:
         style = {
             "succeeded": "green",
@@ -230,15 +233,36 @@ def status(config_path: Path, as_json: bool, show_all: bool, job: str | None) ->
             j.backend,
             _text(shown(j.remote_id or "")),
             _iso(j.updated),
+            *([_text(shown(_owner(j)))] if shared else []),
             _text(shown(_problem(j))[:80]),
         )
     _console().print(table)
     if not jobs:
         click.echo("no jobs yet")
+    if shared:
+        _print_leases(config)
     for backend, (until, reason) in store.backend_pauses().items():
         click.echo(f"backend {backend} is paused (next try {_iso(until)}): {shown(reason)}")
     for service, (since, next_probe, reason) in store.open_circuits().items():
         click.echo(f"{service} is not answering since {_iso(since)} (next probe {_iso(next_probe)}): {shown(reason)}")
+
+
+def _owner(job: Job) -> str:
+    """Who has the job: this host, or the daemon that took it over; and where it came from if adopted."""
+    if job.taken_by:
+        return f"taken over by {job.taken_by}"
+    host = socket.gethostname()
+    return f"{host}, adopted from {job.adopted_from}" if job.adopted_from else host
+
+
+def _print_leases(config: Config) -> None:
+    """The daemons of each shared inbox, as their leases on the share say."""
+    from syncd.state.share import leases_in
+
+    for inbox in config.inboxes:
+        for view, fenced in leases_in(inbox.spool_dir):
+            state = f"taken over by {fenced}" if fenced else f"renewed {_iso(view.renewed_at)}"
+            click.echo(f"inbox {inbox.name}: daemon {view.lease_id} on {view.host} (pid {view.pid}): {state}")
 
 
 def _problem(job: Job) -> str:

@@ -202,6 +202,36 @@ class MirrorConfig(StrictModel):
     )
 
 
+class TakeoverConfig(StrictModel):
+    """Several daemons on one shared inbox: each holds a lease on the share, and the jobs of a daemon whose
+    lease has lapsed are finished by another (README: "Several hosts, one share")."""
+
+    enabled: bool = Field(False, description="hold a lease on each inbox's share and take over a dead daemon's jobs")
+    node: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="this daemon's name on the share (default: host name and a tag of state_dir); unique per share",
+    )
+    renew: Duration = Field(2.0, gt=0, description="how often the lease is renewed")
+    lease: Duration = Field(
+        10.0, gt=0, description="a daemon stops touching its jobs when it could not renew for this long"
+    )
+    grace: Duration = Field(
+        20.0, description="a lease unchanged for lease + grace has lapsed: another daemon takes over its jobs"
+    )
+    local_jobs: Literal["retry", "hold"] = Field(
+        "retry",
+        description="a taken-over job of a host-bound backend that the new owner cannot find: run it again "
+        "(a new attempt) or hold it for a person",
+    )
+
+    @model_validator(mode="after")
+    def _renewals_fit_in_the_lease(self) -> TakeoverConfig:
+        if self.enabled and self.renew * 2 > self.lease:
+            raise ValueError(f"takeover: renew ({self.renew:g}s) must be at most half of lease ({self.lease:g}s)")
+        return self
+
+
 class Config(StrictModel):
     state_dir: ConfigPath = Field(Path(".state"), description="SQLite state, work dirs and runner files")
     storages: dict[str, dict[str, Any]] = Field(description="named storages")
@@ -213,6 +243,9 @@ class Config(StrictModel):
     webhook: WebhookConfig | None = Field(None, description="notify a URL on every terminal state")
     http: HttpConfig = Field(default_factory=HttpConfig, description="the health and metrics endpoint")
     mirrors: list[MirrorConfig] = Field(default_factory=list, description="standing mirrors of bucket prefixes")
+    takeover: TakeoverConfig = Field(
+        default_factory=TakeoverConfig, description="several daemons on one shared inbox (leases, takeover)"
+    )
     # Filled in by load_config from the plugin option models.
     storage_options: dict[str, StorageOptions] = Field(default_factory=dict, exclude=True)
     backend_options: dict[str, BackendOptions] = Field(default_factory=dict, exclude=True)

@@ -39,7 +39,7 @@ from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, SecretStr
 
 from syncd import __version__
-from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPolicy, StorageOptions
+from syncd.config import Config, ConfigSource, HttpConfig, PollPolicy, RetryPolicy, StorageOptions, TakeoverConfig
 from syncd.log import logger
 
 FORMAT = 2
@@ -173,6 +173,7 @@ def load(config_path: Path) -> Config | None:
             retry=RetryPolicy.model_construct(**document["retry"]),
             http=HttpConfig.model_construct(),
             mirrors=[],
+            takeover=TakeoverConfig.model_construct(),
             storage_options=storage_options,
             backend_options={},
             source=config_path,

@@ -79,6 +79,9 @@ class Capabilities:
     stages_to_storage: bool = False
     #: the service creates a job before taking its inputs: ``find`` may return an unfinished ref
     multi_step_submit: bool = False
+    #: jobs run on the daemon's own host: another host finds them (``find``) only if their work folders are
+    #: shared; a job it cannot find died with its host (the ``takeover: local_jobs`` policy decides)
+    host_bound: bool = False
 
 
 @dataclass(frozen=True)

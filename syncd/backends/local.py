@@ -201,7 +201,7 @@ class LocalOptions(BackendOptions):
 class LocalBackend(Backend):
     options_model = LocalOptions
     options: LocalOptions
-    capabilities = Capabilities(native_timeout=True, logs=LogDelivery.STREAMED)
+    capabilities = Capabilities(native_timeout=True, logs=LogDelivery.STREAMED, host_bound=True)
     remote_service = False
 
     def __init__(self, name: str, options: LocalOptions, work_root: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -222,7 +223,10 @@ def result_record(job: Job, inbox: InboxConfig, folder: str, outputs: list, refu
         "outputs": outputs,
         "refused": refused,
         "syncd_version": __version__,
+        "host": socket.gethostname(),  # the daemon's host that delivered the results
     }
+    if job.adopted_from:  # another daemon of a shared inbox started the job; this one finished it
+        record["adopted_from"] = job.adopted_from
     if folder != base:
         record["note"] = (
             f"an earlier job named '{job.name}' already has results in '{base}/'; this job's results are in '{folder}/'"

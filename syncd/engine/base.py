@@ -141,6 +141,7 @@ class EngineBase:
         self._status_hints: dict[str, dict[str, float]] = {}  # backend → remote id → when it was heard
         self._poll_locks: dict[str, threading.Lock] = {}
         self._poll_again: set[str] = set()
+        self._shares: dict[str, Any] = {}  # inbox → its share (leases, handoff records): see engine.takeover
         for name, backend in self.backends.items():
             backend.watch(functools.partial(self.status_changed, name))
 
@@ -210,8 +211,27 @@ class EngineBase:
         where = f" -c {self.config.source}" if self.config.source is not None else ""
         return f"syncd {verb}{where} {job.id}"
 
+    # Several daemons on one shared inbox (engine.takeover overrides these; alone, a daemon always acts).
+    def share_job(self, job: Job) -> None:
+        """Record ``job`` where other daemons of a shared inbox can take it over."""
+
+    def unshare_job(self, job: Job) -> None:
+        """The job is finished: its record leaves the share."""
+
+    def may_act(self, inbox: str) -> bool:
+        """True while this daemon's lease on ``inbox``'s share is confirmed."""
+        return True
+
+    def may_act_everywhere(self) -> bool:
+        return True
+
+    def claim_still_ours(self, job: Job, path: Path) -> bool:
+        """After a claim during which the lease lapsed: True if this daemon may complete it."""
+        return True
+
     def on_transition(self, job: Job) -> None:
         """Called by the store after every committed transition."""
+        self.share_job(job)  # before the step that follows: a taker must never read an older state
         self.crash_points.reached(f"after:{job.state}")
         if self.metrics is not None:
             self.metrics.transitions.labels(job.state).inc()

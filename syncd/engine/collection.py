@@ -152,7 +152,7 @@ class Collection(FailurePolicy):
     def finish(self, job_id: str) -> None:
         """After a terminal state: move the claimed directory away and clean up the backend."""
         job = self.store.get(job_id)
-        if job.state not in TERMINAL or job.finished:
+        if job.state not in TERMINAL or job.finished or not self.may_act(job.inbox):
             return
         # An ended job is never cancelled again: its cancel backoff would otherwise stay until a restart.
         self._cancel_tries.pop(job_id, None)
@@ -168,6 +168,7 @@ class Collection(FailurePolicy):
                 problems = json.loads(job.message) if job.message else [job.error or "rejected"]
                 dest = deliver.reject(job, problems, inbox, spool)
                 self.store.update(job.id, finished=1, spool_path=str(dest), event=f"moved to {dest} with ERROR.txt")
+                self.unshare_job(job)
                 job_logger(job).warning("rejected; moved to {}", dest)
                 return
             backend = self.backends[job.backend]
@@ -182,6 +183,7 @@ class Collection(FailurePolicy):
                 dest = spool.archive(path, job.id)
             self.crash_points.reached("archived-unrecorded")
             self.store.update(job.id, finished=1, spool_path=str(dest))
+            self.unshare_job(job)
         except (OSError, PermanentError, TransientError) as exc:
             self._finish_failed(job, path, os_error(exc, "finishing") if isinstance(exc, OSError) else exc)
         else:
@@ -197,6 +199,7 @@ class Collection(FailurePolicy):
             reason = f"finishing failed: {error}; its folder stays at {path}: move it yourself (not tried again)"
             job_logger(job).error("{}", reason)
             self.store.update(job.id, finished=1, error=reason, event=reason)
+            self.unshare_job(job)
             return
         delay = backoff_delay(self.config.retry, tries)
         self._finish_retry[job.id] = (tries, self.clock() + delay)

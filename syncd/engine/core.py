@@ -32,6 +32,7 @@ from syncd.engine.intake import Intake
 from syncd.engine.polling import Polling
 from syncd.engine.requests import Requests
 from syncd.engine.submission import Submission
+from syncd.engine.takeover import Takeover
 from syncd.errors import (
     AuthError,
     NotReady,
@@ -41,6 +42,7 @@ from syncd.errors import (
 from syncd.intake.spool import Spool
 from syncd.log import logger
 from syncd.state import journal
+from syncd.state.share import Fenced
 from syncd.state.store import (
     CLAIMED,
     CLAIMING,
@@ -56,7 +58,7 @@ from syncd.state.store import (
 from syncd.storage.base import Storage
 
 
-class Engine(Intake, Submission, Polling, Requests, Collection):
+class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
     """The whole engine: the parts of a job's life, and the pump that dispatches their steps."""
 
     def reconfigure(self, config: Config, backends: Mapping[str, Backend], storages: Mapping[str, Storage]) -> None:
@@ -89,6 +91,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
             journal.remove_leftovers(inbox.path, self.spools[inbox.name].tmp)
         for outbox in self.outboxes.values():
             outbox.prepare()
+        self.prepare_share()
         for job in self.store.jobs([CLAIMING]):
             if Path(job.spool_path).exists():
                 self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed after a restart")
@@ -123,6 +126,8 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
                 step(job_id)
             except StoreUnwritable:
                 pass  # logged once by the store; the step runs again once the store can record it
+            except Fenced as exc:
+                logger.bind(job_id=job_id).info("left alone: {}", exc)
             except Exception:
                 logger.opt(exception=True).bind(job_id=job_id).error("unexpected error in a job step")
             finally:
@@ -138,7 +143,7 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
 
     def pump(self) -> None:
         """Dispatch every step that is due. Called on a timer."""
-        if self._stopping.is_set() or not self._store_writable():
+        if self._stopping.is_set() or not self._store_writable() or not self.may_act_everywhere():
             return
         self._complete_claims()
         self.write_journals()
@@ -221,10 +226,14 @@ class Engine(Intake, Submission, Polling, Requests, Collection):
         if (paused := self._paused_until(job.backend)) is not None:
             self.store.update(job.id, expect=job.state, next_at=paused)
             return False
+        if not self.may_act(job.inbox):
+            return False  # this daemon's lease on the share is not confirmed: the job may be another's now
         try:
             step(job)
         except StoreUnwritable:
             return False  # nothing more is done until the store can record it; the step is idempotent
+        except Fenced:
+            return False  # another daemon took the job over meanwhile (its transition was not shared)
         except NotReady as exc:
             self._not_ready(job, exc)
         except AuthError as exc:

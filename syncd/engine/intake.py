@@ -16,6 +16,8 @@ from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
     ManifestError,
 )
+from syncd.log import logger
+from syncd.state.share import Fenced
 from syncd.state.store import (
     CLAIMED,
     CLAIMING,
@@ -31,7 +33,7 @@ from syncd.state.store import (
 class Intake(FailurePolicy):
     def claim(self, inbox: InboxConfig, path: Path) -> bool:
         """Take a settled job directory out of the inbox. False if it was gone already."""
-        if self._stopping.is_set() or not self._store_writable():
+        if self._stopping.is_set() or not self._store_writable() or not self.may_act(inbox.name):
             return False  # a claim nobody could record would be a job nobody follows
         spool = self.spools[inbox.name]
         try:
@@ -60,21 +62,35 @@ class Intake(FailurePolicy):
         except StoreUnwritable:
             return False
         try:
+            self.share_job(job)  # before the rename: a daemon taking this one over must know of the claim
+        except (OSError, Fenced) as exc:
+            self.store.delete_unclaimed(job_id)
+            logger.warning(
+                "inbox {}: not claiming {} now: cannot record the claim on the share ({})", inbox.name, path, exc
+            )
+            return False
+        try:
             spool.claim(path, job_id)
         except FileNotFoundError:
             # Another daemon won the rename, unless the rename did happen: an NFSv3 client that retries a
             # request whose reply was lost reports "not found" for a rename the server already did.
             if not os.path.lexists(spool.claimed / job_id):
                 self.store.delete_unclaimed(job_id)
+                self.unshare_job(job)
                 return True
         except OSError:
             self.store.delete_unclaimed(job_id)
+            self.unshare_job(job)
             raise
         self.crash_points.reached("claimed-unrecorded")
+        if not self.may_act(inbox.name) and not self.claim_still_ours(job, path):
+            return True
         try:
             self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
         except StoreUnwritable:
             return True  # the folder is in the spool: the pump completes the claim once the store can write
+        except Fenced:
+            return True  # taken over since the check above: the taker has the folder
         job_logger(job).info("claimed job directory {}", path)
         return True
 

@@ -74,7 +74,7 @@ class Polling(FailurePolicy):
                 self._status_hints.setdefault(name, {}).update(early)
 
     def _poll_once(self, name: str) -> None:
-        if self._stopping.is_set() or not self._store_writable():
+        if self._stopping.is_set() or not self._store_writable() or not self.may_act_everywhere():
             return
         now = self.clock()
         if self._paused_until(name) is not None:

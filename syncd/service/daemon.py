@@ -271,6 +271,8 @@ class Daemon:
         for inbox in self.config.inboxes:
             self._watch(inbox)
         self._start_loop(self._pump_loop, "syncd-pump")
+        if self.config.takeover.enabled:
+            self._start_loop(self._lease_loop, "syncd-lease")
         for name in backends:
             self._schedule_poll(name)
         scheduler.add_job(self._guard, "interval", seconds=30, args=("backend probes", self.probe_backends), id="probe")
@@ -301,6 +303,13 @@ class Daemon:
             for name in self.engine.hinted_backends():
                 self._guard(f"poll of backend {name}", self.engine.poll_backend, name)
             self._halt.wait(PUMP_GAP)
+
+    def _lease_loop(self) -> None:
+        """Renew this daemon's leases on the shared inboxes and take over lapsed ones; a thread of its own,
+        so that no slow step or poll delays a renewal."""
+        while not self._halt.wait(self.config.takeover.renew):
+            self._guard("lease renewal", self.engine.tend_share)
+            self._work.set()  # a renewal may allow work again (a lease confirmed, jobs taken over)
 
     def _check_loop(self, watcher: InboxWatcher, tick: float) -> None:
         """An inbox's settle checks: at once on an event (a folder moved in with its .ready marker is

@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     deadline_hit INTEGER NOT NULL DEFAULT 0,
     dir_raw BLOB,
     dir_identity TEXT,
-    results_waiting_since REAL
+    results_waiting_since REAL,
+    adopted_from TEXT,
+    taken_by TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -105,4 +107,6 @@ _ADDED_COLUMNS = {
     "dir_raw": "BLOB",
     "dir_identity": "TEXT",
     "results_waiting_since": "REAL",
+    "adopted_from": "TEXT",
+    "taken_by": "TEXT",
 }

@@ -16,6 +16,7 @@ TIMED_OUT = "timed_out"
 REJECTED = "rejected"
 VALIDATED = "validated"  # a dry run: checked and reported, never run
 HELD = "held"
+TAKEN_OVER = "taken_over"  # another daemon of the shared inbox took the job over: this one never touches it again
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, REJECTED, VALIDATED})
 REMOTE = frozenset({SUBMITTED, QUEUED, RUNNING})

@@ -39,6 +39,7 @@ from syncd.state.states import (
     SUBMITTED,
     SUBMITTING,
     SUCCEEDED,
+    TAKEN_OVER,
     TERMINAL,
     TIMED_OUT,
     VALIDATED,
@@ -68,6 +69,7 @@ __all__ = [
     "REJECTED",
     "VALIDATED",
     "HELD",
+    "TAKEN_OVER",
     "TERMINAL",
     "REMOTE",
     "ACTIVE",
@@ -115,6 +117,8 @@ class Job:
     dir_raw: bytes | None  # the folder's name as bytes when it is not valid UTF-8 (dir_name is escaped)
     dir_identity: str | None = None  # "device:inode" of the claimed folder: a rename keeps it
     results_waiting_since: float | None = None  # the service first answered "not ready yet" for the results
+    adopted_from: str | None = None  # "host (lease)" of the daemon this job was taken over from
+    taken_by: str | None = None  # the lease of the daemon that took this job over (state taken_over)
 
     @property
     def original_dir_name(self) -> str:
@@ -136,6 +140,7 @@ class Job:
 
 
 _JOB_COLUMNS = [f.name for f in fields(Job)]
+_JOB_COLUMN_SET = frozenset(_JOB_COLUMNS)
 
 
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # in Job's order: rows become Jobs positionally
@@ -296,6 +301,41 @@ class Store:
             conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", _storable_values(values))
             self._event(conn, values["id"], None, values["state"], f"found job directory '{values['dir_name']}'")
         return self.get(values["id"])
+
+    def adopt_job(self, values: dict[str, Any], note: str) -> bool:
+        """Insert a job taken over from another daemon (its whole row); False if this store has it already."""
+        values = {key: value for key, value in values.items() if key in _JOB_COLUMN_SET}
+        values["updated"] = time.time()
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write() as conn:
+            added = conn.execute(
+                f"INSERT OR IGNORE INTO jobs ({columns}) VALUES ({marks})", _storable_values(values)
+            ).rowcount
+            if added:
+                self._event(conn, values["id"], None, values["state"], note)
+        return bool(added)
+
+    def hand_over(self, inbox: str, taken_by: str, note: str) -> list[Job]:
+        """Mark every unfinished job of ``inbox`` taken over by the lease ``taken_by``: never touched again here."""
+        now = time.time()
+        with self._write() as conn:
+            rows = conn.execute(
+                f"UPDATE jobs SET held_from = state, state = ?, taken_by = ?, finished = 1, updated = ? "
+                f"WHERE inbox = ? AND finished = 0 AND state != ? RETURNING {', '.join(_JOB_COLUMNS)}",
+                (TAKEN_OVER, taken_by, now, inbox, TAKEN_OVER),
+            ).fetchall()
+            for row in rows:
+                self._event(conn, row["id"], row["held_from"], TAKEN_OVER, note)
+        return [_job(row) for row in rows]
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def unfinished_with_folder(self, identity: str) -> Job | None:
         """The job not yet finished whose claimed folder has ``identity`` (device:inode), if any."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -35,4 +36,6 @@ def job_summary(job: Job) -> dict[str, Any]:
         "submitted": local_iso(job.submitted_at),
         "started": local_iso(job.started_at),
         "ended": local_iso(job.ended_at),
+        "owner": job.taken_by if job.taken_by else socket.gethostname(),
+        "adopted_from": job.adopted_from,
     }

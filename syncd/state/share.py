@@ -1,0 +1,266 @@
+"""What daemons that share an inbox keep on the share: a lease per daemon, a handoff record per job.
+
+Both live in the inbox's spool (``<spool>/leases/``, ``<spool>/owners/``) and are only ever replaced by a
+rename, which NFS and SMB carry out atomically; no file lock is relied on (NFS clients lose them, SMB
+servers emulate them). Expiry needs no agreement between clocks: a lease carries a counter that its
+owner raises at every renewal, and a reader times how long the counter stays the same on its own
+monotonic clock. Only the clocks' rates are assumed equal, which they are to far better than a percent.
+
+A lapsed lease is taken over by whoever creates ``<lease>.fenced`` first (``O_EXCL``: one creator
+wins). The owner looks for that file after each renewal; once it exists the owner stops touching the
+jobs of that lease. The file is never removed, so an owner that wakes up much later still finds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncd.fsutil import fsync_dir, read_regular
+
+LEASES = "leases"
+OWNERS = "owners"
+RECORD_LIMIT = 4 << 20  # a handoff record holds the manifest: far below this
+
+
+class Fenced(Exception):
+    """This daemon's lease was taken over: another daemon owns its jobs now."""
+
+    def __init__(self, lease_id: str, by: str):
+        super().__init__(f"lease {lease_id} was taken over by {by}")
+        self.lease_id = lease_id
+        self.by = by
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` under a temporary name beside it, flush it, rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(read_regular(path, RECORD_LIMIT, follow=False))
+    except (OSError, ValueError):
+        return None  # gone meanwhile, or not one of ours
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """A lease as read from the share."""
+
+    lease_id: str
+    node: str
+    host: str
+    pid: int
+    renewals: int
+    renewed_at: float  # the owner's wall clock: for people, never for expiry
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> LeaseView | None:
+        try:
+            return cls(
+                str(data["lease"]),
+                str(data["node"]),
+                str(data["host"]),
+                int(data["pid"]),
+                int(data["renewals"]),
+                float(data["renewed_at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class ShareLeases:
+    """The leases in one spool: this daemon's own, and what it can see of the others'."""
+
+    def __init__(self, spool_root: Path, lease_id: str, node: str):
+        self.root = spool_root / LEASES
+        self.lease_id = lease_id
+        self.node = node
+        self.host = socket.gethostname()
+        self._renewals = 0
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, lease_id: str) -> Path:
+        return self.root / f"{lease_id}.json"
+
+    def fence_path(self, lease_id: str) -> Path:
+        return self.root / f"{lease_id}.fenced"
+
+    def fenced_by(self, lease_id: str) -> str | None:
+        data = _read_json(self.fence_path(lease_id))
+        if data is None:
+            return "another daemon" if os.path.lexists(self.fence_path(lease_id)) else None
+        return str(data.get("by", "another daemon"))
+
+    def renew(self) -> None:
+        """Raise the counter of this daemon's lease; :class:`Fenced` if it was taken over (before or meanwhile)."""
+        if (by := self.fenced_by(self.lease_id)) is not None:
+            raise Fenced(self.lease_id, by)
+        self._renewals += 1
+        record = {
+            "lease": self.lease_id,
+            "node": self.node,
+            "host": self.host,
+            "pid": os.getpid(),
+            "renewals": self._renewals,
+            "renewed_at": time.time(),
+        }
+        try:
+            write_atomically(self.path(self.lease_id), json.dumps(record).encode())
+        except FileNotFoundError:  # the folder was removed (or never made): a lease is always welcome here
+            self.prepare()
+            write_atomically(self.path(self.lease_id), json.dumps(record).encode())
+        # A taker that fenced this lease between the check above and the rename has its file by now.
+        if (by := self.fenced_by(self.lease_id)) is not None:
+            raise Fenced(self.lease_id, by)
+
+    def others(self) -> dict[str, LeaseView]:
+        """The other leases in this spool that are not fenced yet."""
+        seen: dict[str, LeaseView] = {}
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return seen
+        fenced = {name[: -len(".fenced")] for name in names if name.endswith(".fenced")}
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            lease_id = name[: -len(".json")]
+            if lease_id == self.lease_id or lease_id in fenced:
+                continue
+            data = _read_json(self.root / name)
+            view = LeaseView.parse(data) if data is not None else None
+            if view is not None and view.lease_id == lease_id:
+                seen[lease_id] = view
+        return seen
+
+    def fence(self, lease_id: str) -> bool:
+        """Claim the takeover of ``lease_id``: True for the one daemon whose file was created."""
+        record = json.dumps({"by": self.lease_id, "host": self.host, "pid": os.getpid(), "at": time.time()})
+        try:
+            fd = os.open(self.fence_path(lease_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, record.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.root)
+        return True
+
+
+def leases_in(spool_root: Path) -> list[tuple[LeaseView, str | None]]:
+    """Every lease in a spool and who fenced it (None while it holds), for ``syncd status``."""
+    root = spool_root / LEASES
+    out = []
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        data = _read_json(path)
+        view = LeaseView.parse(data) if data is not None else None
+        if view is not None:
+            fence = _read_json(root / f"{view.lease_id}.fenced")
+            fenced = None if fence is None else str(fence.get("by", "another daemon"))
+            out.append((view, fenced))
+    return out
+
+
+class LapseWatch:
+    """How long each other lease has stayed unchanged, on this daemon's monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._seen: dict[str, tuple[int, float]] = {}  # lease → (renewals, when that value was first seen)
+
+    def lapsed(self, leases: dict[str, LeaseView], after: float) -> list[LeaseView]:
+        """The leases whose counter has not moved for ``after`` seconds (first sight starts the count)."""
+        now = self._clock()
+        for gone in set(self._seen) - set(leases):
+            del self._seen[gone]
+        out = []
+        for lease_id, view in leases.items():
+            renewals, since = self._seen.get(lease_id, (None, now))
+            if renewals != view.renewals:
+                self._seen[lease_id] = (view.renewals, now)
+                continue
+            if now - since >= after:
+                out.append(view)
+        return out
+
+
+class Handoffs:
+    """One record per unfinished job in ``<spool>/owners/<job id>.json``: the job's row and its owner's lease."""
+
+    def __init__(self, spool_root: Path):
+        self.root = spool_root / OWNERS
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: str) -> Path:
+        return self.root / f"{job_id}.json"
+
+    def owner(self, job_id: str) -> str | None:
+        data = _read_json(self.path(job_id))
+        return None if data is None else str(data.get("owner"))
+
+    def write(self, job: dict[str, Any], lease_id: str, *, host: str, adopted_from: str | None = None) -> None:
+        """Record ``job`` as ``lease_id``'s. :class:`Fenced` when another lease holds the record now."""
+        owner = self.owner(job["id"])
+        if owner is not None and owner != lease_id and adopted_from is None:
+            raise Fenced(lease_id, owner)
+        record = {"owner": lease_id, "host": host, "job": job}
+        write_atomically(self.path(job["id"]), json.dumps(record).encode())
+
+    def drop(self, job_id: str) -> None:
+        """Set a record aside as given up (a claim whose folder never came): its owner reads it so."""
+        os.replace(self.path(job_id), self.root / f"{job_id}.dropped")
+
+    def undrop(self, job_id: str) -> None:
+        os.unlink(self.root / f"{job_id}.dropped")
+
+    def dropped(self, job_id: str) -> bool:
+        return os.path.lexists(self.root / f"{job_id}.dropped")
+
+    def remove(self, job_id: str) -> None:
+        try:
+            os.unlink(self.path(job_id))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    def records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(owner lease, owner host, job row) of every record."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            data = _read_json(self.root / name)
+            if data is None or not isinstance(data.get("job"), dict) or "owner" not in data:
+                continue
+            yield str(data["owner"]), str(data.get("host", "")), data["job"]

@@ -26,7 +26,7 @@ from syncd.engine.base import job_logger
 from syncd.engine.failures import FailurePolicy
 from syncd.fsutil import rename_noreplace
 from syncd.log import logger
-from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases
+from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases, remove_leftovers
 from syncd.state.store import (
     CLAIMED,
     CLAIMING,
@@ -92,6 +92,7 @@ class Takeover(FailurePolicy):
             share = _InboxShare(inbox, ShareLeases(root, self._lease_id(inbox.name), self._node), Handoffs(root))
             share.leases.prepare()
             share.handoffs.prepare()
+            remove_leftovers(root, lambda writer: writer.startswith(f"{self._node}."))  # an earlier life's
             self._shares[inbox.name] = share
             self._renew(share)
             for owner, _, row in share.handoffs.records():  # adopted on the share, not yet in this store
@@ -238,6 +239,7 @@ class Takeover(FailurePolicy):
                     left += 1
             if left == 0:
                 del share.won[lease_id]
+                remove_leftovers(share.leases.root.parent, lease_id.__eq__)
             self.wake()
 
     def _take_one(self, share: _InboxShare, lapsed: LeaseView, row: dict[str, Any]) -> bool:

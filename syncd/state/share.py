@@ -40,9 +40,12 @@ class Fenced(Exception):
         self.by = by
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` under a temporary name beside it, flush it, rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+def write_atomically(path: Path, data: bytes, writer: str) -> None:
+    """Write ``path`` under a temporary name beside it, flush it, rename it into place.
+
+    The temporary name carries the ``writer``'s lease: what a killed writer left is removed by whoever
+    takes its lease over (:func:`remove_leftovers`)."""
+    tmp = path.with_name(f".{path.name}~{writer}~{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data)
@@ -52,6 +55,19 @@ def write_atomically(path: Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def remove_leftovers(spool_root: Path, writer: Callable[[str], bool]) -> None:
+    """Remove the temporary files of the leases ``writer`` picks (killed mid-write; never read by anyone)."""
+    for folder in (spool_root / LEASES, spool_root / OWNERS):
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            parts = name.split("~")
+            if name.startswith(".") and name.endswith(".tmp") and len(parts) == 3 and writer(parts[1]):
+                (folder / name).unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -126,11 +142,12 @@ class ShareLeases:
             "renewals": self._renewals,
             "renewed_at": time.time(),
         }
+        data = json.dumps(record).encode()
         try:
-            write_atomically(self.path(self.lease_id), json.dumps(record).encode())
+            write_atomically(self.path(self.lease_id), data, self.lease_id)
         except FileNotFoundError:  # the folder was removed (or never made): a lease is always welcome here
             self.prepare()
-            write_atomically(self.path(self.lease_id), json.dumps(record).encode())
+            write_atomically(self.path(self.lease_id), data, self.lease_id)
         # A taker that fenced this lease between the check above and the rename has its file by now.
         if (by := self.fenced_by(self.lease_id)) is not None:
             raise Fenced(self.lease_id, by)
@@ -230,7 +247,7 @@ class Handoffs:
         if owner is not None and owner != lease_id and adopted_from is None:
             raise Fenced(lease_id, owner)
         record = {"owner": lease_id, "host": host, "job": job}
-        write_atomically(self.path(job["id"]), json.dumps(record).encode())
+        write_atomically(self.path(job["id"]), json.dumps(record).encode(), lease_id)
 
     def drop(self, job_id: str) -> None:
         """Set a record aside as given up (a claim whose folder never came): its owner reads it so."""

@@ -5,8 +5,12 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from tests.support.cluster import assert_exactly_once, daemons, delivered, drop_counted, share_records
 from tests.support.harness import wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def test_a_daemon_killed_for_good_has_its_jobs_finished_by_the_other_exactly_once(tmp_path):
@@ -61,3 +65,71 @@ def test_a_daemon_stopped_past_its_lease_hands_its_jobs_over_and_keeps_out_of_th
     results = assert_exactly_once(root, names)
     assert any(r.get("adopted_from") for r in results.values())
     assert any(r["id"] and "late" in r["job"] for r in results.values())
+
+
+@pytest.mark.slurm
+def test_three_daemons_200_jobs_on_local_and_slurm_one_killed_one_stopped_every_job_runs_once(tmp_path, slurm_cluster):
+    """The issue's proof: three daemons on two shared inboxes (local, Slurm); one is killed -9 and never
+    restarted, another is stopped past its lease and resumed; every job runs once and is delivered once."""
+    root = tmp_path / "share"
+    backends = {
+        "local": {"type": "local", "max_parallel": 4, "workdir_root": "work"},
+        "slurm": {**slurm_cluster.backend_section(root / "slurm-work"), "max_parallel": 8},
+    }
+    inboxes = {"inbox-local": "local", "inbox-slurm": "slurm"}
+    procs = daemons(root, ["a", "b", "c"], backends=backends, inboxes=inboxes)
+    names: list[str] = []
+
+    def drop(count: int) -> None:
+        for _ in range(count):
+            n = len(names)
+            on_slurm = n % 4 == 3  # a quarter of the jobs go through Slurm
+            name = f"{'slurm' if on_slurm else 'local'}-{n:03d}"
+            drop_counted(root, name, seconds=0.3, inbox="inbox-slurm" if on_slurm else "inbox-local")
+            names.append(name)
+
+    for proc in procs.values():
+        proc.start()
+    try:
+        drop(80)
+        wait_for(
+            lambda: (
+                "submitted to backend slurm" in procs["a"].log() and "submitted to backend local" in procs["a"].log()
+            ),
+            timeout=60,
+            what="a to have local and Slurm jobs in flight",
+        )
+        procs["a"].kill9()
+        survivors = lambda: procs["b"].log() + procs["c"].log()  # noqa: E731
+        wait_for(lambda: survivors().count("the lease a.1 of") == 2, timeout=60, what="a's leases taken over")
+        before = procs["b"].log().count("submitted to backend")
+        drop(60)
+        wait_for(
+            lambda: procs["b"].log().count("submitted to backend") >= before + 4,
+            timeout=60,
+            what="b to have new jobs in flight",
+        )
+        procs["b"].proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: procs["c"].log().count("the lease b.1 of") >= 2, timeout=60, what="c to take both of b's leases"
+            )
+            drop(60)  # jobs arrive while b is stopped
+            time.sleep(1.0)
+        finally:
+            procs["b"].proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: procs["b"].log().count("took over its") >= 2, timeout=30, what="b to see it was fenced")
+        wait_for(lambda: len(delivered(root)) == len(names), timeout=400, what="every job delivered")
+        wait_for(lambda: not share_records(root), timeout=30, what="every handoff record gone")
+    finally:
+        for name in ("b", "c"):
+            procs[name].stop()
+    assert len(names) == 200
+    results = assert_exactly_once(root, names)
+    logs = procs["b"].log() + procs["c"].log()
+    for lease in ("a.1", "b.1"):
+        assert logs.count(f"the lease {lease} of") == 2, f"each of {lease}'s two leases is taken over once"
+    adopted = {r["adopted_from"] for r in results.values() if r.get("adopted_from")}
+    assert adopted and all(where.endswith(("(a.1)", "(b.1)")) for where in adopted), adopted
+    assert "slurm" in {r["backend"] for r in results.values() if r.get("adopted_from")}, "Slurm jobs were taken over"
+    assert not [p for p in root.glob("inbox-*/*") if p.name != ".syncd"], "every folder was claimed"

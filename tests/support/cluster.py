@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -13,12 +12,16 @@ from tests.support.harness import SyncdProcess, drop_job, read_result
 TAKEOVER = {"enabled": True, "renew": "0.3s", "lease": "1.5s", "grace": "1s"}
 
 
-def cluster_config(root: Path, node: str, *, backends: dict | None = None, backend: str = "local", **extra) -> Path:
-    """``root/<node>.yaml``: a daemon with its own state folder on the shared inbox, outbox and buckets.
+def cluster_config(
+    root: Path, node: str, *, backends: dict | None = None, inboxes: dict[str, str] | None = None, **extra
+) -> Path:
+    """``root/<node>.yaml``: a daemon with its own state folder on the shared inboxes, outbox and buckets.
 
-    The local backend's work folders are shared too (``work/``): a daemon that takes a local job over finds
-    it there and follows it instead of running it again."""
-    for folder in ("inbox", "outbox", "failed", "buckets", "work"):
+    ``inboxes`` maps each inbox folder to its backend (default: ``inbox`` → ``local``). The local backend's
+    work folders are shared too (``work/``): a daemon that takes a local job over finds it there and follows
+    it instead of running it again."""
+    inboxes = inboxes or {"inbox": "local"}
+    for folder in ("outbox", "failed", "buckets", "work", *inboxes):
         (root / folder).mkdir(parents=True, exist_ok=True)
     config = {
         "state_dir": f".state-{node}",
@@ -26,8 +29,8 @@ def cluster_config(root: Path, node: str, *, backends: dict | None = None, backe
         "backends": backends or {"local": {"type": "local", "max_parallel": 4, "workdir_root": "work"}},
         "inboxes": [
             {
-                "name": "shared",
-                "path": "inbox",
+                "name": folder.replace("inbox-", "") if folder != "inbox" else "shared",
+                "path": folder,
                 "outbox": "outbox",
                 "failed": "failed",
                 "backend": backend,
@@ -37,6 +40,7 @@ def cluster_config(root: Path, node: str, *, backends: dict | None = None, backe
                 "rescan": "2s",
                 "journal": False,
             }
+            for folder, backend in inboxes.items()
         ],
         "poll": {"first": "0.2s", "max": "1s"},
         "retry": {"initial": "0.2s", "max": "2s"},
@@ -49,11 +53,11 @@ def cluster_config(root: Path, node: str, *, backends: dict | None = None, backe
     return path
 
 
-def drop_counted(root: Path, name: str, seconds: float = 0.5) -> None:
+def drop_counted(root: Path, name: str, seconds: float = 0.5, inbox: str = "inbox") -> None:
     """A job that appends its name to ``ledger.txt`` (one line per run), waits, and writes ``out.txt``."""
     ledger = root / "ledger.txt"
     command = f"echo {name} >> {ledger}; sleep {seconds}; echo {name} > out.txt"
-    drop_job(root / "inbox", name, {"command": command}, {"in.txt": f"input of {name}\n"})
+    drop_job(root / inbox, name, {"command": command}, {"in.txt": f"input of {name}\n"})
 
 
 def delivered(root: Path) -> dict[str, dict]:
@@ -85,15 +89,8 @@ def assert_exactly_once(root: Path, names: list[str]) -> dict[str, dict]:
 
 
 def share_records(root: Path) -> list[str]:
-    """Handoff records still on the share (none once every job is finished)."""
-    owners = root / "inbox" / ".syncd" / "owners"
-    return sorted(p.name for p in owners.iterdir()) if owners.exists() else []
-
-
-def owners_of(root: Path) -> dict[str, str]:
-    """job id → the lease that holds its handoff record."""
-    owners = root / "inbox" / ".syncd" / "owners"
-    return {p.stem: json.loads(p.read_text())["owner"] for p in owners.glob("*.json")}
+    """Handoff records still on the shares of every inbox (none once every job is finished)."""
+    return sorted(p.name for p in root.glob("inbox*/.syncd/owners/*"))
 
 
 def daemons(root: Path, nodes: list[str], **config) -> dict[str, SyncdProcess]:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases, leases_in
+from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases, leases_in, remove_leftovers
 
 
 def test_a_lease_is_renewed_with_a_rising_counter_and_seen_by_the_others(tmp_path):
@@ -98,3 +98,15 @@ def test_a_dropped_claim_record_is_told_apart_from_none_at_all(tmp_path):
     assert records.owner("j1") is None and records.dropped("j1")
     records.undrop("j1")
     assert not records.dropped("j1")
+
+
+def test_the_temporary_files_of_a_writer_killed_mid_write_are_removed_by_lease_and_no_others(tmp_path):
+    records = Handoffs(tmp_path)
+    records.prepare()
+    (tmp_path / "leases").mkdir()
+    dead = [tmp_path / "owners" / ".j1.json~a.1~0badf00d.tmp", tmp_path / "leases" / ".a.1.json~a.1~deadbeef.tmp"]
+    alive = [tmp_path / "owners" / ".j2.json~b.1~12345678.tmp", tmp_path / "owners" / ".notes~a.1.tmp"]
+    for path in dead + alive:
+        path.write_text("{")
+    remove_leftovers(tmp_path, "a.1".__eq__)
+    assert [p for p in dead + alive if p.exists()] == alive

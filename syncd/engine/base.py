@@ -253,8 +253,8 @@ class EngineBase:
                 del self._journals_due[job_id]
         for job_id in due:
             job = self.store.get(job_id)
-            if job.state in TERMINAL:
-                continue
+            if job.state in TERMINAL or job.taken_by:
+                continue  # a job taken over is the other daemon's to report
             inbox = self._inbox(job.inbox)
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
             journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp, self.config.source)

@@ -4,8 +4,9 @@ jobs of a daemon whose lease has lapsed (README: "Several hosts, one share").
 The rules that make a takeover happen once and never beside the old owner:
 
 - A job's handoff record is rewritten after every committed transition and before the step that follows
-  it (the store calls :meth:`Takeover.on_transition` first), so what a taker reads is never behind the side
-  effects already done; every step is idempotent from any earlier state anyway (the submit key).
+  it (the store's transition hook calls :meth:`Takeover.share_job` first), so what a taker reads is never
+  behind the side effects already done; every step is idempotent from any earlier state anyway (the
+  submit key). A daemon writes only the records named after its own lease.
 - This daemon acts only while its last confirmed renewal is younger than ``lease``; a taker waits until the
   lease has not moved for ``lease + grace``, fences it (one ``O_EXCL`` create: one taker wins), and waits
   ``lease`` more before it touches a job, by which time the old owner has either seen the fence or stopped.
@@ -26,10 +27,20 @@ from syncd.engine.base import job_logger
 from syncd.engine.failures import FailurePolicy
 from syncd.fsutil import rename_noreplace
 from syncd.log import logger
-from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases, remove_leftovers
+from syncd.state.share import (
+    Fenced,
+    Handoffs,
+    LapseWatch,
+    LeaseView,
+    NodeClash,
+    ShareLeases,
+    leases_in,
+    remove_leftovers,
+)
 from syncd.state.store import (
     CLAIMED,
     CLAIMING,
+    HELD,
     REMOTE,
     STAGING,
     TAKEN_OVER,
@@ -45,6 +56,13 @@ def default_node(state_dir: Path) -> str:
     tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in host)[:48]
     return f"{safe}-{tag}"
+
+
+def _lease_in(adopted_from: object) -> str | None:
+    """The lease named at the end of an ``adopted_from`` ("host (lease)")."""
+    if isinstance(adopted_from, str) and adopted_from.endswith(")") and " (" in adopted_from:
+        return adopted_from.rsplit(" (", 1)[1][:-1]
+    return None
 
 
 def job_record(job: Job) -> dict[str, Any]:
@@ -63,8 +81,12 @@ class _InboxShare:
         self.handoffs = handoffs
         self.valid_until = 0.0  # monotonic: this daemon may act on the inbox's jobs until then
         self.watch = LapseWatch()
-        self.won: dict[str, tuple[LeaseView, float]] = {}  # fenced lease → (its view, when its jobs may be taken)
+        #: leases this daemon fenced → (their view, when their jobs may be taken); their records are swept at
+        #: every renewal, since a stopped owner that wakes mid-write may still leave one
+        self.taken: dict[str, tuple[LeaseView | None, float]] = {}
+        self.clashed = False  # another daemon renews this daemon's lease (one node name for two)
         self.claims_seen: dict[str, float] = {}  # job → when its unfinished claim was first seen (monotonic)
+        self.refused: set[str] = set()  # jobs this daemon cannot take over (a backend it lacks): logged once
 
 
 class Takeover(FailurePolicy):
@@ -95,9 +117,30 @@ class Takeover(FailurePolicy):
             remove_leftovers(root, lambda writer: writer.startswith(f"{self._node}."))  # an earlier life's
             self._shares[inbox.name] = share
             self._renew(share)
-            for owner, _, row in share.handoffs.records():  # adopted on the share, not yet in this store
-                if owner == share.leases.lease_id and row.get("id"):
-                    self._adopt_row(share, row, row.get("adopted_from") or "an earlier life of this daemon")
+            share.taken.update(self._taken_before(share))
+            names = share.handoffs.names()
+            recorded = {job_id for job_id, _ in names}
+            for job_id, lease in names:
+                if lease != share.leases.lease_id:
+                    continue
+                if not self.store.has(job_id):  # adopted on the share, not yet in this store (a crash in between)
+                    found = share.handoffs.read(job_id, lease)
+                    if found is not None:
+                        self._adopt_row(share, found[1], found[1].get("adopted_from") or "an earlier life")
+                elif self.store.get(job_id).finished:  # finished; a crash came before its record left the share
+                    share.handoffs.remove(job_id, lease)
+            for job in self.store.open_jobs(inbox.name):  # e.g. claimed before takeover was enabled: recorded now
+                if job.id not in recorded:
+                    share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=True)
+
+    def _taken_before(self, share: _InboxShare) -> dict[str, tuple[LeaseView | None, float]]:
+        """The leases this daemon (any of its lives) fenced: their records stay this daemon's to sweep."""
+        mine = f"{self._node}."
+        taken: dict[str, tuple[LeaseView | None, float]] = {}
+        for view, by in leases_in(share.leases.root.parent):
+            if by is not None and by.startswith(mine):
+                taken[view.lease_id] = (view, time.monotonic() + self.config.takeover.lease)
+        return taken
 
     # -- acting only while the lease holds ---------------------------------------------------------
     def may_act(self, inbox: str) -> bool:
@@ -114,15 +157,18 @@ class Takeover(FailurePolicy):
         if share is None or job.state == TAKEN_OVER:
             return
         if job.finished:
-            share.handoffs.remove(job.id)
+            share.handoffs.remove(job.id, share.leases.lease_id)
             return
-        share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host)
+        if not self.may_act(job.inbox):  # stopped mid-step past its lease: the job may be another's by now
+            lease = share.leases.lease_id
+            raise Fenced(lease, "nobody yet", f"lease {lease} is not confirmed: the step stops until it is")
+        share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=job.state == CLAIMING)
 
     def unshare_job(self, job: Job) -> None:
         """The job is finished: its record leaves the share."""
         share = self._shares.get(job.inbox) if self.takeover_enabled else None
-        if share is not None and share.handoffs.owner(job.id) == share.leases.lease_id:
-            share.handoffs.remove(job.id)
+        if share is not None:
+            share.handoffs.remove(job.id, share.leases.lease_id)
 
     # -- the lease loop (the daemon calls this every ``renew``) ------------------------------------
     def tend_share(self) -> None:
@@ -152,6 +198,15 @@ class Takeover(FailurePolicy):
             except Fenced as fenced:
                 self._fenced(share, fenced)
                 return True
+            except NodeClash as clash:
+                share.valid_until = 0.0  # the one that saw the other first stands aside; it must not act
+                if not share.clashed:
+                    logger.error(
+                        "inbox {}: {}; this daemon leaves the inbox's jobs alone until then", share.inbox.name, clash
+                    )
+                share.clashed = True
+                return False
+            share.clashed = False
             share.valid_until = started + self.config.takeover.lease
             return False
 
@@ -183,12 +238,12 @@ class Takeover(FailurePolicy):
         is to go back into the inbox), False if the taker has the job or will find its folder."""
         share = self._shares[job.inbox]
         for _ in range(2):
-            if share.handoffs.owner(job.id) is not None:
+            if share.handoffs.owners(job.id):
                 return False
             if not share.handoffs.dropped(job.id):
                 return True  # no record at all: nobody is looking for the folder
             time.sleep(1.0)  # the taker looks at the folder once more right after dropping the record
-        return share.handoffs.owner(job.id) is None
+        return not share.handoffs.owners(job.id)
 
     def _fenced(self, share: _InboxShare, fenced: Fenced) -> None:
         """Another daemon took this lease over: its jobs are that daemon's now; start a new lease."""
@@ -226,45 +281,61 @@ class Takeover(FailurePolicy):
                     settings.lease + settings.grace,
                 )
                 # Its owner may have confirmed its lease just before the fence: it acts for ``lease`` at most.
-                share.won[lapsed.lease_id] = (lapsed, time.monotonic() + settings.lease)
+                share.taken[lapsed.lease_id] = (lapsed, time.monotonic() + settings.lease)
 
     def _take_over_due(self, share: _InboxShare) -> None:
+        """Sweep the records of the leases this daemon fenced: adopt each job once, and remove what a stopped
+        owner that woke up mid-write left beside a record that supersedes it."""
         now = time.monotonic()
-        for lease_id, (lapsed, at) in list(share.won.items()):
-            if now < at or not self.may_act(share.inbox.name):
+        due = {lease for lease, (_, at) in share.taken.items() if at <= now}
+        if not due or not self.may_act(share.inbox.name):
+            return
+        by_job: dict[str, set[str]] = {}
+        for job_id, lease in share.handoffs.names():
+            by_job.setdefault(job_id, set()).add(lease)
+        for job_id, leases in by_job.items():
+            ours = leases & due
+            if not ours:
                 continue
-            left = 0
-            for owner, _, row in share.handoffs.records():
-                if owner == lease_id and not self._take_one(share, lapsed, row):
-                    left += 1
-            if left == 0:
-                del share.won[lease_id]
-                remove_leftovers(share.leases.root.parent, lease_id.__eq__)
-            self.wake()
+            if leases - share.taken.keys() or self.store.has(job_id):  # a live daemon's, or this one's already
+                for lease in ours:
+                    share.handoffs.remove(job_id, lease)
+                continue
+            rows = {lease: found for lease in ours if (found := share.handoffs.read(job_id, lease)) is not None}
+            superseded = {_lease_in(row.get("adopted_from")) for _, row in rows.values()}
+            current = [lease for lease in sorted(rows) if lease not in superseded]
+            for lease in set(rows) - set(current[:1]):
+                share.handoffs.remove(job_id, lease)
+            if current:
+                host, row = rows[current[0]]
+                self._take_one(share, current[0], host, row)
+        for lease in due:
+            remove_leftovers(share.leases.root.parent, lease.__eq__)
+        self.wake()
 
-    def _take_one(self, share: _InboxShare, lapsed: LeaseView, row: dict[str, Any]) -> bool:
-        """Make one job of a lapsed lease this daemon's. False if it must wait (a backend this daemon lacks)."""
-        name, job_id = row.get("name", "?"), row.get("id")
-        if not job_id:
-            return True
+    def _take_one(self, share: _InboxShare, lease: str, host: str, row: dict[str, Any]) -> None:
+        """Make one job of a lapsed lease this daemon's (unless it must wait: a backend this daemon lacks)."""
+        name, job_id = row.get("name", "?"), str(row.get("id"))
         for kind, wanted, known in (
             ("backend", row.get("backend"), self.backends),
             ("storage", row.get("storage"), self.storages),
         ):
             if wanted not in known:
-                logger.error(
-                    "inbox {}: cannot take over job {} ({}) from {}: this daemon has no {} named '{}'; give every "
-                    "daemon of the share the same backends and storages (tried again at each renewal)",
-                    share.inbox.name,
-                    name,
-                    job_id,
-                    lapsed.host,
-                    kind,
-                    wanted,
-                )
-                return False
-        row = dict(row, adopted_from=f"{lapsed.host} ({lapsed.lease_id})")
-        undrop = False
+                if job_id not in share.refused:
+                    share.refused.add(job_id)
+                    logger.error(
+                        "inbox {}: cannot take over job {} ({}) from {}: this daemon has no {} named '{}'; give "
+                        "every daemon of the share the same backends and storages (tried again at each renewal)",
+                        share.inbox.name,
+                        name,
+                        job_id,
+                        host,
+                        kind,
+                        wanted,
+                    )
+                return
+        row = dict(row, adopted_from=f"{host} ({lease})")
+        clear_drop = False
         if row.get("state") == CLAIMING:
             if not Path(row["spool_path"]).exists():
                 # The claim's rename has not happened: it never will (the folder is claimed afresh from the
@@ -273,19 +344,19 @@ class Takeover(FailurePolicy):
                 first = share.claims_seen.setdefault(job_id, time.monotonic())
                 settings = self.config.takeover
                 if time.monotonic() - first < settings.lease + settings.grace:
-                    return False
-                share.handoffs.drop(job_id)
+                    return
+                share.handoffs.drop(job_id, lease)
                 share.claims_seen.pop(job_id, None)
                 if not Path(row["spool_path"]).exists():
-                    return True
-                undrop = True  # the folder came after all: the record comes back, as this daemon's
+                    share.handoffs.clear_drop(job_id)  # decided: an old owner that finds nothing gives the folder back
+                    return
+                clear_drop = True  # the folder came after all: the record comes back, as this daemon's
             row["state"] = CLAIMED
         # The share first: a crash between the two is found by prepare_share at the next start.
-        share.handoffs.write(row, share.leases.lease_id, host=share.leases.host, adopted_from=lapsed.lease_id)
-        if undrop:
-            share.handoffs.undrop(job_id)
+        share.handoffs.write(row, share.leases.lease_id, host=share.leases.host, adopted_from=lease)
+        if clear_drop:
+            share.handoffs.clear_drop(job_id)
         self._adopt_row(share, row, row["adopted_from"])
-        return True
 
     def _adopt_row(self, share: _InboxShare, row: dict[str, Any], adopted_from: str) -> None:
         values = dict(row)
@@ -303,27 +374,29 @@ class Takeover(FailurePolicy):
                 self._died_with_its_host(job, adopted_from)
 
     def _died_with_its_host(self, job: Job, adopted_from: str) -> None:
-        """A job that ran on the lost host and left nothing this host can see: the ``local_jobs`` policy."""
+        """A job that ran on the lost host and left nothing this host can see: the ``local_jobs`` policy. Either
+        way the next run is a new attempt (a new submit key), staged again from the claimed folder."""
         why = f"it ran on {adopted_from}, which is gone, and its work folder is not visible from this host"
+        fresh_attempt = {
+            "attempts": job.attempts + 1,
+            "remote_id": None,
+            "handle": None,
+            "remote_state": None,
+            "started_at": None,
+            "submitted_at": None,
+            "next_at": 0,
+            **self._clear_failures(),
+        }
         if self.config.takeover.local_jobs == "hold":
-            self._hold(
-                job,
-                f"{why}; '{self.command('retry', job)}' runs it again here, '{self.command('cancel', job)}' ends it",
+            reason = (
+                f"{why}; '{self.command('retry', job)}' runs it again here as attempt {job.attempts + 1}, "
+                f"'{self.command('cancel', job)}' ends it"
             )
+            held = {**fresh_attempt, "held_from": STAGING, "error": reason}
+            self.store.transition(job.id, job.state, HELD, f"held: {reason}", **held)
+            job_logger(job).error("held for attention: {}", reason)
             return
-        with self._folder_lock:
-            self.store.transition(
-                job.id,
-                job.state,
-                STAGING,
-                f"{why}: running it again as attempt {job.attempts + 1}",
-                attempts=job.attempts + 1,
-                remote_id=None,
-                handle=None,
-                remote_state=None,
-                started_at=None,
-                submitted_at=None,
-                next_at=0,
-                **self._clear_failures(),
-            )
+        self.store.transition(
+            job.id, job.state, STAGING, f"{why}: running it again as attempt {job.attempts + 1}", **fresh_attempt
+        )
         job_logger(job).warning("{}: running it again as attempt {}", why, job.attempts + 1)

@@ -13,7 +13,6 @@ jobs of that lease. The file is never removed, so an owner that wakes up much la
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -31,11 +30,15 @@ OWNERS = "owners"
 RECORD_LIMIT = 4 << 20  # a handoff record holds the manifest: far below this
 
 
+class NodeClash(Exception):
+    """Another daemon renews the same lease: two daemons of the share were given one node name."""
+
+
 class Fenced(Exception):
     """This daemon's lease was taken over: another daemon owns its jobs now."""
 
-    def __init__(self, lease_id: str, by: str):
-        super().__init__(f"lease {lease_id} was taken over by {by}")
+    def __init__(self, lease_id: str, by: str, why: str | None = None):
+        super().__init__(why or f"lease {lease_id} was taken over by {by}")
         self.lease_id = lease_id
         self.by = by
 
@@ -133,6 +136,14 @@ class ShareLeases:
         """Raise the counter of this daemon's lease; :class:`Fenced` if it was taken over (before or meanwhile)."""
         if (by := self.fenced_by(self.lease_id)) is not None:
             raise Fenced(self.lease_id, by)
+        if self._renewals:  # the file is this daemon's since its first renewal: nobody else may write it
+            last = _read_json(self.path(self.lease_id))
+            view = LeaseView.parse(last) if last is not None else None
+            if view is not None and (view.host, view.pid, view.renewals) != (self.host, os.getpid(), self._renewals):
+                raise NodeClash(
+                    f"the lease {self.lease_id} in {self.root} is renewed by another daemon too ({view.host}, pid "
+                    f"{view.pid}): give every daemon of the share its own takeover.node"
+                )
         self._renewals += 1
         record = {
             "lease": self.lease_id,
@@ -226,7 +237,11 @@ class LapseWatch:
 
 
 class Handoffs:
-    """One record per unfinished job in ``<spool>/owners/<job id>.json``: the job's row and its owner's lease."""
+    """One record per unfinished job and owner: ``<spool>/owners/<job id>@<lease>.json``, the job's row.
+
+    Each daemon writes only files of its own lease, so a write can never replace another daemon's record.
+    A taker writes its own file, then removes the old owner's. A stopped owner that wakes up in the middle
+    of a write may still finish it: that stale file beside the taker's is removed by the taker's sweeps."""
 
     def __init__(self, spool_root: Path):
         self.root = spool_root / OWNERS
@@ -234,50 +249,66 @@ class Handoffs:
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def path(self, job_id: str) -> Path:
-        return self.root / f"{job_id}.json"
+    def path(self, job_id: str, lease_id: str) -> Path:
+        return self.root / f"{job_id}@{lease_id}.json"
 
-    def owner(self, job_id: str) -> str | None:
-        data = _read_json(self.path(job_id))
-        return None if data is None else str(data.get("owner"))
+    def write(
+        self, job: dict[str, Any], lease_id: str, *, host: str, new: bool = False, adopted_from: str | None = None
+    ) -> None:
+        """Record ``job`` as ``lease_id``'s: a ``new`` record (a claim), one taken over from the lease
+        ``adopted_from`` (whose record is then removed), or an update of the lease's own. An update whose
+        record is gone raises :class:`Fenced`: another daemon took the job over."""
+        path = self.path(job["id"], lease_id)
+        if not new and adopted_from is None and not os.path.exists(path):
+            raise Fenced(lease_id, "another daemon", f"job {job['id']} was taken over from lease {lease_id}")
+        write_atomically(path, json.dumps({"owner": lease_id, "host": host, "job": job}).encode(), lease_id)
+        if adopted_from is not None:
+            self.remove(job["id"], adopted_from)
 
-    def write(self, job: dict[str, Any], lease_id: str, *, host: str, adopted_from: str | None = None) -> None:
-        """Record ``job`` as ``lease_id``'s. :class:`Fenced` when another lease holds the record now."""
-        owner = self.owner(job["id"])
-        if owner is not None and owner != lease_id and adopted_from is None:
-            raise Fenced(lease_id, owner)
-        record = {"owner": lease_id, "host": host, "job": job}
-        write_atomically(self.path(job["id"]), json.dumps(record).encode(), lease_id)
+    def remove(self, job_id: str, lease_id: str) -> None:
+        try:
+            os.unlink(self.path(job_id, lease_id))
+        except FileNotFoundError:
+            return
 
-    def drop(self, job_id: str) -> None:
-        """Set a record aside as given up (a claim whose folder never came): its owner reads it so."""
-        os.replace(self.path(job_id), self.root / f"{job_id}.dropped")
+    def names(self) -> list[tuple[str, str]]:
+        """(job id, lease) of every record, from the folder's listing alone."""
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in sorted(entries):
+            if name.endswith(".json") and not name.startswith(".") and "@" in name:
+                job_id, _, lease = name[: -len(".json")].partition("@")
+                out.append((job_id, lease))
+        return out
 
-    def undrop(self, job_id: str) -> None:
+    def owners(self, job_id: str) -> list[str]:
+        """The leases holding a record of ``job_id``."""
+        return [lease for job, lease in self.names() if job == job_id]
+
+    def read(self, job_id: str, lease_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(host, job row) of one record; None if it is gone or unreadable."""
+        data = _read_json(self.path(job_id, lease_id))
+        if data is None or not isinstance(data.get("job"), dict):
+            return None
+        return str(data.get("host", "")), data["job"]
+
+    def records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(owner lease, owner host, job row) of every record."""
+        for job_id, lease in self.names():
+            record = self.read(job_id, lease)
+            if record is not None:
+                yield lease, record[0], record[1]
+
+    def drop(self, job_id: str, lease_id: str) -> None:
+        """Set the record of a claim whose folder never came aside while the taker looks once more; an old
+        owner that finds it waits for the outcome (:meth:`clear_drop` once decided)."""
+        os.replace(self.path(job_id, lease_id), self.root / f"{job_id}.dropped")
+
+    def clear_drop(self, job_id: str) -> None:
         os.unlink(self.root / f"{job_id}.dropped")
 
     def dropped(self, job_id: str) -> bool:
         return os.path.lexists(self.root / f"{job_id}.dropped")
-
-    def remove(self, job_id: str) -> None:
-        try:
-            os.unlink(self.path(job_id))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-
-    def records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """(owner lease, owner host, job row) of every record."""
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            data = _read_json(self.root / name)
-            if data is None or not isinstance(data.get("job"), dict) or "owner" not in data:
-                continue
-            yield str(data["owner"]), str(data.get("host", "")), data["job"]

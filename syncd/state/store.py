@@ -434,6 +434,13 @@ class Store:
     def request_ids(self) -> list[str]:
         return self._ids(self._REQUESTED)
 
+    def has(self, job_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
+    def open_jobs(self, inbox: str) -> list[Job]:
+        """The jobs of ``inbox`` that are not finished (in any state)."""
+        return self._select("finished = 0 AND inbox = ?", (inbox,))
+
     def unfinished(self) -> list[Job]:
         """Jobs in a terminal state whose claimed directory has not been archived yet."""
         return self._select(self._UNFINISHED, tuple(TERMINAL))

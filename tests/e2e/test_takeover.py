@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +136,57 @@ def test_three_daemons_200_jobs_on_local_and_slurm_one_killed_one_stopped_every_
     assert adopted and all(where.endswith(("(a.1)", "(b.1)")) for where in adopted), adopted
     assert "slurm" in {r["backend"] for r in results.values() if r.get("adopted_from")}, "Slurm jobs were taken over"
     assert not [p for p in root.glob("inbox-*/*") if p.name != ".syncd"], "every folder was claimed"
+
+
+def _uses(pid: str, folder: str) -> bool:
+    """Whether process ``pid`` runs in, or holds a file under, a path containing ``folder``."""
+    proc = Path("/proc") / pid
+    try:
+        links = [os.readlink(proc / "cwd")] + [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+    except OSError:
+        return False
+    return any(folder in link for link in links)
+
+
+def _kill_host(folder: str) -> int:
+    """What a host's death does to its local jobs: every runner and job process working under ``folder``."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid() and _uses(proc.name, folder):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                continue
+    return killed
+
+
+@pytest.mark.parametrize("policy", ["retry", "hold"])
+def test_a_local_job_that_died_with_its_host_runs_again_or_is_held_as_the_config_says(tmp_path, policy):
+    root = tmp_path / "share"
+    private = {"local": {"type": "local", "max_parallel": 4}}  # work folders in each state_dir: not shared
+    procs = daemons(root, ["a", "b"], backends=private, takeover={"local_jobs": policy})
+    a, b = procs["a"], procs["b"]
+    a.start()  # alone at first: the job is surely a's
+    try:
+        drop_counted(root, "long", seconds=4)
+        wait_for(lambda: (root / "ledger.txt").exists(), timeout=30, what="the job to start on a")
+        b.start()
+        a.kill9()
+        assert _kill_host(str(root / ".state-a")) >= 1, "the job's runner died with its host"
+        if policy == "retry":
+            result = b.result("long", timeout=60)
+        else:
+            wait_for(lambda: "held" in b.cli("status").stdout, timeout=60, what="the job held on b")
+            status = b.cli("status", "long").stdout
+            b.cli("retry", "long")
+            result = b.result("long", timeout=60)
+        status_table = b.cli("status").stdout
+    finally:
+        b.stop()
+    assert result["state"] == "succeeded" and result["attempts"] == 2, result
+    assert result["adopted_from"] == f"{socket.gethostname()} (a.1)" and result["host"] == socket.gethostname()
+    assert (root / "ledger.txt").read_text().split() == ["long", "long"], "it ran on a, then once more on b"
+    assert "adopted from" in status_table and "daemon a.1" in status_table and "taken over by b.1" in status_table
+    if policy == "hold":
+        assert "its work folder is not visible from this host" in status

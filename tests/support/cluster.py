@@ -13,7 +13,13 @@ TAKEOVER = {"enabled": True, "renew": "0.3s", "lease": "1.5s", "grace": "1s"}
 
 
 def cluster_config(
-    root: Path, node: str, *, backends: dict | None = None, inboxes: dict[str, str] | None = None, **extra
+    root: Path,
+    node: str,
+    *,
+    backends: dict | None = None,
+    inboxes: dict[str, str] | None = None,
+    takeover: dict | None = None,
+    **extra,
 ) -> Path:
     """``root/<node>.yaml``: a daemon with its own state folder on the shared inboxes, outbox and buckets.
 
@@ -45,7 +51,7 @@ def cluster_config(
         "poll": {"first": "0.2s", "max": "1s"},
         "retry": {"initial": "0.2s", "max": "2s"},
         "http": {"listen": "127.0.0.1:0"},
-        "takeover": {**TAKEOVER, "node": node},
+        "takeover": {**TAKEOVER, **(takeover or {}), "node": node},
         **extra,
     }
     path = root / f"{node}.yaml"

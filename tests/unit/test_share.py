@@ -7,7 +7,16 @@ import threading
 
 import pytest
 
-from syncd.state.share import Fenced, Handoffs, LapseWatch, LeaseView, ShareLeases, leases_in, remove_leftovers
+from syncd.state.share import (
+    Fenced,
+    Handoffs,
+    LapseWatch,
+    LeaseView,
+    NodeClash,
+    ShareLeases,
+    leases_in,
+    remove_leftovers,
+)
 
 
 def test_a_lease_is_renewed_with_a_rising_counter_and_seen_by_the_others(tmp_path):
@@ -73,30 +82,32 @@ def test_a_fenced_owner_learns_it_at_its_next_renewal_and_by_whom(tmp_path):
     assert {view.lease_id: fenced for view, fenced in leases_in(tmp_path)} == {"a.1": "b.1"}
 
 
-def test_a_handoff_record_holds_the_job_and_refuses_a_write_by_a_daemon_that_lost_it(tmp_path):
+def test_a_handoff_record_holds_the_job_and_a_daemon_that_lost_it_cannot_update_it(tmp_path):
     records = Handoffs(tmp_path)
     records.prepare()
-    job = {"id": "j1", "state": "running", "manifest": '{"command": "x"}'}
-    records.write(job, "a.1", host="host-a")
-    assert list(records.records()) == [("a.1", "host-a", job)]
-    taken = dict(job, adopted_from="host-a (a.1)")
-    records.write(taken, "b.1", host="host-b", adopted_from="a.1")
-    assert records.owner("j1") == "b.1"
+    job = {"id": "j1", "state": "claiming", "manifest": '{"command": "x"}'}
     with pytest.raises(Fenced):
+        records.write(job, "a.1", host="host-a")  # an update of a record that was never written
+    records.write(job, "a.1", host="host-a", new=True)
+    records.write(dict(job, state="running"), "a.1", host="host-a")
+    assert list(records.records()) == [("a.1", "host-a", dict(job, state="running"))]
+    records.write(dict(job, state="running", adopted_from="host-a (a.1)"), "b.1", host="host-b", adopted_from="a.1")
+    assert records.owners("j1") == ["b.1"], "the taker's record replaces the old owner's"
+    with pytest.raises(Fenced, match="taken over"):
         records.write(dict(job, state="collecting"), "a.1", host="host-a")
-    assert next(records.records())[2]["state"] == "running", "the taker's record is untouched"
-    records.remove("j1")
-    records.remove("j1")  # twice: already gone is fine
+    assert [row["state"] for _, _, row in records.records()] == ["running"], "the taker's record is untouched"
+    records.remove("j1", "b.1")
+    records.remove("j1", "b.1")  # twice: already gone is fine
     assert list(records.records()) == []
 
 
 def test_a_dropped_claim_record_is_told_apart_from_none_at_all(tmp_path):
     records = Handoffs(tmp_path)
     records.prepare()
-    records.write({"id": "j1", "state": "claiming"}, "a.1", host="h")
-    records.drop("j1")
-    assert records.owner("j1") is None and records.dropped("j1")
-    records.undrop("j1")
+    records.write({"id": "j1", "state": "claiming"}, "a.1", host="h", new=True)
+    records.drop("j1", "a.1")
+    assert records.owners("j1") == [] and records.dropped("j1")
+    records.clear_drop("j1")
     assert not records.dropped("j1")
 
 
@@ -110,3 +121,12 @@ def test_the_temporary_files_of_a_writer_killed_mid_write_are_removed_by_lease_a
         path.write_text("{")
     remove_leftovers(tmp_path, "a.1".__eq__)
     assert [p for p in dead + alive if p.exists()] == alive
+
+
+def test_two_daemons_given_one_node_name_are_told_at_a_renewal(tmp_path):
+    first, twin = ShareLeases(tmp_path, "a.1", "a"), ShareLeases(tmp_path, "a.1", "a")
+    first.renew()
+    twin.renew()  # its first renewal: the file could be its own earlier life's
+    twin.renew()
+    with pytest.raises(NodeClash, match="give every daemon of the share its own takeover.node"):
+        first.renew()

@@ -1,0 +1,143 @@
+"""Taking over a lapsed daemon's jobs, engine by engine: several engines on one site (one share), each with its
+own state folder, and one remote service (the in-memory reference backend) that all of them reach."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from syncd.backends.memory import MemoryBackend, MemoryService
+from syncd.engine.core import Engine
+from syncd.engine.takeover import job_record
+from syncd.service.daemon import build_storages, load
+from syncd.state.share import Handoffs
+from syncd.state.store import RUNNING, SUBMITTED, SUCCEEDED, TAKEN_OVER, Store
+from tests.support.harness import make_config, make_job
+
+LEASE = {"enabled": True, "renew": "0.05s", "lease": "0.2s", "grace": "0.1s"}
+
+
+@pytest.fixture
+def site(tmp_path):
+    """make(node) → an engine of daemon ``node`` on the shared site; all engines reach one memory service."""
+    service = MemoryService()
+    engines: list[Engine] = []
+
+    def make(node: str) -> Engine:
+        path = make_config(
+            tmp_path / "site", backend="mem", extra={"backends": {"mem": {"type": "memory"}}, "workers": 2}
+        )
+        data = yaml.safe_load(path.read_text())
+        data.update(
+            state_dir=f".state-{node}",
+            poll={"first": "0.05s", "max": "0.2s"},
+            takeover={**LEASE, "node": node},
+        )
+        own = path.with_name(f"{node}.yaml")
+        own.write_text(yaml.safe_dump(data))
+        config = load(own)
+        # One "remote" service and one work area for all: what a taker asks for, it finds.
+        backend = MemoryBackend("mem", config.backend_options["mem"], tmp_path / "site" / "mem-work", service)
+        engine = Engine(config, Store(config.db_path), {"mem": backend}, build_storages(config))
+        engine.prepare()
+        engines.append(engine)
+        return engine
+
+    yield make, service
+    for engine in engines:
+        engine.stop(5)
+        engine.store.close()
+
+
+def _tend_until(engines: list[Engine], condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the engines never reached the expected state"
+        for engine in engines:
+            engine.tend_share()
+            engine.pump()
+            for name in engine.backends:
+                engine.poll_backend(name)
+        time.sleep(0.02)
+
+
+def _claim(engine: Engine, name: str, manifest: dict) -> str:
+    inbox = engine.config.inboxes[0]
+    assert engine.claim(inbox, make_job(inbox.path, name, manifest))
+    return engine.store.find(name)[0].id
+
+
+def _records(engine: Engine) -> list[tuple[str, str]]:
+    return Handoffs(engine.spools["default"].root).names()
+
+
+def test_a_lapsed_daemons_submitted_job_is_followed_by_the_taker_never_submitted_again(site):
+    make, service = site
+    a, b = make("a"), make("b")
+    job_id = _claim(a, "job", {"command": "sleep 0.5; echo hi > out.txt"})
+    _tend_until([a], lambda: a.store.get(job_id).state in (SUBMITTED, RUNNING))
+    assert _records(a) == [(job_id, "a.1")]
+    # a stops: only b goes on
+    _tend_until([b], lambda: b.store.has(job_id))
+    assert _records(b) == [(job_id, "b.1")], "the taker's record replaced the old owner's"
+    _tend_until([b], lambda: b.store.get(job_id).state == SUCCEEDED and b.store.get(job_id).finished)
+    assert (len(service.jobs), service.runs) == (1, 1), "found by its submit key, never submitted again"
+    assert _records(b) == [], "a finished job's record leaves the share"
+    assert b.store.get(job_id).adopted_from.endswith("(a.1)")
+    # a wakes up: it is told at its next renewal and keeps out of the job
+    a.tend_share()
+    mine = a.store.get(job_id)
+    assert (mine.state, mine.taken_by, mine.finished) == (TAKEN_OVER, "b.1", 1)
+    assert a.may_act("default"), "a new lease: a goes on with new jobs"
+
+
+def test_a_record_left_by_a_stopped_owner_waking_mid_write_is_swept_by_the_taker(site):
+    make, _ = site
+    a, b = make("a"), make("b")
+    job_id = _claim(a, "job", {"command": "sleep 2; echo hi > out.txt"})
+    _tend_until([a], lambda: a.store.get(job_id).state in (SUBMITTED, RUNNING))
+    stale = job_record(a.store.get(job_id))
+    _tend_until([b], lambda: b.store.has(job_id))
+    # what a's thread, stopped between its check and its rename, writes when it wakes up
+    Handoffs(a.spools["default"].root).write(stale, "a.1", host="a-host", new=True)
+    assert sorted(_records(b)) == [(job_id, "a.1"), (job_id, "b.1")]
+    _tend_until([b], lambda: _records(b) == [(job_id, "b.1")])
+    _tend_until([b], lambda: b.store.get(job_id).finished)
+    assert _records(b) == []
+
+
+def test_of_two_daemons_taking_over_one_lapsed_daemon_at_once_one_takes_each_job(site):
+    make, service = site
+    a, b, c = make("a"), make("b"), make("c")
+    ids = [_claim(a, f"job-{n}", {"command": "sleep 0.3; echo hi > out.txt"}) for n in range(4)]
+    _tend_until([a], lambda: all(a.store.get(i).state in (SUBMITTED, RUNNING) for i in ids))
+    _tend_until([b, c], lambda: all(b.store.has(i) or c.store.has(i) for i in ids))
+    owners = {i: [e.config.takeover.node for e in (b, c) if e.store.has(i)] for i in ids}
+    assert all(len(who) == 1 for who in owners.values()), owners
+    assert len({who[0] for who in owners.values()}) == 1, "one daemon won a's lease and took all its jobs"
+    _tend_until([b, c], lambda: all((b if b.store.has(i) else c).store.get(i).finished for i in ids))
+    assert (len(service.jobs), service.runs) == (4, 4)
+
+
+def test_a_claim_whose_rename_never_happened_is_left_to_whoever_claims_the_folder(site, tmp_path):
+    make, _ = site
+    a, b = make("a"), make("b")
+    inbox = a.config.inboxes[0]
+    folder = make_job(inbox.path, "late", {"command": "true"})
+    job = a.store.create_job(
+        id="20261204-000000-abcdef",
+        name="late",
+        dir_name="late",
+        inbox="default",
+        backend="mem",
+        storage="local",
+        bucket="results",
+        spool_path=str(a.spools["default"].claimed / "20261204-000000-abcdef"),
+    )
+    a.share_job(job)  # a died between recording the claim and its rename
+    _tend_until([b], lambda: not _records(b), timeout=5)
+    assert not b.store.has(job.id), "nothing to take over: the folder never left the inbox"
+    assert folder.exists() and not Path(job.spool_path).exists()

@@ -15,6 +15,7 @@ The rules that make a takeover happen once and never beside the old owner:
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -50,8 +51,6 @@ from syncd.state.store import (
 
 def default_node(state_dir: Path) -> str:
     """The host name and a tag of ``state_dir``: two daemons of one host (two state folders) differ."""
-    import hashlib
-
     host = socket.gethostname().split(".")[0] or "host"
     tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in host)[:48]
@@ -65,10 +64,23 @@ def _lease_in(adopted_from: object) -> str | None:
     return None
 
 
+def _fenced_by(share: _InboxShare, takers: set[str]) -> list[LeaseView]:
+    """The leases fenced by any of ``takers``, and by those in turn (a taker that died before it had
+    finished its takeover leaves that work to whoever takes it over)."""
+    fences = {view.lease_id: (view, by) for view, by in leases_in(share.leases.root.parent) if by is not None}
+    found: dict[str, LeaseView] = {}
+    frontier = set(takers)
+    while frontier:
+        frontier = {lease for lease, (_, by) in fences.items() if by in frontier and lease not in found}
+        found.update({lease: fences[lease][0] for lease in frontier})
+    return list(found.values())
+
+
 def job_record(job: Job) -> dict[str, Any]:
     """The job's row as JSON can carry it (the raw folder name as hex)."""
-    row = asdict(job)
+    row: dict[str, Any] = asdict(job)
     row["dir_raw"] = job.dir_raw.hex() if job.dir_raw else None
+    row["submit_key"] = job.submit_key  # derived (id, attempt), written out for a person reading the share
     return row
 
 
@@ -134,13 +146,11 @@ class Takeover(FailurePolicy):
                     share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=True)
 
     def _taken_before(self, share: _InboxShare) -> dict[str, tuple[LeaseView | None, float]]:
-        """The leases this daemon (any of its lives) fenced: their records stay this daemon's to sweep."""
-        mine = f"{self._node}."
-        taken: dict[str, tuple[LeaseView | None, float]] = {}
-        for view, by in leases_in(share.leases.root.parent):
-            if by is not None and by.startswith(mine):
-                taken[view.lease_id] = (view, time.monotonic() + self.config.takeover.lease)
-        return taken
+        """The leases this daemon (any of its lives) fenced, and those they had fenced: their records stay
+        this daemon's to sweep."""
+        at = time.monotonic() + self.config.takeover.lease
+        mine = {view.lease_id for view, _ in leases_in(share.leases.root.parent) if view.node == self._node}
+        return {view.lease_id: (view, at) for view in _fenced_by(share, mine | {share.leases.lease_id})}
 
     # -- acting only while the lease holds ---------------------------------------------------------
     def may_act(self, inbox: str) -> bool:
@@ -281,7 +291,10 @@ class Takeover(FailurePolicy):
                     settings.lease + settings.grace,
                 )
                 # Its owner may have confirmed its lease just before the fence: it acts for ``lease`` at most.
-                share.taken[lapsed.lease_id] = (lapsed, time.monotonic() + settings.lease)
+                at = time.monotonic() + settings.lease
+                share.taken[lapsed.lease_id] = (lapsed, at)
+                for view in _fenced_by(share, {lapsed.lease_id}):  # what it had taken over and not finished
+                    share.taken.setdefault(view.lease_id, (view, at))
 
     def _take_over_due(self, share: _InboxShare) -> None:
         """Sweep the records of the leases this daemon fenced: adopt each job once, and remove what a stopped

@@ -141,3 +141,19 @@ def test_a_claim_whose_rename_never_happened_is_left_to_whoever_claims_the_folde
     _tend_until([b], lambda: not _records(b), timeout=5)
     assert not b.store.has(job.id), "nothing to take over: the folder never left the inbox"
     assert folder.exists() and not Path(job.spool_path).exists()
+
+
+def test_a_taker_that_dies_before_it_has_taken_the_jobs_leaves_them_to_the_next(site):
+    make, service = site
+    a, b, c = make("a"), make("b"), make("c")
+    job_id = _claim(a, "job", {"command": "sleep 0.3; echo hi > out.txt"})
+    _tend_until([a], lambda: a.store.get(job_id).state in (SUBMITTED, RUNNING))
+    fence = a.spools["default"].root / "leases" / "a.1.fenced"
+    _tend_until([b, c], lambda: fence.exists())
+    taker, other = (b, c) if '"by": "b.1"' in fence.read_text() else (c, b)
+    assert not taker.store.has(job_id), "fenced, not yet taken: the taker waits a lease first"
+    # the taker dies here; the other takes it over, and with it what it had fenced
+    _tend_until([other], lambda: other.store.has(job_id) and other.store.get(job_id).finished)
+    assert other.store.get(job_id).outcome == SUCCEEDED
+    assert (len(service.jobs), service.runs) == (1, 1)
+    assert _records(other) == []

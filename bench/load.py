@@ -86,11 +86,15 @@ def main() -> int:
         "--stall", type=float, default=120, help="stop when no job has finished for this many seconds (default 120)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--takeover", action="store_true", help="with takeover enabled: a lease and a handoff record per job"
+    )
     args = parser.parse_args()
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="syncd-load-"))
     site = root / "site"
-    config = make_config(site, settle=args.settle, max_parallel=args.max_parallel, rescan="30s")
+    extra = {"takeover": {"enabled": True}} if args.takeover else None
+    config = make_config(site, settle=args.settle, max_parallel=args.max_parallel, rescan="30s", extra=extra)
     inbox, results = site / "inbox", site / "outbox" / "results"
     build = site / "build"  # same filesystem as the inbox, outside it
     build.mkdir()

@@ -262,7 +262,8 @@ def _print_leases(config: Config) -> None:
     for inbox in config.inboxes:
         for view, fenced in leases_in(inbox.spool_dir):
             state = f"taken over by {fenced}" if fenced else f"renewed {_iso(view.renewed_at)}"
-            click.echo(f"inbox {inbox.name}: daemon {view.lease_id} on {view.host} (pid {view.pid}): {state}")
+            since = f", started {_iso(view.started)}" if view.started else ""
+            click.echo(f"inbox {inbox.name}: daemon {view.lease_id} on {view.host} (pid {view.pid}{since}): {state}")
 
 
 def _problem(job: Job) -> str:

@@ -91,6 +91,7 @@ class LeaseView:
     pid: int
     renewals: int
     renewed_at: float  # the owner's wall clock: for people, never for expiry
+    started: float | None = None  # when the owner started (its wall clock), for people
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> LeaseView | None:
@@ -102,6 +103,7 @@ class LeaseView:
                 int(data["pid"]),
                 int(data["renewals"]),
                 float(data["renewed_at"]),
+                float(data["started"]) if data.get("started") is not None else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -115,6 +117,7 @@ class ShareLeases:
         self.lease_id = lease_id
         self.node = node
         self.host = socket.gethostname()
+        self.started = time.time()
         self._renewals = 0
 
     def prepare(self) -> None:
@@ -152,6 +155,7 @@ class ShareLeases:
             "pid": os.getpid(),
             "renewals": self._renewals,
             "renewed_at": time.time(),
+            "started": self.started,
         }
         data = json.dumps(record).encode()
         try:

@@ -97,6 +97,7 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
                 self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed after a restart")
             elif spool_reachable(job):  # the rename never happened; while the share is away, nobody knows
                 self.store.delete_unclaimed(job.id)
+                self.unshare_job(job)
 
     def stop(self, timeout: float) -> bool:
         """Stop dispatching; wait up to ``timeout`` for running steps. True if all finished."""

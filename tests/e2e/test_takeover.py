@@ -11,21 +11,33 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import assert_exactly_once, daemons, delivered, drop_counted, share_records
-from tests.support.harness import wait_for
+from tests.support.harness import SyncdProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_daemon_killed_for_good_has_its_jobs_finished_by_the_other_exactly_once(tmp_path):
-    root = tmp_path / "share"
+def _two_daemons_busy(root: Path, jobs: int) -> tuple[dict[str, SyncdProcess], list[str]]:
+    """Daemons a and b on one inbox, ``jobs`` one-second jobs dropped, once a has claimed some."""
     procs = daemons(root, ["a", "b"])
-    names = [f"job-{n:03d}" for n in range(30)]
-    for proc in procs.values():
-        proc.start()
+    names = [f"job-{n:03d}" for n in range(jobs)]
     try:
+        for proc in procs.values():
+            proc.start()
         for name in names:
             drop_counted(root, name, seconds=1.0)
         wait_for(lambda: "claimed job directory" in procs["a"].log(), timeout=30, what="a to claim jobs")
+    except BaseException:
+        for proc in procs.values():
+            if proc.proc is not None:
+                proc.kill9()
+        raise
+    return procs, names
+
+
+def test_a_daemon_killed_for_good_has_its_jobs_finished_by_the_other_exactly_once(tmp_path):
+    root = tmp_path / "share"
+    procs, names = _two_daemons_busy(root, 30)
+    try:
         time.sleep(1.0)  # some of a's jobs are running, others wait for a slot
         procs["a"].kill9()
         wait_for(lambda: len(delivered(root)) == len(names), timeout=120, what="every job delivered")
@@ -42,14 +54,8 @@ def test_a_daemon_killed_for_good_has_its_jobs_finished_by_the_other_exactly_onc
 
 def test_a_daemon_stopped_past_its_lease_hands_its_jobs_over_and_keeps_out_of_them(tmp_path):
     root = tmp_path / "share"
-    procs = daemons(root, ["a", "b"])
-    names = [f"job-{n:03d}" for n in range(30)]
-    for proc in procs.values():
-        proc.start()
+    procs, names = _two_daemons_busy(root, 30)
     try:
-        for name in names:
-            drop_counted(root, name, seconds=1.0)
-        wait_for(lambda: "claimed job directory" in procs["a"].log(), timeout=30, what="a to claim jobs")
         time.sleep(0.5)
         procs["a"].proc.send_signal(signal.SIGSTOP)
         wait_for(lambda: "taking its jobs over" in procs["b"].log(), timeout=30, what="b to take a's lease over")

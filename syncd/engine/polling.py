@@ -23,6 +23,7 @@ from syncd.errors import (
 )
 from syncd.intake.manifest import Manifest
 from syncd.retry import backoff_delay
+from syncd.state.share import Fenced
 from syncd.state.store import (
     CANCELLED,
     COLLECTING,
@@ -104,8 +105,8 @@ class Polling(FailurePolicy):
             status = statuses.get(job.remote_id) or RemoteStatus(RemoteState.UNKNOWN, "not reported")
             try:
                 self._apply(job, status, now, unchanged)
-            except StoreUnwritable:
-                return
+            except (StoreUnwritable, Fenced):
+                return  # nothing more can be recorded now, or the jobs are another daemon's
             except Exception:
                 job_logger(job).opt(exception=True).error("applying status {} failed", status)
         try:
@@ -194,7 +195,7 @@ class Polling(FailurePolicy):
             return
         if new_state != job.state:
             started = job.started_at or (status.started or now if new_state == RUNNING else None)
-            self.store.transition(
+            if self.store.transition(
                 job.id,
                 job.state,
                 new_state,
@@ -204,8 +205,8 @@ class Polling(FailurePolicy):
                 next_at=now + first,
                 poll_interval=first,
                 **self._clear_failures(),
-            )
-            log.info("{}", new_state)
+            ):
+                log.info("{}", new_state)
         else:
             interval = min(poll.max, (job.poll_interval or first) * poll.factor)
             if unchanged is not None:

@@ -38,6 +38,7 @@ from syncd.service.observe import HttpEndpoint, Metrics
 from syncd.service.web.app import InboxView, PageSources, StatusPage
 from syncd.service.web.auth import AuthFileError, Credentials
 from syncd.service.webhook import WebhookSender
+from syncd.state.share import Fenced
 from syncd.state.store import ACTIVE, Store, StoreUnwritable, make_private_dir
 from syncd.state.summary import job_summary, local_iso
 from syncd.storage.base import Storage
@@ -236,6 +237,8 @@ class Daemon:
             func(*args)
         except StoreUnwritable:
             pass  # the store logged it once; /readyz reports it until the store can write again
+        except Fenced as exc:  # the lease renewal hands the jobs over and says so
+            logger.info("{} stopped: {}", what, exc)
         except Exception:
             logger.opt(exception=True).error("{} failed; it will run again at its next interval", what)
 

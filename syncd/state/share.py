@@ -265,7 +265,14 @@ class Handoffs:
         path = self.path(job["id"], lease_id)
         if not new and adopted_from is None and not os.path.exists(path):
             raise Fenced(lease_id, "another daemon", f"job {job['id']} was taken over from lease {lease_id}")
-        write_atomically(path, json.dumps({"owner": lease_id, "host": host, "job": job}).encode(), lease_id)
+        data = json.dumps({"owner": lease_id, "host": host, "job": job}).encode()
+        try:
+            write_atomically(path, data, lease_id)
+        except FileNotFoundError:
+            if self.root.is_dir():  # the temporary file went: a taker's sweep of this lease removed it
+                raise Fenced(lease_id, "another daemon", f"lease {lease_id} was taken over during a write") from None
+            self.prepare()  # the folder was removed: records are always welcome here
+            write_atomically(path, data, lease_id)
         if adopted_from is not None:
             self.remove(job["id"], adopted_from)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import assert_exactly_once, daemons, delivered, drop_counted, share_records
+from tests.support.cluster import assert_exactly_once, daemons, delivered, drop_counted, share_records, stop_all
 from tests.support.harness import SyncdProcess, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,8 +43,7 @@ def test_a_daemon_killed_for_good_has_its_jobs_finished_by_the_other_exactly_onc
         wait_for(lambda: len(delivered(root)) == len(names), timeout=120, what="every job delivered")
         wait_for(lambda: not share_records(root), timeout=30, what="every handoff record gone")
     finally:
-        for proc in procs.values():
-            proc.stop()
+        stop_all(procs)
     results = assert_exactly_once(root, names)
     adopted = [r for r in results.values() if r.get("adopted_from")]
     assert adopted, "a's unfinished jobs were finished by b"
@@ -58,9 +57,11 @@ def test_a_daemon_stopped_past_its_lease_hands_its_jobs_over_and_keeps_out_of_th
     try:
         time.sleep(0.5)
         procs["a"].proc.send_signal(signal.SIGSTOP)
-        wait_for(lambda: "taking its jobs over" in procs["b"].log(), timeout=30, what="b to take a's lease over")
-        time.sleep(2.0)  # b has begun with a's jobs
-        procs["a"].proc.send_signal(signal.SIGCONT)
+        try:
+            wait_for(lambda: "taking its jobs over" in procs["b"].log(), timeout=30, what="b to take a's lease over")
+            time.sleep(2.0)  # b has begun with a's jobs
+        finally:
+            procs["a"].proc.send_signal(signal.SIGCONT)
         wait_for(lambda: "took over its" in procs["a"].log(), timeout=30, what="a to notice it was fenced")
         more = [f"late-{n:03d}" for n in range(10)]
         for name in more:
@@ -69,8 +70,7 @@ def test_a_daemon_stopped_past_its_lease_hands_its_jobs_over_and_keeps_out_of_th
         wait_for(lambda: len(delivered(root)) == len(names), timeout=120, what="every job delivered")
         wait_for(lambda: not share_records(root), timeout=30, what="every handoff record gone")
     finally:
-        for proc in procs.values():
-            proc.stop()
+        stop_all(procs)
     results = assert_exactly_once(root, names)
     assert any(r.get("adopted_from") for r in results.values())
     assert any(r["id"] and "late" in r["job"] for r in results.values())
@@ -131,8 +131,7 @@ def test_three_daemons_200_jobs_on_local_and_slurm_one_killed_one_stopped_every_
         wait_for(lambda: len(delivered(root)) == len(names), timeout=400, what="every job delivered")
         wait_for(lambda: not share_records(root), timeout=30, what="every handoff record gone")
     finally:
-        for name in ("b", "c"):
-            procs[name].stop()
+        stop_all(procs)
     assert len(names) == 200
     results = assert_exactly_once(root, names)
     logs = procs["b"].log() + procs["c"].log()
@@ -189,7 +188,7 @@ def test_a_local_job_that_died_with_its_host_runs_again_or_is_held_as_the_config
             result = b.result("long", timeout=60)
         status_table = b.cli("status").stdout
     finally:
-        b.stop()
+        stop_all([a, b])
     assert result["state"] == "succeeded" and result["attempts"] == 2, result
     assert result["adopted_from"] == f"{socket.gethostname()} (a.1)" and result["host"] == socket.gethostname()
     assert (root / "ledger.txt").read_text().split() == ["long", "long"], "it ran on a, then once more on b"

@@ -101,3 +101,15 @@ def share_records(root: Path) -> list[str]:
 
 def daemons(root: Path, nodes: list[str], **config) -> dict[str, SyncdProcess]:
     return {node: SyncdProcess(cluster_config(root, node, **config)) for node in nodes}
+
+
+def stop_all(procs: dict[str, SyncdProcess] | list[SyncdProcess]) -> None:
+    """Stop every daemon (each checked as ``stop`` does), even when one of the checks fails."""
+    failures = []
+    for proc in procs.values() if isinstance(procs, dict) else procs:
+        try:
+            proc.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]

@@ -194,7 +194,9 @@ def test_run_gateway_restarted_mid_flight_running_and_queued_jobs_finish_exactly
     running = next(name for name, state in states.items() if state == "running")
     queued = next(name for name, state in states.items() if state == "queued")
     assert results[running]["remote_state"] == "EXITED", "the gateway never recorded its end"
-    assert results[queued]["remote_state"] == "JOB_ENDED"
+    # The gateway ran the queued one after its restart (once: the ledger); a poll may see syncd's exit file
+    # before the gateway has recorded the end (EXITED), or after (JOB_ENDED).
+    assert results[queued]["remote_state"] in ("JOB_ENDED", "EXITED")
 
 
 def test_run_refused_token_pauses_the_backend_and_resumes_when_fixed(cybergis_site, cybergis_service, tmp_path):

@@ -138,6 +138,7 @@ class EngineBase:
         #: hint), so that it runs now rather than at its next tick
         self.wake: Callable[[], None] = lambda: None
         self._journals_due: dict[str, float] = {}  # job id → when its journal is to be written
+        self._journals_left_alone: set[str] = set()  # unfinished jobs whose journal path holds a user's entry
         self._status_hints: dict[str, dict[str, float]] = {}  # backend → remote id → when it was heard
         self._poll_locks: dict[str, threading.Lock] = {}
         self._poll_again: set[str] = set()
@@ -255,12 +256,21 @@ class EngineBase:
             job = self.store.get(job_id)
             if job.state in TERMINAL or job.taken_by:
                 continue  # a job taken over is the other daemon's to report
-            inbox = self._inbox(job.inbox)
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
-            journal.update(inbox.path, job, folder, self.spools[job.inbox].tmp, self.config.source)
+            self.update_journal(job, folder)
             ended = self.store.get(job_id)
             if ended.state in TERMINAL:  # it ended while this was written, perhaps after finish() looked
-                journal.update(inbox.path, ended, None, self.spools[job.inbox].tmp)
+                self.update_journal(ended, None)
+
+    def update_journal(self, job: Job, outbox_folder: Path | None) -> None:
+        """Write or remove the job's journal; a user's entry in its place is said once per job, then left."""
+        inbox = self._inbox(job.inbox)
+        blocked = journal.update(inbox.path, job, outbox_folder, self.spools[job.inbox].tmp, self.config.source)
+        if blocked is not None and job.state not in TERMINAL and job.id not in self._journals_left_alone:
+            self._journals_left_alone.add(job.id)
+            job_logger(job).warning("{}", journal.left_alone_warning(blocked))
+        elif job.state in TERMINAL:
+            self._journals_left_alone.discard(job.id)
 
     def _store_writable(self) -> bool:
         """False while the state database refuses writes: then no step runs, so no side effect happens

@@ -20,7 +20,6 @@ from syncd.errors import (
 from syncd.fsutil import os_error, read_regular
 from syncd.names import RESULT_RECORD, VALIDATION_REPORT
 from syncd.retry import backoff_delay
-from syncd.state import journal
 from syncd.state.store import (
     COLLECTING,
     FAILED,
@@ -162,7 +161,7 @@ class Collection(FailurePolicy):
         spool = self.spools[job.inbox]
         inbox = self._inbox(job.inbox)
         path = Path(job.spool_path)
-        journal.update(inbox.path, job, None, spool.tmp)  # terminal: removes a journal a racing writer may have left
+        self.update_journal(job, None)  # terminal: removes a journal a racing writer may have left
         try:
             if job.state == REJECTED:
                 problems = json.loads(job.message) if job.message else [job.error or "rejected"]

@@ -29,7 +29,6 @@ TMP_SUFFIX = ".syncd-journal.tmp"  # what syncd before version 16 of the issue l
 HEADER = "# syncd status of job {id}; written by syncd and removed when the job has finished"
 MAX_JOURNAL = 64 * 1024
 _LEGACY_TMP = re.compile(r"^\..+\.[0-9a-f]{32}" + re.escape(TMP_SUFFIX) + "$", re.DOTALL)
-_left_alone: set[str] = set()  # jobs whose journal path holds a user's file (said once per daemon)
 
 
 def journal_path(inbox: Path, job: Job) -> Path:
@@ -97,24 +96,26 @@ def _begins_like_a_journal(path: Path) -> bool:
         return False
 
 
-def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, config: Path | None = None) -> None:
+def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, config: Path | None = None) -> Path | None:
     """Write or remove the journal of ``job``. Never raises: the journal is a courtesy, not state.
-    ``tmp_dir`` (on the inbox's filesystem, syncd's own) holds the rewrite until it is renamed into place."""
+    ``tmp_dir`` (on the inbox's filesystem, syncd's own) holds the rewrite until it is renamed into place.
+
+    Returns the journal's path when a user's file, folder or link holds it (left alone: the caller may say
+    so), else None."""
     try:
         path = journal_path(inbox, job)
     except ValueError:
-        return
+        return None
     try:
         present = os.path.lexists(path)
         if present and not is_ours(path, job):
-            _leave_alone(path, job)
-            return
+            return path
         if job.state in TERMINAL:
             if present:
                 path.unlink()
-            return
+            return None
         if not inbox.is_dir():
-            return
+            return None
         tmp_dir.mkdir(exist_ok=True)
         tmp = tmp_dir / f"{uuid.uuid4().hex}{TMP_SUFFIX}"
         try:
@@ -127,21 +128,16 @@ def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, con
         finally:
             tmp.unlink(missing_ok=True)
     except FileExistsError:
-        _leave_alone(path, job)
+        return path
     except OSError:
         pass
+    return None
 
 
-def _leave_alone(path: Path, job: Job) -> None:
-    if job.id in _left_alone or job.state in TERMINAL:
-        return
-    _left_alone.add(job.id)
-    from syncd.log import logger
-
+def left_alone_warning(path: Path) -> str:
+    """What to tell the admin about a journal path that holds a user's entry."""
     try:
         kind = "file" if stat.S_ISREG(os.lstat(path).st_mode) else "entry"
     except OSError:
         kind = "file"
-    logger.bind(job_id=job.id, job_name=job.name).warning(
-        "{} in the inbox is a {} that is not syncd's: it is left alone, and this job has no status file", path, kind
-    )
+    return f"{path} in the inbox is a {kind} that is not syncd's: it is left alone, and this job has no status file"

@@ -176,3 +176,12 @@ def test_a_users_empty_folder_in_failed_is_never_replaced_by_a_rejected_one(tmp_
 def test_the_journal_names_the_config_in_its_cancel_command(job):
     text = journal.render(replace(job, state="running"), None, Path("/etc/syncd/lab.yaml"))
     assert f"or run: syncd cancel -c /etc/syncd/lab.yaml {job.id}\n" in text
+
+
+def test_update_tells_the_caller_which_path_it_left_alone_and_only_that(inbox, job):
+    tmp = inbox / ".syncd" / "tmp"
+    assert journal.update(inbox, job, None, tmp) is None, "its own journal, written"
+    other = replace(job, id="20260101-000000-654321", dir_name="mine")
+    (inbox / "mine.status.txt").write_text("a user's notes\n")
+    assert journal.update(inbox, other, None, tmp) == inbox / "mine.status.txt"
+    assert "is a file that is not syncd's" in journal.left_alone_warning(inbox / "mine.status.txt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 
 from syncd.backends.base import Backend, JobSpec, RemoteRef
 from syncd.engine.base import (
@@ -19,6 +20,7 @@ from syncd.errors import (
     TransientError,
 )
 from syncd.fsutil import TMP_DIR
+from syncd.state.share import Fenced
 from syncd.state.store import (
     REMOTE,
     STAGED,
@@ -29,14 +31,21 @@ from syncd.state.store import (
 )
 
 
-def submit_once(backend: Backend, spec: JobSpec) -> tuple[RemoteRef, str]:
+def submit_once(
+    backend: Backend, spec: JobSpec, still_ours: Callable[[], bool] = lambda: True
+) -> tuple[RemoteRef, str]:
     """The remote job of ``spec``'s attempt and how it was reached: asked for only if the service does not
     already hold it. The lookup comes first because a daemon may have died after the service accepted the
     job and before anything was recorded, on either side of the backend; a backend's own ``submit`` only
-    knows what it recorded."""
+    knows what it recorded.
+
+    ``still_ours`` is asked last, just before the submission: a daemon stopped past its lease in the
+    lookup (another may have taken the job over and submitted it meanwhile) submits nothing."""
     ref = backend.find(spec)
     if ref is not None and ref.complete:
         return ref, "found after a restart"
+    if not still_ours():
+        raise Fenced(spec.submit_key, "another daemon", f"{spec.submit_key}: the lease lapsed before the submission")
     # An interrupted multi-step submission is finished by the same idempotent call.
     how = "submitted" if ref is None else "submission finished after a restart"
     return backend.submit(spec), how
@@ -104,7 +113,7 @@ class Submission(FailurePolicy):
         backend = self.backends[job.backend]
         spec = self.spec(job)
         started = time.monotonic()
-        ref, how = submit_once(backend, spec)
+        ref, how = submit_once(backend, spec, lambda: self.may_act(job.inbox))
         self.crash_points.reached("submitted-unrecorded")
         if self.metrics is not None:
             self.metrics.submit_seconds.labels(job.backend).observe(time.monotonic() - started)

@@ -14,7 +14,7 @@ from syncd.engine.core import Engine
 from syncd.engine.takeover import job_record
 from syncd.service.daemon import build_storages, load
 from syncd.state.share import Handoffs
-from syncd.state.store import RUNNING, SUBMITTED, SUCCEEDED, TAKEN_OVER, Store
+from syncd.state.store import RUNNING, SUBMITTED, SUBMITTING, SUCCEEDED, TAKEN_OVER, Store
 from tests.support.harness import make_config, make_job
 
 LEASE = {"enabled": True, "renew": "0.05s", "lease": "0.2s", "grace": "0.1s"}
@@ -157,3 +157,30 @@ def test_a_taker_that_dies_before_it_has_taken_the_jobs_leaves_them_to_the_next(
     assert other.store.get(job_id).outcome == SUCCEEDED
     assert (len(service.jobs), service.runs) == (1, 1)
     assert _records(other) == []
+
+
+def test_a_daemon_stopped_past_its_lease_during_the_lookup_submits_nothing(site, monkeypatch):
+    """The last moment a stopped daemon could submit a job another has taken over: between its lookup by
+    submit key and the submission. The lease is checked once more in between."""
+    make, service = site
+    a = make("a")
+    backend = a.backends["mem"].unwrapped
+    find = backend.find
+    lookups = []
+
+    def find_then_stop(spec):
+        lookups.append(spec.submit_key)
+        found = find(spec)
+        a._shares["default"].valid_until = 0.0  # as if stopped here, past its lease
+        return found
+
+    monkeypatch.setattr(backend, "find", find_then_stop)
+    job_id = _claim(a, "job", {"command": "echo hi > out.txt"})
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # every renewal confirms the lease; every lookup loses it again
+        a.tend_share()
+        a.pump()
+        time.sleep(0.02)
+    assert lookups, "the submission step ran"
+    assert service.jobs == {} and service.runs == 0, "nothing was submitted"
+    assert a.store.get(job_id).state == SUBMITTING, "the step stopped; it goes on once the lease holds"

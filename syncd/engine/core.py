@@ -75,6 +75,7 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
         self.storages.update({name: self._guard("storage", name, s) for name, s in storages.items()})
         self._probed.clear()
         self.config = config
+        self.open_new_shares()
 
     def prepare(self) -> None:
         """Create folders, clear temporary files, finish claims a crash interrupted."""

@@ -122,28 +122,38 @@ class Takeover(FailurePolicy):
         self._node = self.config.takeover.node or default_node(self.config.state_dir)
         self._share_lock = threading.Lock()
         for inbox in self._inboxes.values():
-            root = self.spools[inbox.name].root
-            share = _InboxShare(inbox, ShareLeases(root, self._lease_id(inbox.name), self._node), Handoffs(root))
-            share.leases.prepare()
-            share.handoffs.prepare()
-            remove_leftovers(root, lambda writer: writer.startswith(f"{self._node}."))  # an earlier life's
-            self._shares[inbox.name] = share
-            self._renew(share)
-            share.taken.update(self._taken_before(share))
-            names = share.handoffs.names()
-            recorded = {job_id for job_id, _ in names}
-            for job_id, lease in names:
-                if lease != share.leases.lease_id:
-                    continue
-                if not self.store.has(job_id):  # adopted on the share, not yet in this store (a crash in between)
-                    found = share.handoffs.read(job_id, lease)
-                    if found is not None:
-                        self._adopt_row(share, found[1], found[1].get("adopted_from") or "an earlier life")
-                elif self.store.get(job_id).finished:  # finished; a crash came before its record left the share
-                    share.handoffs.remove(job_id, lease)
-            for job in self.store.open_jobs(inbox.name):  # e.g. claimed before takeover was enabled: recorded now
-                if job.id not in recorded:
-                    share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=True)
+            self._open_share(inbox)
+
+    def open_new_shares(self) -> None:
+        """After a reload: hold a lease on the shares of inboxes that were added."""
+        if self.takeover_enabled:
+            for inbox in self._inboxes.values():
+                if inbox.name not in self._shares:
+                    self._open_share(inbox)
+
+    def _open_share(self, inbox: InboxConfig) -> None:
+        root = self.spools[inbox.name].root
+        share = _InboxShare(inbox, ShareLeases(root, self._lease_id(inbox.name), self._node), Handoffs(root))
+        share.leases.prepare()
+        share.handoffs.prepare()
+        remove_leftovers(root, lambda writer: writer.startswith(f"{self._node}."))  # an earlier life's
+        self._shares[inbox.name] = share
+        self._renew(share)
+        share.taken.update(self._taken_before(share))
+        names = share.handoffs.names()
+        recorded = {job_id for job_id, _ in names}
+        for job_id, lease in names:
+            if lease != share.leases.lease_id:
+                continue
+            if not self.store.has(job_id):  # adopted on the share, not yet in this store (a crash in between)
+                found = share.handoffs.read(job_id, lease)
+                if found is not None:
+                    self._adopt_row(share, found[1], found[1].get("adopted_from") or "an earlier life")
+            elif self.store.get(job_id).finished:  # finished; a crash came before its record left the share
+                share.handoffs.remove(job_id, lease)
+        for job in self.store.open_jobs(inbox.name):  # e.g. claimed before takeover was enabled: recorded now
+            if job.id not in recorded:
+                share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=True)
 
     def _taken_before(self, share: _InboxShare) -> dict[str, tuple[LeaseView | None, float]]:
         """The leases this daemon (any of its lives) fenced, and those they had fenced: their records stay

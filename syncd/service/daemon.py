@@ -431,6 +431,11 @@ class Daemon:
             if self.config.source is None:  # a Config built in code, not read from a file: nothing to re-read
                 raise ConfigError("<config>", ["this config was not read from a file, so it cannot be re-read"])
             new = load(self.config.source)
+            if new.takeover != self.config.takeover:
+                raise ConfigError(
+                    str(self.config.source),
+                    ["takeover: its settings change only at a restart (the daemon's leases are held under them)"],
+                )
             for inbox in new.inboxes:
                 Spool(inbox).prepare()
         except (ConfigError, SpoolError, OSError) as exc:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.cluster import assert_exactly_once, daemons, delivered, drop_counted, share_records, stop_all
 from tests.support.harness import SyncdProcess, wait_for
@@ -195,3 +196,26 @@ def test_a_local_job_that_died_with_its_host_runs_again_or_is_held_as_the_config
     assert "adopted from" in status_table and "daemon a.1" in status_table and "taken over by b.1" in status_table
     if policy == "hold":
         assert "its work folder is not visible from this host" in status
+
+
+def test_a_reload_leases_an_added_inbox_and_refuses_to_change_takeover(tmp_path):
+    root = tmp_path / "share"
+    (daemon,) = daemons(root, ["a"]).values()
+    daemon.start()
+    try:
+        config = yaml.safe_load(daemon.config.read_text())
+        (root / "inbox2").mkdir()
+        config["inboxes"].append({**config["inboxes"][0], "name": "second", "path": "inbox2"})
+        daemon.config.write_text(yaml.safe_dump(config))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reloaded: 2 inbox(es)" in daemon.log(), what="the reload")
+        wait_for(lambda: (root / "inbox2" / ".syncd" / "leases" / "a.1.json").exists(), what="a lease on the new share")
+        drop_counted(root, "via-second", seconds=0, inbox="inbox2")
+        assert daemon.result("via-second")["state"] == "succeeded"
+        config["takeover"]["lease"] = "30s"
+        daemon.config.write_text(yaml.safe_dump(config))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in daemon.log(), what="the refusal")
+        assert "takeover: its settings change only at a restart" in daemon.log()
+    finally:
+        stop_all([daemon])

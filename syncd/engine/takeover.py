@@ -32,7 +32,6 @@ from syncd.state.share import (
     Fenced,
     Handoffs,
     LapseWatch,
-    LeaseView,
     NodeClash,
     ShareLeases,
     leases_in,
@@ -64,16 +63,16 @@ def _lease_in(adopted_from: object) -> str | None:
     return None
 
 
-def _fenced_by(share: _InboxShare, takers: set[str]) -> list[LeaseView]:
+def _fenced_by(share: _InboxShare, takers: set[str]) -> set[str]:
     """The leases fenced by any of ``takers``, and by those in turn (a taker that died before it had
     finished its takeover leaves that work to whoever takes it over)."""
-    fences = {view.lease_id: (view, by) for view, by in leases_in(share.leases.root.parent) if by is not None}
-    found: dict[str, LeaseView] = {}
+    fences = {view.lease_id: by for view, by in leases_in(share.leases.root.parent) if by is not None}
+    found: set[str] = set()
     frontier = set(takers)
     while frontier:
-        frontier = {lease for lease, (_, by) in fences.items() if by in frontier and lease not in found}
-        found.update({lease: fences[lease][0] for lease in frontier})
-    return list(found.values())
+        frontier = {lease for lease, by in fences.items() if by in frontier and lease not in found}
+        found |= frontier
+    return found
 
 
 def job_record(job: Job) -> dict[str, Any]:
@@ -93,9 +92,9 @@ class _InboxShare:
         self.handoffs = handoffs
         self.valid_until = 0.0  # monotonic: this daemon may act on the inbox's jobs until then
         self.watch = LapseWatch()
-        #: leases this daemon fenced → (their view, when their jobs may be taken); their records are swept at
+        #: leases this daemon fenced → when their jobs may be taken (monotonic); their records are swept at
         #: every renewal, since a stopped owner that wakes mid-write may still leave one
-        self.taken: dict[str, tuple[LeaseView | None, float]] = {}
+        self.taken: dict[str, float] = {}
         self.clashed = False  # another daemon renews this daemon's lease (one node name for two)
         self.claims_seen: dict[str, float] = {}  # job → when its unfinished claim was first seen (monotonic)
         self.refused: set[str] = set()  # jobs this daemon cannot take over (a backend it lacks): logged once
@@ -155,12 +154,12 @@ class Takeover(FailurePolicy):
             if job.id not in recorded:
                 share.handoffs.write(job_record(job), share.leases.lease_id, host=share.leases.host, new=True)
 
-    def _taken_before(self, share: _InboxShare) -> dict[str, tuple[LeaseView | None, float]]:
+    def _taken_before(self, share: _InboxShare) -> dict[str, float]:
         """The leases this daemon (any of its lives) fenced, and those they had fenced: their records stay
         this daemon's to sweep."""
         at = time.monotonic() + self.config.takeover.lease
         mine = {view.lease_id for view, _ in leases_in(share.leases.root.parent) if view.node == self._node}
-        return {view.lease_id: (view, at) for view in _fenced_by(share, mine | {share.leases.lease_id})}
+        return dict.fromkeys(_fenced_by(share, mine | {share.leases.lease_id}), at)
 
     # -- acting only while the lease holds ---------------------------------------------------------
     def may_act(self, inbox: str) -> bool:
@@ -302,15 +301,15 @@ class Takeover(FailurePolicy):
                 )
                 # Its owner may have confirmed its lease just before the fence: it acts for ``lease`` at most.
                 at = time.monotonic() + settings.lease
-                share.taken[lapsed.lease_id] = (lapsed, at)
-                for view in _fenced_by(share, {lapsed.lease_id}):  # what it had taken over and not finished
-                    share.taken.setdefault(view.lease_id, (view, at))
+                share.taken[lapsed.lease_id] = at
+                for lease in _fenced_by(share, {lapsed.lease_id}):  # what it had taken over and not finished
+                    share.taken.setdefault(lease, at)
 
     def _take_over_due(self, share: _InboxShare) -> None:
         """Sweep the records of the leases this daemon fenced: adopt each job once, and remove what a stopped
         owner that woke up mid-write left beside a record that supersedes it."""
         now = time.monotonic()
-        due = {lease for lease, (_, at) in share.taken.items() if at <= now}
+        due = {lease for lease, at in share.taken.items() if at <= now}
         if not due or not self.may_act(share.inbox.name):
             return
         by_job: dict[str, set[str]] = {}
@@ -332,8 +331,7 @@ class Takeover(FailurePolicy):
             if current:
                 host, row = rows[current[0]]
                 self._take_one(share, current[0], host, row)
-        for lease in due:
-            remove_leftovers(share.leases.root.parent, lease.__eq__)
+        remove_leftovers(share.leases.root.parent, due.__contains__)  # one listing for all of them
         self.wake()
 
     def _take_one(self, share: _InboxShare, lease: str, host: str, row: dict[str, Any]) -> None:

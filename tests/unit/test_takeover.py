@@ -184,3 +184,18 @@ def test_a_daemon_stopped_past_its_lease_during_the_lookup_submits_nothing(site,
     assert lookups, "the submission step ran"
     assert service.jobs == {} and service.runs == 0, "nothing was submitted"
     assert a.store.get(job_id).state == SUBMITTING, "the step stopped; it goes on once the lease holds"
+
+
+def test_a_job_on_the_share_as_this_daemons_but_not_in_its_store_is_taken_at_its_next_start(site):
+    """A taker that wrote a job's record as its own and died before its store had the job: at its next
+    start the record tells it the job is its own."""
+    make, service = site
+    a = make("a")
+    job_id = _claim(a, "job", {"command": "echo hi > out.txt"})
+    row = dict(job_record(a.store.get(job_id)), adopted_from="a-host (a.1)")
+    Handoffs(a.spools["default"].root).write(row, "b.1", host="b-host", adopted_from="a.1")
+    b = make("b")  # b.1's first start, after that crash
+    assert b.store.get(job_id).adopted_from == "a-host (a.1)"
+    _tend_until([b], lambda: b.store.get(job_id).finished)
+    assert b.store.get(job_id).outcome == SUCCEEDED and (len(service.jobs), service.runs) == (1, 1)
+    assert _records(b) == []

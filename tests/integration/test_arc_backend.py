@@ -6,6 +6,7 @@ import json
 import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -84,6 +85,34 @@ def test_an_answer_lost_before_the_id_was_written_is_found_by_name(arc_site, tmp
     assert fresh.submit(spec).remote_id == ref.remote_id
     assert harness.wait(ref).state is RemoteState.SUCCEEDED
     assert named(fresh, spec.submit_key) == [ref.remote_id]
+
+
+def _publish_failed_without_a_reason(document: Path) -> None:
+    """What the information system was seen to publish for a job being killed: FAILED, and no Error."""
+    text = document.read_text()
+    assert "<State>arcrest:KILLED</State>" in text, text
+    text = text.replace("<State>arcrest:KILLED</State>", "<State>arcrest:FAILED</State>")
+    document.write_text("".join(line for line in text.splitlines(keepends=True) if "<Error>" not in line))
+
+
+def test_a_killed_job_published_as_failed_with_no_reason_is_cancelled(arc_site, tmp_path):
+    backend, harness = backend_for(arc_site, tmp_path)
+    ref = harness.run(harness.spec("sleep 60"))
+    harness.wait(ref, until=lambda s: s.state is RemoteState.RUNNING)
+    backend.cancel(ref)
+    assert harness.wait(ref).state is RemoteState.CANCELLED
+    (document,) = (arc_site.dir / "control").rglob(f"job.{ref.remote_id}.xml")
+    for _ in range(20):  # the provider rewrites the document every few seconds: poll between two rewrites
+        _publish_failed_without_a_reason(document)
+        published = document.stat().st_mtime_ns
+        raw = api.status_of(backend._bulk("info", [ref.remote_id], "reading it raw")[ref.remote_id])
+        status = backend.poll([ref])[ref.remote_id]
+        if document.stat().st_mtime_ns == published:
+            break
+    else:
+        pytest.fail("the information provider rewrote the job's document during every poll")
+    assert (raw.state, raw.message) == (RemoteState.FAILED, api.NO_REASON), "the CE answered as it was seen to"
+    assert (status.state, status.message) == (RemoteState.CANCELLED, "Job is canceled by external request")
 
 
 def test_cleanup_removes_the_job_from_the_ce_and_its_local_folder(arc_site, tmp_path):

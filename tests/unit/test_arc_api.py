@@ -71,6 +71,27 @@ def test_states_map_to_syncd_states(state, exit_code, error, expected):
         assert status.exit_code == exit_code
 
 
+@pytest.mark.parametrize(
+    ("failure", "expected", "message"),
+    [
+        ("Job is canceled by external request\n", RemoteState.CANCELLED, "Job is canceled by external request"),
+        ("LRMS error: (-1) Job missing from SLURM\n\n", RemoteState.FAILED, "LRMS error: (-1) Job missing from SLURM"),
+        ("", RemoteState.FAILED, api.NO_REASON),
+    ],
+)
+def test_a_failure_without_a_reason_takes_the_control_folders_word(failure, expected, message):
+    status = api.status_of(_entry("FAILED"))
+    assert api.unexplained(status)
+    told = api.explained(status, failure)
+    assert (told.state, told.message) == (expected, message)
+
+
+def test_a_failure_with_a_reason_or_a_finished_job_needs_no_second_word():
+    assert not api.unexplained(api.status_of(_entry("FAILED", 3, "LRMS error: (3) wrong exit code")))
+    assert not api.unexplained(api.status_of(_entry("FINISHED", 4)))
+    assert api.unexplained(api.status_of(_entry("FAILED", 143)))  # a killed job's exit code is no reason
+
+
 def test_an_unknown_job_is_unknown():
     assert api.status_of(_entry(code="404")).state is RemoteState.UNKNOWN
 

@@ -22,6 +22,8 @@ VERSIONS = ("1.1", "1.0")
 WAITING = {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING", "HELD"}
 RUNNING = {"RUNNING", "EXITINGLRMS", "OTHER", "EXECUTED", "FINISHING", "KILLING"}
 CANCELLED_BY_REQUEST = re.compile(r"cancel+ed by external request|killed by", re.IGNORECASE)
+#: the message of a ``FAILED`` job whose description carries no reason
+NO_REASON = "the CE reports the job failed"
 _XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -216,11 +218,26 @@ def _status_of(entry: Entry) -> RemoteStatus:
             RemoteState.FAILED,
             state,
             exit_code=exit_code if exit_code is not None and exit_code >= 0 else None,
-            message=errors or "the CE reports the job failed",
+            message=errors or NO_REASON,
         )
     if state == "WIPED":
         return RemoteStatus(RemoteState.UNKNOWN, state, message="the CE has wiped the job")
     return RemoteStatus(RemoteState.UNKNOWN, state, message=f"the CE reports a state syncd does not know: {state!r}")
+
+
+def unexplained(status: RemoteStatus) -> bool:
+    """A ``FAILED`` job whose description gave no reason. The information system renders a job's terminal
+    state from its ``.failed`` file when it next runs, and has been seen to publish ``FAILED`` with no
+    reason for a job that was being killed; the control folder's own ``failed`` file is then the word."""
+    return status.state is RemoteState.FAILED and status.native == "FAILED" and status.message == NO_REASON
+
+
+def explained(status: RemoteStatus, failure: str) -> RemoteStatus:
+    """``status`` once the job's ``diagnose/failed`` text is known: killed on request, or failed for it."""
+    reason = "; ".join(line.strip() for line in failure.splitlines() if line.strip())
+    if CANCELLED_BY_REQUEST.search(reason):
+        return replace(status, state=RemoteState.CANCELLED, exit_code=None, message=reason)
+    return replace(status, message=reason or NO_REASON)
 
 
 def _stamp(value: Any) -> float | None:

@@ -327,7 +327,21 @@ class ArcBackend(Backend):
             return {}
         found = self._bulk("info", [r.remote_id for r in refs], f"reading the state of {len(refs)} job(s)")
         missing = RemoteStatus(RemoteState.UNKNOWN, "None", message="the CE did not answer for this job")
-        return {r.remote_id: api.status_of(found[r.remote_id]) if r.remote_id in found else missing for r in refs}
+        statuses = {r.remote_id: api.status_of(found[r.remote_id]) if r.remote_id in found else missing for r in refs}
+        for job_id, status in statuses.items():
+            if api.unexplained(status):
+                statuses[job_id] = api.explained(status, self._failure(job_id))
+        return statuses
+
+    def _failure(self, job_id: str) -> str:
+        """Why the CE failed a job, from its control folder (``diagnose/failed``); empty if it keeps none."""
+        try:
+            response = self._send(
+                "GET", self._url(f"jobs/{job_id}/diagnose/failed"), f"reading why job {job_id} failed"
+            )
+        except NotFoundError:
+            return ""
+        return response.text
 
     def cancel(self, ref: RemoteRef) -> None:
         entry = self._bulk("kill", [ref.remote_id], f"cancelling job {ref.remote_id}").get(ref.remote_id)

@@ -216,6 +216,30 @@ class Mirror:
                 if not todo:
                     self._record(rows, dirs)
                     return
+
+        def handle(target: Target, row: tuple | None, error: BaseException | None) -> BaseException | None:
+            """Account for one outcome; return an error that is not syncd's own, to be raised."""
+            if error is None and row is not None:
+                delivered(target, row)
+            elif isinstance(error, SyncdError):
+                report.failed.append((target.info.key, error))
+            else:
+                return error
+            return None
+
+        if min(storage.transfer_workers, len(todo)) <= 1:  # one at a time: no thread to start and switch to
+            for target in todo:
+                try:
+                    row = self._fetch_one(storage, bucket, target, names, made)
+                except SyncdError as exc:
+                    handle(target, None, exc)
+                    continue
+                except BaseException:
+                    self._record(rows, dirs)
+                    raise
+                handle(target, row, None)
+            self._record(rows, dirs)
+            return
         # Workers take targets from one list and leave outcomes in another; this thread wakes for a
         # batch or every PROGRESS_INTERVAL, not once per object (a future and a thread switch each).
         pending = iter(todo)
@@ -262,13 +286,9 @@ class Mirror:
                         arrived.wait(PROGRESS_INTERVAL)
                     batch, outcomes[:] = list(outcomes), []
                 handled += len(batch)
-                for target, row, error in batch:
-                    if error is None and row is not None:
-                        delivered(target, row)
-                    elif isinstance(error, SyncdError):
-                        report.failed.append((target.info.key, error))
-                    else:
-                        unexpected = unexpected or error
+                for target, fetched, error in batch:
+                    other = handle(target, fetched, error)
+                    unexpected = unexpected or other
         finally:  # never return (or raise) while a worker may still write into the destination
             stop.set()
             for worker in workers:

@@ -14,6 +14,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from syncd.config import Config, RetryPolicy
@@ -116,20 +117,27 @@ def upload(
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    rows = []
-    with ThreadPoolExecutor(max(1, min(storage.transfer_workers, len(todo) or 1))) as pool:
-        futures = {pool.submit(put, path, key): (path, key, st) for path, key, st in todo}
-        for future in as_completed(futures):
-            path, key, st = futures[future]
-            try:
-                info = future.result()
-            except SyncdError as exc:
-                report.failed.append((key, exc))
-                continue
-            rows.append((upload_index_key(storage, bucket, key), st.st_size, info.etag, st.st_mtime_ns))
-            report.fetched.append(key)
-            report.bytes += st.st_size
-            if on_done is not None:
-                on_done(key, st.st_size)
+    def outcome(path: Path, key: str, st: os.stat_result, result: Callable[[], ObjectInfo]) -> None:
+        try:
+            info = result()
+        except SyncdError as exc:
+            report.failed.append((key, exc))
+            return
+        rows.append((upload_index_key(storage, bucket, key), st.st_size, info.etag, st.st_mtime_ns))
+        report.fetched.append(key)
+        report.bytes += st.st_size
+        if on_done is not None:
+            on_done(key, st.st_size)
+
+    rows: list[tuple[str, int, str, int]] = []
+    workers = min(storage.transfer_workers, len(todo))
+    if workers <= 1:  # a thread of its own would only add a start and a switch per file
+        for path, key, st in todo:
+            outcome(path, key, st, partial(put, path, key))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(put, path, key): (path, key, st) for path, key, st in todo}
+            for future in as_completed(futures):
+                outcome(*futures[future], future.result)
     DeliveryIndex(store).record_many(rows)
     return report

@@ -205,6 +205,9 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # SQLite's busy handler sleeps for milliseconds when another connection holds the write lock; the
+        # daemon's own threads queue on this lock instead and take turns as soon as one commits.
+        self._writing = threading.RLock()
         #: why the last write failed, while the database cannot be written (None when it can)
         self.write_problem: str | None = None
         conn = self._conn()
@@ -241,21 +244,22 @@ class Store:
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         conn = conn or self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            # A failed COMMIT (SQLITE_FULL) may leave the transaction open, or SQLite may have rolled it
-            # back already; either way the connection must be usable for the next write.
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
-                raise self._unwritable(exc) from exc
-            raise
+        with self._writing:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # A failed COMMIT (SQLITE_FULL) may leave the transaction open, or SQLite may have rolled it
+                # back already; either way the connection must be usable for the next write.
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
+                    raise self._unwritable(exc) from exc
+                raise
         if self.write_problem is not None:
             self.write_problem = None
             logger.info("the state database {} accepts writes again; jobs resume", self.path)

@@ -227,18 +227,23 @@ class Mirror:
                 return error
             return None
 
-        if min(storage.transfer_workers, len(todo)) <= 1:  # one at a time: no thread to start and switch to
+        threads = storage.transfer_threads(len(todo), sum(target.info.size for target in todo))
+        if threads <= 1:  # one at a time: no thread to start and switch to
+            failure: BaseException | None = None
             for target in todo:
                 try:
                     row = self._fetch_one(storage, bucket, target, names, made)
-                except SyncdError as exc:
-                    handle(target, None, exc)
+                except Exception as exc:  # as from a worker: the others are still fetched, then it is raised
+                    other = handle(target, None, exc)
+                    failure = failure or other
                     continue
                 except BaseException:
                     self._record(rows, dirs)
                     raise
                 handle(target, row, None)
             self._record(rows, dirs)
+            if failure is not None:
+                raise failure
             return
         # Workers take targets from one list and leave outcomes in another; this thread wakes for a
         # batch or every PROGRESS_INTERVAL, not once per object (a future and a thread switch each).
@@ -270,10 +275,7 @@ class Mirror:
                     if len(outcomes) >= INDEX_BATCH or ended[0] == len(todo):
                         arrived.notify()
 
-        workers = [
-            threading.Thread(target=work, name=f"syncd-mirror-{n}")
-            for n in range(max(1, min(storage.transfer_workers, len(todo))))
-        ]
+        workers = [threading.Thread(target=work, name=f"syncd-mirror-{n}") for n in range(threads)]
         for worker in workers:
             worker.start()
         go.set()

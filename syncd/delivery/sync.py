@@ -130,7 +130,7 @@ def upload(
             on_done(key, st.st_size)
 
     rows: list[tuple[str, int, str, int]] = []
-    workers = min(storage.transfer_workers, len(todo))
+    workers = storage.transfer_threads(len(todo), sum(st.st_size for _, _, st in todo))
     if workers <= 1:  # a thread of its own would only add a start and a switch per file
         for path, key, st in todo:
             outcome(path, key, st, partial(put, path, key))

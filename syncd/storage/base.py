@@ -161,6 +161,10 @@ class Storage(ABC):
     #: How many objects a mirror may fetch at once from this storage.
     transfer_workers: int = 8
 
+    def transfer_threads(self, count: int, total_bytes: int) -> int:
+        """How many threads should move ``count`` objects of ``total_bytes`` together; 1 means the caller's."""
+        return max(1, min(self.transfer_workers, count))
+
     @abstractmethod
     def delete(self, bucket: str, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""

@@ -38,6 +38,10 @@ from syncd.errors import PermanentError, TransientError
 from syncd.fsutil import TMP_DIR, copy_verified, os_error, place_file
 from syncd.storage.base import ObjectInfo, Storage, check_key
 
+#: at most this many files, and bytes, are moved one after another in the caller's thread
+INLINE_FILES = 16
+INLINE_BYTES = 4 << 20
+
 
 class FileStorageOptions(StorageOptions):
     root: ConfigPath = Field(description="folder whose subfolders are the buckets")
@@ -58,6 +62,13 @@ class FileStorage(Storage):
     def __init__(self, name: str, options: FileStorageOptions):
         super().__init__(name, options)
         self._no_reflink: set[tuple[int, int]] = set()  # (source, destination) devices where a reflink failed
+
+    def transfer_threads(self, count: int, total_bytes: int) -> int:
+        # A job's handful of small files is copied or linked sooner than threads could be started and
+        # switched to; threads pay off on many files or large ones (a folder on a network drive).
+        if count <= INLINE_FILES and total_bytes <= INLINE_BYTES:
+            return 1
+        return super().transfer_threads(count, total_bytes)
 
     def _bucket_dir(self, bucket: str) -> Path:
         if not bucket or "/" in bucket or bucket.startswith(".") or "\x00" in bucket:

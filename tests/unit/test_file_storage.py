@@ -488,3 +488,9 @@ def test_base_presign_refuses_naming_the_storage_and_what_to_do(tmp_path):
         r"a backend whose service fetches inputs by URL needs an s3 storage",
     ):
         storage.presign("b", "k", "PUT", 60)
+
+
+def test_a_jobs_few_small_files_move_in_the_callers_thread_many_or_large_ones_in_threads(storage):
+    assert storage.transfer_threads(3, 10_000) == 1
+    assert storage.transfer_threads(200, 200_000) == storage.transfer_workers
+    assert storage.transfer_threads(2, 1 << 30) == 2

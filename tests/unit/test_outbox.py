@@ -535,8 +535,12 @@ def test_mirror_reports_each_object_and_records_the_index_in_batches(storage, st
     assert again.fetched == [] and len(again.skipped) == len(content), "every file was in the index"
 
 
-def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store):
+@pytest.mark.parametrize("threads", [1, 8], ids=["in-the-callers-thread", "in-threads"])
+def test_mirror_reports_a_failed_object_and_raises_a_bug(tmp_path, store, threads):
     class Failing(KeyListStorage):
+        def transfer_threads(self, count: int, total_bytes: int) -> int:
+            return min(threads, count)
+
         def get_file(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
             if key.endswith("bad"):
                 raise PermanentError("bad object")

@@ -50,6 +50,9 @@ def cannot_stop(support: CancelSupport, job: Job) -> str | None:
 class Requests(FailurePolicy):
     def handle_requests(self, job_id: str) -> None:
         job = self.store.get(job_id)
+        # A request is no transition: on a shared inbox it reaches the job's record before it is carried
+        # out, so a daemon that takes the job over carries it out if this one stops first.
+        self.share_job(job)
         if job.cancel_requested == CANCEL_REQUESTED:
             self._cancel(job)
         if self.store.get(job_id).retry_requested:

@@ -14,7 +14,7 @@ from syncd.engine.core import Engine
 from syncd.engine.takeover import job_record
 from syncd.service.daemon import build_storages, load
 from syncd.state.share import Handoffs
-from syncd.state.store import RUNNING, SUBMITTED, SUBMITTING, SUCCEEDED, TAKEN_OVER, Store
+from syncd.state.store import CANCELLED, RUNNING, SUBMITTED, SUBMITTING, SUCCEEDED, TAKEN_OVER, Store
 from tests.support.harness import make_config, make_job
 
 LEASE = {"enabled": True, "renew": "0.05s", "lease": "0.2s", "grace": "0.1s"}
@@ -199,3 +199,18 @@ def test_a_job_on_the_share_as_this_daemons_but_not_in_its_store_is_taken_at_its
     _tend_until([b], lambda: b.store.get(job_id).finished)
     assert b.store.get(job_id).outcome == SUCCEEDED and (len(service.jobs), service.runs) == (1, 1)
     assert _records(b) == []
+
+
+def test_a_cancel_asked_of_a_daemon_that_stops_before_carrying_it_out_is_carried_out_by_the_taker(site, monkeypatch):
+    make, service = site
+    a, b = make("a"), make("b")
+    job_id = _claim(a, "job", {"command": "sleep 30; echo hi > out.txt"})
+    _tend_until([a], lambda: a.store.get(job_id).state in (SUBMITTED, RUNNING))
+    a.store.request(job_id, "cancel")  # `syncd cancel` on a's host
+    monkeypatch.setattr(a, "_cancel", lambda job: None)  # a stops before the service hears of it
+    a.handle_requests(job_id)
+    record = Handoffs(a.spools["default"].root).read(job_id, "a.1")
+    assert record is not None and record[1]["cancel_requested"] == 1, "the request is on the share first"
+    _tend_until([b], lambda: b.store.has(job_id) and b.store.get(job_id).finished)
+    assert b.store.get(job_id).outcome == CANCELLED
+    assert (len(service.jobs), service.runs) == (1, 1), "followed and cancelled, never submitted again"

@@ -6,6 +6,7 @@ ETags included."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import zlib
 
@@ -109,4 +110,101 @@ def test_a_local_file_is_recognised_by_a_multipart_etag_of_syncd_or_of_another_t
     changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert not storage.same_content(listed["own.bin"], changed), "one byte differs: download it"
     assert not storage.same_content(listed["cli.bin"], tmp_path / "local.bin.missing")
+    storage.close()
+
+
+def test_a_multipart_upload_carries_its_sha256_as_a_tag_and_a_download_checks_it(server, tmp_path):
+    bucket = server.new_bucket("tag")
+    data = os.urandom((12 << 20) + 333)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    storage = make_storage(server, part_size="5MiB")
+    put = storage.put_file(bucket, "job/big.bin", source)
+    sha = hashlib.sha256(data).hexdigest()
+    assert put.etag.endswith("-3") and put.checksum == f"sha256:{sha}"
+    client = server.client()  # the official SDK reads what syncd left: metadata says where, the tag holds it
+    assert client.head_object(Bucket=bucket, Key="job/big.bin")["Metadata"] == {"sha256-in": "tagging"}
+    assert client.get_object_tagging(Bucket=bucket, Key="job/big.bin")["TagSet"] == [{"Key": "sha256", "Value": sha}]
+    whole = make_storage(server, part_size="64MiB")  # one stream, hashed as it arrives
+    for reader, name in ((storage, "ranged"), (whole, "whole")):
+        head = reader.head(bucket, "job/big.bin")
+        assert head is not None and head.checksum == f"sha256:{sha}"
+        got = reader.fetch(bucket, "job/big.bin", tmp_path / name, head)
+        assert got.checksum == f"sha256:{sha}" and (tmp_path / name).read_bytes() == data
+    client.put_object_tagging(
+        Bucket=bucket, Key="job/big.bin", Tagging={"TagSet": [{"Key": "sha256", "Value": "0" * 64}]}
+    )
+    for reader, name in ((storage, "ranged"), (whole, "whole")):
+        with pytest.raises(TransientError, match="does not match its sha256 checksum"):
+            reader.fetch(bucket, "job/big.bin", tmp_path / f"{name}-2")
+    host, port = server.endpoint.rsplit("//", 1)[1].split(":")
+    with S3Front((host, int(port)), refuse=lambda method, path: method == "GET" and "tagging" in path) as no_tags:
+        reader = make_storage(server, endpoint=no_tags.endpoint, part_size="5MiB")  # may not read tags
+        got = reader.fetch(bucket, "job/big.bin", tmp_path / "untold")
+        assert got.checksum is None and (tmp_path / "untold").read_bytes() == data and no_tags.refused
+        reader.close()
+    client.delete_object_tagging(Bucket=bucket, Key="job/big.bin")  # as after a crash before the tag was set
+    for reader, name in ((storage, "ranged"), (whole, "whole")):
+        got = reader.fetch(bucket, "job/big.bin", tmp_path / f"{name}-3")
+        assert got.checksum is None and (tmp_path / f"{name}-3").read_bytes() == data
+    storage.close()
+    whole.close()
+
+
+def test_a_copy_of_a_tagged_object_keeps_its_sha256(seaweedfs, tmp_path):
+    bucket = seaweedfs.new_bucket("tagcopy")
+    data = os.urandom((11 << 20) + 5)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    sha = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    storage = make_storage(seaweedfs, part_size="5MiB")
+    storage.put_file(bucket, "a.bin", source)
+    assert storage.copy(bucket, "a.bin", bucket, "whole.bin").checksum == sha  # one CopyObject
+    in_parts = make_storage(seaweedfs, part_size="5MiB", copy_part_threshold="6MiB", copy_part_size="5MiB")
+    assert in_parts.copy(bucket, "a.bin", bucket, "parts.bin").checksum == sha  # UploadPartCopy parts
+    for key in ("whole.bin", "parts.bin"):
+        assert storage.fetch(bucket, key, tmp_path / key).checksum == sha
+        assert (tmp_path / key).read_bytes() == data
+    storage.close()
+    in_parts.close()
+
+
+def test_a_server_that_refuses_tags_gets_the_sha256_in_metadata_instead(seaweedfs, tmp_path):
+    bucket = seaweedfs.new_bucket("notag")
+    data = os.urandom((10 << 20) + 7)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
+    with S3Front((host, int(port)), refuse=lambda method, path: "tagging" in path) as untagged:
+        storage = make_storage(seaweedfs, endpoint=untagged.endpoint, part_size="5MiB")
+        for key in ("first.bin", "second.bin"):
+            put = storage.put_file(bucket, key, source)
+            assert put.checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
+            metadata = seaweedfs.client().head_object(Bucket=bucket, Key=key)["Metadata"]
+            assert metadata == {"sha256": hashlib.sha256(data).hexdigest()}
+            assert storage.fetch(bucket, key, tmp_path / key).checksum == put.checksum
+        assert untagged.refused == [f"PUT /{bucket}/first.bin?tagging"], "refused once, then never asked again"
+        storage.close()
+
+
+def test_a_file_that_changes_while_its_parts_go_up_is_sent_again(seaweedfs, tmp_path, monkeypatch):
+    bucket = seaweedfs.new_bucket("changing")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(11 << 20))
+    storage = make_storage(seaweedfs, part_size="5MiB")
+    client = storage._boto()
+    real_upload = client.upload_file
+
+    def upload_then_append(*args, **kwargs):
+        real_upload(*args, **kwargs)
+        with open(source, "ab") as more:  # the writer was still at work
+            more.write(b"tail")
+
+    monkeypatch.setattr(client, "upload_file", upload_then_append)
+    with pytest.raises(TransientError, match="changed while it was being sent"):
+        storage.put_file(bucket, "big.bin", source)
+    monkeypatch.undo()
+    put = storage.put_file(bucket, "big.bin", source)
+    assert put.checksum == f"sha256:{hashlib.sha256(source.read_bytes()).hexdigest()}"
+    assert storage.fetch(bucket, "big.bin", tmp_path / "back").size == source.stat().st_size
     storage.close()

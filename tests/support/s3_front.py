@@ -1,6 +1,7 @@
 """A front for a real S3 server that passes each request on byte for byte (its Host and signature unchanged) and can
 act as AWS does for a bucket in another region (``home``: a request signed for any other region gets
-``301 PermanentRedirect`` with ``x-amz-bucket-region``) or damage the bodies of answers (``alter``)."""
+``301 PermanentRedirect`` with ``x-amz-bucket-region``), damage the bodies of answers (``alter``), or answer
+``501 NotImplemented`` as a server without some feature does (``refuse``)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ class S3Front:
         upstream: tuple[str, int],
         home: str | None = None,
         alter: Callable[[str, str, bytes], bytes] | None = None,  # (method, path, body) → the body sent on
+        refuse: Callable[[str, str], bool] | None = None,  # (method, path) → answer 501 NotImplemented
     ):
         self.home = home
         self.alter = alter
+        self.refuse = refuse
+        self.refused: list[str] = []  # "METHOD path" of each request it refused
         self.redirected: list[str] = []  # the region of each request it redirected
         self.passed: list[str] = []
         router = self
@@ -51,6 +55,15 @@ class S3Front:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(payload)
+                    return
+                if router.refuse is not None and router.refuse(self.command, self.path):
+                    router.refused.append(f"{self.command} {self.path}")
+                    payload = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code></Error>"
+                    self.send_response(501)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
                     return
                 router.passed.append(region)
                 connection = http.client.HTTPConnection(*upstream, timeout=30)

@@ -37,6 +37,7 @@ from tests.support.harness import wait_for
         (500, "InternalError", TransientError, "answered 500 InternalError"),
         (412, "PreconditionFailed", TransientError, "answered 412 PreconditionFailed"),
         (400, "InvalidArgument", PermanentError, "refused the request"),
+        (501, "NotImplemented", PermanentError, "does not implement this request"),
     ],
 )
 def test_classify_status_names_the_object_and_the_fix(status, code, kind, fragment):

@@ -99,6 +99,11 @@ def classify_status(
         )
     if code == "NoSuchKey" or status == 404:
         return PermanentError(f"{where}: the object does not exist at {endpoint}")
+    if code == "NotImplemented" or status == 501:
+        return PermanentError(
+            f"{where}: the S3 server at {endpoint} does not implement this request ({code or status}); "
+            f"use a server that does, or a storage option that avoids it"
+        )
     if code in TRANSIENT_CODES or status in (408, 412, 429) or status >= 500:
         hint = float(retry_after) if retry_after and retry_after.isdigit() else None
         return TransientError(

@@ -11,10 +11,13 @@ Copies stay on the server: CopyObject up to ``copy_part_threshold`` (5 GiB, the 
 CopyObject may copy), above it a multipart upload of UploadPartCopy parts. Presigned URLs
 (:meth:`S3Storage.presign`) come from botocore's SigV4 presigner on the same client.
 
-Integrity: uploads send Content-MD5 (the server refuses a corrupted body) and
-store the SHA-256 of the content as object metadata ``sha256``. Downloads verify
-that SHA-256 when present, else the MD5 of a single-part ETag, else the size;
-ranged downloads send ``If-Match`` so parts of two versions are never mixed.
+Integrity: uploads store the SHA-256 of the content. A single-part upload sends Content-MD5 (the
+server refuses a corrupted body) and puts the SHA-256 in the object's metadata ``sha256``; a
+multipart upload hashes the file while its parts go up and attaches the SHA-256 as the object's
+tag ``sha256`` (its metadata ``sha256-in: tagging`` says so), since metadata must be known before
+the first part. Downloads verify that SHA-256 when present, else the server's full-object checksum,
+else the MD5 of a single-part ETag, else the size; ranged downloads send ``If-Match`` so parts of two
+versions are never mixed.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import os
 import re
 import ssl
 import threading
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlencode
 
 from pydantic import Field, PositiveInt, SecretStr
 
@@ -49,6 +54,8 @@ CHUNK = 1024 * 1024
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 SHA256_META = "sha256"
+#: metadata of an object whose SHA-256 is its ``sha256`` tag instead (multipart uploads: see ``_upload_parts``)
+SHA256_WHERE = "sha256-in"
 #: the longest a SigV4 presigned URL may last
 PRESIGN_MAX = 7 * 24 * 3600
 #: the most parts one multipart upload may have
@@ -166,10 +173,11 @@ class Check:
         return self.digest.hexdigest()
 
 
-def _check_for(headers: Headers, etag: str, md5_etag: bool) -> Check | None:
-    """How to check an object's content: syncd's stored SHA-256, else the server's full-object checksum (a
-    composite one, ``…-N``, would need the part sizes), else a single-part ETag's MD5, else nothing (size only)."""
-    sha = headers.get(f"x-amz-meta-{SHA256_META}")
+def _check_for(headers: Headers, etag: str, md5_etag: bool, sha: str | None = None) -> Check | None:
+    """How to check an object's content: syncd's SHA-256 (``sha``, else from the metadata), else the server's
+    full-object checksum (a composite one, ``…-N``, would need the part sizes), else a single-part ETag's MD5,
+    else nothing (size only)."""
+    sha = sha or headers.get(f"x-amz-meta-{SHA256_META}")
     if sha:
         return Check(hashlib.sha256(), sha)
     for name, header in SERVER_CHECKSUMS:
@@ -207,6 +215,48 @@ def _chunks(response, size: int) -> Iterator[memoryview]:
 def _hash_file(path: Path, algorithm: str) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+class _BackgroundDigest:
+    """The SHA-256 of a file, computed in a thread of its own (hashlib lets go of the interpreter lock)."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._sha: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="s3-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._sha = _hash_file(self._path, "sha256")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._sha is not None
+        return self._sha
+
+
+def parse_tag(body: bytes, name: str) -> str | None:
+    """The value of tag ``name`` in a GetObjectTagging answer, if it has that tag."""
+    for tag in ET.fromstring(body).iter():
+        if tag.tag.rsplit("}", 1)[-1] == "Tag":
+            fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in tag}
+            if fields.get("Key") == name:
+                return fields.get("Value")
+    return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the server refused a tagging request as something it does not do or allow."""
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code in ("NotImplemented", "MethodNotAllowed", "AccessDenied") or status in (403, 405, 501)
 
 
 class _Slots:
@@ -248,6 +298,7 @@ class S3Storage(Storage):
         self._session: Any = None  # botocore's session, when credentials come from its chain
         self._trust: str | None = None  # the CA file both halves trust (None: the system's store)
         self._parts: ThreadPoolExecutor | None = None
+        self._tagging = True  # until the server refuses a tag
         # Small-object batches run on their own sockets; together they stay within max_connections.
         self._batch_slots = _Slots(options.max_connections)
 
@@ -397,7 +448,10 @@ class S3Storage(Storage):
         if response.status == 404:
             return None
         headers = response.headers
-        sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        try:
+            sha = self._tagged_sha(http, bucket, key, headers)
+        except Exception as exc:
+            raise self._fail(exc, bucket, key) from None
         modified = headers.get("Last-Modified")
         return ObjectInfo(
             key,
@@ -433,18 +487,7 @@ class S3Storage(Storage):
                 }
                 response = http.request("PUT", bucket, key, headers=headers, body=data)
                 return ObjectInfo(key, len(data), _etag(response.headers.get("ETag")), checksum=f"sha256:{sha}")
-            from boto3.s3.transfer import TransferConfig
-
-            sha = _hash_file(source, "sha256")
-            config = TransferConfig(
-                multipart_threshold=self.options.part_size,
-                multipart_chunksize=self.options.part_size,
-                max_concurrency=self.options.part_workers,
-                use_threads=True,
-            )
-            self._boto().upload_file(
-                str(source), bucket, key, Config=config, ExtraArgs={"Metadata": {SHA256_META: sha}}
-            )
+            sha = self._upload_parts(source, bucket, key)
         except FileNotFoundError as exc:
             raise PermanentError(f"uploading {source} to {bucket}/{key}: the file does not exist") from exc
         except SyncdError:
@@ -457,7 +500,63 @@ class S3Storage(Storage):
         info = self.head(bucket, key)
         if info is None or info.size != size:
             raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object")
-        return info
+        return info if info.checksum else replace(info, checksum=f"sha256:{sha}")
+
+    def _upload_parts(self, source: Path, bucket: str, key: str) -> str:
+        """A multipart upload (boto3's), with the file's SHA-256 computed while the parts go up and then
+        attached as the object's ``sha256`` tag; the object's metadata says so (``sha256-in: tagging``).
+
+        Metadata has to be known when the upload is created, so storing the digest there would mean reading
+        the whole file once before sending a byte. A server that refuses tags gets, from then on, that first
+        pass and the digest in metadata (this object is sent again that way). Returns the SHA-256.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self.options.part_size,
+            multipart_chunksize=self.options.part_size,
+            max_concurrency=self.options.part_workers,
+            use_threads=True,
+        )
+        client = self._boto()
+        if not self._tagging:
+            sha = _hash_file(source, "sha256")
+            client.upload_file(str(source), bucket, key, Config=config, ExtraArgs={"Metadata": {SHA256_META: sha}})
+            return sha
+        before = source.stat()
+        digest = _BackgroundDigest(source)
+        try:
+            client.upload_file(
+                str(source), bucket, key, Config=config, ExtraArgs={"Metadata": {SHA256_WHERE: "tagging"}}
+            )
+        finally:
+            sha = digest.result()
+        after = source.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise TransientError(
+                f"uploading {source} to {bucket}/{key}: the file changed while it was being sent; syncd sends it again"
+            )
+        try:
+            client.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": SHA256_META, "Value": sha}]})
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            self._tagging = False  # this server keeps no tags: the digest goes into metadata instead
+            return self._upload_parts(source, bucket, key)
+        return sha
+
+    def _tagged_sha(self, http: SignedHttp, bucket: str, key: str, headers: Headers) -> str | None:
+        """The SHA-256 of an object: from its metadata, or from its tag when its metadata says it is there
+        (a tag a crash kept from being set, one a user removed, or one this reader may not read leaves the
+        object checked by size)."""
+        sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        if sha or headers.get(f"x-amz-meta-{SHA256_WHERE}") != "tagging":
+            return sha
+        try:
+            answer = http.request("GET", bucket, key, query={"tagging": ""}, missing_ok=True)
+        except (AuthError, PermanentError):  # tags this reader may not read, or a server without them
+            return None
+        return None if answer.status == 404 else parse_tag(answer.body, SHA256_META)
 
     # -- copy and presigned URLs ---------------------------------------------------------------
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> ObjectInfo:
@@ -508,11 +607,17 @@ class S3Storage(Storage):
         )
         part = max(self.options.copy_part_size, -(-source.size // MAX_PARTS))
         spans = [(start, min(start + part, source.size) - 1) for start in range(0, source.size, part)]
+        metadata = head.get("Metadata") or {}
+        tags = {}
+        if metadata.get(SHA256_WHERE) == "tagging":  # the SHA-256 travels with the copy (CopyObject copies tags)
+            answer = client.get_object_tagging(Bucket=copy_source["Bucket"], Key=copy_source["Key"])
+            tags = {"Tagging": urlencode({tag["Key"]: tag["Value"] for tag in answer.get("TagSet", [])})}
         upload_id = client.create_multipart_upload(
             Bucket=bucket,
             Key=key,
-            Metadata=head.get("Metadata") or {},
+            Metadata=metadata,
             ContentType=head.get("ContentType") or "application/octet-stream",
+            **tags,
         )["UploadId"]
         try:
 
@@ -614,22 +719,32 @@ class S3Storage(Storage):
         finally:
             self._batch_slots.give(taken)
 
-    def _digest_for(self, headers: Headers, etag: str | None = None) -> Check | None:
+    def _digest_for(self, headers: Headers, etag: str | None = None, sha: str | None = None) -> Check | None:
         """How to check an object's content (:func:`_check_for`). ``etag`` is the object's, when the caller knows
-        it better than ``headers`` do."""
+        it better than ``headers`` do; ``sha`` its SHA-256 when it came from its tag."""
         etag = etag or _etag(headers.get("ETag"))
-        return _check_for(headers, etag, self._md5_etag(etag, headers))
+        return _check_for(headers, etag, self._md5_etag(etag, headers), sha)
 
-    def _fetched(self, bucket: str, key: str, headers: Headers, size: int, expected_size: int, digest) -> ObjectInfo:
+    def _fetched(
+        self,
+        bucket: str,
+        key: str,
+        headers: Headers,
+        size: int,
+        expected_size: int,
+        digest,
+        sha: str | None = None,
+    ) -> ObjectInfo:
         etag = _etag(headers.get("ETag"))
-        expect_sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        expect_sha = sha or headers.get(f"x-amz-meta-{SHA256_META}")
         self._verify(bucket, key, size, expected_size, digest)
         return ObjectInfo(key, size, etag, checksum=f"sha256:{expect_sha}" if expect_sha else None)
 
     def _fetch_whole(self, http: SignedHttp, bucket: str, key: str, dest: Path, expected: ObjectInfo) -> ObjectInfo:
         response = http.request("GET", bucket, key, headers=_if_match(expected), stream=True)
         try:
-            digest = self._digest_for(response.headers)
+            sha = self._tagged_sha(http, bucket, key, response.headers)
+            digest = self._digest_for(response.headers, sha=sha)
             size = 0
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
@@ -642,7 +757,7 @@ class S3Storage(Storage):
                 os.close(fd)
         finally:
             response.release_conn()
-        return self._fetched(bucket, key, response.headers, size, expected.size, digest)
+        return self._fetched(bucket, key, response.headers, size, expected.size, digest, sha)
 
     def _part_pool(self) -> ThreadPoolExecutor:
         # Made on the first large object: importing concurrent.futures (and logging with it) is a few
@@ -697,11 +812,11 @@ class S3Storage(Storage):
         finally:
             os.close(fd)
         headers = headers_seen[0] if headers_seen else Headers()
-        expect_sha = headers.get(f"x-amz-meta-{SHA256_META}")
+        expect_sha = self._tagged_sha(http, bucket, key, headers)
         if not expect_sha and not _SINGLE_PART_ETAG.match(expected.etag):
             # a multipart object of another tool's: a ranged answer carries no full-object checksum, a HEAD does
             headers = http.request("HEAD", bucket, key, headers=_if_match(expected)).headers
-        digest = self._digest_for(headers, expected.etag)
+        digest = self._digest_for(headers, expected.etag, expect_sha)
         if digest is not None:  # a second pass, from the page cache: ranges arrive out of order
             with open(dest, "rb") as handle:
                 hashlib.file_digest(handle, lambda: digest)  # type: ignore[arg-type,return-value]

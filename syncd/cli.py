@@ -378,7 +378,7 @@ def logs(config_path: Path, job: str) -> None:
             candidate = outbox / f"syncd-{stream}.txt"
             streams[stream] = candidate if candidate.exists() else None
     if record.remote_id and not any(streams.values()):
-        backend = build_backends(config)[record.backend]
+        backend = build_backends(config, {record.backend})[record.backend]
         found = backend.logs(RemoteRef(record.remote_id, record.handle_data))
         streams = {"stdout": found.stdout, "stderr": found.stderr}
     for stream, path in streams.items():

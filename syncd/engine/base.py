@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -124,6 +125,10 @@ class EngineBase:
         self.transfers: dict[str, tuple[int, int, int, int]] = {}
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
         self._in_flight: set[str] = set()
+        self._holding: set[str] = set()  # polls and mirror passes under way (see holding)
+        #: backends and storages a reload replaced, each closed once the work under way when it was replaced
+        #: (steps by job id, polls, mirror passes) is done: that work may still be using it
+        self._retired: list[tuple[Any, set[str]]] = []
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()
         self._folder_lock = threading.Lock()
@@ -145,6 +150,55 @@ class EngineBase:
         self._shares: dict[str, Any] = {}  # inbox → its share (leases, handoff records): see engine.takeover
         for name, backend in self.backends.items():
             backend.watch(functools.partial(self.status_changed, name))
+
+    @contextlib.contextmanager
+    def holding(self, key: str) -> Iterator[None]:
+        """Mark work other than a job's step that may use a backend or storage for a while (``poll:<backend>``,
+        ``mirror:<name>``), so that one a reload replaces meanwhile is closed only after it."""
+        with self._lock:
+            self._holding.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding.discard(key)
+            self._done_with(key)
+
+    def retire(self, replaced: list[Any]) -> None:
+        """Close what a reload replaced once nothing started before the reload can still be using it."""
+        with self._lock:
+            waiting = self._in_flight | self._holding
+            if waiting and replaced:
+                self._retired.append((replaced, set(waiting)))
+                return
+        self._close(replaced)
+
+    def _done_with(self, key: str) -> None:
+        """Work ``key`` ended: close what was retired while it ran, once nothing else it waited for runs."""
+        ready: list[Any] = []
+        with self._lock:
+            for replaced, waiting in self._retired:
+                waiting.discard(key)
+                if not waiting:
+                    ready.extend(replaced)
+            self._retired = [(replaced, waiting) for replaced, waiting in self._retired if waiting]
+        self._close(ready)
+
+    def close_retired(self) -> None:
+        """Close whatever a reload replaced, whether or not work still holds it (at shutdown)."""
+        with self._lock:
+            left, self._retired = self._retired, []
+        self._close([item for replaced, _waiting in left for item in replaced])
+
+    @staticmethod
+    def _close(replaced: list[Any]) -> None:
+        for item in replaced:
+            try:
+                item.close()
+            except Exception as exc:  # noqa: BLE001 - a replaced part that fails to close must not stop the rest
+                logger.warning(
+                    "closing {} '{}', which a reload replaced, failed: {}", type(item).__name__, item.name, exc
+                )
 
     def status_changed(self, backend: str, remote_id: str) -> None:
         """A backend's hint that a job's status may have changed: poll it at once (see Backend.watch)."""

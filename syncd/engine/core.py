@@ -69,6 +69,12 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
             self.spools[inbox.name].prepare()
             self.outboxes[inbox.name].root.mkdir(parents=True, exist_ok=True)
         self._inboxes.update({inbox.name: inbox for inbox in config.inboxes})
+        replaced = [
+            getattr(self.backends[name], "unwrapped", self.backends[name]) for name in backends if name in self.backends
+        ]
+        replaced += [
+            getattr(self.storages[name], "unwrapped", self.storages[name]) for name in storages if name in self.storages
+        ]
         self.backends.update({name: self._guard("backend", name, b) for name, b in backends.items()})
         for name, backend in backends.items():
             backend.watch(functools.partial(self.status_changed, name))
@@ -76,6 +82,7 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
         self._probed.clear()
         self.config = config
         self.open_new_shares()
+        self.retire(replaced)
 
     def prepare(self) -> None:
         """Create folders, clear temporary files, finish claims a crash interrupted."""
@@ -135,6 +142,7 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
             finally:
                 with self._lock:
                     self._in_flight.discard(job_id)
+                self._done_with(job_id)
                 self.wake()  # a worker is free: jobs the last pump had no room for can go
 
         try:

@@ -55,7 +55,8 @@ class Polling(FailurePolicy):
             try:
                 with self._lock:
                     self._poll_again.discard(name)
-                self._poll_once(name)
+                with self.holding(f"poll:{name}"):
+                    self._poll_once(name)
             finally:
                 lock.release()
             with self._lock:

@@ -15,7 +15,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,14 +62,19 @@ def load(config_path: Path | str, env: dict[str, str] | None = None) -> Config:
     return load_config(config_path, plugins.options_model, env=env)
 
 
-def build_storages(config: Config) -> dict[str, Storage]:
-    return {name: plugins.load("storage", opts.type)(name, opts) for name, opts in config.storage_options.items()}
+def build_storages(config: Config, only: Collection[str] | None = None) -> dict[str, Storage]:
+    return {
+        name: plugins.load("storage", opts.type)(name, opts)
+        for name, opts in config.storage_options.items()
+        if only is None or name in only
+    }
 
 
-def build_backends(config: Config) -> dict[str, Backend]:
+def build_backends(config: Config, only: Collection[str] | None = None) -> dict[str, Backend]:
     return {
         name: plugins.load("backend", opts.type)(name, opts, config.state_dir / "backends" / name)
         for name, opts in config.backend_options.items()
+        if only is None or name in only
     }
 
 
@@ -339,7 +344,8 @@ class Daemon:
     def _mirror_pass(self, mirror: MirrorConfig, storage: Storage) -> None:
         announce = mirror.name not in self._announced
         self._announced.add(mirror.name)
-        run_standing_mirror(mirror, storage, self.store, self.config.retry, announce=announce)
+        with self.engine.holding(f"mirror:{mirror.name}"):  # a reload that replaces the storage waits for it
+            run_standing_mirror(mirror, storage, self.store, self.config.retry, announce=announce)
 
     def _serve_http(self) -> None:
         http = self.config.http
@@ -450,8 +456,8 @@ class Daemon:
         new_inboxes = {inbox.name: inbox for inbox in new.inboxes}
         changed_backends = {n for n, o in new.backend_options.items() if self.config.backend_options.get(n) != o}
         changed_storages = {n for n, o in new.storage_options.items() if self.config.storage_options.get(n) != o}
-        backends = {n: b for n, b in build_backends(new).items() if n in changed_backends}
-        storages = {n: st for n, st in build_storages(new).items() if n in changed_storages}
+        backends = build_backends(new, changed_backends)
+        storages = build_storages(new, changed_storages)
         self.engine.reconfigure(new, backends, storages)
         for name in old_inboxes.keys() - new_inboxes.keys():
             self._unwatch(name)
@@ -496,6 +502,8 @@ class Daemon:
         drained = self._engine.stop(DRAIN_SECONDS) if self._engine is not None else True
         if not drained:
             logger.warning("some steps were still running after {}s; they resume at next start", DRAIN_SECONDS)
+        if self._engine is not None and drained:
+            self._engine.close_retired()
         if self._store is not None and drained:
             self._store.close()
         logger.info("stopped")

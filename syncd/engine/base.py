@@ -135,6 +135,7 @@ class EngineBase:
         self._stopping = threading.Event()
         self._cancel_tries: dict[str, int] = {}  # job → failed cancel requests in a row (backoff)
         self._cancel_retry_at: dict[str, float] = {}
+        self._requests_shared: dict[str, tuple[int, int]] = {}  # job → the requests its handoff record holds
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
         self._markers_checked = 0.0
         self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)

@@ -51,12 +51,20 @@ class Requests(FailurePolicy):
     def handle_requests(self, job_id: str) -> None:
         job = self.store.get(job_id)
         # A request is no transition: on a shared inbox it reaches the job's record before it is carried
-        # out, so a daemon that takes the job over carries it out if this one stops first.
-        self.share_job(job)
+        # out, so a daemon that takes the job over carries it out if this one stops first. Once per request:
+        # one that waits (a paused backend, a backoff) comes round at every pass.
+        asked = (job.cancel_requested, job.retry_requested)
+        if self._requests_shared.get(job_id) != asked:
+            self.share_job(job)
+            self._requests_shared[job_id] = asked
         if job.cancel_requested == CANCEL_REQUESTED:
             self._cancel(job)
-        if self.store.get(job_id).retry_requested:
-            self._retry(self.store.get(job_id))
+        after = self.store.get(job_id)
+        if after.retry_requested:
+            self._retry(after)
+            after = self.store.get(job_id)
+        if after.cancel_requested != CANCEL_REQUESTED and not after.retry_requested:
+            self._requests_shared.pop(job_id, None)
 
     def _cancel(self, job: Job) -> None:
         log = job_logger(job)

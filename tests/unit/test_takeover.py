@@ -12,6 +12,7 @@ import yaml
 from syncd.backends.memory import MemoryBackend, MemoryService
 from syncd.engine.core import Engine
 from syncd.engine.takeover import job_record
+from syncd.errors import TransientError
 from syncd.service.daemon import build_storages, load
 from syncd.state.share import Handoffs
 from syncd.state.store import CANCELLED, RUNNING, SUBMITTED, SUBMITTING, SUCCEEDED, TAKEN_OVER, Store
@@ -214,3 +215,22 @@ def test_a_cancel_asked_of_a_daemon_that_stops_before_carrying_it_out_is_carried
     _tend_until([b], lambda: b.store.has(job_id) and b.store.get(job_id).finished)
     assert b.store.get(job_id).outcome == CANCELLED
     assert (len(service.jobs), service.runs) == (1, 1), "followed and cancelled, never submitted again"
+
+
+def test_a_cancel_that_waits_on_a_backoff_reaches_the_handoff_record_once_not_at_every_pass(site):
+    make, service = site
+    a = make("a")
+    job_id = _claim(a, "job", {"command": "sleep 30; echo hi > out.txt"})
+    _tend_until([a], lambda: a.store.get(job_id).state in (SUBMITTED, RUNNING))
+    service.fail_next(TransientError("the service is busy"), times=1)
+    a.store.request(job_id, "cancel")
+    a.handle_requests(job_id)  # the cancel request fails: it is tried again after a backoff
+    handoffs = Handoffs(a.spools["default"].root)
+    record = handoffs.read(job_id, "a.1")
+    assert record is not None and record[1]["cancel_requested"] == 1
+    written = handoffs.path(job_id, "a.1").stat().st_ino  # each write is a new file renamed into place
+    for _ in range(5):
+        a.handle_requests(job_id)
+    assert handoffs.path(job_id, "a.1").stat().st_ino == written, "the waiting request was written again"
+    _tend_until([a], lambda: a.store.get(job_id).finished, timeout=20)
+    assert a.store.get(job_id).outcome == CANCELLED

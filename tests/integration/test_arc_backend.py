@@ -7,7 +7,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import requests
@@ -15,6 +15,7 @@ import requests
 from syncd.backends.arc import ArcBackend, ArcOptions, api
 from syncd.backends.base import RemoteRef, RemoteState, StagingArea
 from syncd.errors import AuthError, TransientError
+from syncd.storage.file import FileStorage
 from tests.conformance.harness import Harness
 from tests.integration.conftest import make_storage
 from tests.support.arc import ArcSite
@@ -165,9 +166,9 @@ class RecordingUploads(ArcBackend):
         return super()._send(method, url, what, **kw)
 
 
-def storage_backend(site: ArcSite, server, tmp_path, spec_of):
+def storage_backend(site: ArcSite, server, tmp_path, spec_of, **overrides):
     """A backend with ``inputs: storage``, a harness, and a spec whose staging area is in a new bucket."""
-    backend, harness = backend_for(site, tmp_path, inputs="storage")
+    backend, harness = backend_for(site, tmp_path, inputs="storage", **overrides)
     recording = RecordingUploads("arc", backend.options, tmp_path / "work")
     harness = replace(harness, backend=recording)
     storage = make_storage(server)
@@ -196,14 +197,33 @@ def test_inputs_from_the_inbox_storage_are_fetched_by_the_job_not_uploaded_throu
 
 @pytest.mark.s3
 def test_an_input_gone_from_the_storage_fails_the_job_with_its_name(arc_site, seaweedfs, tmp_path):
-    backend, harness, spec = storage_backend(arc_site, seaweedfs, tmp_path, lambda h: h.spec("cat data.txt"))
+    backend, harness, spec = storage_backend(
+        arc_site, seaweedfs, tmp_path, lambda h: h.spec("cat data.txt"), input_url_expiry="2h"
+    )
     harness.stage(spec, {"data.txt": b"soon gone\n"})
+    (url,) = [p.read_text() for p in (tmp_path / "work").rglob("*.url")]
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["7200"], "the URL lives as input_url_expiry says"
     spec.staging.storage.delete(spec.staging.bucket, spec.staging.input_key("data.txt"))
     ref = backend.submit(spec)
     status = harness.wait(ref)
     assert (status.state, status.exit_code) == (RemoteState.FAILED, 121)
     logs = backend.logs(ref)
     assert logs.stderr is not None and "cannot fetch input data.txt" in logs.stderr.read_text()
+
+
+@pytest.mark.s3
+def test_inputs_auto_fetches_from_an_s3_storage_and_uploads_from_a_folder_storage(arc_site, seaweedfs, tmp_path):
+    backend, harness = backend_for(arc_site, tmp_path, inputs="auto")
+    storage = make_storage(seaweedfs)
+    folders = FileStorage("folder", FileStorage.options_model.model_validate({"type": "file", "root": str(tmp_path)}))
+    for name, staging_storage, by_url in (("s3", storage, True), ("folder", folders, False)):
+        spec = harness.spec("cat data.txt")
+        spec = replace(spec, staging=StagingArea.for_job(staging_storage, f"auto-{name}", "lab", spec.job_id))
+        harness.stage(spec, {"data.txt": b"auto\n"})
+        work = tmp_path / "work" / spec.submit_key
+        assert bool(list(work.rglob("*.url"))) is by_url, f"{name}: inputs fetched by URL only from S3"
+        assert (next(work.rglob("data.txt"), None) is None) is by_url, f"{name}: uploaded through the CE otherwise"
+    storage.close()
 
 
 @pytest.mark.s3

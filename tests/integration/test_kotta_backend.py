@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_unchanged_inputs_are_not_uploaded_twice(kotta_service, tmp_path):
 
 
 def test_inputs_come_from_the_inbox_storage_by_presigned_url(kotta_service, seaweedfs, tmp_path):
-    backend, harness, _ = backend_for(kotta_service, tmp_path, inputs="storage")
+    backend, harness, _ = backend_for(kotta_service, tmp_path, inputs="storage", input_url_expiry="2h")
     assert backend.capabilities.stages_to_storage
     storage = make_storage(seaweedfs)
     bucket = seaweedfs.new_bucket("kotta-in")
@@ -114,6 +115,11 @@ def test_inputs_come_from_the_inbox_storage_by_presigned_url(kotta_service, seaw
         if spec.submit_key in k["Key"]
     ]
     assert [k.rsplit("/", 1)[1] for k in uploaded] == ["syncd-control.tar"], "only the control archive"
+    archive = seaweedfs.client().get_object(Bucket=BUCKET, Key=uploaded[0])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.startswith("control/fetch/")]
+        url = tar.extractfile(member).read().decode()
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["7200"], "the URL lives as input_url_expiry says"
 
 
 def test_an_expired_access_token_with_a_refresh_token_submits_and_polls_job_by_job(kotta_service, tmp_path):

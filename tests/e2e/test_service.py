@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from syncd.state.store import Store
-from tests.support.harness import SYNCD, SyncdProcess, drop_job, wait_for
+from tests.support.harness import SYNCD, SyncdProcess, drop_job, runner_launchers, wait_for
 from tests.support.harness import http_get as _get
 from tests.support.harness import http_port as _http_port
 
@@ -169,48 +169,29 @@ def test_reload_adds_an_inbox_refuses_a_bad_config_and_leaves_running_jobs_alone
     assert f"inbox second: stopped watching {daemon.root / 'inbox2'}" in daemon.log()
 
 
-def _launchers(daemon_pid: int) -> list[int]:
-    """The daemon's runner launchers: its children running ``local_runner.py --serve``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                arguments = cmdline.read().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == daemon_pid and b"--serve" in arguments and any(a.endswith(b"local_runner.py") for a in arguments):
-            found.append(int(entry))
-    return found
-
-
 def test_a_reload_that_changes_the_local_backend_ends_the_old_ones_launcher(daemon):
     drop_job(daemon.inbox, "first", {"command": "true"})
     assert daemon.result("first")["state"] == "succeeded"
-    (old,) = _launchers(daemon.proc.pid)
+    (old,) = runner_launchers(daemon.proc.pid)
     drop_job(daemon.inbox, "long", {"command": "sleep 2; echo done > done.txt"})
     wait_for(lambda: "submitted to backend" in daemon.log().split("long", 1)[-1], what="the long job's submission")
     _edit_config(daemon.config, lambda c: c["backends"]["local"].update(max_parallel=7))
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "1 backend(s) changed" in daemon.log(), what="the reload")
-    wait_for(lambda: old not in _launchers(daemon.proc.pid), what="the replaced backend's launcher to end")
+    wait_for(lambda: old not in runner_launchers(daemon.proc.pid), what="the replaced backend's launcher to end")
     drop_job(daemon.inbox, "after", {"command": "true"})
     assert daemon.result("after")["state"] == "succeeded"
-    (new,) = _launchers(daemon.proc.pid)
+    (new,) = runner_launchers(daemon.proc.pid)
     assert new != old
     assert daemon.result("long")["state"] == "succeeded", "a runner outlives the launcher that started it"
-    for _ in range(3):  # reloads that change it again leave one launcher, not one more each time
-        _edit_config(
-            daemon.config,
-            lambda c: c["backends"]["local"].update(max_parallel=c["backends"]["local"]["max_parallel"] - 1),
-        )
+    for n in range(3):  # reloads that change it again leave one launcher, not one more each time
+        _edit_config(daemon.config, lambda c, parallel=6 - n: c["backends"]["local"].update(max_parallel=parallel))
         daemon.proc.send_signal(signal.SIGHUP)
-        drop_job(daemon.inbox, f"again-{_}", {"command": "true"})
-        assert daemon.result(f"again-{_}")["state"] == "succeeded"
-    wait_for(lambda: len(_launchers(daemon.proc.pid)) == 1, what="one launcher left")
+        reloads = 2 + n
+        wait_for(lambda r=reloads: daemon.log().count("1 backend(s) changed") == r, what=f"reload {reloads}")
+        drop_job(daemon.inbox, f"again-{n}", {"command": "true"})
+        assert daemon.result(f"again-{n}")["state"] == "succeeded"
+    wait_for(lambda: len(runner_launchers(daemon.proc.pid)) == 1, what="one launcher left")
 
 
 def test_journal_file_shows_an_in_flight_job_and_goes_away_when_it_ends(daemon):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from syncd.intake.observers import FolderEvents
-from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
+from tests.support.harness import SyncdProcess, drop_job, make_config, runner_launchers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,31 +57,15 @@ def test_a_job_that_lasts_has_its_journal_and_its_end_is_still_heard(slow_polls)
     wait_for(lambda: not journal.exists(), timeout=10, what="the journal to go once the job ended")
 
 
-def _launchers(daemon_pid: int) -> list[int]:
-    """The daemon's runner launchers (``local_runner.py --serve``)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == daemon_pid and b"--serve" in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def test_a_launcher_killed_between_jobs_is_started_again_and_no_job_is_lost(slow_polls):
     drop_job(slow_polls.inbox, "first", {"command": "echo 1 > out.txt"}, {".ready": ""})
     assert slow_polls.result("first", timeout=25)["state"] == "succeeded"
     assert slow_polls.proc is not None
-    launchers = _launchers(slow_polls.proc.pid)
+    launchers = runner_launchers(slow_polls.proc.pid)
     assert len(launchers) == 1, launchers
     os.kill(launchers[0], signal.SIGKILL)
     drop_job(slow_polls.inbox, "second", {"command": "echo 2 > out.txt"}, {".ready": ""})
     assert slow_polls.result("second", timeout=25)["state"] == "succeeded"
     assert (slow_polls.outbox / "results" / "second" / "out.txt").read_text() == "2\n"
-    again = _launchers(slow_polls.proc.pid)
+    again = runner_launchers(slow_polls.proc.pid)
     assert len(again) == 1 and again != launchers, (launchers, again)

@@ -113,11 +113,17 @@ def test_a_local_file_is_recognised_by_a_multipart_etag_of_syncd_or_of_another_t
     storage.close()
 
 
+def a_file(folder, size: int):
+    """A file of ``size`` random bytes in ``folder``, and its content."""
+    data = os.urandom(size)
+    source = folder / "big.bin"
+    source.write_bytes(data)
+    return source, data
+
+
 def test_a_multipart_upload_carries_its_sha256_as_a_tag_and_a_download_checks_it(server, tmp_path):
     bucket = server.new_bucket("tag")
-    data = os.urandom((12 << 20) + 333)
-    source = tmp_path / "big.bin"
-    source.write_bytes(data)
+    source, data = a_file(tmp_path, (12 << 20) + 333)
     storage = make_storage(server, part_size="5MiB")
     put = storage.put_file(bucket, "job/big.bin", source)
     sha = hashlib.sha256(data).hexdigest()
@@ -153,9 +159,7 @@ def test_a_multipart_upload_carries_its_sha256_as_a_tag_and_a_download_checks_it
 
 def test_a_copy_of_a_tagged_object_keeps_its_sha256(seaweedfs, tmp_path):
     bucket = seaweedfs.new_bucket("tagcopy")
-    data = os.urandom((11 << 20) + 5)
-    source = tmp_path / "big.bin"
-    source.write_bytes(data)
+    source, data = a_file(tmp_path, (11 << 20) + 5)
     sha = f"sha256:{hashlib.sha256(data).hexdigest()}"
     storage = make_storage(seaweedfs, part_size="5MiB")
     storage.put_file(bucket, "a.bin", source)
@@ -171,9 +175,7 @@ def test_a_copy_of_a_tagged_object_keeps_its_sha256(seaweedfs, tmp_path):
 
 def test_a_server_that_refuses_tags_gets_the_sha256_in_metadata_instead(seaweedfs, tmp_path):
     bucket = seaweedfs.new_bucket("notag")
-    data = os.urandom((10 << 20) + 7)
-    source = tmp_path / "big.bin"
-    source.write_bytes(data)
+    source, data = a_file(tmp_path, (10 << 20) + 7)
     host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
     with S3Front((host, int(port)), refuse=lambda method, path: "tagging" in path) as untagged:
         storage = make_storage(seaweedfs, endpoint=untagged.endpoint, part_size="5MiB")
@@ -189,8 +191,7 @@ def test_a_server_that_refuses_tags_gets_the_sha256_in_metadata_instead(seaweedf
 
 def test_a_file_that_changes_while_its_parts_go_up_is_sent_again(seaweedfs, tmp_path, monkeypatch):
     bucket = seaweedfs.new_bucket("changing")
-    source = tmp_path / "big.bin"
-    source.write_bytes(os.urandom(11 << 20))
+    source, _ = a_file(tmp_path, 11 << 20)
     storage = make_storage(seaweedfs, part_size="5MiB")
     client = storage._boto()
     real_upload = client.upload_file

@@ -218,3 +218,21 @@ class SyncdProcess:
         if check and done.returncode != 0:
             raise AssertionError(f"syncd {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done
+
+
+def runner_launchers(daemon_pid: int) -> list[int]:
+    """The daemon's runner launchers: its children running ``local_runner.py --serve``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                arguments = cmdline.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == daemon_pid and b"--serve" in arguments and any(a.endswith(b"local_runner.py") for a in arguments):
+            found.append(int(entry))
+    return found

@@ -51,6 +51,8 @@ def test_a_replaced_backend_is_closed_after_the_step_poll_or_mirror_pass_that_ma
     world.pump_until(lambda: world.job(job).state == "succeeded", engine=engine)
     wait_for(lambda: closed == [first], what="the old backend closed once its step ended")
     assert world.service.runs == 1, "the job ran once, submitted by the old backend's step"
+    wait_for(lambda: engine.busy == 0, what="the job's last step (finishing) to end")  # nothing pumps after this
+
 
     third = Recorded(world, closed)
     with engine.holding("mirror:standing"):

@@ -53,7 +53,6 @@ def test_a_replaced_backend_is_closed_after_the_step_poll_or_mirror_pass_that_ma
     assert world.service.runs == 1, "the job ran once, submitted by the old backend's step"
     wait_for(lambda: engine.busy == 0, what="the job's last step (finishing) to end")  # nothing pumps after this
 
-
     third = Recorded(world, closed)
     with engine.holding("mirror:standing"):
         engine.reconfigure(world.config, {"mem": third}, {})

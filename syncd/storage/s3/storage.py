@@ -440,6 +440,10 @@ class S3Storage(Storage):
             raise self._fail(exc, bucket, prefix) from None
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        return self._head(bucket, key)
+
+    def _head(self, bucket: str, key: str, tags: bool = True) -> ObjectInfo | None:
+        """The object's info; with ``tags``, its SHA-256 read from its tag when it keeps it there."""
         http = self._ready()
         try:
             response = http.request("HEAD", bucket, key, missing_ok=True)
@@ -449,7 +453,7 @@ class S3Storage(Storage):
             return None
         headers = response.headers
         try:
-            sha = self._tagged_sha(http, bucket, key, headers)
+            sha = self._tagged_sha(http, bucket, key, headers) if tags else headers.get(f"x-amz-meta-{SHA256_META}")
         except Exception as exc:
             raise self._fail(exc, bucket, key) from None
         modified = headers.get("Last-Modified")
@@ -497,7 +501,7 @@ class S3Storage(Storage):
             if type(exc).__name__ == "S3UploadFailedError":  # boto3's wrapper around the real failure
                 failure = exc.__cause__ or exc.__context__ or TransientError(f"{bucket}/{key}: {exc}")
             raise self._fail(failure, bucket, key) from None
-        info = self.head(bucket, key)
+        info = self._head(bucket, key, tags=False)  # the SHA-256 is the one just computed: no need to read it back
         if info is None or info.size != size:
             raise TransientError(f"{bucket}/{key}: the upload did not leave a complete object")
         return info if info.checksum else replace(info, checksum=f"sha256:{sha}")

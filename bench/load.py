@@ -74,6 +74,19 @@ def log_time(log: Path, needle: bytes) -> bool:
         return False
 
 
+def phases_per_job(site: Path, pid: int, jobs: int) -> dict[str, dict[str, float]]:
+    """The daemon's CPU time per step and job, largest first (from bench/phase_timing.py's table)."""
+    try:
+        rows = json.loads((site / f"phases.json.{pid}").read_text())
+    except (OSError, ValueError):
+        return {}
+    ordered = sorted(rows.items(), key=lambda item: -item[1]["cpu_ms"])
+    return {
+        label: {"ms_per_job": round(row["cpu_ms"] / jobs, 2), "calls_per_job": round(row["calls"] / jobs, 2)}
+        for label, row in ordered
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5000, help="number of job folders (default 5000)")
@@ -86,6 +99,11 @@ def main() -> int:
         "--stall", type=float, default=120, help="stop when no job has finished for this many seconds (default 120)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also measure the daemon's CPU time per engine step (bench/phase_timing.py; adds a little)",
+    )
     parser.add_argument(
         "--takeover", action="store_true", help="with takeover enabled: a lease and a handoff record per job"
     )
@@ -116,8 +134,17 @@ def main() -> int:
     log = open(log_path, "ab")
     busy_at_start = machine_busy_seconds()
     start = time.monotonic()
+    env = dict(os.environ)
+    phases_file = site / "phases.json"
+    if args.phases:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench" / "phases"), env.get("PYTHONPATH")]))
+        env["SYNCD_BENCH_PHASES"] = str(phases_file)
     proc = subprocess.Popen(
-        [*SYNCD, "run", "-c", str(config), "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        [*SYNCD, "run", "-c", str(config), "--log-format", "text"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
     )
     samples: list[dict] = []
     marks: dict[str, float] = {}
@@ -241,6 +268,8 @@ def main() -> int:
         if hit:
             slices.append(hit["t"])
     figures["seconds_at_each_10pct"] = slices
+    if args.phases:
+        figures["phases_ms_per_job"] = phases_per_job(site, proc.pid, args.jobs)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps({**figures, "timeline": samples}, indent=1))

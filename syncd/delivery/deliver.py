@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -84,9 +83,9 @@ def deliver(
     seen_folded: dict[str, str] = {}
     tmp_dir.mkdir(parents=True, exist_ok=True)
     total_bytes, done_files, done_bytes = sum(item.size for item in outputs), 0, 0
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as scratch:
-        empty = Path(scratch) / "empty"
-        empty.touch()
+    # Scratch files of this job's collect step (one at a time per job; a crash's are cleared at start).
+    scratch = {name: tmp_dir / f"{job.id}.{name}" for name in ("empty", RESULT_RECORD, *reports)}
+    try:
         for item in outputs:
             if on_progress is not None:
                 on_progress(done_files, len(outputs), done_bytes, total_bytes)
@@ -106,12 +105,14 @@ def deliver(
                     f"local file nor an object; this is a bug in backend {job.backend}"
                 )
             delivered.append({"path": item.relpath, "size": item.size})
-        storage.put_file(job.bucket, f"{folder}/{STDOUT_NAME}", (logs.stdout if logs else None) or empty)
-        storage.put_file(job.bucket, f"{folder}/{STDERR_NAME}", (logs.stderr if logs else None) or empty)
+        for name, log in ((STDOUT_NAME, logs.stdout if logs else None), (STDERR_NAME, logs.stderr if logs else None)):
+            if log is None:
+                log = scratch["empty"]
+                log.write_bytes(b"")
+            storage.put_file(job.bucket, f"{folder}/{name}", log)
         for name, text in reports.items():
-            report_file = Path(scratch) / name
-            report_file.write_text(text, encoding="utf-8")
-            storage.put_file(job.bucket, f"{folder}/{name}", report_file)
+            scratch[name].write_text(text, encoding="utf-8")
+            storage.put_file(job.bucket, f"{folder}/{name}", scratch[name])
         mirrored = outbox.mirror(
             storage, job.bucket, folder + "/", exclude={record_key}, check_key=job_key_check(folder)
         )
@@ -126,10 +127,13 @@ def deliver(
         record = result_record(
             job, inbox, folder, delivered, [{"path": path, "reason": why} for path, why in refused.items()]
         )
-        record_file = Path(scratch) / RESULT_RECORD
+        record_file = scratch[RESULT_RECORD]
         record_file.write_text(visible_json(record, indent=2) + "\n", encoding="utf-8")
         storage.put_file(job.bucket, record_key, record_file)
-    outbox.write_json(job.bucket, record_key, record)
+        outbox.put_file(job.bucket, record_key, record_file)
+    finally:
+        for path in scratch.values():
+            path.unlink(missing_ok=True)
     return record, mirrored.bytes
 
 

@@ -14,17 +14,15 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from syncd.config import MirrorConfig, RetryPolicy
 from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport
 from syncd.errors import PermanentError, SyncdError
-from syncd.fsutil import TMP_DIR, fsync_dir, os_error
+from syncd.fsutil import TMP_DIR, fsync_dir, os_error, place_file
 from syncd.log import logger
 from syncd.names import check_outbox_key
 from syncd.state.store import Store
 from syncd.storage.base import Storage
-from syncd.text import visible_json
 
 __all__ = ["Outbox", "MirrorReport", "check_outbox_key", "RESULT_RECORD", "TMP_DIR"]
 
@@ -88,16 +86,18 @@ class Outbox:
         except OSError as exc:
             raise os_error(exc, f"writing {dest}") from exc
 
-    def write_json(self, bucket: str, key: str, data: dict[str, Any]) -> Path:
-        """Write a JSON file into the outbox atomically (used for the result record, written last)."""
+    def put_file(self, bucket: str, key: str, source: Path) -> Path:
+        """Place a copy of ``source`` at ``<bucket>/<key>`` atomically and durably (the result record, written
+        last). On the outbox's filesystem it is a link to ``source`` (or a reflink): one file, not two."""
         dest = self.path_for(bucket, key)
         tmp = self._tmp_path()
         try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write(visible_json(data, indent=2))
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
+            if place_file(source, tmp) != "copy":  # a copy is flushed already; what a link names may not be
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             self._place(tmp, dest, key)
         except OSError as exc:
             raise os_error(exc, f"writing {dest}") from exc

@@ -50,6 +50,9 @@ CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder c
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
+MANIFEST_CACHE = 256  # validated manifests kept for the steps of the jobs under way
+#: how long an outbox that took a probe file counts as writable (a burst of jobs shares one probe)
+OUTBOX_PROBE_INTERVAL = 1.0
 STORE_CHECK_INTERVAL = 1.0  # while the state database refuses writes, how often one test write is tried
 JOURNAL_DELAY = 1.0  # seconds from a job's change of state to its journal's rewrite
 TIMEOUT_GRACE = 2.0  # lets a backend that enforces the timeout itself report it first
@@ -137,6 +140,8 @@ class EngineBase:
         self._cancel_retry_at: dict[str, float] = {}
         self._requests_shared: dict[str, tuple[int, int]] = {}  # job → the requests its handoff record holds
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
+        self._manifests: dict[str, Manifest] = {}  # manifest JSON → validated (see _manifest), oldest first
+        self._outbox_probed: dict[Path, float] = {}  # outbox → when a probe file was last written into it
         self._markers_checked = 0.0
         self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)
         self._store_checked = 0.0
@@ -337,8 +342,21 @@ class EngineBase:
         self._store_checked = time.monotonic()
         return self.store.check_writable()
 
+    def _manifest(self, job: Job) -> Manifest:
+        """The job's validated manifest; each step of a job needs it, and it changes only with a new claim."""
+        text = job.manifest or ""
+        with self._lock:
+            manifest = self._manifests.get(text)
+        if manifest is None:
+            manifest = Manifest.model_validate(job.manifest_data)
+            with self._lock:
+                if len(self._manifests) >= MANIFEST_CACHE:
+                    del self._manifests[next(iter(self._manifests))]
+                self._manifests[text] = manifest
+        return manifest
+
     def spec(self, job: Job) -> JobSpec:
-        manifest = Manifest.model_validate(job.manifest_data)
+        manifest = self._manifest(job)
         return JobSpec(
             job_id=job.id,
             name=job.name,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from syncd.backends.base import Backend, JobSpec, RemoteRef
 from syncd.engine.base import (
+    OUTBOX_PROBE_INTERVAL,
     PROBE_INTERVAL,
     job_logger,
 )
@@ -80,12 +81,15 @@ class Submission(FailurePolicy):
         inbox = self._inbox(job.inbox)
         outbox = self.outboxes[job.inbox].root
         try:
-            probe = outbox / TMP_DIR / f"preflight-{job.id}"
-            probe.parent.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            if self.clock() - self._outbox_probed.get(outbox, 0.0) > OUTBOX_PROBE_INTERVAL:
+                probe = outbox / TMP_DIR / f"preflight-{job.id}"
+                probe.parent.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                probe.unlink()
+                self._outbox_probed[outbox] = self.clock()
             free = shutil.disk_usage(outbox).free
         except OSError as exc:
+            self._outbox_probed.pop(outbox, None)
             raise TransientError(
                 f"outbox {outbox} is not writable ({exc.strerror}); results would have nowhere to go, so the job waits"
             ) from None

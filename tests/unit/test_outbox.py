@@ -460,24 +460,48 @@ def test_dead_writers_parts_are_removed_even_when_their_pid_is_taken_again(tmp_p
     assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, foreign.name])
 
 
-# -- write_json -----------------------------------------------------------------------
+# -- put_file -------------------------------------------------------------------------
 
 
-def test_write_json_writes_record(outbox):
+def a_record(folder: Path, data: dict) -> Path:
+    source = folder / f"record-{len(list(folder.iterdir()))}.json"
+    source.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return source
+
+
+def test_put_file_places_the_record_as_a_link_on_the_outboxs_filesystem(outbox, tmp_path):
     data = {"job": "données", "state": "succeeded", "files": ["a", "b"], "exit_code": 0}
-    dest = outbox.write_json("results", "job1/syncd-result.json", data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    source = a_record(scratch, data)
+    dest = outbox.put_file("results", "job1/syncd-result.json", source)
     assert dest == outbox.root / "results" / "job1" / "syncd-result.json"
     assert json.loads(dest.read_text(encoding="utf-8")) == data
-    assert "données" in dest.read_text(encoding="utf-8")
     assert oct(dest.stat().st_mode & 0o777) == oct(0o644)
+    assert os.path.samefile(dest, source)  # one file on one disk, not a second copy
+    source.unlink()
+    assert json.loads(dest.read_text(encoding="utf-8")) == data
     assert tmp_leftovers(outbox) == []
 
 
-def test_write_json_replaces_atomically(outbox):
-    dest = outbox.write_json("results", "job1/syncd-result.json", {"v": 1})
+def test_put_file_copies_what_it_may_not_link(outbox, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    source = a_record(scratch, {"v": 1})
+    source.chmod(0o666)  # others may write it: a link would let them change the delivered record
+    dest = outbox.put_file("results", "job1/syncd-result.json", source)
+    assert not os.path.samefile(dest, source)
+    assert json.loads(dest.read_text()) == {"v": 1}
+    assert tmp_leftovers(outbox) == []
+
+
+def test_put_file_replaces_atomically(outbox, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dest = outbox.put_file("results", "job1/syncd-result.json", a_record(scratch, {"v": 1}))
     old_inode = dest.stat().st_ino
     with open(dest, encoding="utf-8") as reader:  # a reader holding the old record
-        outbox.write_json("results", "job1/syncd-result.json", {"v": 2, "pad": "x" * 10000})
+        outbox.put_file("results", "job1/syncd-result.json", a_record(scratch, {"v": 2, "pad": "x" * 10000}))
         assert json.loads(reader.read()) == {"v": 1}  # never truncated or half-written under the reader
     assert dest.stat().st_ino != old_inode
     assert json.loads(dest.read_text()) == {"v": 2, "pad": "x" * 10000}

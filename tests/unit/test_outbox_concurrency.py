@@ -41,7 +41,7 @@ def test_outbox_mirror_of_many_jobs_at_once_never_fails_on_the_shared_tmp_folder
                 job = pending.pop()
             try:
                 outbox.mirror(storage, "results", f"{job}/")
-                outbox.write_json("results", f"{job}/syncd-result.json", {"job": job})
+                outbox.put_file("results", f"{job}/syncd-result.json", source)
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 errors.append(f"{job}: {type(exc).__name__}: {exc}")
 

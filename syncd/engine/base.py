@@ -145,6 +145,7 @@ class EngineBase:
         self._markers_checked = 0.0
         self._finish_retry: dict[str, tuple[int, float]] = {}  # job → (failed finishing tries, next try)
         self._store_checked = 0.0
+        self._claims_unrecorded = False  # a claim's folder is in the spool, its record still says claiming
         #: set by the daemon: called whenever there is work for the pump (a claim, a transition, a status
         #: hint), so that it runs now rather than at its next tick
         self.wake: Callable[[], None] = lambda: None

@@ -88,7 +88,8 @@ class Intake(FailurePolicy):
         try:
             self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
         except StoreUnwritable:
-            return True  # the folder is in the spool: the pump completes the claim once the store can write
+            self._claims_unrecorded = True  # the folder is in the spool: the pump completes the claim
+            return True
         except Fenced:
             return True  # taken over since the check above: the taker has the folder
         job_logger(job).info("claimed job directory {}", path)
@@ -113,9 +114,16 @@ class Intake(FailurePolicy):
 
     def _complete_claims(self) -> None:
         """Record claims whose rename happened but whose record could not be written at the time."""
-        for job in self.store.jobs([CLAIMING]):
-            if Path(job.spool_path).exists():
-                self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed once the store could record it")
+        if not self._claims_unrecorded:
+            return
+        self._claims_unrecorded = False
+        try:
+            for job in self.store.jobs([CLAIMING]):
+                if Path(job.spool_path).exists():
+                    self.store.transition(job.id, CLAIMING, CLAIMED, "claim completed once the store could record it")
+        except StoreUnwritable:
+            self._claims_unrecorded = True
+            raise
 
     def _validate(self, job: Job) -> None:
         inbox = self._inbox(job.inbox)

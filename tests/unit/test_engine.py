@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from syncd.engine.base import remote_ref
 from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
 from syncd.service.daemon import build_storages, load
-from syncd.state.store import Store
+from syncd.state.store import Store, StoreUnwritable
 from syncd.storage.file import FileStorage
 from tests.support.harness import make_config, make_job, wait_for
 
@@ -239,6 +240,27 @@ def test_engine_start_removes_half_written_journals_but_no_user_file(world):
     engine.prepare()
     assert not leftover.exists(), "a journal a killed daemon was writing is removed at start"
     assert all(path.read_text() == "mine" for path in users)
+
+
+def test_engine_claim_the_store_could_not_record_is_completed_by_the_pump_and_runs_once(world, monkeypatch):
+    engine, service, drop = world
+    store, inbox = engine.store, engine.config.inboxes[0]
+    recording = store.transition
+
+    def full_disk(job_id, expect, to, note, **values):
+        if to == "claimed":
+            raise StoreUnwritable("cannot write the state database (database or disk is full)")
+        return recording(job_id, expect, to, note, **values)
+
+    monkeypatch.setattr(store, "transition", full_disk)
+    assert engine.claim(inbox, make_job(inbox.path, "unrecorded", {"command": "echo ok > out.txt"}))
+    job = store.find("unrecorded")[0]
+    assert job.state == "claiming" and Path(job.spool_path).is_dir(), "the folder is in the spool, unrecorded"
+    monkeypatch.setattr(store, "transition", recording)
+    engine.run_until_idle(30)
+    assert store.get(job.id).state == "succeeded"
+    assert "claim completed once the store could record it" in [e.message for e in store.events(job.id)]
+    assert len(service.jobs) == 1
 
 
 def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world):

@@ -5,6 +5,7 @@ Not a test: it prints figures (and optionally writes them as JSON) for BENCHMARK
 
     .venv/bin/python bench/load.py --jobs 5000          # the full run (a few minutes on 2 cores)
     .venv/bin/python bench/load.py --jobs 500           # a quick run
+    .venv/bin/python bench/load.py --jobs 500 --phases  # and the daemon's CPU per engine step
 
 What it does:
 

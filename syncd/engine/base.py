@@ -23,7 +23,7 @@ from syncd.engine.breaker import (
     Guarded,
 )
 from syncd.engine.crashpoints import CrashPoints
-from syncd.intake.manifest import Manifest, load_job_directory
+from syncd.intake.manifest import JobDirectory, Manifest, load_job_directory
 from syncd.intake.spool import Spool
 from syncd.log import logger
 from syncd.service.observe import Metrics
@@ -50,6 +50,7 @@ CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder c
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 PROBE_INTERVAL = 60.0
+SCAN_REUSE = 1.0  # seconds a validation's reading of a job folder serves its staging
 MANIFEST_CACHE = 256  # validated manifests kept for the steps of the jobs under way
 #: how long an outbox that took a probe file counts as writable (a burst of jobs shares one probe)
 OUTBOX_PROBE_INTERVAL = 1.0
@@ -140,6 +141,7 @@ class EngineBase:
         self._cancel_retry_at: dict[str, float] = {}
         self._requests_shared: dict[str, tuple[int, int]] = {}  # job → the requests its handoff record holds
         self._probed: dict[str, float] = {}  # backend → when it last answered a probe
+        self._scans: dict[str, tuple[float, JobDirectory]] = {}  # job → its validation's reading (see _keep_scan)
         self._manifests: dict[str, Manifest] = {}  # manifest JSON → validated (see _manifest), oldest first
         self._outbox_probed: dict[Path, float] = {}  # outbox → when a probe file was last written into it
         self._markers_checked = 0.0
@@ -372,7 +374,22 @@ class EngineBase:
             results_prefix=f"{job.folder}/" if job.folder else None,
         )
 
-    def _load(self, job: Job):
+    def _keep_scan(self, job: Job, directory: JobDirectory) -> None:
+        """Keep a validated job's reading of its folder for the staging step that follows at once."""
+        now = time.monotonic()
+        with self._lock:
+            for stale in [key for key, (at, _) in self._scans.items() if now - at >= SCAN_REUSE]:
+                del self._scans[stale]  # jobs whose staging did not follow (cancelled, a paused backend)
+            self._scans[job.id] = (now, directory)
+
+    def _scanned_at_validation(self, job: Job) -> JobDirectory | None:
+        """The reading of the job's folder its validation made, if that was less than SCAN_REUSE ago;
+        a staging that comes later (a paused backend, a retry, a restart) reads the folder again."""
+        with self._lock:
+            scanned_at, directory = self._scans.pop(job.id, (0.0, None))
+        return directory if time.monotonic() - scanned_at < SCAN_REUSE else None
+
+    def _load(self, job: Job) -> JobDirectory:
         inbox = self._inbox(job.inbox)
         return load_job_directory(
             Path(job.spool_path),

@@ -153,7 +153,7 @@ class Intake(FailurePolicy):
                     next_at=0,
                 )
                 return
-            self.store.transition(
+            if self.store.transition(
                 job.id,
                 CLAIMED,
                 STAGING,
@@ -163,7 +163,8 @@ class Intake(FailurePolicy):
                 folder=folder,
                 priority=directory.manifest.priority,
                 attempts=1,
-            )
+            ):
+                self._keep_scan(job, directory)
         job_logger(job_with(job, name=directory.name)).info(
             "valid: {} input file(s); results to {}/{}/", len(directory.inputs), inbox.bucket, folder
         )

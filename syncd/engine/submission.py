@@ -55,7 +55,7 @@ def submit_once(
 class Submission(FailurePolicy):
     def _stage(self, job: Job) -> None:
         try:
-            directory = self._load(job)
+            directory = self._scanned_at_validation(job) or self._load(job)
         except ManifestError as exc:
             raise PermanentError("; ".join(exc.problems)) from None
         try:

@@ -11,6 +11,7 @@ import yaml
 
 from syncd.backends.local import LocalBackend
 from syncd.backends.memory import MemoryBackend, MemoryService
+from syncd.engine import base as engine_base
 from syncd.engine.base import remote_ref
 from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
@@ -261,6 +262,31 @@ def test_engine_claim_the_store_could_not_record_is_completed_by_the_pump_and_ru
     assert store.get(job.id).state == "succeeded"
     assert "claim completed once the store could record it" in [e.message for e in store.events(job.id)]
     assert len(service.jobs) == 1
+
+
+def test_engine_reads_a_job_folder_once_for_validation_and_the_staging_that_follows(world, monkeypatch):
+    engine, service, drop = world
+    reads = []
+    reading = engine_base.load_job_directory
+    monkeypatch.setattr(engine_base, "load_job_directory", lambda *a, **k: reads.append(a[0]) or reading(*a, **k))
+    job_id = drop("once", {"command": "echo ok > out.txt"})
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded"
+    assert len(reads) == 1, reads
+
+
+def test_engine_staging_that_comes_later_reads_the_job_folder_again(world, monkeypatch):
+    """A validation's reading serves only the staging that follows at once (not one after a pause)."""
+    engine, service, drop = world
+    job_id = drop("later", {"command": "cat late.txt > out.txt"})
+    job = engine.store.get(job_id)
+    engine._validate(job)
+    (Path(job.spool_path) / "late.txt").write_text("added while the backend was paused\n")
+    monkeypatch.setattr(engine_base, "SCAN_REUSE", 0.0)  # as if more than SCAN_REUSE had passed
+    engine._stage(engine.store.get(job_id))
+    assert engine.store.get(job_id).state == "staged"
+    work = engine.backends["mem"].unwrapped.work_root / job.submit_key / "work"
+    assert (work / "late.txt").read_text() == "added while the backend was paused\n"
 
 
 def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world):

@@ -21,10 +21,18 @@ class Recorded(MemoryBackend):
         self.closed, self.gate, self.entered = closed, gate, threading.Event()
 
     def submit(self, spec):
+        self._at_gate()
+        return super().submit(spec)
+
+    def poll(self, refs):
+        if refs:
+            self._at_gate()
+        return super().poll(refs)
+
+    def _at_gate(self) -> None:
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(20), "the test never opened the gate"
-        return super().submit(spec)
 
     def close(self) -> None:
         self.closed.append(self)
@@ -64,4 +72,46 @@ def test_a_replaced_backend_is_closed_after_the_step_poll_or_mirror_pass_that_ma
     assert closed == [first, second, third], "nothing under way: closed at once"
     engine.close_retired()
     assert fourth not in closed, "the backend in use is never closed by a reload"
+    engine.stop(5)
+
+
+def test_a_poll_under_way_holds_the_backend_a_reload_replaced(tmp_path):
+    world = World(tmp_path, MemoryService())
+    closed: list[Recorded] = []
+    gate = threading.Event()
+    first = Recorded(world, closed)
+    engine = Engine(world.config, world.store, {"mem": first}, build_storages(world.config))
+    engine.prepare()
+    world.engine.stop(5)
+    world.engine = engine
+    job = world.drop("polled", {"command": "echo hi > out.txt"})
+    world.pump_until(lambda: world.job(job).state in ("queued", "running", "submitted"), engine=engine)
+    wait_for(lambda: engine.busy == 0, what="the submission step to end")
+    first.gate, first.entered = gate, threading.Event()
+    engine.store.update(job, next_at=0)  # due now
+    poll = threading.Thread(target=engine.poll_backend, args=("mem",))
+    poll.start()
+    assert first.entered.wait(10), "the poll never reached the backend"
+
+    engine.reconfigure(world.config, {"mem": Recorded(world, closed)}, {})
+    assert closed == [], "the poll under way still uses the old backend"
+    gate.set()
+    poll.join(10)
+    assert closed == [first], "closed once the poll that held it ended"
+    engine.stop(5)
+
+
+def test_at_shutdown_what_a_reload_replaced_is_closed_even_while_held(tmp_path):
+    world = World(tmp_path, MemoryService())
+    closed: list[Recorded] = []
+    first = Recorded(world, closed)
+    engine = Engine(world.config, world.store, {"mem": first}, build_storages(world.config))
+    world.engine.stop(5)
+    world.engine = engine
+    with engine.holding("mirror:standing"):  # a pass that never ends before the daemon stops
+        engine.reconfigure(world.config, {"mem": Recorded(world, closed)}, {})
+        assert closed == []
+        engine.close_retired()
+        assert closed == [first]
+    assert closed == [first], "closed once, not again when the pass ends"
     engine.stop(5)

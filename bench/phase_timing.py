@@ -31,6 +31,8 @@ WRAPPED: dict[str, dict[str, tuple[str, ...]]] = {
     "syncd.state.store": {
         "Store": ("transition", "update", "get", "create_job", "due_ids", "count", "jobs", "unfinished_ids")
     },
+    # calls of write: the store's writes; of _wait_for: writes whose commit another writer made
+    "syncd.state.commits": {"GroupCommit": ("write", "_wait_for")},
     "syncd.intake.watch": {"InboxWatcher": ("check",)},
     "syncd.intake.spool": {"Spool": ("claim", "archive")},
     "syncd.delivery.outbox": {"Outbox": ("mirror", "put_file")},

@@ -21,6 +21,7 @@ from typing import Any
 
 from syncd.errors import TransientError
 from syncd.log import logger
+from syncd.state.commits import GroupCommit
 from syncd.state.schema import _ADDED_COLUMNS, _SCHEMA, SCHEMA_VERSION
 from syncd.state.states import (
     ACTIVE,
@@ -204,10 +205,10 @@ class Store:
         make_private_dir(self.path.parent)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        # All of this process's writes go through one connection, in turns (SQLite's busy handler would
+        # sleep for milliseconds between connections), and writes that queue share a commit.
+        self._group: GroupCommit | None = None
         self._lock = threading.Lock()
-        # SQLite's busy handler sleeps for milliseconds when another connection holds the write lock; the
-        # daemon's own threads queue on this lock instead and take turns as soon as one commits.
-        self._writing = threading.RLock()
         #: why the last write failed, while the database cannot be written (None when it can)
         self.write_problem: str | None = None
         conn = self._conn()
@@ -229,37 +230,47 @@ class Store:
         return self._write()
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection for reads."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def group_commit(self) -> GroupCommit:
+        """The writing connection's group commit (opened on first use, and again after :meth:`close`)."""
+        with self._lock:
+            group = self._group
+        if group is None:
+            group = GroupCommit(self._connect())
             with self._lock:
-                self._connections.append(conn)
+                if self._group is None:
+                    self._group = group
+                else:
+                    group.connection.close()
+                    group = self._group
+        return group
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._connections.append(conn)
         return conn
 
     @contextmanager
-    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        conn = conn or self._conn()
-        with self._writing:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write, on disk when the block has ended (see state.commits); reads of the same data in it go
+        through the connection it gives, not through :meth:`_conn`."""
+        try:
+            with self.group_commit().write() as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                # A failed COMMIT (SQLITE_FULL) may leave the transaction open, or SQLite may have rolled it
-                # back already; either way the connection must be usable for the next write.
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
-                    raise self._unwritable(exc) from exc
-                raise
+        except sqlite3.Error as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
+                raise self._unwritable(exc) from exc
+            raise
         if self.write_problem is not None:
             self.write_problem = None
             logger.info("the state database {} accepts writes again; jobs resume", self.path)
@@ -291,6 +302,7 @@ class Store:
                 except sqlite3.Error:
                     pass
             self._connections.clear()
+            self._group = None
         self._local = threading.local()
 
     # -- jobs ----------------------------------------------------------------

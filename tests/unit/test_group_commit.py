@@ -1,0 +1,133 @@
+"""Group commit (syncd/state/commits.py): writers that queue share one commit, none returns before its
+changes are committed, a writer's own failure costs only its own changes, a failed commit fails them all."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from syncd.state.commits import GroupCommit
+from tests.support.harness import wait_for
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "db.sqlite"
+    setup = connect(path)
+    setup.execute("CREATE TABLE parent (id TEXT PRIMARY KEY)")
+    setup.execute(
+        "CREATE TABLE rows (id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    setup.execute("INSERT INTO parent VALUES ('p')")
+    setup.close()
+    group = GroupCommit(connect(path))
+    group.connection.execute("PRAGMA foreign_keys=ON")
+    yield path, group
+    group.connection.close()
+
+
+def rows(path: Path) -> set[str]:
+    """What another connection sees: only what is committed."""
+    reader = connect(path)
+    try:
+        return {row[0] for row in reader.execute("SELECT id FROM rows")}
+    finally:
+        reader.close()
+
+
+def queue_writers(group: GroupCommit, writes: dict[str, object]) -> tuple[dict, list[threading.Thread]]:
+    """Start one thread per write while the caller holds a write; return when all of them wait their turn.
+    A value that is an exception is raised inside that writer's block, after its insert."""
+    outcomes: dict[str, object] = {}
+
+    def writer(name: str, then: object, path: Path) -> None:
+        try:
+            with group.write() as conn:
+                conn.execute("INSERT INTO rows VALUES (?, ?)", (name, then if isinstance(then, str) else "p"))
+                if isinstance(then, BaseException):
+                    raise then
+            outcomes[name] = "returned" if name in rows(path) else "returned before its commit"
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcomes[name] = exc
+
+    path = Path(group.connection.execute("PRAGMA database_list").fetchone()[2])
+    threads = [threading.Thread(target=writer, args=(name, then, path)) for name, then in writes.items()]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: group.waiting == len(threads), what="every writer to wait for its turn")
+    return outcomes, threads
+
+
+def test_writers_that_queue_share_one_commit_and_none_returns_before_it(db):
+    path, group = db
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('first', 'p')")
+        outcomes, threads = queue_writers(group, {f"w{i}": "p" for i in range(6)})
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == {f"w{i}": "returned" for i in range(6)}
+    assert rows(path) == {"first"} | {f"w{i}" for i in range(6)}
+    assert (group.writes, group.commits) == (7, 1), "seven writes, one commit"
+
+
+def test_a_writer_alone_commits_at_once(db):
+    path, group = db
+    for name in ("a", "b"):
+        with group.write() as conn:
+            conn.execute("INSERT INTO rows VALUES (?, 'p')", (name,))
+        assert name in rows(path)
+    assert group.commits == 2
+
+
+def test_a_writer_whose_block_fails_loses_only_its_own_changes(db):
+    path, group = db
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('first', 'p')")
+        outcomes, threads = queue_writers(group, {"good": "p", "bad": ValueError("the caller's own error")})
+    for thread in threads:
+        thread.join(10)
+    assert outcomes["good"] == "returned"
+    assert isinstance(outcomes["bad"], ValueError)
+    assert rows(path) == {"first", "good"}
+
+
+def test_a_failed_commit_fails_every_writer_of_its_transaction_and_keeps_nothing(db):
+    path, group = db
+    with pytest.raises(sqlite3.IntegrityError):
+        with group.write() as conn:
+            conn.execute("INSERT INTO rows VALUES ('first', 'p')")
+            # A reference checked at commit: the commit of the whole group fails.
+            outcomes, threads = queue_writers(group, {"fine": "p", "dangling": "no-such-parent"})
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(outcomes["fine"], sqlite3.IntegrityError), outcomes
+    assert isinstance(outcomes["dangling"], sqlite3.IntegrityError), outcomes
+    assert rows(path) == set()
+    with group.write() as conn:  # the connection is usable again
+        conn.execute("INSERT INTO rows VALUES ('after', 'p')")
+    assert rows(path) == {"after"}
+
+
+def test_a_write_inside_a_write_of_the_same_thread_is_part_of_it(db):
+    path, group = db
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('outer', 'p')")
+        with pytest.raises(KeyError):
+            with group.write() as inner:
+                inner.execute("INSERT INTO rows VALUES ('inner-failed', 'p')")
+                raise KeyError("inner")
+        with group.write() as inner:
+            inner.execute("INSERT INTO rows VALUES ('inner', 'p')")
+        assert rows(path) == set(), "nothing is committed before the outer write ends"
+    assert rows(path) == {"outer", "inner"}
+    assert group.commits == 1

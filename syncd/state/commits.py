@@ -104,7 +104,11 @@ class GroupCommit:
                     conn.execute("ROLLBACK TO syncd_write")
                     conn.execute("RELEASE syncd_write")
                 except sqlite3.Error:
-                    pass  # _end finds the transaction in whatever state this left it
+                    # Half a write must never be committed with the others: they fail with it (see _end).
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
             raise
         conn.execute("RELEASE syncd_write")
 

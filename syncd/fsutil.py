@@ -26,6 +26,12 @@ CHUNK = 1024 * 1024
 
 def fsync_dir(path: str | Path, *, missing_ok: bool = False) -> None:
     """Make a rename or create inside ``path`` durable."""
+    fsync_path(path, missing_ok=missing_ok)
+
+
+def fsync_path(path: str | Path, *, missing_ok: bool = False) -> None:
+    """Flush the file (or folder) at ``path`` to disk, by name: for a file placed by a link, whose
+    writer may not have flushed it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

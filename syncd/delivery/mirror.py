@@ -31,7 +31,7 @@ from pathlib import Path
 from syncd.config import RetryPolicy
 from syncd.delivery.index import DeliveryIndex
 from syncd.errors import PermanentError, SyncdError, TransientError
-from syncd.fsutil import TMP_DIR, fsync_dir, os_error
+from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, os_error
 from syncd.log import logger
 from syncd.names import RESULT_RECORD
 from syncd.retry import backoff_delay
@@ -394,11 +394,7 @@ class Mirror:
         parent = os.path.dirname(dest)
         try:
             if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(tmp)
             os.chmod(tmp, 0o644)
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)

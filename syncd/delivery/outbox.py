@@ -18,7 +18,7 @@ from pathlib import Path
 from syncd.config import MirrorConfig, RetryPolicy
 from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport
 from syncd.errors import PermanentError, SyncdError
-from syncd.fsutil import TMP_DIR, fsync_dir, os_error, place_file
+from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, os_error, place_file
 from syncd.log import logger
 from syncd.names import check_outbox_key
 from syncd.state.store import Store
@@ -93,11 +93,7 @@ class Outbox:
         tmp = self._tmp_path()
         try:
             if place_file(source, tmp) != "copy":  # a copy is flushed already; what a link names may not be
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(tmp)
             self._place(tmp, dest, key)
         except OSError as exc:
             raise os_error(exc, f"writing {dest}") from exc

@@ -189,6 +189,20 @@ def test_a_server_that_refuses_tags_gets_the_sha256_in_metadata_instead(seaweedf
         storage.close()
 
 
+def test_an_upload_in_parts_does_not_read_back_the_tag_it_has_just_set(seaweedfs, tmp_path):
+    bucket = seaweedfs.new_bucket("noreadback")
+    source, data = a_file(tmp_path, (10 << 20) + 3)
+    host, port = seaweedfs.endpoint.rsplit("//", 1)[1].split(":")
+    with S3Front((host, int(port)), refuse=lambda method, path: method == "GET" and "tagging" in path) as front:
+        storage = make_storage(seaweedfs, endpoint=front.endpoint, part_size="5MiB")
+        put = storage.put_file(bucket, "big.bin", source)
+        assert put.checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
+        assert front.refused == [], "the digest it has just computed is not asked for again"
+        storage.close()
+    tags = seaweedfs.client().get_object_tagging(Bucket=bucket, Key="big.bin")["TagSet"]
+    assert tags == [{"Key": "sha256", "Value": hashlib.sha256(data).hexdigest()}]
+
+
 def test_a_file_that_changes_while_its_parts_go_up_is_sent_again(seaweedfs, tmp_path, monkeypatch):
     bucket = seaweedfs.new_bucket("changing")
     source, _ = a_file(tmp_path, 11 << 20)

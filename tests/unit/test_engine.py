@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import yaml
 from syncd.backends.local import LocalBackend
 from syncd.backends.memory import MemoryBackend, MemoryService
 from syncd.engine import base as engine_base
+from syncd.engine import submission
 from syncd.engine.base import remote_ref
 from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
+from syncd.fsutil import TMP_DIR
 from syncd.service.daemon import build_storages, load
 from syncd.state.store import Store, StoreUnwritable
 from syncd.storage.file import FileStorage
@@ -287,6 +290,22 @@ def test_engine_staging_that_comes_later_reads_the_job_folder_again(world, monke
     assert engine.store.get(job_id).state == "staged"
     work = engine.backends["mem"].unwrapped.work_root / job.submit_key / "work"
     assert (work / "late.txt").read_text() == "added while the backend was paused\n"
+
+
+def test_engine_an_outbox_that_takes_no_file_holds_jobs_before_submission_then_lets_them_go(world, monkeypatch):
+    engine, service, drop = world
+    in_the_way = engine.outboxes["default"].root / TMP_DIR
+    done = drop("before", {"command": "echo ok > out.txt"})
+    _pump_until(engine, lambda: engine.store.get(done).state == "succeeded")  # its probe passed just now
+    shutil.rmtree(in_the_way)
+    in_the_way.write_text("a file where the outbox's scratch folder belongs")
+    monkeypatch.setattr(submission, "OUTBOX_PROBE_INTERVAL", 0.0)  # as if the passed probe were old
+    job_id = drop("waits", {"command": "echo ok > out.txt"})
+    _pump_until(engine, lambda: "is not writable" in (engine.store.get(job_id).error or ""))
+    assert engine.store.get(job_id).state == "staged" and len(service.jobs) == 1, "not submitted meanwhile"
+    in_the_way.unlink()
+    _pump_until(engine, lambda: engine.store.get(job_id).state == "succeeded")
+    assert len(service.jobs) == 2
 
 
 def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world):

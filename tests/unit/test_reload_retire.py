@@ -39,15 +39,21 @@ class Recorded(MemoryBackend):
         super().close()
 
 
+def an_engine_on(world: World, backend: Recorded) -> Engine:
+    """An engine of this test's own on ``backend``, in place of the one World started."""
+    engine = Engine(world.config, world.store, {"mem": backend}, build_storages(world.config))
+    engine.prepare()
+    world.engine.stop(5)
+    world.engine = engine
+    return engine
+
+
 def test_a_replaced_backend_is_closed_after_the_step_poll_or_mirror_pass_that_may_hold_it(tmp_path):
     world = World(tmp_path, MemoryService())
     closed: list[Recorded] = []
     gate = threading.Event()
     first = Recorded(world, closed, gate)
-    engine = Engine(world.config, world.store, {"mem": first}, build_storages(world.config))
-    engine.prepare()
-    world.engine.stop(5)  # the engine World started is not this test's
-    world.engine = engine
+    engine = an_engine_on(world, first)
     job = world.drop("held", {"command": "echo hi > out.txt"})
     engine.pump()
     assert first.entered.wait(10), "the submission step never started"
@@ -80,10 +86,7 @@ def test_a_poll_under_way_holds_the_backend_a_reload_replaced(tmp_path):
     closed: list[Recorded] = []
     gate = threading.Event()
     first = Recorded(world, closed)
-    engine = Engine(world.config, world.store, {"mem": first}, build_storages(world.config))
-    engine.prepare()
-    world.engine.stop(5)
-    world.engine = engine
+    engine = an_engine_on(world, first)
     job = world.drop("polled", {"command": "echo hi > out.txt"})
     world.pump_until(lambda: world.job(job).state in ("queued", "running", "submitted"), engine=engine)
     wait_for(lambda: engine.busy == 0, what="the submission step to end")
@@ -105,9 +108,7 @@ def test_at_shutdown_what_a_reload_replaced_is_closed_even_while_held(tmp_path):
     world = World(tmp_path, MemoryService())
     closed: list[Recorded] = []
     first = Recorded(world, closed)
-    engine = Engine(world.config, world.store, {"mem": first}, build_storages(world.config))
-    world.engine.stop(5)
-    world.engine = engine
+    engine = an_engine_on(world, first)
     with engine.holding("mirror:standing"):  # a pass that never ends before the daemon stops
         engine.reconfigure(world.config, {"mem": Recorded(world, closed)}, {})
         assert closed == []

@@ -92,6 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5000, help="number of job folders (default 5000)")
     parser.add_argument("--max-parallel", type=int, default=8, help="local backend max_parallel (default 8)")
+    parser.add_argument("--workers", type=int, help="the daemon's worker threads (default: syncd's own default)")
     parser.add_argument("--settle", default="0.2s", help="inbox settle time (default 0.2s)")
     parser.add_argument("--dir", type=Path, help="site folder (default: a fresh temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the site folder afterwards")
@@ -112,7 +113,9 @@ def main() -> int:
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="syncd-load-"))
     site = root / "site"
-    extra = {"takeover": {"enabled": True}} if args.takeover else None
+    extra: dict = {"takeover": {"enabled": True}} if args.takeover else {}
+    if args.workers is not None:
+        extra["workers"] = args.workers
     config = make_config(site, settle=args.settle, max_parallel=args.max_parallel, rescan="30s", extra=extra)
     inbox, results = site / "inbox", site / "outbox" / "results"
     build = site / "build"  # same filesystem as the inbox, outside it
@@ -234,6 +237,7 @@ def main() -> int:
     figures = {
         "jobs": args.jobs,
         "max_parallel": args.max_parallel,
+        "workers": args.workers,
         "settle": args.settle,
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "build_seconds": round(built, 1),

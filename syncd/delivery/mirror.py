@@ -369,7 +369,7 @@ class Mirror:
             tmp = names.next()
             placed = False
             try:
-                if target.info.size == 0:
+                if target.info.size == 0 and storage.remote_service:
                     tmp.touch()  # nothing to fetch: an empty object's content is known
                 else:
                     storage.fetch(bucket, target.info.key, tmp, target.info)

@@ -33,6 +33,7 @@ class Outbox:
         self.store = store
         # attempts=1: a job's collect step is retried by the engine's policy, not here.
         self.mirror_engine = Mirror(store, retry, attempts=1)
+        self._no_reflink: set[tuple[int, int]] = set()  # (source, outbox) devices where a reflink failed
 
     def prepare(self) -> None:
         """Create the outbox and remove temporary files a crash left behind."""
@@ -92,7 +93,8 @@ class Outbox:
         dest = self.path_for(bucket, key)
         tmp = self._tmp_path()
         try:
-            if place_file(source, tmp) != "copy":  # a copy is flushed already; what a link names may not be
+            how = place_file(source, tmp, no_reflink=self._no_reflink)
+            if how != "copy":  # a copy is flushed already; what a link names may not be
                 fsync_path(tmp)
             self._place(tmp, dest, key)
         except OSError as exc:

@@ -214,9 +214,8 @@ def test_mirrored_outbox_files_are_not_a_second_copy_of_the_bucket_objects(stora
     assert sorted(report.fetched) == sorted(CONTENT)
     assert files_under(outbox.root / "results") == CONTENT
     bucket = tmp_path / "buckets" / "results"
-    for key, data in CONTENT.items():
-        if data:  # an empty object is never fetched: the mirror makes an empty file
-            assert inode(outbox.root / "results" / key) == inode(bucket / key), key
+    for key in CONTENT:  # empty ones too: a link is cheaper than a new file
+        assert inode(outbox.root / "results" / key) == inode(bucket / key), key
     assert (bucket / "job1/out.csv").stat().st_nlink == 3  # the file put, the object, the outbox file
     assert tmp_leftovers(outbox) == []
 
@@ -481,6 +480,28 @@ def test_put_file_places_the_record_as_a_link_on_the_outboxs_filesystem(outbox, 
     assert os.path.samefile(dest, source)  # one file on one disk, not a second copy
     source.unlink()
     assert json.loads(dest.read_text(encoding="utf-8")) == data
+    assert tmp_leftovers(outbox) == []
+
+
+def test_put_file_asks_a_filesystem_without_reflinks_once(outbox, tmp_path, monkeypatch):
+    """A refused reflink costs a new file and its removal: the outbox remembers the refusal."""
+    import errno
+    import fcntl
+
+    calls: list[int] = []
+
+    def ioctl(fd, request, arg=0, *rest):
+        calls.append(request)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for n in range(3):
+        source = a_record(scratch, {"n": n})
+        dest = outbox.put_file("results", f"job{n}/syncd-result.json", source)
+        assert os.path.samefile(dest, source)
+    assert len(calls) == 1
     assert tmp_leftovers(outbox) == []
 
 

@@ -42,6 +42,7 @@ INDEX_BATCH = 500
 #: objects up to this size go through ``storage.fetch_many`` when the storage has a better one
 BATCH_MAX_SIZE = 1024 * 1024
 PROGRESS_INTERVAL = 0.1  # seconds between progress reports while objects arrive
+DEAD_PARTS_SWEEP = 60.0  # seconds between two looks for a dead writer's parts in one temporary folder
 ProgressHook = Callable[[str, int], None]
 
 
@@ -91,6 +92,18 @@ class Mirror:
         self.attempts = attempts
         self.fsync = fsync
         self.sleep = sleep
+        self._swept: dict[Path, float] = {}  # temporary folder → when its dead parts were last removed
+
+    def _sweep(self, tmp_dir: Path) -> None:
+        """Remove the parts of writers that died (a crash, a kill -9), once per DEAD_PARTS_SWEEP and folder:
+        a living writer's parts are never removed, and a daemon's runs (one per job's collect) would otherwise
+        read the folder, and each writer's /proc entry, every time."""
+        now = time.monotonic()
+        if now - self._swept.get(tmp_dir, -DEAD_PARTS_SWEEP) < DEAD_PARTS_SWEEP:
+            return
+        self._swept[tmp_dir] = now
+        if tmp_dir.is_dir():  # even if nothing is left to fetch
+            remove_dead_parts(tmp_dir)
 
     def run(
         self,
@@ -109,8 +122,7 @@ class Mirror:
     ) -> MirrorReport:
         """Mirror ``bucket/prefix`` into ``dest``; object ``strip + rel`` goes to ``dest/rel``. Idempotent."""
         report = MirrorReport()
-        if tmp_dir.is_dir():  # leftovers of a run that was killed, even if nothing is left to fetch
-            remove_dead_parts(tmp_dir)
+        self._sweep(tmp_dir)
         excluded = set(exclude)
         index_prefix = f"{dest}{os.sep}"
         index = self.index.under(_index_prefix(dest, prefix, strip))

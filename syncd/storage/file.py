@@ -62,6 +62,7 @@ class FileStorage(Storage):
     def __init__(self, name: str, options: FileStorageOptions):
         super().__init__(name, options)
         self._no_reflink: set[tuple[int, int]] = set()  # (source, destination) devices where a reflink failed
+        self._tmp_dirs: set[Path] = set()  # the buckets' temporary folders this storage has made or found
 
     def transfer_threads(self, count: int, total_bytes: int) -> int:
         # A job's handful of small files is copied or linked sooner than threads could be started and
@@ -136,13 +137,30 @@ class FileStorage(Storage):
             return ObjectInfo(key, 0, "dir") if path.is_dir() else None
         return self._info(key, st) if stat.S_ISREG(st.st_mode) else None
 
+    def _tmp_dir(self, bucket: str) -> Path:
+        """The bucket's temporary folder, made (or found) once rather than asked for at every write."""
+        tmp_dir = self.options.root / bucket / TMP_DIR
+        if tmp_dir not in self._tmp_dirs:
+            (self._bucket_dir(bucket) / TMP_DIR).mkdir(exist_ok=True)
+            self._tmp_dirs.add(tmp_dir)
+        return tmp_dir
+
+    def _place_in_tmp(self, source: Path, bucket: str, tmp: Path) -> str:
+        """:func:`place_file` into the bucket's temporary folder, made again if it was removed since."""
+        try:
+            return place_file(source, tmp, link=self.options.hard_links, no_reflink=self._no_reflink)
+        except FileNotFoundError:
+            if tmp.parent.is_dir():
+                raise  # the source is missing
+        self._tmp_dirs.discard(tmp.parent)  # removed (with the bucket?) since: make it again, or say why not
+        self._tmp_dir(bucket)
+        return place_file(source, tmp, link=self.options.hard_links, no_reflink=self._no_reflink)
+
     def _store(self, source: Path, bucket: str, key: str, final: Path) -> os.stat_result:
         """Place ``source`` at ``final`` through the bucket's temporary folder; the stat of what is there."""
-        tmp_dir = self._bucket_dir(bucket) / TMP_DIR
-        tmp_dir.mkdir(exist_ok=True)
-        tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+        tmp = self._tmp_dir(bucket) / f"{uuid.uuid4().hex}.part"
         try:
-            if place_file(source, tmp, link=self.options.hard_links, no_reflink=self._no_reflink) == "link":
+            if self._place_in_tmp(source, bucket, tmp) == "link":
                 placed = tmp.stat()
                 try:
                     old = final.stat()

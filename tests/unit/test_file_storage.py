@@ -62,6 +62,23 @@ def test_put_file_then_get_file_round_trip(storage, src, tmp_path):
     assert not any((tmp_path / "buckets" / "b" / TMP_DIR).iterdir())
 
 
+@pytest.mark.parametrize("removed", ["the temporary folder", "the bucket"])
+def test_a_write_after_the_buckets_folders_were_removed_makes_them_again(storage, src, tmp_path, removed):
+    """The temporary folder is made once per storage, not asked for at every write: one an admin removed
+    since (alone, or with the whole bucket) is made again, and the write succeeds."""
+    import shutil
+
+    bucket = tmp_path / "buckets" / "b"
+    storage.put_file("b", "one", src(b"first", "s1"))
+    shutil.rmtree(bucket / TMP_DIR if removed == "the temporary folder" else bucket)
+    info = storage.put_file("b", "two", src(b"second", "s2"))
+    assert info.size == 6 and (bucket / "two").read_bytes() == b"second"
+    assert not any((bucket / TMP_DIR).iterdir())
+    with pytest.raises(PermanentError, match="does not exist"):
+        storage.put_file("b", "three", tmp_path / "no-such-source")
+    assert not any((bucket / TMP_DIR).iterdir())
+
+
 def test_put_file_replaces_and_changes_etag(storage, src):
     first = storage.put_file("b", "k.txt", src(b"one"))
     second = storage.put_file("b", "k.txt", src(b"three", "other"))

@@ -459,6 +459,26 @@ def test_dead_writers_parts_are_removed_even_when_their_pid_is_taken_again(tmp_p
     assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, foreign.name])
 
 
+def test_a_mirror_looks_for_dead_writers_parts_once_per_interval(storage, outbox, tmp_path, monkeypatch):
+    """A daemon mirrors once per job: it does not read the temporary folder (and each writer's /proc entry)
+    every time, but a dead writer's part is still removed at the next look."""
+    from syncd.delivery import mirror as mirror_module
+
+    put_all(storage, tmp_path, CONTENT)
+    tmp = outbox.root / TMP_DIR
+    tmp.mkdir(parents=True, exist_ok=True)
+    first, second = tmp / "999999999.5-abc-0.part", tmp / "999999999.5-abc-1.part"  # no process has this pid
+    first.write_bytes(b"partial")
+    outbox.mirror(storage, "results", "job1/")
+    assert not first.exists(), "the first run removes a dead writer's part"
+    second.write_bytes(b"partial")
+    outbox.mirror(storage, "results", "job1/")
+    assert second.exists(), "looked for again only after the interval"
+    monkeypatch.setattr(mirror_module, "DEAD_PARTS_SWEEP", 0.0)
+    outbox.mirror(storage, "results", "job1/")
+    assert not second.exists()
+
+
 # -- put_file -------------------------------------------------------------------------
 
 

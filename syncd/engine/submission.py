@@ -81,7 +81,8 @@ class Submission(FailurePolicy):
         inbox = self._inbox(job.inbox)
         outbox = self.outboxes[job.inbox].root
         try:
-            if self.clock() - self._outbox_probed.get(outbox, 0.0) > OUTBOX_PROBE_INTERVAL:
+            probed = self._outbox_probed.get(outbox)
+            if probed is None or self.clock() - probed > OUTBOX_PROBE_INTERVAL:
                 probe = outbox / TMP_DIR / f"preflight-{job.id}"
                 probe.parent.mkdir(parents=True, exist_ok=True)
                 probe.write_bytes(b"")

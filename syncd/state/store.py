@@ -209,6 +209,7 @@ class Store:
         # sleep for milliseconds between connections), and writes that queue share a commit.
         self._group: GroupCommit | None = None
         self._lock = threading.Lock()
+        self._opening = threading.Lock()  # held while the writing connection is opened
         #: why the last write failed, while the database cannot be written (None when it can)
         self.write_problem: str | None = None
         conn = self._conn()
@@ -238,16 +239,12 @@ class Store:
 
     def group_commit(self) -> GroupCommit:
         """The writing connection's group commit (opened on first use, and again after :meth:`close`)."""
-        with self._lock:
-            group = self._group
+        group = self._group
         if group is None:
-            group = GroupCommit(self._connect())
-            with self._lock:
+            with self._opening:  # one writing connection, even when two threads write first at once
                 if self._group is None:
-                    self._group = group
-                else:
-                    group.connection.close()
-                    group = self._group
+                    self._group = GroupCommit(self._connect())
+                group = self._group
         return group
 
     def _connect(self) -> sqlite3.Connection:

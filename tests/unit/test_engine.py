@@ -308,6 +308,19 @@ def test_engine_an_outbox_that_takes_no_file_holds_jobs_before_submission_then_l
     assert len(service.jobs) == 2
 
 
+def test_engine_the_first_job_probes_the_outbox_whatever_its_clock_reads(world):
+    """The first job of an outbox is probed even on a clock that starts at zero (no probe is not a recent one)."""
+    engine, service, drop = world
+    began = time.monotonic()
+    engine.clock = lambda: time.monotonic() - began
+    in_the_way = engine.outboxes["default"].root / TMP_DIR
+    shutil.rmtree(in_the_way, ignore_errors=True)
+    in_the_way.write_text("a file where the outbox's scratch folder belongs")
+    job_id = drop("first", {"command": "echo ok > out.txt"})
+    _pump_until(engine, lambda: "is not writable" in (engine.store.get(job_id).error or ""))
+    assert not service.jobs, "not submitted while the outbox takes no file"
+
+
 def test_engine_restart_keeps_an_unrecorded_claim_while_its_share_is_away(world):
     """A claim whose rename may have happened on a filesystem that is not mounted now (the spool
     folder is on another device than the one recorded at claim) is kept, not forgotten."""

@@ -131,3 +131,38 @@ def test_a_write_inside_a_write_of_the_same_thread_is_part_of_it(db):
         assert rows(path) == set(), "nothing is committed before the outer write ends"
     assert rows(path) == {"outer", "inner"}
     assert group.commits == 1
+
+
+def test_threads_that_write_first_at_once_open_one_writing_connection(tmp_path, monkeypatch):
+    """The store's writing connection is opened once, however many threads ask for it together."""
+    import time
+
+    from syncd.state.store import Store
+
+    store = Store(tmp_path / "state" / "syncd.db")
+    store.close()  # the next write opens the writing connection again
+    opened: list[sqlite3.Connection] = []
+    connect_slowly = Store._connect
+
+    def slow_connect(self):
+        time.sleep(0.05)  # long enough for every thread to ask before the first has its connection
+        conn = connect_slowly(self)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(Store, "_connect", slow_connect)
+    start = threading.Barrier(8)
+    groups: list[GroupCommit] = []
+
+    def first_write() -> None:
+        start.wait()
+        groups.append(store.group_commit())
+
+    threads = [threading.Thread(target=first_write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 1
+    assert all(group is groups[0] for group in groups) and len(groups) == 8
+    store.close()

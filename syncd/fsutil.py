@@ -44,6 +44,32 @@ def fsync_path(path: str | Path, *, missing_ok: bool = False) -> None:
         os.close(fd)
 
 
+def read_small(path: str | os.PathLike) -> bytes:
+    """The whole content of a small file syncd itself wrote (a control or status file): plain system calls,
+    without the buffered file object's stat, terminal check and seeks. For files of others, or of any
+    size, see :func:`read_regular`."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def write_small(path: str | os.PathLike, data: bytes, mode: int = 0o666) -> None:
+    """Create (or truncate) ``path`` and write ``data`` into it with plain system calls; not flushed to disk,
+    and not atomic: write a temporary name, then rename it into place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class NotRegularFile(OSError):
     """A path syncd was to read is a folder, FIFO, socket or device: refused before it is opened for reading
     (opening a FIFO blocks, a device can be read without end)."""
@@ -152,33 +178,32 @@ def linkable(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _reflink(src_fd: int, src: os.stat_result, dest: Path, no_reflink: set[tuple[int, int]]) -> bool:
-    """Clone ``src_fd`` into the new file ``dest``; False (nothing left behind) when the filesystem can't."""
+def _reflink(source: Path, dest: Path, pair: tuple[int, int], no_reflink: set[tuple[int, int]]) -> bool:
+    """Clone ``source`` into the new file ``dest``; False (nothing left behind) when the filesystem can't."""
     import fcntl
 
+    src_fd = open_regular(source)
     try:
-        pair = (src.st_dev, os.stat(dest.parent).st_dev)
-    except FileNotFoundError:
-        return False  # the copy names the missing folder
-    if pair in no_reflink:
-        return False
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    done = False
-    try:
-        fcntl.ioctl(fd, getattr(fcntl, "FICLONE", FICLONE), src_fd)
-        os.fsync(fd)
-        size = os.fstat(fd).st_size
-        if size != src.st_size:
-            raise TransientError(f"reflink of a {src.st_size}-byte file to {dest} is {size} bytes")
-        done = True
-    except OSError as exc:
-        if exc.errno not in _CANNOT:
-            raise
-        no_reflink.add(pair)
+        src = os.fstat(src_fd)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        done = False
+        try:
+            fcntl.ioctl(fd, getattr(fcntl, "FICLONE", FICLONE), src_fd)
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            if size != src.st_size:
+                raise TransientError(f"reflink of a {src.st_size}-byte file to {dest} is {size} bytes")
+            done = True
+        except OSError as exc:
+            if exc.errno not in _CANNOT:
+                raise
+            no_reflink.add(pair)
+        finally:
+            os.close(fd)
+            if not done:
+                os.unlink(dest)
     finally:
-        os.close(fd)
-        if not done:
-            os.unlink(dest)
+        os.close(src_fd)
     return done
 
 
@@ -187,19 +212,22 @@ def place_file(
 ) -> Literal["reflink", "link", "copy"]:
     """Put ``source``'s content at the new path ``dest`` (it must not exist), without a second copy
     on one disk when possible: a reflink, else a hard link (with ``link``, and only when
-    :func:`linkable`), else :func:`copy_verified`. Says which it did.
+    :func:`linkable`), else :func:`copy_verified`. Says which it did. The source must be a regular file
+    (:class:`NotRegularFile` otherwise, at once).
 
     ``no_reflink`` is the caller's memory of (source device, destination device) pairs where a reflink
-    failed, so they are not tried again.
+    failed, so they are not tried again (nor is the source opened for one).
     """
     no_reflink = set() if no_reflink is None else no_reflink
-    src_fd = open_regular(source)
+    st = os.stat(source)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(source, file_kind(st.st_mode))
     try:
-        st = os.fstat(src_fd)
-        if _reflink(src_fd, st, dest, no_reflink):
-            return "reflink"
-    finally:
-        os.close(src_fd)
+        pair = (st.st_dev, os.stat(dest.parent).st_dev)
+    except FileNotFoundError:
+        pair = None  # the link or copy below names the missing folder
+    if pair is not None and pair not in no_reflink and _reflink(source, dest, pair, no_reflink):
+        return "reflink"
     if link and linkable(st):
         try:
             os.link(source, dest)
@@ -208,9 +236,10 @@ def place_file(
                 raise
         else:
             placed = os.lstat(dest)
+            # The file linked is the one whose type, owner and mode were checked, or it is copied instead.
             if (placed.st_dev, placed.st_ino) == (st.st_dev, st.st_ino):
                 return "link"
-            os.unlink(dest)  # the name was given another file since it was opened: copy what it is now
+            os.unlink(dest)
     copy_verified(source, dest)
     return "copy"
 

@@ -53,7 +53,7 @@ from syncd.backends.job_user import (
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
-from syncd.fsutil import os_error
+from syncd.fsutil import os_error, read_small, write_small
 from syncd.intake.manifest import InputFile
 from syncd.log import logger
 
@@ -272,7 +272,7 @@ class LocalBackend(Backend):
         env.update(SYNCD_JOB_ID=spec.job_id, SYNCD_JOB_NAME=spec.name, SYNCD_ATTEMPT=str(spec.attempt))
         runner_spec.update(command=spec.command if isinstance(spec.command, str) else list(spec.command), env=env)
         tmp = ctrl / "spec.json.tmp"
-        tmp.write_text(json.dumps(runner_spec))
+        write_small(tmp, json.dumps(runner_spec).encode())
         os.replace(tmp, ctrl / "spec.json")
         self._start_runner(spec, attempt)
         self._watch_runner(spec.submit_key)
@@ -322,7 +322,7 @@ class LocalBackend(Backend):
             return
         ctrl = self._dir(key) / "ctrl"
         try:
-            pid = int((ctrl / "claim").read_text())
+            pid = int(read_small(ctrl / "claim"))
         except (OSError, ValueError):
             return
         self._exits.add(key, pid, lambda: self._runner_alive(ctrl))
@@ -373,7 +373,7 @@ class LocalBackend(Backend):
                     exit_code=None,
                     message="the job's runner died without recording an exit status (host reboot or kill -9)",
                 )
-        data = json.loads(status_file.read_text())
+        data = json.loads(read_small(status_file))
         if data.get("cancelled"):
             state, native = RemoteState.CANCELLED, "cancelled"
         elif data.get("timed_out"):
@@ -418,7 +418,7 @@ class LocalBackend(Backend):
         if self._runner_alive(ctrl):
             return
         try:
-            held = json.loads((ctrl / "runner.json").read_text()).get("containment") or {}
+            held = json.loads(read_small(ctrl / "runner.json")).get("containment") or {}
         except (OSError, ValueError):
             return
         kill_leftover_cgroup(held.get("cgroup"))

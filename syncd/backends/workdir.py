@@ -17,7 +17,7 @@ from pathlib import Path
 
 from syncd.backends.base import JobLogs, OutputFile
 from syncd.errors import InputError
-from syncd.fsutil import NotRegularFile, copy_verified, os_error
+from syncd.fsutil import NotRegularFile, copy_verified, os_error, read_small, write_small
 from syncd.intake.manifest import InputFile, glob_to_regex, match_any
 
 INPUTS_SNAPSHOT = "inputs.json"
@@ -102,7 +102,7 @@ class WorkFolder:
 
     def write_json(self, name: str, data: object) -> None:
         tmp = self.ctrl / f".{name}.tmp"
-        tmp.write_text(json.dumps(data))
+        write_small(tmp, json.dumps(data).encode())
         os.replace(tmp, self.ctrl / name)
 
     def write_text(self, name: str, text: str, mode: int = 0o644) -> Path:
@@ -119,7 +119,7 @@ class WorkFolder:
         With ``owner`` (a job that ran as another user, its folder since taken back), only files of
         that owner with a single link, in folders of that owner, are delivered."""
         try:
-            inputs = json.loads((self.ctrl / INPUTS_SNAPSHOT).read_text())
+            inputs = json.loads(read_small(self.ctrl / INPUTS_SNAPSHOT))
         except FileNotFoundError:
             inputs = {}
         regexes = [glob_to_regex(p) for p in patterns] if patterns is not None else None

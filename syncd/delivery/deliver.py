@@ -20,7 +20,7 @@ from syncd.backends.base import JobLogs, JobSpec, OutputFile
 from syncd.config import InboxConfig
 from syncd.delivery.outbox import Outbox
 from syncd.errors import PermanentError, TransientError
-from syncd.fsutil import read_regular
+from syncd.fsutil import read_regular, write_small
 from syncd.intake.manifest import JobDirectory
 from syncd.intake.spool import Spool
 from syncd.names import (
@@ -108,10 +108,10 @@ def deliver(
         for name, log in ((STDOUT_NAME, logs.stdout if logs else None), (STDERR_NAME, logs.stderr if logs else None)):
             if log is None:
                 log = scratch["empty"]
-                log.write_bytes(b"")
+                write_small(log, b"")
             storage.put_file(job.bucket, f"{folder}/{name}", log)
         for name, text in reports.items():
-            scratch[name].write_text(text, encoding="utf-8")
+            write_small(scratch[name], text.encode())
             storage.put_file(job.bucket, f"{folder}/{name}", scratch[name])
         mirrored = outbox.mirror(
             storage, job.bucket, folder + "/", exclude={record_key}, check_key=job_key_check(folder)
@@ -128,7 +128,7 @@ def deliver(
             job, inbox, folder, delivered, [{"path": path, "reason": why} for path, why in refused.items()]
         )
         record_file = scratch[RESULT_RECORD]
-        record_file.write_text(visible_json(record, indent=2) + "\n", encoding="utf-8")
+        write_small(record_file, (visible_json(record, indent=2) + "\n").encode())
         storage.put_file(job.bucket, record_key, record_file)
         outbox.put_file(job.bucket, record_key, record_file)
     finally:

@@ -31,7 +31,7 @@ from pathlib import Path
 from syncd.config import RetryPolicy
 from syncd.delivery.index import DeliveryIndex
 from syncd.errors import PermanentError, SyncdError, TransientError
-from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, os_error
+from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, os_error, read_small
 from syncd.log import logger
 from syncd.names import RESULT_RECORD
 from syncd.retry import backoff_delay
@@ -536,8 +536,7 @@ def _writer_gone(tag: str) -> bool:
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """A process's state letter and start time (clock ticks after boot), from ``/proc``; None if unreadable."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+        stat = read_small(f"/proc/{pid}/stat")
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()  # the command name, in parentheses, may hold spaces

@@ -164,17 +164,20 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
                 if (Path(job.spool_path) / CANCEL_MARKER).exists():
                     self.store.request(job.id, "cancel")
                     job_logger(job).info("found a {} file; cancelling", CANCEL_MARKER)
-        for job_id in self.store.request_ids():
+        with self.store.snapshot():  # what is due, read at once
+            requested = self.store.request_ids()
+            # Bounded: with thousands of jobs waiting, one pass hands out only what the workers can take.
+            due = self.store.due_ids(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER)
+            for name, backend in self.backends.items():
+                room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
+                if room > 0:
+                    due += self.store.due_ids([STAGED], now, limit=room, backend=name)
+            unfinished = self.store.unfinished_ids()
+        for job_id in requested:
             self._dispatch(job_id, self.handle_requests)
-        # Bounded: with thousands of jobs waiting, one pass hands out only what the workers can take.
-        for job_id in self.store.due_ids(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER):
+        for job_id in due:
             self._dispatch(job_id, self.advance)
-        for name, backend in self.backends.items():
-            room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
-            if room > 0:
-                for job_id in self.store.due_ids([STAGED], now, limit=room, backend=name):
-                    self._dispatch(job_id, self.advance)
-        for job_id in self.store.unfinished_ids():
+        for job_id in unfinished:
             self._dispatch(job_id, self.finish)
 
     def run_until_idle(self, timeout: float = 60.0) -> None:

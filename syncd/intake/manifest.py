@@ -279,7 +279,7 @@ def _not_readable(exc: OSError) -> str:
 
 def scan_inputs(job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes: int | None) -> tuple[InputFile, ...]:
     """Every input file of the job, checked for escapes, links and special files."""
-    root = job_dir.resolve()
+    root: Path | None = None  # resolved at the first symbolic link (each folder of the path is a stat)
     # A rejected job moved back into the inbox still holds syncd's report: not an input.
     has_report = is_syncd_report(job_dir / ERROR_JSON)
     problems: list[str] = []
@@ -312,6 +312,7 @@ def scan_inputs(job_dir: Path, manifest: Manifest, *, max_files: int, max_bytes:
                 except (OSError, RuntimeError):
                     problems.append(f"{rel}: symbolic link to '{target}' points nowhere; replace it with the file")
                     continue
+                root = root or job_dir.resolve()
                 if resolved != root and root not in resolved.parents:
                     problems.append(
                         f"{rel}: symbolic link to '{target}' leads outside the job directory; "

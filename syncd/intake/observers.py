@@ -37,6 +37,7 @@ IN_UNMOUNT = 0x2000
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
 
 WATCHED = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB | IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF
 GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT  # the folder itself went: this watch is over
@@ -44,15 +45,24 @@ HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; t
 
 
 class FolderEvents(threading.Thread):
-    """Calls ``on_name(path)`` for each name an event concerns in ``folder`` (not below it), and
+    """Calls ``on_name(path)`` for each folder an event concerns in ``folder`` (not below it; with ``files``
+    for every name), and
     ``on_overflow()`` when the kernel dropped events (look at everything again). The thread ends when
     stopped or when the folder itself is removed, moved or unmounted; ``is_alive()`` then says so.
 
     Raises OSError when the watch cannot be made (no inotify, the watch limit reached)."""
 
-    def __init__(self, folder: Path, on_name: Callable[[str], None], on_overflow: Callable[[], None]):
+    def __init__(
+        self,
+        folder: Path,
+        on_name: Callable[[str], None],
+        on_overflow: Callable[[], None],
+        *,
+        files: bool = False,
+    ):
         super().__init__(name=f"syncd-inotify-{folder.name}", daemon=True)
         self.folder = str(folder)
+        self._wanted = 0 if files else IN_ISDIR
         self._on_name = on_name
         self._on_overflow = on_overflow
         libc = ctypes.CDLL(None, use_errno=True)
@@ -95,7 +105,8 @@ class FolderEvents(threading.Thread):
                 self._on_overflow()
             if mask & GONE:
                 return False
-            if raw:
+            # Files are never jobs: the status files syncd itself writes into an inbox wake nobody.
+            if raw and mask & self._wanted == self._wanted:
                 self._on_name(os.path.join(self.folder, os.fsdecode(raw)))
         return True
 
@@ -164,7 +175,7 @@ class FolderPoller(threading.Thread):
                 return
             if current != self._previous:  # compared in C; most polls of a quiet share stop here
                 for name in current.keys() | self._previous.keys():
-                    if current.get(name, 0) != self._previous.get(name, 0):
+                    if current.get(name) != self._previous.get(name):  # a file coming or going is None to None
                         self._on_name(os.path.join(self.folder, name))
             self._previous = current
 

@@ -237,6 +237,21 @@ class Store:
             conn = self._local.conn = self._connect()
         return conn
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """This thread's reads in the block see one state of the database, in one read transaction: the
+        pages they share are read once, not once per query (every commit of another connection empties
+        this connection's page cache at its next read). Writes in the block are not seen by its reads."""
+        conn = self._conn()
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")  # ends the read; this connection never writes
+
     def group_commit(self) -> GroupCommit:
         """The writing connection's group commit (opened on first use, and again after :meth:`close`)."""
         group = self._group

@@ -63,6 +63,7 @@ class FileStorage(Storage):
         super().__init__(name, options)
         self._no_reflink: set[tuple[int, int]] = set()  # (source, destination) devices where a reflink failed
         self._tmp_dirs: set[Path] = set()  # the buckets' temporary folders this storage has made or found
+        self._buckets: set[str] = set()  # buckets whose folder this storage has found or made
 
     def transfer_threads(self, count: int, total_bytes: int) -> int:
         # A job's handful of small files is copied or linked sooner than threads could be started and
@@ -75,10 +76,13 @@ class FileStorage(Storage):
         if not bucket or "/" in bucket or bucket.startswith(".") or "\x00" in bucket:
             raise PermanentError(f"bucket name {bucket!r} is not valid")
         path = self.options.root / bucket
+        if bucket in self._buckets:  # a write that finds the folder gone asks again (see _place_in_tmp)
+            return path
         if not path.is_dir():
             if not self.options.create_buckets:
                 raise PermanentError(f"bucket '{bucket}' does not exist under {self.options.root}; create the folder")
             self.ensure_bucket(bucket)
+        self._buckets.add(bucket)
         return path
 
     def _path(self, bucket: str, key: str) -> Path:
@@ -152,7 +156,9 @@ class FileStorage(Storage):
         except FileNotFoundError:
             if tmp.parent.is_dir():
                 raise  # the source is missing
-        self._tmp_dirs.discard(tmp.parent)  # removed (with the bucket?) since: make it again, or say why not
+        # Removed (with the bucket?) since: make it again, or say why not.
+        self._tmp_dirs.discard(tmp.parent)
+        self._buckets.discard(bucket)
         self._tmp_dir(bucket)
         return place_file(source, tmp, link=self.options.hard_links, no_reflink=self._no_reflink)
 
@@ -160,8 +166,9 @@ class FileStorage(Storage):
         """Place ``source`` at ``final`` through the bucket's temporary folder; the stat of what is there."""
         tmp = self._tmp_dir(bucket) / f"{uuid.uuid4().hex}.part"
         try:
-            if self._place_in_tmp(source, bucket, tmp) == "link":
-                placed = tmp.stat()
+            how = self._place_in_tmp(source, bucket, tmp)
+            placed = tmp.stat()
+            if how == "link":
                 try:
                     old = final.stat()
                 except (FileNotFoundError, NotADirectoryError):
@@ -175,11 +182,15 @@ class FileStorage(Storage):
                     # content may have. A copy gets an mtime of its own.
                     tmp.unlink()
                     copy_verified(source, tmp)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+                    placed = tmp.stat()
+            try:
+                os.replace(tmp, final)  # a rename keeps the mtime and size: ``placed`` describes ``final``
+            except FileNotFoundError:
+                final.parent.mkdir(parents=True, exist_ok=True)  # the object's first in this folder
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        return final.stat()
+        return placed
 
     def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
         final = self._path(bucket, key)

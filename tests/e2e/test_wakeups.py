@@ -28,7 +28,7 @@ def slow_polls(tmp_path):
 
 def test_a_local_jobs_end_and_a_ready_folder_are_acted_on_at_once_not_at_the_next_poll_or_settle(slow_polls):
     names: list[str] = []
-    events = FolderEvents(slow_polls.inbox, names.append, lambda: None)
+    events = FolderEvents(slow_polls.inbox, names.append, lambda: None, files=True)
     events.start()
     try:
         started = time.monotonic()

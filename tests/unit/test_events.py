@@ -55,6 +55,26 @@ def test_names_moved_in_created_and_removed_are_reported_top_level_only(watched,
     assert "inner.txt" not in names.seen and "x" not in names.seen and "deep" not in names.seen
 
 
+def test_files_are_not_reported_unless_asked_for(watched, tmp_path):
+    """A file is never a job: the status files syncd writes into an inbox must not wake its checks."""
+    folder, names, _ = watched
+    (folder / "job.status.txt").write_text("written by syncd")
+    os.rename(folder / "job.status.txt", folder / "renamed.status.txt")
+    (folder / "renamed.status.txt").unlink()
+    (folder / "after").mkdir()
+    wait_for(lambda: "after" in names.seen, timeout=10, what="the folder made after the files")
+    assert names.seen == ["after"]  # one queue: the files' events came first and were not reported
+    every = Names()
+    events = FolderEvents(folder, every.name, every.overflow, files=True)
+    events.start()
+    try:
+        (folder / "seen.txt").write_text("a")
+        wait_for(lambda: "seen.txt" in every.seen, timeout=10, what="a file's event when files are asked for")
+    finally:
+        events.stop()
+        events.join(5)
+
+
 def test_a_move_out_whose_other_half_is_not_watched_is_reported_in_order_with_what_follows(watched, tmp_path):
     """A claim is such a move (into the spool); the folder dropped next is reported after it, from the
     same queue, with no pairing step in between (bench/latency.py shows what that step cost)."""
@@ -195,17 +215,19 @@ def test_the_poller_reports_folders_that_appear_go_are_replaced_or_change_inside
         os.rename(tmp_path / "other", folder / "swapped")  # same name, another folder
         (folder / "becomes a folder").unlink()
         (folder / "becomes a folder").mkdir()
-        (folder / "gone.txt").write_text("a")
+        (folder / "new.txt").write_text("a")
+        (folder / "notes.txt").unlink()
         wait_for(
-            lambda: {"kept", "swapped", "becomes a folder", "gone.txt"} <= set(names.seen),
+            lambda: {"kept", "swapped", "becomes a folder"} <= set(names.seen),
             timeout=10,
             what="the changes",
         )
         seen = len(names.seen)
         (folder / "kept" / "job.yaml").write_text("command: false\n")  # a file's content: not the folder's
-        (folder / "notes.txt").write_text("longer now")  # a file is never a job: its changes are not looked for
+        (folder / "new.txt").write_text("longer now")  # a file is never a job: its changes are not looked for
         time.sleep(0.3)  # several polls: none may report them
         assert len(names.seen) == seen, names.seen
+        assert not {"new.txt", "notes.txt"} & set(names.seen), names.seen  # nor a file's coming or going
     finally:
         poller.stop()
         poller.join(5)

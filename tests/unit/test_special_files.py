@@ -140,3 +140,18 @@ def test_syncd_logs_names_a_fifo_in_place_of_a_log_instead_of_blocking(tmp_path,
     log.write_bytes(b"line one\nno newline at the end")
     _echo_file(log)
     assert capsys.readouterr().out == "line one\nno newline at the end\n"
+
+
+def test_small_files_are_written_whole_over_longer_content_and_read_back(tmp_path):
+    from syncd.fsutil import read_small, write_small
+
+    path = tmp_path / "status.json"
+    write_small(path, b"x" * 100_000)
+    write_small(path, b'{"state": "done"}', 0o600)  # truncated, not overwritten in part
+    assert read_small(path) == b'{"state": "done"}'
+    (tmp_path / "empty").touch()
+    assert read_small(tmp_path / "empty") == b""
+    (tmp_path / "large").write_bytes(b"ab" * 1_500_000)  # more than one read
+    assert read_small(tmp_path / "large") == b"ab" * 1_500_000
+    with pytest.raises(FileNotFoundError):
+        write_small(tmp_path / "missing" / "x", b"")

@@ -385,3 +385,39 @@ def test_latest_gives_the_jobs_created_last_oldest_first(store):
         new_job(store, f"j{n}", created=1000.0 + n, priority=n % 3)
     assert [j.id for j in store.latest(3)] == ["j3", "j4", "j5"]
     assert [j.id for j in store.latest(10)] == [f"j{n}" for n in range(6)]
+
+
+def test_reads_in_a_snapshot_see_one_state_and_the_next_read_sees_what_was_committed_meanwhile(store):
+    new_job(store, state=RUNNING)
+    other = threading.Thread(target=store.transition, args=("j1", RUNNING, SUCCEEDED, "ended elsewhere"))
+    with store.snapshot():
+        assert store.get("j1").state == RUNNING
+        other.start()
+        other.join(timeout=30)
+        with store.snapshot():  # nested: the same read
+            assert store.get("j1").state == RUNNING
+        assert store.count([RUNNING]) == 1 and store.get("j1").state == RUNNING
+    assert store.get("j1").state == SUCCEEDED
+    assert store.count([RUNNING]) == 0
+    assert not store._conn().in_transaction
+
+
+def test_a_database_from_before_loses_the_second_state_index_and_questions_by_state_still_use_an_index(tmp_path):
+    path = tmp_path / "syncd.db"
+    Store(path).close()
+    old = sqlite3.connect(path)
+    old.execute("CREATE INDEX jobs_state ON jobs (state)")  # as the first schema made it
+    old.close()
+    store = Store(path)
+    try:
+        conn = store._conn()
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "jobs_state" not in names and "jobs_due" in names
+        for query, params in (
+            ("SELECT id FROM jobs WHERE state IN (?, ?) AND next_at <= ?", (QUEUED, RUNNING, 5.0)),
+            ("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) AND backend = ?", (QUEUED, RUNNING, "local")),
+        ):
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params))
+            assert "USING INDEX jobs_due" in plan or "USING COVERING INDEX jobs_due" in plan, plan
+    finally:
+        store.close()

@@ -29,7 +29,7 @@ WRAPPED: dict[str, dict[str, tuple[str, ...]]] = {
     "syncd.engine.polling": {"Polling": ("poll_backend", "_apply")},
     "syncd.engine.base": {"EngineBase": ("write_journals", "update_journal", "spec", "_load", "_reserve_folder")},
     "syncd.state.store": {
-        "Store": ("transition", "update", "get", "create_job", "due_ids", "count", "jobs", "unfinished_ids")
+        "Store": ("transition", "update", "get", "create_job", "due", "count", "jobs", "unfinished_ids")
     },
     # calls of write: the store's writes; of _wait_for: writes whose commit another writer made
     "syncd.state.commits": {"GroupCommit": ("write", "_wait_for")},

@@ -239,7 +239,11 @@ class Config(StrictModel):
     inboxes: list[InboxConfig] = Field(min_length=1, description="watched folders")
     poll: PollPolicy = Field(default_factory=PollPolicy)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    workers: PositiveInt = Field(4, le=64, description="threads that stage, submit and collect")
+    workers: PositiveInt = Field(
+        4,
+        le=64,
+        description="threads that stage, submit and collect (jobs whose backend and storage are both on this machine: at most 2 of their own)",
+    )
     webhook: WebhookConfig | None = Field(None, description="notify a URL on every terminal state")
     http: HttpConfig = Field(default_factory=HttpConfig, description="the health and metrics endpoint")
     mirrors: list[MirrorConfig] = Field(default_factory=list, description="standing mirrors of bucket prefixes")

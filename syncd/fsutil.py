@@ -151,15 +151,23 @@ def copy_verified(source: Path, dest: Path, *, follow: bool = True) -> str:
     """Copy with fsync, returning the MD5 of what was written; raise if sizes differ. The source must be a
     regular file (:class:`NotRegularFile` otherwise, at once; with ``follow=False`` not a link either)."""
     digest = hashlib.md5()
-    with open(open_regular(source, follow=follow), "rb") as src, open(dest, "wb") as out:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-        expected = os.fstat(src.fileno()).st_size
-    if dest.stat().st_size != expected:
-        raise TransientError(f"copy of {source} to {dest} is {dest.stat().st_size} bytes, expected {expected}")
+    src = open_regular(source, follow=follow)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            while chunk := os.read(src, CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+            os.fsync(out)
+            expected, written = os.fstat(src).st_size, os.fstat(out).st_size
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
+    if written != expected:
+        raise TransientError(f"copy of {source} to {dest} is {written} bytes, expected {expected}")
     return digest.hexdigest()
 
 

@@ -357,23 +357,26 @@ class LocalBackend(Backend):
 
     def _status(self, ref: RemoteRef) -> RemoteStatus:
         ctrl = self._dir(ref.remote_id) / "ctrl"
-        if not ctrl.is_dir():
-            return RemoteStatus(RemoteState.UNKNOWN, "missing", message=f"no such local job {ref.remote_id}")
         status_file = ctrl / "status.json"
-        if not status_file.exists():
+        try:
+            data = json.loads(read_small(status_file))  # most polls find a job that has ended: read at once
+        except (FileNotFoundError, NotADirectoryError):
+            if not ctrl.is_dir():
+                return RemoteStatus(RemoteState.UNKNOWN, "missing", message=f"no such local job {ref.remote_id}")
             if not (ctrl / "claim").exists():
                 return RemoteStatus(RemoteState.QUEUED, "starting")
             if self._runner_alive(ctrl):
                 self._watch_runner(ref.remote_id)  # e.g. a job started before the daemon was
                 return RemoteStatus(RemoteState.RUNNING, "running")
-            if not status_file.exists():  # the runner may have finished between the two checks
+            try:  # the runner may have finished between the two checks
+                data = json.loads(read_small(status_file))
+            except FileNotFoundError:
                 return RemoteStatus(
                     RemoteState.FAILED,
                     "lost",
                     exit_code=None,
                     message="the job's runner died without recording an exit status (host reboot or kill -9)",
                 )
-        data = json.loads(read_small(status_file))
         if data.get("cancelled"):
             state, native = RemoteState.CANCELLED, "cancelled"
         elif data.get("timed_out"):

@@ -67,10 +67,13 @@ class WorkFolder:
         try:
             self.ctrl.mkdir(parents=True, exist_ok=True)
             self.work.mkdir(exist_ok=True)
+            made = {self.work}
             snapshot = {}
             for item in inputs:
                 dest = self.work / item.relpath
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.parent not in made:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(dest.parent)
                 src_st = _input_stat(item)
                 try:
                     dst_st = dest.stat()
@@ -79,14 +82,17 @@ class WorkFolder:
                     done = False
                 if not done:
                     tmp = dest.with_name(f".syncd-part-{uuid.uuid4().hex[:16]}")  # fits beside a 255-byte name
+                    placed = False
                     try:
                         _check_input(item, _copy_input, item.source, tmp)
                         os.utime(tmp, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
                         os.replace(tmp, dest)
+                        placed = True
                     finally:
-                        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our partial copy
-                st = dest.stat()
-                snapshot[item.relpath] = [st.st_size, st.st_mtime_ns]
+                        if not placed:
+                            tmp.unlink(missing_ok=True)  # a full disk must not stay full of our partial copy
+                    dst_st = dest.stat()
+                snapshot[item.relpath] = [dst_st.st_size, dst_st.st_mtime_ns]
             self.write_json(INPUTS_SNAPSHOT, snapshot)
             if mode is not None:
                 for dirpath, _dirnames, filenames in os.walk(self.path):

@@ -85,6 +85,7 @@ def deliver(
     total_bytes, done_files, done_bytes = sum(item.size for item in outputs), 0, 0
     # Scratch files of this job's collect step (one at a time per job; a crash's are cleared at start).
     scratch = {name: tmp_dir / f"{job.id}.{name}" for name in ("empty", RESULT_RECORD, *reports)}
+    written: list[Path] = []  # the scratch files this call made, removed at its end
     try:
         for item in outputs:
             if on_progress is not None:
@@ -108,9 +109,11 @@ def deliver(
         for name, log in ((STDOUT_NAME, logs.stdout if logs else None), (STDERR_NAME, logs.stderr if logs else None)):
             if log is None:
                 log = scratch["empty"]
+                written.append(log)
                 write_small(log, b"")
             storage.put_file(job.bucket, f"{folder}/{name}", log)
         for name, text in reports.items():
+            written.append(scratch[name])
             write_small(scratch[name], text.encode())
             storage.put_file(job.bucket, f"{folder}/{name}", scratch[name])
         mirrored = outbox.mirror(
@@ -128,11 +131,12 @@ def deliver(
             job, inbox, folder, delivered, [{"path": path, "reason": why} for path, why in refused.items()]
         )
         record_file = scratch[RESULT_RECORD]
+        written.append(record_file)
         write_small(record_file, (visible_json(record, indent=2) + "\n").encode())
         storage.put_file(job.bucket, record_key, record_file)
         outbox.put_file(job.bucket, record_key, record_file)
     finally:
-        for path in scratch.values():
+        for path in written:
             path.unlink(missing_ok=True)
     return record, mirrored.bytes
 

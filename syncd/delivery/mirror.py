@@ -93,6 +93,13 @@ class Mirror:
         self.fsync = fsync
         self.sleep = sleep
         self._swept: dict[Path, float] = {}  # temporary folder → when its dead parts were last removed
+        self._tag: tuple[int, str] | None = None  # (pid, writer tag): read from /proc once per process
+
+    def _writer_tag(self) -> str:
+        pid = os.getpid()
+        if self._tag is None or self._tag[0] != pid:  # a forked child is another writer
+            self._tag = (pid, _writer_tag(pid))
+        return self._tag[1]
 
     def _sweep(self, tmp_dir: Path) -> None:
         """Remove the parts of writers that died (a crash, a kill -9), once per DEAD_PARTS_SWEEP and folder:
@@ -206,7 +213,7 @@ class Mirror:
         rows: list[tuple[str, int, str, int]] = []
         dirs: set[str] = set()
         made: set[str] = set()  # folders this run created or found: no mkdir per file
-        names = _TmpNames(tmp_dir)
+        names = _TmpNames(tmp_dir, self._writer_tag())
 
         def delivered(target: Target, row: tuple[str, int, str, int]) -> None:
             rows.append(row)
@@ -490,8 +497,8 @@ class _TmpNames:
     """``<tmp_dir>/<writer>-<random>-<n>.part``: unique without a random draw per file; the writer tag
     comes first so :func:`remove_dead_parts` can tell a dead writer's leftovers."""
 
-    def __init__(self, tmp_dir: Path):
-        self._stem = f"{tmp_dir}{os.sep}{_writer_tag(os.getpid())}-{uuid.uuid4().hex[:12]}-"
+    def __init__(self, tmp_dir: Path, writer: str):
+        self._stem = f"{tmp_dir}{os.sep}{writer}-{uuid.uuid4().hex[:12]}-"
         self._numbers = itertools.count()
 
     def next(self) -> Path:

@@ -41,9 +41,7 @@ class Outbox:
         shutil.rmtree(self.root / TMP_DIR, ignore_errors=True)
 
     def _tmp_path(self) -> Path:
-        tmp = self.root / TMP_DIR
-        tmp.mkdir(parents=True, exist_ok=True)
-        return tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        return self.root / TMP_DIR / f"{os.getpid()}-{uuid.uuid4().hex}.part"
 
     def path_for(self, bucket: str, key: str) -> Path:
         return self.root / bucket / key
@@ -78,9 +76,12 @@ class Outbox:
 
     def _place(self, tmp: Path, dest: Path, what: str) -> None:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except FileNotFoundError:  # the folder is made when missing, not asked for at every file
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
             fsync_dir(dest.parent)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
@@ -93,7 +94,13 @@ class Outbox:
         dest = self.path_for(bucket, key)
         tmp = self._tmp_path()
         try:
-            how = place_file(source, tmp, no_reflink=self._no_reflink)
+            try:
+                how = place_file(source, tmp, no_reflink=self._no_reflink)
+            except FileNotFoundError:
+                if not os.path.lexists(source):
+                    raise
+                tmp.parent.mkdir(parents=True, exist_ok=True)  # made once, and again if removed
+                how = place_file(source, tmp, no_reflink=self._no_reflink)
             if how != "copy":  # a copy is flushed already; what a link names may not be
                 fsync_path(tmp)
             self._place(tmp, dest, key)

@@ -49,6 +49,11 @@ MAX_UNKNOWN_POLLS = 5
 CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder cancels it
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
+#: threads for the steps of jobs whose backend and storage are both on this machine (the local backend, a
+#: folder storage): those steps are system calls and the interpreter's work, which more threads than this
+#: only take turns at (each wait on the disk hands the interpreter lock to another); steps that wait on a
+#: service run on the ``workers`` threads
+LOCAL_STEP_THREADS = 2
 PROBE_INTERVAL = 60.0
 SCAN_REUSE = 1.0  # seconds a validation's reading of a job folder serves its staging
 MANIFEST_CACHE = 256  # validated manifests kept for the steps of the jobs under way
@@ -128,6 +133,9 @@ class EngineBase:
         #: job id → (files done, files, bytes done, bytes) of deliveries under way (the status page shows them)
         self.transfers: dict[str, tuple[int, int, int, int]] = {}
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
+        self._local_executor = ThreadPoolExecutor(
+            min(LOCAL_STEP_THREADS, config.workers), thread_name_prefix="syncd-local-step"
+        )
         self._in_flight: set[str] = set()
         self._holding: set[str] = set()  # polls and mirror passes under way (see holding)
         #: backends and storages a reload replaced, each closed once the work under way when it was replaced
@@ -315,15 +323,22 @@ class EngineBase:
             due = [job_id for job_id, at in self._journals_due.items() if at <= now]
             for job_id in due:
                 del self._journals_due[job_id]
-        for job_id in due:
-            job = self.store.get(job_id)
+        if not due:
+            return
+        with self.store.snapshot():
+            jobs = [self.store.get(job_id) for job_id in due]
+        written = []
+        for job in jobs:
             if job.state in TERMINAL or job.taken_by:
                 continue  # a job taken over is the other daemon's to report
             folder = self.outboxes[job.inbox].path_for(job.bucket, job.folder) if job.folder else None
             self.update_journal(job, folder)
-            ended = self.store.get(job_id)
-            if ended.state in TERMINAL:  # it ended while this was written, perhaps after finish() looked
-                self.update_journal(ended, None)
+            written.append(job.id)
+        if written:
+            with self.store.snapshot():  # read after the writes: a job may have ended meanwhile
+                ended = [job for job in map(self.store.get, written) if job.state in TERMINAL]
+            for job in ended:  # perhaps after finish() looked for a journal to remove
+                self.update_journal(job, None)
 
     def update_journal(self, job: Job, outbox_folder: Path | None) -> None:
         """Write or remove the job's journal; a user's entry in its place is said once per job, then left."""

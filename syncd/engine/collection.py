@@ -69,7 +69,8 @@ class Collection(FailurePolicy):
 
         try:
             _, mirrored = deliver.deliver(
-                self.store.get(job.id),
+                # read again only if this step changed the record (a folder reserved, an exit code read)
+                job if job.folder and backend.capabilities.exit_codes else self.store.get(job.id),
                 inbox=inbox,
                 folder=folder,
                 storage=self.storages[job.storage],

@@ -14,6 +14,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 
 from syncd.backends.base import Backend
@@ -52,6 +53,7 @@ from syncd.state.store import (
     STAGING,
     SUBMITTING,
     TERMINAL,
+    Due,
     Job,
     StoreUnwritable,
 )
@@ -111,6 +113,7 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
         """Stop dispatching; wait up to ``timeout`` for running steps. True if all finished."""
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._local_executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -124,7 +127,12 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
         with self._lock:
             return len(self._in_flight)
 
-    def _dispatch(self, job_id: str, step: Callable[[str], None]) -> None:
+    def _on_this_machine(self, due: Due) -> bool:
+        """Whether the job's backend and storage are both on this machine (its steps wait on no service)."""
+        backend, storage = self.backends.get(due.backend), self.storages.get(due.storage)
+        return backend is not None and storage is not None and not (backend.remote_service or storage.remote_service)
+
+    def _dispatch(self, job_id: str, step: Callable[[str], None], *, local: bool = False) -> None:
         with self._lock:
             if job_id in self._in_flight or self._stopping.is_set():
                 return
@@ -145,8 +153,14 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
                 self._done_with(job_id)
                 self.wake()  # a worker is free: jobs the last pump had no room for can go
 
+        def cancelled(future: Future) -> None:  # by stop(): ``run`` never ran, so nothing of it waits
+            if future.cancelled():
+                with self._lock:
+                    self._in_flight.discard(job_id)
+                self._done_with(job_id)
+
         try:
-            self._executor.submit(run)
+            (self._local_executor if local else self._executor).submit(run).add_done_callback(cancelled)
         except RuntimeError:  # executor shut down
             with self._lock:
                 self._in_flight.discard(job_id)
@@ -167,16 +181,16 @@ class Engine(Takeover, Intake, Submission, Polling, Requests, Collection):
         with self.store.snapshot():  # what is due, read at once
             requested = self.store.request_ids()
             # Bounded: with thousands of jobs waiting, one pass hands out only what the workers can take.
-            due = self.store.due_ids(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER)
+            due = self.store.due(STEP_STATES, now, limit=self.config.workers * DISPATCH_PER_WORKER)
             for name, backend in self.backends.items():
                 room = backend.options.max_parallel - self.store.count([SUBMITTING, *REMOTE], backend=name)
                 if room > 0:
-                    due += self.store.due_ids([STAGED], now, limit=room, backend=name)
+                    due += self.store.due([STAGED], now, limit=room, backend=name)
             unfinished = self.store.unfinished_ids()
         for job_id in requested:
             self._dispatch(job_id, self.handle_requests)
-        for job_id in due:
-            self._dispatch(job_id, self.advance)
+        for item in due:
+            self._dispatch(item.id, self.advance, local=self._on_this_machine(item))
         for job_id in unfinished:
             self._dispatch(job_id, self.finish)
 

@@ -12,6 +12,7 @@ from syncd.engine.base import (
     OUTBOX_PROBE_INTERVAL,
     PROBE_INTERVAL,
     job_logger,
+    job_with,
 )
 from syncd.engine.failures import FailurePolicy
 from syncd.errors import (
@@ -112,7 +113,7 @@ class Submission(FailurePolicy):
                 return
             if not self.store.transition(job.id, STAGED, SUBMITTING, f"submitting as {job.submit_key}"):
                 return
-        self._submit(self.store.get(job.id))
+        self._submit(job_with(job, state=SUBMITTING))  # the transition changed nothing else _submit reads
 
     def _submit(self, job: Job) -> None:
         backend = self.backends[job.backend]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd.errors import TransientError
 from syncd.log import logger
@@ -145,6 +145,14 @@ _JOB_COLUMN_SET = frozenset(_JOB_COLUMNS)
 
 
 _JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # in Job's order: rows become Jobs positionally
+
+
+class Due(NamedTuple):
+    """A job whose next step is due, and the backend and storage it uses."""
+
+    id: str
+    backend: str
+    storage: str
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -432,9 +440,9 @@ class Store:
         )
         return [_job(r) for r in rows]
 
-    def due_ids(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[str]:
-        """The ids of up to ``limit`` jobs in ``states`` whose next step is due: collections first (they
-        free resources and deliver results), then by priority and age. Ids only: the pump asks this
+    def due(self, states: Iterable[str], now: float, limit: int, *, backend: str | None = None) -> list[Due]:
+        """Up to ``limit`` jobs in ``states`` whose next step is due: collections first (they free resources
+        and deliver results), then by priority and age. Ids and where each runs only: the pump asks this
         whenever there is work, and most of what it finds is in a worker's hands already."""
         states = list(states)
         where = f"state IN ({', '.join('?' for _ in states)}) AND next_at <= ?"
@@ -445,12 +453,13 @@ class Store:
         rows = (
             self._conn()
             .execute(
-                f"SELECT id FROM jobs WHERE {where} ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
+                f"SELECT id, backend, storage FROM jobs WHERE {where} "
+                f"ORDER BY state = ? DESC, priority DESC, created, id LIMIT ?",
                 (*params, COLLECTING, limit),
             )
             .fetchall()
         )
-        return [r[0] for r in rows]
+        return [Due(*r) for r in rows]
 
     _REQUESTED = "cancel_requested = 1 OR retry_requested = 1"
     _UNFINISHED = f"finished = 0 AND state IN ({', '.join('?' for _ in TERMINAL)})"

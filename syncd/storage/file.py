@@ -96,10 +96,13 @@ class FileStorage(Storage):
         return ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}", modified=st.st_mtime)
 
     def ensure_bucket(self, bucket: str) -> None:
+        if bucket in self._buckets:
+            return
         try:
             (self.options.root / bucket).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise os_error(exc, f"creating bucket '{bucket}' in {self.options.root}") from exc
+        self._buckets.add(bucket)
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
         if prefix:

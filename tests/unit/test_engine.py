@@ -379,3 +379,73 @@ def test_engine_polls_every_due_job_of_a_backend_in_one_call(tmp_path, kind):
                 backend.cancel(remote_ref(job))
         engine.stop(5)
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_engine_steps_of_jobs_on_this_machine_take_their_own_few_threads(tmp_path, kind):
+    """A local backend's steps with a folder storage run on at most LOCAL_STEP_THREADS threads (more only take
+    turns at the interpreter lock); a service's steps run on the ``workers`` threads."""
+    import threading
+
+    backends = {"b": {"type": kind, "max_parallel": 8}}
+    path = make_config(tmp_path / "site", backend="b", extra={"backends": backends, "workers": 6})
+    config = load(path)
+    store = Store(config.db_path)
+    backend = (
+        MemoryBackend("b", config.backend_options["b"], config.state_dir / "b", MemoryService())
+        if kind == "memory"
+        else LocalBackend("b", config.backend_options["b"], config.state_dir / "b")
+    )
+    threads: set[str] = set()
+    stage = backend.stage
+
+    def staged_on(spec, inputs):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for every free thread to take a job meanwhile
+        return stage(spec, inputs)
+
+    backend.stage = staged_on  # type: ignore[method-assign]
+    engine = Engine(config, store, {"b": backend}, build_storages(config))
+    engine.prepare()
+    inbox = config.inboxes[0]
+    try:
+        ids = []
+        for n in range(8):
+            assert engine.claim(inbox, make_job(inbox.path, f"lane-{n}", {"command": "true"}))
+            ids.append(store.find(f"lane-{n}")[0].id)
+        _pump_until(engine, lambda: all(store.get(i).state == "succeeded" for i in ids), timeout=30)
+    finally:
+        engine.stop(5)
+        store.close()
+    if kind == "local":
+        assert {name.rsplit("_", 1)[0] for name in threads} == {"syncd-local-step"}
+        assert 1 < len(threads) <= engine_base.LOCAL_STEP_THREADS, threads
+    else:
+        assert {name.rsplit("_", 1)[0] for name in threads} == {"syncd-step"}
+        assert len(threads) > engine_base.LOCAL_STEP_THREADS, threads
+
+
+def test_engine_stop_does_not_wait_for_steps_that_never_started(tmp_path):
+    """Steps still queued when the daemon stops are dropped (they run at the next start): stop waits only for
+    the ones running, and says it drained."""
+    backends = {"b": {"type": "local", "max_parallel": 8}}
+    config = load(make_config(tmp_path / "site", backend="b", extra={"backends": backends}))
+    store = Store(config.db_path)
+    backend = LocalBackend("b", config.backend_options["b"], config.state_dir / "b")
+    stage = backend.stage
+    backend.stage = lambda spec, inputs: (time.sleep(0.3), stage(spec, inputs))[1]  # type: ignore[method-assign]
+    engine = Engine(config, store, {"b": backend}, build_storages(config))
+    engine.prepare()
+    inbox = config.inboxes[0]
+    try:
+        for n in range(8):
+            assert engine.claim(inbox, make_job(inbox.path, f"queued-{n}", {"command": "true"}))
+        engine.pump()  # more steps than threads: most wait in a queue
+        assert engine.busy == 8
+        started = time.monotonic()
+        assert engine.stop(10) is True
+        assert time.monotonic() - started < 5
+        assert engine.busy == 0
+    finally:
+        backend.close()
+        store.close()

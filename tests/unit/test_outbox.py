@@ -764,3 +764,21 @@ def test_mirror_into_a_folder_that_is_a_file_reports_each_object(storage, store,
     )
     assert [key for key, _ in report.failed] == ["job/a.txt"] and report.fetched == []
     assert (tmp_path / "out").read_text() == "a file where the outbox folder should be"
+
+
+def test_put_file_makes_the_temporary_and_results_folders_when_they_are_missing(outbox, tmp_path):
+    """They are made when a write finds them missing (not asked for at every write): at first, and again
+    after someone removed them."""
+    import shutil
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    first = outbox.put_file("results", "job1/syncd-result.json", a_record(scratch, {"n": 1}))
+    shutil.rmtree(outbox.root / TMP_DIR)
+    shutil.rmtree(outbox.root / "results")
+    again = outbox.put_file("results", "job2/deep/syncd-result.json", a_record(scratch, {"n": 2}))
+    assert json.loads(again.read_text(encoding="utf-8")) == {"n": 2}
+    assert not first.exists() and again == outbox.root / "results" / "job2" / "deep" / "syncd-result.json"
+    assert tmp_leftovers(outbox) == []
+    with pytest.raises(PermanentError, match="No such file"):  # a missing record is not a missing folder
+        outbox.put_file("results", "job3/syncd-result.json", scratch / "no such record")

@@ -14,14 +14,16 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from syncd.errors import PermanentError, SyncdError, TransientError
 
 #: hidden folder, inside the folder a file is bound for, where it is written before the rename into place
 TMP_DIR = ".syncd-tmp"
 CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 def fsync_dir(path: str | Path, *, missing_ok: bool = False) -> None:
@@ -44,6 +46,26 @@ def fsync_path(path: str | Path, *, missing_ok: bool = False) -> None:
         os.close(fd)
 
 
+def in_folder(folder: Path, action: Callable[[], T], *, parents: bool = True) -> T:
+    """``action()``, which writes into ``folder``; if that finds the folder missing, the folder is made and
+    ``action`` tried once more. Folders syncd keeps are made when a write finds them missing, not asked for
+    before every file (a ``mkdir`` and a ``stat`` each time). ``parents=False`` makes none of its parents
+    (a folder inside a share that may be unmounted: never one on the bare mount point)."""
+    try:
+        return action()
+    except FileNotFoundError:
+        if folder.is_dir():
+            raise  # something else is missing (the file to place)
+    folder.mkdir(parents=parents, exist_ok=True)
+    return action()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def read_small(path: str | os.PathLike) -> bytes:
     """The whole content of a small file syncd itself wrote (a control or status file): plain system calls,
     without the buffered file object's stat, terminal check and seeks. For files of others, or of any
@@ -63,9 +85,7 @@ def write_small(path: str | os.PathLike, data: bytes, mode: int = 0o666) -> None
     and not atomic: write a temporary name, then rename it into place."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -157,9 +177,7 @@ def copy_verified(source: Path, dest: Path, *, follow: bool = True) -> str:
         try:
             while chunk := os.read(src, CHUNK):
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view) :]
+                _write_all(out, chunk)
             os.fsync(out)
             expected, written = os.fstat(src).st_size, os.fstat(out).st_size
         finally:

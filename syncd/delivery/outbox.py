@@ -18,7 +18,7 @@ from pathlib import Path
 from syncd.config import MirrorConfig, RetryPolicy
 from syncd.delivery.mirror import RESULT_RECORD, Mirror, MirrorReport
 from syncd.errors import PermanentError, SyncdError
-from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, os_error, place_file
+from syncd.fsutil import TMP_DIR, fsync_dir, fsync_path, in_folder, os_error, place_file
 from syncd.log import logger
 from syncd.names import check_outbox_key
 from syncd.state.store import Store
@@ -77,11 +77,7 @@ class Outbox:
     def _place(self, tmp: Path, dest: Path, what: str) -> None:
         try:
             os.chmod(tmp, 0o644)
-            try:
-                os.replace(tmp, dest)
-            except FileNotFoundError:  # the folder is made when missing, not asked for at every file
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
+            in_folder(dest.parent, lambda: os.replace(tmp, dest))
             fsync_dir(dest.parent)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise PermanentError(f"outbox {dest}: a file and a folder would share this path ({what})") from exc
@@ -94,13 +90,7 @@ class Outbox:
         dest = self.path_for(bucket, key)
         tmp = self._tmp_path()
         try:
-            try:
-                how = place_file(source, tmp, no_reflink=self._no_reflink)
-            except FileNotFoundError:
-                if not os.path.lexists(source):
-                    raise
-                tmp.parent.mkdir(parents=True, exist_ok=True)  # made once, and again if removed
-                how = place_file(source, tmp, no_reflink=self._no_reflink)
+            how = in_folder(tmp.parent, lambda: place_file(source, tmp, no_reflink=self._no_reflink))
             if how != "copy":  # a copy is flushed already; what a link names may not be
                 fsync_path(tmp)
             self._place(tmp, dest, key)

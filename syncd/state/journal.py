@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from syncd.fsutil import read_regular, rename_noreplace, write_small
+from syncd.fsutil import in_folder, read_regular, rename_noreplace, write_small
 from syncd.names import fit_name
 from syncd.state.store import TERMINAL, Job
 from syncd.text import shown
@@ -119,11 +119,7 @@ def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, con
         tmp = tmp_dir / f"{uuid.uuid4().hex}{TMP_SUFFIX}"
         text = render(job, outbox_folder, config).encode()
         try:
-            try:
-                write_small(tmp, text, 0o644)
-            except FileNotFoundError:  # the spool's temporary folder is made once, and again if removed
-                tmp_dir.mkdir(exist_ok=True)
-                write_small(tmp, text, 0o644)
+            in_folder(tmp_dir, lambda: write_small(tmp, text, 0o644), parents=False)
             os.chmod(tmp, 0o644)  # whatever the umask: the job's user reads it
             if present:
                 os.replace(tmp, path)  # over this job's own journal, just proven

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from syncd.config import ConfigPath, StorageOptions
 from syncd.errors import PermanentError, TransientError
-from syncd.fsutil import TMP_DIR, copy_verified, os_error, place_file
+from syncd.fsutil import TMP_DIR, copy_verified, in_folder, os_error, place_file
 from syncd.storage.base import ObjectInfo, Storage, check_key
 
 #: at most this many files, and bytes, are moved one after another in the caller's thread
@@ -186,11 +186,7 @@ class FileStorage(Storage):
                     tmp.unlink()
                     copy_verified(source, tmp)
                     placed = tmp.stat()
-            try:
-                os.replace(tmp, final)  # a rename keeps the mtime and size: ``placed`` describes ``final``
-            except FileNotFoundError:
-                final.parent.mkdir(parents=True, exist_ok=True)  # the object's first in this folder
-                os.replace(tmp, final)
+            in_folder(final.parent, lambda: os.replace(tmp, final))  # a rename keeps mtime and size
         finally:
             tmp.unlink(missing_ok=True)
         return placed

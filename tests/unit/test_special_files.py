@@ -155,3 +155,38 @@ def test_small_files_are_written_whole_over_longer_content_and_read_back(tmp_pat
     assert read_small(tmp_path / "large") == b"ab" * 1_500_000
     with pytest.raises(FileNotFoundError):
         write_small(tmp_path / "missing" / "x", b"")
+
+
+def test_in_folder_makes_a_missing_folder_once_and_leaves_other_misses_alone(tmp_path):
+    from syncd.fsutil import in_folder, write_small
+
+    calls = []
+
+    def write(path):
+        calls.append(path)
+        write_small(path, b"x")
+
+    target = tmp_path / "a" / "b" / "f"
+    in_folder(target.parent, lambda: write(target))
+    assert target.read_bytes() == b"x" and len(calls) == 2  # tried, folder made, tried again
+    in_folder(target.parent, lambda: write(target))
+    assert len(calls) == 3  # the folder is there: one try
+    with pytest.raises(FileNotFoundError):  # what is missing is not the folder: no folder made, no retry
+        in_folder(tmp_path, lambda: os.stat(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError):  # without parents, a missing parent is not made
+        in_folder(tmp_path / "gone" / "tmp", lambda: write(tmp_path / "gone" / "tmp" / "f"), parents=False)
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_link_placed_where_reflinks_are_known_to_fail_never_opens_the_source(tmp_path, monkeypatch):
+    from syncd import fsutil
+
+    source = tmp_path / "out.txt"
+    source.write_bytes(b"result")
+    st = source.stat()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    how = fsutil.place_file(source, tmp_path / "placed", no_reflink={(st.st_dev, st.st_dev)})
+    assert how == "link" and (tmp_path / "placed").stat().st_ino == st.st_ino
+    assert str(source) not in opened

@@ -107,6 +107,14 @@ MUTANTS = (
         "statuses = {k: v for j in due for k, v in backend.poll([remote_ref(j)]).items()}",
         ("tests/unit/test_engine.py", "-k", "one_call"),
     ),
+    Mutant(
+        "durable-commit-unflushed",
+        "a state change is on disk before the side effect that depends on it (the log is flushed)",
+        "syncd/state/commits.py",
+        "        if self._flush_wanted and self._wal is not None:\n",
+        "        if False:\n",
+        ("tests/unit/test_group_commit.py", "tests/unit/test_store.py"),
+    ),
 )
 
 

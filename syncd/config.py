@@ -242,7 +242,7 @@ class Config(StrictModel):
     workers: PositiveInt = Field(
         4,
         le=64,
-        description="threads that stage, submit and collect (jobs whose backend and storage are both on this machine: at most 2 of their own)",
+        description="threads that stage, submit and collect (jobs whose backend and storage are both on this machine: one thread of their own, and a second while the first is held up by one step for 0.1 s)",
     )
     webhook: WebhookConfig | None = Field(None, description="notify a URL on every terminal state")
     http: HttpConfig = Field(default_factory=HttpConfig, description="the health and metrics endpoint")

@@ -60,8 +60,32 @@ class _CountingLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
-    """Parse one YAML document; raise :class:`YamlProblem` with a line number on error."""
+if yaml.__with_libyaml__:
+
+    class _ComposingLoader(yaml.CSafeLoader):
+        """libyaml's parser and composer, for a document without anchors: no alias to count."""
+
+        alias_count = 0
+
+
+def _compose_fast(text: str) -> tuple[Any, Any] | None:
+    """(loader, root node) from libyaml, several times faster than PyYAML's own parser; None when it may
+    not be used, or refuses the text. An alias names an anchor, and an anchor is written with "&": text
+    without one has no alias to count. What libyaml refuses is parsed again by PyYAML, whose messages say
+    what to fix."""
+    if not yaml.__with_libyaml__ or "&" in text:
+        return None
+    loader = _ComposingLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    except Exception:
+        return None
+    finally:
+        loader.dispose()
+
+
+def _compose(text: str) -> tuple[Any, Any]:
+    """(loader, root node) from PyYAML's parser, counting aliases; YamlProblem on error."""
     try:
         loader = _CountingLoader(text)  # the reader rejects control characters right here
     except yaml.reader.ReaderError as exc:
@@ -69,7 +93,7 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
             f"not valid YAML: the control character {exc.character!r} is not allowed; remove it", _line_of(exc, text)
         ) from None
     try:
-        root = loader.get_single_node()
+        return loader, loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -80,6 +104,11 @@ def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
         raise YamlProblem(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
     finally:
         loader.dispose()
+
+
+def loads(text: str, *, allow_aliases: bool = True) -> LoadedYaml:
+    """Parse one YAML document; raise :class:`YamlProblem` with a line number on error."""
+    loader, root = _compose_fast(text) or _compose(text)
     if loader.alias_count and not allow_aliases:
         raise YamlProblem("YAML anchors and aliases (&name / *name) are not allowed here; write the values out")
     result = LoadedYaml(data=None)

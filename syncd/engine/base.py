@@ -23,6 +23,7 @@ from syncd.engine.breaker import (
     Guarded,
 )
 from syncd.engine.crashpoints import CrashPoints
+from syncd.engine.lanes import Lanes
 from syncd.intake.manifest import JobDirectory, Manifest, load_job_directory
 from syncd.intake.spool import Spool
 from syncd.log import logger
@@ -50,10 +51,12 @@ CANCEL_MARKER = "CANCEL"  # a folder verb: this file in a claimed job's folder c
 CANCEL_MARKER_INTERVAL = 2.0
 DISPATCH_PER_WORKER = 8
 #: threads for the steps of jobs whose backend and storage are both on this machine (the local backend, a
-#: folder storage): those steps are system calls and the interpreter's work, which more threads than this
-#: only take turns at (each wait on the disk hands the interpreter lock to another); steps that wait on a
-#: service run on the ``workers`` threads
+#: folder storage): those steps are system calls and the interpreter's work, which threads side by side
+#: only take turns at (each wait on the disk hands the interpreter lock to another). The second takes a
+#: step only while the first has been busy with one for LOCAL_STEP_STALL seconds (see engine.lanes);
+#: steps that wait on a service run on the ``workers`` threads
 LOCAL_STEP_THREADS = 2
+LOCAL_STEP_STALL = 0.1
 PROBE_INTERVAL = 60.0
 SCAN_REUSE = 1.0  # seconds a validation's reading of a job folder serves its staging
 MANIFEST_CACHE = 256  # validated manifests kept for the steps of the jobs under way
@@ -133,9 +136,7 @@ class EngineBase:
         #: job id → (files done, files, bytes done, bytes) of deliveries under way (the status page shows them)
         self.transfers: dict[str, tuple[int, int, int, int]] = {}
         self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="syncd-step")
-        self._local_executor = ThreadPoolExecutor(
-            min(LOCAL_STEP_THREADS, config.workers), thread_name_prefix="syncd-local-step"
-        )
+        self._local_executor = Lanes(min(LOCAL_STEP_THREADS, config.workers), LOCAL_STEP_STALL, "syncd-local-step")
         self._in_flight: set[str] = set()
         self._holding: set[str] = set()  # polls and mirror passes under way (see holding)
         #: backends and storages a reload replaced, each closed once the work under way when it was replaced

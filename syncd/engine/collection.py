@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from syncd.backends import wrapper
 from syncd.backends.base import OutputFile, StagingArea
@@ -98,7 +99,7 @@ class Collection(FailurePolicy):
         code = self._read_exit_file(job, exit_file)
         if code is None:
             return
-        changes: dict[str, object] = {"exit_code": code}
+        changes: dict[str, Any] = {"exit_code": code}
         if job.outcome == SUCCEEDED and code != 0:
             changes.update(outcome=FAILED, message=f"the command exited with code {code}")
         self.store.update(job.id, expect=COLLECTING, event=f"exit code {code}, from syncd's wrapper", **changes)
@@ -182,7 +183,8 @@ class Collection(FailurePolicy):
             else:
                 dest = spool.archive(path, job.id)
             self.crash_points.reached("archived-unrecorded")
-            self.store.update(job.id, finished=1, spool_path=str(dest))
+            # Unflushed: lost in a power cut, the job is finished again (as after "archived-unrecorded").
+            self.store.update(job.id, finished=1, spool_path=str(dest), durable=False)
             self.unshare_job(job)
         except (OSError, PermanentError, TransientError) as exc:
             self._finish_failed(job, path, os_error(exc, "finishing") if isinstance(exc, OSError) else exc)

@@ -86,7 +86,8 @@ class Intake(FailurePolicy):
         if not self.may_act(inbox.name) and not self.claim_still_ours(job, path):
             return True
         try:
-            self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}")
+            # Unflushed: lost in a power cut, the claim is completed again at start (as after "claimed-unrecorded").
+            self.store.transition(job_id, CLAIMING, CLAIMED, f"claimed from {path}", durable=False)
         except StoreUnwritable:
             self._claims_unrecorded = True  # the folder is in the spool: the pump completes the claim
             return True
@@ -158,6 +159,7 @@ class Intake(FailurePolicy):
                 CLAIMED,
                 STAGING,
                 f"valid; results will go to {inbox.bucket}/{folder}/",
+                durable=False,  # lost in a power cut: validated again; flushed with the submit, before it
                 name=directory.name,
                 manifest=manifest_json,
                 folder=folder,

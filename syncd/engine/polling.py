@@ -168,6 +168,7 @@ class Polling(FailurePolicy):
                 started_at=job.started_at or status.started,
                 ended_at=status.ended or now,
                 next_at=0,
+                durable=False,  # lost in a power cut: the next poll finds the end again
                 **self._clear_failures(),
             ):
                 log.info("{} (exit code {}); collecting results", outcome, status.exit_code)

@@ -73,6 +73,7 @@ class Submission(FailurePolicy):
             STAGING,
             STAGED,
             f"staged {len(directory.inputs)} input file(s)",
+            durable=False,  # lost in a power cut: staged again (as after "staged-unrecorded")
             next_at=0,
             **self._clear_failures(),
         )
@@ -130,6 +131,7 @@ class Submission(FailurePolicy):
             SUBMITTING,
             SUBMITTED,
             f"{how} as {ref.remote_id}",
+            durable=False,  # lost in a power cut: found by its submit key (as after "submitted-unrecorded")
             remote_id=ref.remote_id,
             handle=json.dumps(dict(ref.handle)),
             submitted_at=now,

@@ -8,14 +8,24 @@ before the side effect that depends on it) holds; what is saved is a flush per w
 
 A writer whose own statements fail has its savepoint rolled back, and the others' changes stay. A commit
 that fails (a full disk) fails every writer of its transaction with the same error: nothing of it was kept.
+
+Given the database's write-ahead log (``wal``), the connection commits with ``synchronous=NORMAL`` and
+this class flushes the log itself after each commit that holds a durable write: what SQLite does with
+``synchronous=FULL``, but not for a transaction whose writes all said they need no flush of their own
+(``durable=False``): changes whose loss in a power cut only makes the daemon redo a step that may be done
+twice. Such a commit reaches the disk with the next flushed one (the log is flushed whole, in order), and
+is never lost to a crash of the process. SQLite itself may not change ``synchronous`` inside a
+transaction, hence the flush here.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 MAX_WRITERS = 16  # a transaction is committed after this many writes even while more are waiting
 _KEPT_FAILURES = 64  # failed transactions remembered for writers still to wake
@@ -24,9 +34,12 @@ _KEPT_FAILURES = 64  # failed transactions remembered for writers still to wake
 class GroupCommit:
     """Writes through ``connection`` (autocommit mode: ``isolation_level=None``), committed in groups."""
 
-    def __init__(self, connection: sqlite3.Connection, max_writers: int = MAX_WRITERS):
+    def __init__(self, connection: sqlite3.Connection, max_writers: int = MAX_WRITERS, *, wal: Path | None = None):
         self.connection = connection
         self._max_writers = max_writers
+        self._wal = wal  # flushed here after a durable commit (None: the connection's own setting rules)
+        self._wal_fd: int | None = None
+        self._flush_wanted = False  # a durable write is in the open transaction
         self._turn = threading.RLock()  # one writer's statements at a time; a thread's writes may nest
         self._state = threading.Condition()  # guards the counters below; notified at each commit
         self._waiting = 0  # writers waiting for their turn
@@ -35,8 +48,9 @@ class GroupCommit:
         self._done = 0  # the last transaction committed or failed
         self._failures: dict[int, sqlite3.Error] = {}  # transaction → why its commit failed
         self._depth = 0  # the turn holder's nesting
-        #: transactions committed and writes done (for tests and benchmarks)
+        #: transactions committed, flushes of the log, and writes done (for tests and benchmarks)
         self.commits = 0
+        self.flushes = 0
         self.writes = 0
 
     @property
@@ -46,8 +60,9 @@ class GroupCommit:
             return self._waiting
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write: its statements go in a savepoint; on return they are committed (or it raised)."""
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write: its statements go in a savepoint; on return they are committed (or it raised), and
+        flushed to disk unless ``durable`` is False (see the module's text)."""
         with self._state:
             self._waiting += 1
         try:
@@ -60,6 +75,7 @@ class GroupCommit:
             try:
                 with self._savepoint():
                     yield self.connection
+                self._flush_wanted |= durable
             finally:
                 self._depth -= 1
                 self._turn.release()
@@ -70,6 +86,7 @@ class GroupCommit:
             mine = self._begin()
             with self._savepoint():
                 yield self.connection
+            self._flush_wanted |= durable
             self._writers += 1
             self.writes += 1
         except BaseException as exc:
@@ -90,6 +107,7 @@ class GroupCommit:
             with self._state:
                 self._open += 1
             self._writers = 0
+            self._flush_wanted = False
         return self._open
 
     @contextmanager
@@ -159,8 +177,29 @@ class GroupCommit:
             self._finished(mine, exc)
             raise
         self.commits += 1
+        if self._flush_wanted and self._wal is not None:
+            try:
+                self._flush()
+            except OSError as exc:  # committed, but perhaps not on disk: no writer may count on it
+                failure = sqlite3.OperationalError(f"flushing {self._wal} to disk failed: {exc}")
+                self._finished(mine, failure)
+                raise failure from exc
         self._finished(mine, None)
         return True
+
+    def _flush(self) -> None:
+        """Flush the log to disk. It is opened once: SQLite deletes and makes it anew only when the last
+        connection to the database closes, and the writing connection stays open as long as this object."""
+        if self._wal_fd is None:
+            self._wal_fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)  # type: ignore[arg-type]
+        os.fdatasync(self._wal_fd)
+        self.flushes += 1
+
+    def close(self) -> None:
+        """Close the log's descriptor (the connection is its owner's to close)."""
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     def _finished(self, transaction: int, failure: sqlite3.Error | None) -> None:
         with self._state:

@@ -125,8 +125,9 @@ def update(inbox: Path, job: Job, outbox_folder: Path | None, tmp_dir: Path, con
                 os.replace(tmp, path)  # over this job's own journal, just proven
             else:
                 rename_noreplace(tmp, path)  # FileExistsError rather than replace a file that appeared meanwhile
-        finally:
-            tmp.unlink(missing_ok=True)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # renamed into place, it is gone already
+            raise
     except FileExistsError:
         return path
     except OSError:

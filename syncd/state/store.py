@@ -266,9 +266,19 @@ class Store:
         if group is None:
             with self._opening:  # one writing connection, even when two threads write first at once
                 if self._group is None:
-                    self._group = GroupCommit(self._connect())
+                    self._group = self._open_writer()
                 group = self._group
         return group
+
+    def _open_writer(self) -> GroupCommit:
+        """The one writing connection. Durable: it commits with synchronous=NORMAL and its group commit
+        flushes the log after each commit that needs it (state.commits), so that a change whose loss in a
+        power cut costs only a step done again is not flushed on its own."""
+        conn = self._connect()
+        if self._synchronous != "FULL":
+            return GroupCommit(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return GroupCommit(conn, wal=Path(f"{self.path}-wal"))
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -281,11 +291,12 @@ class Store:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write, on disk when the block has ended (see state.commits); reads of the same data in it go
-        through the connection it gives, not through :meth:`_conn`."""
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write, committed when the block has ended and on disk unless not ``durable`` (see
+        state.commits); reads of the same data in it go through the connection it gives, not through
+        :meth:`_conn`."""
         try:
-            with self.group_commit().write() as conn:
+            with self.group_commit().write(durable) as conn:
                 yield conn
         except sqlite3.Error as exc:
             if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _UNWRITABLE_CODES:
@@ -322,6 +333,8 @@ class Store:
                 except sqlite3.Error:
                     pass
             self._connections.clear()
+            if self._group is not None:
+                self._group.close()
             self._group = None
         self._local = threading.local()
 
@@ -525,16 +538,20 @@ class Store:
             params.append(backend)
         return self._conn().execute(query, params).fetchone()[0]
 
-    def transition(self, job_id: str, expect: str | Iterable[str], to: str, note: str, **values: Any) -> bool:
+    def transition(
+        self, job_id: str, expect: str | Iterable[str], to: str, note: str, *, durable: bool = True, **values: Any
+    ) -> bool:
         """Move ``job_id`` from one of ``expect`` to ``to`` (and set ``values``) atomically.
 
-        Returns False, changing nothing, when the job is no longer in an expected state.
+        Returns False, changing nothing, when the job is no longer in an expected state. ``durable=False``:
+        committed without a flush of its own, for a change whose loss in a power cut only has a step done
+        again that may be done twice (see state.commits).
         """
         expected = [expect] if isinstance(expect, str) else list(expect)
         values["state"] = to
         values["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in values)
-        with self._write() as conn:
+        with self._write(durable) as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] not in expected:
                 return False
@@ -548,12 +565,19 @@ class Store:
         return True
 
     def update(
-        self, job_id: str, *, expect: str | Iterable[str] | None = None, event: str | None = None, **values: Any
+        self,
+        job_id: str,
+        *,
+        expect: str | Iterable[str] | None = None,
+        event: str | None = None,
+        durable: bool = True,
+        **values: Any,
     ) -> bool:
-        """Set fields without a state change (optionally only while in ``expect``)."""
+        """Set fields without a state change (optionally only while in ``expect``); ``durable`` as for
+        :meth:`transition`."""
         values["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in values)
-        with self._write() as conn:
+        with self._write(durable) as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False

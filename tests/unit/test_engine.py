@@ -382,10 +382,13 @@ def test_engine_polls_every_due_job_of_a_backend_in_one_call(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
-def test_engine_steps_of_jobs_on_this_machine_take_their_own_few_threads(tmp_path, kind):
+def test_engine_steps_of_jobs_on_this_machine_take_their_own_few_threads(tmp_path, kind, monkeypatch):
     """A local backend's steps with a folder storage run on at most LOCAL_STEP_THREADS threads (more only take
-    turns at the interpreter lock); a service's steps run on the ``workers`` threads."""
+    turns at the interpreter lock), the second only while the first is stalled on a step (here: 10 ms); a
+    service's steps run on the ``workers`` threads."""
     import threading
+
+    monkeypatch.setattr(engine_base, "LOCAL_STEP_STALL", 0.01)
 
     backends = {"b": {"type": kind, "max_parallel": 8}}
     path = make_config(tmp_path / "site", backend="b", extra={"backends": backends, "workers": 6})

@@ -166,3 +166,90 @@ def test_threads_that_write_first_at_once_open_one_writing_connection(tmp_path, 
     assert len(opened) == 1
     assert all(group is groups[0] for group in groups) and len(groups) == 8
     store.close()
+
+
+@pytest.fixture
+def logged(tmp_path, monkeypatch):
+    """A group commit that flushes the log itself (its connection at synchronous=NORMAL), and the inodes
+    of the files it flushed."""
+    from syncd.state import commits
+
+    path = tmp_path / "db.sqlite"
+    setup = connect(path)
+    setup.execute("CREATE TABLE rows (id TEXT PRIMARY KEY, parent TEXT)")
+    setup.close()
+    conn = connect(path)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    group = GroupCommit(conn, wal=Path(f"{path}-wal"))
+    flushed: list[int] = []
+    real = commits.os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed.append(commits.os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(commits.os, "fdatasync", fdatasync)
+    yield path, group, flushed
+    group.close()
+    group.connection.close()
+
+
+def test_a_durable_write_is_flushed_in_the_log_and_one_that_needs_no_flush_is_committed_without_one(logged):
+    path, group, flushed = logged
+    with group.write(durable=False) as conn:
+        conn.execute("INSERT INTO rows VALUES ('lazy', 'p')")
+    assert rows(path) == {"lazy"}, "committed: another connection sees it"
+    assert flushed == [] and group.flushes == 0
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('durable', 'p')")
+    wal_inode = Path(f"{path}-wal").stat().st_ino
+    assert flushed == [wal_inode] and group.flushes == 1, "the log itself was flushed, once"
+    assert rows(path) == {"lazy", "durable"}
+
+
+def test_a_durable_write_inside_one_that_needs_no_flush_makes_the_commit_flushed(logged):
+    path, group, flushed = logged
+    with group.write(durable=False) as conn:
+        conn.execute("INSERT INTO rows VALUES ('outer', 'p')")
+        with group.write() as inner:
+            inner.execute("INSERT INTO rows VALUES ('inner', 'p')")
+    assert rows(path) == {"outer", "inner"}
+    assert len(flushed) == 1
+
+
+def test_writers_sharing_a_transaction_are_flushed_once_if_one_of_them_asks(logged):
+    path, group, flushed = logged
+    waiting = []
+
+    def writer(name: str, durable: bool) -> None:
+        with group.write(durable=durable) as conn:
+            conn.execute("INSERT INTO rows VALUES (?, 'p')", (name,))
+
+    with group.write(durable=False) as conn:
+        conn.execute("INSERT INTO rows VALUES ('first', 'p')")
+        for name, durable in (("lazy", False), ("durable", True)):
+            thread = threading.Thread(target=writer, args=(name, durable))
+            thread.start()
+            waiting.append(thread)
+        wait_for(lambda: group.waiting == 2, timeout=10)
+    for thread in waiting:
+        thread.join(10)
+    assert rows(path) == {"first", "lazy", "durable"}
+    assert (group.writes, group.commits, group.flushes) == (3, 1, 1), "three writes, one commit, flushed"
+
+
+def test_a_flush_that_fails_fails_its_writers_with_the_reason(logged, monkeypatch):
+    from syncd.state import commits
+
+    path, group, flushed = logged
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(commits.os, "fdatasync", broken)
+    with pytest.raises(sqlite3.OperationalError, match="flushing .*-wal to disk failed"):
+        with group.write() as conn:
+            conn.execute("INSERT INTO rows VALUES ('x', 'p')")
+    with group.write(durable=False) as conn:  # the group goes on
+        conn.execute("INSERT INTO rows VALUES ('y', 'p')")
+    assert "y" in rows(path)

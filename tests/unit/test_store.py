@@ -328,6 +328,15 @@ def test_commits_wait_for_the_disk_unless_the_store_is_told_they_need_not(tmp_pa
     assert durable._conn().execute("PRAGMA synchronous").fetchone()[0] == full
     assert quick._conn().execute("PRAGMA synchronous").fetchone()[0] == normal
     DeliveryIndex(quick).record_many([("/x/a", 1, "etag", 5)])
+    assert quick.group_commit().flushes == 0, "the quick store's commits are never flushed"
+    job = new_job(durable)
+    flushes = durable.group_commit().flushes
+    assert flushes >= 1, "a durable store flushes its log"
+    assert durable.transition(job.id, CLAIMING, CLAIMED, "claimed", durable=False)
+    assert durable.update(job.id, message="m", durable=False)
+    assert durable.group_commit().flushes == flushes, "changes that need no flush are committed without one"
+    assert durable.transition(job.id, CLAIMED, STAGING, "valid")
+    assert durable.group_commit().flushes == flushes + 1
     quick.close()
     assert DeliveryIndex(Store(tmp_path / "b.db")).under("/x/") == {"/x/a": (1, "etag", 5)}
     durable.close()

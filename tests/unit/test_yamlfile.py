@@ -132,3 +132,64 @@ def test_load_file_reads_utf8_text(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: Ünïcødé ✓\n", encoding="utf-8")
     assert load_file(path).data == {"name": "Ünïcødé ✓"}
+
+
+_TRICKY = [
+    DOC,
+    "command: echo hi > out.txt\ninputs: [a.txt, 'b c.txt']\noutputs: ['*.txt']\n",
+    "a: 1\nb: 1.5\nc: true\nd: ~\ne: 2001-12-14\nf: '007'\ng: 0o17\nh: 1_000\ni: .inf\nj: yes\n",
+    "text: |\n  two\n  lines\nfolded: >-\n  one\n  line\nplain: multi\n  word\n",
+    '- [1, {a: b}]\n- ? complex\n  : value\n- "esc\\tape \\u00e9"\n',
+    "name: café ünïcödé 名前\nemoji: \U0001f600\n",
+    "\ufeffbom: first\n",
+    "",
+    "# only a comment\n",
+    "a: 1\na: 2\n",
+    "key: !!python/object:os.system x\n",
+    "a: [1, 2\n",
+    "a: \x07\n",
+    "a: *undefined\n",
+    "a: b: c\n",
+    "\ta: tab\n",
+    "a: 'unterminated\n",
+    "--- 1\n--- 2\n",
+]
+
+
+@pytest.mark.parametrize("text", _TRICKY)
+def test_libyaml_and_pyyaml_read_every_document_alike(text, monkeypatch):
+    """The fast path (libyaml, for text without an anchor) gives the same values, lines and problems as
+    PyYAML's parser; what libyaml refuses is handed to PyYAML, whose messages are the ones users see."""
+    import yaml
+
+    from syncd import yamlfile
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML was built without libyaml here: there is no fast path to compare")
+
+    def read(fast: bool):
+        if not fast:
+            monkeypatch.setattr(yamlfile, "_compose_fast", lambda text: None)
+        try:
+            loaded = loads(text)
+        except YamlProblem as exc:
+            return ("problem", exc.message, exc.line)
+        finally:
+            monkeypatch.undo()
+        return ("data", loaded.data, loaded.lines)
+
+    assert read(fast=True) == read(fast=False)
+
+
+def test_the_fast_path_serves_a_plain_manifest_and_leaves_anchors_to_the_counting_parser():
+    import yaml
+
+    from syncd import yamlfile
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML was built without libyaml here: there is no fast path to compare")
+    assert yamlfile._compose_fast("command: echo hi\n") is not None
+    assert yamlfile._compose_fast("base: &b {x: 1}\nuse: *b\n") is None
+    assert yamlfile._compose_fast("a: [1, 2\n") is None  # refused: PyYAML says why
+    with pytest.raises(YamlProblem, match="not allowed"):
+        loads("base: &b {x: 1}\nuse: *b\n", allow_aliases=False)

@@ -4,7 +4,9 @@ Why not urllib3/http.client: per request they spend ~0.3 ms of CPU on URL parsin
 pool bookkeeping and e-mail-style header parsing, which doubles the cost of
 fetching a small object. This client does only what S3 needs: one request at a
 time per connection, Content-Length or chunked bodies, TLS, timeouts. It never
-retries; a pooled connection the server has closed is noticed before reuse.
+retries a request the server may have read: a pooled connection the server has closed is noticed
+before reuse, and one it closes just as it is reused (before a byte of an answer) has the request sent
+again once on a new connection, as every HTTP client does.
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 #: bodies at least this big are sent after the server's ``100 Continue`` (or after CONTINUE_WAIT seconds of silence)
 EXPECT_CONTINUE_FROM = 1024 * 1024
 CONTINUE_WAIT = 1.0
+#: requests sent again when a reused connection ends before an answer (the server may have done them)
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class ProtocolError(ConnectionError):
     """The server's answer was not valid HTTP/1.1, or the connection ended mid-answer."""
+
+
+class NoAnswer(ProtocolError):
+    """The connection ended before a byte of an answer came."""
 
 
 class ProxyError(ConnectionError):
@@ -379,15 +387,19 @@ class Pool:
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
-    def _get(self) -> Connection:
+    def _get(self) -> tuple[Connection, bool]:
+        """A connection, and whether it served an earlier request."""
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
-                return Connection(self.host, self.port, self.tls, self.connect_timeout, self.read_timeout, self.proxy)
+                return self._new(), False
             if not connection.dropped():
-                return connection
+                return connection, True
             connection.close()
+
+    def _new(self) -> Connection:
+        return Connection(self.host, self.port, self.tls, self.connect_timeout, self.read_timeout, self.proxy)
 
     def put(self, connection: Connection) -> None:
         if not connection.reusable:
@@ -400,7 +412,19 @@ class Pool:
         connection.close()
 
     def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> Response:
-        connection = self._get()
+        connection, reused = self._get()
+        try:
+            return self._send(connection, method, target, headers, body)
+        except (NoAnswer, ConnectionResetError, BrokenPipeError):
+            if not reused or method not in IDEMPOTENT:
+                raise
+        # The server (or a proxy) closed the idle connection as it was taken: the close was on its way as
+        # the request went out. Once more, on a new connection: a request that may be done twice.
+        return self._send(self._new(), method, target, headers, body)
+
+    def _send(
+        self, connection: Connection, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+    ) -> Response:
         try:
             head = [f"{method} {self.target_prefix}{target} HTTP/1.1"]
             head += [f"{name}: {value}" for name, value in headers.items()]
@@ -436,7 +460,7 @@ class Pool:
         while True:
             line = reader.readline(MAX_LINE)
             if not line:
-                raise ProtocolError(f"{self.host}:{self.port} closed the connection without an answer")
+                raise NoAnswer(f"{self.host}:{self.port} closed the connection without an answer")
             parts = line.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
                 raise ProtocolError(f"{self.host}:{self.port} answered with {line[:60]!r}, not HTTP/1.1")

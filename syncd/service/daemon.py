@@ -50,7 +50,8 @@ EXIT_LOCKED = 3
 EXIT_HARD_STOP = 130
 DRAIN_SECONDS = 5.0
 PUMP_TICK = 0.5  # the pump runs at least this often, work or not (retries and polls fall due on their own)
-PUMP_GAP = 0.01  # and at most this often: wakes in between are taken together
+PUMP_GAP = 0.025  # and at most this often: wakes in between are taken together (under load, most of what a
+# pump reads is in a worker's hands already: pumping more often only reads it again)
 CHECK_GAP = 0.02  # an inbox is checked at most this often, however many events arrive
 STALL_SECONDS = 30.0  # no pump for this long: not alive (no watchdog ping, /healthz 503)
 JOBS_SHOWN = 500  # /jobs: the jobs created last
@@ -307,9 +308,10 @@ class Daemon:
         while not self._halt.is_set():
             self._work.wait(PUMP_TICK)
             self._work.clear()
-            self._guard("pump", self._tick)
+            # The polls first: a job whose end was just heard is handed out by the pump that follows.
             for name in self.engine.hinted_backends():
                 self._guard(f"poll of backend {name}", self.engine.poll_backend, name)
+            self._guard("pump", self._tick)
             self._halt.wait(PUMP_GAP)
 
     def _lease_loop(self) -> None:

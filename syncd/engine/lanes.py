@@ -44,7 +44,7 @@ class Lanes:
             if not self._threads:
                 self._start()
             for lane, idle in enumerate(self._idle):
-                if idle:  # the first idle lane takes it, or times its turn (see _wait)
+                if idle:  # the first idle lane takes it, or times its turn (see _turn_in)
                     self._idle[lane] = False
                     self._wakers[lane].notify()
                     break

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds, machine_busy_seconds  # noqa: E402
+from bench.procstat import cpu_times, machine_busy_seconds  # noqa: E402
 from tests.support.harness import make_config  # noqa: E402  (writes a site on the embedded default)
 
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -196,7 +196,8 @@ def main() -> int:
     finally:
         stop_sampling.set()
         end_status = proc_status(proc.pid)
-        daemon_cpu = cpu_seconds(proc.pid)
+        daemon_times = cpu_times(proc.pid)
+        daemon_cpu = None if daemon_times is None else sum(daemon_times)
         machine_cpu = machine_busy_seconds() - busy_at_start
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -248,6 +249,10 @@ def main() -> int:
         # both from start to the end (syncd's start-up and the last samples included)
         "daemon_cpu_seconds": daemon_cpu,
         "daemon_cpu_ms_per_job": round(daemon_cpu * 1000 / args.jobs, 1) if daemon_cpu is not None else None,
+        # in the interpreter and libraries (user) against in the kernel for it (system: files, fsync, futexes)
+        "daemon_user_system_ms_per_job": (
+            [round(t * 1000 / args.jobs, 1) for t in daemon_times] if daemon_times is not None else None
+        ),
         "machine_cpu_ms_per_job": round(machine_cpu * 1000 / args.jobs, 1),
         "finished": sum(states.values()),
         "states": states,

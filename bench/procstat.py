@@ -8,13 +8,19 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` (None once it has exited)."""
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) seconds of ``pid`` (None once it has exited)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` (None once it has exited)."""
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 def machine_busy_seconds() -> float:

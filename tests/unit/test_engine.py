@@ -19,6 +19,7 @@ from syncd.engine.core import Engine
 from syncd.errors import AuthError, TransientError
 from syncd.fsutil import TMP_DIR
 from syncd.service.daemon import build_storages, load
+from syncd.state.commits import GroupCommit
 from syncd.state.store import Store, StoreUnwritable
 from syncd.storage.file import FileStorage
 from tests.support.harness import make_config, make_job, wait_for
@@ -452,3 +453,39 @@ def test_engine_stop_does_not_wait_for_steps_that_never_started(tmp_path):
     finally:
         backend.close()
         store.close()
+
+
+def test_engine_side_effects_come_after_every_commit_before_them_is_on_disk(world, monkeypatch):
+    """Commits that skip their own flush (durable=False) are taken to disk by the flushed commit that
+    comes before each side effect depending on them: the claim's rename, the submission, the backend's
+    clean-up. At each of those, every commit so far has been flushed."""
+    engine, service, drop = world
+    group = engine.store.group_commit()
+    flushed_through = []  # the number of commits when each flush of the log happened
+    seen: dict[str, tuple[int, int]] = {}  # side effect → (commits then, commits flushed then)
+    flushing = GroupCommit._flush
+
+    def flush(self):
+        flushing(self)
+        flushed_through.append(self.commits)
+
+    def recorded(name, act):
+        def side_effect(*args, **kwargs):
+            seen[name] = (group.commits, flushed_through[-1] if flushed_through else 0)
+            return act(*args, **kwargs)
+
+        return side_effect
+
+    monkeypatch.setattr(GroupCommit, "_flush", flush)
+    spool, backend = engine.spools["default"], engine.backends["mem"].unwrapped
+    monkeypatch.setattr(spool, "claim", recorded("claim", spool.claim))
+    monkeypatch.setattr(backend, "submit", recorded("submit", backend.submit))
+    monkeypatch.setattr(backend, "cleanup", recorded("cleanup", backend.cleanup))
+    job_id = drop("flushed", {"command": "echo ok > out.txt"})
+    engine.run_until_idle(30)
+    assert engine.store.get(job_id).state == "succeeded" and engine.store.get(job_id).finished
+    assert set(seen) == {"claim", "submit", "cleanup"}, seen
+    for name, (commits, flushed) in seen.items():
+        assert commits and commits == flushed, f"{name}: {commits} commits, the log flushed after {flushed}"
+    skipped = [n for n in range(1, group.commits + 1) if n not in flushed_through]
+    assert skipped, "some commits went without a flush of their own (those with durable=False)"

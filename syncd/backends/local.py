@@ -341,18 +341,22 @@ class LocalBackend(Backend):
     # -- status --------------------------------------------------------------
     @staticmethod
     def _runner_alive(ctrl: Path) -> bool:
-        try:
-            fd = os.open(ctrl / "alive.lock", os.O_RDONLY)
-        except FileNotFoundError:
+        """Whether the runner of ``ctrl`` lives: it holds a lock on its claim (on ``alive.lock`` where the
+        filesystem has no hard links, and in runners of an older syncd) for as long as it does."""
+        for name in ("alive.lock", "claim"):
+            try:
+                fd = os.open(ctrl / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return True
+                raise
+            finally:
+                os.close(fd)  # closing releases a lock we may have taken
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return True
-            raise
-        finally:
-            os.close(fd)  # closing releases a lock we may have taken
         return False
 
     def _status(self, ref: RemoteRef) -> RemoteStatus:

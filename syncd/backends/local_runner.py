@@ -1,10 +1,11 @@
 """Runs one local job, detached from the daemon, and records how it ended.
 
 Started by the local backend as ``python -m syncd.backends.local_runner ATTEMPT_DIR``.
-It forks into the background (so the daemon never has to reap it), holds
-``ctrl/alive.lock`` for as long as it lives (so the daemon can tell a live
-runner from a dead one without trusting pids), claims ``ctrl/claim`` exclusively
-(so a second runner for the same attempt exits at once), runs the command in
+It forks into the background (so the daemon never has to reap it), claims ``ctrl/claim``
+exclusively (so a second runner for the same attempt exits at once) and holds a lock on it for as
+long as it lives (so the daemon can tell a live runner from a dead one without trusting pids; on a
+filesystem without hard links, and from runners of an older syncd, the lock is on
+``ctrl/alive.lock``), runs the command in
 its own process group, enforces the timeout, obeys ``ctrl/cancel``, and writes
 ``ctrl/status.json`` atomically at the end. The job's whole process tree is contained
 (:mod:`syncd.backends.containment`: a cgroup, or the runner as subreaper): at the end of the job, on
@@ -22,6 +23,7 @@ for every job. The launching process returns once the runner has claimed the att
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -42,18 +44,75 @@ KILL_GRACE = 5.0
 TICK = 0.2
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict, *, durable: bool = True) -> None:
+    """Replace ``path`` whole; ``durable``: on disk when this returns."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as out:
         json.dump(data, out)
-        out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# What link(2) answers on a filesystem that has no hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV})
+
+
+def claim(ctrl: Path) -> int | None:
+    """Make the attempt of ``ctrl`` this runner's: the open descriptor whose lock says it lives (kept open
+    until the runner ends), or None if another runner has claimed it.
+
+    The claim is written and locked under a name of its own, then linked as ``claim``: link(2) fails
+    when the name is taken, and a daemon never finds a claim its live runner has not locked yet."""
+    mine = ctrl / f"claim.{os.getpid()}.{time.monotonic_ns()}"
+    fd = os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, str(os.getpid()).encode())
+        os.link(mine, ctrl / "claim")
+    except FileExistsError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        return _claim_with_lock_file(ctrl)
+    finally:
+        os.unlink(mine)
+    os.fsync(fd)
+    _fsync_dir(ctrl)
+    return fd
+
+
+def _claim_with_lock_file(ctrl: Path) -> int | None:
+    """:func:`claim` without hard links: the lock is held on ``alive.lock``, taken before the claim is made
+    (a runner that finds it held leaves the attempt to the one that holds it)."""
+    fd = os.open(ctrl / "alive.lock", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        made = os.open(ctrl / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        os.close(fd)
+        if isinstance(exc, FileExistsError) or exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    os.write(made, str(os.getpid()).encode())
+    os.fsync(made)
+    os.close(made)
+    _fsync_dir(ctrl)
+    return fd
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -95,18 +154,19 @@ def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None) -> int:
     ctrl = attempt_dir / "ctrl"
     try:
         spec = json.loads((ctrl / "spec.json").read_text())
-        alive = open(ctrl / "alive.lock", "a")
-        fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
-        try:
-            fd = os.open(ctrl / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
+        held = claim(ctrl)
+        if held is None:
             return 0  # another runner owns (or owned) this attempt: never run twice
-        os.write(fd, str(os.getpid()).encode())
-        os.fsync(fd)
-        os.close(fd)
     finally:
         claimed()
+    try:
+        return _run_claimed(attempt_dir, spec)
+    finally:
+        os.close(held)  # after the end is recorded: the daemon never finds a claim unlocked without it
 
+
+def _run_claimed(attempt_dir: Path, spec: dict) -> int:
+    ctrl = attempt_dir / "ctrl"
     started = time.time()
     command = ["/bin/sh", "-c", spec["command"]] if isinstance(spec["command"], str) else spec["command"]
     status: dict[str, Any] = {"started": started, "timed_out": False, "cancelled": False, "signal": None, "error": None}
@@ -144,9 +204,12 @@ def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None) -> int:
         _write_json(ctrl / "status.json", status)
         return 0
     box.main_pid = child.pid
+    # Read only to kill what a dead runner left running: nothing of the job outlives a power cut, so
+    # the record need not outlive one either.
     _write_json(
         ctrl / "runner.json",
         {"runner_pid": os.getpid(), "pgid": child.pid, "started": started, "containment": box.describe()},
+        durable=False,
     )
 
     timeout = spec.get("timeout")
@@ -180,8 +243,9 @@ def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None) -> int:
 
 def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
     """Start the runner of ``attempt_dir`` as a process of its own session that is nobody's child, and
-    return once it has claimed the attempt (or found it claimed, or died). With ``log_path``, the
-    runner's own stderr goes there."""
+    return once it has claimed the attempt (or found it claimed, or died). With ``log_path``, why the
+    runner failed goes there (the file is made only then: a runner that does its work has nothing to
+    say), and its standard streams go nowhere."""
     claim_read, claim_write = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -194,15 +258,11 @@ def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
             os.dup2(null, 0)
             os.dup2(null, 1)
             if log_path is not None:
-                log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                os.dup2(log, 2)
-                os.close(log)
+                os.dup2(null, 2)
             os.close(null)
             code = run(attempt_dir, claimed=lambda: os.close(claim_write))
         except BaseException:
-            import traceback
-
-            traceback.print_exc()
+            _report_failure(log_path)
             code = 1
         finally:
             sys.stderr.flush()
@@ -211,6 +271,17 @@ def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
     os.waitpid(middle, 0)
     os.read(claim_read, 1)
     os.close(claim_read)
+
+
+def _report_failure(log_path: Path | None) -> None:
+    """Write the exception being handled to ``log_path`` (to standard error without one)."""
+    import traceback
+
+    if log_path is None:
+        traceback.print_exc()
+        return
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as log:
+        traceback.print_exc(file=log)
 
 
 def serve() -> None:

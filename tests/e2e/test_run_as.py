@@ -96,7 +96,7 @@ attempt() { if sh -c "$2" 2>/dev/null; then echo "$1: allowed"; else echo "$1: d
   attempt "list the state folder" 'ls "$STATE_PATH" > /dev/null'
   attempt "write the exit status" 'echo "{\"exit_code\": 9}" > ../ctrl/status.json'
   attempt "request a cancel" 'touch ../ctrl/cancel'
-  attempt "write the liveness lock" 'echo x >> ../ctrl/alive.lock'
+  attempt "write the claim" 'echo x >> ../ctrl/claim'
   attempt "rewrite the spec" 'echo x > ../ctrl/spec.json'
   attempt "move the control folder" 'mv ../ctrl ../ctrl-gone'
 } > attempts.txt

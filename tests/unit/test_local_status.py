@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 
 import pytest
 
+from syncd.backends import local_runner
 from syncd.backends.base import RemoteRef, RemoteState
 from syncd.backends.local import LocalBackend, LocalOptions
+from tests.support.harness import wait_for
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def test_each_state_of_a_control_folder_is_told_apart(backend, tmp_path):
     lost = status_of(backend, "syncd-a")
     assert (lost.state, lost.native) == (RemoteState.FAILED, "lost")  # claimed, no runner holds its lock
     assert "died without recording an exit status" in (lost.message or "")
-    held = os.open(ctrl / "alive.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    held = os.open(ctrl / "claim", os.O_RDONLY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         assert status_of(backend, "syncd-a").state == RemoteState.RUNNING
@@ -51,3 +54,61 @@ def test_a_file_where_the_control_folder_should_be_is_unknown_not_an_error(backe
     attempt.mkdir(parents=True)
     (attempt / "ctrl").write_text("not a folder")
     assert status_of(backend, "syncd-b").state == RemoteState.UNKNOWN
+
+
+def test_a_runner_that_locks_alive_lock_is_told_alive_and_dead_by_that_lock(backend, tmp_path):
+    """Runners of an older syncd, and runners on a filesystem without hard links, hold alive.lock."""
+    ctrl = tmp_path / "work" / "syncd-c" / "ctrl"
+    ctrl.mkdir(parents=True)
+    (ctrl / "claim").write_text("12345")
+    held = os.open(ctrl / "alive.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert status_of(backend, "syncd-c").state == RemoteState.RUNNING
+    finally:
+        os.close(held)
+    assert status_of(backend, "syncd-c").native == "lost"
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_claim_is_one_runners_and_locked_while_it_is_held(backend, tmp_path, monkeypatch, hard_links):
+    if not hard_links:
+
+        def refused(*args, **kwargs):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(local_runner.os, "link", refused)
+    ctrl = tmp_path / "work" / "syncd-d" / "ctrl"
+    ctrl.mkdir(parents=True)
+    held = local_runner.claim(ctrl)
+    assert held is not None
+    try:
+        assert (ctrl / "claim").read_text() == str(os.getpid())
+        assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
+        assert local_runner.claim(ctrl) is None, "a second runner of the attempt does not claim it"
+        assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
+    finally:
+        os.close(held)
+    assert status_of(backend, "syncd-d").native == "lost", "no status and no lock: the runner died"
+    files = {"claim"} if hard_links else {"claim", "alive.lock"}
+    assert {path.name for path in ctrl.iterdir()} == files, "nothing else is left behind"
+
+
+def test_a_runner_that_does_its_work_leaves_no_log_and_one_that_fails_says_why_in_it(tmp_path):
+    attempt = tmp_path / "syncd-e"
+    (attempt / "ctrl").mkdir(parents=True)
+    (attempt / "work").mkdir()
+    spec = {"command": "echo ok > out.txt", "env": {"PATH": os.environ["PATH"]}, "containment": "subreaper"}
+    (attempt / "ctrl" / "spec.json").write_text(json.dumps(spec))
+    local_runner.start_detached(attempt, attempt / "ctrl" / "runner.log")
+    status = attempt / "ctrl" / "status.json"
+    wait_for(status.exists, what="the runner's status")
+    assert json.loads(status.read_text())["exit_code"] == 0 and (attempt / "work" / "out.txt").exists()
+    assert not (attempt / "ctrl" / "runner.log").exists()
+    broken = tmp_path / "syncd-f"
+    (broken / "ctrl").mkdir(parents=True)
+    (broken / "ctrl" / "spec.json").write_text("{not json")
+    local_runner.start_detached(broken, broken / "ctrl" / "runner.log")
+    log = broken / "ctrl" / "runner.log"
+    wait_for(lambda: "JSONDecodeError" in (log.read_text() if log.exists() else ""), what="the runner's log")
+    assert not (broken / "ctrl" / "claim").exists()

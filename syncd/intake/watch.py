@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from syncd.config import InboxConfig
 from syncd.intake.manifest import MANIFEST_NAME, READY_MARKER
@@ -49,8 +50,14 @@ NETWORK_FILESYSTEMS = frozenset(
 Snapshot = tuple[tuple[str, int, int, int], ...]
 
 
-def mount_entry(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
-    """Type and options of the filesystem holding ``path``, from the mount table (longest mount point wins)."""
+class Mount(NamedTuple):
+    fstype: str
+    options: str
+    source: str  # the device (or server and export) mounted
+
+
+def mount_entry(path: Path, mounts_file: str = "/proc/self/mounts") -> Mount | None:
+    """The filesystem holding ``path``, from the mount table (longest mount point wins)."""
     target = os.path.realpath(path)
     best, entry = "", None
     try:
@@ -61,10 +68,48 @@ def mount_entry(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str
                     continue
                 point = parts[1].replace("\\040", " ")
                 if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                    best, entry = point, (parts[2], parts[3] if len(parts) > 3 else "")
+                    best, entry = point, Mount(parts[2], parts[3] if len(parts) > 3 else "", parts[0])
     except OSError:
         return None
     return entry
+
+
+def ext4_without_journal(
+    path: Path, mounts_file: str = "/proc/self/mounts", ext4_info: str = "/proc/fs/ext4"
+) -> str | None:
+    """The device, when ``path`` is on an ext4 filesystem that has no journal (None otherwise, and when
+    it cannot be told). The kernel lists every option of a mounted ext4 in ``/proc/fs/ext4/<device>/options``,
+    ``data=`` among them only where there is a journal."""
+    entry = mount_entry(path, mounts_file)
+    if entry is None or entry.fstype != "ext4":
+        return None
+    device = os.path.basename(os.path.realpath(entry.source))
+    try:
+        with open(os.path.join(ext4_info, device, "options")) as listed:
+            options = listed.read().split()
+    except OSError:
+        return None
+    return None if any(option.startswith("data=") for option in options) else device
+
+
+def slow_create_warnings(
+    folders: dict[str, Path], mounts_file: str = "/proc/self/mounts", ext4_info: str = "/proc/fs/ext4"
+) -> list[str]:
+    """One warning per ext4 device without a journal that holds some of ``folders`` (what each is → where)."""
+    on: dict[str, list[str]] = {}
+    for what, folder in folders.items():
+        device = ext4_without_journal(folder, mounts_file, ext4_info)
+        if device is not None:
+            on.setdefault(device, []).append(f"{what} {folder}")
+    return [
+        f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} on {device}, an ext4 filesystem without a journal: "
+        f"before it reuses an inode, the kernel checks every inode freed there in the last minutes, one by one, "
+        f"and syncd makes and deletes files for every job, so under load each new file costs many times more "
+        f"than on a journaled filesystem (bench/fs_creates.py shows it). Jobs run all the same; for speed, give "
+        f"the filesystem a journal (tune2fs -O has_journal while it is unmounted) or move "
+        f"{'it' if len(held) == 1 else 'them'} to one that has"
+        for device, held in on.items()
+    ]
 
 
 def filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") -> str | None:
@@ -90,7 +135,7 @@ def attribute_cache_seconds(options: str) -> int | None:
     return max(values) if values else None
 
 
-def cache_warning(inbox: InboxConfig, entry: tuple[str, str] | None) -> str | None:
+def cache_warning(inbox: InboxConfig, entry: Mount | None) -> str | None:
     """Why ``settle`` is too short for the client's attribute cache of the inbox's mount, if it is."""
     if entry is None or not wants_polling(entry[0]):
         return None

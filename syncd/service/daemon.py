@@ -31,7 +31,7 @@ from syncd.engine.core import Engine
 from syncd.engine.crashpoints import CrashPoints
 from syncd.errors import ConfigError
 from syncd.intake.spool import Spool, SpoolError
-from syncd.intake.watch import InboxWatcher
+from syncd.intake.watch import InboxWatcher, slow_create_warnings
 from syncd.log import logger
 from syncd.service.notify import Notifier
 from syncd.service.observe import HttpEndpoint, Metrics
@@ -155,6 +155,14 @@ class Daemon:
                 source,
             )
 
+    def _warn_of_slow_filesystems(self) -> None:
+        folders = {"the state folder": self.config.state_dir}
+        for inbox in self.config.inboxes:
+            folders[f"inbox {inbox.name}"] = inbox.path
+            folders[f"the outbox of inbox {inbox.name}"] = inbox.outbox
+        for warning in slow_create_warnings(folders):
+            logger.warning("{}", warning)
+
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self._reload.set()
 
@@ -253,6 +261,7 @@ class Daemon:
         os.umask(os.umask(0) | 0o002)
         self._take_lock()
         self._warn_if_jobs_can_read_the_config()
+        self._warn_of_slow_filesystems()
         store = self._store = Store(self.config.db_path)
         storages, backends = build_storages(self.config), build_backends(self.config)
         engine = self._engine = Engine(

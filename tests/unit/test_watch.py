@@ -13,7 +13,9 @@ from syncd.intake.watch import (
     SettleTracker,
     attribute_cache_seconds,
     cache_warning,
+    ext4_without_journal,
     filesystem_type,
+    slow_create_warnings,
     snapshot,
     wants_polling,
 )
@@ -145,6 +147,46 @@ def test_filesystem_type_longest_mount_point_wins(tmp_path):
     assert filesystem_type(Path("/mnt/lab2/x"), mounts) == "ext4"  # not under /mnt/lab
     assert filesystem_type(Path("/mnt/my drive/inbox"), mounts) == "fuse.sshfs"
     assert filesystem_type(Path("/srv/inbox"), mounts) == "ext4"
+
+
+def _ext4_info(tmp_path: Path, options: dict[str, str]) -> str:
+    """A stand-in for /proc/fs/ext4: each device's full option list."""
+    for device, listed in options.items():
+        (tmp_path / "ext4" / device).mkdir(parents=True)
+        (tmp_path / "ext4" / device / "options").write_text(listed.replace(",", "\n") + "\n")
+    return str(tmp_path / "ext4")
+
+
+def test_ext4_without_a_journal_is_told_by_its_listed_options(tmp_path):
+    mounts = fake_mounts(
+        tmp_path,
+        [
+            "/dev/vda / ext4 rw,relatime 0 0",
+            "/dev/vdb /srv ext4 rw,relatime 0 0",
+            "/dev/vdc /data xfs rw 0 0",
+            "/dev/vdd /unlisted ext4 rw 0 0",
+        ],
+    )
+    info = _ext4_info(
+        tmp_path,
+        {
+            "vda": "rw,delalloc,nojournal_checksum,barrier,auto_da_alloc",
+            "vdb": "rw,delalloc,journal_checksum,barrier,data=ordered",
+        },
+    )
+    assert ext4_without_journal(Path("/var/tmp/state"), mounts, info) == "vda"
+    assert ext4_without_journal(Path("/srv/inbox"), mounts, info) is None, "journaled (data= is listed)"
+    assert ext4_without_journal(Path("/data/inbox"), mounts, info) is None, "not ext4"
+    assert ext4_without_journal(Path("/unlisted/inbox"), mounts, info) is None, "cannot be told: no warning"
+    warnings = slow_create_warnings(
+        {"the state folder": Path("/var/lib/syncd"), "inbox a": Path("/home/in"), "inbox b": Path("/srv/in")},
+        mounts,
+        info,
+    )
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("the state folder /var/lib/syncd, inbox a /home/in are on vda, an ext4")
+    assert "tune2fs -O has_journal" in warnings[0] and "/srv/in" not in warnings[0]
+    assert slow_create_warnings({"inbox b": Path("/srv/in")}, mounts, info) == []
 
 
 def test_filesystem_type_missing_mounts_file_is_none(tmp_path):

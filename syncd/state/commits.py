@@ -83,8 +83,8 @@ class GroupCommit:
         self._depth = 1
         mine, committed, error = 0, False, None
         try:
-            mine = self._begin()
-            with self._savepoint():
+            mine, alone = self._begin()
+            with self._savepoint(alone):
                 yield self.connection
             self._flush_wanted |= durable
             self._writers += 1
@@ -101,26 +101,35 @@ class GroupCommit:
         if not committed:
             self._wait_for(mine)
 
-    def _begin(self) -> int:
-        if not self.connection.in_transaction:
-            self.connection.execute("BEGIN IMMEDIATE")
-            with self._state:
-                self._open += 1
-            self._writers = 0
-            self._flush_wanted = False
-        return self._open
+    def _begin(self) -> tuple[int, bool]:
+        """The number of the transaction this write goes in, and whether it begins it (then it holds no
+        other writer's changes)."""
+        if self.connection.in_transaction:
+            return self._open, False
+        self.connection.execute("BEGIN IMMEDIATE")
+        with self._state:
+            self._open += 1
+        self._writers = 0
+        self._flush_wanted = False
+        return self._open, True
 
     @contextmanager
-    def _savepoint(self) -> Iterator[None]:
+    def _savepoint(self, alone: bool = False) -> Iterator[None]:
+        """The block's statements, undone if it fails. ``alone`` (the transaction holds nothing else): the
+        whole transaction is rolled back instead, without a savepoint's two statements around every write."""
         conn = self.connection
-        conn.execute("SAVEPOINT syncd_write")
+        if not alone:
+            conn.execute("SAVEPOINT syncd_write")
         try:
             yield
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled the whole transaction back already (a full disk)
                 try:
-                    conn.execute("ROLLBACK TO syncd_write")
-                    conn.execute("RELEASE syncd_write")
+                    if alone:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute("ROLLBACK TO syncd_write")
+                        conn.execute("RELEASE syncd_write")
                 except sqlite3.Error:
                     # Half a write must never be committed with the others: they fail with it (see _end).
                     try:
@@ -128,7 +137,8 @@ class GroupCommit:
                     except sqlite3.Error:
                         pass
             raise
-        conn.execute("RELEASE syncd_write")
+        if not alone:
+            conn.execute("RELEASE syncd_write")
 
     def _end(self, mine: int, error: BaseException | None) -> bool:
         """After the turn holder's write (``error``: how it failed): commit now (True), or leave it to a

@@ -89,6 +89,24 @@ def test_a_writer_alone_commits_at_once(db):
     assert group.commits == 2
 
 
+def test_a_writer_alone_needs_no_savepoint_and_its_failure_keeps_nothing(db):
+    path, group = db
+    statements: list[str] = []
+    group.connection.set_trace_callback(statements.append)
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('kept', 'p')")
+    assert statements == ["BEGIN IMMEDIATE", "INSERT INTO rows VALUES ('kept', 'p')", "COMMIT"]
+    with pytest.raises(ValueError):
+        with group.write() as conn:
+            conn.execute("INSERT INTO rows VALUES ('undone', 'p')")
+            raise ValueError("the caller's own error")
+    assert not group.connection.in_transaction and rows(path) == {"kept"}
+    with group.write() as conn:
+        conn.execute("INSERT INTO rows VALUES ('after', 'p')")
+    assert rows(path) == {"kept", "after"}
+    group.connection.set_trace_callback(None)
+
+
 def test_a_writer_whose_block_fails_loses_only_its_own_changes(db):
     path, group = db
     with group.write() as conn:

@@ -552,14 +552,20 @@ class Store:
         values["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._write(durable) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row["state"] not in expected:
+            if len(expected) == 1:  # the state it leaves is known: the update itself checks it
+                was: str | None = expected[0]
+            else:
+                row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                was = row["state"] if row is not None and row["state"] in expected else None
+            if was is None:
                 return False
             changed = conn.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {', '.join(_JOB_COLUMNS)}",
-                (*_storable_values(values), job_id),
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? RETURNING {', '.join(_JOB_COLUMNS)}",
+                (*_storable_values(values), job_id, was),
             ).fetchone()
-            self._event(conn, job_id, row["state"], to, note)
+            if changed is None:
+                return False
+            self._event(conn, job_id, was, to, note)
         if self.on_transition is not None:
             self.on_transition(_job(changed))
         return True
@@ -577,15 +583,16 @@ class Store:
         :meth:`transition`."""
         values["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in values)
+        where, params = "id = ?", [job_id]
+        if expect is not None:
+            expected = [expect] if isinstance(expect, str) else list(expect)
+            where += f" AND state IN ({', '.join('?' for _ in expected)})"
+            params += expected
         with self._write(durable) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
+            if not conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE {where}", (*_storable_values(values), *params)
+            ).rowcount:
                 return False
-            if expect is not None:
-                expected = [expect] if isinstance(expect, str) else list(expect)
-                if row["state"] not in expected:
-                    return False
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_storable_values(values), job_id))
             if event:
                 self._event(conn, job_id, None, None, event)
         return True

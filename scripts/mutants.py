@@ -47,8 +47,8 @@ MUTANTS = (
         "transition-ignores-state",
         "a job moves only from the state the caller saw (no step runs twice)",
         "syncd/state/store.py",
-        '            if row is None or row["state"] not in expected:\n',
-        "            if row is None:\n",
+        'f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? RETURNING',
+        'f"UPDATE jobs SET {assignments} WHERE id = ? AND ? IS NOT NULL RETURNING',
         ("tests/unit/test_store.py",),
     ),
     Mutant(

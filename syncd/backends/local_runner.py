@@ -39,6 +39,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: the package i
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from syncd.backends.containment import CgroupUnavailable, Containment, contain  # noqa: E402
+from syncd.fsutil import fsync_dir  # noqa: E402
 
 KILL_GRACE = 5.0
 TICK = 0.2
@@ -54,15 +55,7 @@ def _write_json(path: Path, data: dict, *, durable: bool = True) -> None:
             os.fsync(out.fileno())
     os.replace(tmp, path)
     if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fsync_dir(path.parent)
 
 
 # What link(2) answers on a filesystem that has no hard links.
@@ -92,7 +85,7 @@ def claim(ctrl: Path) -> int | None:
     finally:
         os.unlink(mine)
     os.fsync(fd)
-    _fsync_dir(ctrl)
+    fsync_dir(ctrl)
     return fd
 
 
@@ -111,7 +104,7 @@ def _claim_with_lock_file(ctrl: Path) -> int | None:
     os.write(made, str(os.getpid()).encode())
     os.fsync(made)
     os.close(made)
-    _fsync_dir(ctrl)
+    fsync_dir(ctrl)
     return fd
 
 

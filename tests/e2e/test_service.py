@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+from syncd.intake.watch import ext4_without_journal
 from syncd.state.store import Store
 from tests.support.harness import SYNCD, SyncdProcess, drop_job, runner_launchers, wait_for
 from tests.support.harness import http_get as _get
@@ -308,3 +309,16 @@ def test_webhook_notifies_terminal_states_with_retries_and_survives_a_crash(conf
     assert (body["name"], body["state"], body["exit_code"]) == ("announced", "failed", 2)
     assert body["result"]["state"] == "failed"
     assert len(receiver.bodies) == 1
+
+
+def test_start_warns_of_ext4_without_a_journal_exactly_where_the_folders_are_on_one(daemon):
+    """On this project's machines the tests' folders are on such a root; elsewhere the warning must not appear."""
+    state = daemon.root / ".state"
+    device = ext4_without_journal(state)
+    warnings = [line for line in daemon.log().splitlines() if "an ext4 filesystem without a journal" in line]
+    if device is None:
+        assert not warnings, warnings
+        return
+    assert len(warnings) == 1, warnings
+    assert f"the state folder {state}" in warnings[0] and f"on {device}," in warnings[0]
+    assert f"inbox default {daemon.inbox}" in warnings[0] and "syncd ready" in daemon.log()

@@ -1,7 +1,7 @@
 """``type: local``: runs jobs as processes on this host.
 
 Each attempt gets ``<work_root>/<submit key>/`` holding ``work/`` (a copy of the
-inputs; the job's working directory) and ``ctrl/`` (spec, logs, status). The
+inputs; the job's working directory) and ``ctrl/`` (claim, logs, status). The
 command is run by a detached runner (:mod:`syncd.backends.local_runner`) in its
 own session, so it outlives a daemon crash; the daemon re-attaches by reading
 ``ctrl/`` and never starts an attempt twice.
@@ -50,6 +50,7 @@ from syncd.backends.job_user import (
     take_back,
     unreachable_by,
 )
+from syncd.backends.local_runner import read_claim
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
@@ -83,7 +84,8 @@ def wait_exit(process: subprocess.Popen, timeout: float) -> int:
 
 class Launcher:
     """The runner launcher: ``local_runner.py --serve``, started on first use and again after it died.
-    One request at a time (NUL-terminated attempt folder out, a NUL back once the runner has claimed)."""
+    One request at a time (a line of JSON out: the attempt folder and its runner's spec; a NUL back once the
+    runner has claimed)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -100,13 +102,14 @@ class Launcher:
             )
         return self._process
 
-    def start(self, attempt: Path, timeout: float) -> None:
+    def start(self, attempt: Path, runner_spec: dict, timeout: float) -> None:
         """Have the runner of ``attempt`` started; OSError when the launcher does not do it in time."""
+        request = json.dumps({"attempt": os.fsdecode(attempt), "spec": runner_spec}).encode() + b"\n"
         with self._lock:
             process = self._running()
             assert process.stdin is not None and process.stdout is not None
             try:
-                process.stdin.write(os.fsencode(attempt) + b"\0")
+                process.stdin.write(request)
                 process.stdin.flush()
                 if not select.select([process.stdout], [], [], timeout)[0]:
                     raise TimeoutError(f"no answer within {timeout:.0f}s")
@@ -271,26 +274,27 @@ class LocalBackend(Backend):
         env.update(spec.env)
         env.update(SYNCD_JOB_ID=spec.job_id, SYNCD_JOB_NAME=spec.name, SYNCD_ATTEMPT=str(spec.attempt))
         runner_spec.update(command=spec.command if isinstance(spec.command, str) else list(spec.command), env=env)
-        tmp = ctrl / "spec.json.tmp"
-        write_small(tmp, json.dumps(runner_spec).encode())
-        os.replace(tmp, ctrl / "spec.json")
-        self._start_runner(spec, attempt)
+        self._start_runner(spec, attempt, runner_spec)
         self._watch_runner(spec.submit_key)
         return self._ref(spec.submit_key)
 
-    def _start_runner(self, spec: JobSpec, attempt: Path) -> None:
+    def _start_runner(self, spec: JobSpec, attempt: Path, runner_spec: dict) -> None:
         """Start the detached runner of ``attempt``; it claims the job itself (``ctrl/claim``).
 
-        Through the launcher (one process started once, whose forks become the runners); if that does
-        not answer, by starting a Python of its own for this runner."""
+        Through the launcher (one process started once, whose forks become the runners), which is handed
+        ``runner_spec``; if that does not answer, by starting a Python of its own for this runner, which
+        reads it from ``ctrl/spec.json``."""
         ctrl = attempt / "ctrl"
         try:
-            self._launcher.start(attempt, LAUNCH_TIMEOUT)
+            self._launcher.start(attempt, runner_spec, LAUNCH_TIMEOUT)
         except OSError as exc:
             logger.debug(
                 "the runner launcher of backend {} failed ({}); starting the runner on its own", self.name, exc
             )
             try:
+                tmp = ctrl / "spec.json.tmp"
+                write_small(tmp, json.dumps(runner_spec).encode())
+                os.replace(tmp, ctrl / "spec.json")
                 with open(ctrl / "runner.log", "ab") as runner_log:
                     launch = subprocess.Popen(
                         [sys.executable, "-I", "-S", RUNNER_SCRIPT, str(attempt)],
@@ -322,10 +326,11 @@ class LocalBackend(Backend):
             return
         ctrl = self._dir(key) / "ctrl"
         try:
-            pid = int(read_small(ctrl / "claim"))
-        except (OSError, ValueError):
+            pid, _ = read_claim(ctrl)
+        except OSError:
             return
-        self._exits.add(key, pid, lambda: self._runner_alive(ctrl))
+        if pid is not None:
+            self._exits.add(key, pid, lambda: self._runner_alive(ctrl))
 
     def close(self) -> None:
         self._launcher.close()
@@ -425,10 +430,10 @@ class LocalBackend(Backend):
         if self._runner_alive(ctrl):
             return
         try:
-            held = json.loads(read_small(ctrl / "runner.json")).get("containment") or {}
-        except (OSError, ValueError):
+            _, record = read_claim(ctrl)
+        except OSError:
             return
-        kill_leftover_cgroup(held.get("cgroup"))
+        kill_leftover_cgroup((record.get("containment") or {}).get("cgroup"))
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         folder = WorkFolder(self.work_root, ref.remote_id)

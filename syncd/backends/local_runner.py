@@ -1,12 +1,13 @@
 """Runs one local job, detached from the daemon, and records how it ended.
 
-Started by the local backend as ``python -m syncd.backends.local_runner ATTEMPT_DIR``.
+Started by the local backend's launcher (``local_runner.py --serve``, which is handed each job's spec
+through its pipe), or on its own as ``local_runner.py ATTEMPT_DIR`` (which reads ``ctrl/spec.json``).
 It forks into the background (so the daemon never has to reap it), claims ``ctrl/claim``
 exclusively (so a second runner for the same attempt exits at once) and holds a lock on it for as
 long as it lives (so the daemon can tell a live runner from a dead one without trusting pids; on a
 filesystem without hard links, and from runners of an older syncd, the lock is on
-``ctrl/alive.lock``), runs the command in
-its own process group, enforces the timeout, obeys ``ctrl/cancel``, and writes
+``ctrl/alive.lock``), runs the command in its own process group (named, with its cgroup, on the
+claim's second line), enforces the timeout, obeys ``ctrl/cancel``, and writes
 ``ctrl/status.json`` atomically at the end. The job's whole process tree is contained
 (:mod:`syncd.backends.containment`: a cgroup, or the runner as subreaper): at the end of the job, on
 timeout and on cancel, nothing of it survives.
@@ -45,17 +46,15 @@ KILL_GRACE = 5.0
 TICK = 0.2
 
 
-def _write_json(path: Path, data: dict, *, durable: bool = True) -> None:
-    """Replace ``path`` whole; ``durable``: on disk when this returns."""
+def _write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` whole, on disk when this returns."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as out:
         json.dump(data, out)
-        if durable:
-            out.flush()
-            os.fsync(out.fileno())
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # What link(2) answers on a filesystem that has no hard links.
@@ -108,6 +107,38 @@ def _claim_with_lock_file(ctrl: Path) -> int | None:
     return fd
 
 
+def _record_runner(ctrl: Path, record: dict) -> None:
+    """Append what a daemon needs to kill what this runner would leave behind if it died (its job's group
+    and cgroup) to the claim, as its second line. Appended, never rewritten, so a reader never finds the
+    pid gone; not flushed: nothing of the job outlives a power cut, so the record need not either."""
+    fd = os.open(ctrl / "claim", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, ("\n" + json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_claim(ctrl: Path) -> tuple[int | None, dict]:
+    """The pid of the runner that claimed ``ctrl`` and the record it appended once its job started ({} until
+    then, and for runners of an older syncd, which kept it in ``runner.json``)."""
+    with open(ctrl / "claim", "rb") as source:
+        first, _, rest = source.read(65536).partition(b"\n")
+    try:
+        pid: int | None = int(first)
+    except ValueError:
+        pid = None
+    try:
+        record = json.loads(rest) if rest.endswith(b"\n") else {}
+    except ValueError:
+        record = {}
+    if not record:
+        try:
+            record = json.loads((ctrl / "runner.json").read_bytes())
+        except (OSError, ValueError):
+            record = {}
+    return pid, record if isinstance(record, dict) else {}
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -142,11 +173,13 @@ def _identity(spec: dict, work: Path) -> dict:
     }
 
 
-def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None) -> int:
-    """Run the attempt; ``claimed`` is called once it is this runner's (or another's) to run."""
+def run(attempt_dir: Path, claimed: Callable[[], None] = lambda: None, spec: dict | None = None) -> int:
+    """Run the attempt as ``spec`` says (by default, as ``ctrl/spec.json`` says); ``claimed`` is called once
+    it is this runner's (or another's) to run."""
     ctrl = attempt_dir / "ctrl"
     try:
-        spec = json.loads((ctrl / "spec.json").read_text())
+        if spec is None:
+            spec = json.loads((ctrl / "spec.json").read_text())
         held = claim(ctrl)
         if held is None:
             return 0  # another runner owns (or owned) this attempt: never run twice
@@ -197,13 +230,7 @@ def _run_claimed(attempt_dir: Path, spec: dict) -> int:
         _write_json(ctrl / "status.json", status)
         return 0
     box.main_pid = child.pid
-    # Read only to kill what a dead runner left running: nothing of the job outlives a power cut, so
-    # the record need not outlive one either.
-    _write_json(
-        ctrl / "runner.json",
-        {"runner_pid": os.getpid(), "pgid": child.pid, "started": started, "containment": box.describe()},
-        durable=False,
-    )
+    _record_runner(ctrl, {"pgid": child.pid, "started": started, "containment": box.describe()})
 
     timeout = spec.get("timeout")
     deadline = started + timeout if timeout else None
@@ -234,11 +261,11 @@ def _run_claimed(attempt_dir: Path, spec: dict) -> int:
     return 0
 
 
-def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
-    """Start the runner of ``attempt_dir`` as a process of its own session that is nobody's child, and
-    return once it has claimed the attempt (or found it claimed, or died). With ``log_path``, why the
-    runner failed goes there (the file is made only then: a runner that does its work has nothing to
-    say), and its standard streams go nowhere."""
+def start_detached(attempt_dir: Path, log_path: Path | None = None, spec: dict | None = None) -> None:
+    """Start the runner of ``attempt_dir`` (for ``spec``; by default ``ctrl/spec.json``) as a process of its
+    own session that is nobody's child, and return once it has claimed the attempt (or found it claimed,
+    or died). With ``log_path``, why the runner failed goes there (the file is made only then: a runner
+    that does its work has nothing to say), and its standard streams go nowhere."""
     claim_read, claim_write = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -253,7 +280,7 @@ def start_detached(attempt_dir: Path, log_path: Path | None = None) -> None:
             if log_path is not None:
                 os.dup2(null, 2)
             os.close(null)
-            code = run(attempt_dir, claimed=lambda: os.close(claim_write))
+            code = run(attempt_dir, claimed=lambda: os.close(claim_write), spec=spec)
         except BaseException:
             _report_failure(log_path)
             code = 1
@@ -278,19 +305,15 @@ def _report_failure(log_path: Path | None) -> None:
 
 
 def serve() -> None:
-    """Start runners on request, for as long as standard input is open: each request is an attempt
-    folder followed by NUL, each answer a NUL once its runner has claimed the attempt. Forking this
-    process, whose imports are done, costs a fraction of starting a Python for every job."""
+    """Start runners on request, for as long as standard input is open: each request is one line of JSON,
+    ``{"attempt": folder, "spec": spec}``, each answer a NUL once its runner has claimed the attempt. The
+    spec comes with the request, so no file is made for it. Forking this process, whose imports are done,
+    costs a fraction of starting a Python for every job."""
     requests = sys.stdin.buffer
-    while True:
-        raw = bytearray()
-        while not raw.endswith(b"\0"):
-            byte = requests.read(1)
-            if not byte:
-                return  # the daemon is gone (or closed us): runners live on without us
-            raw += byte
-        attempt_dir = Path(os.fsdecode(bytes(raw[:-1])))
-        start_detached(attempt_dir, attempt_dir / "ctrl" / "runner.log")
+    while line := requests.readline():  # at its end the daemon is gone (or closed us): runners live on
+        request = json.loads(line)
+        attempt_dir = Path(request["attempt"])
+        start_detached(attempt_dir, attempt_dir / "ctrl" / "runner.log", spec=request["spec"])
         sys.stdout.buffer.write(b"\0")
         sys.stdout.buffer.flush()
 

@@ -65,7 +65,8 @@ class WorkFolder:
     def stage(self, inputs: Sequence[InputFile], mode: int | None = None) -> None:
         """Copy inputs into ``work/``, reusing files already there (same size and mtime). Idempotent."""
         try:
-            self.ctrl.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)  # asked for ctrl first, mkdir fails once before this
+            self.ctrl.mkdir(exist_ok=True)
             self.work.mkdir(exist_ok=True)
             made = {self.work}
             snapshot = {}

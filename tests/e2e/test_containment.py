@@ -5,7 +5,6 @@ daemon's user and with ``run_as``."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from syncd.backends.containment import cgroup2_mount, cgroup_available, own_cgroup
+from syncd.backends.local_runner import read_claim
 from tests.support.harness import SyncdProcess, drop_job, make_config, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -120,9 +120,8 @@ def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
             assert result["state"] == state, (name, result)
             left = _alive_with(f"{marker}-{name}")
             assert not left, f"{name}: processes outlived the job: {left}"
-            held = json.loads(
-                (Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl" / "runner.json").read_text()
-            )["containment"]
+            _, record = read_claim(Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl")
+            held = record["containment"]
             expected_kind = "subreaper" if containment == "subreaper" or not cgroup_available() else "cgroup"
             assert held["kind"] == expected_kind, held
             if "cgroup" in held:

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from syncd.backends import local_runner
-from syncd.backends.base import RemoteRef, RemoteState
+from syncd.backends.base import JobSpec, RemoteRef, RemoteState
 from syncd.backends.local import LocalBackend, LocalOptions
 from tests.support.harness import wait_for
 
@@ -83,7 +83,7 @@ def test_a_claim_is_one_runners_and_locked_while_it_is_held(backend, tmp_path, m
     held = local_runner.claim(ctrl)
     assert held is not None
     try:
-        assert (ctrl / "claim").read_text() == str(os.getpid())
+        assert local_runner.read_claim(ctrl) == (os.getpid(), {})
         assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
         assert local_runner.claim(ctrl) is None, "a second runner of the attempt does not claim it"
         assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
@@ -112,3 +112,46 @@ def test_a_runner_that_does_its_work_leaves_no_log_and_one_that_fails_says_why_i
     log = broken / "ctrl" / "runner.log"
     wait_for(lambda: "JSONDecodeError" in (log.read_text() if log.exists() else ""), what="the runner's log")
     assert not (broken / "ctrl" / "claim").exists()
+
+
+def _submitted(backend: LocalBackend, command: str) -> tuple[JobSpec, RemoteRef]:
+    spec = JobSpec(job_id="j1", name="job-one", submit_key="syncd-j1", attempt=1, command=command, env={})
+    backend.stage(spec, [])
+    ref = backend.submit(spec)
+    wait_for(lambda: status_of(backend, ref.remote_id).state == RemoteState.SUCCEEDED, what="the job's end")
+    return spec, ref
+
+
+def test_a_runner_started_by_the_launcher_is_handed_its_spec_and_keeps_its_record_in_the_claim(backend, tmp_path):
+    _, ref = _submitted(backend, "echo $SYNCD_JOB_NAME > out.txt")
+    attempt = tmp_path / "work" / ref.remote_id
+    assert (attempt / "work" / "out.txt").read_text() == "job-one\n", "the spec reached the runner"
+    ctrl = attempt / "ctrl"
+    assert {path.name for path in ctrl.iterdir()} == {"claim", "inputs.json", "stdout.txt", "stderr.txt", "status.json"}
+    pid, record = local_runner.read_claim(ctrl)
+    assert pid is not None and pid != os.getpid()
+    assert record["containment"]["kind"] in ("cgroup", "subreaper") and record["pgid"] > 0
+
+
+def test_without_its_launcher_a_runner_reads_its_spec_from_a_file(backend, tmp_path, monkeypatch):
+    def broken(*args):
+        raise BrokenPipeError("the launcher is gone")
+
+    monkeypatch.setattr(backend._launcher, "start", broken)
+    _, ref = _submitted(backend, "echo $SYNCD_JOB_NAME > out.txt")
+    attempt = tmp_path / "work" / ref.remote_id
+    assert (attempt / "work" / "out.txt").read_text() == "job-one\n"
+    assert json.loads((attempt / "ctrl" / "spec.json").read_text())["env"]["SYNCD_JOB_NAME"] == "job-one"
+
+
+def test_the_record_of_a_runner_is_read_from_its_claim_and_else_from_an_older_runners_file(tmp_path):
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    (ctrl / "claim").write_text("42")
+    assert local_runner.read_claim(ctrl) == (42, {})
+    (ctrl / "claim").write_text('42\n{"pgid": 7')
+    assert local_runner.read_claim(ctrl) == (42, {}), "a record half appended is not read"
+    (ctrl / "runner.json").write_text('{"pgid": 5}')
+    assert local_runner.read_claim(ctrl) == (42, {"pgid": 5}), "an older runner kept it in runner.json"
+    (ctrl / "claim").write_text('42\n{"pgid": 7}\n')
+    assert local_runner.read_claim(ctrl) == (42, {"pgid": 7})

@@ -1,7 +1,7 @@
 """``type: local``: runs jobs as processes on this host.
 
 Each attempt gets ``<work_root>/<submit key>/`` holding ``work/`` (a copy of the
-inputs; the job's working directory) and ``ctrl/`` (claim, logs, status). The
+inputs; the job's working directory) and ``ctrl/`` (the runner's claim and its job's end, logs). The
 command is run by a detached runner (:mod:`syncd.backends.local_runner`) in its
 own session, so it outlives a daemon crash; the daemon re-attaches by reading
 ``ctrl/`` and never starts an attempt twice.
@@ -54,7 +54,7 @@ from syncd.backends.local_runner import read_claim
 from syncd.backends.workdir import WorkFolder
 from syncd.config import BackendOptions, ConfigPath
 from syncd.errors import PermanentError, TransientError
-from syncd.fsutil import os_error, read_small, write_small
+from syncd.fsutil import os_error, write_small
 from syncd.intake.manifest import InputFile
 from syncd.log import logger
 
@@ -326,7 +326,7 @@ class LocalBackend(Backend):
             return
         ctrl = self._dir(key) / "ctrl"
         try:
-            pid, _ = read_claim(ctrl)
+            pid = read_claim(ctrl).pid
         except OSError:
             return
         if pid is not None:
@@ -366,20 +366,18 @@ class LocalBackend(Backend):
 
     def _status(self, ref: RemoteRef) -> RemoteStatus:
         ctrl = self._dir(ref.remote_id) / "ctrl"
-        status_file = ctrl / "status.json"
         try:
-            data = json.loads(read_small(status_file))  # most polls find a job that has ended: read at once
+            data = read_claim(ctrl).status  # most polls find a job that has ended: read at once
         except (FileNotFoundError, NotADirectoryError):
             if not ctrl.is_dir():
                 return RemoteStatus(RemoteState.UNKNOWN, "missing", message=f"no such local job {ref.remote_id}")
-            if not (ctrl / "claim").exists():
-                return RemoteStatus(RemoteState.QUEUED, "starting")
+            return RemoteStatus(RemoteState.QUEUED, "starting")
+        if data is None:
             if self._runner_alive(ctrl):
                 self._watch_runner(ref.remote_id)  # e.g. a job started before the daemon was
                 return RemoteStatus(RemoteState.RUNNING, "running")
-            try:  # the runner may have finished between the two checks
-                data = json.loads(read_small(status_file))
-            except FileNotFoundError:
+            data = read_claim(ctrl).status  # the runner may have finished between the two reads
+            if data is None:
                 return RemoteStatus(
                     RemoteState.FAILED,
                     "lost",
@@ -409,7 +407,13 @@ class LocalBackend(Backend):
 
     def cancel(self, ref: RemoteRef) -> None:
         ctrl = self._dir(ref.remote_id) / "ctrl"
-        if ctrl.is_dir() and not (ctrl / "status.json").exists():
+        try:
+            ended = read_claim(ctrl).status is not None
+        except FileNotFoundError:
+            ended = False  # not claimed yet: its runner finds the request when it starts
+        except NotADirectoryError:
+            return
+        if not ended and ctrl.is_dir():
             (ctrl / "cancel").touch()
 
     # -- results -------------------------------------------------------------
@@ -430,7 +434,7 @@ class LocalBackend(Backend):
         if self._runner_alive(ctrl):
             return
         try:
-            _, record = read_claim(ctrl)
+            record = read_claim(ctrl).runner
         except OSError:
             return
         kill_leftover_cgroup((record.get("containment") or {}).get("cgroup"))

@@ -6,9 +6,9 @@ It forks into the background (so the daemon never has to reap it), claims ``ctrl
 exclusively (so a second runner for the same attempt exits at once) and holds a lock on it for as
 long as it lives (so the daemon can tell a live runner from a dead one without trusting pids; on a
 filesystem without hard links, and from runners of an older syncd, the lock is on
-``ctrl/alive.lock``), runs the command in its own process group (named, with its cgroup, on the
-claim's second line), enforces the timeout, obeys ``ctrl/cancel``, and writes
-``ctrl/status.json`` atomically at the end. The job's whole process tree is contained
+``ctrl/alive.lock``), runs the command in its own process group, enforces the timeout, obeys
+``ctrl/cancel``, and appends to the claim, a line each, its job's process group and cgroup once it
+started and how it ended (flushed, before the lock is let go). The job's whole process tree is contained
 (:mod:`syncd.backends.containment`: a cgroup, or the runner as subreaper): at the end of the job, on
 timeout and on cancel, nothing of it survives.
 
@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if __name__ == "__main__" and not __package__:  # run as a script: the package is two folders up
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -43,18 +43,8 @@ from syncd.backends.containment import CgroupUnavailable, Containment, contain  
 from syncd.fsutil import fsync_dir  # noqa: E402
 
 KILL_GRACE = 5.0
+MAX_CLAIM = 1 << 20  # a claim is a pid and two short records; more is not read
 TICK = 0.2
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Replace ``path`` whole, on disk when this returns."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as out:
-        json.dump(data, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # What link(2) answers on a filesystem that has no hard links.
@@ -71,7 +61,7 @@ def claim(ctrl: Path) -> int | None:
     fd = os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()}\n".encode())
         os.link(mine, ctrl / "claim")
     except FileExistsError:
         os.close(fd)
@@ -100,43 +90,75 @@ def _claim_with_lock_file(ctrl: Path) -> int | None:
         if isinstance(exc, FileExistsError) or exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return None
         raise
-    os.write(made, str(os.getpid()).encode())
+    os.write(made, f"{os.getpid()}\n".encode())
     os.fsync(made)
     os.close(made)
     fsync_dir(ctrl)
     return fd
 
 
-def _record_runner(ctrl: Path, record: dict) -> None:
-    """Append what a daemon needs to kill what this runner would leave behind if it died (its job's group
-    and cgroup) to the claim, as its second line. Appended, never rewritten, so a reader never finds the
-    pid gone; not flushed: nothing of the job outlives a power cut, so the record need not either."""
+def _append_to_claim(ctrl: Path, key: str, record: dict, *, durable: bool) -> None:
+    """Append ``{key: record}`` to the claim as a line of its own. Appended, never rewritten: a reader never
+    finds the pid gone, and ignores a line that is not whole yet; ``durable``: on disk when this returns."""
     fd = os.open(ctrl / "claim", os.O_WRONLY | os.O_APPEND)
     try:
-        os.write(fd, ("\n" + json.dumps(record) + "\n").encode())
+        os.write(fd, (json.dumps({key: record}) + "\n").encode())
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def read_claim(ctrl: Path) -> tuple[int | None, dict]:
-    """The pid of the runner that claimed ``ctrl`` and the record it appended once its job started ({} until
-    then, and for runners of an older syncd, which kept it in ``runner.json``)."""
+def _record_runner(ctrl: Path, record: dict) -> None:
+    """What a daemon needs to kill what this runner would leave behind if it died (its job's group and
+    cgroup); not flushed: nothing of the job outlives a power cut, so the record need not either."""
+    _append_to_claim(ctrl, "runner", record, durable=False)
+
+
+def _record_end(ctrl: Path, status: dict) -> None:
+    """How the job ended, on disk before the runner lets go of its claim (a daemon that finds the claim
+    unlocked and no end in it counts the job lost). The claim's name is on disk already, so one flush of
+    the file does it."""
+    _append_to_claim(ctrl, "status", status, durable=True)
+
+
+class Claim(NamedTuple):
+    """What ``ctrl/claim`` says: the pid of the runner that made it, the record it appended once its job
+    started (``{}`` until then) and how the job ended (None until then)."""
+
+    pid: int | None
+    runner: dict
+    status: dict | None
+
+
+def read_claim(ctrl: Path) -> Claim:
+    """Read ``ctrl/claim``. A claim made by an older syncd is the pid alone, with no line end: its runner
+    kept its record in ``runner.json`` and the end in ``status.json``, which are read instead."""
     with open(ctrl / "claim", "rb") as source:
-        first, _, rest = source.read(65536).partition(b"\n")
+        first, newline, rest = source.read(MAX_CLAIM).partition(b"\n")
     try:
         pid: int | None = int(first)
     except ValueError:
         pid = None
-    try:
-        record = json.loads(rest) if rest.endswith(b"\n") else {}
-    except ValueError:
-        record = {}
-    if not record:
+    if not newline:
+        return Claim(pid, _read_json(ctrl / "runner.json") or {}, _read_json(ctrl / "status.json"))
+    found: dict[str, dict] = {}
+    for line in rest.split(b"\n")[:-1]:  # the last piece is not a whole line: empty, or still being written
         try:
-            record = json.loads((ctrl / "runner.json").read_bytes())
-        except (OSError, ValueError):
-            record = {}
-    return pid, record if isinstance(record, dict) else {}
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            found.update((key, value) for key, value in entry.items() if isinstance(value, dict))
+    return Claim(pid, found.get("runner", {}), found.get("status"))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -200,7 +222,7 @@ def _run_claimed(attempt_dir: Path, spec: dict) -> int:
         box = contain(spec.get("containment", "auto"), attempt_dir.name)
     except CgroupUnavailable as exc:  # containment: cgroup was asked for, and none can be made here
         status.update(exit_code=127, ended=time.time(), error=f"cannot contain the job: {exc}")
-        _write_json(ctrl / "status.json", status)
+        _record_end(ctrl, status)
         return 0
     try:
         with open(ctrl / "stdout.txt", "ab") as out, open(ctrl / "stderr.txt", "ab") as err:
@@ -227,7 +249,7 @@ def _run_claimed(attempt_dir: Path, spec: dict) -> int:
         status.update(exit_code=127, ended=time.time(), error=f"cannot start the command: {why}")
         with open(ctrl / "stderr.txt", "a") as err:
             err.write(f"syncd: {status['error']}\n")
-        _write_json(ctrl / "status.json", status)
+        _record_end(ctrl, status)
         return 0
     box.main_pid = child.pid
     _record_runner(ctrl, {"pgid": child.pid, "started": started, "containment": box.describe()})
@@ -257,7 +279,7 @@ def _run_claimed(attempt_dir: Path, spec: dict) -> int:
     else:
         status["exit_code"] = code
     status["ended"] = time.time()
-    _write_json(ctrl / "status.json", status)
+    _record_end(ctrl, status)
     return 0
 
 

@@ -120,8 +120,9 @@ def test_nothing_a_job_starts_outlives_it(request, containment, run_as):
             assert result["state"] == state, (name, result)
             left = _alive_with(f"{marker}-{name}")
             assert not left, f"{name}: processes outlived the job: {left}"
-            _, record = read_claim(Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl")
-            held = record["containment"]
+            held = read_claim(Path(result["remote_id"] and _work(daemon, backend, result)) / "ctrl").runner[
+                "containment"
+            ]
             expected_kind = "subreaper" if containment == "subreaper" or not cgroup_available() else "cgroup"
             assert held["kind"] == expected_kind, held
             if "cgroup" in held:

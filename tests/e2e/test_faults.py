@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.backends.local_runner import read_claim
 from tests.support.harness import (
     SyncdProcess,
     drop_job,
@@ -148,7 +149,7 @@ def test_state_database_on_a_full_disk_pauses_every_job_then_resumes_each_once(c
             what="/readyz to report the state store",
         )
         assert "free space" in body and str(state) in body, body
-        wait_for(lambda: list(work.glob("local/*/ctrl/status.json")), what="job a's command to end")
+        wait_for(lambda: any(_ended(ctrl) for ctrl in work.glob("local/*/ctrl")), what="job a's command to end")
         assert http_get(port, "/healthz")[0] == 200
         assert (daemon.inbox / "b" / "job.yaml").exists(), "b was claimed although its claim could not be recorded"
         assert _job(daemon, "a")["state"] == "running"
@@ -412,3 +413,11 @@ def test_inbox_share_unmounted_and_back_makes_jobs_wait_never_held_or_rejected(c
     events = json.loads(daemon.cli("status", job["id"], "--json").stdout)[0]
     assert not any(e["to"] in ("held", "rejected") for e in events["events"]), events["events"]
     assert (share / ".syncd" / "done" / job["id"] / "data.bin").stat().st_size == 3 * MiB, "the user's files kept"
+
+
+def _ended(ctrl: Path) -> bool:
+    """Whether the local job of ``ctrl`` has ended (its runner recorded how)."""
+    try:
+        return read_claim(ctrl).status is not None
+    except FileNotFoundError:
+        return False

@@ -94,9 +94,9 @@ attempt() { if sh -c "$2" 2>/dev/null; then echo "$1: allowed"; else echo "$1: d
   attempt "read the state db" 'cat "$DB_PATH" > /dev/null'
   attempt "read the config" 'cat "$CONFIG_PATH" > /dev/null'
   attempt "list the state folder" 'ls "$STATE_PATH" > /dev/null'
-  attempt "write the exit status" 'echo "{\"exit_code\": 9}" > ../ctrl/status.json'
+  attempt "write the exit status" 'echo "{\"status\": {\"exit_code\": 9}}" >> ../ctrl/claim'
   attempt "request a cancel" 'touch ../ctrl/cancel'
-  attempt "write the claim" 'echo x >> ../ctrl/claim'
+  attempt "write a file of syncd's" 'echo x > ../ctrl/status.json'
   attempt "rewrite the spec" 'echo x > ../ctrl/spec.json'
   attempt "move the control folder" 'mv ../ctrl ../ctrl-gone'
 } > attempts.txt

@@ -83,7 +83,7 @@ def test_a_claim_is_one_runners_and_locked_while_it_is_held(backend, tmp_path, m
     held = local_runner.claim(ctrl)
     assert held is not None
     try:
-        assert local_runner.read_claim(ctrl) == (os.getpid(), {})
+        assert local_runner.read_claim(ctrl) == (os.getpid(), {}, None)
         assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
         assert local_runner.claim(ctrl) is None, "a second runner of the attempt does not claim it"
         assert status_of(backend, "syncd-d").state == RemoteState.RUNNING
@@ -101,9 +101,8 @@ def test_a_runner_that_does_its_work_leaves_no_log_and_one_that_fails_says_why_i
     spec = {"command": "echo ok > out.txt", "env": {"PATH": os.environ["PATH"]}, "containment": "subreaper"}
     (attempt / "ctrl" / "spec.json").write_text(json.dumps(spec))
     local_runner.start_detached(attempt, attempt / "ctrl" / "runner.log")
-    status = attempt / "ctrl" / "status.json"
-    wait_for(status.exists, what="the runner's status")
-    assert json.loads(status.read_text())["exit_code"] == 0 and (attempt / "work" / "out.txt").exists()
+    status = wait_for(lambda: local_runner.read_claim(attempt / "ctrl").status, what="the runner's status")
+    assert status["exit_code"] == 0 and (attempt / "work" / "out.txt").exists()
     assert not (attempt / "ctrl" / "runner.log").exists()
     broken = tmp_path / "syncd-f"
     (broken / "ctrl").mkdir(parents=True)
@@ -127,10 +126,11 @@ def test_a_runner_started_by_the_launcher_is_handed_its_spec_and_keeps_its_recor
     attempt = tmp_path / "work" / ref.remote_id
     assert (attempt / "work" / "out.txt").read_text() == "job-one\n", "the spec reached the runner"
     ctrl = attempt / "ctrl"
-    assert {path.name for path in ctrl.iterdir()} == {"claim", "inputs.json", "stdout.txt", "stderr.txt", "status.json"}
-    pid, record = local_runner.read_claim(ctrl)
+    assert {path.name for path in ctrl.iterdir()} == {"claim", "inputs.json", "stdout.txt", "stderr.txt"}
+    pid, record, status = local_runner.read_claim(ctrl)
     assert pid is not None and pid != os.getpid()
     assert record["containment"]["kind"] in ("cgroup", "subreaper") and record["pgid"] > 0
+    assert status is not None and status["exit_code"] == 0 and status["ended"] >= status["started"]
 
 
 def test_without_its_launcher_a_runner_reads_its_spec_from_a_file(backend, tmp_path, monkeypatch):
@@ -144,14 +144,31 @@ def test_without_its_launcher_a_runner_reads_its_spec_from_a_file(backend, tmp_p
     assert json.loads((attempt / "ctrl" / "spec.json").read_text())["env"]["SYNCD_JOB_NAME"] == "job-one"
 
 
-def test_the_record_of_a_runner_is_read_from_its_claim_and_else_from_an_older_runners_file(tmp_path):
+def test_a_claim_is_read_line_by_line_and_an_older_runners_files_instead_of_a_claim_without_a_line_end(tmp_path):
     ctrl = tmp_path / "ctrl"
     ctrl.mkdir()
-    (ctrl / "claim").write_text("42")
-    assert local_runner.read_claim(ctrl) == (42, {})
-    (ctrl / "claim").write_text('42\n{"pgid": 7')
-    assert local_runner.read_claim(ctrl) == (42, {}), "a record half appended is not read"
     (ctrl / "runner.json").write_text('{"pgid": 5}')
-    assert local_runner.read_claim(ctrl) == (42, {"pgid": 5}), "an older runner kept it in runner.json"
-    (ctrl / "claim").write_text('42\n{"pgid": 7}\n')
-    assert local_runner.read_claim(ctrl) == (42, {"pgid": 7})
+    (ctrl / "status.json").write_text('{"exit_code": 3}')
+    (ctrl / "claim").write_text("42")
+    assert local_runner.read_claim(ctrl) == (42, {"pgid": 5}, {"exit_code": 3}), "a claim of an older syncd"
+    (ctrl / "claim").write_text("42\n")
+    assert local_runner.read_claim(ctrl) == (42, {}, None), "claimed, not started: an older runner's files are not read"
+    (ctrl / "claim").write_text('42\n{"runner": {"pgid": 7}}\n{"status": {"exit_co')
+    assert local_runner.read_claim(ctrl) == (42, {"pgid": 7}, None), "a line half appended is not read"
+    (ctrl / "claim").write_text('42\n{"runner": {"pgid": 7}}\n{"status": {"exit_code": 0}}\n')
+    assert local_runner.read_claim(ctrl) == (42, {"pgid": 7}, {"exit_code": 0})
+
+
+def test_a_runner_records_its_end_in_the_claim_flushed_before_it_lets_the_claim_go(tmp_path, monkeypatch):
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    held = local_runner.claim(ctrl)
+    assert held is not None
+    flushed: list[bytes] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append((ctrl / "claim").read_bytes()), real_fsync(fd))[1])
+    try:
+        local_runner._record_end(ctrl, {"exit_code": 0})
+    finally:
+        os.close(held)
+    assert flushed and flushed[-1].endswith(b'{"status": {"exit_code": 0}}\n'), flushed

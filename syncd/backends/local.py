@@ -429,15 +429,16 @@ class LocalBackend(Backend):
                 raise os_error(exc, f"taking back {folder.work} from {self.job_user.name}") from exc
 
     def _kill_leftovers(self, ref: RemoteRef) -> None:
-        """A runner that died (kill -9, OOM) could not end its job: kill what is left in the job's cgroup."""
+        """A runner that died (kill -9, OOM) could not end its job: kill what is left in the job's cgroup. One
+        that recorded the job's end had killed all of it first."""
         ctrl = self._dir(ref.remote_id) / "ctrl"
-        if self._runner_alive(ctrl):
-            return
         try:
-            record = read_claim(ctrl).runner
+            claim = read_claim(ctrl)
         except OSError:
             return
-        kill_leftover_cgroup((record.get("containment") or {}).get("cgroup"))
+        if claim.status is not None or self._runner_alive(ctrl):
+            return
+        kill_leftover_cgroup((claim.runner.get("containment") or {}).get("cgroup"))
 
     def outputs(self, ref: RemoteRef, spec: JobSpec) -> list[OutputFile]:
         folder = WorkFolder(self.work_root, ref.remote_id)

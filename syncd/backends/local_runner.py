@@ -43,7 +43,7 @@ from syncd.backends.containment import CgroupUnavailable, Containment, contain  
 from syncd.fsutil import fsync_dir  # noqa: E402
 
 KILL_GRACE = 5.0
-MAX_CLAIM = 1 << 20  # a claim is a pid and two short records; more is not read
+MAX_CLAIM = 1 << 16  # a claim is a pid and two short records; more is not read (nor allocated)
 TICK = 0.2
 
 

@@ -6,11 +6,13 @@ import errno
 import fcntl
 import json
 import os
+import signal
 
 import pytest
 
 from syncd.backends import local_runner
 from syncd.backends.base import JobSpec, RemoteRef, RemoteState
+from syncd.backends.containment import cgroup_available
 from syncd.backends.local import LocalBackend, LocalOptions
 from tests.support.harness import wait_for
 
@@ -172,3 +174,35 @@ def test_a_runner_records_its_end_in_the_claim_flushed_before_it_lets_the_claim_
     finally:
         os.close(held)
     assert flushed and flushed[-1].endswith(b'{"status": {"exit_code": 0}}\n'), flushed
+
+
+def test_what_a_runner_killed_with_minus_9_left_running_is_killed_at_clean_up(tmp_path):
+    if not cgroup_available():
+        pytest.skip("needs a cgroup v2 folder this user may make cgroups in")
+    options = LocalOptions.model_validate({"type": "local", "containment": "cgroup"})
+    backend = LocalBackend("local", options, tmp_path / "work")
+    try:
+        spec = JobSpec(job_id="k1", name="job-k", submit_key="syncd-k1", attempt=1, command="sleep 300", env={})
+        backend.stage(spec, [])
+        ref = backend.submit(spec)
+        ctrl = tmp_path / "work" / ref.remote_id / "ctrl"
+        claim = wait_for(lambda: (c := local_runner.read_claim(ctrl)).runner and c, what="the runner's record")
+        cgroup = claim.runner["containment"]["cgroup"]
+        job = claim.runner["pgid"]
+        assert claim.pid is not None
+        os.kill(claim.pid, signal.SIGKILL)
+        wait_for(lambda: status_of(backend, ref.remote_id).native == "lost", what="the runner's death")
+        os.kill(job, 0)  # the job outlived its runner
+        backend.cleanup(ref)
+        assert not os.path.exists(cgroup), "the job's cgroup is removed"
+        wait_for(lambda: not _alive(job), what="the job left running to be killed")
+    finally:
+        backend.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

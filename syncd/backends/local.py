@@ -365,6 +365,10 @@ class LocalBackend(Backend):
         return False
 
     def _status(self, ref: RemoteRef) -> RemoteStatus:
+        if self._exits is not None and self._exits.watching(ref.remote_id):
+            # Its runner lives, and its end will be heard: no need to read the claim of each job that
+            # runs whenever one of them ends (a poll covers them all).
+            return RemoteStatus(RemoteState.RUNNING, "running")
         ctrl = self._dir(ref.remote_id) / "ctrl"
         try:
             data = read_claim(ctrl).status  # most polls find a job that has ended: read at once

@@ -137,7 +137,10 @@ class Mirror:
         remote_rel: set[str] = set()
         todo: list[Target] = []
         adopt: list[tuple[str, int, str, int]] = []
-        empty = _holds_nothing(dest)  # then no file needs a look (saves a stat per object on a first mirror)
+        # A folder that holds nothing: no file in it needs a look (saves a stat per object on a first mirror).
+        # Only the folder this run writes into is read: the outbox's own can hold a folder per job ever run.
+        targets = _target_folder(dest, prefix, strip)
+        empty = _holds_nothing(targets, besides=TMP_DIR if targets == dest else None)
         for obj in storage.list(bucket, prefix):
             rel = obj.key[len(strip) :] if obj.key.startswith(strip) else obj.key
             if obj.key in excluded or not rel.rstrip("/"):
@@ -469,15 +472,26 @@ class Mirror:
             self.index.forget(p for p in gone if p.startswith(index_prefix))
 
 
-def _holds_nothing(folder: Path) -> bool:
-    """Whether ``folder`` is missing or holds nothing but the temporary folder."""
+def _holds_nothing(folder: Path, *, besides: str | None = TMP_DIR) -> bool:
+    """Whether ``folder`` is missing or holds nothing (but an entry named ``besides``: the temporary folder)."""
     try:
         with os.scandir(folder) as entries:
-            return all(entry.name == TMP_DIR for entry in entries)
+            return all(entry.name == besides for entry in entries)
     except FileNotFoundError:
         return True
     except OSError:
         return False  # not a folder, unreadable: look at each file, which reports the problem
+
+
+def _target_folder(dest: Path, prefix: str, strip: str) -> Path:
+    """The deepest folder that holds every path this run can write (``dest / rel`` for each object listed)."""
+    if not prefix.startswith(strip):
+        return dest
+    narrowed = prefix[len(strip) :]
+    if not narrowed.strip("/"):
+        return dest
+    under = dest / narrowed
+    return under if narrowed.endswith("/") else under.parent  # "job1" starts job10's keys too
 
 
 def _index_prefix(dest: Path, prefix: str, strip: str) -> str:

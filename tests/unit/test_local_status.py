@@ -7,10 +7,11 @@ import fcntl
 import json
 import os
 import signal
+import threading
 
 import pytest
 
-from syncd.backends import local_runner
+from syncd.backends import local, local_runner
 from syncd.backends.base import JobSpec, RemoteRef, RemoteState
 from syncd.backends.containment import cgroup_available
 from syncd.backends.local import LocalBackend, LocalOptions
@@ -206,3 +207,26 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_a_job_whose_runner_is_watched_is_running_without_a_look_at_its_control_folder(backend, tmp_path, monkeypatch):
+    """A poll covers every running job of the backend, and one follows each job's end: reading each claim and
+    testing its lock cost two opens per running job per end heard."""
+    heard = threading.Event()
+    backend.watch(lambda key: heard.set())
+    spec = JobSpec(
+        job_id="w1", name="job-w", submit_key="syncd-w1", attempt=1, command="while [ ! -e go ]; do sleep 0.02; done"
+    )
+    backend.stage(spec, [])
+    ref = backend.submit(spec)
+    looked: list[object] = []
+    read_claim, runner_alive = local.read_claim, backend._runner_alive
+    monkeypatch.setattr(local, "read_claim", lambda ctrl: looked.append(ctrl) or read_claim(ctrl))
+    monkeypatch.setattr(backend, "_runner_alive", lambda ctrl: looked.append(ctrl) or runner_alive(ctrl))
+    for _ in range(3):
+        assert status_of(backend, ref.remote_id).state == RemoteState.RUNNING
+    assert looked == [], "the runner's exit is watched: its job's end is heard, not read"
+    (tmp_path / "work" / ref.remote_id / "work" / "go").touch()
+    assert heard.wait(30), "the runner's end was not heard"
+    assert status_of(backend, ref.remote_id).state == RemoteState.SUCCEEDED
+    assert looked, "once its runner has ended, the claim says how the job ended"

@@ -15,6 +15,7 @@ from syncd.delivery.mirror import (
     Mirror,
     _holds_nothing,
     _proc_stat,
+    _target_folder,
     _writer_tag,
     remove_dead_parts,
 )
@@ -753,6 +754,44 @@ def test_a_first_mirror_skips_looking_for_files_only_when_the_folder_holds_nothi
     assert not _holds_nothing(tmp_path / "fresh")
     (tmp_path / "file").write_text("not a folder")
     assert not _holds_nothing(tmp_path / "file")  # each object then reports the problem
+
+
+@pytest.mark.parametrize(
+    "prefix, strip, folder",
+    [
+        ("job1/", "", "job1"),
+        ("job1//", "", "job1"),
+        ("data/job1/", "data/", "job1"),
+        ("data/a/job1/", "data/", "a/job1"),
+        ("data/a/job1", "data/", "a"),  # also starts a/job10's keys
+        ("data/job1", "data/", ""),
+        ("data/", "data/", ""),
+        ("other/job1/", "data/", ""),  # keys that keep their full name
+        ("", "", ""),
+    ],
+)
+def test_the_folder_a_mirror_writes_into_holds_every_path_it_can_write(tmp_path, prefix, strip, folder):
+    assert _target_folder(tmp_path, prefix, strip) == tmp_path / folder
+
+
+def test_a_first_mirror_of_one_job_reads_its_own_folder_not_the_outbox(storage, store, tmp_path, monkeypatch):
+    """Reading the bucket's outbox folder, which holds a folder per job ever delivered, cost a read of up to
+    32 KiB of names per job."""
+    put_all(storage, tmp_path, {f"job{n}/out.txt": f"out {n}".encode() for n in range(3)})
+    dest = tmp_path / "out"
+    mirror = Mirror(store)
+    for n in range(2):
+        mirror.run(storage, "results", f"job{n}/", dest, tmp_dir=tmp_path / TMP_DIR, check_key=check_outbox_key)
+    scanned: list[Path] = []
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: scanned.append(Path(path)) or scandir(path))
+    stats: list[Path] = []
+    stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: stats.append(self) or stat(self, **kw))
+    report = mirror.run(storage, "results", "job2/", dest, tmp_dir=tmp_path / TMP_DIR, check_key=check_outbox_key)
+    assert report.fetched == ["job2/out.txt"] and (dest / "job2" / "out.txt").read_text() == "out 2"
+    assert dest / "job2" in scanned and dest not in scanned
+    assert dest / "job2" / "out.txt" not in stats, "a folder found empty needs no look at each file"
 
 
 def test_mirror_into_a_folder_that_is_a_file_reports_each_object(storage, store, tmp_path):

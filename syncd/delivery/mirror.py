@@ -483,12 +483,19 @@ def _holds_nothing(folder: Path, *, besides: str | None = TMP_DIR) -> bool:
         return False  # not a folder, unreadable: look at each file, which reports the problem
 
 
+def _narrowed(prefix: str, strip: str) -> str:
+    """What every path a run writes starts with below its destination (``rel`` of each object listed), or
+    "" when that can be any path: some keys keep their full name, or the prefix is all stripped."""
+    if not prefix.startswith(strip):
+        return ""
+    narrowed = prefix[len(strip) :]
+    return narrowed if narrowed.strip("/") else ""
+
+
 def _target_folder(dest: Path, prefix: str, strip: str) -> Path:
     """The deepest folder that holds every path this run can write (``dest / rel`` for each object listed)."""
-    if not prefix.startswith(strip):
-        return dest
-    narrowed = prefix[len(strip) :]
-    if not narrowed.strip("/"):
+    narrowed = _narrowed(prefix, strip)
+    if not narrowed:
         return dest
     under = dest / narrowed
     return under if narrowed.endswith("/") else under.parent  # "job1" starts job10's keys too
@@ -497,10 +504,8 @@ def _target_folder(dest: Path, prefix: str, strip: str) -> Path:
 def _index_prefix(dest: Path, prefix: str, strip: str) -> str:
     """The start of the outbox paths this run can write: only their delivery index rows are read (reading the
     whole destination's would cost memory and time in proportion to every job ever delivered there)."""
-    if not prefix.startswith(strip):  # some keys keep their full name: any path under dest
-        return f"{dest}{os.sep}"
-    narrowed = prefix[len(strip) :]
-    if not narrowed.strip("/"):
+    narrowed = _narrowed(prefix, strip)
+    if not narrowed:
         return f"{dest}{os.sep}"
     # Path() drops a trailing "/" and collapses "//": what is left still starts every path dest / rel.
     # A prefix that ends a folder ("job1/") keeps its separator, so job10's rows are not job1's.

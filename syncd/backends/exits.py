@@ -93,7 +93,7 @@ class ExitWatcher:
                     continue
                 selector.unregister(selected.fd)
                 os.close(selected.fd)
-                with self._lock:
+                with self._lock:  # before the call: a poll it causes must find the key no longer watched
                     self._watched.discard(selected.data)
                 try:
                     self._on_exit(selected.data)

@@ -213,7 +213,13 @@ def test_a_job_whose_runner_is_watched_is_running_without_a_look_at_its_control_
     """A poll covers every running job of the backend, and one follows each job's end: reading each claim and
     testing its lock cost two opens per running job per end heard."""
     heard = threading.Event()
-    backend.watch(lambda key: heard.set())
+    polled_when_heard: list[RemoteState] = []
+
+    def ended(key: str) -> None:  # as the engine does: the end heard, a poll at once
+        polled_when_heard.append(status_of(backend, key).state)
+        heard.set()
+
+    backend.watch(ended)
     spec = JobSpec(
         job_id="w1", name="job-w", submit_key="syncd-w1", attempt=1, command="while [ ! -e go ]; do sleep 0.02; done"
     )
@@ -228,5 +234,6 @@ def test_a_job_whose_runner_is_watched_is_running_without_a_look_at_its_control_
     assert looked == [], "the runner's exit is watched: its job's end is heard, not read"
     (tmp_path / "work" / ref.remote_id / "work" / "go").touch()
     assert heard.wait(30), "the runner's end was not heard"
+    assert polled_when_heard == [RemoteState.SUCCEEDED], "the poll an end causes reads the claim"
     assert status_of(backend, ref.remote_id).state == RemoteState.SUCCEEDED
     assert looked, "once its runner has ended, the claim says how the job ended"
